@@ -1,0 +1,47 @@
+//! The memory side of a backend: allocation, transfers, capabilities.
+
+use crate::{DType, HostTensor, Result, Shape, Tensor};
+
+/// What a backend can do; ops consult it where they choose a kernel.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Caps {
+    /// Storage types that matrix products accept for weights.
+    pub weight_dtypes: Vec<DType>,
+    /// The compute type of activations.
+    pub act_dtype: DType,
+    /// CUDA compute capability as `major * 10 + minor`, `None` off-GPU.
+    pub sm: Option<u32>,
+    /// Whether FP8 matrix products run natively.
+    pub fp8: bool,
+}
+
+/// A device: owns buffers and moves data to and from the host.
+///
+/// Buffers are opaque outside the backend; everything else sees [`Tensor`] handles.
+pub trait Backend: Sized + Send + Sync + 'static {
+    /// Device memory, opaque outside the backend.
+    type Buffer: Send + Sync;
+
+    /// Short name used in messages (`"cpu"`, `"cuda"`).
+    fn name(&self) -> &'static str;
+
+    /// Capabilities.
+    fn caps(&self) -> &Caps;
+
+    /// A zero-filled tensor.
+    fn alloc(&self, shape: &Shape, dtype: DType) -> Result<Tensor<Self>>;
+
+    /// Copies a host tensor to the device. The backend may widen the storage type (e.g. the CPU
+    /// backend stores f16/bf16 weights as f32); the returned tensor says what it holds.
+    fn upload(&self, host: &HostTensor<'_>) -> Result<Tensor<Self>>;
+
+    /// Overwrites `dst` with `host`, reshaping it; fails if `host` exceeds `dst`'s capacity or the
+    /// dtypes differ. This is how per-step inputs reach the device without allocating.
+    fn write(&self, dst: &mut Tensor<Self>, host: &HostTensor<'_>) -> Result<()>;
+
+    /// Copies a tensor back to the host.
+    fn download(&self, t: &Tensor<Self>) -> Result<HostTensor<'static>>;
+
+    /// Waits for queued work.
+    fn sync(&self) -> Result<()>;
+}

@@ -1,0 +1,185 @@
+//! The op set models are written in. Small on purpose, and shaped for fusion: a matrix product
+//! carries its epilogue, a norm its residual add, rotary embedding and attention read the fused
+//! QKV projection in place.
+//!
+//! Activations are `[tokens, features]` row-major in the backend's activation dtype
+//! ([`crate::Caps::act_dtype`]); `out: &mut` tensors are allocated by the caller.
+
+use crate::sampling::{Sampled, SeqSampler};
+use crate::{Backend, Result, Tensor};
+
+/// What a matrix product does after the dot products.
+pub struct Epilogue<'a, B: Backend> {
+    /// Adds `bias[n]` to every row.
+    pub bias: Option<&'a Tensor<B>>,
+    /// Adds the result to `out` instead of overwriting it (fused residual add).
+    pub accumulate: bool,
+}
+
+impl<B: Backend> Epilogue<'_, B> {
+    /// Plain product.
+    pub fn none() -> Self {
+        Epilogue { bias: None, accumulate: false }
+    }
+
+    /// `out += x · wᵀ`.
+    pub fn accumulate() -> Self {
+        Epilogue { bias: None, accumulate: true }
+    }
+}
+
+impl<'a, B: Backend> Epilogue<'a, B> {
+    /// `out = x · wᵀ + bias`.
+    pub fn bias(bias: Option<&'a Tensor<B>>) -> Self {
+        Epilogue { bias, accumulate: false }
+    }
+}
+
+/// Normalisation kinds.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum NormKind {
+    /// `x / sqrt(mean(x²) + eps) * (w + offset)`; `offset` is 1 for Gemma, else 0.
+    Rms {
+        /// Epsilon.
+        eps: f32,
+        /// Added to the weight.
+        offset: f32,
+    },
+    /// `(x - mean) / sqrt(var + eps) * w + b`.
+    Layer {
+        /// Epsilon.
+        eps: f32,
+    },
+}
+
+/// Gated activations: `act(gate) * up`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Act {
+    /// SiLU (swish), as in Llama's SwiGLU.
+    Silu,
+    /// GELU, tanh approximation, as in GeGLU.
+    GeluTanh,
+}
+
+/// Column layout of a fused QKV projection `[tokens, (q_heads + 2 * kv_heads) * head_dim]`:
+/// all query heads, then all key heads, then all value heads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QkvLayout {
+    /// Query heads.
+    pub q_heads: usize,
+    /// Key/value heads (divides `q_heads`: MHA, GQA, MQA).
+    pub kv_heads: usize,
+    /// Head dimension.
+    pub head_dim: usize,
+}
+
+impl QkvLayout {
+    /// Width of the fused projection.
+    pub fn width(&self) -> usize {
+        (self.q_heads + 2 * self.kv_heads) * self.head_dim
+    }
+}
+
+/// Precomputed rotary tables, `cos` and `sin` each `[max_positions, rot_dim / 2]` f32.
+pub struct RopeTable<B: Backend> {
+    /// Cosines.
+    pub cos: Tensor<B>,
+    /// Sines.
+    pub sin: Tensor<B>,
+    /// Number of leading dimensions of each head that rotate (even, ≤ head_dim).
+    pub rot_dim: usize,
+}
+
+/// One layer's paged KV cache: `k` and `v` are `[num_blocks, block_size, kv_heads, head_dim]`.
+/// Token `t` of a sequence lives in block `block_table[t / block_size]`, row `t % block_size`.
+pub struct KvPages<B: Backend> {
+    /// Keys.
+    pub k: Tensor<B>,
+    /// Values.
+    pub v: Tensor<B>,
+    /// Tokens per block.
+    pub block_size: usize,
+}
+
+/// Per-step metadata of a packed batch, shared by every layer.
+///
+/// The step holds `n_tokens` tokens from `n_seqs` sequences, each sequence's tokens contiguous and
+/// in position order.
+pub struct AttnMeta<B: Backend> {
+    /// `[n_seqs, 3]` u32: first row of the sequence's tokens in the step, number of its tokens,
+    /// and its context length after the step (cached tokens + new ones).
+    pub seqs: Tensor<B>,
+    /// `[n_seqs, max_blocks]` u32 block tables (unused entries are ignored).
+    pub block_tables: Tensor<B>,
+    /// `[n_tokens]` u32 absolute positions.
+    pub positions: Tensor<B>,
+    /// `[n_tokens]` u32 cache slots (`block * block_size + offset`) where the new keys go.
+    pub slots: Tensor<B>,
+}
+
+/// Attention settings of one layer.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct AttnParams {
+    /// Score scale, usually `1 / sqrt(head_dim)`.
+    pub scale: f32,
+    /// Sliding window: a query at position `p` sees keys at positions `> p - window`.
+    pub window: Option<usize>,
+}
+
+/// The kernels a model is written in. `T` below is `Tensor<Self>`.
+pub trait Ops: Backend {
+    /// `out[m, n] = x[m, k] · w[n, k]ᵀ` plus the epilogue. Each output element is reduced in an
+    /// order that depends only on `k` (never on `m`, the other rows or the thread count).
+    fn matmul(&self, x: &Tensor<Self>, w: &Tensor<Self>, epi: Epilogue<'_, Self>, out: &mut Tensor<Self>)
+        -> Result<()>;
+
+    /// Row-wise normalisation of `x [t, h]` with weight `w [h]` (and bias `b [h]` for layer
+    /// norm). With `resid`, first does `resid += x` and normalises the sum.
+    fn norm(
+        &self,
+        x: &Tensor<Self>,
+        w: &Tensor<Self>,
+        b: Option<&Tensor<Self>>,
+        kind: NormKind,
+        resid: Option<&mut Tensor<Self>>,
+        out: &mut Tensor<Self>,
+    ) -> Result<()>;
+
+    /// Rotates, in place, the query and key heads of a fused `qkv` (see [`QkvLayout`]) by their
+    /// positions `[t]` (u32), rotate-half (NeoX) pairing over the first `rot_dim` dimensions.
+    fn rope(&self, qkv: &mut Tensor<Self>, pos: &Tensor<Self>, table: &RopeTable<Self>, l: QkvLayout) -> Result<()>;
+
+    /// Writes the key and value heads of `qkv` to the cache at `meta.slots`.
+    fn kv_store(&self, qkv: &Tensor<Self>, l: QkvLayout, meta: &AttnMeta<Self>, kv: &mut KvPages<Self>) -> Result<()>;
+
+    /// Causal attention of the query heads of `qkv` over the paged cache (which already holds this
+    /// step's keys). `out` is `[t, q_heads * head_dim]`. For every query, keys are visited block by
+    /// block in position order with the same online-softmax update, so the result does not depend
+    /// on how the prompt was chunked or batched.
+    fn paged_attention(
+        &self,
+        qkv: &Tensor<Self>,
+        l: QkvLayout,
+        kv: &KvPages<Self>,
+        meta: &AttnMeta<Self>,
+        p: &AttnParams,
+        out: &mut Tensor<Self>,
+    ) -> Result<()>;
+
+    /// `out[t, f] = act(gate_up[t, :f]) * gate_up[t, f:]`.
+    fn gated_act(&self, gate_up: &Tensor<Self>, act: Act, out: &mut Tensor<Self>) -> Result<()>;
+
+    /// `out[i] = src[ids[i]]` (rows, dequantised to the activation dtype): embedding lookup and
+    /// row selection.
+    fn gather_rows(&self, src: &Tensor<Self>, ids: &Tensor<Self>, out: &mut Tensor<Self>) -> Result<()>;
+
+    /// Row-wise softmax in place.
+    fn softmax(&self, x: &mut Tensor<Self>) -> Result<()>;
+
+    /// Samples one token per row of `logits [n, vocab]`, row `i` with `seqs[i]` (each sequence
+    /// has its own seeded stream). The default downloads the logits and samples on the host.
+    fn sample(&self, logits: &Tensor<Self>, seqs: &mut [SeqSampler]) -> Result<Vec<Sampled>> {
+        let host = self.download(logits)?.to_f32()?;
+        crate::sampling::sample_rows(&host, logits.cols(), seqs)
+    }
+}

@@ -1,0 +1,248 @@
+//! Host-side sampling: greedy, temperature, top-k, top-p, per-sequence seeded streams, and
+//! log-probabilities of the raw logits.
+
+use crate::{Error, Result};
+
+/// How one sequence picks its tokens.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SamplingParams {
+    /// 0 means greedy.
+    pub temperature: f32,
+    /// Keep the `k` most likely tokens; 0 keeps all.
+    pub top_k: usize,
+    /// Keep the smallest set of most likely tokens whose probability reaches `top_p`; in (0, 1].
+    pub top_p: f32,
+    /// Seed of this sequence's random stream; `None` draws one from the clock.
+    pub seed: Option<u64>,
+    /// How many top log-probabilities to report per token (0: only the chosen token's).
+    pub logprobs: usize,
+}
+
+impl Default for SamplingParams {
+    fn default() -> Self {
+        SamplingParams { temperature: 0.0, top_k: 0, top_p: 1.0, seed: None, logprobs: 0 }
+    }
+}
+
+impl SamplingParams {
+    /// Checks ranges; the message names the offending parameter.
+    pub fn validate(&self) -> Result<()> {
+        if !(self.temperature >= 0.0 && self.temperature.is_finite()) {
+            return Err(Error::invalid("sampling", format!("temperature must be >= 0, got {}", self.temperature)));
+        }
+        if !(self.top_p > 0.0 && self.top_p <= 1.0) {
+            return Err(Error::invalid("sampling", format!("top-p must be in (0, 1], got {}", self.top_p)));
+        }
+        Ok(())
+    }
+}
+
+/// A small, fast, seedable generator (xoshiro256**, seeded through splitmix64).
+#[derive(Debug, Clone)]
+pub struct Rng {
+    s: [u64; 4],
+}
+
+impl Rng {
+    /// A generator whose stream depends only on `seed`.
+    pub fn new(seed: u64) -> Self {
+        let mut x = seed;
+        let mut next = || {
+            x = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
+            let mut z = x;
+            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+            z ^ (z >> 31)
+        };
+        Rng { s: [next(), next(), next(), next()] }
+    }
+
+    /// Next 64 random bits.
+    pub fn next_u64(&mut self) -> u64 {
+        let r = self.s[1].wrapping_mul(5).rotate_left(7).wrapping_mul(9);
+        let t = self.s[1] << 17;
+        self.s[2] ^= self.s[0];
+        self.s[3] ^= self.s[1];
+        self.s[1] ^= self.s[2];
+        self.s[0] ^= self.s[3];
+        self.s[2] ^= t;
+        self.s[3] = self.s[3].rotate_left(45);
+        r
+    }
+
+    /// Uniform in [0, 1).
+    pub fn next_f64(&mut self) -> f64 {
+        (self.next_u64() >> 11) as f64 * (1.0 / (1u64 << 53) as f64)
+    }
+}
+
+/// A sequence's sampling state: its parameters and its own random stream.
+#[derive(Debug, Clone)]
+pub struct SeqSampler {
+    /// Parameters.
+    pub params: SamplingParams,
+    rng: Rng,
+}
+
+impl SeqSampler {
+    /// A sampler; the stream is seeded from `params.seed` or the clock.
+    pub fn new(params: SamplingParams) -> Self {
+        let seed = params.seed.unwrap_or_else(|| {
+            let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+            t.as_nanos() as u64 ^ u64::from(std::process::id()).rotate_left(32)
+        });
+        SeqSampler { params, rng: Rng::new(seed) }
+    }
+}
+
+/// One sampled token.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Sampled {
+    /// The token id.
+    pub id: u32,
+    /// Its log-probability under the raw logits (log-softmax before any sampling transform).
+    pub logprob: f32,
+    /// The `params.logprobs` most likely tokens and their log-probabilities, most likely first.
+    pub top: Vec<(u32, f32)>,
+}
+
+/// Samples each row of `logits` (`[seqs.len(), vocab]`, row-major) with its sequence's sampler.
+pub fn sample_rows(logits: &[f32], vocab: usize, seqs: &mut [SeqSampler]) -> Result<Vec<Sampled>> {
+    if vocab == 0 || logits.len() != vocab * seqs.len() {
+        return Err(Error::invalid(
+            "sample",
+            format!("{} logits for {} sequences of vocabulary {vocab}", logits.len(), seqs.len()),
+        ));
+    }
+    Ok(logits.chunks_exact(vocab).zip(seqs.iter_mut()).map(|(row, s)| sample_one(row, s)).collect())
+}
+
+/// `log(sum(exp(x)))`, accumulated in f64.
+pub fn log_sum_exp(x: &[f32]) -> f64 {
+    let max = x.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
+    let sum: f64 = x.iter().map(|&v| (v as f64 - max).exp()).sum();
+    max + sum.ln()
+}
+
+/// The `n` largest entries as `(index, value)`, largest first (ties: lower index first).
+pub fn top_n(x: &[f32], n: usize) -> Vec<(u32, f32)> {
+    let mut idx: Vec<u32> = (0..x.len() as u32).collect();
+    let cmp = |a: &u32, b: &u32| x[*b as usize].total_cmp(&x[*a as usize]).then(a.cmp(b));
+    let n = n.min(x.len());
+    if n == 0 {
+        return Vec::new();
+    }
+    if n < idx.len() {
+        idx.select_nth_unstable_by(n - 1, cmp);
+        idx.truncate(n);
+    }
+    idx.sort_unstable_by(cmp);
+    idx.into_iter().map(|i| (i, x[i as usize])).collect()
+}
+
+fn argmax(x: &[f32]) -> u32 {
+    let mut best = 0;
+    for (i, &v) in x.iter().enumerate() {
+        if v > x[best] {
+            best = i;
+        }
+    }
+    best as u32
+}
+
+fn sample_one(row: &[f32], s: &mut SeqSampler) -> Sampled {
+    let p = &s.params;
+    let id = if p.temperature == 0.0 || p.top_k == 1 { argmax(row) } else { draw(row, p, &mut s.rng) };
+    let lse = log_sum_exp(row);
+    let lp = |v: f32| (v as f64 - lse) as f32;
+    let top = top_n(row, p.logprobs).into_iter().map(|(i, v)| (i, lp(v))).collect();
+    Sampled { id, logprob: lp(row[id as usize]), top }
+}
+
+fn draw(row: &[f32], p: &SamplingParams, rng: &mut Rng) -> u32 {
+    let inv_t = 1.0 / p.temperature as f64;
+    // Candidates, most likely first: all tokens, or the top k.
+    let cand: Vec<(u32, f32)> = if p.top_k > 0 && p.top_k < row.len() {
+        top_n(row, p.top_k)
+    } else {
+        let mut all: Vec<(u32, f32)> = row.iter().copied().enumerate().map(|(i, v)| (i as u32, v)).collect();
+        if p.top_p < 1.0 {
+            all.sort_unstable_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+        }
+        all
+    };
+    let max = cand.iter().map(|c| c.1).fold(f32::NEG_INFINITY, f32::max) as f64;
+    let mut w: Vec<f64> = cand.iter().map(|c| ((c.1 as f64 - max) * inv_t).exp()).collect();
+    let total: f64 = w.iter().sum();
+    if p.top_p < 1.0 {
+        // `cand` is sorted: keep the shortest prefix whose mass reaches top_p.
+        let mut acc = 0.0;
+        let mut keep = w.len();
+        for (i, &wi) in w.iter().enumerate() {
+            acc += wi / total;
+            if acc >= p.top_p as f64 {
+                keep = i + 1;
+                break;
+            }
+        }
+        w.truncate(keep);
+    }
+    let total: f64 = w.iter().sum();
+    let mut u = rng.next_f64() * total;
+    for (i, &wi) in w.iter().enumerate() {
+        if u < wi {
+            return cand[i].0;
+        }
+        u -= wi;
+    }
+    cand[w.len() - 1].0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sampler(temperature: f32, top_k: usize, top_p: f32, seed: u64) -> SeqSampler {
+        SeqSampler::new(SamplingParams { temperature, top_k, top_p, seed: Some(seed), logprobs: 2 })
+    }
+
+    #[test]
+    fn greedy_and_logprobs() {
+        let row = [1.0f32, 3.0, 2.0];
+        let out = sample_rows(&row, 3, &mut [sampler(0.0, 0, 1.0, 0)]).unwrap();
+        assert_eq!(out[0].id, 1);
+        let lse = (1f64.exp() + 3f64.exp() + 2f64.exp()).ln();
+        assert!((out[0].logprob as f64 - (3.0 - lse)).abs() < 1e-6);
+        assert_eq!(out[0].top.iter().map(|t| t.0).collect::<Vec<_>>(), vec![1, 2]);
+    }
+
+    #[test]
+    fn seeded_streams_repeat_and_respect_top_k() {
+        let row: Vec<f32> = (0..50).map(|i| (i as f32 * 0.37).sin()).collect();
+        let run = |seed| {
+            let mut s = [sampler(1.0, 5, 1.0, seed)];
+            (0..64).map(|_| sample_rows(&row, 50, &mut s).unwrap()[0].id).collect::<Vec<_>>()
+        };
+        assert_eq!(run(7), run(7));
+        assert_ne!(run(7), run(8));
+        let allowed: Vec<u32> = top_n(&row, 5).iter().map(|t| t.0).collect();
+        assert!(run(7).iter().all(|id| allowed.contains(id)));
+    }
+
+    #[test]
+    fn tiny_top_p_is_greedy() {
+        let row = [0.5f32, 4.0, 3.9, -1.0];
+        let mut s = [sampler(2.0, 0, 1e-6, 3)];
+        for _ in 0..20 {
+            assert_eq!(sample_rows(&row, 4, &mut s).unwrap()[0].id, 1);
+        }
+    }
+
+    #[test]
+    fn validation_names_the_parameter() {
+        let bad = SamplingParams { temperature: -1.0, ..Default::default() };
+        assert!(bad.validate().unwrap_err().to_string().contains("temperature"));
+        let bad = SamplingParams { top_p: 1.5, ..Default::default() };
+        assert!(bad.validate().unwrap_err().to_string().contains("top-p"));
+    }
+}

@@ -1,0 +1,47 @@
+//! The CUDA backend. This first version only probes the machine: it loads the driver library
+//! dynamically (so it builds and runs where no CUDA is installed) and reports what it finds.
+//! Kernels arrive in a later issue; until then every model runs on the CPU backend.
+#![warn(missing_docs)]
+
+use turbine_core::{Error, Result};
+
+/// What the probe found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceInfo {
+    /// Device name as the driver reports it.
+    pub name: String,
+    /// Compute capability as `major * 10 + minor`.
+    pub sm: u32,
+}
+
+/// Whether the CUDA driver library can be loaded on this machine.
+pub fn driver_present() -> bool {
+    // SAFETY: only tries to dlopen the driver library; no CUDA call is made.
+    unsafe { cudarc::driver::sys::is_culib_present() }
+}
+
+/// Opens device `ordinal` and reads its name and compute capability, or explains why not.
+pub fn probe(ordinal: usize) -> Result<DeviceInfo> {
+    if !driver_present() {
+        return Err(Error::Backend { backend: "cuda", msg: "the CUDA driver library (libcuda) is not present".into() });
+    }
+    let err = |e: cudarc::driver::DriverError| Error::Backend { backend: "cuda", msg: e.to_string() };
+    let ctx = cudarc::driver::CudaContext::new(ordinal).map_err(err)?;
+    let name = ctx.name().map_err(err)?;
+    let (major, minor) = ctx.compute_capability().map_err(err)?;
+    Ok(DeviceInfo { name, sm: major as u32 * 10 + minor as u32 })
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn probe_never_panics() {
+        match super::probe(0) {
+            Ok(info) => assert!(info.sm >= 50, "implausible compute capability {}", info.sm),
+            Err(e) => {
+                println!("no CUDA device here: {e}");
+                assert!(!e.to_string().is_empty());
+            }
+        }
+    }
+}

@@ -1,0 +1,79 @@
+//! Gated activations, row gathers and softmax.
+
+use rayon::prelude::*;
+use turbine_core::{quant::dequant_block, Act, DType, Error, Result, Tensor};
+
+use crate::buffer::{f32s, f32s_mut, u32s, CpuBuf};
+use crate::Cpu;
+
+fn gelu_tanh(x: f32) -> f32 {
+    const C: f32 = 0.797_884_6; // sqrt(2 / pi)
+    0.5 * x * (1.0 + (C * (x + 0.044715 * x * x * x)).tanh())
+}
+
+pub(crate) fn gated_act(gate_up: &Tensor<Cpu>, act: Act, out: &mut Tensor<Cpu>) -> Result<()> {
+    const OP: &str = "gated_act";
+    let (t, f2) = (gate_up.rows(), gate_up.cols());
+    if f2 % 2 != 0 {
+        return Err(Error::invalid(OP, format!("gate_up width {f2} is odd")));
+    }
+    let f = f2 / 2;
+    out.expect_shape(OP, &[t, f])?;
+    let gu = f32s(gate_up, OP)?;
+    f32s_mut(out, OP)?.par_chunks_mut(f.max(1)).zip(gu.par_chunks(f2.max(1))).for_each(|(o, row)| {
+        let (g, u) = row.split_at(f);
+        for ((o, &g), &u) in o.iter_mut().zip(g).zip(u) {
+            let a = match act {
+                Act::Silu => g * (1.0 / (1.0 + (-g).exp())),
+                Act::GeluTanh => gelu_tanh(g),
+            };
+            *o = a * u;
+        }
+    });
+    Ok(())
+}
+
+pub(crate) fn gather_rows(src: &Tensor<Cpu>, ids: &Tensor<Cpu>, out: &mut Tensor<Cpu>) -> Result<()> {
+    const OP: &str = "gather_rows";
+    let (rows, cols) = (src.rows(), src.cols());
+    let ids = u32s(ids, OP)?;
+    out.expect_shape(OP, &[ids.len(), cols])?;
+    if let Some(&bad) = ids.iter().find(|&&i| i as usize >= rows) {
+        return Err(Error::invalid(OP, format!("row {bad} out of range for {rows} rows")));
+    }
+    let dtype = src.dtype();
+    let os = f32s_mut(out, OP)?;
+    match src.buf() {
+        CpuBuf::F32(v) => {
+            for (o, &i) in os.chunks_exact_mut(cols).zip(ids) {
+                o.copy_from_slice(&v[i as usize * cols..][..cols]);
+            }
+        }
+        CpuBuf::Blocks(b) => {
+            let rb = dtype.bytes_for(cols).ok_or(Error::Unsupported { op: OP, dtype, backend: "cpu" })?;
+            for (o, &i) in os.chunks_exact_mut(cols).zip(ids) {
+                let row = &b[i as usize * rb..][..rb];
+                for (dst, blk) in o.chunks_exact_mut(32).zip(row.chunks_exact(dtype.block_bytes())) {
+                    dequant_block(dtype, blk, dst.try_into().expect("chunk of 32"));
+                }
+            }
+        }
+        CpuBuf::U32(_) => return Err(Error::Unsupported { op: OP, dtype: DType::U32, backend: "cpu" }),
+    }
+    Ok(())
+}
+
+pub(crate) fn softmax(x: &mut Tensor<Cpu>) -> Result<()> {
+    let cols = x.cols().max(1);
+    f32s_mut(x, "softmax")?.par_chunks_mut(cols).for_each(|row| {
+        let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let mut sum = 0.0f32;
+        for v in row.iter_mut() {
+            *v = (*v - max).exp();
+            sum += *v;
+        }
+        let inv = 1.0 / sum;
+        row.iter_mut().for_each(|v| *v *= inv);
+    });
+    Ok(())
+}

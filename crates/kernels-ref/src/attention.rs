@@ -1,0 +1,186 @@
+//! Paged KV cache writes and causal attention over it.
+//!
+//! For every query, keys are visited block by block in position order, and each block updates
+//! the running maximum, normaliser and output with the same online-softmax step. The set and order
+//! of keys a query sees depend only on its position (and the sliding window), so a token scores
+//! identically whether its keys came from one prefill, a chunked prefill or decode steps.
+
+use rayon::prelude::*;
+use turbine_core::{AttnMeta, AttnParams, Error, KvPages, QkvLayout, Result, Tensor};
+
+use crate::buffer::{f32s, f32s_mut, u32s};
+use crate::dot::dot;
+use crate::Cpu;
+
+/// Largest supported block size and head dimension (stack scratch).
+pub(crate) const MAX_BLOCK: usize = 256;
+const MAX_HEAD_DIM: usize = 512;
+
+fn check_layout(op: &'static str, l: QkvLayout) -> Result<()> {
+    if l.kv_heads == 0 || l.q_heads % l.kv_heads != 0 {
+        return Err(Error::invalid(op, format!("{} query heads do not share {} kv heads", l.q_heads, l.kv_heads)));
+    }
+    if l.head_dim > MAX_HEAD_DIM {
+        return Err(Error::invalid(op, format!("head_dim {} > {MAX_HEAD_DIM}", l.head_dim)));
+    }
+    Ok(())
+}
+
+pub(crate) fn kv_store(qkv: &Tensor<Cpu>, l: QkvLayout, meta: &AttnMeta<Cpu>, kv: &mut KvPages<Cpu>) -> Result<()> {
+    const OP: &str = "kv_store";
+    check_layout(OP, l)?;
+    let t = qkv.rows();
+    qkv.expect_shape(OP, &[t, l.width()])?;
+    let slots = u32s(&meta.slots, OP)?;
+    if slots.len() != t {
+        return Err(Error::invalid(OP, format!("{} slots for {t} tokens", slots.len())));
+    }
+    let kvw = l.kv_heads * l.head_dim;
+    let n_slots = kv.k.capacity() / kvw.max(1);
+    if let Some(&s) = slots.iter().find(|&&s| s as usize >= n_slots) {
+        return Err(Error::invalid(OP, format!("slot {s} outside a cache of {n_slots} slots")));
+    }
+    let q = f32s(qkv, OP)?;
+    let qw = l.q_heads * l.head_dim;
+    for (pages, off) in [(&mut kv.k, qw), (&mut kv.v, qw + kvw)] {
+        let cap = pages.capacity();
+        pages.reshape([cap])?;
+        let dst = f32s_mut(pages, OP)?;
+        for (row, &s) in q.chunks_exact(l.width()).zip(slots) {
+            dst[s as usize * kvw..][..kvw].copy_from_slice(&row[off..off + kvw]);
+        }
+    }
+    Ok(())
+}
+
+/// Validated view of one step's sequences.
+struct Seqs<'a> {
+    info: &'a [u32],
+    tables: &'a [u32],
+    max_blocks: usize,
+}
+
+impl Seqs<'_> {
+    /// The sequence owning step row `t` (rows of a sequence are contiguous, sequences ordered).
+    fn of_token(&self, t: usize) -> usize {
+        let n = self.info.len() / 3;
+        let (mut lo, mut hi) = (0, n);
+        while hi - lo > 1 {
+            let mid = (lo + hi) / 2;
+            if self.info[mid * 3] as usize <= t {
+                lo = mid;
+            } else {
+                hi = mid;
+            }
+        }
+        lo
+    }
+}
+
+fn seqs<'a>(meta: &'a AttnMeta<Cpu>, kv: &KvPages<Cpu>, n_tokens: usize, num_blocks: usize) -> Result<Seqs<'a>> {
+    const OP: &str = "paged_attention";
+    let info = u32s(&meta.seqs, OP)?;
+    let tables = u32s(&meta.block_tables, OP)?;
+    let n = meta.seqs.rows();
+    meta.seqs.expect_shape(OP, &[n, 3])?;
+    let max_blocks = meta.block_tables.cols();
+    if meta.block_tables.rows() != n {
+        return Err(Error::invalid(OP, format!("{} block tables for {n} sequences", meta.block_tables.rows())));
+    }
+    let mut next = 0;
+    for s in 0..n {
+        let (start, len, ctx) = (info[s * 3] as usize, info[s * 3 + 1] as usize, info[s * 3 + 2] as usize);
+        if start != next || len > ctx || ctx > max_blocks * kv.block_size {
+            return Err(Error::invalid(
+                OP,
+                format!("sequence {s}: rows {start}+{len}, context {ctx} do not fit the step or its block table"),
+            ));
+        }
+        let used = ctx.div_ceil(kv.block_size);
+        if let Some(&b) = tables[s * max_blocks..][..used].iter().find(|&&b| b as usize >= num_blocks) {
+            return Err(Error::invalid(OP, format!("sequence {s}: block {b} outside a cache of {num_blocks} blocks")));
+        }
+        next = start + len;
+    }
+    if next != n_tokens {
+        return Err(Error::invalid(OP, format!("sequences cover {next} rows of a {n_tokens}-row step")));
+    }
+    Ok(Seqs { info, tables, max_blocks })
+}
+
+pub(crate) fn paged_attention(
+    qkv: &Tensor<Cpu>,
+    l: QkvLayout,
+    kv: &KvPages<Cpu>,
+    meta: &AttnMeta<Cpu>,
+    p: &AttnParams,
+    out: &mut Tensor<Cpu>,
+) -> Result<()> {
+    const OP: &str = "paged_attention";
+    check_layout(OP, l)?;
+    let (t, d, bs) = (qkv.rows(), l.head_dim, kv.block_size);
+    if bs == 0 || bs > MAX_BLOCK {
+        return Err(Error::invalid(OP, format!("block size {bs} not in 1..={MAX_BLOCK}")));
+    }
+    qkv.expect_shape(OP, &[t, l.width()])?;
+    out.expect_shape(OP, &[t, l.q_heads * d])?;
+    let kvw = l.kv_heads * d;
+    let num_blocks = kv.k.capacity() / (bs * kvw).max(1);
+    let sq = seqs(meta, kv, t, num_blocks)?;
+    let (q, kc, vc) = (f32s(qkv, OP)?, kv_all(&kv.k)?, kv_all(&kv.v)?);
+    let group = l.q_heads / l.kv_heads;
+    if t == 0 {
+        return Ok(());
+    }
+    f32s_mut(out, OP)?.par_chunks_mut(d).enumerate().for_each(|(idx, o)| {
+        let (tok, h) = (idx / l.q_heads, idx % l.q_heads);
+        let s = sq.of_token(tok);
+        let (start, len, ctx) = (sq.info[s * 3] as usize, sq.info[s * 3 + 1] as usize, sq.info[s * 3 + 2] as usize);
+        let pos = ctx - len + (tok - start);
+        let lo = p.window.map_or(0, |w| (pos + 1).saturating_sub(w));
+        let qh = &q[tok * l.width() + h * d..][..d];
+        let kh = h / group;
+        let table = &sq.tables[s * sq.max_blocks..];
+        let mut scores = [0.0f32; MAX_BLOCK];
+        let mut acc = [0.0f32; MAX_HEAD_DIM];
+        let acc = &mut acc[..d];
+        let (mut m, mut denom) = (f32::NEG_INFINITY, 0.0f32);
+        for (blk, &phys) in table.iter().enumerate().take(pos / bs + 1).skip(lo / bs) {
+            let phys = phys as usize;
+            let (a, b) = ((blk * bs).max(lo), ((blk + 1) * bs).min(pos + 1));
+            let sc = &mut scores[..b - a];
+            let mut bmax = f32::NEG_INFINITY;
+            for (i, sv) in sc.iter_mut().enumerate() {
+                let off = ((phys * bs + (a + i - blk * bs)) * l.kv_heads + kh) * d;
+                *sv = dot(qh, &kc[off..off + d]) * p.scale;
+                bmax = bmax.max(*sv);
+            }
+            let m_new = m.max(bmax);
+            let corr = (m - m_new).exp();
+            denom *= corr;
+            acc.iter_mut().for_each(|v| *v *= corr);
+            for (i, &sv) in sc.iter().enumerate() {
+                let w = (sv - m_new).exp();
+                denom += w;
+                let off = ((phys * bs + (a + i - blk * bs)) * l.kv_heads + kh) * d;
+                for (av, &vv) in acc.iter_mut().zip(&vc[off..off + d]) {
+                    *av = w.mul_add(vv, *av);
+                }
+            }
+            m = m_new;
+        }
+        let inv = 1.0 / denom;
+        for (ov, &av) in o.iter_mut().zip(acc.iter()) {
+            *ov = av * inv;
+        }
+    });
+    Ok(())
+}
+
+/// The whole page buffer (its shape may have been narrowed).
+fn kv_all(t: &Tensor<Cpu>) -> Result<&[f32]> {
+    match t.buf() {
+        crate::CpuBuf::F32(v) => Ok(&v[..t.capacity()]),
+        _ => Err(Error::Unsupported { op: "paged_attention", dtype: t.dtype(), backend: "cpu" }),
+    }
+}

@@ -1,0 +1,134 @@
+//! `out = x · wᵀ` with f32 activations and f32 or GGUF-block weights.
+//!
+//! Work is split over panels of weight rows (output columns), never over `k`. A block-quantised
+//! panel is first dequantised exactly into a per-thread f32 scratch, so quantised and f32 weights
+//! go through the same tiles and the same reduction order ([`crate::dot`]).
+
+use std::cell::RefCell;
+
+use rayon::prelude::*;
+use turbine_core::{quant::dequant_block, DType, Epilogue, Error, Result, Tensor};
+
+use crate::buffer::{f32s, f32s_mut, CpuBuf};
+use crate::dot::tile;
+use crate::Cpu;
+
+/// Weight rows per parallel task.
+const PANEL: usize = 48;
+
+thread_local! {
+    static SCRATCH: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Raw output pointer shared by tasks that write disjoint columns.
+#[derive(Clone, Copy)]
+struct OutPtr(*mut f32);
+// SAFETY: every task writes a disjoint set of output columns (its own weight panel).
+unsafe impl Send for OutPtr {}
+unsafe impl Sync for OutPtr {}
+
+struct Job<'a> {
+    x: &'a [f32],
+    m: usize,
+    k: usize,
+    n: usize,
+    bias: Option<&'a [f32]>,
+    accumulate: bool,
+    out: OutPtr,
+}
+
+impl Job<'_> {
+    /// Runs every tile of the panel whose f32 rows are `wp` (starting at output column `j0`).
+    fn panel(&self, wp: &[f32], j0: usize) {
+        let (m, k) = (self.m, self.k);
+        let nr = wp.len() / k;
+        let mut i0 = 0;
+        while i0 < m {
+            let mr = (m - i0).min(4);
+            let step = if mr == 4 { 3 } else { 6 };
+            let mut r0 = 0;
+            while r0 < nr {
+                let cnt = (nr - r0).min(step);
+                self.tile(mr, cnt, i0, &wp[r0 * k..], j0 + r0);
+                r0 += cnt;
+            }
+            i0 += mr;
+        }
+    }
+
+    fn tile(&self, mr: usize, nr: usize, i0: usize, w: &[f32], j0: usize) {
+        macro_rules! go {
+            ($($a:literal, $b:literal);*) => {
+                match (mr, nr) {
+                    $(($a, $b) => self.store(i0, j0, &tile::<$a, $b>(&self.x[i0 * self.k..], self.k, w, self.k, self.k)),)*
+                    _ => unreachable!("tile sizes are 1..=4 by 1..=6"),
+                }
+            };
+        }
+        go!(4,1; 4,2; 4,3; 1,1; 1,2; 1,3; 1,4; 1,5; 1,6; 2,1; 2,2; 2,3; 2,4; 2,5; 2,6; 3,1; 3,2; 3,3; 3,4; 3,5; 3,6)
+    }
+
+    fn store<const MR: usize, const NR: usize>(&self, i0: usize, j0: usize, v: &[[f32; NR]; MR]) {
+        for (c, row) in v.iter().enumerate() {
+            for (r, &d) in row.iter().enumerate() {
+                let j = j0 + r;
+                let val = match self.bias {
+                    Some(b) => d + b[j],
+                    None => d,
+                };
+                // SAFETY: (i0 + c, j) is inside the [m, n] output and column j belongs to this
+                // task's panel, so no other task touches it.
+                unsafe {
+                    let p = self.out.0.add((i0 + c) * self.n + j);
+                    *p = if self.accumulate { *p + val } else { val };
+                }
+            }
+        }
+    }
+}
+
+pub(crate) fn matmul(x: &Tensor<Cpu>, w: &Tensor<Cpu>, epi: Epilogue<'_, Cpu>, out: &mut Tensor<Cpu>) -> Result<()> {
+    const OP: &str = "matmul";
+    let (m, k) = (x.rows(), x.cols());
+    let n = w.rows();
+    if w.cols() != k {
+        return Err(Error::Shape { op: OP, expected: [n, k].into(), got: w.shape().clone() });
+    }
+    out.expect_shape(OP, &[m, n])?;
+    let xs = f32s(x, OP)?;
+    let bias = match epi.bias {
+        Some(b) => {
+            b.expect_shape(OP, &[n])?;
+            Some(f32s(b, OP)?)
+        }
+        None => None,
+    };
+    let dtype = w.dtype();
+    let out_ptr = OutPtr(f32s_mut(out, OP)?.as_mut_ptr());
+    let job = Job { x: xs, m, k, n, bias, accumulate: epi.accumulate, out: out_ptr };
+    if m == 0 || n == 0 {
+        return Ok(());
+    }
+    match w.buf() {
+        CpuBuf::F32(wv) => {
+            let wv = &wv[..n * k];
+            wv.par_chunks(PANEL * k.max(1)).enumerate().for_each(|(t, wp)| job.panel(wp, t * PANEL));
+        }
+        CpuBuf::Blocks(bytes) => {
+            let row_bytes = dtype.bytes_for(k).ok_or(Error::Unsupported { op: OP, dtype, backend: "cpu" })?;
+            let bb = dtype.block_bytes();
+            bytes[..n * row_bytes].par_chunks(PANEL * row_bytes).enumerate().for_each(|(t, qp)| {
+                SCRATCH.with_borrow_mut(|s| {
+                    let rows = qp.len() / row_bytes;
+                    s.resize(rows * k, 0.0);
+                    for (dst, blk) in s.chunks_exact_mut(32).zip(qp.chunks_exact(bb)) {
+                        dequant_block(dtype, blk, dst.try_into().expect("chunk of 32"));
+                    }
+                    job.panel(&s[..rows * k], t * PANEL);
+                })
+            });
+        }
+        CpuBuf::U32(_) => return Err(Error::Unsupported { op: OP, dtype: DType::U32, backend: "cpu" }),
+    }
+    Ok(())
+}

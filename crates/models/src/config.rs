@@ -1,0 +1,177 @@
+//! Reading `config.json` (as transformers 4.x and 5.x write it), and building the same shape of
+//! config from GGUF metadata so that every architecture parses one format.
+
+use serde_json::{json, Map, Value as Json};
+
+use crate::source::gguf::{GgufFile, Value};
+use crate::{ModelError, Result};
+
+/// A parsed `config.json` with typed accessors whose errors name the key.
+#[derive(Debug, Clone)]
+pub struct HfConfig(pub Json);
+
+impl HfConfig {
+    /// Parses JSON text.
+    pub fn parse(text: &str) -> Result<Self> {
+        let v: Json = serde_json::from_str(text).map_err(|e| ModelError::Config(format!("config.json: {e}")))?;
+        if !v.is_object() {
+            return Err(ModelError::Config("config.json is not a JSON object".into()));
+        }
+        Ok(HfConfig(v))
+    }
+
+    /// The value at `key`, treating `null` as absent. Looks inside `text_config` too, where
+    /// multimodal checkpoints keep the language model's settings.
+    pub fn get(&self, key: &str) -> Option<&Json> {
+        self.0
+            .get(key)
+            .filter(|v| !v.is_null())
+            .or_else(|| self.0.get("text_config").and_then(|t| t.get(key)).filter(|v| !v.is_null()))
+    }
+
+    /// An optional non-negative integer.
+    pub fn opt_usize(&self, key: &str) -> Result<Option<usize>> {
+        match self.get(key) {
+            None => Ok(None),
+            Some(v) => v
+                .as_u64()
+                .map(|n| Some(n as usize))
+                .ok_or_else(|| ModelError::Config(format!("{key} must be a non-negative integer, got {v}"))),
+        }
+    }
+
+    /// A required non-negative integer.
+    pub fn usize(&self, key: &str) -> Result<usize> {
+        self.opt_usize(key)?.ok_or_else(|| ModelError::Config(format!("missing {key}")))
+    }
+
+    /// An optional number.
+    pub fn opt_f64(&self, key: &str) -> Result<Option<f64>> {
+        match self.get(key) {
+            None => Ok(None),
+            Some(v) => {
+                v.as_f64().map(Some).ok_or_else(|| ModelError::Config(format!("{key} must be a number, got {v}")))
+            }
+        }
+    }
+
+    /// An optional boolean.
+    pub fn opt_bool(&self, key: &str) -> Result<Option<bool>> {
+        match self.get(key) {
+            None => Ok(None),
+            Some(v) => {
+                v.as_bool().map(Some).ok_or_else(|| ModelError::Config(format!("{key} must be a boolean, got {v}")))
+            }
+        }
+    }
+
+    /// An optional string.
+    pub fn opt_str(&self, key: &str) -> Option<&str> {
+        self.get(key).and_then(Json::as_str)
+    }
+
+    /// The first entry of `architectures`.
+    pub fn arch(&self) -> Result<&str> {
+        self.get("architectures")
+            .and_then(|a| a.as_array())
+            .and_then(|a| a.first())
+            .and_then(|a| a.as_str())
+            .ok_or_else(|| ModelError::Config("missing \"architectures\" list".into()))
+    }
+
+    /// Token ids at `key`, which may be one integer or a list.
+    pub fn ids(&self, key: &str) -> Vec<u32> {
+        match self.get(key) {
+            Some(Json::Array(a)) => a.iter().filter_map(|v| v.as_u64()).map(|v| v as u32).collect(),
+            Some(v) => v.as_u64().map(|v| vec![v as u32]).unwrap_or_default(),
+            None => Vec::new(),
+        }
+    }
+
+    /// `rope_theta`, at top level (transformers 4) or in `rope_parameters` (transformers 5).
+    pub fn rope_theta(&self, default: f64) -> Result<f64> {
+        if let Some(t) = self.opt_f64("rope_theta")? {
+            return Ok(t);
+        }
+        match self.get("rope_parameters").and_then(|p| p.get("rope_theta")) {
+            Some(v) => v.as_f64().ok_or_else(|| ModelError::Config(format!("rope_parameters.rope_theta: {v}"))),
+            None => Ok(default),
+        }
+    }
+
+    /// The rope scaling object (`rope_scaling` in transformers 4, `rope_parameters` in 5), if it
+    /// asks for anything but the default rotary embedding.
+    pub fn rope_scaling(&self) -> Option<&Map<String, Json>> {
+        let obj = self.get("rope_scaling").or_else(|| self.get("rope_parameters"))?.as_object()?;
+        let ty = obj.get("rope_type").or_else(|| obj.get("type")).and_then(Json::as_str).unwrap_or("default");
+        (ty != "default").then_some(obj)
+    }
+}
+
+/// Builds an HF-style config from the metadata of a GGUF file. Architectures are named as
+/// transformers names them; unknown ones become `gguf:<name>` so the registry can report them.
+pub fn from_gguf(f: &GgufFile) -> Result<HfConfig> {
+    let arch = f.arch()?.to_string();
+    let key = |k: &str| format!("{arch}.{k}");
+    let u = |k: &str| f.get(&key(k)).and_then(Value::as_u64);
+    let fl = |k: &str| f.get(&key(k)).and_then(Value::as_f64);
+    let need = |k: &str| u(k).ok_or_else(|| ModelError::corrupt(f.path(), format!("missing metadata {}", key(k))));
+    let hf_arch = match arch.as_str() {
+        "llama" => "LlamaForCausalLM".to_string(),
+        "mistral" => "MistralForCausalLM".to_string(),
+        "qwen2" => "Qwen2ForCausalLM".to_string(),
+        other => format!("gguf:{other}"),
+    };
+    let mut c = Map::new();
+    c.insert("architectures".into(), json!([hf_arch]));
+    if hf_arch.starts_with("gguf:") {
+        return Ok(HfConfig(Json::Object(c)));
+    }
+    let hidden = need("embedding_length")?;
+    let heads = need("attention.head_count")?;
+    let vocab = u("vocab_size").or_else(|| match f.get("tokenizer.ggml.tokens") {
+        Some(Value::Arr(a)) => Some(a.len() as u64),
+        _ => None,
+    });
+    c.insert("hidden_size".into(), json!(hidden));
+    c.insert("intermediate_size".into(), json!(need("feed_forward_length")?));
+    c.insert("num_hidden_layers".into(), json!(need("block_count")?));
+    c.insert("num_attention_heads".into(), json!(heads));
+    c.insert("num_key_value_heads".into(), json!(u("attention.head_count_kv").unwrap_or(heads)));
+    if let Some(d) = u("attention.key_length") {
+        c.insert("head_dim".into(), json!(d));
+    }
+    c.insert("vocab_size".into(), json!(vocab));
+    c.insert("max_position_embeddings".into(), json!(u("context_length").unwrap_or(2048)));
+    c.insert("rms_norm_eps".into(), json!(fl("attention.layer_norm_rms_epsilon").unwrap_or(1e-5)));
+    c.insert("rope_theta".into(), json!(fl("rope.freq_base").unwrap_or(10000.0)));
+    if let Some(w) = u("attention.sliding_window") {
+        c.insert("sliding_window".into(), json!(w));
+    }
+    if f.get(&key("rope.scaling.type")).and_then(Value::as_str) == Some("linear") {
+        c.insert("rope_scaling".into(), json!({"rope_type": "linear", "factor": fl("rope.scaling.factor")}));
+    }
+    c.insert("tie_word_embeddings".into(), json!(!f.has_tensor("output.weight")));
+    for (k, hk) in [("tokenizer.ggml.bos_token_id", "bos_token_id"), ("tokenizer.ggml.eos_token_id", "eos_token_id")] {
+        if let Some(v) = f.get(k).and_then(Value::as_u64) {
+            c.insert(hk.into(), json!(v));
+        }
+    }
+    Ok(HfConfig(Json::Object(c)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rope_theta_both_layouts() {
+        let v4 = HfConfig::parse(r#"{"rope_theta": 5e5}"#).unwrap();
+        let v5 = HfConfig::parse(r#"{"rope_parameters": {"rope_theta": 1e6, "rope_type": "default"}}"#).unwrap();
+        assert_eq!(v4.rope_theta(1e4).unwrap(), 5e5);
+        assert_eq!(v5.rope_theta(1e4).unwrap(), 1e6);
+        assert!(v5.rope_scaling().is_none());
+        let bad = HfConfig::parse(r#"{"hidden_size": "big"}"#).unwrap();
+        assert!(bad.usize("hidden_size").unwrap_err().to_string().contains("hidden_size"));
+    }
+}

@@ -1,0 +1,32 @@
+//! Turbine's model architectures and loaders.
+//!
+//! - [`loader::load`]: a Hugging Face folder (`config.json`, safetensors, `tokenizer.json`) or a
+//!   GGUF file to a [`model::Model`] plus its [`tokenizer::TextTokenizer`].
+//! - [`registry`]: the supported architectures; each lives in one file (`llama.rs`, …).
+//! - [`runner`]: a model with its paged KV cache behind the object-safe [`runner::ModelRunner`].
+//! - [`catalog`]: models known by name and `pull`.
+//!
+//! Everything is generic over `B: turbine_core::Ops` and never names a backend.
+#![warn(missing_docs)]
+
+pub mod catalog;
+pub mod chat;
+pub mod config;
+mod error;
+pub mod layers;
+pub mod llama;
+pub mod loader;
+pub mod mistral;
+pub mod model;
+pub mod qwen2;
+pub mod registry;
+pub mod rope;
+pub mod runner;
+pub mod source;
+pub mod tokenizer;
+pub mod weights;
+
+pub use error::{ModelError, Result};
+pub use loader::{load, Loaded};
+pub use model::{Model, ModelSpec};
+pub use runner::{CacheConfig, Logits, ModelRunner, Runner, SeqStep};

@@ -1,0 +1,85 @@
+//! From a path to a runnable model: a Hugging Face folder or a GGUF file.
+
+use std::path::{Path, PathBuf};
+
+use turbine_core::Ops;
+
+use crate::config::{self, HfConfig};
+use crate::model::Model;
+use crate::source::gguf::{GgufFile, GgufSource};
+use crate::source::safetensors::SafetensorsSource;
+use crate::tokenizer::TextTokenizer;
+use crate::weights::Weights;
+use crate::{registry, ModelError, Result};
+
+/// A model with its tokenizer.
+pub struct Loaded<B: Ops> {
+    /// The model.
+    pub model: Box<dyn Model<B>>,
+    /// The tokenizer.
+    pub tokenizer: TextTokenizer,
+    /// Every id that ends generation (config, generation config and tokenizer together).
+    pub eos: Vec<u32>,
+    /// Where it came from.
+    pub path: PathBuf,
+}
+
+/// Loads a model folder (`config.json`, safetensors, `tokenizer.json`) or a `.gguf` file.
+pub fn load<B: Ops>(backend: &B, path: &Path) -> Result<Loaded<B>> {
+    if !path.exists() {
+        return Err(ModelError::NotFound(path.to_path_buf()));
+    }
+    if path.is_dir() {
+        load_dir(backend, path)
+    } else {
+        load_gguf(backend, path)
+    }
+}
+
+fn load_dir<B: Ops>(backend: &B, dir: &Path) -> Result<Loaded<B>> {
+    let cfg_path = dir.join("config.json");
+    if !cfg_path.exists() {
+        return Err(ModelError::NoConfig(dir.to_path_buf()));
+    }
+    let text = std::fs::read_to_string(&cfg_path).map_err(|e| ModelError::io(&cfg_path, e))?;
+    let cfg = HfConfig::parse(&text)?;
+    registry::check(&cfg)?;
+    let tokenizer = TextTokenizer::from_hf_dir(dir)?;
+    let src = SafetensorsSource::open_dir(dir)?;
+    let model = registry::build(&cfg, &Weights::new(&src, backend))?;
+    let mut eos = model.spec().eos.clone();
+    let gen = dir.join("generation_config.json");
+    if let Ok(t) = std::fs::read_to_string(&gen) {
+        let g = HfConfig::parse(&t).map_err(|e| ModelError::Config(format!("{}: {e}", gen.display())))?;
+        eos.extend(g.ids("eos_token_id"));
+    }
+    finish(model, tokenizer, eos, dir)
+}
+
+fn load_gguf<B: Ops>(backend: &B, path: &Path) -> Result<Loaded<B>> {
+    let file = GgufFile::open(path)?;
+    let cfg = config::from_gguf(&file)?;
+    registry::check(&cfg).map_err(|e| match e {
+        ModelError::UnknownArch { name, supported } => {
+            ModelError::UnknownArch { name: name.trim_start_matches("gguf:").to_string(), supported }
+        }
+        other => other,
+    })?;
+    let tokenizer = TextTokenizer::from_gguf(&file)?;
+    let src = GgufSource::new(file)?;
+    let model = registry::build(&cfg, &Weights::new(&src, backend))?;
+    let eos = model.spec().eos.clone();
+    finish(model, tokenizer, eos, path)
+}
+
+fn finish<B: Ops>(
+    model: Box<dyn Model<B>>,
+    tokenizer: TextTokenizer,
+    mut eos: Vec<u32>,
+    path: &Path,
+) -> Result<Loaded<B>> {
+    eos.extend(tokenizer.eos_ids.iter().copied());
+    eos.sort_unstable();
+    eos.dedup();
+    Ok(Loaded { model, tokenizer, eos, path: path.to_path_buf() })
+}

@@ -1,0 +1,45 @@
+//! The architectures Turbine runs. Adding one: a new file beside `llama.rs` and one line below.
+
+use turbine_core::Ops;
+
+use crate::config::HfConfig;
+use crate::model::{Architecture, Model};
+use crate::weights::Weights;
+use crate::{ModelError, Result};
+
+macro_rules! registry {
+    ($($module:ident => $ty:ident),* $(,)?) => {
+        /// Every supported `config.json` architecture name.
+        pub fn supported() -> Vec<&'static str> {
+            let mut names = Vec::new();
+            $(names.extend_from_slice(crate::$module::HF_NAMES);)*
+            names
+        }
+
+        /// Fails with [`ModelError::UnknownArch`] unless the config's architecture is supported.
+        pub fn check(cfg: &HfConfig) -> Result<()> {
+            let arch = cfg.arch()?;
+            if supported().contains(&arch) {
+                Ok(())
+            } else {
+                Err(ModelError::UnknownArch { name: arch.to_string(), supported: supported().join(", ") })
+            }
+        }
+
+        /// Builds the model the config names.
+        pub fn build<B: Ops>(cfg: &HfConfig, w: &Weights<'_, B>) -> Result<Box<dyn Model<B>>> {
+            check(cfg)?;
+            let arch = cfg.arch()?;
+            $(if crate::$module::HF_NAMES.contains(&arch) {
+                return Ok(Box::new(crate::$module::$ty::<B>::load(cfg, w)?));
+            })*
+            unreachable!("check() accepted {arch}")
+        }
+    };
+}
+
+registry! {
+    llama => Llama,
+    mistral => Mistral,
+    qwen2 => Qwen2,
+}

@@ -1,0 +1,221 @@
+//! Running a model on a backend behind an object-safe interface: the engine (in `batcher`) holds
+//! a `Box<dyn ModelRunner>` and never sees the backend type.
+
+use turbine_core::sampling::{Sampled, SeqSampler};
+use turbine_core::{AttnMeta, DType, HostTensor, KvPages, Ops, Shape, Tensor};
+
+use crate::model::{Model, ModelSpec, Step, Workspace};
+use crate::{ModelError, Result};
+
+/// Which logits a sequence wants from a step.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Logits {
+    /// None (a prompt chunk that is not the last).
+    None,
+    /// The last token's.
+    Last,
+    /// Every token's (scoring, perplexity).
+    All,
+}
+
+/// One sequence's part of a step.
+#[derive(Debug, Clone, Copy)]
+pub struct SeqStep<'a> {
+    /// New tokens, in order.
+    pub tokens: &'a [u32],
+    /// Tokens of this sequence already in the cache (the position of `tokens[0]`).
+    pub start: usize,
+    /// The sequence's block table; must cover `start + tokens.len()` tokens.
+    pub blocks: &'a [u32],
+    /// Which logits to compute.
+    pub logits: Logits,
+}
+
+/// Geometry of the paged KV cache.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CacheConfig {
+    /// Tokens per block.
+    pub block_size: usize,
+    /// Blocks in the pool.
+    pub num_blocks: usize,
+}
+
+/// A model on a device with its KV cache, behind an object-safe interface.
+pub trait ModelRunner: Send {
+    /// The model's spec.
+    fn spec(&self) -> &ModelSpec;
+    /// The backend's name.
+    fn backend(&self) -> &'static str;
+    /// The KV cache geometry.
+    fn cache(&self) -> CacheConfig;
+    /// Runs one packed step. Logits of the requested rows, in sequence order, stay on the device
+    /// for [`ModelRunner::logits`] or [`ModelRunner::sample`].
+    fn step(&mut self, seqs: &[SeqStep<'_>]) -> Result<()>;
+    /// The last step's logits, `[rows, vocab]` row-major.
+    fn logits(&mut self) -> Result<Vec<f32>>;
+    /// Samples one token per logit row of the last step, row `i` with `samplers[i]`.
+    fn sample(&mut self, samplers: &mut [SeqSampler]) -> Result<Vec<Sampled>>;
+}
+
+/// The [`ModelRunner`] of a backend `B`.
+pub struct Runner<B: Ops> {
+    backend: B,
+    model: Box<dyn Model<B>>,
+    kv: Vec<KvPages<B>>,
+    ws: Workspace<B>,
+    step: Step<B>,
+    cache: CacheConfig,
+    host: HostStep,
+}
+
+/// Host-side staging of a step's inputs, reused between steps.
+#[derive(Default)]
+struct HostStep {
+    ids: Vec<u32>,
+    positions: Vec<u32>,
+    slots: Vec<u32>,
+    seqs: Vec<u32>,
+    tables: Vec<u32>,
+    rows: Vec<u32>,
+}
+
+fn u32_tensor<B: Ops>(b: &B, shape: impl Into<Shape>) -> Result<Tensor<B>> {
+    Ok(b.alloc(&shape.into(), DType::U32)?)
+}
+
+impl<B: Ops> Runner<B> {
+    /// Wraps a model, allocating a KV cache of `cache.num_blocks` blocks.
+    pub fn new(backend: B, model: Box<dyn Model<B>>, cache: CacheConfig) -> Result<Self> {
+        let s = model.spec().clone();
+        if cache.block_size == 0 || cache.num_blocks == 0 {
+            return Err(ModelError::Input("the KV cache needs at least one block of at least one token".into()));
+        }
+        let shape = Shape::from([cache.num_blocks, cache.block_size, s.kv_heads, s.head_dim]);
+        let kv = (0..s.layers)
+            .map(|_| {
+                Ok(KvPages {
+                    k: backend.alloc(&shape, DType::F32)?,
+                    v: backend.alloc(&shape, DType::F32)?,
+                    block_size: cache.block_size,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let step = Step {
+            ids: u32_tensor(&backend, [1])?,
+            meta: AttnMeta {
+                seqs: u32_tensor(&backend, [1, 3])?,
+                block_tables: u32_tensor(&backend, [1, 1])?,
+                positions: u32_tensor(&backend, [1])?,
+                slots: u32_tensor(&backend, [1])?,
+            },
+            logit_rows: u32_tensor(&backend, [1])?,
+        };
+        Ok(Runner { backend, model, kv, ws: Workspace::default(), step, cache, host: HostStep::default() })
+    }
+
+    /// The backend.
+    pub fn backend_ref(&self) -> &B {
+        &self.backend
+    }
+
+    fn stage(&mut self, seqs: &[SeqStep<'_>]) -> Result<()> {
+        let s = self.model.spec();
+        let bs = self.cache.block_size;
+        let h = &mut self.host;
+        for v in [&mut h.ids, &mut h.positions, &mut h.slots, &mut h.seqs, &mut h.tables, &mut h.rows] {
+            v.clear();
+        }
+        let max_blocks = seqs.iter().map(|q| q.blocks.len()).max().unwrap_or(0).max(1);
+        for (i, q) in seqs.iter().enumerate() {
+            let end = q.start + q.tokens.len();
+            if q.tokens.is_empty() {
+                return Err(ModelError::Input(format!("sequence {i} has no tokens in this step")));
+            }
+            if end > s.max_positions {
+                return Err(ModelError::Input(format!(
+                    "sequence of {end} tokens exceeds the model's context of {} tokens",
+                    s.max_positions
+                )));
+            }
+            if end > q.blocks.len() * bs {
+                return Err(ModelError::Input(format!(
+                    "sequence {i}: {} blocks cannot hold {end} tokens",
+                    q.blocks.len()
+                )));
+            }
+            if let Some(&bad) = q.tokens.iter().find(|&&t| t as usize >= s.vocab) {
+                return Err(ModelError::Input(format!("token id {bad} is outside the vocabulary (0..{})", s.vocab)));
+            }
+            let row0 = h.ids.len();
+            h.seqs.extend([row0 as u32, q.tokens.len() as u32, end as u32]);
+            h.tables.extend_from_slice(q.blocks);
+            h.tables.resize((i + 1) * max_blocks, 0);
+            for (j, &tok) in q.tokens.iter().enumerate() {
+                let p = q.start + j;
+                h.ids.push(tok);
+                h.positions.push(p as u32);
+                h.slots.push(q.blocks[p / bs] * bs as u32 + (p % bs) as u32);
+            }
+            match q.logits {
+                Logits::None => {}
+                Logits::Last => h.rows.push((h.ids.len() - 1) as u32),
+                Logits::All => h.rows.extend(row0 as u32..h.ids.len() as u32),
+            }
+        }
+        let b = &self.backend;
+        let n = seqs.len();
+        let put = |dst: &mut Tensor<B>, shape: Shape, data: &[u32]| -> Result<()> {
+            let host = HostTensor::from_u32(shape.clone(), data)?;
+            if dst.capacity() < shape.numel() {
+                *dst = b.alloc(&shape, DType::U32)?;
+            }
+            Ok(b.write(dst, &host)?)
+        };
+        let t = h.ids.len();
+        put(&mut self.step.ids, [t].into(), &h.ids)?;
+        put(&mut self.step.meta.positions, [t].into(), &h.positions)?;
+        put(&mut self.step.meta.slots, [t].into(), &h.slots)?;
+        put(&mut self.step.meta.seqs, [n, 3].into(), &h.seqs)?;
+        put(&mut self.step.meta.block_tables, [n, max_blocks].into(), &h.tables)?;
+        put(&mut self.step.logit_rows, [h.rows.len()].into(), &h.rows)?;
+        Ok(())
+    }
+
+    fn logits_tensor(&self) -> Result<&Tensor<B>> {
+        self.ws.get("logits").ok_or_else(|| ModelError::Input("no step has produced logits yet".into()))
+    }
+}
+
+impl<B: Ops> ModelRunner for Runner<B> {
+    fn spec(&self) -> &ModelSpec {
+        self.model.spec()
+    }
+
+    fn backend(&self) -> &'static str {
+        self.backend.name()
+    }
+
+    fn cache(&self) -> CacheConfig {
+        self.cache
+    }
+
+    fn step(&mut self, seqs: &[SeqStep<'_>]) -> Result<()> {
+        if seqs.is_empty() {
+            return Err(ModelError::Input("empty step".into()));
+        }
+        self.stage(seqs)?;
+        self.model.forward(&self.backend, &self.step, &mut self.kv, &mut self.ws)
+    }
+
+    fn logits(&mut self) -> Result<Vec<f32>> {
+        Ok(self.backend.download(self.logits_tensor()?)?.to_f32()?)
+    }
+
+    fn sample(&mut self, samplers: &mut [SeqSampler]) -> Result<Vec<Sampled>> {
+        let logits = self.logits_tensor()?;
+        if logits.rows() != samplers.len() {
+            return Err(ModelError::Input(format!("{} samplers for {} logit rows", samplers.len(), logits.rows())));
+        }
+        Ok(self.backend.sample(logits, samplers)?)
+    }
+}

@@ -1,0 +1,377 @@
+//! GGUF files (versions 2 and 3): metadata, tensor directory, and tensors served under Hugging
+//! Face names.
+//!
+//! Layout: magic `GGUF`, version `u32`, tensor count `u64`, metadata count `u64`, metadata
+//! key/values, tensor infos (name, dims innermost first, ggml type, offset), then the tensor data,
+//! aligned to `general.alignment` (32 by default). All integers are little-endian.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+
+use memmap2::Mmap;
+use turbine_core::{DType, HostTensor};
+
+use super::WeightSource;
+use crate::{ModelError, Result};
+
+/// A metadata value.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Value {
+    /// Any unsigned integer type.
+    U(u64),
+    /// Any signed integer type.
+    I(i64),
+    /// f32 or f64.
+    F(f64),
+    /// Boolean.
+    Bool(bool),
+    /// UTF-8 string.
+    Str(String),
+    /// Array of values.
+    Arr(Vec<Value>),
+}
+
+impl Value {
+    /// As an unsigned integer, if it is a non-negative integer.
+    pub fn as_u64(&self) -> Option<u64> {
+        match *self {
+            Value::U(v) => Some(v),
+            Value::I(v) if v >= 0 => Some(v as u64),
+            _ => None,
+        }
+    }
+
+    /// As a float, if numeric.
+    pub fn as_f64(&self) -> Option<f64> {
+        match *self {
+            Value::F(v) => Some(v),
+            Value::U(v) => Some(v as f64),
+            Value::I(v) => Some(v as f64),
+            _ => None,
+        }
+    }
+
+    /// As a string, if it is one.
+    pub fn as_str(&self) -> Option<&str> {
+        match self {
+            Value::Str(s) => Some(s),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+struct TensorInfo {
+    dims: Vec<usize>,
+    dtype: Result<DType, u32>,
+    offset: usize,
+    len: usize,
+}
+
+/// A memory-mapped GGUF file.
+pub struct GgufFile {
+    path: PathBuf,
+    map: Mmap,
+    /// Metadata key/values.
+    pub meta: HashMap<String, Value>,
+    tensors: HashMap<String, TensorInfo>,
+}
+
+struct Cursor<'a> {
+    b: &'a [u8],
+    pos: usize,
+    path: &'a Path,
+}
+
+impl<'a> Cursor<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8]> {
+        if n > self.b.len() - self.pos {
+            return Err(ModelError::corrupt(self.path, format!("unexpected end of file at byte {}", self.pos)));
+        }
+        let s = &self.b[self.pos..self.pos + n];
+        self.pos += n;
+        Ok(s)
+    }
+    fn u32(&mut self) -> Result<u32> {
+        Ok(u32::from_le_bytes(self.take(4)?.try_into().expect("4 bytes")))
+    }
+    fn u64(&mut self) -> Result<u64> {
+        Ok(u64::from_le_bytes(self.take(8)?.try_into().expect("8 bytes")))
+    }
+    fn len(&mut self, what: &str) -> Result<usize> {
+        let n = self.u64()?;
+        if n > (self.b.len() - self.pos) as u64 {
+            return Err(ModelError::corrupt(self.path, format!("{what} length {n} runs past the end of the file")));
+        }
+        Ok(n as usize)
+    }
+    fn string(&mut self) -> Result<String> {
+        let n = self.len("string")?;
+        let s = self.take(n)?;
+        String::from_utf8(s.to_vec()).map_err(|_| ModelError::corrupt(self.path, "string is not UTF-8"))
+    }
+    fn value(&mut self, ty: u32, depth: usize) -> Result<Value> {
+        Ok(match ty {
+            0 => Value::U(self.take(1)?[0] as u64),
+            1 => Value::I(self.take(1)?[0] as i8 as i64),
+            2 => Value::U(u16::from_le_bytes(self.take(2)?.try_into().expect("2")) as u64),
+            3 => Value::I(i16::from_le_bytes(self.take(2)?.try_into().expect("2")) as i64),
+            4 => Value::U(self.u32()? as u64),
+            5 => Value::I(self.u32()? as i32 as i64),
+            6 => Value::F(f32::from_bits(self.u32()?) as f64),
+            7 => Value::Bool(self.take(1)?[0] != 0),
+            8 => Value::Str(self.string()?),
+            9 if depth < 4 => {
+                let ety = self.u32()?;
+                let n = self.len("array")?;
+                let mut v = Vec::with_capacity(n.min(1 << 20));
+                for _ in 0..n {
+                    v.push(self.value(ety, depth + 1)?);
+                }
+                Value::Arr(v)
+            }
+            10 => Value::U(self.u64()?),
+            11 => Value::I(self.u64()? as i64),
+            12 => Value::F(f64::from_bits(self.u64()?)),
+            other => return Err(ModelError::corrupt(self.path, format!("unknown metadata type {other}"))),
+        })
+    }
+}
+
+/// Maps a ggml type id to a storage type.
+fn ggml_dtype(t: u32) -> Result<DType, u32> {
+    Ok(match t {
+        0 => DType::F32,
+        1 => DType::F16,
+        2 => DType::Q4_0,
+        3 => DType::Q4_1,
+        8 => DType::Q8_0,
+        30 => DType::BF16,
+        other => return Err(other),
+    })
+}
+
+impl GgufFile {
+    /// Opens and validates a GGUF file: header, metadata, and that every tensor lies inside it.
+    pub fn open(path: &Path) -> Result<Self> {
+        let f = File::open(path).map_err(|e| ModelError::io(path, e))?;
+        // SAFETY: read-only mapping; the file is assumed not to change while mapped.
+        let map = unsafe { Mmap::map(&f) }.map_err(|e| ModelError::io(path, e))?;
+        let mut c = Cursor { b: &map, pos: 0, path };
+        if c.take(4).ok() != Some(b"GGUF".as_slice()) {
+            return Err(ModelError::corrupt(path, "not a GGUF file (bad magic)"));
+        }
+        let version = c.u32()?;
+        if !(2..=3).contains(&version) {
+            return Err(ModelError::corrupt(path, format!("GGUF version {version} is not supported (2 or 3)")));
+        }
+        let n_tensors = c.u64()?;
+        let n_kv = c.u64()?;
+        let mut meta = HashMap::new();
+        for _ in 0..n_kv {
+            let key = c.string()?;
+            let ty = c.u32()?;
+            let v = c.value(ty, 0)?;
+            meta.insert(key, v);
+        }
+        let mut infos = Vec::new();
+        for _ in 0..n_tensors {
+            let name = c.string()?;
+            let nd = c.u32()? as usize;
+            if nd > 8 {
+                return Err(ModelError::corrupt(path, format!("tensor {name} has {nd} dimensions")));
+            }
+            let mut dims = Vec::with_capacity(nd);
+            for _ in 0..nd {
+                dims.push(c.u64()? as usize);
+            }
+            dims.reverse(); // GGUF lists the innermost dimension first.
+            let dtype = ggml_dtype(c.u32()?);
+            let offset = c.u64()? as usize;
+            infos.push((name, dims, dtype, offset));
+        }
+        let align = meta.get("general.alignment").and_then(Value::as_u64).unwrap_or(32).max(1) as usize;
+        let data_start = c.pos.div_ceil(align) * align;
+        let mut tensors = HashMap::new();
+        for (name, dims, dtype, offset) in infos {
+            let numel = dims.iter().try_fold(1usize, |a, &d| a.checked_mul(d));
+            let len = match (&dtype, numel) {
+                (Ok(dt), Some(n)) => dt
+                    .bytes_for(*dims.last().unwrap_or(&1))
+                    .map(|row| row * (n / dims.last().copied().unwrap_or(1).max(1))),
+                _ => Some(0),
+            }
+            .ok_or_else(|| ModelError::corrupt(path, format!("tensor {name}: rows are not whole blocks")))?;
+            let end = data_start.checked_add(offset).and_then(|s| s.checked_add(len));
+            if end.is_none_or(|e| e > map.len()) {
+                return Err(ModelError::corrupt(
+                    path,
+                    format!("tensor {name} ends past the end of the file ({} bytes): truncated?", map.len()),
+                ));
+            }
+            tensors.insert(name, TensorInfo { dims, dtype, offset: data_start + offset, len });
+        }
+        Ok(GgufFile { path: path.to_path_buf(), map, meta, tensors })
+    }
+
+    /// The file's path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// A metadata value.
+    pub fn get(&self, key: &str) -> Option<&Value> {
+        self.meta.get(key)
+    }
+
+    /// `general.architecture`.
+    pub fn arch(&self) -> Result<&str> {
+        self.get("general.architecture")
+            .and_then(Value::as_str)
+            .ok_or_else(|| ModelError::corrupt(&self.path, "no general.architecture"))
+    }
+
+    /// Whether a tensor with this GGUF name exists.
+    pub fn has_tensor(&self, name: &str) -> bool {
+        self.tensors.contains_key(name)
+    }
+
+    /// A tensor by its GGUF name, shaped outermost-first like PyTorch.
+    pub fn tensor(&self, name: &str) -> Result<Option<HostTensor<'_>>> {
+        let Some(info) = self.tensors.get(name) else { return Ok(None) };
+        let dtype = info.dtype.map_err(|t| {
+            ModelError::Input(format!(
+                "{}: tensor {name} uses ggml type {t}, which is not supported yet (F32, F16, BF16, Q8_0, Q4_0, Q4_1 are)",
+                self.path.display()
+            ))
+        })?;
+        let bytes = &self.map[info.offset..info.offset + info.len];
+        Ok(Some(HostTensor::new(info.dims.clone(), dtype, bytes)?))
+    }
+}
+
+/// A GGUF file served under Hugging Face tensor names (Llama-family naming), with llama.cpp's
+/// Q/K row permutation undone for `llama` files.
+pub struct GgufSource {
+    file: GgufFile,
+    /// Head counts for undoing the Q/K permutation, when the file is a `llama` one.
+    unpermute: Option<(usize, usize)>,
+}
+
+impl GgufSource {
+    /// Wraps an opened file.
+    pub fn new(file: GgufFile) -> Result<Self> {
+        let arch = file.arch()?.to_string();
+        let unpermute = if arch == "llama" {
+            let get = |k: &str| file.get(&format!("{arch}.{k}")).and_then(Value::as_u64).map(|v| v as usize);
+            let heads = get("attention.head_count").ok_or_else(|| ModelError::corrupt(file.path(), "no head_count"))?;
+            Some((heads, get("attention.head_count_kv").unwrap_or(heads)))
+        } else {
+            None
+        };
+        Ok(GgufSource { file, unpermute })
+    }
+
+    /// The underlying file.
+    pub fn file(&self) -> &GgufFile {
+        &self.file
+    }
+}
+
+/// Translates a Hugging Face tensor name to its GGUF name.
+pub fn gguf_name(hf: &str) -> Option<String> {
+    let fixed = match hf {
+        "model.embed_tokens.weight" => Some("token_embd.weight"),
+        "model.norm.weight" => Some("output_norm.weight"),
+        "lm_head.weight" => Some("output.weight"),
+        _ => None,
+    };
+    if let Some(f) = fixed {
+        return Some(f.to_string());
+    }
+    let rest = hf.strip_prefix("model.layers.")?;
+    let (layer, tail) = rest.split_once('.')?;
+    let (module, kind) = tail.rsplit_once('.')?;
+    let g = match module {
+        "input_layernorm" => "attn_norm",
+        "post_attention_layernorm" => "ffn_norm",
+        "self_attn.q_proj" => "attn_q",
+        "self_attn.k_proj" => "attn_k",
+        "self_attn.v_proj" => "attn_v",
+        "self_attn.o_proj" => "attn_output",
+        "mlp.gate_proj" => "ffn_gate",
+        "mlp.up_proj" => "ffn_up",
+        "mlp.down_proj" => "ffn_down",
+        _ => return None,
+    };
+    Some(format!("blk.{layer}.{g}.{kind}"))
+}
+
+/// Row order that undoes llama.cpp's rotary permutation of a Q or K projection with `heads` heads:
+/// within each head, GGUF interleaves the two rotary halves.
+fn unpermute_rows(rows: usize, heads: usize) -> Vec<usize> {
+    let d = rows / heads;
+    let half = d / 2;
+    let mut perm = Vec::with_capacity(rows);
+    for h in 0..heads {
+        for j in 0..2 {
+            for i in 0..half {
+                perm.push(h * d + 2 * i + j);
+            }
+        }
+    }
+    perm
+}
+
+impl WeightSource for GgufSource {
+    fn get(&self, name: &str) -> Result<Option<HostTensor<'_>>> {
+        let Some(g) = gguf_name(name) else { return Ok(None) };
+        let Some(t) = self.file.tensor(&g)? else { return Ok(None) };
+        let heads = match (self.unpermute, g.rsplit('.').nth(1)) {
+            (Some((hq, _)), Some("attn_q")) => hq,
+            (Some((_, hk)), Some("attn_k")) => hk,
+            _ => return Ok(Some(t)),
+        };
+        let rows = t.shape().dims()[0];
+        if heads == 0 || rows % heads != 0 || (rows / heads) % 2 != 0 {
+            return Err(ModelError::WeightShape {
+                key: g,
+                expected: format!("rows divisible into {heads} heads of even size"),
+                got: t.shape().to_string(),
+            });
+        }
+        Ok(Some(t.permute_rows(&unpermute_rows(rows, heads))?))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_translate() {
+        assert_eq!(gguf_name("model.layers.3.self_attn.k_proj.bias").as_deref(), Some("blk.3.attn_k.bias"));
+        assert_eq!(gguf_name("model.layers.0.mlp.down_proj.weight").as_deref(), Some("blk.0.ffn_down.weight"));
+        assert_eq!(gguf_name("lm_head.weight").as_deref(), Some("output.weight"));
+        assert_eq!(gguf_name("model.layers.0.unknown.weight"), None);
+    }
+
+    #[test]
+    fn unpermute_inverts_llama_cpp_permute() {
+        // llama.cpp: w.reshape(heads, 2, d/2, ...).swapaxes(1, 2): GGUF row h*d + 2i + j holds
+        // HF row h*d + j*d/2 + i.
+        let (heads, d) = (2, 6);
+        let hf: Vec<usize> = (0..heads * d).collect();
+        let mut gguf = vec![0; heads * d];
+        for h in 0..heads {
+            for i in 0..d / 2 {
+                for j in 0..2 {
+                    gguf[h * d + 2 * i + j] = hf[h * d + j * d / 2 + i];
+                }
+            }
+        }
+        let back: Vec<usize> = unpermute_rows(heads * d, heads).iter().map(|&r| gguf[r]).collect();
+        assert_eq!(back, hf);
+    }
+}

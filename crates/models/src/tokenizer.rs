@@ -1,0 +1,199 @@
+//! Text ↔ ids: a Hugging Face `tokenizer.json`, or a byte-level BPE tokenizer rebuilt from GGUF
+//! metadata (vocabulary, merges, pre-tokenizer type, special tokens, add-bos flag).
+
+use std::path::Path;
+
+use serde_json::Value as Json;
+use tokenizers::decoders::byte_level::ByteLevel as ByteLevelDecoder;
+use tokenizers::models::bpe::{Vocab, BPE};
+use tokenizers::pre_tokenizers::byte_level::ByteLevel;
+use tokenizers::pre_tokenizers::digits::Digits;
+use tokenizers::pre_tokenizers::sequence::Sequence;
+use tokenizers::pre_tokenizers::split::{Split, SplitPattern};
+use tokenizers::pre_tokenizers::PreTokenizerWrapper;
+use tokenizers::{AddedToken, SplitDelimiterBehavior, Tokenizer};
+
+use crate::chat::ChatTemplate;
+use crate::source::gguf::{GgufFile, Value};
+use crate::{ModelError, Result};
+
+/// A tokenizer with the special-token facts generation needs.
+pub struct TextTokenizer {
+    inner: Tokenizer,
+    /// Prepend this id when encoding with special tokens (GGUF `add_bos_token`). Hugging Face
+    /// tokenizers do it in their post-processor instead.
+    add_bos: Option<u32>,
+    /// The beginning-of-sequence token's text.
+    pub bos_text: Option<String>,
+    /// The end-of-sequence token's text.
+    pub eos_text: Option<String>,
+    /// End-of-sequence ids the tokenizer knows of.
+    pub eos_ids: Vec<u32>,
+    /// The chat template, if the model has one.
+    pub chat: Option<ChatTemplate>,
+}
+
+fn tok_err(e: impl std::fmt::Display) -> ModelError {
+    ModelError::Tokenizer(e.to_string())
+}
+
+/// Regexes of llama.cpp's pre-tokenizer types, for the ones that are not plain GPT-2.
+const LLAMA3_RE: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+const QWEN2_RE: &str =
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+
+fn split(re: &str) -> Result<PreTokenizerWrapper> {
+    let s = Split::new(SplitPattern::Regex(re.into()), SplitDelimiterBehavior::Isolated, false).map_err(tok_err)?;
+    Ok(s.into())
+}
+
+/// The pre-tokenizer for a GGUF `tokenizer.ggml.pre` value.
+fn pre_tokenizer(pre: &str) -> Result<PreTokenizerWrapper> {
+    let bytes = |regex| PreTokenizerWrapper::from(ByteLevel::new(false, true, regex));
+    Ok(match pre {
+        "default" | "gpt-2" | "gpt2" | "starcoder" | "refact" | "olmo" => bytes(true),
+        "smollm" => Sequence::new(vec![Digits::new(true).into(), bytes(true)]).into(),
+        "llama3" | "llama-v3" | "llama-bpe" | "falcon3" | "smaug-bpe" => {
+            Sequence::new(vec![split(LLAMA3_RE)?, bytes(false)]).into()
+        }
+        "qwen2" | "deepseek-r1-qwen" => Sequence::new(vec![split(QWEN2_RE)?, bytes(false)]).into(),
+        other => {
+            return Err(ModelError::Tokenizer(format!(
+                "GGUF pre-tokenizer {other:?} is not supported yet (default, gpt2, smollm, llama-bpe, qwen2 are)"
+            )))
+        }
+    })
+}
+
+fn token_text(v: Option<&Json>) -> Option<String> {
+    match v? {
+        Json::String(s) => Some(s.clone()),
+        Json::Object(o) => o.get("content").and_then(Json::as_str).map(str::to_string),
+        _ => None,
+    }
+}
+
+impl TextTokenizer {
+    /// Loads `tokenizer.json`, `tokenizer_config.json` and `chat_template.jinja` from a folder.
+    pub fn from_hf_dir(dir: &Path) -> Result<Self> {
+        let path = dir.join("tokenizer.json");
+        if !path.exists() {
+            return Err(ModelError::Tokenizer(format!("{} not found", path.display())));
+        }
+        let inner =
+            Tokenizer::from_file(&path).map_err(|e| ModelError::Tokenizer(format!("{}: {e}", path.display())))?;
+        let cfg_path = dir.join("tokenizer_config.json");
+        let cfg: Json = match std::fs::read_to_string(&cfg_path) {
+            Ok(t) => {
+                serde_json::from_str(&t).map_err(|e| ModelError::Tokenizer(format!("{}: {e}", cfg_path.display())))?
+            }
+            Err(_) => Json::Null,
+        };
+        let bos_text = token_text(cfg.get("bos_token"));
+        let eos_text = token_text(cfg.get("eos_token"));
+        let eos_ids = eos_text.as_deref().and_then(|t| inner.token_to_id(t)).into_iter().collect();
+        let jinja = dir.join("chat_template.jinja");
+        let template = if jinja.exists() {
+            Some(std::fs::read_to_string(&jinja).map_err(|e| ModelError::io(&jinja, e))?)
+        } else {
+            match cfg.get("chat_template") {
+                Some(Json::String(s)) => Some(s.clone()),
+                Some(Json::Array(list)) => list
+                    .iter()
+                    .find(|t| t.get("name").and_then(Json::as_str) == Some("default"))
+                    .or(list.first())
+                    .and_then(|t| t.get("template"))
+                    .and_then(Json::as_str)
+                    .map(str::to_string),
+                _ => None,
+            }
+        };
+        let chat = template.map(|t| ChatTemplate::new(t, bos_text.clone(), eos_text.clone()));
+        Ok(TextTokenizer { inner, add_bos: None, bos_text, eos_text, eos_ids, chat })
+    }
+
+    /// Rebuilds the tokenizer stored in a GGUF file's metadata (`tokenizer.ggml.*`).
+    pub fn from_gguf(f: &GgufFile) -> Result<Self> {
+        let model = f.get("tokenizer.ggml.model").and_then(Value::as_str).unwrap_or("");
+        if model != "gpt2" {
+            return Err(ModelError::Tokenizer(format!(
+                "GGUF tokenizer model {model:?} is not supported yet (byte-level BPE, \"gpt2\", is)"
+            )));
+        }
+        let strings = |key: &str| -> Result<Vec<String>> {
+            match f.get(key) {
+                Some(Value::Arr(a)) => a
+                    .iter()
+                    .map(|v| v.as_str().map(str::to_string).ok_or_else(|| tok_err(format!("{key} holds a non-string"))))
+                    .collect(),
+                _ => Err(tok_err(format!("GGUF metadata has no {key}"))),
+            }
+        };
+        let tokens = strings("tokenizer.ggml.tokens")?;
+        let merges = strings("tokenizer.ggml.merges")?
+            .into_iter()
+            .map(|m| {
+                m.split_once(' ')
+                    .map(|(a, b)| (a.to_string(), b.to_string()))
+                    .ok_or_else(|| tok_err(format!("bad merge {m:?}")))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let types: Vec<u64> = match f.get("tokenizer.ggml.token_type") {
+            Some(Value::Arr(a)) => a.iter().map(|v| v.as_u64().unwrap_or(1)).collect(),
+            _ => vec![1; tokens.len()],
+        };
+        let vocab: Vocab = tokens.iter().enumerate().map(|(i, t)| (t.clone(), i as u32)).collect();
+        let bpe = BPE::builder().vocab_and_merges(vocab, merges).build().map_err(tok_err)?;
+        let mut inner = Tokenizer::new(bpe);
+        let pre = f.get("tokenizer.ggml.pre").and_then(Value::as_str).unwrap_or("default");
+        inner.with_pre_tokenizer(Some(pre_tokenizer(pre)?));
+        inner.with_decoder(Some(ByteLevelDecoder::default()));
+        // Control tokens (type 3) are special; user-defined ones (type 4) match verbatim too.
+        let added: Vec<AddedToken> = tokens
+            .iter()
+            .zip(&types)
+            .filter(|(_, &ty)| ty == 3 || ty == 4)
+            .map(|(t, &ty)| AddedToken::from(t.clone(), ty == 3))
+            .collect();
+        inner.add_special_tokens(&added);
+        let id = |k: &str| f.get(k).and_then(Value::as_u64).map(|v| v as u32);
+        let text = |i: Option<u32>| i.and_then(|i| tokens.get(i as usize).cloned());
+        let (bos, eos) = (id("tokenizer.ggml.bos_token_id"), id("tokenizer.ggml.eos_token_id"));
+        let add_bos = match f.get("tokenizer.ggml.add_bos_token") {
+            Some(Value::Bool(true)) => bos,
+            _ => None,
+        };
+        let (bos_text, eos_text) = (text(bos), text(eos));
+        let mut eos_ids: Vec<u32> = eos.into_iter().collect();
+        eos_ids.extend(id("tokenizer.ggml.eot_token_id"));
+        eos_ids.dedup();
+        let chat = f
+            .get("tokenizer.chat_template")
+            .and_then(Value::as_str)
+            .map(|t| ChatTemplate::new(t.to_string(), bos_text.clone(), eos_text.clone()));
+        Ok(TextTokenizer { inner, add_bos, bos_text, eos_text, eos_ids, chat })
+    }
+
+    /// Encodes text. With `special`, adds the model's beginning-of-sequence token where it wants
+    /// one; special tokens written in the text are always recognised.
+    pub fn encode(&self, text: &str, special: bool) -> Result<Vec<u32>> {
+        let enc = self.inner.encode(text, special).map_err(tok_err)?;
+        let mut ids = enc.get_ids().to_vec();
+        if let (true, Some(bos)) = (special, self.add_bos) {
+            if ids.first() != Some(&bos) {
+                ids.insert(0, bos);
+            }
+        }
+        Ok(ids)
+    }
+
+    /// Decodes ids to text; `skip_special` drops special tokens.
+    pub fn decode(&self, ids: &[u32], skip_special: bool) -> Result<String> {
+        self.inner.decode(ids, skip_special).map_err(tok_err)
+    }
+
+    /// Vocabulary size including added tokens.
+    pub fn vocab_size(&self) -> usize {
+        self.inner.get_vocab_size(true)
+    }
+}

@@ -1,0 +1,107 @@
+//! Shape-checked access to a checkpoint's tensors, and upload to a backend.
+
+use turbine_core::{HostTensor, Ops, Tensor};
+
+use crate::source::WeightSource;
+use crate::{ModelError, Result};
+
+/// A view of a [`WeightSource`] that checks shapes against the config and uploads to `B`.
+pub struct Weights<'a, B: Ops> {
+    src: &'a dyn WeightSource,
+    backend: &'a B,
+}
+
+impl<'a, B: Ops> Weights<'a, B> {
+    /// Wraps a source and a backend.
+    pub fn new(src: &'a dyn WeightSource, backend: &'a B) -> Self {
+        Weights { src, backend }
+    }
+
+    /// The backend.
+    pub fn backend(&self) -> &'a B {
+        self.backend
+    }
+
+    /// The host tensor `key`, if present, after checking its shape.
+    pub fn opt_host(&self, key: &str, shape: &[usize]) -> Result<Option<HostTensor<'a>>> {
+        let Some(t) = self.src.get(key)? else { return Ok(None) };
+        if t.shape().dims() != shape {
+            return Err(ModelError::WeightShape {
+                key: key.into(),
+                expected: turbine_core::Shape::from(shape).to_string(),
+                got: t.shape().to_string(),
+            });
+        }
+        Ok(Some(t))
+    }
+
+    /// The host tensor `key`, which must exist with this shape.
+    pub fn host(&self, key: &str, shape: &[usize]) -> Result<HostTensor<'a>> {
+        self.opt_host(key, shape)?.ok_or_else(|| ModelError::MissingWeight { key: key.into() })
+    }
+
+    /// Uploads a host tensor.
+    pub fn upload(&self, t: &HostTensor<'_>) -> Result<Tensor<B>> {
+        Ok(self.backend.upload(t)?)
+    }
+
+    /// The tensor `key`, uploaded.
+    pub fn get(&self, key: &str, shape: &[usize]) -> Result<Tensor<B>> {
+        self.upload(&self.host(key, shape)?)
+    }
+
+    /// The tensor `key`, uploaded, if present.
+    pub fn get_opt(&self, key: &str, shape: &[usize]) -> Result<Option<Tensor<B>>> {
+        self.opt_host(key, shape)?.map(|t| self.upload(&t)).transpose()
+    }
+
+    /// Several matrices stacked along rows into one (fused QKV or gate/up projections). Parts of
+    /// different storage types are widened to f32 first. 1-D parts (biases) are stacked too.
+    pub fn fused(&self, parts: &[(&str, &[usize])]) -> Result<Tensor<B>> {
+        let hosts = parts.iter().map(|(k, s)| self.host(k, s)).collect::<Result<Vec<_>>>()?;
+        self.upload(&stack(hosts)?)
+    }
+
+    /// Like [`Weights::fused`], but `None` when none of the parts exist (optional biases);
+    /// an error when only some do.
+    pub fn fused_opt(&self, parts: &[(&str, &[usize])]) -> Result<Option<Tensor<B>>> {
+        let hosts = parts.iter().map(|(k, s)| self.opt_host(k, s)).collect::<Result<Vec<_>>>()?;
+        if hosts.iter().all(Option::is_none) {
+            return Ok(None);
+        }
+        let hosts = hosts
+            .into_iter()
+            .zip(parts)
+            .map(|(h, (k, _))| h.ok_or_else(|| ModelError::MissingWeight { key: (*k).into() }))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Some(self.upload(&stack(hosts)?)?))
+    }
+}
+
+fn as_rows(h: HostTensor<'_>) -> Result<HostTensor<'_>> {
+    if h.shape().rank() == 1 {
+        let n = h.shape().numel();
+        Ok(h.reshape([n, 1])?)
+    } else {
+        Ok(h)
+    }
+}
+
+fn stack(hosts: Vec<HostTensor<'_>>) -> Result<HostTensor<'static>> {
+    let one_d = hosts.first().is_some_and(|h| h.shape().rank() == 1);
+    let same = hosts.windows(2).all(|w| w[0].dtype() == w[1].dtype());
+    let hosts: Vec<HostTensor<'_>> = if same {
+        hosts.into_iter().map(as_rows).collect::<Result<_>>()?
+    } else {
+        hosts
+            .into_iter()
+            .map(|h| as_rows(HostTensor::from_f32(h.shape().clone(), &h.to_f32()?)?))
+            .collect::<Result<_>>()?
+    };
+    let out = HostTensor::concat_rows(&hosts)?;
+    if one_d {
+        let n = out.shape().numel();
+        return Ok(out.reshape([n])?);
+    }
+    Ok(out)
+}

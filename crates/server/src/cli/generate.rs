@@ -1,0 +1,181 @@
+//! `turbine generate`.
+
+use std::io::Write;
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use serde_json::json;
+use turbine_batcher::{GenOutput, GenRequest};
+use turbine_core::sampling::SamplingParams;
+use turbine_models::chat::Message;
+use turbine_models::tokenizer::TextTokenizer;
+use turbine_server::setup::{self, Session};
+
+use super::{parse_ids, ModelArgs};
+
+#[derive(Debug, Args)]
+pub struct GenerateArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    /// Prompt text (tokenized with the model's special tokens, e.g. BOS).
+    #[arg(long, group = "input")]
+    prompt: Option<String>,
+    /// Prompt as comma-separated token ids.
+    #[arg(long, group = "input")]
+    prompt_ids: Option<String>,
+    /// A user message, wrapped in the model's chat template with the generation prompt.
+    #[arg(long, group = "input")]
+    chat: Option<String>,
+    /// A system message for --chat.
+    #[arg(long, requires = "chat")]
+    system: Option<String>,
+    /// Most tokens to generate.
+    #[arg(long, default_value_t = 256)]
+    max_tokens: usize,
+    /// Sampling temperature; 0 is greedy.
+    #[arg(long, default_value_t = 0.8)]
+    temperature: f32,
+    /// Keep only the K most likely tokens (0: all).
+    #[arg(long, default_value_t = 0)]
+    top_k: usize,
+    /// Nucleus sampling: keep the most likely tokens up to this probability mass, in (0, 1].
+    #[arg(long, default_value_t = 1.0)]
+    top_p: f32,
+    /// Seed for reproducible sampling.
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Do not stop at end-of-sequence tokens.
+    #[arg(long)]
+    ignore_eos: bool,
+    /// Report the N most likely tokens' log-probabilities at each step (with --json).
+    #[arg(long)]
+    logprobs: Option<usize>,
+    /// Print one JSON object instead of streaming text.
+    #[arg(long)]
+    json: bool,
+}
+
+fn prompt_ids(a: &GenerateArgs, s: &Session) -> Result<Vec<u32>> {
+    if let Some(text) = &a.prompt {
+        if text.is_empty() {
+            bail!("the prompt is empty");
+        }
+        return Ok(s.tok.encode(text, true)?);
+    }
+    if let Some(ids) = &a.prompt_ids {
+        let ids = parse_ids(ids).context("--prompt-ids")?;
+        if ids.is_empty() {
+            bail!("the prompt is empty");
+        }
+        return Ok(ids);
+    }
+    if let Some(user) = &a.chat {
+        let tmpl = s.tok.chat.as_ref().context("this model has no chat template; use --prompt")?;
+        let mut msgs = Vec::new();
+        if let Some(sys) = &a.system {
+            msgs.push(Message::new("system", sys));
+        }
+        msgs.push(Message::new("user", user));
+        let text = tmpl.render(&msgs, true)?;
+        return Ok(s.tok.encode(&text, false)?);
+    }
+    bail!("give a prompt: --prompt TEXT, --prompt-ids 1,2,3 or --chat TEXT")
+}
+
+/// Streams decoded text, holding back incomplete UTF-8 sequences.
+struct Streamer<'a> {
+    tok: &'a TextTokenizer,
+    ids: Vec<u32>,
+    shown: usize,
+}
+
+impl Streamer<'_> {
+    fn push(&mut self, id: u32) -> Result<()> {
+        self.ids.push(id);
+        let text = self.tok.decode(&self.ids, true)?;
+        if text.ends_with('\u{fffd}') || text.len() < self.shown || !text.is_char_boundary(self.shown) {
+            return Ok(());
+        }
+        let mut out = std::io::stdout().lock();
+        out.write_all(&text.as_bytes()[self.shown..])?;
+        out.flush()?;
+        self.shown = text.len();
+        Ok(())
+    }
+}
+
+pub fn run(a: GenerateArgs) -> Result<()> {
+    if a.prompt.is_none() && a.prompt_ids.is_none() && a.chat.is_none() {
+        bail!("give a prompt: --prompt TEXT, --prompt-ids 1,2,3 or --chat TEXT");
+    }
+    let params = SamplingParams {
+        temperature: a.temperature,
+        top_k: a.top_k,
+        top_p: a.top_p,
+        seed: a.seed,
+        logprobs: a.logprobs.unwrap_or(0),
+    };
+    params.validate()?;
+    if a.max_tokens == 0 {
+        bail!("--max-tokens must be at least 1");
+    }
+    let mut s = setup::load(a.model.model.as_deref(), &a.model.backend, a.model.ctx_size)?;
+    let prompt = prompt_ids(&a, &s)?;
+    let req =
+        GenRequest { prompt, params, max_tokens: a.max_tokens, ignore_eos: a.ignore_eos, stop_ids: s.eos.clone() };
+    let out = if a.json {
+        s.gen.generate(&req, &mut |_| {})?
+    } else {
+        let mut st = Streamer { tok: &s.tok, ids: Vec::new(), shown: 0 };
+        let mut err = None;
+        let out = s.gen.generate(&req, &mut |t| {
+            if err.is_none() {
+                err = st.push(t.id).err();
+            }
+        });
+        if let Some(e) = err {
+            return Err(e);
+        }
+        println!();
+        out?
+    };
+    report(&a, &s, &req, &out)
+}
+
+fn report(a: &GenerateArgs, s: &Session, req: &GenRequest, out: &GenOutput) -> Result<()> {
+    let t = &out.timings;
+    let ids: Vec<u32> = out.tokens.iter().map(|t| t.id).collect();
+    if a.json {
+        let mut obj = json!({
+            "prompt_ids": req.prompt,
+            "ids": ids,
+            "text": s.tok.decode(&ids, true)?,
+            "finish_reason": out.finish.as_str(),
+            "timings": {
+                "load_ms": s.load_ms,
+                "prefill_ms": t.prefill_ms,
+                "decode_ms": t.decode_ms,
+                "prefill_tok_s": t.prefill_tok_s(),
+                "decode_tok_s": t.decode_tok_s(),
+            },
+        });
+        if a.logprobs.is_some() {
+            obj["logprobs"] = out
+                .tokens
+                .iter()
+                .map(|t| json!({"id": t.id, "logprob": t.logprob, "top": t.top.iter().map(|(i, l)| json!([i, l])).collect::<Vec<_>>()}))
+                .collect();
+        }
+        println!("{obj}");
+    } else {
+        eprintln!(
+            "[{} prompt tokens, {:.1} tok/s prefill; {} generated, {:.1} tok/s decode; finish: {}]",
+            t.prompt_tokens,
+            t.prefill_tok_s(),
+            ids.len(),
+            t.decode_tok_s(),
+            out.finish.as_str()
+        );
+    }
+    Ok(())
+}

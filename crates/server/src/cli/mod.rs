@@ -1,0 +1,61 @@
+//! Command-line parsing and dispatch.
+
+mod bench;
+mod generate;
+mod perplexity;
+mod pull;
+
+use clap::{Args, Parser, Subcommand};
+
+/// Turbine: an LLM inference engine.
+#[derive(Debug, Parser)]
+#[command(name = "turbine", version, about)]
+pub struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// Generate text from a prompt (streams to the terminal, or one JSON object with --json).
+    Generate(generate::GenerateArgs),
+    /// Score a text or token ids: mean negative log-likelihood and perplexity.
+    Perplexity(perplexity::PerplexityArgs),
+    /// Fetch a known model into the cache.
+    Pull(pull::PullArgs),
+    /// Measure prefill and decode speed.
+    Bench(bench::BenchArgs),
+}
+
+/// Options shared by every command that runs a model.
+#[derive(Debug, Args)]
+pub struct ModelArgs {
+    /// A model folder, a .gguf file, or a known name (default: smollm2-135m-instruct).
+    #[arg(long, short = 'm')]
+    pub model: Option<String>,
+    /// Kernel backend.
+    #[arg(long, default_value = "cpu")]
+    pub backend: String,
+    /// KV cache size in tokens (capped by the model's context length).
+    #[arg(long, default_value_t = 8192)]
+    pub ctx_size: usize,
+}
+
+/// Runs a parsed command line.
+pub fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.cmd {
+        Cmd::Generate(a) => generate::run(a),
+        Cmd::Perplexity(a) => perplexity::run(a),
+        Cmd::Pull(a) => pull::run(a),
+        Cmd::Bench(a) => bench::run(a),
+    }
+}
+
+/// Parses `1,2,3` into ids.
+pub fn parse_ids(s: &str) -> anyhow::Result<Vec<u32>> {
+    s.split(',')
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+        .map(|t| t.parse::<u32>().map_err(|_| anyhow::anyhow!("{t:?} is not a token id (non-negative integer)")))
+        .collect()
+}

@@ -1,0 +1,5 @@
+//! The `turbine` binary's library half: choosing a backend, resolving and loading models.
+//! This is the only crate that names a backend.
+#![warn(missing_docs)]
+
+pub mod setup;

@@ -1,0 +1,62 @@
+//! Golden tests of the Llama family against transformers references (tiny random-weight
+//! checkpoints, `fixtures/tiny/*`): greedy ids, first-step log-probabilities, perplexity.
+
+use turbine_tests::*;
+
+const NEAR_TIE: f64 = 1e-3;
+
+fn golden(case: &str) {
+    let dir = fixtures().join("tiny").join(case);
+    let g = read_json(&dir.join("golden.json")).unwrap();
+    let mut m = load(&dir, 256).unwrap();
+    for c in g["cases"].as_array().unwrap() {
+        let prompt = ids(&c["prompt_ids"]);
+        if let Some(text) = c["prompt_text"].as_str() {
+            assert_eq!(m.tok.encode(text, true).unwrap(), prompt, "{case}: tokenizer");
+        }
+        let want = ids(&c["greedy_ids"]);
+        let got = greedy(&mut m, &prompt, want.len()).unwrap();
+        check_greedy(&got, &want, &floats(&c["step_top2_margins"]), NEAR_TIE).unwrap_or_else(|e| panic!("{case}: {e}"));
+
+        // First step: log-softmax of the prompt's last logits within 1e-3.
+        let mut blocks = m.gen.pool().sequence();
+        blocks.reserve(prompt.len()).unwrap();
+        let step = turbine_models::SeqStep {
+            tokens: &prompt,
+            start: 0,
+            blocks: blocks.ids(),
+            logits: turbine_models::Logits::Last,
+        };
+        m.gen.runner().step(&[step]).unwrap();
+        let logits: Vec<f64> = m.gen.runner().logits().unwrap().iter().map(|&v| v as f64).collect();
+        let want_lp = log_softmax(&floats(&c["last_logits"]));
+        let got_lp = log_softmax(&logits);
+        let worst = got_lp.iter().zip(&want_lp).map(|(a, b)| (a - b).abs()).fold(0.0, f64::max);
+        assert!(worst <= 1e-3, "{case}: first-step logprob error {worst:e}");
+    }
+    let p = &g["perplexity"];
+    let ids = ids(&p["ids"]);
+    let s = turbine_batcher::score(&mut m.gen, &ids, ids.len()).unwrap();
+    let want = p["mean_nll"].as_f64().unwrap();
+    assert!((s.mean_nll - want).abs() <= 1e-4 * want.abs(), "{case}: mean nll {} vs {want}", s.mean_nll);
+    let want_ppl = p["ppl"].as_f64().unwrap();
+    assert!((s.ppl - want_ppl).abs() <= 1e-4 * want_ppl, "{case}: ppl {} vs {want_ppl}", s.ppl);
+    for (i, (a, b)) in s.token_nll.iter().zip(floats(&p["token_nll"])).enumerate() {
+        assert!((a - b).abs() <= 1e-3, "{case}: token {i} nll {a} vs {b}");
+    }
+}
+
+#[test]
+fn llama_gqa() {
+    golden("llama-gqa");
+}
+
+#[test]
+fn mistral_sliding_window() {
+    golden("mistral-window");
+}
+
+#[test]
+fn qwen2_qkv_bias_tied() {
+    golden("qwen2-bias");
+}

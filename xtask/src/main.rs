@@ -1,0 +1,56 @@
+//! `cargo xtask <task>`: developer tasks in plain Rust.
+//!
+//! - `golden [--backend cpu] [-- ARGS]`: the golden model suites (transformers references).
+//! - `ci`: format check, clippy with warnings denied, every test.
+
+use std::process::Command;
+
+use anyhow::{bail, Context, Result};
+
+const GOLDEN_SUITES: &[&str] = &["golden_tiny", "golden_smollm2"];
+
+fn cargo(args: &[&str]) -> Result<()> {
+    eprintln!("xtask: cargo {}", args.join(" "));
+    let status = Command::new(env!("CARGO")).args(args).status().context("running cargo")?;
+    if !status.success() {
+        bail!("cargo {} failed ({status})", args.join(" "));
+    }
+    Ok(())
+}
+
+fn golden(args: &[String]) -> Result<()> {
+    let mut backend = "cpu".to_string();
+    let mut rest = Vec::new();
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--backend" => backend = it.next().context("--backend needs a value")?.clone(),
+            other => rest.push(other.to_string()),
+        }
+    }
+    if backend != "cpu" {
+        bail!("golden suites for backend {backend:?} are not available yet (cpu is)");
+    }
+    let mut cmd: Vec<&str> = vec!["test", "-p", "turbine-tests"];
+    for s in GOLDEN_SUITES {
+        cmd.extend(["--test", s]);
+    }
+    if !rest.is_empty() {
+        cmd.push("--");
+        cmd.extend(rest.iter().map(String::as_str));
+    }
+    cargo(&cmd)
+}
+
+fn main() -> Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match args.first().map(String::as_str) {
+        Some("golden") => golden(&args[1..]),
+        Some("ci") => {
+            cargo(&["fmt", "--all", "--", "--check"])?;
+            cargo(&["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"])?;
+            cargo(&["test", "--workspace"])
+        }
+        _ => bail!("usage: cargo xtask <golden [--backend cpu] | ci>"),
+    }
+}
