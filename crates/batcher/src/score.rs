@@ -22,12 +22,12 @@ pub struct Score {
 /// Scores `ids` in consecutive windows of `ctx` tokens (the last may be shorter); within a window
 /// each token is predicted from the ones before it in that window.
 pub fn score(g: &mut Generator, ids: &[u32], ctx: usize) -> Result<Score> {
+    if ids.len() < 2 {
+        return Err(EngineError::Invalid(format!("need at least 2 tokens to score, got {}", ids.len())));
+    }
     let max = g.context_len();
     if ctx < 2 || ctx > max {
         return Err(EngineError::Invalid(format!("--ctx must be between 2 and the context length {max}, got {ctx}")));
-    }
-    if ids.len() < 2 {
-        return Err(EngineError::Invalid(format!("need at least 2 tokens to score, got {}", ids.len())));
     }
     let vocab = g.runner().spec().vocab;
     if let Some(&bad) = ids.iter().find(|&&t| t as usize >= vocab) {

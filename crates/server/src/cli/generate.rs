@@ -30,16 +30,16 @@ pub struct GenerateArgs {
     #[arg(long, requires = "chat")]
     system: Option<String>,
     /// Most tokens to generate.
-    #[arg(long, default_value_t = 256)]
-    max_tokens: usize,
+    #[arg(long, default_value_t = 256, allow_negative_numbers = true)]
+    max_tokens: i64,
     /// Sampling temperature; 0 is greedy.
-    #[arg(long, default_value_t = 0.8)]
+    #[arg(long, default_value_t = 0.8, allow_negative_numbers = true)]
     temperature: f32,
     /// Keep only the K most likely tokens (0: all).
-    #[arg(long, default_value_t = 0)]
-    top_k: usize,
+    #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
+    top_k: i64,
     /// Nucleus sampling: keep the most likely tokens up to this probability mass, in (0, 1].
-    #[arg(long, default_value_t = 1.0)]
+    #[arg(long, default_value_t = 1.0, allow_negative_numbers = true)]
     top_p: f32,
     /// Seed for reproducible sampling.
     #[arg(long)]
@@ -108,21 +108,29 @@ pub fn run(a: GenerateArgs) -> Result<()> {
     if a.prompt.is_none() && a.prompt_ids.is_none() && a.chat.is_none() {
         bail!("give a prompt: --prompt TEXT, --prompt-ids 1,2,3 or --chat TEXT");
     }
+    if a.top_k < 0 {
+        bail!("--top-k must be >= 0 (0 keeps every token), got {}", a.top_k);
+    }
     let params = SamplingParams {
         temperature: a.temperature,
-        top_k: a.top_k,
+        top_k: a.top_k as usize,
         top_p: a.top_p,
         seed: a.seed,
         logprobs: a.logprobs.unwrap_or(0),
     };
     params.validate()?;
-    if a.max_tokens == 0 {
-        bail!("--max-tokens must be at least 1");
+    if a.max_tokens < 1 {
+        bail!("--max-tokens must be at least 1, got {}", a.max_tokens);
     }
     let mut s = setup::load(a.model.model.as_deref(), &a.model.backend, a.model.ctx_size)?;
     let prompt = prompt_ids(&a, &s)?;
-    let req =
-        GenRequest { prompt, params, max_tokens: a.max_tokens, ignore_eos: a.ignore_eos, stop_ids: s.eos.clone() };
+    let req = GenRequest {
+        prompt,
+        params,
+        max_tokens: a.max_tokens as usize,
+        ignore_eos: a.ignore_eos,
+        stop_ids: s.eos.clone(),
+    };
     let out = if a.json {
         s.gen.generate(&req, &mut |_| {})?
     } else {

@@ -1,0 +1,336 @@
+//! The `turbine` command-line contract and its answers to bad input: a clear one-line error and
+//! a non-zero exit, never a panic or a hang.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use serde_json::Value;
+
+fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures")
+}
+
+fn tiny(case: &str) -> PathBuf {
+    fixtures().join("tiny").join(case)
+}
+
+fn turbine(args: &[&str]) -> Output {
+    turbine_env(args, &[])
+}
+
+fn turbine_env(args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_turbine"));
+    c.args(args);
+    for (k, v) in env {
+        c.env(k, v);
+    }
+    c.output().expect("run turbine")
+}
+
+/// Asserts failure with a one-line `error:` message containing `needle`.
+#[track_caller]
+fn fails_with(out: &Output, needle: &str) {
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "expected failure, got success; stderr: {err}");
+    assert!(!err.contains("panicked"), "panicked: {err}");
+    let line = err.lines().rev().find(|l| l.starts_with("error")).unwrap_or_else(|| panic!("no error line in {err:?}"));
+    assert!(line.contains(needle), "error {line:?} does not mention {needle:?}");
+}
+
+fn json(out: &Output) -> Value {
+    assert!(out.status.success(), "turbine failed: {}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).expect("one JSON object on stdout")
+}
+
+fn golden(case: &str) -> Value {
+    serde_json::from_str(&std::fs::read_to_string(tiny(case).join("golden.json")).unwrap()).unwrap()
+}
+
+fn ids_arg(v: &Value) -> String {
+    v.as_array().unwrap().iter().map(|x| x.to_string()).collect::<Vec<_>>().join(",")
+}
+
+fn temp_dir(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("turbine-cli-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// A copy of a tiny fixture folder, for breaking.
+fn copy_tiny(case: &str, name: &str) -> PathBuf {
+    let d = temp_dir(name);
+    for f in ["config.json", "model.safetensors", "tokenizer.json"] {
+        std::fs::copy(tiny(case).join(f), d.join(f)).unwrap();
+    }
+    d
+}
+
+#[test]
+fn generate_json_follows_the_contract() {
+    let g = golden("llama-gqa");
+    let c = &g["cases"][0];
+    let model = tiny("llama-gqa");
+    let prompt = ids_arg(&c["prompt_ids"]);
+    let out = turbine(&[
+        "generate",
+        "--model",
+        model.to_str().unwrap(),
+        "--prompt-ids",
+        &prompt,
+        "--max-tokens",
+        "12",
+        "--temperature",
+        "0",
+        "--ignore-eos",
+        "--logprobs",
+        "3",
+        "--json",
+    ]);
+    let v = json(&out);
+    assert_eq!(v["prompt_ids"], c["prompt_ids"]);
+    assert_eq!(v["ids"], c["greedy_ids"]);
+    assert_eq!(v["finish_reason"], "length");
+    assert!(v["text"].is_string());
+    let lp = v["logprobs"].as_array().unwrap();
+    assert_eq!(lp.len(), 12);
+    for (entry, id) in lp.iter().zip(c["greedy_ids"].as_array().unwrap()) {
+        assert_eq!(&entry["id"], id);
+        let top = entry["top"].as_array().unwrap();
+        assert_eq!(top.len(), 3);
+        // Greedy picks the most likely token, so it heads the list with the same log-probability.
+        assert_eq!(&top[0][0], id);
+        assert_eq!(top[0][1], entry["logprob"]);
+        let lps: Vec<f64> = top.iter().map(|t| t[1].as_f64().unwrap()).collect();
+        assert!(lps.windows(2).all(|w| w[0] >= w[1]) && lps[0] <= 0.0);
+    }
+    for k in ["load_ms", "prefill_ms", "decode_ms", "prefill_tok_s", "decode_tok_s"] {
+        assert!(v["timings"][k].as_f64().is_some_and(|x| x >= 0.0), "timings.{k}");
+    }
+}
+
+#[test]
+fn generate_text_prompt_streams_and_stops_at_eos() {
+    // Id 0 is EOS in the tiny models; without --ignore-eos generation may stop early.
+    let model = tiny("llama-gqa");
+    let out =
+        turbine(&["generate", "--model", model.to_str().unwrap(), "--prompt", "The quick brown fox", "--seed", "1"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(!out.stdout.is_empty());
+    let v = json(&turbine(&[
+        "generate",
+        "--model",
+        model.to_str().unwrap(),
+        "--prompt",
+        "The quick brown fox",
+        "--seed",
+        "7",
+        "--temperature",
+        "1.0",
+        "--top-k",
+        "20",
+        "--top-p",
+        "0.9",
+        "--max-tokens",
+        "40",
+        "--json",
+    ]));
+    let again = json(&turbine(&[
+        "generate",
+        "--model",
+        model.to_str().unwrap(),
+        "--prompt",
+        "The quick brown fox",
+        "--seed",
+        "7",
+        "--temperature",
+        "1.0",
+        "--top-k",
+        "20",
+        "--top-p",
+        "0.9",
+        "--max-tokens",
+        "40",
+        "--json",
+    ]));
+    assert_eq!(v["ids"], again["ids"], "a seed makes sampling reproducible");
+    let ids = v["ids"].as_array().unwrap();
+    match v["finish_reason"].as_str().unwrap() {
+        "stop" => assert_eq!(ids.last().unwrap(), 0),
+        "length" => assert_eq!(ids.len(), 40),
+        other => panic!("finish_reason {other}"),
+    }
+}
+
+#[test]
+fn perplexity_json_matches_reference() {
+    let g = golden("mistral-window");
+    let p = &g["perplexity"];
+    let dir = temp_dir("ppl");
+    let ids_file = dir.join("ids.json");
+    std::fs::write(&ids_file, p["ids"].to_string()).unwrap();
+    let model = tiny("mistral-window");
+    for args in [
+        vec!["--ids", &*Box::leak(ids_arg(&p["ids"]).into_boxed_str())],
+        vec!["--ids-file", ids_file.to_str().unwrap()],
+    ] {
+        let mut a = vec!["perplexity", "--model", model.to_str().unwrap(), "--json"];
+        a.extend(args);
+        let v = json(&turbine(&a));
+        assert_eq!(v["tokens"].as_u64().unwrap() as usize, p["ids"].as_array().unwrap().len() - 1);
+        let (got, want) = (v["ppl"].as_f64().unwrap(), p["ppl"].as_f64().unwrap());
+        assert!((got - want).abs() <= 1e-4 * want, "ppl {got} vs {want}");
+    }
+    // Windows: 96 ids in windows of 32 score 3 * 31 tokens.
+    let v = json(&turbine(&[
+        "perplexity",
+        "--model",
+        model.to_str().unwrap(),
+        "--ids-file",
+        ids_file.to_str().unwrap(),
+        "--ctx",
+        "32",
+        "--json",
+    ]));
+    assert_eq!(v["tokens"], 93);
+}
+
+#[test]
+fn bad_model_paths() {
+    fails_with(&turbine(&["generate", "--model", "/no/such/model", "--prompt", "hi"]), "no such file or folder");
+    let empty = temp_dir("empty");
+    fails_with(&turbine(&["generate", "--model", empty.to_str().unwrap(), "--prompt", "hi"]), "no config.json");
+    let foo = copy_tiny("llama-gqa", "foo");
+    let cfg = std::fs::read_to_string(foo.join("config.json")).unwrap().replace("LlamaForCausalLM", "FooForCausalLM");
+    std::fs::write(foo.join("config.json"), cfg).unwrap();
+    fails_with(&turbine(&["generate", "--model", foo.to_str().unwrap(), "--prompt", "hi"]), "FooForCausalLM");
+    fails_with(&turbine(&["generate", "--model", foo.to_str().unwrap(), "--prompt", "hi"]), "LlamaForCausalLM");
+}
+
+#[test]
+fn corrupt_weights() {
+    let d = copy_tiny("llama-gqa", "truncated");
+    let bytes = std::fs::read(d.join("model.safetensors")).unwrap();
+    std::fs::write(d.join("model.safetensors"), &bytes[..bytes.len() / 2]).unwrap();
+    fails_with(&turbine(&["generate", "--model", d.to_str().unwrap(), "--prompt", "hi"]), "corrupt or truncated");
+    std::fs::write(d.join("model.safetensors"), b"not a safetensors file").unwrap();
+    fails_with(&turbine(&["generate", "--model", d.to_str().unwrap(), "--prompt", "hi"]), "corrupt or truncated");
+
+    let gg = temp_dir("gguf");
+    let f = gg.join("bad.gguf");
+    std::fs::write(&f, b"GGML this is not gguf").unwrap();
+    fails_with(&turbine(&["generate", "--model", f.to_str().unwrap(), "--prompt", "hi"]), "not a GGUF file");
+    // A valid header that promises metadata the file does not hold.
+    let mut b = b"GGUF".to_vec();
+    b.extend(3u32.to_le_bytes());
+    b.extend(1u64.to_le_bytes());
+    b.extend(5u64.to_le_bytes());
+    std::fs::write(&f, &b).unwrap();
+    fails_with(&turbine(&["generate", "--model", f.to_str().unwrap(), "--prompt", "hi"]), "unexpected end of file");
+    // Metadata intact, tensor data cut off.
+    std::fs::write(&f, gguf("llama", &[("token_embd.weight", &[64, 512])])).unwrap();
+    fails_with(&turbine(&["generate", "--model", f.to_str().unwrap(), "--prompt", "hi"]), "truncated");
+    std::fs::write(&f, gguf("mamba", &[])).unwrap();
+    fails_with(
+        &turbine(&["generate", "--model", f.to_str().unwrap(), "--prompt", "hi"]),
+        "unsupported architecture \"mamba\"",
+    );
+}
+
+/// A GGUF v3 header naming `arch`, declaring f32 tensors (dims innermost first) but holding no
+/// tensor data.
+fn gguf(arch: &str, tensors: &[(&str, &[u64])]) -> Vec<u8> {
+    let s = |b: &mut Vec<u8>, t: &str| {
+        b.extend((t.len() as u64).to_le_bytes());
+        b.extend(t.as_bytes());
+    };
+    let mut b = b"GGUF".to_vec();
+    b.extend(3u32.to_le_bytes());
+    b.extend((tensors.len() as u64).to_le_bytes());
+    b.extend(1u64.to_le_bytes());
+    s(&mut b, "general.architecture");
+    b.extend(8u32.to_le_bytes());
+    s(&mut b, arch);
+    for (name, dims) in tensors {
+        s(&mut b, name);
+        b.extend((dims.len() as u32).to_le_bytes());
+        for d in *dims {
+            b.extend(d.to_le_bytes());
+        }
+        b.extend(0u32.to_le_bytes());
+        b.extend(0u64.to_le_bytes());
+    }
+    b
+}
+
+#[test]
+fn weight_shapes_must_match_config() {
+    let d = copy_tiny("llama-gqa", "shapes");
+    let cfg = std::fs::read_to_string(d.join("config.json"))
+        .unwrap()
+        .replace("\"intermediate_size\": 160", "\"intermediate_size\": 128");
+    std::fs::write(d.join("config.json"), cfg).unwrap();
+    fails_with(
+        &turbine(&["generate", "--model", d.to_str().unwrap(), "--prompt", "hi"]),
+        "gate_proj.weight has shape [160, 64]",
+    );
+}
+
+#[test]
+fn bad_prompts() {
+    let m = tiny("llama-gqa");
+    let m = m.to_str().unwrap();
+    let long = vec!["5"; 300].join(",");
+    fails_with(&turbine(&["generate", "--model", m, "--prompt-ids", &long]), "context");
+    fails_with(&turbine(&["generate", "--model", m, "--prompt-ids", "1,2,600"]), "outside the vocabulary");
+    fails_with(&turbine(&["generate", "--model", m, "--prompt", ""]), "prompt is empty");
+    fails_with(&turbine(&["generate", "--model", m, "--prompt-ids", ""]), "prompt is empty");
+    fails_with(&turbine(&["generate", "--model", m, "--prompt-ids", "1,x"]), "not a token id");
+    fails_with(&turbine(&["generate", "--model", m, "--chat", "hi"]), "no chat template");
+    fails_with(&turbine(&["generate", "--model", m]), "give a prompt");
+    fails_with(&turbine(&["perplexity", "--model", m, "--ids", "1,2,700"]), "outside the vocabulary");
+    fails_with(&turbine(&["perplexity", "--model", m, "--ids", "1"]), "at least 2 tokens");
+    fails_with(&turbine(&["perplexity", "--model", m, "--file", "/no/such/file.txt"]), "no such file");
+}
+
+#[test]
+fn bad_sampling_settings() {
+    let m = tiny("llama-gqa");
+    let m = m.to_str().unwrap();
+    let run = |extra: &[&str]| {
+        let mut a = vec!["generate", "--model", m, "--prompt", "hi"];
+        a.extend_from_slice(extra);
+        turbine(&a)
+    };
+    fails_with(&run(&["--temperature", "-0.5"]), "temperature");
+    fails_with(&run(&["--top-p", "0"]), "top-p");
+    fails_with(&run(&["--top-p", "1.5"]), "top-p");
+    fails_with(&run(&["--top-k", "-1"]), "--top-k");
+    fails_with(&run(&["--max-tokens", "0"]), "max-tokens");
+    fails_with(&run(&["--backend", "tpu"]), "unknown backend");
+}
+
+#[test]
+fn pull_errors() {
+    let home = temp_dir("home");
+    let h = home.to_str().unwrap();
+    fails_with(&turbine_env(&["pull", "no-such-model"], &[("TURBINE_HOME", h)]), "unknown model name");
+    fails_with(
+        &turbine_env(&["pull"], &[("TURBINE_HOME", h), ("TURBINE_PYTHON", "/no/such/python3")]),
+        "cannot run /no/such/python3",
+    );
+    // A registry that refuses connections.
+    fails_with(
+        &turbine_env(
+            &["pull"],
+            &[
+                ("TURBINE_HOME", h),
+                ("PIP_INDEX_URL", "http://127.0.0.1:9/simple"),
+                ("PIP_RETRIES", "0"),
+                ("PIP_TIMEOUT", "2"),
+                ("PIP_NO_CACHE_DIR", "1"),
+            ],
+        ),
+        "registry reachable",
+    );
+}
