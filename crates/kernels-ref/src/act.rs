@@ -1,7 +1,7 @@
 //! Gated activations, row gathers and softmax.
 
 use rayon::prelude::*;
-use turbine_core::{quant::dequant_block, Act, DType, Error, Result, Tensor};
+use turbine_core::{Act, DType, Error, Result, Tensor};
 
 use crate::buffer::{f32s, f32s_mut, u32s, CpuBuf};
 use crate::Cpu;
@@ -53,9 +53,7 @@ pub(crate) fn gather_rows(src: &Tensor<Cpu>, ids: &Tensor<Cpu>, out: &mut Tensor
             let rb = dtype.bytes_for(cols).ok_or(Error::Unsupported { op: OP, dtype, backend: "cpu" })?;
             for (o, &i) in os.chunks_exact_mut(cols).zip(ids) {
                 let row = &b[i as usize * rb..][..rb];
-                for (dst, blk) in o.chunks_exact_mut(32).zip(row.chunks_exact(dtype.block_bytes())) {
-                    dequant_block(dtype, blk, dst.try_into().expect("chunk of 32"));
-                }
+                crate::dequant::dequant_into(dtype, row, o);
             }
         }
         CpuBuf::U32(_) => return Err(Error::Unsupported { op: OP, dtype: DType::U32, backend: "cpu" }),

@@ -9,12 +9,14 @@ use rayon::prelude::*;
 use turbine_core::{AttnMeta, AttnParams, Error, KvPages, QkvLayout, Result, Tensor};
 
 use crate::buffer::{f32s, f32s_mut, u32s};
-use crate::dot::dot;
+use crate::dot::{axpy, dot};
 use crate::Cpu;
 
 /// Largest supported block size and head dimension (stack scratch).
 pub(crate) const MAX_BLOCK: usize = 256;
 const MAX_HEAD_DIM: usize = 512;
+/// Query heads of one kv group handled by one task.
+const SUB: usize = 4;
 
 fn check_layout(op: &'static str, l: QkvLayout) -> Result<()> {
     if l.kv_heads == 0 || l.q_heads % l.kv_heads != 0 {
@@ -132,46 +134,57 @@ pub(crate) fn paged_attention(
     if t == 0 {
         return Ok(());
     }
-    f32s_mut(out, OP)?.par_chunks_mut(d).enumerate().for_each(|(idx, o)| {
-        let (tok, h) = (idx / l.q_heads, idx % l.q_heads);
+    // One task per (token, kv head, group of up to SUB query heads sharing that kv head): the
+    // keys and values are read once for the group. Each query's reduction is unchanged.
+    let sub = (1..=SUB.min(group)).rev().find(|s| group % s == 0).unwrap_or(1);
+    f32s_mut(out, OP)?.par_chunks_mut(sub * d).enumerate().for_each(|(idx, o)| {
+        let heads_per_row = l.q_heads / sub;
+        let (tok, h0) = (idx / heads_per_row, (idx % heads_per_row) * sub);
+        let kh = h0 / group;
         let s = sq.of_token(tok);
         let (start, len, ctx) = (sq.info[s * 3] as usize, sq.info[s * 3 + 1] as usize, sq.info[s * 3 + 2] as usize);
         let pos = ctx - len + (tok - start);
         let lo = p.window.map_or(0, |w| (pos + 1).saturating_sub(w));
-        let qh = &q[tok * l.width() + h * d..][..d];
-        let kh = h / group;
+        let qrow = &q[tok * l.width()..];
         let table = &sq.tables[s * sq.max_blocks..];
-        let mut scores = [0.0f32; MAX_BLOCK];
-        let mut acc = [0.0f32; MAX_HEAD_DIM];
-        let acc = &mut acc[..d];
-        let (mut m, mut denom) = (f32::NEG_INFINITY, 0.0f32);
+        let mut scores = [[0.0f32; MAX_BLOCK]; SUB];
+        let mut acc = [[0.0f32; MAX_HEAD_DIM]; SUB];
+        let mut m = [f32::NEG_INFINITY; SUB];
+        let mut denom = [0.0f32; SUB];
         for (blk, &phys) in table.iter().enumerate().take(pos / bs + 1).skip(lo / bs) {
             let phys = phys as usize;
             let (a, b) = ((blk * bs).max(lo), ((blk + 1) * bs).min(pos + 1));
-            let sc = &mut scores[..b - a];
-            let mut bmax = f32::NEG_INFINITY;
-            for (i, sv) in sc.iter_mut().enumerate() {
-                let off = ((phys * bs + (a + i - blk * bs)) * l.kv_heads + kh) * d;
-                *sv = dot(qh, &kc[off..off + d]) * p.scale;
-                bmax = bmax.max(*sv);
+            let row = |i: usize| ((phys * bs + (a + i - blk * bs)) * l.kv_heads + kh) * d;
+            for g in 0..sub {
+                let qh = &qrow[(h0 + g) * d..][..d];
+                let sc = &mut scores[g][..b - a];
+                let mut bmax = f32::NEG_INFINITY;
+                for (i, sv) in sc.iter_mut().enumerate() {
+                    *sv = dot(qh, &kc[row(i)..row(i) + d]) * p.scale;
+                    bmax = bmax.max(*sv);
+                }
+                let m_new = m[g].max(bmax);
+                let corr = (m[g] - m_new).exp();
+                denom[g] *= corr;
+                acc[g][..d].iter_mut().for_each(|v| *v *= corr);
+                for sv in sc.iter_mut() {
+                    *sv = (*sv - m_new).exp();
+                    denom[g] += *sv;
+                }
+                m[g] = m_new;
             }
-            let m_new = m.max(bmax);
-            let corr = (m - m_new).exp();
-            denom *= corr;
-            acc.iter_mut().for_each(|v| *v *= corr);
-            for (i, &sv) in sc.iter().enumerate() {
-                let w = (sv - m_new).exp();
-                denom += w;
-                let off = ((phys * bs + (a + i - blk * bs)) * l.kv_heads + kh) * d;
-                for (av, &vv) in acc.iter_mut().zip(&vc[off..off + d]) {
-                    *av = w.mul_add(vv, *av);
+            for i in 0..b - a {
+                let v = &vc[row(i)..row(i) + d];
+                for g in 0..sub {
+                    axpy(scores[g][i], v, &mut acc[g][..d]);
                 }
             }
-            m = m_new;
         }
-        let inv = 1.0 / denom;
-        for (ov, &av) in o.iter_mut().zip(acc.iter()) {
-            *ov = av * inv;
+        for (g, og) in o.chunks_exact_mut(d).enumerate() {
+            let inv = 1.0 / denom[g];
+            for (ov, &av) in og.iter_mut().zip(&acc[g][..d]) {
+                *ov = av * inv;
+            }
         }
     });
     Ok(())

@@ -8,14 +8,14 @@
 
 /// Whether the AVX2+FMA path is used.
 #[cfg(target_arch = "x86_64")]
-fn has_avx2() -> bool {
+pub(crate) fn has_avx2() -> bool {
     use std::sync::OnceLock;
     static HAS: OnceLock<bool> = OnceLock::new();
     *HAS.get_or_init(|| is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma"))
 }
 
 #[cfg(not(target_arch = "x86_64"))]
-fn has_avx2() -> bool {
+pub(crate) fn has_avx2() -> bool {
     false
 }
 
@@ -57,6 +57,20 @@ pub(crate) fn tile<const MR: usize, const NR: usize>(
 pub(crate) fn dot(a: &[f32], b: &[f32]) -> f32 {
     let k = a.len().min(b.len());
     tile::<1, 1>(a, 0, b, 0, k)[0][0]
+}
+
+/// `y[i] = fma(a, x[i], y[i])`.
+pub(crate) fn axpy(a: f32, x: &[f32], y: &mut [f32]) {
+    let n = x.len().min(y.len());
+    #[cfg(target_arch = "x86_64")]
+    if has_avx2() {
+        // SAFETY: AVX2 and FMA are present; both slices hold n values.
+        unsafe { avx2::axpy(a, &x[..n], &mut y[..n]) };
+        return;
+    }
+    for (yv, &xv) in y[..n].iter_mut().zip(&x[..n]) {
+        *yv = a.mul_add(xv, *yv);
+    }
 }
 
 fn tile_scalar<const MR: usize, const NR: usize>(
@@ -128,11 +142,38 @@ mod avx2 {
         }
         out
     }
+
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn axpy(a: f32, x: &[f32], y: &mut [f32]) {
+        let n = x.len();
+        let av = _mm256_set1_ps(a);
+        let mut i = 0;
+        while i + 8 <= n {
+            // SAFETY: i + 8 <= n and both slices hold n values.
+            unsafe {
+                let yp = y.as_mut_ptr().add(i);
+                _mm256_storeu_ps(yp, _mm256_fmadd_ps(av, _mm256_loadu_ps(x.as_ptr().add(i)), _mm256_loadu_ps(yp)));
+            }
+            i += 8;
+        }
+        for j in i..n {
+            y[j] = a.mul_add(x[j], y[j]);
+        }
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn axpy_matches_scalar_fma() {
+        let x: Vec<f32> = (0..37).map(|i| i as f32 * 0.3 - 2.0).collect();
+        let mut y: Vec<f32> = (0..37).map(|i| 1.0 / (i as f32 + 1.0)).collect();
+        let want: Vec<f32> = y.iter().zip(&x).map(|(&yv, &xv)| 0.7f32.mul_add(xv, yv)).collect();
+        axpy(0.7, &x, &mut y);
+        assert_eq!(y, want);
+    }
 
     fn data(n: usize, seed: u32) -> Vec<f32> {
         (0..n).map(|i| ((i as u32).wrapping_mul(2654435761).wrapping_add(seed) >> 8) as f32 / 8388608.0 - 1.0).collect()

@@ -9,6 +9,7 @@
 mod act;
 mod attention;
 mod buffer;
+mod dequant;
 mod dot;
 mod matmul;
 mod norm;

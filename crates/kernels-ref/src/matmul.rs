@@ -7,9 +7,10 @@
 use std::cell::RefCell;
 
 use rayon::prelude::*;
-use turbine_core::{quant::dequant_block, DType, Epilogue, Error, Result, Tensor};
+use turbine_core::{DType, Epilogue, Error, Result, Tensor};
 
 use crate::buffer::{f32s, f32s_mut, CpuBuf};
+use crate::dequant::dequant_into;
 use crate::dot::tile;
 use crate::Cpu;
 
@@ -116,14 +117,11 @@ pub(crate) fn matmul(x: &Tensor<Cpu>, w: &Tensor<Cpu>, epi: Epilogue<'_, Cpu>, o
         }
         CpuBuf::Blocks(bytes) => {
             let row_bytes = dtype.bytes_for(k).ok_or(Error::Unsupported { op: OP, dtype, backend: "cpu" })?;
-            let bb = dtype.block_bytes();
             bytes[..n * row_bytes].par_chunks(PANEL * row_bytes).enumerate().for_each(|(t, qp)| {
                 SCRATCH.with_borrow_mut(|s| {
                     let rows = qp.len() / row_bytes;
                     s.resize(rows * k, 0.0);
-                    for (dst, blk) in s.chunks_exact_mut(32).zip(qp.chunks_exact(bb)) {
-                        dequant_block(dtype, blk, dst.try_into().expect("chunk of 32"));
-                    }
+                    dequant_into(dtype, qp, &mut s[..rows * k]);
                     job.panel(&s[..rows * k], t * PANEL);
                 })
             });
