@@ -9,7 +9,7 @@ use rayon::prelude::*;
 use turbine_core::{AttnMeta, AttnParams, Error, KvPages, QkvLayout, Result, Tensor};
 
 use crate::buffer::{f32s, f32s_mut, u32s};
-use crate::dot::{axpy, dot};
+use crate::dot::{accumulate, scores as dot_scores};
 use crate::Cpu;
 
 /// Largest supported block size and head dimension (stack scratch).
@@ -154,15 +154,14 @@ pub(crate) fn paged_attention(
         for (blk, &phys) in table.iter().enumerate().take(pos / bs + 1).skip(lo / bs) {
             let phys = phys as usize;
             let (a, b) = ((blk * bs).max(lo), ((blk + 1) * bs).min(pos + 1));
-            let row = |i: usize| ((phys * bs + (a + i - blk * bs)) * l.kv_heads + kh) * d;
+            // Keys and values of this block for kv head `kh`: rows `a..b`, stride kv_heads * d.
+            let base = ((phys * bs + (a - blk * bs)) * l.kv_heads + kh) * d;
+            let n = b - a;
+            let (kb, vb) = (&kc[base..], &vc[base..]);
             for g in 0..sub {
-                let qh = &qrow[(h0 + g) * d..][..d];
-                let sc = &mut scores[g][..b - a];
-                let mut bmax = f32::NEG_INFINITY;
-                for (i, sv) in sc.iter_mut().enumerate() {
-                    *sv = dot(qh, &kc[row(i)..row(i) + d]) * p.scale;
-                    bmax = bmax.max(*sv);
-                }
+                let sc = &mut scores[g][..n];
+                dot_scores(&qrow[(h0 + g) * d..][..d], kb, kvw, p.scale, sc);
+                let bmax = sc.iter().copied().fold(f32::NEG_INFINITY, f32::max);
                 let m_new = m[g].max(bmax);
                 let corr = (m[g] - m_new).exp();
                 denom[g] *= corr;
@@ -172,12 +171,7 @@ pub(crate) fn paged_attention(
                     denom[g] += *sv;
                 }
                 m[g] = m_new;
-            }
-            for i in 0..b - a {
-                let v = &vc[row(i)..row(i) + d];
-                for g in 0..sub {
-                    axpy(scores[g][i], v, &mut acc[g][..d]);
-                }
+                accumulate(sc, vb, kvw, &mut acc[g][..d]);
             }
         }
         for (g, og) in o.chunks_exact_mut(d).enumerate() {

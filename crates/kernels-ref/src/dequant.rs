@@ -9,17 +9,47 @@ pub(crate) fn dequant_into(dtype: DType, src: &[u8], out: &mut [f32]) {
     let bb = dtype.block_bytes();
     debug_assert!(src.len() >= out.len() / 32 * bb);
     #[cfg(target_arch = "x86_64")]
-    if crate::dot::has_avx2() && std::arch::is_x86_feature_detected!("f16c") {
-        for (dst, blk) in out.chunks_exact_mut(32).zip(src.chunks_exact(bb)) {
-            let dst: &mut [f32; 32] = dst.try_into().expect("chunk of 32");
-            // SAFETY: AVX2, FMA and F16C are present; `blk` holds one whole block.
-            unsafe { avx2::block(dtype, blk, dst) };
-        }
+    if has_qtile() {
+        // SAFETY: AVX2, FMA and F16C are present; `src` holds a block per 32 outputs.
+        unsafe { avx2::blocks(dtype, src, out) };
         return;
     }
     for (dst, blk) in out.chunks_exact_mut(32).zip(src.chunks_exact(bb)) {
         dequant_block(dtype, blk, dst.try_into().expect("chunk of 32"));
     }
+}
+
+/// Whether the fused dequantise-and-multiply kernel ([`qtile`]) is available.
+pub(crate) fn has_qtile() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        crate::dot::has_avx2() && std::arch::is_x86_feature_detected!("f16c")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    false
+}
+
+/// Dot products of `MR` f32 rows of `x` (stride `ldx`) with `NR` rows of block-quantised `w`
+/// (stride `row_bytes`), dequantising on the fly; bitwise equal to dequantising then
+/// [`crate::dot::tile`].
+///
+/// # Panics
+/// If [`has_qtile`] is false, `k` is not whole blocks, or a row runs past its slice.
+pub(crate) fn qtile<const MR: usize, const NR: usize>(
+    dtype: DType,
+    x: &[f32],
+    ldx: usize,
+    w: &[u8],
+    row_bytes: usize,
+    k: usize,
+) -> [[f32; NR]; MR] {
+    assert!(has_qtile() && k % 32 == 0 && dtype.bytes_for(k) == Some(row_bytes));
+    assert!(x.len() >= (MR - 1) * ldx + k && w.len() >= NR * row_bytes);
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: features and bounds were asserted above.
+    return unsafe { avx2::qtile::<MR, NR>(dtype, x, ldx, w, row_bytes, k) };
+    #[cfg(not(target_arch = "x86_64"))]
+    unreachable!("has_qtile() is false off x86_64")
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -28,6 +58,7 @@ mod avx2 {
 
     use turbine_core::DType;
 
+    #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn f16(blk: &[u8], at: usize) -> __m256 {
         let bits = u16::from_le_bytes([blk[at], blk[at + 1]]);
@@ -36,6 +67,7 @@ mod avx2 {
     }
 
     /// Four vectors of eight bytes each (`bytes[0..8]`, `[8..16]` of `lo`, then of `hi`) as i32.
+    #[inline]
     #[target_feature(enable = "avx2")]
     unsafe fn widen_u8(lo: __m128i, hi: __m128i) -> [__m256; 4] {
         [
@@ -47,12 +79,28 @@ mod avx2 {
     }
 
     /// # Safety
-    /// AVX2, FMA and F16C must be present and `blk` must hold one whole block of `dtype`.
+    /// AVX2, FMA and F16C must be present.
     #[target_feature(enable = "avx2,fma,f16c")]
-    pub(super) unsafe fn block(dtype: DType, blk: &[u8], out: &mut [f32; 32]) {
-        let o = out.as_mut_ptr();
+    pub(super) unsafe fn blocks(dtype: DType, src: &[u8], out: &mut [f32]) {
+        let bb = dtype.block_bytes();
+        for (dst, blk) in out.chunks_exact_mut(32).zip(src.chunks_exact(bb)) {
+            let dst: &mut [f32; 32] = dst.try_into().expect("chunk of 32");
+            // SAFETY: features as above; `blk` holds one whole block.
+            let vals = unsafe { block(dtype, blk) };
+            for (i, v) in vals.into_iter().enumerate() {
+                // SAFETY: `dst` holds 32 f32.
+                unsafe { _mm256_storeu_ps(dst.as_mut_ptr().add(8 * i), v) };
+            }
+        }
+    }
+
+    /// # Safety
+    /// AVX2, FMA and F16C must be present and `blk` must hold one whole block of `dtype`.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn block(dtype: DType, blk: &[u8]) -> [__m256; 4] {
         let d = unsafe { f16(blk, 0) };
-        let vals: [__m256; 4] = match dtype {
+        match dtype {
             DType::Q4_0 | DType::Q4_1 => {
                 let off = if dtype == DType::Q4_1 { 4 } else { 2 };
                 // SAFETY: a 4-bit block holds 16 payload bytes after its header.
@@ -80,11 +128,50 @@ mod avx2 {
                 [w(a), w(_mm_srli_si128(a, 8)), w(b), w(_mm_srli_si128(b, 8))].map(|v| _mm256_mul_ps(d, v))
             }
             other => unreachable!("{other} is not a block type"),
-        };
-        for (i, v) in vals.into_iter().enumerate() {
-            // SAFETY: `out` holds 32 f32.
-            unsafe { _mm256_storeu_ps(o.add(8 * i), v) };
         }
+    }
+
+    /// Dot products of `MR` f32 rows of `x` with `NR` block-quantised rows of `w`, dequantising
+    /// on the fly. Same values and reduction order as dequantising first and calling
+    /// [`crate::dot::tile`].
+    ///
+    /// # Safety
+    /// AVX2, FMA and F16C must be present; `x` rows hold `k` values, `w` rows `row_bytes` bytes,
+    /// `k` is a multiple of 32.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub(super) unsafe fn qtile<const MR: usize, const NR: usize>(
+        dtype: DType,
+        x: &[f32],
+        ldx: usize,
+        w: &[u8],
+        row_bytes: usize,
+        k: usize,
+    ) -> [[f32; NR]; MR] {
+        let bb = dtype.block_bytes();
+        let mut acc = [[_mm256_setzero_ps(); NR]; MR];
+        for b in 0..k / 32 {
+            for r in 0..NR {
+                // SAFETY: block b of row r lies inside `w` (caller's contract).
+                let vals = unsafe { block(dtype, &w[r * row_bytes + b * bb..]) };
+                for (c, a) in acc.iter_mut().enumerate() {
+                    for (j, v) in vals.iter().enumerate() {
+                        // SAFETY: x row c holds k values and 32 * b + 8 * j + 8 <= k.
+                        let xv = unsafe { _mm256_loadu_ps(x.as_ptr().add(c * ldx + 32 * b + 8 * j)) };
+                        a[r] = _mm256_fmadd_ps(*v, xv, a[r]);
+                    }
+                }
+            }
+        }
+        let mut out = [[0.0; NR]; MR];
+        for c in 0..MR {
+            for r in 0..NR {
+                let mut lanes = [0.0f32; 8];
+                // SAFETY: `lanes` holds 8 f32.
+                unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), acc[c][r]) };
+                out[c][r] = crate::dot::hsum(&lanes);
+            }
+        }
+        out
     }
 }
 

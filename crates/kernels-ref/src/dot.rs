@@ -28,7 +28,7 @@ pub(crate) fn simd_name() -> &'static str {
 }
 
 #[inline(always)]
-fn hsum(l: &[f32; 8]) -> f32 {
+pub(crate) fn hsum(l: &[f32; 8]) -> f32 {
     ((l[0] + l[4]) + (l[2] + l[6])) + ((l[1] + l[5]) + (l[3] + l[7]))
 }
 
@@ -54,22 +54,42 @@ pub(crate) fn tile<const MR: usize, const NR: usize>(
 }
 
 /// A single dot product, reduced in the canonical order.
-pub(crate) fn dot(a: &[f32], b: &[f32]) -> f32 {
+#[cfg(test)]
+fn dot(a: &[f32], b: &[f32]) -> f32 {
     let k = a.len().min(b.len());
     tile::<1, 1>(a, 0, b, 0, k)[0][0]
 }
 
-/// `y[i] = fma(a, x[i], y[i])`.
-pub(crate) fn axpy(a: f32, x: &[f32], y: &mut [f32]) {
-    let n = x.len().min(y.len());
+/// `out[i] = dot(q, k[i * stride..][..q.len()]) * scale` for `i < out.len()`, each dot reduced in
+/// the canonical order.
+pub(crate) fn scores(q: &[f32], k: &[f32], stride: usize, scale: f32, out: &mut [f32]) {
+    let d = q.len();
+    assert!(out.is_empty() || k.len() >= (out.len() - 1) * stride + d);
     #[cfg(target_arch = "x86_64")]
     if has_avx2() {
-        // SAFETY: AVX2 and FMA are present; both slices hold n values.
-        unsafe { avx2::axpy(a, &x[..n], &mut y[..n]) };
+        // SAFETY: AVX2 and FMA are present and the bounds were asserted.
+        unsafe { avx2::scores(q, k, stride, scale, out) };
         return;
     }
-    for (yv, &xv) in y[..n].iter_mut().zip(&x[..n]) {
-        *yv = a.mul_add(xv, *yv);
+    for (i, o) in out.iter_mut().enumerate() {
+        *o = tile_scalar::<1, 1>(q, 0, &k[i * stride..], 0, d)[0][0] * scale;
+    }
+}
+
+/// `acc = fma(w[i], v[i * stride..][..acc.len()], acc)` for each `i < w.len()` in order.
+pub(crate) fn accumulate(w: &[f32], v: &[f32], stride: usize, acc: &mut [f32]) {
+    let d = acc.len();
+    assert!(w.is_empty() || v.len() >= (w.len() - 1) * stride + d);
+    #[cfg(target_arch = "x86_64")]
+    if has_avx2() {
+        // SAFETY: AVX2 and FMA are present and the bounds were asserted.
+        unsafe { avx2::accumulate(w, v, stride, acc) };
+        return;
+    }
+    for (i, &wi) in w.iter().enumerate() {
+        for (a, &x) in acc.iter_mut().zip(&v[i * stride..i * stride + d]) {
+            *a = wi.mul_add(x, *a);
+        }
     }
 }
 
@@ -101,6 +121,7 @@ mod avx2 {
 
     use super::hsum;
 
+    #[inline]
     #[target_feature(enable = "avx2,fma")]
     pub(super) unsafe fn tile<const MR: usize, const NR: usize>(
         x: &[f32],
@@ -144,6 +165,65 @@ mod avx2 {
     }
 
     #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn scores(q: &[f32], k: &[f32], stride: usize, scale: f32, out: &mut [f32]) {
+        let d = q.len();
+        // Four keys at a time: independent accumulator chains, same per-dot order.
+        let mut chunks = out.chunks_exact_mut(4);
+        let mut i = 0;
+        for o in &mut chunks {
+            // SAFETY: the caller checked that rows i..i + 4 of k hold d values.
+            let t = unsafe { tile::<1, 4>(q, 0, &k[i * stride..], stride, d) };
+            for (oj, &v) in o.iter_mut().zip(&t[0]) {
+                *oj = v * scale;
+            }
+            i += 4;
+        }
+        for o in chunks.into_remainder() {
+            // SAFETY: as above, for row i.
+            *o = unsafe { tile::<1, 1>(q, 0, &k[i * stride..], 0, d)[0][0] } * scale;
+            i += 1;
+        }
+    }
+
+    /// [`accumulate`] for `acc.len() == 8 * N`, with the accumulator held in registers.
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn accumulate_fixed<const N: usize>(w: &[f32], v: &[f32], stride: usize, acc: &mut [f32]) {
+        let mut a = [_mm256_setzero_ps(); N];
+        for (j, r) in a.iter_mut().enumerate() {
+            // SAFETY: acc holds 8 * N values.
+            *r = unsafe { _mm256_loadu_ps(acc.as_ptr().add(8 * j)) };
+        }
+        for (i, &wi) in w.iter().enumerate() {
+            let wv = _mm256_set1_ps(wi);
+            let row = &v[i * stride..i * stride + 8 * N];
+            for (j, r) in a.iter_mut().enumerate() {
+                // SAFETY: `row` holds 8 * N values.
+                *r = _mm256_fmadd_ps(wv, unsafe { _mm256_loadu_ps(row.as_ptr().add(8 * j)) }, *r);
+            }
+        }
+        for (j, r) in a.iter().enumerate() {
+            // SAFETY: acc holds 8 * N values.
+            unsafe { _mm256_storeu_ps(acc.as_mut_ptr().add(8 * j), *r) };
+        }
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn accumulate(w: &[f32], v: &[f32], stride: usize, acc: &mut [f32]) {
+        match acc.len() {
+            // SAFETY (all arms): the caller checked that every row of v holds acc.len() values.
+            64 => return unsafe { accumulate_fixed::<8>(w, v, stride, acc) },
+            128 => return unsafe { accumulate_fixed::<16>(w, v, stride, acc) },
+            _ => {}
+        }
+        for (i, &wi) in w.iter().enumerate() {
+            // SAFETY: the caller checked that row i of v holds acc.len() values.
+            unsafe { axpy(wi, &v[i * stride..i * stride + acc.len()], acc) };
+        }
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
     pub(super) unsafe fn axpy(a: f32, x: &[f32], y: &mut [f32]) {
         let n = x.len();
         let av = _mm256_set1_ps(a);
@@ -167,12 +247,25 @@ mod tests {
     use super::*;
 
     #[test]
-    fn axpy_matches_scalar_fma() {
-        let x: Vec<f32> = (0..37).map(|i| i as f32 * 0.3 - 2.0).collect();
-        let mut y: Vec<f32> = (0..37).map(|i| 1.0 / (i as f32 + 1.0)).collect();
-        let want: Vec<f32> = y.iter().zip(&x).map(|(&yv, &xv)| 0.7f32.mul_add(xv, yv)).collect();
-        axpy(0.7, &x, &mut y);
-        assert_eq!(y, want);
+    fn block_helpers_match_scalar_definitions() {
+        for (d, stride, n) in [(37, 45, 7), (64, 192, 9), (128, 128, 3)] {
+            let q = data(d, 3);
+            let kv = data(n * stride, 4);
+            let mut sc = vec![0.0; n];
+            scores(&q, &kv, stride, 0.5, &mut sc);
+            for (i, s) in sc.iter().enumerate() {
+                assert_eq!(s.to_bits(), (dot(&q, &kv[i * stride..i * stride + d]) * 0.5).to_bits());
+            }
+            let mut acc = data(d, 5);
+            let mut want = acc.clone();
+            accumulate(&sc, &kv, stride, &mut acc);
+            for (i, &w) in sc.iter().enumerate() {
+                for (a, &x) in want.iter_mut().zip(&kv[i * stride..]) {
+                    *a = w.mul_add(x, *a);
+                }
+            }
+            assert_eq!(acc, want);
+        }
     }
 
     fn data(n: usize, seed: u32) -> Vec<f32> {

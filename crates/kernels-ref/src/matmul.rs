@@ -10,7 +10,7 @@ use rayon::prelude::*;
 use turbine_core::{DType, Epilogue, Error, Result, Tensor};
 
 use crate::buffer::{f32s, f32s_mut, CpuBuf};
-use crate::dequant::dequant_into;
+use crate::dequant::{dequant_into, has_qtile, qtile};
 use crate::dot::tile;
 use crate::Cpu;
 
@@ -69,6 +69,27 @@ impl Job<'_> {
         go!(4,1; 4,2; 4,3; 1,1; 1,2; 1,3; 1,4; 1,5; 1,6; 2,1; 2,2; 2,3; 2,4; 2,5; 2,6; 3,1; 3,2; 3,3; 3,4; 3,5; 3,6)
     }
 
+    /// Like [`Job::panel`] for block-quantised rows, with at most 4 rows of `x`.
+    fn qpanel(&self, dtype: DType, qp: &[u8], row_bytes: usize, j0: usize) {
+        let (m, k) = (self.m, self.k);
+        let nr = qp.len() / row_bytes;
+        let mut r0 = 0;
+        while r0 < nr {
+            let cnt = (nr - r0).min(4);
+            let w = &qp[r0 * row_bytes..];
+            macro_rules! go {
+                ($($a:literal, $b:literal);*) => {
+                    match (m, cnt) {
+                        $(($a, $b) => self.store(0, j0 + r0, &qtile::<$a, $b>(dtype, self.x, k, w, row_bytes, k)),)*
+                        _ => unreachable!("1..=4 rows by 1..=4 weight rows"),
+                    }
+                };
+            }
+            go!(1,1; 1,2; 1,3; 1,4; 2,1; 2,2; 2,3; 2,4; 3,1; 3,2; 3,3; 3,4; 4,1; 4,2; 4,3; 4,4);
+            r0 += cnt;
+        }
+    }
+
     fn store<const MR: usize, const NR: usize>(&self, i0: usize, j0: usize, v: &[[f32; NR]; MR]) {
         for (c, row) in v.iter().enumerate() {
             for (r, &d) in row.iter().enumerate() {
@@ -114,6 +135,14 @@ pub(crate) fn matmul(x: &Tensor<Cpu>, w: &Tensor<Cpu>, epi: Epilogue<'_, Cpu>, o
         CpuBuf::F32(wv) => {
             let wv = &wv[..n * k];
             wv.par_chunks(PANEL * k.max(1)).enumerate().for_each(|(t, wp)| job.panel(wp, t * PANEL));
+        }
+        CpuBuf::Blocks(bytes) if m <= 4 && has_qtile() => {
+            // Few rows (decode): dequantise inside the dot products, no scratch round trip.
+            let row_bytes = dtype.bytes_for(k).ok_or(Error::Unsupported { op: OP, dtype, backend: "cpu" })?;
+            bytes[..n * row_bytes]
+                .par_chunks(PANEL * row_bytes)
+                .enumerate()
+                .for_each(|(t, qp)| job.qpanel(dtype, qp, row_bytes, t * PANEL));
         }
         CpuBuf::Blocks(bytes) => {
             let row_bytes = dtype.bytes_for(k).ok_or(Error::Unsupported { op: OP, dtype, backend: "cpu" })?;
