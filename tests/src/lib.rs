@@ -1,6 +1,8 @@
 //! Helpers shared by Turbine's integration tests: fixture paths, loading on the CPU backend, and
 //! the golden comparison rules.
 
+pub mod gguf;
+
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};

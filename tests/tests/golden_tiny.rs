@@ -7,8 +7,21 @@ const NEAR_TIE: f64 = 1e-3;
 
 fn golden(case: &str) {
     let dir = fixtures().join("tiny").join(case);
+    check(&dir, &dir, case);
+}
+
+/// The same checks on a GGUF file converted from the fixture as llama.cpp converts it.
+fn golden_gguf(case: &str, arch: &str) {
+    let dir = fixtures().join("tiny").join(case);
+    let out = std::env::temp_dir().join(format!("turbine-golden-{}-{case}.gguf", std::process::id()));
+    turbine_tests::gguf::convert(&dir, arch, &out).unwrap();
+    check(&dir, &out, case);
+    let _ = std::fs::remove_file(&out);
+}
+
+fn check(dir: &std::path::Path, model: &std::path::Path, case: &str) {
     let g = read_json(&dir.join("golden.json")).unwrap();
-    let mut m = load(&dir, 256).unwrap();
+    let mut m = load(model, 256).unwrap();
     for c in g["cases"].as_array().unwrap() {
         let prompt = ids(&c["prompt_ids"]);
         if let Some(text) = c["prompt_text"].as_str() {
@@ -59,4 +72,14 @@ fn mistral_sliding_window() {
 #[test]
 fn qwen2_qkv_bias_tied() {
     golden("qwen2-bias");
+}
+
+#[test]
+fn llama_gqa_from_gguf() {
+    golden_gguf("llama-gqa", "llama");
+}
+
+#[test]
+fn qwen2_from_gguf() {
+    golden_gguf("qwen2-bias", "qwen2");
 }
