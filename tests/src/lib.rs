@@ -89,3 +89,41 @@ pub fn log_softmax(x: &[f64]) -> Vec<f64> {
     let lse = max + x.iter().map(|v| (v - max).exp()).sum::<f64>().ln();
     x.iter().map(|v| v - lse).collect()
 }
+
+/// Copies a tiny HF folder, re-saving its f32 weights as `dtype` (f32, f16 or bf16) in `shards`
+/// safetensors files with a `model.safetensors.index.json`, the way large checkpoints ship.
+pub fn reshard(src: &Path, dst: &Path, dtype: safetensors::Dtype, shards: usize) -> Result<()> {
+    use safetensors::tensor::TensorView;
+    std::fs::create_dir_all(dst)?;
+    for f in ["config.json", "tokenizer.json"] {
+        std::fs::copy(src.join(f), dst.join(f))?;
+    }
+    let bytes = std::fs::read(src.join("model.safetensors"))?;
+    let st = safetensors::SafeTensors::deserialize(&bytes)?;
+    let mut names: Vec<String> = st.names().into_iter().map(str::to_string).collect();
+    names.sort();
+    let mut weight_map = serde_json::Map::new();
+    for (i, chunk) in names.chunks(names.len().div_ceil(shards)).enumerate() {
+        let file = format!("model-{:05}-of-{shards:05}.safetensors", i + 1);
+        let mut data = Vec::new();
+        for n in chunk {
+            let t = st.tensor(n)?;
+            let vals = t.data().chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]));
+            let raw: Vec<u8> = match dtype {
+                safetensors::Dtype::F16 => vals.flat_map(|v| half::f16::from_f32(v).to_le_bytes()).collect(),
+                safetensors::Dtype::BF16 => vals.flat_map(|v| half::bf16::from_f32(v).to_le_bytes()).collect(),
+                _ => t.data().to_vec(),
+            };
+            data.push((n.clone(), t.shape().to_vec(), raw));
+            weight_map.insert(n.clone(), serde_json::Value::String(file.clone()));
+        }
+        let views: Vec<(String, TensorView<'_>)> = data
+            .iter()
+            .map(|(n, s, r)| Ok((n.clone(), TensorView::new(dtype, s.clone(), r)?)))
+            .collect::<Result<_>>()?;
+        safetensors::serialize_to_file(views, None, &dst.join(file))?;
+    }
+    let index = serde_json::json!({"metadata": {}, "weight_map": weight_map});
+    std::fs::write(dst.join("model.safetensors.index.json"), index.to_string())?;
+    Ok(())
+}

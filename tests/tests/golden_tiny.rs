@@ -83,3 +83,43 @@ fn llama_gqa_from_gguf() {
 fn qwen2_from_gguf() {
     golden_gguf("qwen2-bias", "qwen2");
 }
+
+#[test]
+fn sharded_safetensors_load_identically() {
+    let src = fixtures().join("tiny").join("qwen2-bias");
+    let dst = std::env::temp_dir().join(format!("turbine-sharded-{}", std::process::id()));
+    reshard(&src, &dst, safetensors::Dtype::F32, 3).unwrap();
+    std::fs::copy(src.join("golden.json"), dst.join("golden.json")).unwrap();
+    check(&dst, &dst, "qwen2-bias (3 shards)");
+    let _ = std::fs::remove_dir_all(&dst);
+}
+
+/// Half-precision checkpoints load (widened to f32 on the CPU) and stay close to the f32
+/// reference: first-step log-probabilities within 0.05 (weight rounding, not kernel error).
+#[test]
+fn half_precision_checkpoints_load() {
+    let src = fixtures().join("tiny").join("llama-gqa");
+    let g = read_json(&src.join("golden.json")).unwrap();
+    let c = &g["cases"][0];
+    for dtype in [safetensors::Dtype::F16, safetensors::Dtype::BF16] {
+        let dst = std::env::temp_dir().join(format!("turbine-{dtype:?}-{}", std::process::id()));
+        reshard(&src, &dst, dtype, 2).unwrap();
+        let mut m = load(&dst, 256).unwrap();
+        let prompt = ids(&c["prompt_ids"]);
+        let mut blocks = m.gen.pool().sequence();
+        blocks.reserve(prompt.len()).unwrap();
+        let step = turbine_models::SeqStep {
+            tokens: &prompt,
+            start: 0,
+            blocks: blocks.ids(),
+            logits: turbine_models::Logits::Last,
+        };
+        m.gen.runner().step(&[step]).unwrap();
+        let got = log_softmax(&m.gen.runner().logits().unwrap().iter().map(|&v| v as f64).collect::<Vec<_>>());
+        let want = log_softmax(&floats(&c["last_logits"]));
+        let worst = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0.0, f64::max);
+        let tol = if dtype == safetensors::Dtype::F16 { 0.01 } else { 0.05 };
+        assert!(worst <= tol, "{dtype:?}: first-step logprob error {worst}");
+        let _ = std::fs::remove_dir_all(&dst);
+    }
+}
