@@ -11,7 +11,7 @@ use turbine_batcher::{GenRequest, Generator};
 use turbine_core::sampling::SamplingParams;
 use turbine_kernels_ref::Cpu;
 use turbine_models::tokenizer::TextTokenizer;
-use turbine_models::{CacheConfig, Runner};
+use turbine_models::{CacheConfig, Logits, Runner, SeqStep};
 
 /// The folder of test fixtures.
 pub fn fixtures() -> PathBuf {
@@ -63,6 +63,15 @@ pub fn greedy(l: &mut Loaded, prompt: &[u32], n: usize) -> Result<Vec<u32>> {
         stop_ids: l.eos.clone(),
     };
     Ok(l.gen.generate(&req, &mut |_| {})?.tokens.iter().map(|t| t.id).collect())
+}
+
+/// The logits after running `prompt` through a fresh sequence in one step, as f64.
+pub fn first_step_logits(l: &mut Loaded, prompt: &[u32]) -> Result<Vec<f64>> {
+    let mut blocks = l.gen.pool().sequence();
+    blocks.reserve(prompt.len())?;
+    let step = SeqStep { tokens: prompt, start: 0, blocks: blocks.ids(), logits: Logits::Last };
+    l.gen.runner().step(&[step])?;
+    Ok(l.gen.runner().logits()?.iter().map(|&v| v as f64).collect())
 }
 
 /// Compares greedy ids with the reference. A divergence is accepted only at a near-tie step

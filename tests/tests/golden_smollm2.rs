@@ -56,16 +56,7 @@ fn greedy_ids_and_first_step_logprobs() {
         let got = greedy(&mut m, &prompt, want.len()).unwrap();
         check_greedy(&got, &want, &floats(&c["step_top2_margins"]), NEAR_TIE).unwrap();
 
-        let mut blocks = m.gen.pool().sequence();
-        blocks.reserve(prompt.len()).unwrap();
-        let step = turbine_models::SeqStep {
-            tokens: &prompt,
-            start: 0,
-            blocks: blocks.ids(),
-            logits: turbine_models::Logits::Last,
-        };
-        m.gen.runner().step(&[step]).unwrap();
-        let logits = m.gen.runner().logits().unwrap();
+        let logits = first_step_logits(&mut m, &prompt).unwrap();
         let top10: Vec<(usize, f64)> = c["first_step_top10"]
             .as_array()
             .unwrap()
@@ -75,12 +66,12 @@ fn greedy_ids_and_first_step_logprobs() {
         // Log-probability differences equal logit differences; check both against the reference.
         let (top_id, top_logit) = top10[0];
         for &(id, want_logit) in &top10 {
-            let got_logit = logits[id] as f64;
+            let got_logit = logits[id];
             assert!(
                 (got_logit - want_logit).abs() <= 1e-3 * want_logit.abs().max(1.0),
                 "logit of {id}: {got_logit} vs {want_logit}"
             );
-            let d_got = got_logit - logits[top_id] as f64;
+            let d_got = got_logit - logits[top_id];
             let d_want = want_logit - top_logit;
             assert!((d_got - d_want).abs() <= 1e-3, "logprob gap of {id}: {d_got} vs {d_want}");
         }

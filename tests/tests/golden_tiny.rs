@@ -32,16 +32,7 @@ fn check(dir: &std::path::Path, model: &std::path::Path, case: &str) {
         check_greedy(&got, &want, &floats(&c["step_top2_margins"]), NEAR_TIE).unwrap_or_else(|e| panic!("{case}: {e}"));
 
         // First step: log-softmax of the prompt's last logits within 1e-3.
-        let mut blocks = m.gen.pool().sequence();
-        blocks.reserve(prompt.len()).unwrap();
-        let step = turbine_models::SeqStep {
-            tokens: &prompt,
-            start: 0,
-            blocks: blocks.ids(),
-            logits: turbine_models::Logits::Last,
-        };
-        m.gen.runner().step(&[step]).unwrap();
-        let logits: Vec<f64> = m.gen.runner().logits().unwrap().iter().map(|&v| v as f64).collect();
+        let logits = first_step_logits(&mut m, &prompt).unwrap();
         let want_lp = log_softmax(&floats(&c["last_logits"]));
         let got_lp = log_softmax(&logits);
         let worst = got_lp.iter().zip(&want_lp).map(|(a, b)| (a - b).abs()).fold(0.0, f64::max);
@@ -106,16 +97,7 @@ fn half_precision_checkpoints_load() {
         reshard(&src, &dst, dtype, 2).unwrap();
         let mut m = load(&dst, 256).unwrap();
         let prompt = ids(&c["prompt_ids"]);
-        let mut blocks = m.gen.pool().sequence();
-        blocks.reserve(prompt.len()).unwrap();
-        let step = turbine_models::SeqStep {
-            tokens: &prompt,
-            start: 0,
-            blocks: blocks.ids(),
-            logits: turbine_models::Logits::Last,
-        };
-        m.gen.runner().step(&[step]).unwrap();
-        let got = log_softmax(&m.gen.runner().logits().unwrap().iter().map(|&v| v as f64).collect::<Vec<_>>());
+        let got = log_softmax(&first_step_logits(&mut m, &prompt).unwrap());
         let want = log_softmax(&floats(&c["last_logits"]));
         let worst = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0.0, f64::max);
         let tol = if dtype == safetensors::Dtype::F16 { 0.01 } else { 0.05 };

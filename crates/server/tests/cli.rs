@@ -117,7 +117,7 @@ fn generate_text_prompt_streams_and_stops_at_eos() {
         turbine(&["generate", "--model", model.to_str().unwrap(), "--prompt", "The quick brown fox", "--seed", "1"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(!out.stdout.is_empty());
-    let v = json(&turbine(&[
+    let sampled = [
         "generate",
         "--model",
         model.to_str().unwrap(),
@@ -134,25 +134,8 @@ fn generate_text_prompt_streams_and_stops_at_eos() {
         "--max-tokens",
         "40",
         "--json",
-    ]));
-    let again = json(&turbine(&[
-        "generate",
-        "--model",
-        model.to_str().unwrap(),
-        "--prompt",
-        "The quick brown fox",
-        "--seed",
-        "7",
-        "--temperature",
-        "1.0",
-        "--top-k",
-        "20",
-        "--top-p",
-        "0.9",
-        "--max-tokens",
-        "40",
-        "--json",
-    ]));
+    ];
+    let (v, again) = (json(&turbine(&sampled)), json(&turbine(&sampled)));
     assert_eq!(v["ids"], again["ids"], "a seed makes sampling reproducible");
     let ids = v["ids"].as_array().unwrap();
     match v["finish_reason"].as_str().unwrap() {
