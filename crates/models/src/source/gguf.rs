@@ -152,6 +152,16 @@ fn ggml_dtype(t: u32) -> Result<DType, u32> {
     })
 }
 
+/// The name llama.cpp gives a ggml type id, for messages.
+fn ggml_type_name(t: u32) -> String {
+    const NAMES: &[&str] = &[
+        "F32", "F16", "Q4_0", "Q4_1", "Q4_2", "Q4_3", "Q5_0", "Q5_1", "Q8_0", "Q8_1", "Q2_K", "Q3_K", "Q4_K", "Q5_K",
+        "Q6_K", "Q8_K", "IQ2_XXS", "IQ2_XS", "IQ3_XXS", "IQ1_S", "IQ4_NL", "IQ3_S", "IQ2_S", "IQ4_XS", "I8", "I16",
+        "I32", "I64", "F64", "IQ1_M", "BF16",
+    ];
+    NAMES.get(t as usize).map_or_else(|| format!("ggml type {t}"), |n| format!("{n} (ggml type {t})"))
+}
+
 impl GgufFile {
     /// Opens and validates a GGUF file: header, metadata, and that every tensor lies inside it.
     pub fn open(path: &Path) -> Result<Self> {
@@ -242,8 +252,9 @@ impl GgufFile {
         let Some(info) = self.tensors.get(name) else { return Ok(None) };
         let dtype = info.dtype.map_err(|t| {
             ModelError::Input(format!(
-                "{}: tensor {name} uses ggml type {t}, which is not supported yet (F32, F16, BF16, Q8_0, Q4_0, Q4_1 are)",
-                self.path.display()
+                "{}: tensor {name} is stored as {}, which is not supported yet (F32, F16, BF16, Q8_0, Q4_0, Q4_1 are)",
+                self.path.display(),
+                ggml_type_name(t)
             ))
         })?;
         let bytes = &self.map[info.offset..info.offset + info.len];
@@ -348,6 +359,28 @@ impl WeightSource for GgufSource {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn unsupported_tensor_types_are_named() {
+        let mut b = b"GGUF".to_vec();
+        b.extend(3u32.to_le_bytes());
+        b.extend(1u64.to_le_bytes());
+        b.extend(0u64.to_le_bytes());
+        let name = "token_embd.weight";
+        b.extend((name.len() as u64).to_le_bytes());
+        b.extend(name.as_bytes());
+        b.extend(1u32.to_le_bytes());
+        b.extend(256u64.to_le_bytes());
+        b.extend(12u32.to_le_bytes()); // Q4_K
+        b.extend(0u64.to_le_bytes());
+        b.resize(b.len().div_ceil(32) * 32 + 144, 0);
+        let path = std::env::temp_dir().join(format!("turbine-q4k-{}.gguf", std::process::id()));
+        std::fs::write(&path, &b).unwrap();
+        let f = GgufFile::open(&path).unwrap();
+        let err = f.tensor(name).expect_err("Q4_K is not supported yet").to_string();
+        assert!(err.contains("Q4_K") && err.contains(name), "{err}");
+        let _ = std::fs::remove_file(&path);
+    }
 
     #[test]
     fn names_translate() {
