@@ -17,6 +17,7 @@ mod rope;
 
 pub use buffer::CpuBuf;
 
+use turbine_core::sampling::{Sampled, SeqSampler};
 use turbine_core::{
     Act, AttnMeta, AttnParams, Backend, Caps, DType, Epilogue, HostTensor, KvPages, NormKind, Ops, QkvLayout, Result,
     RopeTable, Shape, Tensor,
@@ -127,5 +128,10 @@ impl Ops for Cpu {
 
     fn softmax(&self, x: &mut T) -> Result<()> {
         act::softmax(x)
+    }
+
+    fn sample(&self, logits: &T, seqs: &mut [SeqSampler]) -> Result<Vec<Sampled>> {
+        // Host memory already: sample in place, no copy.
+        turbine_core::sampling::sample_rows(buffer::f32s(logits, "sample")?, logits.cols(), seqs)
     }
 }

@@ -77,6 +77,19 @@ struct HostStep {
     seqs: Vec<u32>,
     tables: Vec<u32>,
     rows: Vec<u32>,
+    /// Little-endian bytes of the vector being written.
+    bytes: Vec<u8>,
+}
+
+/// Writes `data` into `dst` through the reused byte buffer `bytes`, growing `dst` if needed.
+fn put<B: Ops>(b: &B, dst: &mut Tensor<B>, bytes: &mut Vec<u8>, shape: Shape, data: &[u32]) -> Result<()> {
+    bytes.clear();
+    bytes.extend(data.iter().flat_map(|v| v.to_le_bytes()));
+    let host = HostTensor::new(shape.clone(), DType::U32, &bytes[..])?;
+    if dst.capacity() < shape.numel() {
+        *dst = b.alloc(&shape, DType::U32)?;
+    }
+    Ok(b.write(dst, &host)?)
 }
 
 fn u32_tensor<B: Ops>(b: &B, shape: impl Into<Shape>) -> Result<Tensor<B>> {
@@ -162,22 +175,14 @@ impl<B: Ops> Runner<B> {
                 Logits::All => h.rows.extend(row0 as u32..h.ids.len() as u32),
             }
         }
-        let b = &self.backend;
-        let n = seqs.len();
-        let put = |dst: &mut Tensor<B>, shape: Shape, data: &[u32]| -> Result<()> {
-            let host = HostTensor::from_u32(shape.clone(), data)?;
-            if dst.capacity() < shape.numel() {
-                *dst = b.alloc(&shape, DType::U32)?;
-            }
-            Ok(b.write(dst, &host)?)
-        };
-        let t = h.ids.len();
-        put(&mut self.step.ids, [t].into(), &h.ids)?;
-        put(&mut self.step.meta.positions, [t].into(), &h.positions)?;
-        put(&mut self.step.meta.slots, [t].into(), &h.slots)?;
-        put(&mut self.step.meta.seqs, [n, 3].into(), &h.seqs)?;
-        put(&mut self.step.meta.block_tables, [n, max_blocks].into(), &h.tables)?;
-        put(&mut self.step.logit_rows, [h.rows.len()].into(), &h.rows)?;
+        let (b, n, t) = (&self.backend, seqs.len(), h.ids.len());
+        let (st, bytes) = (&mut self.step, &mut h.bytes);
+        put(b, &mut st.ids, bytes, [t].into(), &h.ids)?;
+        put(b, &mut st.meta.positions, bytes, [t].into(), &h.positions)?;
+        put(b, &mut st.meta.slots, bytes, [t].into(), &h.slots)?;
+        put(b, &mut st.meta.seqs, bytes, [n, 3].into(), &h.seqs)?;
+        put(b, &mut st.meta.block_tables, bytes, [n, max_blocks].into(), &h.tables)?;
+        put(b, &mut st.logit_rows, bytes, [h.rows.len()].into(), &h.rows)?;
         Ok(())
     }
 
