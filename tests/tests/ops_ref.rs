@@ -234,7 +234,7 @@ struct Case {
 fn run_attention(b: &Cpu, c: &Case, qkv: &[f32], chunks: &[usize]) -> Vec<f32> {
     let (l, w, d) = (c.l, c.l.width(), c.l.head_dim);
     let num_blocks = 16;
-    let shape = [num_blocks, c.bs, l.kv_heads, d];
+    let shape = [num_blocks, l.kv_heads, c.bs, d];
     let mut kv = KvPages { k: zeros(b, &shape), v: zeros(b, &shape), block_size: c.bs };
     let p = AttnParams { scale: 1.0 / (d as f32).sqrt(), window: c.window };
     let mut out_all = Vec::new();

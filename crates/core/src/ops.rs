@@ -90,8 +90,9 @@ pub struct RopeTable<B: Backend> {
     pub rot_dim: usize,
 }
 
-/// One layer's paged KV cache: `k` and `v` are `[num_blocks, block_size, kv_heads, head_dim]`.
-/// Token `t` of a sequence lives in block `block_table[t / block_size]`, row `t % block_size`.
+/// One layer's paged KV cache: `k` and `v` are `[num_blocks, kv_heads, block_size, head_dim]`, so
+/// one head's keys within a block are contiguous. Token `t` of a sequence lives in block
+/// `block_table[t / block_size]`, row `t % block_size`.
 pub struct KvPages<B: Backend> {
     /// Keys.
     pub k: Tensor<B>,

@@ -44,12 +44,15 @@ pub(crate) fn kv_store(qkv: &Tensor<Cpu>, l: QkvLayout, meta: &AttnMeta<Cpu>, kv
     }
     let q = f32s(qkv, OP)?;
     let qw = l.q_heads * l.head_dim;
+    let (d, bs) = (l.head_dim, kv.block_size);
     for (pages, off) in [(&mut kv.k, qw), (&mut kv.v, qw + kvw)] {
-        let cap = pages.capacity();
-        pages.reshape([cap])?;
         let dst = f32s_mut(pages, OP)?;
         for (row, &s) in q.chunks_exact(l.width()).zip(slots) {
-            dst[s as usize * kvw..][..kvw].copy_from_slice(&row[off..off + kvw]);
+            let (blk, at) = (s as usize / bs, s as usize % bs);
+            for h in 0..l.kv_heads {
+                let o = ((blk * l.kv_heads + h) * bs + at) * d;
+                dst[o..o + d].copy_from_slice(&row[off + h * d..off + (h + 1) * d]);
+            }
         }
     }
     Ok(())
@@ -154,13 +157,13 @@ pub(crate) fn paged_attention(
         for (blk, &phys) in table.iter().enumerate().take(pos / bs + 1).skip(lo / bs) {
             let phys = phys as usize;
             let (a, b) = ((blk * bs).max(lo), ((blk + 1) * bs).min(pos + 1));
-            // Keys and values of this block for kv head `kh`: rows `a..b`, stride kv_heads * d.
-            let base = ((phys * bs + (a - blk * bs)) * l.kv_heads + kh) * d;
+            // Keys and values of this block for kv head `kh`: contiguous rows `a..b`.
+            let base = ((phys * l.kv_heads + kh) * bs + (a - blk * bs)) * d;
             let n = b - a;
             let (kb, vb) = (&kc[base..], &vc[base..]);
             for g in 0..sub {
                 let sc = &mut scores[g][..n];
-                dot_scores(&qrow[(h0 + g) * d..][..d], kb, kvw, p.scale, sc);
+                dot_scores(&qrow[(h0 + g) * d..][..d], kb, d, p.scale, sc);
                 let bmax = sc.iter().copied().fold(f32::NEG_INFINITY, f32::max);
                 let m_new = m[g].max(bmax);
                 let corr = (m[g] - m_new).exp();
@@ -171,7 +174,7 @@ pub(crate) fn paged_attention(
                     denom[g] += *sv;
                 }
                 m[g] = m_new;
-                accumulate(sc, vb, kvw, &mut acc[g][..d]);
+                accumulate(sc, vb, d, &mut acc[g][..d]);
             }
         }
         for (g, og) in o.chunks_exact_mut(d).enumerate() {

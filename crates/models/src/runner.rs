@@ -103,7 +103,7 @@ impl<B: Ops> Runner<B> {
         if cache.block_size == 0 || cache.num_blocks == 0 {
             return Err(ModelError::Input("the KV cache needs at least one block of at least one token".into()));
         }
-        let shape = Shape::from([cache.num_blocks, cache.block_size, s.kv_heads, s.head_dim]);
+        let shape = Shape::from([cache.num_blocks, s.kv_heads, cache.block_size, s.head_dim]);
         let kv = (0..s.layers)
             .map(|_| {
                 Ok(KvPages {
