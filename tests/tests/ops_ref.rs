@@ -4,8 +4,8 @@
 use half::f16;
 use turbine_core::testing::{assert_close, Tol};
 use turbine_core::{
-    Act, AttnMeta, AttnParams, Backend, DType, Epilogue, HostTensor, KvPages, NormKind, Ops, QkvLayout, RopeTable,
-    Tensor,
+    Act, AttnMeta, AttnParams, Backend, DType, Epilogue, HostTensor, KvPages, NormKind, Ops, QkvLayout, Resid,
+    RopeTable, Tensor,
 };
 use turbine_kernels_ref::Cpu;
 
@@ -135,7 +135,7 @@ fn norms() {
     let (xt, wt, bt) = (up(&b, &[t, h], &x), up(&b, &[h], &w), up(&b, &[h], &bias));
     let mut out = zeros(&b, &[t, h]);
     let mut rt = up(&b, &[t, h], &r);
-    b.norm(&xt, &wt, None, NormKind::Rms { eps: 1e-6, offset: 1.0 }, Some(&mut rt), &mut out).unwrap();
+    b.norm(&xt, &wt, None, NormKind::Rms { eps: 1e-6, offset: 1.0 }, Resid::Before(&mut rt), &mut out).unwrap();
     let sum: Vec<f32> = x.iter().zip(&r).map(|(a, c)| a + c).collect();
     assert_eq!(down(&b, &rt), sum);
     let mut want = vec![0.0; t * h];
@@ -147,7 +147,7 @@ fn norms() {
         }
     }
     assert_close(&down(&b, &out), &want, TOL);
-    b.norm(&xt, &wt, Some(&bt), NormKind::Layer { eps: 1e-5 }, None, &mut out).unwrap();
+    b.norm(&xt, &wt, Some(&bt), NormKind::Layer { eps: 1e-5 }, Resid::None, &mut out).unwrap();
     for i in 0..t {
         let row = &x[i * h..(i + 1) * h];
         let mean = row.iter().map(|&v| v as f64).sum::<f64>() / h as f64;
@@ -236,7 +236,7 @@ fn run_attention(b: &Cpu, c: &Case, qkv: &[f32], chunks: &[usize]) -> Vec<f32> {
     let num_blocks = 16;
     let shape = [num_blocks, l.kv_heads, c.bs, d];
     let mut kv = KvPages { k: zeros(b, &shape), v: zeros(b, &shape), block_size: c.bs };
-    let p = AttnParams { scale: 1.0 / (d as f32).sqrt(), window: c.window };
+    let p = AttnParams { scale: 1.0 / (d as f32).sqrt(), window: c.window, alibi: false };
     let mut out_all = Vec::new();
     let mut start = 0;
     for &len in chunks {
@@ -304,7 +304,7 @@ fn gated_act_gather_softmax() {
     let gu = rand(t * 2 * f, 1);
     let gt = up(&b, &[t, 2 * f], &gu);
     let mut out = zeros(&b, &[t, f]);
-    for act in [Act::Silu, Act::GeluTanh] {
+    for act in [Act::Silu, Act::GeluTanh, Act::Gelu, Act::Relu] {
         b.gated_act(&gt, act, &mut out).unwrap();
         let mut want = vec![0.0; t * f];
         for i in 0..t {
@@ -315,6 +315,8 @@ fn gated_act_gather_softmax() {
                     Act::GeluTanh => {
                         0.5 * g * (1.0 + ((2.0 / std::f64::consts::PI).sqrt() * (g + 0.044715 * g.powi(3))).tanh())
                     }
+                    Act::Gelu => 0.5 * g * (1.0 + libm::erf(g / std::f64::consts::SQRT_2)),
+                    Act::Relu => g.max(0.0),
                 };
                 want[i * f + j] = (a * u) as f32;
             }
@@ -323,15 +325,120 @@ fn gated_act_gather_softmax() {
     }
     let table = rand(6 * 32, 2);
     let mut rows = zeros(&b, &[3, 32]);
-    b.gather_rows(&up(&b, &[6, 32], &table), &up_u32(&b, &[3], &[4, 0, 4]), &mut rows).unwrap();
+    b.gather_rows(&up(&b, &[6, 32], &table), &up_u32(&b, &[3], &[4, 0, 4]), 1.0, false, &mut rows).unwrap();
     let got = down(&b, &rows);
     assert_eq!(&got[..32], &table[128..160]);
     assert_eq!(&got[32..64], &table[..32]);
-    let bad = b.gather_rows(&up(&b, &[6, 32], &table), &up_u32(&b, &[3], &[4, 6, 0]), &mut rows);
+    let bad = b.gather_rows(&up(&b, &[6, 32], &table), &up_u32(&b, &[3], &[4, 6, 0]), 1.0, false, &mut rows);
     assert!(bad.unwrap_err().to_string().contains("out of range"));
     let mut sm = up(&b, &[2, 4], &[1.0, 2.0, 3.0, 4.0, 0.0, 0.0, 0.0, 0.0]);
     b.softmax(&mut sm).unwrap();
     let z: f64 = (1..=4).map(|v| (v as f64).exp()).sum();
     let want: Vec<f32> = (1..=4).map(|v| ((v as f64).exp() / z) as f32).chain([0.25; 4]).collect();
     assert_close(&down(&b, &sm), &want, TOL);
+}
+
+#[test]
+fn matmul_activation_epilogue_and_post_norm_residual() {
+    let b = Cpu::new();
+    let (m, k, n) = (3, 40, 17);
+    let (x, w, bias) = (rand(m * k, 1), rand(n * k, 2), rand(n, 3));
+    let (xt, wt, bt) = (up(&b, &[m, k], &x), up(&b, &[n, k], &w), up(&b, &[n], &bias));
+    let mut out = zeros(&b, &[m, n]);
+    b.matmul(&xt, &wt, Epilogue { bias: Some(&bt), act: Some(Act::Gelu), accumulate: false }, &mut out).unwrap();
+    let want: Vec<f32> = naive_matmul(&x, &w, m, k, n)
+        .iter()
+        .enumerate()
+        .map(|(i, &v)| {
+            let g = (v + bias[i % n]) as f64;
+            (0.5 * g * (1.0 + libm::erf(g / std::f64::consts::SQRT_2))) as f32
+        })
+        .collect();
+    assert_close(&down(&b, &out), &want, TOL);
+
+    // Resid::After: out = norm(x), r += out.
+    let (h, r0) = (n, rand(m * n, 4));
+    let gamma = up(&b, &[h], &rand(h, 5));
+    let mut r = up(&b, &[m, h], &r0);
+    let mut normed = zeros(&b, &[m, h]);
+    b.norm(&out, &gamma, None, NormKind::Rms { eps: 1e-6, offset: 0.0 }, Resid::After(&mut r), &mut normed).unwrap();
+    let nv = down(&b, &normed);
+    let sum: Vec<f32> = r0.iter().zip(&nv).map(|(a, c)| a + c).collect();
+    assert_eq!(down(&b, &r), sum);
+}
+
+#[test]
+fn head_norm_normalises_each_query_and_key_head() {
+    let b = Cpu::new();
+    let l = QkvLayout { q_heads: 4, kv_heads: 2, head_dim: 8 };
+    let t = 3;
+    let v = rand(t * l.width(), 1);
+    let (wq, wk) = (rand(8, 2), rand(8, 3));
+    let mut qkv = up(&b, &[t, l.width()], &v);
+    b.head_norm(&mut qkv, l, &up(&b, &[8], &wq), &up(&b, &[8], &wk), NormKind::Rms { eps: 1e-6, offset: 1.0 }).unwrap();
+    let mut want = v.clone();
+    for row in want.chunks_exact_mut(l.width()) {
+        for (h, head) in row[..6 * 8].chunks_exact_mut(8).enumerate() {
+            let w = if h < 4 { &wq } else { &wk };
+            let ms = head.iter().map(|&x| x as f64 * x as f64).sum::<f64>() / 8.0;
+            for (x, g) in head.iter_mut().zip(w) {
+                *x = (*x as f64 / (ms + 1e-6).sqrt() * (*g as f64 + 1.0)) as f32;
+            }
+        }
+    }
+    assert_close(&down(&b, &qkv), &want, TOL);
+}
+
+#[test]
+fn gather_scales_and_accumulates() {
+    let b = Cpu::new();
+    let table = rand(5 * 8, 1);
+    let mut out = up(&b, &[2, 8], &[1.0; 16]);
+    b.gather_rows(&up(&b, &[5, 8], &table), &up_u32(&b, &[2], &[3, 1]), 2.0, true, &mut out).unwrap();
+    let want: Vec<f32> = table[24..32].iter().chain(&table[8..16]).map(|v| 1.0 + 2.0 * v).collect();
+    assert_eq!(down(&b, &out), want);
+}
+
+#[test]
+fn alibi_attention_matches_naive() {
+    let b = Cpu::new();
+    let l = QkvLayout { q_heads: 6, kv_heads: 6, head_dim: 8 };
+    let n = 11;
+    let qkv = rand(n * l.width(), 3);
+    let slopes = turbine_core::alibi_slopes(6);
+    let (w, d) = (l.width(), 8);
+    let mut want = vec![0.0f32; n * 6 * d];
+    for i in 0..n {
+        for h in 0..6 {
+            let q = &qkv[i * w + h * d..][..d];
+            let sc: Vec<f64> = (0..=i)
+                .map(|j| {
+                    let k = &qkv[j * w + (6 + h) * d..][..d];
+                    let dot: f64 = q.iter().zip(k).map(|(a, c)| *a as f64 * *c as f64).sum();
+                    dot / (d as f64).sqrt() + slopes[h] as f64 * (j as f64 - i as f64)
+                })
+                .collect();
+            let mx = sc.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+            let e: Vec<f64> = sc.iter().map(|s| (s - mx).exp()).collect();
+            let z: f64 = e.iter().sum();
+            for c in 0..d {
+                let v: f64 = (0..=i).map(|j| e[j] * qkv[j * w + (12 + h) * d + c] as f64).sum();
+                want[(i * 6 + h) * d + c] = (v / z) as f32;
+            }
+        }
+    }
+    let shape = [4, 6, 4, d];
+    let mut kv = KvPages { k: zeros(&b, &shape), v: zeros(&b, &shape), block_size: 4 };
+    let meta = AttnMeta {
+        seqs: up_u32(&b, &[1, 3], &[0, n as u32, n as u32]),
+        block_tables: up_u32(&b, &[1, 3], &[2, 0, 3]),
+        positions: up_u32(&b, &[n], &(0..n as u32).collect::<Vec<_>>()),
+        slots: up_u32(&b, &[n], &(0..n).map(|p| [2u32, 0, 3][p / 4] * 4 + (p % 4) as u32).collect::<Vec<_>>()),
+    };
+    let q = up(&b, &[n, w], &qkv);
+    b.kv_store(&q, l, &meta, &mut kv).unwrap();
+    let mut out = zeros(&b, &[n, 6 * d]);
+    let p = AttnParams { scale: 1.0 / (d as f32).sqrt(), window: None, alibi: true };
+    b.paged_attention(&q, l, &kv, &meta, &p, &mut out).unwrap();
+    assert_close(&down(&b, &out), &want, Tol { rel: 1e-5, abs: 1e-5 });
 }

@@ -23,6 +23,6 @@ pub use backend::{Backend, Caps};
 pub use dtype::DType;
 pub use error::{Error, Result};
 pub use host::HostTensor;
-pub use ops::{Act, AttnMeta, AttnParams, Epilogue, KvPages, NormKind, Ops, QkvLayout, RopeTable};
+pub use ops::{alibi_slopes, Act, AttnMeta, AttnParams, Epilogue, KvPages, NormKind, Ops, QkvLayout, Resid, RopeTable};
 pub use shape::Shape;
 pub use tensor::Tensor;

@@ -8,10 +8,13 @@
 use crate::sampling::{Sampled, SeqSampler};
 use crate::{Backend, Result, Tensor};
 
-/// What a matrix product does after the dot products.
+/// What a matrix product does after the dot products, in this order: add the bias, apply the
+/// activation, then store or accumulate into `out`.
 pub struct Epilogue<'a, B: Backend> {
     /// Adds `bias[n]` to every row.
     pub bias: Option<&'a Tensor<B>>,
+    /// Applies an activation element-wise.
+    pub act: Option<Act>,
     /// Adds the result to `out` instead of overwriting it (fused residual add).
     pub accumulate: bool,
 }
@@ -19,19 +22,19 @@ pub struct Epilogue<'a, B: Backend> {
 impl<B: Backend> Epilogue<'_, B> {
     /// Plain product.
     pub fn none() -> Self {
-        Epilogue { bias: None, accumulate: false }
+        Epilogue { bias: None, act: None, accumulate: false }
     }
 
     /// `out += x · wᵀ`.
     pub fn accumulate() -> Self {
-        Epilogue { bias: None, accumulate: true }
+        Epilogue { bias: None, act: None, accumulate: true }
     }
 }
 
 impl<'a, B: Backend> Epilogue<'a, B> {
     /// `out = x · wᵀ + bias`.
     pub fn bias(bias: Option<&'a Tensor<B>>) -> Self {
-        Epilogue { bias, accumulate: false }
+        Epilogue { bias, act: None, accumulate: false }
     }
 }
 
@@ -52,13 +55,57 @@ pub enum NormKind {
     },
 }
 
-/// Gated activations: `act(gate) * up`.
+/// Activations, used gated (`act(gate) * up`) or plain (in a matmul epilogue).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Act {
     /// SiLU (swish), as in Llama's SwiGLU.
     Silu,
-    /// GELU, tanh approximation, as in GeGLU.
+    /// GELU, tanh approximation (`gelu_new`, `gelu_pytorch_tanh`, Bloom's GELU).
     GeluTanh,
+    /// GELU with the exact error function (`gelu`).
+    Gelu,
+    /// ReLU.
+    Relu,
+}
+
+impl Act {
+    /// The activation of a transformers `hidden_act` / `activation_function` name.
+    pub fn from_hf(name: &str) -> Option<Act> {
+        Some(match name {
+            "silu" | "swish" => Act::Silu,
+            "gelu_new" | "gelu_pytorch_tanh" | "gelu_fast" | "gelu_tanh" => Act::GeluTanh,
+            "gelu" => Act::Gelu,
+            "relu" => Act::Relu,
+            _ => return None,
+        })
+    }
+}
+
+/// How a norm combines with the residual stream.
+pub enum Resid<'a, B: Backend> {
+    /// Just normalise `x`.
+    None,
+    /// `r += x`, then `out = norm(r)` (pre-norm blocks: add the branch, normalise for the next).
+    Before(&'a mut Tensor<B>),
+    /// `out = norm(x)`, then `r += out` (post-norm branches, as in Gemma).
+    After(&'a mut Tensor<B>),
+}
+
+/// Per-head ALiBi slopes for `heads` heads, as Bloom and transformers define them (a power of two
+/// gets the geometric series `2^(-8 i / n)`; other counts interleave a second series).
+pub fn alibi_slopes(heads: usize) -> Vec<f32> {
+    if heads == 0 {
+        return Vec::new();
+    }
+    let closest = 1usize << (usize::BITS - 1 - heads.leading_zeros());
+    let base = 2f64.powf(-(2f64.powf(-((closest as f64).log2() - 3.0))));
+    let mut s: Vec<f32> = (1..=closest).map(|i| base.powi(i as i32) as f32).collect();
+    if closest != heads {
+        let extra = 2f64.powf(-(2f64.powf(-((2.0 * closest as f64).log2() - 3.0))));
+        let rest = (heads - closest).min(closest);
+        s.extend((0..rest).map(|i| extra.powi(1 + 2 * i as i32) as f32));
+    }
+    s
 }
 
 /// Column layout of a fused QKV projection `[tokens, (q_heads + 2 * kv_heads) * head_dim]`:
@@ -125,6 +172,8 @@ pub struct AttnParams {
     pub scale: f32,
     /// Sliding window: a query at position `p` sees keys at positions `> p - window`.
     pub window: Option<usize>,
+    /// Adds ALiBi biases `slope_h * (key_pos - query_pos)` ([`alibi_slopes`]) to the scaled scores.
+    pub alibi: bool,
 }
 
 /// The kernels a model is written in. `T` below is `Tensor<Self>`.
@@ -134,16 +183,27 @@ pub trait Ops: Backend {
     fn matmul(&self, x: &Tensor<Self>, w: &Tensor<Self>, epi: Epilogue<'_, Self>, out: &mut Tensor<Self>)
         -> Result<()>;
 
-    /// Row-wise normalisation of `x [t, h]` with weight `w [h]` (and bias `b [h]` for layer
-    /// norm). With `resid`, first does `resid += x` and normalises the sum.
+    /// Row-wise normalisation of `x [t, h]` with weight `w [h]` (and bias `b [h]`), combined
+    /// with the residual stream as [`Resid`] says.
     fn norm(
         &self,
         x: &Tensor<Self>,
         w: &Tensor<Self>,
         b: Option<&Tensor<Self>>,
         kind: NormKind,
-        resid: Option<&mut Tensor<Self>>,
+        resid: Resid<'_, Self>,
         out: &mut Tensor<Self>,
+    ) -> Result<()>;
+
+    /// Normalises, in place, every query head of a fused `qkv` with `wq [head_dim]` and every key
+    /// head with `wk [head_dim]` (per-head q/k norm of Qwen3 and Gemma 3).
+    fn head_norm(
+        &self,
+        qkv: &mut Tensor<Self>,
+        l: QkvLayout,
+        wq: &Tensor<Self>,
+        wk: &Tensor<Self>,
+        kind: NormKind,
     ) -> Result<()>;
 
     /// Rotates, in place, the query and key heads of a fused `qkv` (see [`QkvLayout`]) by their
@@ -170,9 +230,16 @@ pub trait Ops: Backend {
     /// `out[t, f] = act(gate_up[t, :f]) * gate_up[t, f:]`.
     fn gated_act(&self, gate_up: &Tensor<Self>, act: Act, out: &mut Tensor<Self>) -> Result<()>;
 
-    /// `out[i] = src[ids[i]]` (rows, dequantised to the activation dtype): embedding lookup and
-    /// row selection.
-    fn gather_rows(&self, src: &Tensor<Self>, ids: &Tensor<Self>, out: &mut Tensor<Self>) -> Result<()>;
+    /// `out[i] = src[ids[i]] * scale` (rows dequantised to the activation dtype), or `+=` with
+    /// `accumulate`: embedding lookup (scaled for Gemma), learned positions, row selection.
+    fn gather_rows(
+        &self,
+        src: &Tensor<Self>,
+        ids: &Tensor<Self>,
+        scale: f32,
+        accumulate: bool,
+        out: &mut Tensor<Self>,
+    ) -> Result<()>;
 
     /// Row-wise softmax in place.
     fn softmax(&self, x: &mut Tensor<Self>) -> Result<()>;
@@ -182,5 +249,17 @@ pub trait Ops: Backend {
     fn sample(&self, logits: &Tensor<Self>, seqs: &mut [SeqSampler]) -> Result<Vec<Sampled>> {
         let host = self.download(logits)?.to_f32()?;
         crate::sampling::sample_rows(&host, logits.cols(), seqs)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn alibi_slopes_match_bloom() {
+        assert_eq!(alibi_slopes(4), vec![0.25, 0.0625, 0.015625, 0.00390625]);
+        assert_eq!(alibi_slopes(6), vec![0.25, 0.0625, 0.015625, 0.00390625, 0.5, 0.125]);
+        assert_eq!(alibi_slopes(8)[0], 0.5);
     }
 }

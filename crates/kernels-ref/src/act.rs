@@ -11,6 +11,17 @@ fn gelu_tanh(x: f32) -> f32 {
     0.5 * x * (1.0 + (C * (x + 0.044715 * x * x * x)).tanh())
 }
 
+/// Applies an activation to one value.
+#[inline]
+pub(crate) fn apply(act: Act, x: f32) -> f32 {
+    match act {
+        Act::Silu => x * (1.0 / (1.0 + (-x).exp())),
+        Act::GeluTanh => gelu_tanh(x),
+        Act::Gelu => 0.5 * x * (1.0 + libm::erff(x * std::f32::consts::FRAC_1_SQRT_2)),
+        Act::Relu => x.max(0.0),
+    }
+}
+
 pub(crate) fn gated_act(gate_up: &Tensor<Cpu>, act: Act, out: &mut Tensor<Cpu>) -> Result<()> {
     const OP: &str = "gated_act";
     let (t, f2) = (gate_up.rows(), gate_up.cols());
@@ -23,17 +34,19 @@ pub(crate) fn gated_act(gate_up: &Tensor<Cpu>, act: Act, out: &mut Tensor<Cpu>) 
     f32s_mut(out, OP)?.par_chunks_mut(f.max(1)).zip(gu.par_chunks(f2.max(1))).for_each(|(o, row)| {
         let (g, u) = row.split_at(f);
         for ((o, &g), &u) in o.iter_mut().zip(g).zip(u) {
-            let a = match act {
-                Act::Silu => g * (1.0 / (1.0 + (-g).exp())),
-                Act::GeluTanh => gelu_tanh(g),
-            };
-            *o = a * u;
+            *o = apply(act, g) * u;
         }
     });
     Ok(())
 }
 
-pub(crate) fn gather_rows(src: &Tensor<Cpu>, ids: &Tensor<Cpu>, out: &mut Tensor<Cpu>) -> Result<()> {
+pub(crate) fn gather_rows(
+    src: &Tensor<Cpu>,
+    ids: &Tensor<Cpu>,
+    scale: f32,
+    accumulate: bool,
+    out: &mut Tensor<Cpu>,
+) -> Result<()> {
     const OP: &str = "gather_rows";
     let (rows, cols) = (src.rows(), src.cols());
     let ids = u32s(ids, OP)?;
@@ -43,20 +56,21 @@ pub(crate) fn gather_rows(src: &Tensor<Cpu>, ids: &Tensor<Cpu>, out: &mut Tensor
     }
     let dtype = src.dtype();
     let os = f32s_mut(out, OP)?;
-    match src.buf() {
-        CpuBuf::F32(v) => {
-            for (o, &i) in os.chunks_exact_mut(cols).zip(ids) {
-                o.copy_from_slice(&v[i as usize * cols..][..cols]);
+    let mut row = vec![0.0f32; if dtype.is_quantized() { cols } else { 0 }];
+    for (o, &i) in os.chunks_exact_mut(cols.max(1)).zip(ids) {
+        let r: &[f32] = match src.buf() {
+            CpuBuf::F32(v) => &v[i as usize * cols..][..cols],
+            CpuBuf::Blocks(b) => {
+                let rb = dtype.bytes_for(cols).ok_or(Error::Unsupported { op: OP, dtype, backend: "cpu" })?;
+                crate::dequant::dequant_into(dtype, &b[i as usize * rb..][..rb], &mut row);
+                &row
             }
+            CpuBuf::U32(_) => return Err(Error::Unsupported { op: OP, dtype: DType::U32, backend: "cpu" }),
+        };
+        for (ov, &rv) in o.iter_mut().zip(r) {
+            let v = if scale == 1.0 { rv } else { rv * scale };
+            *ov = if accumulate { *ov + v } else { v };
         }
-        CpuBuf::Blocks(b) => {
-            let rb = dtype.bytes_for(cols).ok_or(Error::Unsupported { op: OP, dtype, backend: "cpu" })?;
-            for (o, &i) in os.chunks_exact_mut(cols).zip(ids) {
-                let row = &b[i as usize * rb..][..rb];
-                crate::dequant::dequant_into(dtype, row, o);
-            }
-        }
-        CpuBuf::U32(_) => return Err(Error::Unsupported { op: OP, dtype: DType::U32, backend: "cpu" }),
     }
     Ok(())
 }

@@ -6,7 +6,7 @@
 //! identically whether its keys came from one prefill, a chunked prefill or decode steps.
 
 use rayon::prelude::*;
-use turbine_core::{AttnMeta, AttnParams, Error, KvPages, QkvLayout, Result, Tensor};
+use turbine_core::{alibi_slopes, AttnMeta, AttnParams, Error, KvPages, QkvLayout, Result, Tensor};
 
 use crate::buffer::{f32s, f32s_mut, u32s};
 use crate::dot::{accumulate, scores as dot_scores};
@@ -139,6 +139,7 @@ pub(crate) fn paged_attention(
     }
     // One task per (token, kv head, group of up to SUB query heads sharing that kv head): the
     // keys and values are read once for the group. Each query's reduction is unchanged.
+    let slopes = if p.alibi { alibi_slopes(l.q_heads) } else { Vec::new() };
     let sub = (1..=SUB.min(group)).rev().find(|s| group % s == 0).unwrap_or(1);
     f32s_mut(out, OP)?.par_chunks_mut(sub * d).enumerate().for_each(|(idx, o)| {
         let heads_per_row = l.q_heads / sub;
@@ -164,6 +165,12 @@ pub(crate) fn paged_attention(
             for g in 0..sub {
                 let sc = &mut scores[g][..n];
                 dot_scores(&qrow[(h0 + g) * d..][..d], kb, d, p.scale, sc);
+                if p.alibi {
+                    let slope = slopes[h0 + g];
+                    for (i, sv) in sc.iter_mut().enumerate() {
+                        *sv += slope * ((a + i) as f32 - pos as f32);
+                    }
+                }
                 let bmax = sc.iter().copied().fold(f32::NEG_INFINITY, f32::max);
                 let m_new = m[g].max(bmax);
                 let corr = (m[g] - m_new).exp();

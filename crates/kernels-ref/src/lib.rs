@@ -19,8 +19,8 @@ pub use buffer::CpuBuf;
 
 use turbine_core::sampling::{Sampled, SeqSampler};
 use turbine_core::{
-    Act, AttnMeta, AttnParams, Backend, Caps, DType, Epilogue, HostTensor, KvPages, NormKind, Ops, QkvLayout, Result,
-    RopeTable, Shape, Tensor,
+    Act, AttnMeta, AttnParams, Backend, Caps, DType, Epilogue, HostTensor, KvPages, NormKind, Ops, QkvLayout, Resid,
+    Result, RopeTable, Shape, Tensor,
 };
 
 /// The CPU backend. Cheap to create; work is spread over rayon's global pool
@@ -94,8 +94,12 @@ impl Ops for Cpu {
         matmul::matmul(x, w, epi, out)
     }
 
-    fn norm(&self, x: &T, w: &T, b: Option<&T>, kind: NormKind, resid: Option<&mut T>, out: &mut T) -> Result<()> {
+    fn norm(&self, x: &T, w: &T, b: Option<&T>, kind: NormKind, resid: Resid<'_, Self>, out: &mut T) -> Result<()> {
         norm::norm(x, w, b, kind, resid, out)
+    }
+
+    fn head_norm(&self, qkv: &mut T, l: QkvLayout, wq: &T, wk: &T, kind: NormKind) -> Result<()> {
+        norm::head_norm(qkv, l, wq, wk, kind)
     }
 
     fn rope(&self, qkv: &mut T, pos: &T, table: &RopeTable<Self>, l: QkvLayout) -> Result<()> {
@@ -122,8 +126,8 @@ impl Ops for Cpu {
         act::gated_act(gate_up, act, out)
     }
 
-    fn gather_rows(&self, src: &T, ids: &T, out: &mut T) -> Result<()> {
-        act::gather_rows(src, ids, out)
+    fn gather_rows(&self, src: &T, ids: &T, scale: f32, accumulate: bool, out: &mut T) -> Result<()> {
+        act::gather_rows(src, ids, scale, accumulate, out)
     }
 
     fn softmax(&self, x: &mut T) -> Result<()> {

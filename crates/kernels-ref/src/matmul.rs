@@ -7,7 +7,9 @@
 use std::cell::RefCell;
 
 use rayon::prelude::*;
-use turbine_core::{DType, Epilogue, Error, Result, Tensor};
+use turbine_core::{Act, DType, Epilogue, Error, Result, Tensor};
+
+use crate::act::apply;
 
 use crate::buffer::{f32s, f32s_mut, CpuBuf};
 use crate::dequant::{dequant_into, has_qtile, qtile};
@@ -34,6 +36,7 @@ struct Job<'a> {
     k: usize,
     n: usize,
     bias: Option<&'a [f32]>,
+    act: Option<Act>,
     accumulate: bool,
     out: OutPtr,
 }
@@ -98,6 +101,7 @@ impl Job<'_> {
                     Some(b) => d + b[j],
                     None => d,
                 };
+                let val = self.act.map_or(val, |a| apply(a, val));
                 // SAFETY: (i0 + c, j) is inside the [m, n] output and column j belongs to this
                 // task's panel, so no other task touches it.
                 unsafe {
@@ -127,7 +131,7 @@ pub(crate) fn matmul(x: &Tensor<Cpu>, w: &Tensor<Cpu>, epi: Epilogue<'_, Cpu>, o
     };
     let dtype = w.dtype();
     let out_ptr = OutPtr(f32s_mut(out, OP)?.as_mut_ptr());
-    let job = Job { x: xs, m, k, n, bias, accumulate: epi.accumulate, out: out_ptr };
+    let job = Job { x: xs, m, k, n, bias, act: epi.act, accumulate: epi.accumulate, out: out_ptr };
     if m == 0 || n == 0 {
         return Ok(());
     }

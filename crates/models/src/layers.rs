@@ -1,8 +1,9 @@
-//! The pre-norm decoder shared by the Llama family (Llama, Mistral, Qwen2): RMSNorm, fused QKV
-//! projection (optional bias), rotary embedding, paged attention (optional sliding window),
-//! SwiGLU MLP, tied or separate LM head.
+//! The one decoder every architecture runs: a stack of pre-norm (or parallel) attention + MLP
+//! blocks over the packed batch and paged KV cache. Architectures differ only in how they fill
+//! [`Decoder`]: norms and their kind, biases, gated or plain MLP, parallel residual, q/k norms,
+//! post-branch norms, rotary tables per layer, ALiBi, learned positions, embedding scale/norm.
 
-use turbine_core::{Act, AttnParams, Epilogue, KvPages, NormKind, Ops, QkvLayout, RopeTable, Tensor};
+use turbine_core::{Act, AttnParams, Epilogue, KvPages, NormKind, Ops, QkvLayout, Resid, RopeTable, Tensor};
 
 use crate::config::HfConfig;
 use crate::model::{ModelSpec, Step, Workspace};
@@ -10,36 +11,266 @@ use crate::rope::RopeSpec;
 use crate::weights::Weights;
 use crate::{ModelError, Result};
 
-/// Settings of a Llama-family decoder, read from `config.json`.
+/// A norm's weight and optional bias, `[hidden]`.
+pub struct Norm<B: Ops> {
+    /// Weight.
+    pub w: Tensor<B>,
+    /// Bias (layer norm).
+    pub b: Option<Tensor<B>>,
+}
+
+impl<B: Ops> Norm<B> {
+    /// Loads `{prefix}.weight` and, if present, `{prefix}.bias`.
+    pub fn load(w: &Weights<'_, B>, prefix: &str, h: usize) -> Result<Self> {
+        Ok(Norm { w: w.get(&format!("{prefix}.weight"), &[h])?, b: w.get_opt(&format!("{prefix}.bias"), &[h])? })
+    }
+}
+
+/// A linear layer: weight `[out, in]` and optional bias `[out]`.
+pub struct Linear<B: Ops> {
+    /// Weight.
+    pub w: Tensor<B>,
+    /// Bias.
+    pub b: Option<Tensor<B>>,
+}
+
+impl<B: Ops> Linear<B> {
+    /// Loads `{prefix}.weight` `[out, inp]` and, if present, `{prefix}.bias`.
+    pub fn load(w: &Weights<'_, B>, prefix: &str, out: usize, inp: usize) -> Result<Self> {
+        Ok(Linear {
+            w: w.get(&format!("{prefix}.weight"), &[out, inp])?,
+            b: w.get_opt(&format!("{prefix}.bias"), &[out])?,
+        })
+    }
+
+    /// Stacks several projections with the same input into one (fused QKV, gate/up).
+    pub fn fused(w: &Weights<'_, B>, prefixes: &[&str], outs: &[usize], inp: usize) -> Result<Self> {
+        let wk: Vec<String> = prefixes.iter().map(|p| format!("{p}.weight")).collect();
+        let bk: Vec<String> = prefixes.iter().map(|p| format!("{p}.bias")).collect();
+        let ws: Vec<[usize; 2]> = outs.iter().map(|&o| [o, inp]).collect();
+        let bs: Vec<[usize; 1]> = outs.iter().map(|&o| [o]).collect();
+        let wparts: Vec<(&str, &[usize])> = wk.iter().zip(&ws).map(|(k, s)| (k.as_str(), &s[..])).collect();
+        let bparts: Vec<(&str, &[usize])> = bk.iter().zip(&bs).map(|(k, s)| (k.as_str(), &s[..])).collect();
+        Ok(Linear { w: w.fused(&wparts)?, b: w.fused_opt(&bparts)? })
+    }
+}
+
+/// Settings shared by every layer.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct DecoderOpts {
+    /// Kind of every norm.
+    pub norm: NormKind,
+    /// MLP activation.
+    pub act: Act,
+    /// `act(gate) * up` (the up projection holds `[gate; up]`) rather than `act(up)`.
+    pub gated: bool,
+    /// Attention and MLP both read the block input (GPT-NeoX, Falcon) instead of running in turn.
+    pub parallel: bool,
+    /// Attention score scale.
+    pub attn_scale: f32,
+    /// ALiBi position biases instead of (or with) rotary embeddings.
+    pub alibi: bool,
+    /// Embedding multiplier (Gemma: sqrt(hidden)); 1 otherwise.
+    pub embed_scale: f32,
+}
+
+/// One block's weights and per-layer settings.
+pub struct Layer<B: Ops> {
+    /// Norm before attention (and before the MLP too when `mlp_norm` is `None` in a parallel block).
+    pub attn_norm: Norm<B>,
+    /// Norm before the MLP.
+    pub mlp_norm: Option<Norm<B>>,
+    /// Fused QKV projection, rows `[q heads | k heads | v heads]`.
+    pub qkv: Linear<B>,
+    /// Per-head q and k norm weights `[head_dim]`.
+    pub qk_norm: Option<(Tensor<B>, Tensor<B>)>,
+    /// Output projection.
+    pub o: Linear<B>,
+    /// Norm of the attention output before the residual add (Gemma).
+    pub post_attn_norm: Option<Norm<B>>,
+    /// Up projection (`[gate; up]` when gated).
+    pub up: Linear<B>,
+    /// Down projection.
+    pub down: Linear<B>,
+    /// Norm of the MLP output before the residual add (Gemma).
+    pub post_mlp_norm: Option<Norm<B>>,
+    /// Sliding window of this layer.
+    pub window: Option<usize>,
+    /// Index of this layer's rotary table in [`Decoder::ropes`], if it rotates.
+    pub rope: Option<usize>,
+}
+
+/// A whole model.
+pub struct Decoder<B: Ops> {
+    /// The spec the engine sees.
+    pub spec: ModelSpec,
+    /// Shared settings.
+    pub opts: DecoderOpts,
+    /// Token embeddings `[vocab, hidden]`.
+    pub embed: Tensor<B>,
+    /// Learned position embeddings `[positions, hidden]` (GPT-2).
+    pub pos_embed: Option<Tensor<B>>,
+    /// Norm right after the embedding (Bloom).
+    pub embed_norm: Option<Norm<B>>,
+    /// The blocks.
+    pub layers: Vec<Layer<B>>,
+    /// Final norm.
+    pub final_norm: Norm<B>,
+    /// LM head; `None` means tied to `embed`.
+    pub lm_head: Option<Linear<B>>,
+    /// Rotary tables referenced by the layers.
+    pub ropes: Vec<RopeTable<B>>,
+}
+
+impl<B: Ops> Decoder<B> {
+    fn layout(&self) -> QkvLayout {
+        let s = &self.spec;
+        QkvLayout { q_heads: s.q_heads, kv_heads: s.kv_heads, head_dim: s.head_dim }
+    }
+
+    /// One forward pass over a packed batch.
+    pub fn forward(&self, b: &B, step: &Step<B>, kv: &mut [KvPages<B>], ws: &mut Workspace<B>) -> Result<()> {
+        let s = &self.spec;
+        let o = &self.opts;
+        let (t, h) = (step.ids.shape().numel(), s.hidden);
+        let l = self.layout();
+        let mut x = ws.take(b, "x", t, h)?;
+        let mut xn = ws.take(b, "xn", t, h)?;
+        let mut xn2 = ws.take(b, "xn2", t, h)?;
+        let mut tmp = ws.take(b, "tmp", t, h)?;
+        let mut tmp2 = ws.take(b, "tmp2", t, h)?;
+        let mut qkv = ws.take(b, "qkv", t, l.width())?;
+        let mut attn = ws.take(b, "attn", t, s.q_heads * s.head_dim)?;
+        b.gather_rows(&self.embed, &step.ids, o.embed_scale, false, &mut x)?;
+        if let Some(pe) = &self.pos_embed {
+            b.gather_rows(pe, &step.meta.positions, 1.0, true, &mut x)?;
+        }
+        if let Some(n) = &self.embed_norm {
+            b.norm(&x, &n.w, n.b.as_ref(), o.norm, Resid::None, &mut xn)?;
+            std::mem::swap(&mut x, &mut xn);
+        }
+        for (layer, pages) in self.layers.iter().zip(kv.iter_mut()) {
+            let f = layer.down.w.cols();
+            let mut hid = ws.take(b, "mlp_hidden", t, f)?;
+            let mut gu = ws.take(b, "gate_up", t, if o.gated { 2 * f } else { 0 })?;
+            let norm = |n: &Norm<B>, src: &Tensor<B>, dst: &mut Tensor<B>| {
+                b.norm(src, &n.w, n.b.as_ref(), o.norm, Resid::None, dst)
+            };
+            norm(&layer.attn_norm, &x, &mut xn)?;
+            let parallel_mlp_norm = o.parallel && layer.mlp_norm.is_some();
+            if let (true, Some(n)) = (parallel_mlp_norm, &layer.mlp_norm) {
+                norm(n, &x, &mut xn2)?;
+            }
+            b.matmul(&xn, &layer.qkv.w, Epilogue::bias(layer.qkv.b.as_ref()), &mut qkv)?;
+            if let Some((wq, wk)) = &layer.qk_norm {
+                b.head_norm(&mut qkv, l, wq, wk, o.norm)?;
+            }
+            if let Some(r) = layer.rope {
+                b.rope(&mut qkv, &step.meta.positions, &self.ropes[r], l)?;
+            }
+            b.kv_store(&qkv, l, &step.meta, pages)?;
+            let p = AttnParams { scale: o.attn_scale, window: layer.window, alibi: o.alibi };
+            b.paged_attention(&qkv, l, pages, &step.meta, &p, &mut attn)?;
+            self.branch_out(b, &attn, &layer.o, layer.post_attn_norm.as_ref(), &mut x, &mut tmp, &mut tmp2)?;
+            let mlp_in = if o.parallel {
+                if parallel_mlp_norm {
+                    &xn2
+                } else {
+                    &xn
+                }
+            } else {
+                let n = layer
+                    .mlp_norm
+                    .as_ref()
+                    .ok_or_else(|| ModelError::Config("sequential block without an MLP norm".into()))?;
+                norm(n, &x, &mut xn)?;
+                &xn
+            };
+            if o.gated {
+                b.matmul(mlp_in, &layer.up.w, Epilogue::bias(layer.up.b.as_ref()), &mut gu)?;
+                b.gated_act(&gu, o.act, &mut hid)?;
+            } else {
+                let epi = Epilogue { bias: layer.up.b.as_ref(), act: Some(o.act), accumulate: false };
+                b.matmul(mlp_in, &layer.up.w, epi, &mut hid)?;
+            }
+            self.branch_out(b, &hid, &layer.down, layer.post_mlp_norm.as_ref(), &mut x, &mut tmp, &mut tmp2)?;
+            ws.put("mlp_hidden", hid);
+            ws.put("gate_up", gu);
+        }
+        let r = step.logit_rows.shape().numel();
+        let mut last = ws.take(b, "last", r, h)?;
+        let mut lastn = ws.take(b, "last_norm", r, h)?;
+        let mut logits = ws.take(b, "logits", r, s.vocab)?;
+        b.gather_rows(&x, &step.logit_rows, 1.0, false, &mut last)?;
+        let fin = &self.final_norm;
+        b.norm(&last, &fin.w, fin.b.as_ref(), o.norm, Resid::None, &mut lastn)?;
+        let (head, bias) = match &self.lm_head {
+            Some(lm) => (&lm.w, lm.b.as_ref()),
+            None => (&self.embed, None),
+        };
+        b.matmul(&lastn, head, Epilogue::bias(bias), &mut logits)?;
+        for (name, tensor) in
+            [("x", x), ("xn", xn), ("xn2", xn2), ("tmp", tmp), ("tmp2", tmp2), ("qkv", qkv), ("attn", attn)]
+        {
+            ws.put(name, tensor);
+        }
+        ws.put("last", last);
+        ws.put("last_norm", lastn);
+        ws.put("logits", logits);
+        Ok(())
+    }
+
+    /// Projects a branch (`input · projᵀ`) and adds it to the residual `x`, through the
+    /// post-branch norm when there is one (`tmp` and `tmp2` are scratch).
+    #[allow(clippy::too_many_arguments)]
+    fn branch_out(
+        &self,
+        b: &B,
+        input: &Tensor<B>,
+        proj: &Linear<B>,
+        post: Option<&Norm<B>>,
+        x: &mut Tensor<B>,
+        tmp: &mut Tensor<B>,
+        tmp2: &mut Tensor<B>,
+    ) -> Result<()> {
+        match post {
+            None => {
+                let epi = Epilogue { bias: proj.b.as_ref(), act: None, accumulate: true };
+                b.matmul(input, &proj.w, epi, x)?;
+            }
+            Some(n) => {
+                b.matmul(input, &proj.w, Epilogue::bias(proj.b.as_ref()), tmp)?;
+                b.norm(tmp, &n.w, n.b.as_ref(), self.opts.norm, Resid::After(x), tmp2)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The configuration keys the Llama-style families share (`hidden_size`, `num_attention_heads`,
+/// …), read into a [`ModelSpec`] plus the MLP width, norm epsilon and rotary settings.
 #[derive(Debug, Clone, PartialEq)]
-pub struct DecoderSpec {
-    /// The part every model has.
-    pub base: ModelSpec,
+pub struct CommonConfig {
+    /// Spec.
+    pub spec: ModelSpec,
     /// MLP width.
     pub intermediate: usize,
-    /// RMSNorm epsilon.
-    pub rms_eps: f32,
-    /// Rotary settings.
+    /// Norm epsilon (`rms_norm_eps`, `layer_norm_eps`, `layer_norm_epsilon`).
+    pub eps: f32,
+    /// Rotary settings over the whole head.
     pub rope: RopeSpec,
-    /// Sliding attention window, if any.
-    pub window: Option<usize>,
-    /// Whether the LM head is the embedding matrix.
+    /// `tie_word_embeddings` (default as given).
     pub tied: bool,
 }
 
-impl DecoderSpec {
-    /// Reads the Llama-family keys; `tied_default` is the architecture's default for
-    /// `tie_word_embeddings`, `window` the sliding window it uses (if any).
-    pub fn from_hf(cfg: &HfConfig, tied_default: bool, window: Option<usize>) -> Result<Self> {
+impl CommonConfig {
+    /// Reads the common keys; `tied_default` is the family's default for `tie_word_embeddings`.
+    pub fn from_hf(cfg: &HfConfig, tied_default: bool) -> Result<Self> {
         let arch = cfg.arch()?.to_string();
         let hidden = cfg.usize("hidden_size")?;
         let q_heads = cfg.usize("num_attention_heads")?;
         let kv_heads = cfg.opt_usize("num_key_value_heads")?.unwrap_or(q_heads);
-        if q_heads == 0 || kv_heads == 0 || q_heads % kv_heads != 0 {
-            return Err(ModelError::Config(format!(
-                "num_attention_heads {q_heads} must be a positive multiple of num_key_value_heads {kv_heads}"
-            )));
-        }
+        check_heads(q_heads, kv_heads)?;
         let head_dim = match cfg.opt_usize("head_dim")? {
             Some(d) => d,
             None if hidden % q_heads == 0 => hidden / q_heads,
@@ -50,14 +281,9 @@ impl DecoderSpec {
         if head_dim == 0 || head_dim % 2 != 0 {
             return Err(ModelError::Config(format!("head_dim {head_dim} must be even and positive")));
         }
-        if let Some(act) = cfg.opt_str("hidden_act") {
-            if act != "silu" {
-                return Err(ModelError::Config(format!("hidden_act {act:?} is not supported for {arch} (silu is)")));
-            }
-        }
         let mut eos = cfg.ids("eos_token_id");
         eos.dedup();
-        let base = ModelSpec {
+        let spec = ModelSpec {
             arch,
             hidden,
             layers: cfg.usize("num_hidden_layers")?,
@@ -69,122 +295,39 @@ impl DecoderSpec {
             bos: cfg.ids("bos_token_id").first().copied(),
             eos,
         };
-        Ok(DecoderSpec {
+        let eps = ["rms_norm_eps", "layer_norm_eps", "layer_norm_epsilon"]
+            .iter()
+            .find_map(|k| cfg.opt_f64(k).transpose())
+            .transpose()?
+            .unwrap_or(1e-6) as f32;
+        Ok(CommonConfig {
             intermediate: cfg.usize("intermediate_size")?,
-            rms_eps: cfg.opt_f64("rms_norm_eps")?.unwrap_or(1e-6) as f32,
+            eps,
             rope: RopeSpec::from_hf(cfg, head_dim)?,
-            window: window.filter(|&w| w > 0),
             tied: cfg.opt_bool("tie_word_embeddings")?.unwrap_or(tied_default),
-            base,
+            spec,
         })
     }
-
-    fn layout(&self) -> QkvLayout {
-        QkvLayout { q_heads: self.base.q_heads, kv_heads: self.base.kv_heads, head_dim: self.base.head_dim }
-    }
 }
 
-struct Block<B: Ops> {
-    ln1: Tensor<B>,
-    wqkv: Tensor<B>,
-    bqkv: Option<Tensor<B>>,
-    wo: Tensor<B>,
-    ln2: Tensor<B>,
-    w_gate_up: Tensor<B>,
-    w_down: Tensor<B>,
+/// Checks that query heads split evenly over key/value heads.
+pub fn check_heads(q_heads: usize, kv_heads: usize) -> Result<()> {
+    if q_heads == 0 || kv_heads == 0 || q_heads % kv_heads != 0 {
+        return Err(ModelError::Config(format!(
+            "num_attention_heads {q_heads} must be a positive multiple of num_key_value_heads {kv_heads}"
+        )));
+    }
+    Ok(())
 }
 
-/// The Llama-family decoder.
-pub struct Decoder<B: Ops> {
-    spec: DecoderSpec,
-    embed: Tensor<B>,
-    layers: Vec<Block<B>>,
-    norm: Tensor<B>,
-    lm_head: Option<Tensor<B>>,
-    rope: RopeTable<B>,
-}
-
-impl<B: Ops> Decoder<B> {
-    /// Loads the weights (Hugging Face names), fusing Q/K/V and gate/up.
-    pub fn load(spec: DecoderSpec, w: &Weights<'_, B>) -> Result<Self> {
-        let s = &spec.base;
-        let (h, f, d) = (s.hidden, spec.intermediate, s.head_dim);
-        let (qd, kd) = (s.q_heads * d, s.kv_heads * d);
-        let embed = w.get("model.embed_tokens.weight", &[s.vocab, h])?;
-        let layers = (0..s.layers)
-            .map(|i| {
-                let p = |n: &str| format!("model.layers.{i}.{n}");
-                let (q, k, v) = (p("self_attn.q_proj"), p("self_attn.k_proj"), p("self_attn.v_proj"));
-                Ok(Block {
-                    ln1: w.get(&p("input_layernorm.weight"), &[h])?,
-                    wqkv: w.fused(&[
-                        (&format!("{q}.weight"), &[qd, h]),
-                        (&format!("{k}.weight"), &[kd, h]),
-                        (&format!("{v}.weight"), &[kd, h]),
-                    ])?,
-                    bqkv: w.fused_opt(&[
-                        (&format!("{q}.bias"), &[qd]),
-                        (&format!("{k}.bias"), &[kd]),
-                        (&format!("{v}.bias"), &[kd]),
-                    ])?,
-                    wo: w.get(&p("self_attn.o_proj.weight"), &[h, qd])?,
-                    ln2: w.get(&p("post_attention_layernorm.weight"), &[h])?,
-                    w_gate_up: w
-                        .fused(&[(&p("mlp.gate_proj.weight"), &[f, h]), (&p("mlp.up_proj.weight"), &[f, h])])?,
-                    w_down: w.get(&p("mlp.down_proj.weight"), &[h, f])?,
-                })
-            })
-            .collect::<Result<Vec<_>>>()?;
-        let norm = w.get("model.norm.weight", &[h])?;
-        let lm_head = if spec.tied { None } else { Some(w.get("lm_head.weight", &[s.vocab, h])?) };
-        let rope = spec.rope.table(w.backend(), s.max_positions)?;
-        Ok(Decoder { spec, embed, layers, norm, lm_head, rope })
-    }
-
-    /// The normalised spec.
-    pub fn spec(&self) -> &ModelSpec {
-        &self.spec.base
-    }
-
-    /// One forward pass over a packed batch.
-    pub fn forward(&self, b: &B, step: &Step<B>, kv: &mut [KvPages<B>], ws: &mut Workspace<B>) -> Result<()> {
-        let s = &self.spec.base;
-        let (t, h, f) = (step.ids.shape().numel(), s.hidden, self.spec.intermediate);
-        let l = self.spec.layout();
-        let norm = NormKind::Rms { eps: self.spec.rms_eps, offset: 0.0 };
-        let attn_p = AttnParams { scale: 1.0 / (s.head_dim as f32).sqrt(), window: self.spec.window };
-        let mut x = ws.take(b, "x", t, h)?;
-        let mut xn = ws.take(b, "xn", t, h)?;
-        let mut qkv = ws.take(b, "qkv", t, l.width())?;
-        let mut attn = ws.take(b, "attn", t, s.q_heads * s.head_dim)?;
-        let mut gu = ws.take(b, "gate_up", t, 2 * f)?;
-        let mut act = ws.take(b, "act", t, f)?;
-        b.gather_rows(&self.embed, &step.ids, &mut x)?;
-        for (blk, pages) in self.layers.iter().zip(kv.iter_mut()) {
-            b.norm(&x, &blk.ln1, None, norm, None, &mut xn)?;
-            b.matmul(&xn, &blk.wqkv, Epilogue::bias(blk.bqkv.as_ref()), &mut qkv)?;
-            b.rope(&mut qkv, &step.meta.positions, &self.rope, l)?;
-            b.kv_store(&qkv, l, &step.meta, pages)?;
-            b.paged_attention(&qkv, l, pages, &step.meta, &attn_p, &mut attn)?;
-            b.matmul(&attn, &blk.wo, Epilogue::accumulate(), &mut x)?;
-            b.norm(&x, &blk.ln2, None, norm, None, &mut xn)?;
-            b.matmul(&xn, &blk.w_gate_up, Epilogue::none(), &mut gu)?;
-            b.gated_act(&gu, Act::Silu, &mut act)?;
-            b.matmul(&act, &blk.w_down, Epilogue::accumulate(), &mut x)?;
-        }
-        let r = step.logit_rows.shape().numel();
-        let mut last = ws.take(b, "last", r, h)?;
-        let mut lastn = ws.take(b, "last_norm", r, h)?;
-        let mut logits = ws.take(b, "logits", r, s.vocab)?;
-        b.gather_rows(&x, &step.logit_rows, &mut last)?;
-        b.norm(&last, &self.norm, None, norm, None, &mut lastn)?;
-        b.matmul(&lastn, self.lm_head.as_ref().unwrap_or(&self.embed), Epilogue::none(), &mut logits)?;
-        for (name, tensor) in [("x", x), ("xn", xn), ("qkv", qkv), ("attn", attn), ("gate_up", gu), ("act", act)] {
-            ws.put(name, tensor);
-        }
-        ws.put("last", last);
-        ws.put("last_norm", lastn);
-        ws.put("logits", logits);
-        Ok(())
+/// Reads the activation at `key`, failing with a message naming the key when it is unknown.
+pub fn activation(cfg: &HfConfig, key: &str, default: Act) -> Result<Act> {
+    match cfg.opt_str(key) {
+        None => Ok(default),
+        Some(name) => Act::from_hf(name).ok_or_else(|| {
+            ModelError::Config(format!(
+                "{key} {name:?} is not supported (silu, gelu, gelu_new, gelu_pytorch_tanh, relu are)"
+            ))
+        }),
     }
 }

@@ -1,11 +1,12 @@
 //! Qwen2 / Qwen2.5: the Llama decoder with biases on the Q, K and V projections, and a sliding
 //! window only when `use_sliding_window` is set.
 
-use turbine_core::{KvPages, Ops};
+use turbine_core::Ops;
 
 use crate::config::HfConfig;
-use crate::layers::{Decoder, DecoderSpec};
-use crate::model::{Architecture, Model, ModelSpec, Step, Workspace};
+use crate::layers::{CommonConfig, Decoder};
+use crate::llama::{build, decoder_model, Style};
+use crate::model::Architecture;
 use crate::weights::Weights;
 use crate::{ModelError, Result};
 
@@ -31,17 +32,9 @@ impl<B: Ops> Architecture<B> for Qwen2<B> {
             },
             _ => None,
         };
-        let spec = DecoderSpec::from_hf(cfg, false, window)?;
-        Ok(Qwen2(Decoder::load(spec, w)?))
+        let c = CommonConfig::from_hf(cfg, false)?;
+        Ok(Qwen2(build(&c, w, &Style::llama(&c, cfg, window)?)?))
     }
 }
 
-impl<B: Ops> Model<B> for Qwen2<B> {
-    fn spec(&self) -> &ModelSpec {
-        self.0.spec()
-    }
-
-    fn forward(&self, b: &B, step: &Step<B>, kv: &mut [KvPages<B>], ws: &mut Workspace<B>) -> Result<()> {
-        self.0.forward(b, step, kv, ws)
-    }
-}
+decoder_model!(Qwen2);
