@@ -66,6 +66,16 @@ fn qwen2_qkv_bias_tied() {
 }
 
 #[test]
+fn qwen3_qk_norm() {
+    golden("qwen3-qknorm");
+}
+
+#[test]
+fn phi3_fused_projections() {
+    golden("phi3-fused");
+}
+
+#[test]
 fn llama_gqa_from_gguf() {
     golden_gguf("llama-gqa", "llama");
 }

@@ -108,6 +108,25 @@ impl HfConfig {
     }
 }
 
+/// `layer_types` (one of `full_attention` / `sliding_attention` per layer), if the config has it;
+/// an error when its length is not the layer count.
+pub fn layer_types(cfg: &HfConfig, layers: usize) -> Result<Option<Vec<String>>> {
+    let Some(v) = cfg.get("layer_types") else { return Ok(None) };
+    let types: Vec<String> = v
+        .as_array()
+        .ok_or_else(|| ModelError::Config(format!("layer_types must be a list, got {v}")))?
+        .iter()
+        .map(|t| t.as_str().map(str::to_string).ok_or_else(|| ModelError::Config(format!("layer_types entry {t}"))))
+        .collect::<Result<_>>()?;
+    if types.len() != layers {
+        return Err(ModelError::Config(format!("layer_types has {} entries for {layers} layers", types.len())));
+    }
+    if let Some(bad) = types.iter().find(|t| *t != "full_attention" && *t != "sliding_attention") {
+        return Err(ModelError::Config(format!("layer_types entry {bad:?} is not supported")));
+    }
+    Ok(Some(types))
+}
+
 /// Builds an HF-style config from the metadata of a GGUF file. Architectures are named as
 /// transformers names them; unknown ones become `gguf:<name>` so the registry can report them.
 pub fn from_gguf(f: &GgufFile) -> Result<HfConfig> {

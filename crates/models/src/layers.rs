@@ -300,10 +300,19 @@ impl CommonConfig {
             .find_map(|k| cfg.opt_f64(k).transpose())
             .transpose()?
             .unwrap_or(1e-6) as f32;
+        // Partial rotary: `partial_rotary_factor` (transformers) or `rotary_pct` (GPT-NeoX).
+        let frac = match cfg.opt_f64("partial_rotary_factor")? {
+            Some(f) => f,
+            None => cfg.opt_f64("rotary_pct")?.unwrap_or(1.0),
+        };
+        if !(frac > 0.0 && frac <= 1.0) {
+            return Err(ModelError::Config(format!("partial_rotary_factor {frac} must be in (0, 1]")));
+        }
+        let rot_dim = ((head_dim as f64 * frac) as usize) & !1;
         Ok(CommonConfig {
             intermediate: cfg.usize("intermediate_size")?,
             eps,
-            rope: RopeSpec::from_hf(cfg, head_dim)?,
+            rope: RopeSpec::from_hf(cfg, rot_dim)?,
             tied: cfg.opt_bool("tie_word_embeddings")?.unwrap_or(tied_default),
             spec,
         })

@@ -1,5 +1,5 @@
-//! Qwen2 / Qwen2.5: the Llama decoder with biases on the Q, K and V projections, and a sliding
-//! window only when `use_sliding_window` is set.
+//! Qwen2 / Qwen2.5: the Llama decoder with biases on the Q, K and V projections, and sliding
+//! windows only when `use_sliding_window` (or `layer_types`) asks for them.
 
 use turbine_core::Ops;
 
@@ -8,7 +8,7 @@ use crate::layers::{CommonConfig, Decoder};
 use crate::llama::{build, decoder_model, Style};
 use crate::model::Architecture;
 use crate::weights::Weights;
-use crate::{ModelError, Result};
+use crate::Result;
 
 /// `config.json` architecture names served by this file.
 pub const HF_NAMES: &[&str] = &["Qwen2ForCausalLM"];
@@ -18,23 +18,25 @@ pub struct Qwen2<B: Ops>(Decoder<B>);
 
 impl<B: Ops> Architecture<B> for Qwen2<B> {
     fn load(cfg: &HfConfig, w: &Weights<'_, B>) -> Result<Self> {
-        let layers = cfg.usize("num_hidden_layers")?;
-        let window = match cfg.opt_bool("use_sliding_window")? {
-            Some(true) => match cfg.opt_usize("max_window_layers")?.unwrap_or(0) {
-                // transformers windows the layers at or past max_window_layers.
-                0 => cfg.opt_usize("sliding_window")?,
-                m if m >= layers => None,
-                m => {
-                    return Err(ModelError::Config(format!(
-                        "Qwen2 with sliding windows on layers {m}..{layers} only is not supported yet"
-                    )))
-                }
-            },
-            _ => None,
-        };
         let c = CommonConfig::from_hf(cfg, false)?;
-        Ok(Qwen2(build(&c, w, &Style::llama(&c, cfg, window)?)?))
+        let style = Style { windows: qwen_windows(cfg)?, ..Style::llama(&c, cfg, None)? };
+        Ok(Qwen2(build(&c, w, &style)?))
     }
 }
 
 decoder_model!(Qwen2);
+
+/// Per-layer sliding windows of a Qwen2/Qwen3 config: `layer_types` when present, else
+/// `use_sliding_window` with the window on layers from `max_window_layers` on (as transformers).
+pub(crate) fn qwen_windows(cfg: &HfConfig) -> Result<Vec<Option<usize>>> {
+    let layers = cfg.usize("num_hidden_layers")?;
+    let window = cfg.opt_usize("sliding_window")?;
+    if let Some(types) = crate::config::layer_types(cfg, layers)? {
+        return Ok(types.iter().map(|t| if t == "sliding_attention" { window } else { None }).collect());
+    }
+    if !cfg.opt_bool("use_sliding_window")?.unwrap_or(false) {
+        return Ok(vec![None; layers]);
+    }
+    let from = cfg.opt_usize("max_window_layers")?.unwrap_or(layers);
+    Ok((0..layers).map(|i| if i >= from { window } else { None }).collect())
+}

@@ -39,6 +39,8 @@ macro_rules! registry {
 }
 
 registry! {
+    qwen3 => Qwen3,
+    phi3 => Phi3,
     llama => Llama,
     mistral => Mistral,
     qwen2 => Qwen2,
