@@ -76,6 +76,16 @@ fn phi3_fused_projections() {
 }
 
 #[test]
+fn gpt2_learned_positions() {
+    golden("gpt2");
+}
+
+#[test]
+fn gptneox_partial_rotary_parallel_residual() {
+    golden("gptneox-partial-rope");
+}
+
+#[test]
 fn llama_gqa_from_gguf() {
     golden_gguf("llama-gqa", "llama");
 }

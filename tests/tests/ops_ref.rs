@@ -236,7 +236,7 @@ fn run_attention(b: &Cpu, c: &Case, qkv: &[f32], chunks: &[usize]) -> Vec<f32> {
     let num_blocks = 16;
     let shape = [num_blocks, l.kv_heads, c.bs, d];
     let mut kv = KvPages { k: zeros(b, &shape), v: zeros(b, &shape), block_size: c.bs };
-    let p = AttnParams { scale: 1.0 / (d as f32).sqrt(), window: c.window, alibi: false };
+    let p = AttnParams { scale: 1.0 / (d as f32).sqrt(), window: c.window, alibi: None };
     let mut out_all = Vec::new();
     let mut start = 0;
     for &len in chunks {
@@ -438,7 +438,7 @@ fn alibi_attention_matches_naive() {
     let q = up(&b, &[n, w], &qkv);
     b.kv_store(&q, l, &meta, &mut kv).unwrap();
     let mut out = zeros(&b, &[n, 6 * d]);
-    let p = AttnParams { scale: 1.0 / (d as f32).sqrt(), window: None, alibi: true };
+    let p = AttnParams { scale: 1.0 / (d as f32).sqrt(), window: None, alibi: Some(1.0) };
     b.paged_attention(&q, l, &kv, &meta, &p, &mut out).unwrap();
     assert_close(&down(&b, &out), &want, Tol { rel: 1e-5, abs: 1e-5 });
 }

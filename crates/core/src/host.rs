@@ -108,6 +108,24 @@ impl<'a> HostTensor<'a> {
         HostTensor::new(self.shape.clone(), self.dtype, out)
     }
 
+    /// The transpose of a 2-D tensor of an element type (`[r, c]` → `[c, r]`), e.g. GPT-2's
+    /// Conv1D weights stored `[in, out]`.
+    pub fn transpose(&self) -> Result<HostTensor<'static>> {
+        let es = self.dtype.block_bytes();
+        if self.dtype.is_quantized() || self.shape.rank() != 2 {
+            return Err(Error::invalid("transpose", format!("cannot transpose {} {}", self.dtype, self.shape)));
+        }
+        let (r, c) = (self.shape.dims()[0], self.shape.dims()[1]);
+        let mut out = vec![0u8; self.bytes.len()];
+        for i in 0..r {
+            for j in 0..c {
+                let (src, dst) = ((i * c + j) * es, (j * r + i) * es);
+                out[dst..dst + es].copy_from_slice(&self.bytes[src..src + es]);
+            }
+        }
+        HostTensor::new([c, r], self.dtype, out)
+    }
+
     /// Stacks tensors with equal column counts and dtypes along rows (`[a; b; …]`).
     pub fn concat_rows(parts: &[HostTensor<'_>]) -> Result<HostTensor<'static>> {
         let first = parts.first().ok_or_else(|| Error::invalid("concat_rows", "no tensors"))?;
@@ -182,5 +200,7 @@ mod tests {
         assert_eq!(p.to_f32().unwrap(), vec![3.0, 4.0, 1.0, 2.0]);
         let c = HostTensor::concat_rows(&[a, p]).unwrap();
         assert_eq!(c.shape().dims(), &[4, 2]);
+        let t = HostTensor::from_f32([2, 3], &[1.0, 2.0, 3.0, 4.0, 5.0, 6.0]).unwrap().transpose().unwrap();
+        assert_eq!(t.to_f32().unwrap(), vec![1.0, 4.0, 2.0, 5.0, 3.0, 6.0]);
     }
 }

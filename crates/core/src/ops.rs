@@ -172,8 +172,10 @@ pub struct AttnParams {
     pub scale: f32,
     /// Sliding window: a query at position `p` sees keys at positions `> p - window`.
     pub window: Option<usize>,
-    /// Adds ALiBi biases `slope_h * (key_pos - query_pos)` ([`alibi_slopes`]) to the scaled scores.
-    pub alibi: bool,
+    /// Adds ALiBi biases `m * slope_h * (key_pos - query_pos)` ([`alibi_slopes`]) to the scaled
+    /// scores; `Some(m)` gives the multiplier (1 for Bloom, the score scale for Falcon, which
+    /// adds the biases before scaling).
+    pub alibi: Option<f32>,
 }
 
 /// The kernels a model is written in. `T` below is `Tensor<Self>`.

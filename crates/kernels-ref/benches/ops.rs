@@ -67,7 +67,7 @@ fn main() {
         };
         let qkv = f32t(&b, &[1, l.width()], 4);
         let mut out = b.alloc(&Shape::from([1, 9 * 64]), DType::F32).unwrap();
-        let p = AttnParams { scale: 0.125, window: None, alibi: false };
+        let p = AttnParams { scale: 0.125, window: None, alibi: None };
         let us = time(20, || b.paged_attention(&qkv, l, &kv, &meta, &p, &mut out).unwrap());
         println!("| paged_attention decode | ctx={ctx} heads 9/3x64 | {us:.1} |");
     }

@@ -139,7 +139,7 @@ pub(crate) fn paged_attention(
     }
     // One task per (token, kv head, group of up to SUB query heads sharing that kv head): the
     // keys and values are read once for the group. Each query's reduction is unchanged.
-    let slopes = if p.alibi { alibi_slopes(l.q_heads) } else { Vec::new() };
+    let slopes = if p.alibi.is_some() { alibi_slopes(l.q_heads) } else { Vec::new() };
     let sub = (1..=SUB.min(group)).rev().find(|s| group % s == 0).unwrap_or(1);
     f32s_mut(out, OP)?.par_chunks_mut(sub * d).enumerate().for_each(|(idx, o)| {
         let heads_per_row = l.q_heads / sub;
@@ -165,8 +165,8 @@ pub(crate) fn paged_attention(
             for g in 0..sub {
                 let sc = &mut scores[g][..n];
                 dot_scores(&qrow[(h0 + g) * d..][..d], kb, d, p.scale, sc);
-                if p.alibi {
-                    let slope = slopes[h0 + g];
+                if let Some(mult) = p.alibi {
+                    let slope = mult * slopes[h0 + g];
                     for (i, sv) in sc.iter_mut().enumerate() {
                         *sv += slope * ((a + i) as f32 - pos as f32);
                     }

@@ -90,8 +90,11 @@ impl HfConfig {
 
     /// `rope_theta`, at top level (transformers 4) or in `rope_parameters` (transformers 5).
     pub fn rope_theta(&self, default: f64) -> Result<f64> {
-        if let Some(t) = self.opt_f64("rope_theta")? {
-            return Ok(t);
+        // `rotary_emb_base` is GPT-NeoX's older name for it.
+        for key in ["rope_theta", "rotary_emb_base"] {
+            if let Some(t) = self.opt_f64(key)? {
+                return Ok(t);
+            }
         }
         match self.get("rope_parameters").and_then(|p| p.get("rope_theta")) {
             Some(v) => v.as_f64().ok_or_else(|| ModelError::Config(format!("rope_parameters.rope_theta: {v}"))),

@@ -68,8 +68,8 @@ pub struct DecoderOpts {
     pub parallel: bool,
     /// Attention score scale.
     pub attn_scale: f32,
-    /// ALiBi position biases instead of (or with) rotary embeddings.
-    pub alibi: bool,
+    /// ALiBi position biases, with their multiplier (see [`AttnParams::alibi`]).
+    pub alibi: Option<f32>,
     /// Embedding multiplier (Gemma: sqrt(hidden)); 1 otherwise.
     pub embed_scale: f32,
 }

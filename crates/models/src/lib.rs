@@ -13,6 +13,8 @@ pub mod catalog;
 pub mod chat;
 pub mod config;
 mod error;
+pub mod gpt2;
+pub mod gptneox;
 pub mod layers;
 pub mod llama;
 pub mod loader;

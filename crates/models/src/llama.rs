@@ -117,7 +117,7 @@ pub(crate) fn build<B: Ops>(c: &CommonConfig, w: &Weights<'_, B>, st: &Style) ->
             gated: true,
             parallel: false,
             attn_scale: st.attn_scale,
-            alibi: false,
+            alibi: None,
             embed_scale: st.embed_scale,
         },
         embed: w.get("model.embed_tokens.weight", &[s.vocab, h])?,

@@ -39,6 +39,8 @@ macro_rules! registry {
 }
 
 registry! {
+    gptneox => GptNeoX,
+    gpt2 => Gpt2,
     qwen3 => Qwen3,
     phi3 => Phi3,
     llama => Llama,

@@ -55,6 +55,21 @@ impl<'a, B: Ops> Weights<'a, B> {
         self.opt_host(key, shape)?.map(|t| self.upload(&t)).transpose()
     }
 
+    /// The tensor `key` stored transposed (`[in, out]`, as GPT-2's Conv1D), uploaded as
+    /// `[out, in]`.
+    pub fn get_transposed(&self, key: &str, out_in: [usize; 2]) -> Result<Tensor<B>> {
+        let t = self.host(key, &[out_in[1], out_in[0]])?;
+        self.upload(&t.transpose()?)
+    }
+
+    /// The tensor `key` (`[rows, …]` or `[rows]`) with its rows reordered: row `i` of the result
+    /// is row `perm[i]` of the file's. `None` if absent.
+    pub fn get_permuted(&self, key: &str, shape: &[usize], perm: &[usize]) -> Result<Option<Tensor<B>>> {
+        let Some(t) = self.opt_host(key, shape)? else { return Ok(None) };
+        let rows = as_rows(t)?.permute_rows(perm)?;
+        Ok(Some(self.upload(&rows.reshape(shape.to_vec())?)?))
+    }
+
     /// Several matrices stacked along rows into one (fused QKV or gate/up projections). Parts of
     /// different storage types are widened to f32 first. 1-D parts (biases) are stacked too.
     pub fn fused(&self, parts: &[(&str, &[usize])]) -> Result<Tensor<B>> {
