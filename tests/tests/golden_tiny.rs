@@ -86,6 +86,11 @@ fn gptneox_partial_rotary_parallel_residual() {
 }
 
 #[test]
+fn bloom_alibi() {
+    golden("bloom-alibi");
+}
+
+#[test]
 fn llama_gqa_from_gguf() {
     golden_gguf("llama-gqa", "llama");
 }

@@ -9,6 +9,7 @@
 //! Everything is generic over `B: turbine_core::Ops` and never names a backend.
 #![warn(missing_docs)]
 
+pub mod bloom;
 pub mod catalog;
 pub mod chat;
 pub mod config;

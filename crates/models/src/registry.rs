@@ -39,6 +39,7 @@ macro_rules! registry {
 }
 
 registry! {
+    bloom => Bloom,
     gptneox => GptNeoX,
     gpt2 => Gpt2,
     qwen3 => Qwen3,
