@@ -91,6 +91,11 @@ fn bloom_alibi() {
 }
 
 #[test]
+fn falcon_new_decoder_architecture() {
+    golden("falcon-new");
+}
+
+#[test]
 fn llama_gqa_from_gguf() {
     golden_gguf("llama-gqa", "llama");
 }

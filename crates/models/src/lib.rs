@@ -14,6 +14,7 @@ pub mod catalog;
 pub mod chat;
 pub mod config;
 mod error;
+pub mod falcon;
 pub mod gpt2;
 pub mod gptneox;
 pub mod layers;

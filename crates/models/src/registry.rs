@@ -39,6 +39,7 @@ macro_rules! registry {
 }
 
 registry! {
+    falcon => Falcon,
     bloom => Bloom,
     gptneox => GptNeoX,
     gpt2 => Gpt2,
