@@ -96,6 +96,11 @@ fn falcon_new_decoder_architecture() {
 }
 
 #[test]
+fn gemma3_local_global() {
+    golden("gemma3-local-global");
+}
+
+#[test]
 fn llama_gqa_from_gguf() {
     golden_gguf("llama-gqa", "llama");
 }

@@ -15,6 +15,7 @@ pub mod chat;
 pub mod config;
 mod error;
 pub mod falcon;
+pub mod gemma3;
 pub mod gpt2;
 pub mod gptneox;
 pub mod layers;

@@ -39,6 +39,7 @@ macro_rules! registry {
 }
 
 registry! {
+    gemma3 => Gemma3,
     falcon => Falcon,
     bloom => Bloom,
     gptneox => GptNeoX,

@@ -1,6 +1,6 @@
 //! Rotary tables: inverse frequencies (with linear or Llama-3 scaling) and cos/sin per position.
 
-use serde_json::Value as Json;
+use serde_json::{Map, Value as Json};
 use turbine_core::{HostTensor, Ops, RopeTable};
 
 use crate::config::HfConfig;
@@ -37,34 +37,46 @@ pub enum RopeScaling {
     },
 }
 
+/// Parses a scaling object; `default` (or no type) is no scaling.
+fn scaling(o: &Map<String, Json>) -> Result<RopeScaling> {
+    let f = |k: &str| o.get(k).and_then(Json::as_f64);
+    let ty = o.get("rope_type").or_else(|| o.get("type")).and_then(Json::as_str).unwrap_or("default");
+    if ty == "default" {
+        return Ok(RopeScaling::None);
+    }
+    let factor = f("factor").ok_or_else(|| ModelError::Config(format!("rope scaling {ty:?} without factor")))?;
+    Ok(match ty {
+        "linear" => RopeScaling::Linear(factor),
+        "llama3" => RopeScaling::Llama3 {
+            factor,
+            low: f("low_freq_factor").unwrap_or(1.0),
+            high: f("high_freq_factor").unwrap_or(4.0),
+            original: f("original_max_position_embeddings").unwrap_or(8192.0),
+        },
+        other => {
+            return Err(ModelError::Config(format!(
+                "rope_scaling type {other:?} is not supported (linear and llama3 are)"
+            )))
+        }
+    })
+}
+
 impl RopeSpec {
     /// Reads `rope_theta` and the scaling settings.
     pub fn from_hf(cfg: &HfConfig, rot_dim: usize) -> Result<Self> {
         let theta = cfg.rope_theta(10000.0)?;
         let scaling = match cfg.rope_scaling() {
             None => RopeScaling::None,
-            Some(o) => {
-                let f = |k: &str| o.get(k).and_then(Json::as_f64);
-                let ty = o.get("rope_type").or_else(|| o.get("type")).and_then(Json::as_str).unwrap_or("");
-                let factor =
-                    f("factor").ok_or_else(|| ModelError::Config(format!("rope scaling {ty:?} without factor")))?;
-                match ty {
-                    "linear" => RopeScaling::Linear(factor),
-                    "llama3" => RopeScaling::Llama3 {
-                        factor,
-                        low: f("low_freq_factor").unwrap_or(1.0),
-                        high: f("high_freq_factor").unwrap_or(4.0),
-                        original: f("original_max_position_embeddings").unwrap_or(8192.0),
-                    },
-                    other => {
-                        return Err(ModelError::Config(format!(
-                            "rope scaling type {other:?} is not supported (linear and llama3 are)"
-                        )))
-                    }
-                }
-            }
+            Some(o) => scaling(o)?,
         };
         Ok(RopeSpec { theta, rot_dim, scaling })
+    }
+
+    /// Reads one rotary parameter object (`{"rope_type": …, "rope_theta": …, "factor": …}`), as
+    /// transformers 5 nests them per layer type.
+    pub fn from_params(obj: &Map<String, Json>, rot_dim: usize, default_theta: f64) -> Result<Self> {
+        let theta = obj.get("rope_theta").and_then(Json::as_f64).unwrap_or(default_theta);
+        Ok(RopeSpec { theta, rot_dim, scaling: scaling(obj)? })
     }
 
     /// Inverse frequencies, computed in f32 as transformers does.
