@@ -39,14 +39,14 @@ macro_rules! registry {
 }
 
 registry! {
-    gemma3 => Gemma3,
-    falcon => Falcon,
-    bloom => Bloom,
-    gptneox => GptNeoX,
-    gpt2 => Gpt2,
-    qwen3 => Qwen3,
-    phi3 => Phi3,
     llama => Llama,
     mistral => Mistral,
     qwen2 => Qwen2,
+    qwen3 => Qwen3,
+    phi3 => Phi3,
+    gemma3 => Gemma3,
+    gpt2 => Gpt2,
+    gptneox => GptNeoX,
+    bloom => Bloom,
+    falcon => Falcon,
 }

@@ -317,3 +317,14 @@ fn pull_errors() {
         "registry reachable",
     );
 }
+
+#[test]
+fn models_lists_architectures_and_names() {
+    let v = json(&turbine(&["models", "--json"]));
+    let archs: Vec<&str> = v["architectures"].as_array().unwrap().iter().map(|a| a.as_str().unwrap()).collect();
+    for a in ["LlamaForCausalLM", "GPT2LMHeadModel", "BloomForCausalLM", "FalconForCausalLM", "Gemma3ForCausalLM"] {
+        assert!(archs.contains(&a), "{a} missing from {archs:?}");
+    }
+    assert_eq!(v["default"], "smollm2-135m-instruct");
+    assert!(v["known_models"].as_array().unwrap().iter().any(|m| m["name"] == "smollm2-135m-instruct"));
+}

@@ -2,6 +2,7 @@
 
 mod bench;
 mod generate;
+mod models;
 mod perplexity;
 mod pull;
 
@@ -25,6 +26,8 @@ enum Cmd {
     Pull(pull::PullArgs),
     /// Measure prefill and decode speed.
     Bench(bench::BenchArgs),
+    /// List the supported architectures and the known model names.
+    Models(models::ModelsArgs),
 }
 
 /// Options shared by every command that runs a model.
@@ -48,6 +51,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Cmd::Perplexity(a) => perplexity::run(a),
         Cmd::Pull(a) => pull::run(a),
         Cmd::Bench(a) => bench::run(a),
+        Cmd::Models(a) => models::run(a),
     }
 }
 
