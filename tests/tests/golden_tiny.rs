@@ -140,3 +140,54 @@ fn half_precision_checkpoints_load() {
         let _ = std::fs::remove_dir_all(&dst);
     }
 }
+
+/// Our own variants (`cargo xtask gen-fixtures`): configurations the public fixtures do not cover.
+fn variant(name: &str) {
+    let dir = fixtures().join("variants").join(name);
+    check(&dir, &dir, name);
+}
+
+#[test]
+fn variant_bloom_six_heads() {
+    variant("bloom-6heads");
+}
+
+#[test]
+fn variant_falcon_7b_style() {
+    variant("falcon-7b-style");
+}
+
+#[test]
+fn variant_falcon_alibi() {
+    variant("falcon-alibi");
+}
+
+#[test]
+fn variant_gemma3_window_shorter_than_prompt() {
+    variant("gemma3-short-window");
+}
+
+#[test]
+fn variant_gpt2_relu() {
+    variant("gpt2-relu-untied");
+}
+
+#[test]
+fn variant_gptneox_sequential_residual() {
+    variant("gptneox-sequential");
+}
+
+#[test]
+fn variant_llama_mha_head_dim_llama3_rope() {
+    variant("llama-mha-headdim");
+}
+
+#[test]
+fn variant_phi3_partial_rotary_window() {
+    variant("phi3-partial-window");
+}
+
+#[test]
+fn variant_qwen2_window_on_some_layers() {
+    variant("qwen2-windowed");
+}

@@ -2,6 +2,9 @@
 //!
 //! - `golden [--backend cpu] [-- ARGS]`: the golden model suites (transformers references).
 //! - `ci`: format check, clippy with warnings denied, every test.
+//! - `gen-fixtures --python PY [NAME ...]`: regenerates the tiny variant checkpoints and their
+//!   transformers references under `tests/fixtures/variants` (PY must have torch, transformers and
+//!   tokenizers: `python3 -m venv .venv-gen && .venv-gen/bin/pip install torch transformers`).
 
 use std::process::Command;
 
@@ -42,6 +45,37 @@ fn golden(args: &[String]) -> Result<()> {
     cargo(&cmd)
 }
 
+fn gen_fixtures(args: &[String]) -> Result<()> {
+    let mut python = None;
+    let mut only = Vec::new();
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--python" => python = Some(it.next().context("--python needs a path")?.clone()),
+            name => only.push(name.to_string()),
+        }
+    }
+    let python = python.context("gen-fixtures needs --python PY (a Python with torch and transformers)")?;
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let mut cmd = Command::new(&python);
+    cmd.current_dir(&root).args([
+        "xtask/gen/tiny_variants.py",
+        "--out",
+        "tests/fixtures/variants",
+        "--tokenizer",
+        "tests/fixtures/tiny/llama-gqa/tokenizer.json",
+    ]);
+    if !only.is_empty() {
+        cmd.arg("--only").args(&only);
+    }
+    eprintln!("xtask: {python} xtask/gen/tiny_variants.py");
+    let status = cmd.status().with_context(|| format!("running {python}"))?;
+    if !status.success() {
+        bail!("the fixture generator failed ({status})");
+    }
+    Ok(())
+}
+
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args.first().map(String::as_str) {
@@ -51,6 +85,7 @@ fn main() -> Result<()> {
             cargo(&["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"])?;
             cargo(&["test", "--workspace"])
         }
-        _ => bail!("usage: cargo xtask <golden [--backend cpu] | ci>"),
+        Some("gen-fixtures") => gen_fixtures(&args[1..]),
+        _ => bail!("usage: cargo xtask <golden [--backend cpu] | ci | gen-fixtures --python PY [NAME ...]>"),
     }
 }

@@ -301,9 +301,11 @@ impl CommonConfig {
             .transpose()?
             .unwrap_or(1e-6) as f32;
         // Partial rotary: `partial_rotary_factor` (transformers) or `rotary_pct` (GPT-NeoX).
-        let frac = match cfg.opt_f64("partial_rotary_factor")? {
-            Some(f) => f,
-            None => cfg.opt_f64("rotary_pct")?.unwrap_or(1.0),
+        // transformers 5 moves it into `rope_parameters`.
+        let nested = cfg.get("rope_parameters").and_then(|p| p.get("partial_rotary_factor")).and_then(|v| v.as_f64());
+        let frac = match (cfg.opt_f64("partial_rotary_factor")?, nested) {
+            (Some(f), _) | (None, Some(f)) => f,
+            (None, None) => cfg.opt_f64("rotary_pct")?.unwrap_or(1.0),
         };
         if !(frac > 0.0 && frac <= 1.0) {
             return Err(ModelError::Config(format!("partial_rotary_factor {frac} must be in (0, 1]")));
