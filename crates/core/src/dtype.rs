@@ -4,6 +4,8 @@ use std::fmt;
 
 /// A storage type. Plain element types hold one value per element; block types (the GGUF
 /// quantisations) hold [`DType::block_len`] values in [`DType::block_bytes`] bytes.
+/// Block type names follow GGUF (`Q4_K`), hence the underscores.
+#[allow(non_camel_case_types)]
 #[non_exhaustive]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum DType {
@@ -25,13 +27,24 @@ pub enum DType {
     Q4_0,
     /// GGUF Q4_1: blocks of 32, f16 `d` and `m` and 16 bytes of nibbles; value = d * q + m.
     Q4_1,
+    /// GGUF Q5_0: blocks of 32, f16 `d`, 32 high bits, 16 bytes of nibbles; value = d * (q - 16).
+    Q5_0,
+    /// GGUF Q5_1: blocks of 32, f16 `d` and `m`, 32 high bits, 16 bytes of nibbles; value = d * q + m.
+    Q5_1,
+    /// GGUF Q4_K: super-blocks of 256 in 8 sub-blocks with 6-bit scales and mins.
+    Q4_K,
+    /// GGUF Q5_K: like Q4_K with a fifth bit per value.
+    Q5_K,
+    /// GGUF Q6_K: super-blocks of 256 in 16 sub-blocks with 8-bit scales, 6-bit values.
+    Q6_K,
 }
 
 impl DType {
     /// Values per storage block (1 for element types).
     pub const fn block_len(self) -> usize {
         match self {
-            DType::Q8_0 | DType::Q4_0 | DType::Q4_1 => 32,
+            DType::Q8_0 | DType::Q4_0 | DType::Q4_1 | DType::Q5_0 | DType::Q5_1 => 32,
+            DType::Q4_K | DType::Q5_K | DType::Q6_K => 256,
             _ => 1,
         }
     }
@@ -45,6 +58,11 @@ impl DType {
             DType::Q8_0 => 34,
             DType::Q4_0 => 18,
             DType::Q4_1 => 20,
+            DType::Q5_0 => 22,
+            DType::Q5_1 => 24,
+            DType::Q4_K => 144,
+            DType::Q5_K => 176,
+            DType::Q6_K => 210,
         }
     }
 
@@ -79,6 +97,11 @@ impl DType {
             DType::Q8_0 => "q8_0",
             DType::Q4_0 => "q4_0",
             DType::Q4_1 => "q4_1",
+            DType::Q5_0 => "q5_0",
+            DType::Q5_1 => "q5_1",
+            DType::Q4_K => "q4_k",
+            DType::Q5_K => "q5_k",
+            DType::Q6_K => "q6_k",
         }
     }
 }

@@ -172,9 +172,9 @@ pub fn decode_f32(dtype: DType, bytes: &[u8], out: &mut [f32]) -> Result<()> {
                 *o = bf16::from_le_bytes([c[0], c[1]]).to_f32();
             }
         }
-        DType::Q8_0 | DType::Q4_0 | DType::Q4_1 => {
-            for (o, blk) in out.chunks_exact_mut(32).zip(b.chunks_exact(dtype.block_bytes())) {
-                crate::quant::dequant_block(dtype, blk, o.try_into().expect("chunk of 32"));
+        d if d.is_quantized() => {
+            for (o, blk) in out.chunks_exact_mut(d.block_len()).zip(b.chunks_exact(d.block_bytes())) {
+                crate::quant::dequant_block(d, blk, o);
             }
         }
         other => return Err(Error::Unsupported { op: "decode_f32", dtype: other, backend: "host" }),

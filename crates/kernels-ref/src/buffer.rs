@@ -47,10 +47,11 @@ pub(crate) fn alloc(shape: &Shape, dtype: DType) -> Result<Tensor<Cpu>> {
     let buf = match dtype {
         DType::F32 => CpuBuf::F32(vec![0.0; n]),
         DType::U32 => CpuBuf::U32(vec![0; n]),
-        DType::Q8_0 | DType::Q4_0 | DType::Q4_1 => {
-            let bytes = dtype.bytes_for(shape.cols()).ok_or_else(|| {
-                Error::invalid("alloc", format!("{} columns is not whole {dtype} blocks", shape.cols()))
-            })? * shape.rows();
+        d if d.is_quantized() => {
+            let bytes = d
+                .bytes_for(shape.cols())
+                .ok_or_else(|| Error::invalid("alloc", format!("{} columns is not whole {d} blocks", shape.cols())))?
+                * shape.rows();
             CpuBuf::Blocks(vec![0; bytes])
         }
         other => return Err(Error::Unsupported { op: "alloc", dtype: other, backend: BACKEND }),
@@ -62,7 +63,7 @@ fn host_to_buf(host: &HostTensor<'_>) -> Result<(CpuBuf, DType)> {
     Ok(match host.dtype() {
         DType::U32 => (CpuBuf::U32(host.to_u32()?), DType::U32),
         DType::F32 | DType::F16 | DType::BF16 => (CpuBuf::F32(host.to_f32()?), DType::F32),
-        d @ (DType::Q8_0 | DType::Q4_0 | DType::Q4_1) => (CpuBuf::Blocks(host.bytes().to_vec()), d),
+        d if d.is_quantized() => (CpuBuf::Blocks(host.bytes().to_vec()), d),
         other => return Err(Error::Unsupported { op: "upload", dtype: other, backend: BACKEND }),
     })
 }

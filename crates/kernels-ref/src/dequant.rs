@@ -9,14 +9,20 @@ pub(crate) fn dequant_into(dtype: DType, src: &[u8], out: &mut [f32]) {
     let bb = dtype.block_bytes();
     debug_assert!(src.len() >= out.len() / 32 * bb);
     #[cfg(target_arch = "x86_64")]
-    if has_qtile() {
+    if has_qtile() && fast_type(dtype) {
         // SAFETY: AVX2, FMA and F16C are present; `src` holds a block per 32 outputs.
         unsafe { avx2::blocks(dtype, src, out) };
         return;
     }
-    for (dst, blk) in out.chunks_exact_mut(32).zip(src.chunks_exact(bb)) {
-        dequant_block(dtype, blk, dst.try_into().expect("chunk of 32"));
+    for (dst, blk) in out.chunks_exact_mut(dtype.block_len()).zip(src.chunks_exact(bb)) {
+        dequant_block(dtype, blk, dst);
     }
+}
+
+/// Whether `dtype` has the AVX2 dequantisation and the fused kernel ([`qtile`]); the other block
+/// types go through the scalar reference.
+pub(crate) fn fast_type(dtype: DType) -> bool {
+    matches!(dtype, DType::Q8_0 | DType::Q4_0 | DType::Q4_1)
 }
 
 /// Whether the fused dequantise-and-multiply kernel ([`qtile`]) is available.
@@ -43,7 +49,7 @@ pub(crate) fn qtile<const MR: usize, const NR: usize>(
     row_bytes: usize,
     k: usize,
 ) -> [[f32; NR]; MR] {
-    assert!(has_qtile() && k % 32 == 0 && dtype.bytes_for(k) == Some(row_bytes));
+    assert!(has_qtile() && fast_type(dtype) && k % 32 == 0 && dtype.bytes_for(k) == Some(row_bytes));
     assert!(x.len() >= (MR - 1) * ldx + k && w.len() >= NR * row_bytes);
     #[cfg(target_arch = "x86_64")]
     // SAFETY: features and bounds were asserted above.
@@ -194,7 +200,7 @@ mod tests {
             dequant_into(dtype, &bytes, &mut fast);
             let mut slow = vec![0.0f32; n * 32];
             for (o, b) in slow.chunks_exact_mut(32).zip(bytes.chunks_exact(dtype.block_bytes())) {
-                dequant_block(dtype, b, o.try_into().unwrap());
+                dequant_block(dtype, b, o);
             }
             assert!(fast.iter().zip(&slow).all(|(a, b)| a.to_bits() == b.to_bits()), "{dtype}");
         }

@@ -41,7 +41,17 @@ impl Cpu {
     pub fn new() -> Self {
         Cpu {
             caps: Caps {
-                weight_dtypes: vec![DType::F32, DType::Q8_0, DType::Q4_0, DType::Q4_1],
+                weight_dtypes: vec![
+                    DType::F32,
+                    DType::Q8_0,
+                    DType::Q4_0,
+                    DType::Q4_1,
+                    DType::Q5_0,
+                    DType::Q5_1,
+                    DType::Q4_K,
+                    DType::Q5_K,
+                    DType::Q6_K,
+                ],
                 act_dtype: DType::F32,
                 sm: None,
                 fp8: false,

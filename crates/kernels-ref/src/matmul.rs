@@ -12,7 +12,7 @@ use turbine_core::{Act, DType, Epilogue, Error, Result, Tensor};
 use crate::act::apply;
 
 use crate::buffer::{f32s, f32s_mut, CpuBuf};
-use crate::dequant::{dequant_into, has_qtile, qtile};
+use crate::dequant::{dequant_into, fast_type, has_qtile, qtile};
 use crate::dot::tile;
 use crate::Cpu;
 
@@ -140,7 +140,7 @@ pub(crate) fn matmul(x: &Tensor<Cpu>, w: &Tensor<Cpu>, epi: Epilogue<'_, Cpu>, o
             let wv = &wv[..n * k];
             wv.par_chunks(PANEL * k.max(1)).enumerate().for_each(|(t, wp)| job.panel(wp, t * PANEL));
         }
-        CpuBuf::Blocks(bytes) if m <= 4 && has_qtile() => {
+        CpuBuf::Blocks(bytes) if m <= 4 && has_qtile() && fast_type(dtype) => {
             // Few rows (decode): dequantise inside the dot products, no scratch round trip.
             let row_bytes = dtype.bytes_for(k).ok_or(Error::Unsupported { op: OP, dtype, backend: "cpu" })?;
             bytes[..n * row_bytes]

@@ -146,7 +146,12 @@ fn ggml_dtype(t: u32) -> Result<DType, u32> {
         1 => DType::F16,
         2 => DType::Q4_0,
         3 => DType::Q4_1,
+        6 => DType::Q5_0,
+        7 => DType::Q5_1,
         8 => DType::Q8_0,
+        12 => DType::Q4_K,
+        13 => DType::Q5_K,
+        14 => DType::Q6_K,
         30 => DType::BF16,
         other => return Err(other),
     })
@@ -252,7 +257,7 @@ impl GgufFile {
         let Some(info) = self.tensors.get(name) else { return Ok(None) };
         let dtype = info.dtype.map_err(|t| {
             ModelError::Input(format!(
-                "{}: tensor {name} is stored as {}, which is not supported yet (F32, F16, BF16, Q8_0, Q4_0, Q4_1 are)",
+                "{}: tensor {name} is stored as {}, which is not supported yet (F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q4_K, Q5_K, Q6_K are)",
                 self.path.display(),
                 ggml_type_name(t)
             ))
@@ -362,6 +367,7 @@ mod tests {
 
     #[test]
     fn unsupported_tensor_types_are_named() {
+        // Q2_K: a type this build does not decode.
         let mut b = b"GGUF".to_vec();
         b.extend(3u32.to_le_bytes());
         b.extend(1u64.to_le_bytes());
@@ -371,14 +377,14 @@ mod tests {
         b.extend(name.as_bytes());
         b.extend(1u32.to_le_bytes());
         b.extend(256u64.to_le_bytes());
-        b.extend(12u32.to_le_bytes()); // Q4_K
+        b.extend(10u32.to_le_bytes()); // Q2_K
         b.extend(0u64.to_le_bytes());
-        b.resize(b.len().div_ceil(32) * 32 + 144, 0);
+        b.resize(b.len().div_ceil(32) * 32 + 84, 0);
         let path = std::env::temp_dir().join(format!("turbine-q4k-{}.gguf", std::process::id()));
         std::fs::write(&path, &b).unwrap();
         let f = GgufFile::open(&path).unwrap();
-        let err = f.tensor(name).expect_err("Q4_K is not supported yet").to_string();
-        assert!(err.contains("Q4_K") && err.contains(name), "{err}");
+        let err = f.tensor(name).expect_err("Q2_K is not supported yet").to_string();
+        assert!(err.contains("Q2_K") && err.contains(name), "{err}");
         let _ = std::fs::remove_file(&path);
     }
 
