@@ -189,7 +189,7 @@ pub fn convert(dir: &Path, arch: &str, out: &Path) -> Result<()> {
     let mut tensors = Vec::new();
     for n in names {
         let Some(t) = src.get(&n)? else { continue };
-        let g = gguf_name(&n).with_context(|| format!("no GGUF name for {n}"))?;
+        let g = gguf_name(arch, &n).with_context(|| format!("no GGUF name for {n}"))?;
         let t = match (arch, g.split('.').nth(2)) {
             ("llama", Some("attn_q")) => permute(&t, heads as usize)?,
             ("llama", Some("attn_k")) => permute(&t, kv_heads as usize)?,

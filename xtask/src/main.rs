@@ -10,7 +10,7 @@ use std::process::Command;
 
 use anyhow::{bail, Context, Result};
 
-const GOLDEN_SUITES: &[&str] = &["golden_tiny", "golden_smollm2"];
+const GOLDEN_SUITES: &[&str] = &["golden_tiny", "golden_real"];
 
 fn cargo(args: &[&str]) -> Result<()> {
     eprintln!("xtask: cargo {}", args.join(" "));

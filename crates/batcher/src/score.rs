@@ -33,7 +33,8 @@ pub fn score(g: &mut Generator, ids: &[u32], ctx: usize) -> Result<Score> {
     if let Some(&bad) = ids.iter().find(|&&t| t as usize >= vocab) {
         return Err(EngineError::Invalid(format!("token id {bad} is outside the vocabulary (0..{vocab})")));
     }
-    let chunk = g.prefill_chunk.max(1);
+    // All-row logits are [chunk, vocab]: keep a chunk's logits under ~64 M values.
+    let chunk = g.prefill_chunk.min((1 << 26) / vocab.max(1)).max(1);
     let mut nll = Vec::with_capacity(ids.len());
     for window in ids.chunks(ctx) {
         if window.len() < 2 {

@@ -7,7 +7,7 @@ use turbine_core::DType;
 /// Dequantises consecutive blocks of `dtype` from `src` into `out` (`out.len()` a multiple of 32).
 pub(crate) fn dequant_into(dtype: DType, src: &[u8], out: &mut [f32]) {
     let bb = dtype.block_bytes();
-    debug_assert!(src.len() >= out.len() / 32 * bb);
+    debug_assert!(src.len() >= out.len() / dtype.block_len() * bb);
     #[cfg(target_arch = "x86_64")]
     if has_qtile() && fast_type(dtype) {
         // SAFETY: AVX2, FMA and F16C are present; `src` holds a block per 32 outputs.

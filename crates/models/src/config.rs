@@ -130,6 +130,10 @@ pub fn layer_types(cfg: &HfConfig, layers: usize) -> Result<Option<Vec<String>>>
     Ok(Some(types))
 }
 
+/// Config key set on configs built from GGUF files whose norm weights already include the `+1`
+/// of `(1 + w)` RMS norms (llama.cpp adds it when converting Gemma).
+pub const GGUF_NORM_SHIFTED: &str = "_turbine_gguf_norm_shifted";
+
 /// Builds an HF-style config from the metadata of a GGUF file. Architectures are named as
 /// transformers names them; unknown ones become `gguf:<name>` so the registry can report them.
 pub fn from_gguf(f: &GgufFile) -> Result<HfConfig> {
@@ -142,6 +146,9 @@ pub fn from_gguf(f: &GgufFile) -> Result<HfConfig> {
         "llama" => "LlamaForCausalLM".to_string(),
         "mistral" => "MistralForCausalLM".to_string(),
         "qwen2" => "Qwen2ForCausalLM".to_string(),
+        "qwen3" => "Qwen3ForCausalLM".to_string(),
+        "phi3" => "Phi3ForCausalLM".to_string(),
+        "gemma3" => "Gemma3ForCausalLM".to_string(),
         other => format!("gguf:{other}"),
     };
     let mut c = Map::new();
@@ -174,6 +181,17 @@ pub fn from_gguf(f: &GgufFile) -> Result<HfConfig> {
         c.insert("rope_scaling".into(), json!({"rope_type": "linear", "factor": fl("rope.scaling.factor")}));
     }
     c.insert("tie_word_embeddings".into(), json!(!f.has_tensor("output.weight")));
+    if arch == "gemma3" {
+        // llama.cpp's Gemma 3: every 6th layer global, local layers at base 10000, scores scaled
+        // by 1/sqrt(head_dim), and norm weights stored with the +1 already added.
+        c.insert("sliding_window_pattern".into(), json!(6));
+        c.insert("rope_local_base_freq".into(), json!(10000.0));
+        c.insert("hidden_activation".into(), json!("gelu_pytorch_tanh"));
+        c.insert(GGUF_NORM_SHIFTED.into(), json!(true));
+        if let Some(d) = u("attention.key_length") {
+            c.insert("query_pre_attn_scalar".into(), json!(d));
+        }
+    }
     for (k, hk) in [("tokenizer.ggml.bos_token_id", "bos_token_id"), ("tokenizer.ggml.eos_token_id", "eos_token_id")] {
         if let Some(v) = f.get(k).and_then(Value::as_u64) {
             c.insert(hk.into(), json!(v));

@@ -6,7 +6,7 @@
 use serde_json::Value as Json;
 use turbine_core::{Act, Ops};
 
-use crate::config::{layer_types, HfConfig};
+use crate::config::{layer_types, HfConfig, GGUF_NORM_SHIFTED};
 use crate::layers::{activation, CommonConfig, Decoder};
 use crate::llama::{build, decoder_model, Style};
 use crate::model::Architecture;
@@ -77,7 +77,8 @@ impl<B: Ops> Architecture<B> for Gemma3<B> {
         };
         let style = Style {
             act,
-            norm_offset: 1.0,
+            // GGUF files store 1 + w already.
+            norm_offset: if cfg.opt_bool(GGUF_NORM_SHIFTED)?.unwrap_or(false) { 0.0 } else { 1.0 },
             qk_norm: true,
             sandwich_norms: true,
             fused: false,

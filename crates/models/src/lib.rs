@@ -30,6 +30,7 @@ pub mod registry;
 pub mod rope;
 pub mod runner;
 pub mod source;
+mod spm;
 pub mod tokenizer;
 pub mod weights;
 

@@ -112,14 +112,10 @@ impl TextTokenizer {
         Ok(TextTokenizer { inner, add_bos: None, bos_text, eos_text, eos_ids, chat })
     }
 
-    /// Rebuilds the tokenizer stored in a GGUF file's metadata (`tokenizer.ggml.*`).
+    /// Rebuilds the tokenizer stored in a GGUF file's metadata (`tokenizer.ggml.*`): byte-level
+    /// BPE (`gpt2`) or SentencePiece-style BPE (`llama`).
     pub fn from_gguf(f: &GgufFile) -> Result<Self> {
         let model = f.get("tokenizer.ggml.model").and_then(Value::as_str).unwrap_or("");
-        if model != "gpt2" {
-            return Err(ModelError::Tokenizer(format!(
-                "GGUF tokenizer model {model:?} is not supported yet (byte-level BPE, \"gpt2\", is)"
-            )));
-        }
         let strings = |key: &str| -> Result<Vec<String>> {
             match f.get(key) {
                 Some(Value::Arr(a)) => a
@@ -130,24 +126,48 @@ impl TextTokenizer {
             }
         };
         let tokens = strings("tokenizer.ggml.tokens")?;
-        let merges = strings("tokenizer.ggml.merges")?
-            .into_iter()
-            .map(|m| {
-                m.split_once(' ')
-                    .map(|(a, b)| (a.to_string(), b.to_string()))
-                    .ok_or_else(|| tok_err(format!("bad merge {m:?}")))
-            })
-            .collect::<Result<Vec<_>>>()?;
         let types: Vec<u64> = match f.get("tokenizer.ggml.token_type") {
             Some(Value::Arr(a)) => a.iter().map(|v| v.as_u64().unwrap_or(1)).collect(),
             _ => vec![1; tokens.len()],
         };
-        let vocab: Vocab = tokens.iter().enumerate().map(|(i, t)| (t.clone(), i as u32)).collect();
-        let bpe = BPE::builder().vocab_and_merges(vocab, merges).build().map_err(tok_err)?;
-        let mut inner = Tokenizer::new(bpe);
-        let pre = f.get("tokenizer.ggml.pre").and_then(Value::as_str).unwrap_or("default");
-        inner.with_pre_tokenizer(Some(pre_tokenizer(pre)?));
-        inner.with_decoder(Some(ByteLevelDecoder::default()));
+        let id = |k: &str| f.get(k).and_then(Value::as_u64).map(|v| v as u32);
+        let flag = |k: &str| match f.get(k) {
+            Some(Value::Bool(b)) => Some(*b),
+            _ => None,
+        };
+        let mut inner = match model {
+            "gpt2" => {
+                let merges = strings("tokenizer.ggml.merges")?
+                    .into_iter()
+                    .map(|m| {
+                        m.split_once(' ')
+                            .map(|(a, b)| (a.to_string(), b.to_string()))
+                            .ok_or_else(|| tok_err(format!("bad merge {m:?}")))
+                    })
+                    .collect::<Result<Vec<_>>>()?;
+                let vocab: Vocab = tokens.iter().enumerate().map(|(i, t)| (t.clone(), i as u32)).collect();
+                let bpe = BPE::builder().vocab_and_merges(vocab, merges).build().map_err(tok_err)?;
+                let mut inner = Tokenizer::new(bpe);
+                let pre = f.get("tokenizer.ggml.pre").and_then(Value::as_str).unwrap_or("default");
+                inner.with_pre_tokenizer(Some(pre_tokenizer(pre)?));
+                inner.with_decoder(Some(ByteLevelDecoder::default()));
+                inner
+            }
+            "llama" => {
+                let unk = id("tokenizer.ggml.unknown_token_id").and_then(|i| tokens.get(i as usize)).cloned();
+                let arch = f.arch()?;
+                let style = crate::spm::SpmStyle {
+                    add_space_prefix: flag("tokenizer.ggml.add_space_prefix").unwrap_or(true),
+                    gemma: arch.starts_with("gemma"),
+                };
+                crate::spm::build(&tokens, unk.as_deref().unwrap_or("<unk>"), &style)?
+            }
+            other => {
+                return Err(ModelError::Tokenizer(format!(
+                    "GGUF tokenizer model {other:?} is not supported yet (\"gpt2\" byte-level BPE and \"llama\" SentencePiece BPE are)"
+                )))
+            }
+        };
         // Control tokens (type 3) are special; user-defined ones (type 4) match verbatim too.
         let added: Vec<AddedToken> = tokens
             .iter()
@@ -156,13 +176,9 @@ impl TextTokenizer {
             .map(|(t, &ty)| AddedToken::from(t.clone(), ty == 3))
             .collect();
         inner.add_special_tokens(&added);
-        let id = |k: &str| f.get(k).and_then(Value::as_u64).map(|v| v as u32);
         let text = |i: Option<u32>| i.and_then(|i| tokens.get(i as usize).cloned());
         let (bos, eos) = (id("tokenizer.ggml.bos_token_id"), id("tokenizer.ggml.eos_token_id"));
-        let add_bos = match f.get("tokenizer.ggml.add_bos_token") {
-            Some(Value::Bool(true)) => bos,
-            _ => None,
-        };
+        let add_bos = if flag("tokenizer.ggml.add_bos_token").unwrap_or(model == "llama") { bos } else { None };
         let (bos_text, eos_text) = (text(bos), text(eos));
         let mut eos_ids: Vec<u32> = eos.into_iter().collect();
         eos_ids.extend(id("tokenizer.ggml.eot_token_id"));

@@ -267,10 +267,11 @@ impl GgufFile {
     }
 }
 
-/// A GGUF file served under Hugging Face tensor names (Llama-family naming), with llama.cpp's
-/// Q/K row permutation undone for `llama` files.
+/// A GGUF file served under Hugging Face tensor names, with llama.cpp's Q/K row permutation
+/// undone for `llama` files.
 pub struct GgufSource {
     file: GgufFile,
+    arch: String,
     /// Head counts for undoing the Q/K permutation, when the file is a `llama` one.
     unpermute: Option<(usize, usize)>,
 }
@@ -286,7 +287,7 @@ impl GgufSource {
         } else {
             None
         };
-        Ok(GgufSource { file, unpermute })
+        Ok(GgufSource { file, arch, unpermute })
     }
 
     /// The underlying file.
@@ -295,8 +296,9 @@ impl GgufSource {
     }
 }
 
-/// Translates a Hugging Face tensor name to its GGUF name.
-pub fn gguf_name(hf: &str) -> Option<String> {
+/// Translates a Hugging Face tensor name to its GGUF name in a file of architecture `arch`
+/// (llama.cpp names a few norms differently per architecture).
+pub fn gguf_name(arch: &str, hf: &str) -> Option<String> {
     let fixed = match hf {
         "model.embed_tokens.weight" => Some("token_embd.weight"),
         "model.norm.weight" => Some("output_norm.weight"),
@@ -309,17 +311,24 @@ pub fn gguf_name(hf: &str) -> Option<String> {
     let rest = hf.strip_prefix("model.layers.")?;
     let (layer, tail) = rest.split_once('.')?;
     let (module, kind) = tail.rsplit_once('.')?;
-    let g = match module {
-        "input_layernorm" => "attn_norm",
-        "post_attention_layernorm" => "ffn_norm",
-        "self_attn.q_proj" => "attn_q",
-        "self_attn.k_proj" => "attn_k",
-        "self_attn.v_proj" => "attn_v",
-        "self_attn.o_proj" => "attn_output",
-        "mlp.gate_proj" => "ffn_gate",
-        "mlp.up_proj" => "ffn_up",
-        "mlp.down_proj" => "ffn_down",
-        _ => return None,
+    let g = match (arch, module) {
+        ("gemma3", "post_attention_layernorm") => "post_attention_norm",
+        ("gemma3", "pre_feedforward_layernorm") => "ffn_norm",
+        ("gemma3", "post_feedforward_layernorm") => "post_ffw_norm",
+        (_, m) => match m {
+            "input_layernorm" => "attn_norm",
+            "post_attention_layernorm" => "ffn_norm",
+            "self_attn.q_norm" => "attn_q_norm",
+            "self_attn.k_norm" => "attn_k_norm",
+            "self_attn.q_proj" => "attn_q",
+            "self_attn.k_proj" => "attn_k",
+            "self_attn.v_proj" => "attn_v",
+            "self_attn.o_proj" => "attn_output",
+            "mlp.gate_proj" => "ffn_gate",
+            "mlp.up_proj" => "ffn_up",
+            "mlp.down_proj" => "ffn_down",
+            _ => return None,
+        },
     };
     Some(format!("blk.{layer}.{g}.{kind}"))
 }
@@ -342,7 +351,7 @@ fn unpermute_rows(rows: usize, heads: usize) -> Vec<usize> {
 
 impl WeightSource for GgufSource {
     fn get(&self, name: &str) -> Result<Option<HostTensor<'_>>> {
-        let Some(g) = gguf_name(name) else { return Ok(None) };
+        let Some(g) = gguf_name(&self.arch, name) else { return Ok(None) };
         let Some(t) = self.file.tensor(&g)? else { return Ok(None) };
         let heads = match (self.unpermute, g.rsplit('.').nth(1)) {
             (Some((hq, _)), Some("attn_q")) => hq,
@@ -390,10 +399,24 @@ mod tests {
 
     #[test]
     fn names_translate() {
-        assert_eq!(gguf_name("model.layers.3.self_attn.k_proj.bias").as_deref(), Some("blk.3.attn_k.bias"));
-        assert_eq!(gguf_name("model.layers.0.mlp.down_proj.weight").as_deref(), Some("blk.0.ffn_down.weight"));
-        assert_eq!(gguf_name("lm_head.weight").as_deref(), Some("output.weight"));
-        assert_eq!(gguf_name("model.layers.0.unknown.weight"), None);
+        let n = |a, h| gguf_name(a, h);
+        assert_eq!(n("llama", "model.layers.3.self_attn.k_proj.bias").as_deref(), Some("blk.3.attn_k.bias"));
+        assert_eq!(n("llama", "model.layers.0.mlp.down_proj.weight").as_deref(), Some("blk.0.ffn_down.weight"));
+        assert_eq!(
+            n("llama", "model.layers.1.post_attention_layernorm.weight").as_deref(),
+            Some("blk.1.ffn_norm.weight")
+        );
+        assert_eq!(
+            n("gemma3", "model.layers.1.post_attention_layernorm.weight").as_deref(),
+            Some("blk.1.post_attention_norm.weight")
+        );
+        assert_eq!(
+            n("gemma3", "model.layers.1.pre_feedforward_layernorm.weight").as_deref(),
+            Some("blk.1.ffn_norm.weight")
+        );
+        assert_eq!(n("qwen3", "model.layers.0.self_attn.q_norm.weight").as_deref(), Some("blk.0.attn_q_norm.weight"));
+        assert_eq!(n("llama", "lm_head.weight").as_deref(), Some("output.weight"));
+        assert_eq!(n("llama", "model.layers.0.unknown.weight"), None);
     }
 
     #[test]

