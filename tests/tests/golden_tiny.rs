@@ -191,3 +191,18 @@ fn variant_phi3_partial_rotary_window() {
 fn variant_qwen2_window_on_some_layers() {
     variant("qwen2-windowed");
 }
+
+#[test]
+fn variant_qwen2_yarn_rope() {
+    variant("qwen2-yarn");
+}
+
+#[test]
+fn variant_llama_dynamic_rope() {
+    variant("llama-dynamic");
+}
+
+#[test]
+fn variant_mistral_linear_rope() {
+    variant("mistral-linear");
+}

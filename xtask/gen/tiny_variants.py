@@ -79,6 +79,18 @@ def variants():
     v["gpt2-relu-untied"] = ("GPT2Config", dict(n_embd=64, n_head=4, n_layer=2, n_positions=128, vocab_size=512,
                              activation_function="relu", bos_token_id=0, eos_token_id=0),
                              "GPT-2 with ReLU and 128 positions")
+    v["qwen2-yarn"] = ("Qwen2Config", dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                       num_attention_heads=4, num_key_value_heads=2, vocab_size=512, max_position_embeddings=256,
+                       rope_scaling=dict(rope_type="yarn", factor=4.0, original_max_position_embeddings=64),
+                       bos_token_id=0, eos_token_id=0), "Qwen2 with YaRN rope scaling (factor 4 over 64 positions)")
+    v["llama-dynamic"] = ("LlamaConfig", dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                          num_attention_heads=4, num_key_value_heads=2, vocab_size=512, max_position_embeddings=256,
+                          rope_scaling=dict(rope_type="dynamic", factor=2.0), bos_token_id=0, eos_token_id=0),
+                          "Llama with dynamic NTK rope scaling, within the trained context")
+    v["mistral-linear"] = ("MistralConfig", dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                           num_attention_heads=4, num_key_value_heads=1, vocab_size=512, max_position_embeddings=256,
+                           sliding_window=None, rope_scaling=dict(rope_type="linear", factor=4.0),
+                           bos_token_id=0, eos_token_id=0), "Mistral with linear rope scaling (factor 4)")
     return v
 
 

@@ -44,9 +44,10 @@ fn ropes(cfg: &HfConfig, rot: usize) -> Result<(RopeSpec, RopeSpec)> {
         let get = |k: &str| {
             p.get(k).and_then(Json::as_object).ok_or_else(|| ModelError::Config(format!("rope_parameters.{k} missing")))
         };
+        let max_pos = cfg.opt_f64("max_position_embeddings")?;
         return Ok((
-            RopeSpec::from_params(get("full_attention")?, rot, 1e6)?,
-            RopeSpec::from_params(get("sliding_attention")?, rot, 1e4)?,
+            RopeSpec::from_params(get("full_attention")?, rot, 1e6, max_pos)?,
+            RopeSpec::from_params(get("sliding_attention")?, rot, 1e4, max_pos)?,
         ));
     }
     let global = RopeSpec::from_hf(cfg, rot)?;

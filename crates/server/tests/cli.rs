@@ -328,3 +328,20 @@ fn models_lists_architectures_and_names() {
     assert_eq!(v["default"], "smollm2-135m-instruct");
     assert!(v["known_models"].as_array().unwrap().iter().any(|m| m["name"] == "smollm2-135m-instruct"));
 }
+
+#[test]
+fn unsupported_config_values_name_the_field() {
+    let d = copy_tiny("llama-gqa", "badrope");
+    let cfg = std::fs::read_to_string(d.join("config.json")).unwrap();
+    let with = |extra: &str| cfg.replacen('{', &format!("{{{extra},"), 1);
+    std::fs::write(d.join("config.json"), with(r#""rope_scaling": {"rope_type": "longrope", "factor": 4.0}"#)).unwrap();
+    fails_with(
+        &turbine(&["generate", "--model", d.to_str().unwrap(), "--prompt", "hi"]),
+        "rope_scaling type \"longrope\"",
+    );
+    std::fs::write(d.join("config.json"), cfg.replace("\"silu\"", "\"swishy\"")).unwrap();
+    fails_with(&turbine(&["generate", "--model", d.to_str().unwrap(), "--prompt", "hi"]), "hidden_act \"swishy\"");
+    std::fs::write(d.join("config.json"), cfg.replace("\"num_key_value_heads\": 2", "\"num_key_value_heads\": 3"))
+        .unwrap();
+    fails_with(&turbine(&["generate", "--model", d.to_str().unwrap(), "--prompt", "hi"]), "num_key_value_heads 3");
+}
