@@ -174,6 +174,12 @@ pub fn from_gguf(f: &GgufFile) -> Result<HfConfig> {
     c.insert("max_position_embeddings".into(), json!(u("context_length").unwrap_or(2048)));
     c.insert("rms_norm_eps".into(), json!(fl("attention.layer_norm_rms_epsilon").unwrap_or(1e-5)));
     c.insert("rope_theta".into(), json!(fl("rope.freq_base").unwrap_or(10000.0)));
+    if let (Some(rot), Some(d)) = (u("rope.dimension_count"), u("attention.key_length").or(Some(hidden / heads.max(1))))
+    {
+        if rot > 0 && rot < d {
+            c.insert("partial_rotary_factor".into(), json!(rot as f64 / d as f64));
+        }
+    }
     if let Some(w) = u("attention.sliding_window") {
         c.insert("sliding_window".into(), json!(w));
     }

@@ -315,6 +315,8 @@ pub fn gguf_name(arch: &str, hf: &str) -> Option<String> {
         ("gemma3", "post_attention_layernorm") => "post_attention_norm",
         ("gemma3", "pre_feedforward_layernorm") => "ffn_norm",
         ("gemma3", "post_feedforward_layernorm") => "post_ffw_norm",
+        ("phi3", "self_attn.qkv_proj") => "attn_qkv",
+        ("phi3", "mlp.gate_up_proj") => "ffn_up",
         (_, m) => match m {
             "input_layernorm" => "attn_norm",
             "post_attention_layernorm" => "ffn_norm",
