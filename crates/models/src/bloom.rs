@@ -39,8 +39,6 @@ impl<B: Ops> Architecture<B> for Bloom<B> {
             None => cfg.usize("num_hidden_layers")?,
         };
         let (d, vocab) = (h / heads, cfg.usize("vocab_size")?);
-        let mut eos = cfg.ids("eos_token_id");
-        eos.dedup();
         let spec = ModelSpec {
             arch: cfg.arch()?.to_string(),
             hidden: h,
@@ -51,8 +49,8 @@ impl<B: Ops> Architecture<B> for Bloom<B> {
             vocab,
             // ALiBi has no trained length; this bounds the KV cache only.
             max_positions: cfg.opt_usize("seq_length")?.unwrap_or(4096),
-            bos: cfg.ids("bos_token_id").first().copied(),
-            eos,
+            bos: cfg.bos(),
+            eos: cfg.eos(),
         };
         let blocks = (0..layers)
             .map(|i| {

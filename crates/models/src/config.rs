@@ -88,6 +88,19 @@ impl HfConfig {
         }
     }
 
+    /// `bos_token_id` (the first, if a list).
+    pub fn bos(&self) -> Option<u32> {
+        self.ids("bos_token_id").first().copied()
+    }
+
+    /// `eos_token_id` as a list without repeats.
+    pub fn eos(&self) -> Vec<u32> {
+        let mut eos = self.ids("eos_token_id");
+        eos.sort_unstable();
+        eos.dedup();
+        eos
+    }
+
     /// `rope_theta`, at top level (transformers 4) or in `rope_parameters` (transformers 5).
     pub fn rope_theta(&self, default: f64) -> Result<f64> {
         // `rotary_emb_base` is GPT-NeoX's older name for it.

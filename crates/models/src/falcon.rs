@@ -59,8 +59,6 @@ impl<B: Ops> Architecture<B> for Falcon<B> {
         let alibi = cfg.opt_bool("alibi")?.unwrap_or(false);
         let parallel = new_arch || cfg.opt_bool("parallel_attn")?.unwrap_or(true);
         let two_norms = new_arch && cfg.opt_usize("num_ln_in_parallel_attn")?.unwrap_or(2) == 2;
-        let mut eos = cfg.ids("eos_token_id");
-        eos.dedup();
         let spec = ModelSpec {
             arch: cfg.arch()?.to_string(),
             hidden: h,
@@ -70,8 +68,8 @@ impl<B: Ops> Architecture<B> for Falcon<B> {
             head_dim: d,
             vocab,
             max_positions: cfg.opt_usize("max_position_embeddings")?.unwrap_or(2048),
-            bos: cfg.ids("bos_token_id").first().copied(),
-            eos,
+            bos: cfg.bos(),
+            eos: cfg.eos(),
         };
         let qkv_rows = (heads + 2 * kv_heads) * d;
         let order = if new_arch {

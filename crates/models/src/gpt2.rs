@@ -37,8 +37,6 @@ impl<B: Ops> Architecture<B> for Gpt2<B> {
         let f = cfg.opt_usize("n_inner")?.unwrap_or(4 * h);
         let vocab = cfg.usize("vocab_size")?;
         let positions = cfg.opt_usize("n_positions")?.unwrap_or(1024);
-        let mut eos = cfg.ids("eos_token_id");
-        eos.dedup();
         let spec = ModelSpec {
             arch: cfg.arch()?.to_string(),
             hidden: h,
@@ -48,8 +46,8 @@ impl<B: Ops> Architecture<B> for Gpt2<B> {
             head_dim: d,
             vocab,
             max_positions: positions,
-            bos: cfg.ids("bos_token_id").first().copied(),
-            eos,
+            bos: cfg.bos(),
+            eos: cfg.eos(),
         };
         // Checkpoints are saved with or without the `transformer.` prefix.
         let pre = if w.opt_host("transformer.wte.weight", &[vocab, h])?.is_some() { "transformer." } else { "" };

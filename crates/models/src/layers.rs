@@ -281,8 +281,6 @@ impl CommonConfig {
         if head_dim == 0 || head_dim % 2 != 0 {
             return Err(ModelError::Config(format!("head_dim {head_dim} must be even and positive")));
         }
-        let mut eos = cfg.ids("eos_token_id");
-        eos.dedup();
         let spec = ModelSpec {
             arch,
             hidden,
@@ -292,8 +290,8 @@ impl CommonConfig {
             head_dim,
             vocab: cfg.usize("vocab_size")?,
             max_positions: cfg.opt_usize("max_position_embeddings")?.unwrap_or(2048),
-            bos: cfg.ids("bos_token_id").first().copied(),
-            eos,
+            bos: cfg.bos(),
+            eos: cfg.eos(),
         };
         let eps = ["rms_norm_eps", "layer_norm_eps", "layer_norm_epsilon"]
             .iter()
