@@ -9,23 +9,13 @@
 //! Everything is generic over `B: turbine_core::Ops` and never names a backend.
 #![warn(missing_docs)]
 
-pub mod bloom;
 pub mod catalog;
 pub mod chat;
 pub mod config;
 mod error;
-pub mod falcon;
-pub mod gemma3;
-pub mod gpt2;
-pub mod gptneox;
 pub mod layers;
-pub mod llama;
 pub mod loader;
-pub mod mistral;
 pub mod model;
-pub mod phi3;
-pub mod qwen2;
-pub mod qwen3;
 pub mod registry;
 pub mod rope;
 pub mod runner;

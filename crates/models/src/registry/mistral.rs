@@ -4,7 +4,7 @@ use turbine_core::Ops;
 
 use crate::config::HfConfig;
 use crate::layers::{CommonConfig, Decoder};
-use crate::llama::{build, decoder_model, Style};
+use super::llama::{build, decoder_model, Style};
 use crate::model::Architecture;
 use crate::weights::Weights;
 use crate::Result;

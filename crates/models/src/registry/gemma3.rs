@@ -8,7 +8,7 @@ use turbine_core::{Act, Ops};
 
 use crate::config::{layer_types, HfConfig, GGUF_NORM_SHIFTED};
 use crate::layers::{activation, CommonConfig, Decoder};
-use crate::llama::{build, decoder_model, Style};
+use super::llama::{build, decoder_model, Style};
 use crate::model::Architecture;
 use crate::rope::RopeSpec;
 use crate::weights::Weights;

@@ -1,4 +1,5 @@
-//! The architectures Turbine runs. Adding one: a new file beside `llama.rs` and one line below.
+//! The architectures Turbine runs, one file each in this folder. Adding one: a new file here and
+//! one line in `registry!` below (which also declares its module).
 
 use turbine_core::Ops;
 
@@ -9,10 +10,12 @@ use crate::{ModelError, Result};
 
 macro_rules! registry {
     ($($module:ident => $ty:ident),* $(,)?) => {
+        $(pub mod $module;)*
+
         /// Every supported `config.json` architecture name.
         pub fn supported() -> Vec<&'static str> {
             let mut names = Vec::new();
-            $(names.extend_from_slice(crate::$module::HF_NAMES);)*
+            $(names.extend_from_slice($module::HF_NAMES);)*
             names
         }
 
@@ -30,8 +33,8 @@ macro_rules! registry {
         pub fn build<B: Ops>(cfg: &HfConfig, w: &Weights<'_, B>) -> Result<Box<dyn Model<B>>> {
             check(cfg)?;
             let arch = cfg.arch()?;
-            $(if crate::$module::HF_NAMES.contains(&arch) {
-                return Ok(Box::new(crate::$module::$ty::<B>::load(cfg, w)?));
+            $(if $module::HF_NAMES.contains(&arch) {
+                return Ok(Box::new($module::$ty::<B>::load(cfg, w)?));
             })*
             unreachable!("check() accepted {arch}")
         }

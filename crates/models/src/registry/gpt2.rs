@@ -7,7 +7,8 @@ use crate::config::HfConfig;
 use crate::layers::{activation, Decoder, DecoderOpts, Layer, Linear, Norm};
 use crate::model::{Architecture, ModelSpec};
 use crate::weights::Weights;
-use crate::{llama::decoder_model, ModelError, Result};
+use super::llama::decoder_model;
+use crate::{ModelError, Result};
 
 /// `config.json` architecture names served by this file.
 pub const HF_NAMES: &[&str] = &["GPT2LMHeadModel"];

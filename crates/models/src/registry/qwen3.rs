@@ -4,9 +4,9 @@ use turbine_core::Ops;
 
 use crate::config::HfConfig;
 use crate::layers::{CommonConfig, Decoder};
-use crate::llama::{build, decoder_model, Style};
+use super::llama::{build, decoder_model, Style};
 use crate::model::Architecture;
-use crate::qwen2::qwen_windows;
+use super::qwen2::qwen_windows;
 use crate::weights::Weights;
 use crate::Result;
 

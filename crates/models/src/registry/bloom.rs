@@ -4,11 +4,12 @@
 use turbine_core::{Act, NormKind, Ops};
 
 use crate::config::HfConfig;
-use crate::gptneox::per_head_qkv;
+use super::gptneox::per_head_qkv;
 use crate::layers::{Decoder, DecoderOpts, Layer, Linear, Norm};
 use crate::model::{Architecture, ModelSpec};
 use crate::weights::Weights;
-use crate::{llama::decoder_model, ModelError, Result};
+use super::llama::decoder_model;
+use crate::{ModelError, Result};
 
 /// `config.json` architecture names served by this file.
 pub const HF_NAMES: &[&str] = &["BloomForCausalLM"];
