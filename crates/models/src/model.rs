@@ -92,7 +92,7 @@ pub trait Model<B: Ops>: Send + Sync {
 }
 
 /// An architecture: how to build a [`Model`] from a config and weights. Each lives in one file
-/// and is listed once in `registry.rs`.
+/// and is listed once in `registry/mod.rs`.
 pub trait Architecture<B: Ops>: Model<B> + Sized + 'static {
     /// Builds the model, checking every weight's shape against the config.
     fn load(cfg: &HfConfig, w: &Weights<'_, B>) -> Result<Self>;
