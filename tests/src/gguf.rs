@@ -7,7 +7,7 @@ use std::path::Path;
 use anyhow::{Context, Result};
 use serde_json::Value as Json;
 use turbine_core::{DType, HostTensor};
-use turbine_models::source::gguf::gguf_name;
+use turbine_models::source::gguf_names::gguf_name;
 use turbine_models::source::safetensors::SafetensorsSource;
 use turbine_models::source::WeightSource;
 

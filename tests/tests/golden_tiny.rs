@@ -206,3 +206,30 @@ fn variant_llama_dynamic_rope() {
 fn variant_mistral_linear_rope() {
     variant("mistral-linear");
 }
+
+/// GGUF files made from the tiny fixtures by llama.cpp's own converter
+/// (`xtask/gen/llama_cpp_gguf.py`), checked against the same transformers references.
+fn llama_cpp_gguf(case: &str) {
+    let dir = fixtures().join("tiny").join(case);
+    check(&dir, &fixtures().join("gguf").join(format!("{case}.gguf")), case);
+}
+
+#[test]
+fn gguf_gpt2_from_llama_cpp() {
+    llama_cpp_gguf("gpt2");
+}
+
+#[test]
+fn gguf_bloom_from_llama_cpp() {
+    llama_cpp_gguf("bloom-alibi");
+}
+
+#[test]
+fn gguf_falcon_from_llama_cpp() {
+    llama_cpp_gguf("falcon-new");
+}
+
+#[test]
+fn gguf_gptneox_from_llama_cpp() {
+    llama_cpp_gguf("gptneox-partial-rope");
+}

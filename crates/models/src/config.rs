@@ -147,6 +147,51 @@ pub fn layer_types(cfg: &HfConfig, layers: usize) -> Result<Option<Vec<String>>>
 /// of `(1 + w)` RMS norms (llama.cpp adds it when converting Gemma).
 pub const GGUF_NORM_SHIFTED: &str = "_turbine_gguf_norm_shifted";
 
+/// The config keys GPT-2, GPT-NeoX, Bloom and Falcon name their own way, as llama.cpp's
+/// converter implies them.
+fn classic_keys(f: &GgufFile, arch: &str, c: &mut Map<String, Json>) -> Result<()> {
+    let u = |k: &str| f.get(&format!("{arch}.{k}")).and_then(Value::as_u64);
+    let get = |c: &Map<String, Json>, k: &str| c.get(k).cloned().unwrap_or(Json::Null);
+    match arch {
+        "gpt2" => {
+            for (alias, from) in [
+                ("n_embd", "hidden_size"),
+                ("n_head", "num_attention_heads"),
+                ("n_layer", "num_hidden_layers"),
+                ("n_positions", "max_position_embeddings"),
+                ("n_inner", "intermediate_size"),
+            ] {
+                let v = get(c, from);
+                c.insert(alias.into(), v);
+            }
+            c.insert("activation_function".into(), json!("gelu_new"));
+        }
+        "gptneox" => {
+            let parallel = !matches!(f.get("gptneox.use_parallel_residual"), Some(Value::Bool(false)));
+            c.insert("use_parallel_residual".into(), json!(parallel));
+            c.insert("hidden_act".into(), json!("gelu"));
+        }
+        // ALiBi has no trained length; llama.cpp's converter writes a nominal one.
+        "bloom" => {
+            c.insert("seq_length".into(), json!(u("context_length").unwrap_or(2048).max(2048)));
+        }
+        "falcon" => {
+            let kv = u("attention.head_count_kv").unwrap_or(1);
+            c.insert("num_kv_heads".into(), json!(kv));
+            c.insert("new_decoder_architecture".into(), json!(f.has_tensor("blk.0.attn_norm_2.weight") || kv > 1));
+            c.insert("multi_query".into(), json!(kv == 1));
+            let norms = if f.has_tensor("blk.0.attn_norm_2.weight") { 2 } else { 1 };
+            c.insert("num_ln_in_parallel_attn".into(), json!(norms));
+            c.insert("parallel_attn".into(), json!(true));
+            c.insert("alibi".into(), json!(false));
+            c.insert("ffn_hidden_size".into(), get(c, "intermediate_size"));
+            c.insert("activation".into(), json!("gelu"));
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
 /// Builds an HF-style config from the metadata of a GGUF file. Architectures are named as
 /// transformers names them; unknown ones become `gguf:<name>` so the registry can report them.
 pub fn from_gguf(f: &GgufFile) -> Result<HfConfig> {
@@ -162,6 +207,10 @@ pub fn from_gguf(f: &GgufFile) -> Result<HfConfig> {
         "qwen3" => "Qwen3ForCausalLM".to_string(),
         "phi3" => "Phi3ForCausalLM".to_string(),
         "gemma3" => "Gemma3ForCausalLM".to_string(),
+        "gpt2" => "GPT2LMHeadModel".to_string(),
+        "gptneox" => "GPTNeoXForCausalLM".to_string(),
+        "bloom" => "BloomForCausalLM".to_string(),
+        "falcon" => "FalconForCausalLM".to_string(),
         other => format!("gguf:{other}"),
     };
     let mut c = Map::new();
@@ -185,7 +234,13 @@ pub fn from_gguf(f: &GgufFile) -> Result<HfConfig> {
     }
     c.insert("vocab_size".into(), json!(vocab));
     c.insert("max_position_embeddings".into(), json!(u("context_length").unwrap_or(2048)));
-    c.insert("rms_norm_eps".into(), json!(fl("attention.layer_norm_rms_epsilon").unwrap_or(1e-5)));
+    if let Some(eps) = fl("attention.layer_norm_rms_epsilon") {
+        c.insert("rms_norm_eps".into(), json!(eps));
+    }
+    if let Some(eps) = fl("attention.layer_norm_epsilon") {
+        c.insert("layer_norm_eps".into(), json!(eps));
+        c.insert("layer_norm_epsilon".into(), json!(eps));
+    }
     c.insert("rope_theta".into(), json!(fl("rope.freq_base").unwrap_or(10000.0)));
     if let (Some(rot), Some(d)) = (u("rope.dimension_count"), u("attention.key_length").or(Some(hidden / heads.max(1))))
     {
@@ -211,6 +266,7 @@ pub fn from_gguf(f: &GgufFile) -> Result<HfConfig> {
             c.insert("query_pre_attn_scalar".into(), json!(d));
         }
     }
+    classic_keys(f, &arch, &mut c)?;
     for (k, hk) in [("tokenizer.ggml.bos_token_id", "bos_token_id"), ("tokenizer.ggml.eos_token_id", "eos_token_id")] {
         if let Some(v) = f.get(k).and_then(Value::as_u64) {
             c.insert(hk.into(), json!(v));

@@ -5,11 +5,10 @@
 use turbine_core::{Act, NormKind, Ops};
 
 use crate::config::HfConfig;
-use super::gptneox::per_head_qkv_order;
 use crate::layers::{activation, check_heads, Decoder, DecoderOpts, Layer, Linear, Norm};
 use crate::model::{Architecture, ModelSpec};
 use crate::rope::RopeSpec;
-use crate::weights::Weights;
+use crate::weights::{grouped_qkv_order, per_head_qkv_order, Weights};
 use super::llama::decoder_model;
 use crate::{ModelError, Result};
 
@@ -18,16 +17,6 @@ pub const HF_NAMES: &[&str] = &["FalconForCausalLM", "RWForCausalLM"];
 
 /// A Falcon model.
 pub struct Falcon<B: Ops>(Decoder<B>);
-
-/// Row order of the new architecture's fused QKV, grouped per kv head (`[kv, group + 2, d]`:
-/// the group's query heads, then its key, then its value), into `[q heads | k heads | v heads]`.
-fn grouped_qkv_order(kv: usize, group: usize, d: usize) -> Vec<usize> {
-    let row = |g: usize, slot: usize, i: usize| (g * (group + 2) + slot) * d + i;
-    let q = (0..kv * group).flat_map(|j| (0..d).map(move |i| row(j / group, j % group, i)));
-    let k = (0..kv).flat_map(|g| (0..d).map(move |i| row(g, group, i)));
-    let v = (0..kv).flat_map(|g| (0..d).map(move |i| row(g, group + 1, i)));
-    q.chain(k).chain(v).collect()
-}
 
 fn first(cfg: &HfConfig, keys: &[&str]) -> Result<usize> {
     for k in keys {

@@ -6,7 +6,7 @@ use turbine_core::{Act, NormKind, Ops};
 use crate::config::HfConfig;
 use crate::layers::{activation, CommonConfig, Decoder, DecoderOpts, Layer, Linear, Norm};
 use crate::model::Architecture;
-use crate::weights::Weights;
+use crate::weights::{per_head_qkv_order, Weights};
 use super::llama::decoder_model;
 use crate::{ModelError, Result};
 
@@ -15,12 +15,6 @@ pub const HF_NAMES: &[&str] = &["GPTNeoXForCausalLM"];
 
 /// A GPT-NeoX model.
 pub struct GptNeoX<B: Ops>(Decoder<B>);
-
-/// Row order turning a fused QKV stored per head (`[heads, 3, d]`: q, k, v of head 0, then of
-/// head 1, …) into Turbine's `[q heads | k heads | v heads]`.
-pub(crate) fn per_head_qkv_order(heads: usize, d: usize) -> Vec<usize> {
-    (0..3).flat_map(|part| (0..heads).flat_map(move |h| (0..d).map(move |i| (h * 3 + part) * d + i))).collect()
-}
 
 /// Loads a fused QKV linear stored per head and reorders it.
 pub(crate) fn per_head_qkv<B: Ops>(

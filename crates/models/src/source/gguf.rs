@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 use memmap2::Mmap;
 use turbine_core::{DType, HostTensor};
 
+use super::gguf_names::{gguf_name, restore, Heads};
 use super::WeightSource;
 use crate::{ModelError, Result};
 
@@ -267,27 +268,24 @@ impl GgufFile {
     }
 }
 
-/// A GGUF file served under Hugging Face tensor names, with llama.cpp's Q/K row permutation
-/// undone for `llama` files.
+/// A GGUF file served under Hugging Face tensor names and layouts: llama.cpp's renames and
+/// re-layouts (Q/K rotary permutation, transposed or reordered fused QKV) are undone here, so the
+/// architectures only know the Hugging Face form.
 pub struct GgufSource {
     file: GgufFile,
     arch: String,
-    /// Head counts for undoing the Q/K permutation, when the file is a `llama` one.
-    unpermute: Option<(usize, usize)>,
+    heads: Heads,
 }
 
 impl GgufSource {
     /// Wraps an opened file.
     pub fn new(file: GgufFile) -> Result<Self> {
         let arch = file.arch()?.to_string();
-        let unpermute = if arch == "llama" {
-            let get = |k: &str| file.get(&format!("{arch}.{k}")).and_then(Value::as_u64).map(|v| v as usize);
-            let heads = get("attention.head_count").ok_or_else(|| ModelError::corrupt(file.path(), "no head_count"))?;
-            Some((heads, get("attention.head_count_kv").unwrap_or(heads)))
-        } else {
-            None
-        };
-        Ok(GgufSource { file, arch, unpermute })
+        let get = |k: &str| file.get(&format!("{arch}.{k}")).and_then(Value::as_u64).map(|v| v as usize);
+        let q = get("attention.head_count").unwrap_or(1).max(1);
+        let kv = get("attention.head_count_kv").unwrap_or(q).max(1);
+        let d = get("attention.key_length").unwrap_or(get("embedding_length").unwrap_or(0) / q);
+        Ok(GgufSource { file, arch, heads: Heads { q, kv, d } })
     }
 
     /// The underlying file.
@@ -296,79 +294,11 @@ impl GgufSource {
     }
 }
 
-/// Translates a Hugging Face tensor name to its GGUF name in a file of architecture `arch`
-/// (llama.cpp names a few norms differently per architecture).
-pub fn gguf_name(arch: &str, hf: &str) -> Option<String> {
-    let fixed = match hf {
-        "model.embed_tokens.weight" => Some("token_embd.weight"),
-        "model.norm.weight" => Some("output_norm.weight"),
-        "lm_head.weight" => Some("output.weight"),
-        _ => None,
-    };
-    if let Some(f) = fixed {
-        return Some(f.to_string());
-    }
-    let rest = hf.strip_prefix("model.layers.")?;
-    let (layer, tail) = rest.split_once('.')?;
-    let (module, kind) = tail.rsplit_once('.')?;
-    let g = match (arch, module) {
-        ("gemma3", "post_attention_layernorm") => "post_attention_norm",
-        ("gemma3", "pre_feedforward_layernorm") => "ffn_norm",
-        ("gemma3", "post_feedforward_layernorm") => "post_ffw_norm",
-        ("phi3", "self_attn.qkv_proj") => "attn_qkv",
-        ("phi3", "mlp.gate_up_proj") => "ffn_up",
-        (_, m) => match m {
-            "input_layernorm" => "attn_norm",
-            "post_attention_layernorm" => "ffn_norm",
-            "self_attn.q_norm" => "attn_q_norm",
-            "self_attn.k_norm" => "attn_k_norm",
-            "self_attn.q_proj" => "attn_q",
-            "self_attn.k_proj" => "attn_k",
-            "self_attn.v_proj" => "attn_v",
-            "self_attn.o_proj" => "attn_output",
-            "mlp.gate_proj" => "ffn_gate",
-            "mlp.up_proj" => "ffn_up",
-            "mlp.down_proj" => "ffn_down",
-            _ => return None,
-        },
-    };
-    Some(format!("blk.{layer}.{g}.{kind}"))
-}
-
-/// Row order that undoes llama.cpp's rotary permutation of a Q or K projection with `heads` heads:
-/// within each head, GGUF interleaves the two rotary halves.
-fn unpermute_rows(rows: usize, heads: usize) -> Vec<usize> {
-    let d = rows / heads;
-    let half = d / 2;
-    let mut perm = Vec::with_capacity(rows);
-    for h in 0..heads {
-        for j in 0..2 {
-            for i in 0..half {
-                perm.push(h * d + 2 * i + j);
-            }
-        }
-    }
-    perm
-}
-
 impl WeightSource for GgufSource {
     fn get(&self, name: &str) -> Result<Option<HostTensor<'_>>> {
         let Some(g) = gguf_name(&self.arch, name) else { return Ok(None) };
         let Some(t) = self.file.tensor(&g)? else { return Ok(None) };
-        let heads = match (self.unpermute, g.rsplit('.').nth(1)) {
-            (Some((hq, _)), Some("attn_q")) => hq,
-            (Some((_, hk)), Some("attn_k")) => hk,
-            _ => return Ok(Some(t)),
-        };
-        let rows = t.shape().dims()[0];
-        if heads == 0 || rows % heads != 0 || (rows / heads) % 2 != 0 {
-            return Err(ModelError::WeightShape {
-                key: g,
-                expected: format!("rows divisible into {heads} heads of even size"),
-                got: t.shape().to_string(),
-            });
-        }
-        Ok(Some(t.permute_rows(&unpermute_rows(rows, heads))?))
+        restore(&self.arch, &g, self.heads, t)
     }
 }
 
@@ -397,45 +327,5 @@ mod tests {
         let err = f.tensor(name).expect_err("Q2_K is not supported yet").to_string();
         assert!(err.contains("Q2_K") && err.contains(name), "{err}");
         let _ = std::fs::remove_file(&path);
-    }
-
-    #[test]
-    fn names_translate() {
-        let n = |a, h| gguf_name(a, h);
-        assert_eq!(n("llama", "model.layers.3.self_attn.k_proj.bias").as_deref(), Some("blk.3.attn_k.bias"));
-        assert_eq!(n("llama", "model.layers.0.mlp.down_proj.weight").as_deref(), Some("blk.0.ffn_down.weight"));
-        assert_eq!(
-            n("llama", "model.layers.1.post_attention_layernorm.weight").as_deref(),
-            Some("blk.1.ffn_norm.weight")
-        );
-        assert_eq!(
-            n("gemma3", "model.layers.1.post_attention_layernorm.weight").as_deref(),
-            Some("blk.1.post_attention_norm.weight")
-        );
-        assert_eq!(
-            n("gemma3", "model.layers.1.pre_feedforward_layernorm.weight").as_deref(),
-            Some("blk.1.ffn_norm.weight")
-        );
-        assert_eq!(n("qwen3", "model.layers.0.self_attn.q_norm.weight").as_deref(), Some("blk.0.attn_q_norm.weight"));
-        assert_eq!(n("llama", "lm_head.weight").as_deref(), Some("output.weight"));
-        assert_eq!(n("llama", "model.layers.0.unknown.weight"), None);
-    }
-
-    #[test]
-    fn unpermute_inverts_llama_cpp_permute() {
-        // llama.cpp: w.reshape(heads, 2, d/2, ...).swapaxes(1, 2): GGUF row h*d + 2i + j holds
-        // HF row h*d + j*d/2 + i.
-        let (heads, d) = (2, 6);
-        let hf: Vec<usize> = (0..heads * d).collect();
-        let mut gguf = vec![0; heads * d];
-        for h in 0..heads {
-            for i in 0..d / 2 {
-                for j in 0..2 {
-                    gguf[h * d + 2 * i + j] = hf[h * d + j * d / 2 + i];
-                }
-            }
-        }
-        let back: Vec<usize> = unpermute_rows(heads * d, heads).iter().map(|&r| gguf[r]).collect();
-        assert_eq!(back, hf);
     }
 }

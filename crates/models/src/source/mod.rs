@@ -1,6 +1,7 @@
 //! Where weights come from: memory-mapped safetensors files or a GGUF file.
 
 pub mod gguf;
+pub mod gguf_names;
 pub mod safetensors;
 
 use turbine_core::HostTensor;
