@@ -7,6 +7,7 @@ use half::f16;
 
 use crate::DType;
 
+#[inline]
 fn f16_at(b: &[u8], i: usize) -> f32 {
     f16::from_le_bytes([b[i], b[i + 1]]).to_f32()
 }
@@ -25,6 +26,7 @@ fn f16_at(b: &[u8], i: usize) -> f32 {
 ///
 /// # Panics
 /// If `dtype` is not a block type, `blk` is shorter than a block or `out` than `block_len`.
+#[inline]
 pub fn dequant_block(dtype: DType, blk: &[u8], out: &mut [f32]) {
     match dtype {
         DType::Q8_0 => {
@@ -52,15 +54,17 @@ pub fn dequant_block(dtype: DType, blk: &[u8], out: &mut [f32]) {
             let (d, m) = (f16_at(blk, 0), if one { f16_at(blk, 2) } else { 0.0 });
             let at = if one { 4 } else { 2 };
             let qh = u32::from_le_bytes([blk[at], blk[at + 1], blk[at + 2], blk[at + 3]]);
-            for (j, &q) in blk[at + 4..at + 20].iter().enumerate() {
-                let lo = (q & 0x0f) | (((qh >> j) & 1) << 4) as u8;
-                let hi = (q >> 4) | (((qh >> (j + 16)) & 1) << 4) as u8;
+            let qs = &blk[at + 4..at + 20];
+            let (lo, hi) = out[..32].split_at_mut(16);
+            for j in 0..16 {
+                let l = (qs[j] & 0x0f) | ((((qh >> j) & 1) as u8) << 4);
+                let h = (qs[j] >> 4) | ((((qh >> (j + 16)) & 1) as u8) << 4);
                 if one {
-                    out[j] = d * f32::from(lo) + m;
-                    out[j + 16] = d * f32::from(hi) + m;
+                    lo[j] = d * f32::from(l) + m;
+                    hi[j] = d * f32::from(h) + m;
                 } else {
-                    out[j] = d * f32::from(lo as i8 - 16);
-                    out[j + 16] = d * f32::from(hi as i8 - 16);
+                    lo[j] = d * f32::from(l as i8 - 16);
+                    hi[j] = d * f32::from(h as i8 - 16);
                 }
             }
         }
@@ -68,30 +72,43 @@ pub fn dequant_block(dtype: DType, blk: &[u8], out: &mut [f32]) {
             let (d, dmin) = (f16_at(blk, 0), f16_at(blk, 2));
             let s = &blk[4..16];
             let five = dtype == DType::Q5_K;
-            let (qh, qs) = if five { (&blk[16..48], &blk[48..176]) } else { (&blk[0..0], &blk[16..144]) };
-            for sub in 0..8 {
-                let (sc, m) = k_scale_min(s, sub);
-                let (d1, m1) = (d * f32::from(sc), dmin * f32::from(m));
-                let bytes = &qs[(sub / 2) * 32..(sub / 2) * 32 + 32];
-                for (l, &b) in bytes.iter().enumerate() {
-                    let mut q = if sub % 2 == 0 { b & 0x0f } else { b >> 4 };
-                    if five {
-                        q |= ((qh[l] >> sub) & 1) << 4;
+            let (qh, qs) = if five { (&blk[16..48], &blk[48..176]) } else { (&blk[16..48], &blk[16..144]) };
+            for pair in 0..4 {
+                let bytes = &qs[pair * 32..pair * 32 + 32];
+                for half in 0..2 {
+                    let sub = 2 * pair + half;
+                    let (sc, m) = k_scale_min(s, sub);
+                    let (d1, m1) = (d * f32::from(sc), dmin * f32::from(m));
+                    let o = &mut out[sub * 32..sub * 32 + 32];
+                    let shift = 4 * half as u32;
+                    for l in 0..32 {
+                        let mut q = (bytes[l] >> shift) & 0x0f;
+                        if five {
+                            q |= ((qh[l] >> sub) & 1) << 4;
+                        }
+                        o[l] = d1 * f32::from(q) - m1;
                     }
-                    out[sub * 32 + l] = d1 * f32::from(q) - m1;
                 }
             }
         }
         DType::Q6_K => {
-            let (ql, qh, sc) = (&blk[0..128], &blk[128..192], &blk[192..208]);
             let d = f16_at(blk, 208);
             for half in 0..2 {
-                for w in 0..128 {
-                    let low = if w < 64 { ql[half * 64 + w] & 0x0f } else { ql[half * 64 + w - 64] >> 4 };
-                    let high = (qh[half * 32 + w % 32] >> (2 * (w / 32))) & 3;
-                    let q = ((low | (high << 4)) as i8 - 32) as f32;
-                    let v = half * 128 + w;
-                    out[v] = (d * f32::from(sc[v / 16] as i8)) * q;
+                let ql = &blk[half * 64..half * 64 + 64];
+                let qh = &blk[128 + half * 32..128 + half * 32 + 32];
+                let sc = &blk[192 + half * 8..192 + half * 8 + 8];
+                let o = &mut out[half * 128..half * 128 + 128];
+                // Four runs of 32: low nibbles of ql[0..32], of ql[32..64], then high nibbles;
+                // the top two bits come from qh, two bits per run.
+                for run in 0..4 {
+                    let (src, shift) = (&ql[(run % 2) * 32..(run % 2) * 32 + 32], 4 * (run / 2) as u32);
+                    for l in 0..32 {
+                        let low = (src[l] >> shift) & 0x0f;
+                        let high = (qh[l] >> (2 * run)) & 3;
+                        let q = ((low | (high << 4)) as i8 - 32) as f32;
+                        let scale = d * f32::from(sc[(run * 32 + l) / 16] as i8);
+                        o[run * 32 + l] = scale * q;
+                    }
                 }
             }
         }
@@ -100,6 +117,7 @@ pub fn dequant_block(dtype: DType, blk: &[u8], out: &mut [f32]) {
 }
 
 /// Scale and min of sub-block `j` from the 12 packed bytes of Q4_K/Q5_K (6 bits each).
+#[inline]
 fn k_scale_min(s: &[u8], j: usize) -> (u8, u8) {
     if j < 4 {
         (s[j] & 63, s[j + 4] & 63)

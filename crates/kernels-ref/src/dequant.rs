@@ -9,9 +9,15 @@ pub(crate) fn dequant_into(dtype: DType, src: &[u8], out: &mut [f32]) {
     let bb = dtype.block_bytes();
     debug_assert!(src.len() >= out.len() / dtype.block_len() * bb);
     #[cfg(target_arch = "x86_64")]
-    if has_qtile() && fast_type(dtype) {
-        // SAFETY: AVX2, FMA and F16C are present; `src` holds a block per 32 outputs.
-        unsafe { avx2::blocks(dtype, src, out) };
+    if has_qtile() {
+        // SAFETY: AVX2, FMA and F16C are present; `src` holds a block per `block_len` outputs.
+        unsafe {
+            if fast_type(dtype) {
+                avx2::blocks(dtype, src, out)
+            } else {
+                avx2::reference_blocks(dtype, src, out)
+            }
+        };
         return;
     }
     for (dst, blk) in out.chunks_exact_mut(dtype.block_len()).zip(src.chunks_exact(bb)) {
@@ -82,6 +88,19 @@ mod avx2 {
             _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(hi)),
             _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(hi, 8))),
         ]
+    }
+
+    /// The scalar reference, compiled for AVX2 so that its loops vectorise (no fused multiply-add:
+    /// Rust never contracts, so the values are the reference's bit for bit).
+    ///
+    /// # Safety
+    /// AVX2 and F16C must be present.
+    #[target_feature(enable = "avx2,f16c")]
+    pub(super) unsafe fn reference_blocks(dtype: DType, src: &[u8], out: &mut [f32]) {
+        let (n, bb) = (dtype.block_len(), dtype.block_bytes());
+        for (dst, blk) in out.chunks_exact_mut(n).zip(src.chunks_exact(bb)) {
+            turbine_core::quant::dequant_block(dtype, blk, dst);
+        }
     }
 
     /// # Safety
@@ -188,18 +207,24 @@ mod tests {
     #[test]
     fn matches_the_reference_bitwise() {
         let mut rng = turbine_core::sampling::Rng::new(3);
-        for dtype in [DType::Q8_0, DType::Q4_0, DType::Q4_1] {
-            let n = 64;
-            let mut bytes: Vec<u8> = (0..dtype.bytes_for(n * 32).unwrap()).map(|_| rng.next_u64() as u8).collect();
+        for dtype in
+            [DType::Q8_0, DType::Q4_0, DType::Q4_1, DType::Q5_0, DType::Q5_1, DType::Q4_K, DType::Q5_K, DType::Q6_K]
+        {
+            let n = 8 * 256;
+            let mut bytes: Vec<u8> = (0..dtype.bytes_for(n).unwrap()).map(|_| rng.next_u64() as u8).collect();
             // Keep scales finite: clear the exponent's top bit of every f16 header field.
             for blk in bytes.chunks_exact_mut(dtype.block_bytes()) {
-                blk[1] &= 0x3f;
-                blk[3] &= 0x3f;
+                if dtype == DType::Q6_K {
+                    blk[209] &= 0x3f;
+                } else {
+                    blk[1] &= 0x3f;
+                    blk[3] &= 0x3f;
+                }
             }
-            let mut fast = vec![0.0; n * 32];
+            let mut fast = vec![0.0; n];
             dequant_into(dtype, &bytes, &mut fast);
-            let mut slow = vec![0.0f32; n * 32];
-            for (o, b) in slow.chunks_exact_mut(32).zip(bytes.chunks_exact(dtype.block_bytes())) {
+            let mut slow = vec![0.0f32; n];
+            for (o, b) in slow.chunks_exact_mut(dtype.block_len()).zip(bytes.chunks_exact(dtype.block_bytes())) {
                 dequant_block(dtype, b, o);
             }
             assert!(fast.iter().zip(&slow).all(|(a, b)| a.to_bits() == b.to_bits()), "{dtype}");
