@@ -33,6 +33,8 @@ pub enum FinishReason {
     Length,
     /// A stop id was generated.
     Stop,
+    /// The request was cancelled.
+    Cancelled,
 }
 
 impl FinishReason {
@@ -41,6 +43,7 @@ impl FinishReason {
         match self {
             FinishReason::Length => "length",
             FinishReason::Stop => "stop",
+            FinishReason::Cancelled => "cancelled",
         }
     }
 }
@@ -146,7 +149,7 @@ impl Generator {
     pub fn generate(&mut self, req: &GenRequest, on_token: &mut dyn FnMut(&Generated)) -> Result<GenOutput> {
         self.validate(req)?;
         let ctx = self.context_len();
-        let mut sampler = [SeqSampler::new(req.params.clone())];
+        let mut sampler = SeqSampler::new(req.params.clone());
         let mut blocks = self.pool.sequence();
         let mut timings = Timings { prompt_tokens: req.prompt.len(), ..Timings::default() };
         let t0 = Instant::now();
@@ -159,7 +162,7 @@ impl Generator {
             self.runner.step(&[SeqStep { tokens: &req.prompt[start..end], start, blocks: blocks.ids(), logits }])?;
             start = end;
         }
-        let mut tok = self.runner.sample(&mut sampler)?.remove(0);
+        let mut tok = self.runner.sample(&mut [&mut sampler])?.remove(0);
         timings.prefill_ms = t0.elapsed().as_secs_f64() * 1e3;
         let t1 = Instant::now();
         let mut out = Vec::with_capacity(req.max_tokens.min(ctx - n));
@@ -176,7 +179,7 @@ impl Generator {
             }
             blocks.reserve(pos + 1)?;
             self.runner.step(&[SeqStep { tokens: &[id], start: pos, blocks: blocks.ids(), logits: Logits::Last }])?;
-            tok = self.runner.sample(&mut sampler)?.remove(0);
+            tok = self.runner.sample(&mut [&mut sampler])?.remove(0);
         };
         timings.decode_ms = t1.elapsed().as_secs_f64() * 1e3;
         timings.decode_tokens = out.len() - 1;

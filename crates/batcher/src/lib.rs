@@ -8,11 +8,16 @@
 #![warn(missing_docs)]
 
 pub mod blocks;
+pub mod core;
 pub mod generate;
+pub mod kv;
+pub mod request;
 pub mod score;
 
 pub use blocks::{BlockPool, SeqBlocks};
+pub use core::EngineCore;
 pub use generate::{FinishReason, GenOutput, GenRequest, Generated, Generator, Timings};
+pub use request::{EngineConfig, Event, Request, RequestId, Stats, SubmitError, Usage};
 pub use score::{score, Score};
 
 /// Errors of the engine layer.

@@ -248,7 +248,7 @@ pub trait Ops: Backend {
 
     /// Samples one token per row of `logits [n, vocab]`, row `i` with `seqs[i]` (each sequence
     /// has its own seeded stream). The default downloads the logits and samples on the host.
-    fn sample(&self, logits: &Tensor<Self>, seqs: &mut [SeqSampler]) -> Result<Vec<Sampled>> {
+    fn sample(&self, logits: &Tensor<Self>, seqs: &mut [&mut SeqSampler]) -> Result<Vec<Sampled>> {
         let host = self.download(logits)?.to_f32()?;
         crate::sampling::sample_rows(&host, logits.cols(), seqs)
     }

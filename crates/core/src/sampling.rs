@@ -107,7 +107,7 @@ pub struct Sampled {
 }
 
 /// Samples each row of `logits` (`[seqs.len(), vocab]`, row-major) with its sequence's sampler.
-pub fn sample_rows(logits: &[f32], vocab: usize, seqs: &mut [SeqSampler]) -> Result<Vec<Sampled>> {
+pub fn sample_rows(logits: &[f32], vocab: usize, seqs: &mut [&mut SeqSampler]) -> Result<Vec<Sampled>> {
     if vocab == 0 || logits.len() != vocab * seqs.len() {
         return Err(Error::invalid(
             "sample",
@@ -209,7 +209,7 @@ mod tests {
     #[test]
     fn greedy_and_logprobs() {
         let row = [1.0f32, 3.0, 2.0];
-        let out = sample_rows(&row, 3, &mut [sampler(0.0, 0, 1.0, 0)]).unwrap();
+        let out = sample_rows(&row, 3, &mut [&mut sampler(0.0, 0, 1.0, 0)]).unwrap();
         assert_eq!(out[0].id, 1);
         let lse = (1f64.exp() + 3f64.exp() + 2f64.exp()).ln();
         assert!((out[0].logprob as f64 - (3.0 - lse)).abs() < 1e-6);
@@ -220,7 +220,8 @@ mod tests {
     fn seeded_streams_repeat_and_respect_top_k() {
         let row: Vec<f32> = (0..50).map(|i| (i as f32 * 0.37).sin()).collect();
         let run = |seed| {
-            let mut s = [sampler(1.0, 5, 1.0, seed)];
+            let mut s0 = sampler(1.0, 5, 1.0, seed);
+            let mut s = [&mut s0];
             (0..64).map(|_| sample_rows(&row, 50, &mut s).unwrap()[0].id).collect::<Vec<_>>()
         };
         assert_eq!(run(7), run(7));
@@ -232,7 +233,8 @@ mod tests {
     #[test]
     fn tiny_top_p_is_greedy() {
         let row = [0.5f32, 4.0, 3.9, -1.0];
-        let mut s = [sampler(2.0, 0, 1e-6, 3)];
+        let mut s0 = sampler(2.0, 0, 1e-6, 3);
+        let mut s = [&mut s0];
         for _ in 0..20 {
             assert_eq!(sample_rows(&row, 4, &mut s).unwrap()[0].id, 1);
         }

@@ -144,7 +144,7 @@ impl Ops for Cpu {
         act::softmax(x)
     }
 
-    fn sample(&self, logits: &T, seqs: &mut [SeqSampler]) -> Result<Vec<Sampled>> {
+    fn sample(&self, logits: &T, seqs: &mut [&mut SeqSampler]) -> Result<Vec<Sampled>> {
         // Host memory already: sample in place, no copy.
         turbine_core::sampling::sample_rows(buffer::f32s(logits, "sample")?, logits.cols(), seqs)
     }

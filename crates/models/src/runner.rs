@@ -54,7 +54,7 @@ pub trait ModelRunner: Send {
     /// The last step's logits, `[rows, vocab]` row-major.
     fn logits(&mut self) -> Result<Vec<f32>>;
     /// Samples one token per logit row of the last step, row `i` with `samplers[i]`.
-    fn sample(&mut self, samplers: &mut [SeqSampler]) -> Result<Vec<Sampled>>;
+    fn sample(&mut self, samplers: &mut [&mut SeqSampler]) -> Result<Vec<Sampled>>;
 }
 
 /// The [`ModelRunner`] of a backend `B`.
@@ -216,7 +216,7 @@ impl<B: Ops> ModelRunner for Runner<B> {
         Ok(self.backend.download(self.logits_tensor()?)?.to_f32()?)
     }
 
-    fn sample(&mut self, samplers: &mut [SeqSampler]) -> Result<Vec<Sampled>> {
+    fn sample(&mut self, samplers: &mut [&mut SeqSampler]) -> Result<Vec<Sampled>> {
         let logits = self.logits_tensor()?;
         if logits.rows() != samplers.len() {
             return Err(ModelError::Input(format!("{} samplers for {} logit rows", samplers.len(), logits.rows())));

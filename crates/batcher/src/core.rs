@@ -1,0 +1,298 @@
+//! The synchronous heart of the engine: iteration-level (in-flight) scheduling over the paged KV
+//! cache. Every step packs the decode tokens of running requests and prefill chunks of waiting
+//! ones under a token budget; finished requests leave at once, their blocks go back, and waiting
+//! ones take their place. When blocks run out, the latest request is preempted (its KV freed and
+//! recomputed later), so the engine never fails for lack of memory.
+
+use std::collections::VecDeque;
+
+use turbine_core::sampling::SeqSampler;
+use turbine_models::{Logits, ModelRunner, SeqStep};
+
+use crate::generate::FinishReason;
+use crate::kv::{block_hash, BlockManager};
+use crate::request::{EngineConfig, Event, Request, RequestId, Stats, SubmitError, Usage};
+use crate::Result;
+
+struct Seq {
+    id: RequestId,
+    /// Prompt, then generated tokens.
+    tokens: Vec<u32>,
+    prompt_len: usize,
+    /// Tokens whose keys and values are in the cache.
+    computed: usize,
+    blocks: Vec<u32>,
+    /// Full blocks registered in the prefix cache, and the hash of the last one.
+    registered: usize,
+    last_hash: u64,
+    cached_tokens: usize,
+    sampler: SeqSampler,
+    max_tokens: usize,
+    ignore_eos: bool,
+    stop_ids: Vec<u32>,
+}
+
+impl Seq {
+    fn generated(&self) -> usize {
+        self.tokens.len() - self.prompt_len
+    }
+}
+
+/// The scheduler, the block manager and the model runner, stepped by the caller.
+pub struct EngineCore {
+    runner: Box<dyn ModelRunner>,
+    kv: BlockManager,
+    cfg: EngineConfig,
+    waiting: VecDeque<Seq>,
+    running: Vec<Seq>,
+    next_id: RequestId,
+    stats: Stats,
+}
+
+impl EngineCore {
+    /// An engine over a runner; the block manager mirrors the runner's KV cache.
+    pub fn new(runner: Box<dyn ModelRunner>, cfg: EngineConfig) -> Self {
+        let c = runner.cache();
+        let kv = BlockManager::new(c.num_blocks, c.block_size);
+        EngineCore {
+            runner,
+            kv,
+            cfg,
+            waiting: VecDeque::new(),
+            running: Vec::new(),
+            next_id: 0,
+            stats: Stats::default(),
+        }
+    }
+
+    /// The runner (for its spec).
+    pub fn runner(&self) -> &dyn ModelRunner {
+        self.runner.as_ref()
+    }
+
+    /// Longest sequence (prompt + generated) a request may reach.
+    pub fn max_len(&self) -> usize {
+        self.runner.spec().max_positions.min(self.kv.num_blocks() * self.kv.block_size())
+    }
+
+    /// Whether any request is waiting or running.
+    pub fn has_work(&self) -> bool {
+        !self.waiting.is_empty() || !self.running.is_empty()
+    }
+
+    /// Counters and occupancy.
+    pub fn stats(&self) -> Stats {
+        Stats {
+            waiting: self.waiting.len(),
+            running: self.running.len(),
+            blocks_in_use: self.kv.in_use(),
+            blocks_total: self.kv.num_blocks(),
+            ..self.stats
+        }
+    }
+
+    /// Validates and queues a request.
+    pub fn add(&mut self, req: Request) -> Result<RequestId, SubmitError> {
+        let vocab = self.runner.spec().vocab;
+        if req.prompt.is_empty() {
+            return Err(SubmitError::Invalid("the prompt is empty".into()));
+        }
+        if let Some(&bad) = req.prompt.iter().find(|&&t| t as usize >= vocab) {
+            return Err(SubmitError::Invalid(format!("prompt token id {bad} is outside the vocabulary (0..{vocab})")));
+        }
+        if req.max_tokens == 0 {
+            return Err(SubmitError::Invalid("max_tokens must be at least 1".into()));
+        }
+        req.params.validate().map_err(|e| SubmitError::Invalid(e.to_string()))?;
+        let (ctx, cache) = (self.runner.spec().max_positions, self.kv.num_blocks() * self.kv.block_size());
+        let total = req.prompt.len() + req.max_tokens;
+        for (limit, what) in [(ctx, "model context"), (cache, "KV cache")] {
+            if total > limit {
+                return Err(SubmitError::TooLong { prompt: req.prompt.len(), max_tokens: req.max_tokens, limit, what });
+            }
+        }
+        let id = self.next_id;
+        self.next_id += 1;
+        self.waiting.push_back(Seq {
+            id,
+            prompt_len: req.prompt.len(),
+            tokens: req.prompt,
+            computed: 0,
+            blocks: Vec::new(),
+            registered: 0,
+            last_hash: 0,
+            cached_tokens: 0,
+            sampler: SeqSampler::new(req.params),
+            max_tokens: req.max_tokens,
+            ignore_eos: req.ignore_eos,
+            stop_ids: req.stop_ids,
+        });
+        Ok(id)
+    }
+
+    /// Cancels a request; its blocks are freed at once. Returns its final event, or `None` if no
+    /// such request is queued or running.
+    pub fn cancel(&mut self, id: RequestId) -> Option<Event> {
+        let seq = if let Some(i) = self.running.iter().position(|s| s.id == id) {
+            self.running.remove(i)
+        } else {
+            let i = self.waiting.iter().position(|s| s.id == id)?;
+            self.waiting.remove(i)?
+        };
+        Some(self.finish(seq, FinishReason::Cancelled))
+    }
+
+    fn finish(&mut self, seq: Seq, reason: FinishReason) -> Event {
+        self.kv.release(&seq.blocks);
+        let usage = Usage {
+            prompt_tokens: seq.prompt_len,
+            completion_tokens: seq.generated(),
+            cached_tokens: seq.cached_tokens,
+        };
+        Event::Finished { reason, usage }
+    }
+
+    fn preempt(&mut self, mut seq: Seq) {
+        self.kv.release(&seq.blocks);
+        seq.blocks.clear();
+        seq.computed = 0;
+        seq.registered = 0;
+        seq.last_hash = 0;
+        self.stats.preemptions += 1;
+        self.waiting.push_front(seq);
+    }
+
+    /// Gives `seq` blocks for `tokens` tokens; false (taking nothing) if there are not enough.
+    fn grow(kv: &mut BlockManager, seq: &mut Seq, tokens: usize) -> bool {
+        let need = tokens.div_ceil(kv.block_size()).saturating_sub(seq.blocks.len());
+        if kv.available() < need {
+            return false;
+        }
+        seq.blocks.extend((0..need).map(|_| kv.allocate().expect("availability checked")));
+        true
+    }
+
+    /// Plans one step: `(index into running, tokens to compute)`.
+    fn schedule(&mut self) -> Vec<(usize, usize)> {
+        let mut budget = self.cfg.max_num_tokens.max(1);
+        let mut plan = Vec::new();
+        let mut i = 0;
+        while i < self.running.len() && budget > 0 && plan.len() < self.cfg.max_batch_size {
+            let n = (self.running[i].tokens.len() - self.running[i].computed).min(budget);
+            let want = self.running[i].computed + n;
+            while !Self::grow(&mut self.kv, &mut self.running[i], want) {
+                if self.running.len() - 1 > i {
+                    let victim = self.running.pop().expect("more than one running");
+                    self.preempt(victim);
+                } else {
+                    break;
+                }
+            }
+            if self.running[i].blocks.len() * self.kv.block_size() < want {
+                break;
+            }
+            plan.push((i, n));
+            budget -= n;
+            i += 1;
+        }
+        while budget > 0 && plan.len() < self.cfg.max_batch_size && plan.len() == self.running.len() {
+            let Some(mut seq) = self.waiting.pop_front() else { break };
+            if seq.blocks.is_empty() {
+                // Reuse cached full blocks of the prefix; leave at least one token to compute.
+                seq.blocks = self.kv.match_prefix(&seq.tokens, seq.tokens.len() - 1);
+                seq.computed = seq.blocks.len() * self.kv.block_size();
+                seq.registered = seq.blocks.len();
+                seq.last_hash = seq.tokens[..seq.computed].chunks_exact(self.kv.block_size()).fold(0, block_hash);
+                if seq.generated() == 0 {
+                    seq.cached_tokens = seq.computed;
+                }
+                self.stats.prefix_cache_hit_tokens += seq.computed as u64;
+            }
+            let n = (seq.tokens.len() - seq.computed).min(budget);
+            let want = seq.computed + n;
+            if !Self::grow(&mut self.kv, &mut seq, want) {
+                self.waiting.push_front(seq);
+                break;
+            }
+            self.running.push(seq);
+            plan.push((self.running.len() - 1, n));
+            budget -= n;
+        }
+        plan
+    }
+
+    /// Runs one step and returns the events it produced, in request order within the step.
+    pub fn step(&mut self) -> Result<Vec<(RequestId, Event)>> {
+        let plan = self.schedule();
+        if plan.is_empty() {
+            return Ok(Vec::new());
+        }
+        let steps: Vec<SeqStep<'_>> = plan
+            .iter()
+            .map(|&(i, n)| {
+                let s = &self.running[i];
+                let logits = if s.computed + n == s.tokens.len() { Logits::Last } else { Logits::None };
+                SeqStep { tokens: &s.tokens[s.computed..s.computed + n], start: s.computed, blocks: &s.blocks, logits }
+            })
+            .collect();
+        self.runner.step(&steps)?;
+        self.stats.steps += 1;
+        let sampling: Vec<usize> = plan
+            .iter()
+            .filter(|&&(i, n)| self.running[i].computed + n == self.running[i].tokens.len())
+            .map(|p| p.0)
+            .collect();
+        let sampled = if sampling.is_empty() {
+            Vec::new()
+        } else {
+            let mut samplers: Vec<&mut SeqSampler> = Vec::with_capacity(sampling.len());
+            let mut rest: &mut [Seq] = &mut self.running;
+            let mut base = 0;
+            for &i in &sampling {
+                let (_, tail) = std::mem::take(&mut rest).split_at_mut(i - base);
+                let (seq, tail) = tail.split_first_mut().expect("index in range");
+                samplers.push(&mut seq.sampler);
+                rest = tail;
+                base = i + 1;
+            }
+            self.runner.sample(&mut samplers)?
+        };
+        let bs = self.kv.block_size();
+        for &(i, n) in &plan {
+            let s = &mut self.running[i];
+            s.computed += n;
+            while s.registered < s.computed / bs {
+                let b = s.registered;
+                s.last_hash = block_hash(s.last_hash, &s.tokens[b * bs..(b + 1) * bs]);
+                self.kv.register(s.blocks[b], s.last_hash);
+                s.registered += 1;
+            }
+        }
+        let max_len = self.max_len();
+        let mut events = Vec::new();
+        let mut done = Vec::new();
+        for (&i, tok) in sampling.iter().zip(sampled) {
+            let s = &mut self.running[i];
+            let id = tok.id;
+            s.tokens.push(id);
+            events.push((s.id, Event::Token(tok)));
+            let reason = if !s.ignore_eos && s.stop_ids.contains(&id) {
+                Some(FinishReason::Stop)
+            } else if s.generated() >= s.max_tokens || s.tokens.len() >= max_len {
+                Some(FinishReason::Length)
+            } else {
+                None
+            };
+            if let Some(r) = reason {
+                done.push((i, r));
+            }
+        }
+        for &(i, r) in done.iter().rev() {
+            let seq = self.running.remove(i);
+            let id = seq.id;
+            let ev = self.finish(seq, r);
+            events.push((id, ev));
+        }
+        Ok(events)
+    }
+}

@@ -1,0 +1,107 @@
+//! What goes into the engine and what comes out.
+
+use turbine_core::sampling::SamplingParams;
+
+use crate::generate::{FinishReason, Generated};
+
+/// Identifies a request for its whole life.
+pub type RequestId = u64;
+
+/// A generation request.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Request {
+    /// Prompt token ids.
+    pub prompt: Vec<u32>,
+    /// Sampling settings (including the seed and how many top log-probabilities to report).
+    pub params: SamplingParams,
+    /// Most tokens to generate (at least 1).
+    pub max_tokens: usize,
+    /// Keep going through stop ids.
+    pub ignore_eos: bool,
+    /// Ids that end generation (the model's EOS ids, plus any the caller adds).
+    pub stop_ids: Vec<u32>,
+}
+
+/// Token counts of a finished request.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Usage {
+    /// Prompt tokens.
+    pub prompt_tokens: usize,
+    /// Generated tokens.
+    pub completion_tokens: usize,
+    /// Prompt tokens served from the prefix cache instead of being computed.
+    pub cached_tokens: usize,
+}
+
+/// What a request produces, in order: tokens, then exactly one `Finished`.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Event {
+    /// A generated token with its log-probability (and the top alternatives if asked).
+    Token(Generated),
+    /// The end, with the reason and the token counts.
+    Finished {
+        /// Why it ended.
+        reason: FinishReason,
+        /// Token counts.
+        usage: Usage,
+    },
+}
+
+/// Why a request was not accepted.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SubmitError {
+    /// A parameter is out of range; the message names it.
+    #[error("invalid request: {0}")]
+    Invalid(String),
+    /// The prompt and the tokens to generate cannot fit the model context or the KV cache.
+    #[error(
+        "the prompt ({prompt} tokens) plus max_tokens ({max_tokens}) exceeds the limit of {limit} tokens ({what})"
+    )]
+    TooLong {
+        /// Prompt tokens.
+        prompt: usize,
+        /// Requested new tokens.
+        max_tokens: usize,
+        /// The limit.
+        limit: usize,
+        /// Which limit: the model context or the KV cache.
+        what: &'static str,
+    },
+    /// The engine has stopped.
+    #[error("the engine has shut down")]
+    ShutDown,
+}
+
+/// Engine limits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EngineConfig {
+    /// Most tokens computed in one step (decode tokens plus prefill chunks).
+    pub max_num_tokens: usize,
+    /// Most sequences in one step.
+    pub max_batch_size: usize,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig { max_num_tokens: 512, max_batch_size: 64 }
+    }
+}
+
+/// Counters since the engine started.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Stats {
+    /// Model steps run.
+    pub steps: u64,
+    /// Requests waiting to start (or to resume after preemption).
+    pub waiting: usize,
+    /// Requests in the running set.
+    pub running: usize,
+    /// Times a running request was preempted (its KV freed, to be recomputed).
+    pub preemptions: u64,
+    /// Prompt tokens served from the prefix cache.
+    pub prefix_cache_hit_tokens: u64,
+    /// KV blocks referenced now, and in all.
+    pub blocks_in_use: usize,
+    /// KV blocks in the cache.
+    pub blocks_total: usize,
+}

@@ -1,0 +1,214 @@
+//! The in-flight batching engine core: batch invariance, preemption, prefix caching,
+//! cancellation, reproducible sampling, a stress run, and typed rejections.
+
+use std::collections::HashMap;
+
+use turbine_batcher::generate::FinishReason;
+use turbine_batcher::{EngineConfig, EngineCore, Event, Request, RequestId, SubmitError};
+use turbine_core::sampling::{Rng, Sampled, SamplingParams};
+use turbine_kernels_ref::Cpu;
+use turbine_models::{CacheConfig, Runner};
+use turbine_tests::fixtures;
+
+fn engine(case: &str, blocks: usize, cfg: EngineConfig) -> EngineCore {
+    let cpu = Cpu::new();
+    let m = turbine_models::load(&cpu, &fixtures().join("tiny").join(case)).unwrap();
+    let runner = Runner::new(cpu, m.model, CacheConfig { block_size: 16, num_blocks: blocks }).unwrap();
+    EngineCore::new(Box::new(runner), cfg)
+}
+
+type Outcome = (Vec<Sampled>, FinishReason);
+
+fn run(core: &mut EngineCore, reqs: &[Request]) -> Vec<Outcome> {
+    let ids: Vec<RequestId> = reqs.iter().map(|r| core.add(r.clone()).unwrap()).collect();
+    let mut out: HashMap<RequestId, (Vec<Sampled>, Option<FinishReason>)> = HashMap::new();
+    let mut steps = 0;
+    while core.has_work() {
+        for (id, ev) in core.step().unwrap() {
+            let e = out.entry(id).or_default();
+            match ev {
+                Event::Token(t) => {
+                    assert!(e.1.is_none(), "token after finish");
+                    e.0.push(t)
+                }
+                Event::Finished { reason, usage } => {
+                    assert!(e.1.is_none(), "finished twice");
+                    assert_eq!(usage.completion_tokens, e.0.len());
+                    e.1 = Some(reason);
+                }
+            }
+        }
+        steps += 1;
+        assert!(steps < 100_000, "engine does not converge");
+    }
+    assert_eq!(core.stats().blocks_in_use, 0, "blocks leaked");
+    ids.iter()
+        .map(|id| {
+            let (t, r) = out.remove(id).expect("request lost");
+            (t, r.expect("request never finished"))
+        })
+        .collect()
+}
+
+fn greedy(prompt: Vec<u32>, max_tokens: usize) -> Request {
+    Request {
+        prompt,
+        params: SamplingParams { temperature: 0.0, logprobs: 3, ..Default::default() },
+        max_tokens,
+        ignore_eos: true,
+        stop_ids: vec![0],
+    }
+}
+
+fn prompt(rng: &mut Rng, len: usize) -> Vec<u32> {
+    (0..len).map(|_| 1 + (rng.next_u64() % 500) as u32).collect()
+}
+
+fn random_request(rng: &mut Rng) -> Request {
+    let len = 1 + (rng.next_u64() % 60) as usize;
+    let p = prompt(rng, len);
+    let params = SamplingParams {
+        temperature: [0.0, 0.7, 1.0][(rng.next_u64() % 3) as usize],
+        top_k: [0, 5, 40][(rng.next_u64() % 3) as usize],
+        top_p: [1.0, 0.9][(rng.next_u64() % 2) as usize],
+        seed: Some(rng.next_u64()),
+        logprobs: (rng.next_u64() % 3) as usize,
+    };
+    Request {
+        prompt: p,
+        params,
+        max_tokens: 1 + (rng.next_u64() % 40) as usize,
+        ignore_eos: rng.next_u64().is_multiple_of(2),
+        stop_ids: vec![0],
+    }
+}
+
+/// A token's id, logprob bits and top alternatives' (id, logprob bits).
+type TokenBits = (u32, u32, Vec<(u32, u32)>);
+
+fn bits(o: &Outcome) -> Vec<TokenBits> {
+    o.0.iter().map(|t| (t.id, t.logprob.to_bits(), t.top.iter().map(|(i, l)| (*i, l.to_bits())).collect())).collect()
+}
+
+#[test]
+fn greedy_results_do_not_depend_on_the_batch() {
+    let mut rng = Rng::new(11);
+    let probes: Vec<Request> = (0..3).map(|i| greedy(prompt(&mut rng, 10 + 17 * i), 20)).collect();
+    let alone: Vec<Outcome> = probes
+        .iter()
+        .map(|r| run(&mut engine("llama-gqa", 64, EngineConfig::default()), std::slice::from_ref(r))[0].clone())
+        .collect();
+    let mut mixed: Vec<Request> = (0..20).map(|_| random_request(&mut rng)).collect();
+    for (k, p) in probes.iter().enumerate() {
+        mixed.insert(3 + 7 * k, p.clone());
+    }
+    // Small budgets force chunked prefills interleaved with decoding.
+    for cfg in [EngineConfig::default(), EngineConfig { max_num_tokens: 7, max_batch_size: 5 }] {
+        let together = run(&mut engine("llama-gqa", 64, cfg), &mixed);
+        for (k, a) in alone.iter().enumerate() {
+            assert_eq!(bits(a), bits(&together[3 + 7 * k]), "probe {k} changed in a batch ({cfg:?})");
+        }
+    }
+}
+
+#[test]
+fn preemption_under_a_tiny_cache_gives_the_same_outputs() {
+    let mut rng = Rng::new(5);
+    let reqs: Vec<Request> = (0..12).map(|i| greedy(prompt(&mut rng, 20 + i), 30)).collect();
+    let free = run(&mut engine("llama-gqa", 64, EngineConfig::default()), &reqs);
+    let mut tight = engine("llama-gqa", 6, EngineConfig::default());
+    let squeezed = run(&mut tight, &reqs);
+    assert!(tight.stats().preemptions > 0, "the tiny cache should force preemption");
+    for (a, b) in free.iter().zip(&squeezed) {
+        assert_eq!(bits(a), bits(b));
+        assert_eq!(a.1, b.1);
+    }
+}
+
+#[test]
+fn prefix_cache_reuses_full_blocks() {
+    let mut rng = Rng::new(9);
+    let shared = prompt(&mut rng, 64);
+    let mut second = shared.clone();
+    second.extend(prompt(&mut rng, 5));
+    let mut core = engine("llama-gqa", 64, EngineConfig::default());
+    run(&mut core, &[greedy(shared.clone(), 4)]);
+    let id = core.add(greedy(second.clone(), 6)).unwrap();
+    let mut cached = None;
+    let mut toks = Vec::new();
+    while core.has_work() {
+        for (i, ev) in core.step().unwrap() {
+            assert_eq!(i, id);
+            match ev {
+                Event::Token(t) => toks.push(t),
+                Event::Finished { usage, .. } => cached = Some(usage.cached_tokens),
+            }
+        }
+    }
+    assert_eq!(cached, Some(64), "the four full blocks of the shared prefix are reused");
+    let fresh = run(&mut engine("llama-gqa", 64, EngineConfig::default()), &[greedy(second, 6)]);
+    assert_eq!(bits(&fresh[0]), bits(&(toks, FinishReason::Length)));
+}
+
+#[test]
+fn cancellation_frees_blocks_at_once() {
+    let mut core = engine("llama-gqa", 64, EngineConfig::default());
+    let mut rng = Rng::new(1);
+    let a = core.add(greedy(prompt(&mut rng, 40), 100)).unwrap();
+    let b = core.add(greedy(prompt(&mut rng, 40), 100)).unwrap();
+    for _ in 0..3 {
+        core.step().unwrap();
+    }
+    assert!(core.stats().blocks_in_use > 0);
+    assert!(matches!(core.cancel(a), Some(Event::Finished { reason: FinishReason::Cancelled, .. })));
+    assert!(matches!(core.cancel(b), Some(Event::Finished { reason: FinishReason::Cancelled, .. })));
+    assert_eq!(core.stats().blocks_in_use, 0);
+    assert!(core.cancel(a).is_none());
+    assert!(!core.has_work());
+}
+
+#[test]
+fn seeded_sampling_is_reproducible() {
+    let mut rng = Rng::new(3);
+    let reqs: Vec<Request> = (0..6).map(|_| random_request(&mut rng)).collect();
+    let a = run(&mut engine("mistral-window", 64, EngineConfig::default()), &reqs);
+    let b = run(&mut engine("mistral-window", 64, EngineConfig { max_num_tokens: 9, max_batch_size: 3 }), &reqs);
+    for (x, y) in a.iter().zip(&b) {
+        assert_eq!(bits(x), bits(y));
+    }
+}
+
+#[test]
+fn stress_three_hundred_requests() {
+    let mut rng = Rng::new(77);
+    let reqs: Vec<Request> = (0..300).map(|_| random_request(&mut rng)).collect();
+    let mut core = engine("qwen2-bias", 24, EngineConfig { max_num_tokens: 256, max_batch_size: 32 });
+    let out = run(&mut core, &reqs);
+    for (r, (toks, reason)) in reqs.iter().zip(&out) {
+        assert!(!toks.is_empty() && toks.len() <= r.max_tokens);
+        match reason {
+            FinishReason::Stop => assert!(!r.ignore_eos && r.stop_ids.contains(&toks.last().unwrap().id)),
+            FinishReason::Length => assert_eq!(toks.len(), r.max_tokens),
+            FinishReason::Cancelled => panic!("nobody cancelled"),
+        }
+    }
+}
+
+#[test]
+fn rejections_are_typed() {
+    let mut core = engine("llama-gqa", 4, EngineConfig::default());
+    let too_long = core.add(greedy(vec![1; 60], 10)).unwrap_err();
+    assert_eq!(too_long, SubmitError::TooLong { prompt: 60, max_tokens: 10, limit: 64, what: "KV cache" });
+    assert!(too_long.to_string().contains("60") && too_long.to_string().contains("64"));
+    let mut core = engine("llama-gqa", 64, EngineConfig::default());
+    assert!(matches!(
+        core.add(greedy(vec![1; 250], 10)),
+        Err(SubmitError::TooLong { limit: 256, what: "model context", .. })
+    ));
+    assert!(matches!(core.add(greedy(vec![], 10)), Err(SubmitError::Invalid(_))));
+    assert!(matches!(core.add(greedy(vec![600], 10)), Err(SubmitError::Invalid(m)) if m.contains("vocabulary")));
+    let mut bad = greedy(vec![1, 2], 10);
+    bad.params.top_p = 0.0;
+    assert!(matches!(core.add(bad), Err(SubmitError::Invalid(m)) if m.contains("top-p")));
+    assert!(matches!(core.add(greedy(vec![1], 0)), Err(SubmitError::Invalid(_))));
+}
