@@ -36,6 +36,7 @@ fn run(core: &mut EngineCore, reqs: &[Request]) -> Vec<Outcome> {
                     assert_eq!(usage.completion_tokens, e.0.len());
                     e.1 = Some(reason);
                 }
+                Event::Error(m) => panic!("engine error: {m}"),
             }
         }
         steps += 1;
@@ -142,6 +143,7 @@ fn prefix_cache_reuses_full_blocks() {
             match ev {
                 Event::Token(t) => toks.push(t),
                 Event::Finished { usage, .. } => cached = Some(usage.cached_tokens),
+                Event::Error(m) => panic!("engine error: {m}"),
             }
         }
     }
@@ -211,4 +213,53 @@ fn rejections_are_typed() {
     bad.params.top_p = 0.0;
     assert!(matches!(core.add(bad), Err(SubmitError::Invalid(m)) if m.contains("top-p")));
     assert!(matches!(core.add(greedy(vec![1], 0)), Err(SubmitError::Invalid(_))));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn async_engine_streams_cancels_and_counts() {
+    let engine = turbine_batcher::Engine::start(engine("llama-gqa", 64, EngineConfig::default()));
+    let mut rng = Rng::new(21);
+    let reqs: Vec<Request> = (0..8).map(|i| greedy(prompt(&mut rng, 5 + 3 * i), 12)).collect();
+    let want = run(&mut engine_sync(), &reqs);
+    let mut handles = Vec::new();
+    for r in reqs {
+        let mut s = engine.submit(r).await.unwrap();
+        handles.push(tokio::spawn(async move {
+            let mut toks = Vec::new();
+            loop {
+                match s.next().await.expect("a finish event") {
+                    Event::Token(t) => toks.push(t),
+                    Event::Finished { reason, .. } => return (toks, reason),
+                    Event::Error(m) => panic!("{m}"),
+                }
+            }
+        }));
+    }
+    for (h, w) in handles.into_iter().zip(&want) {
+        let got = h.await.unwrap();
+        assert_eq!(bits(&got), bits(w));
+    }
+    // Cancel a long request mid-way: its stream ends with Cancelled and its blocks are free.
+    let mut long = engine.submit(greedy(prompt(&mut rng, 30), 200)).await.unwrap();
+    assert!(matches!(long.next().await, Some(Event::Token(_))));
+    engine.cancel(long.id);
+    loop {
+        match long.next().await {
+            Some(Event::Token(_)) => continue,
+            Some(Event::Finished { reason, .. }) => {
+                assert_eq!(reason, FinishReason::Cancelled);
+                break;
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    let stats = engine.stats().await.unwrap();
+    assert_eq!(stats.blocks_in_use, 0);
+    assert_eq!((stats.running, stats.waiting), (0, 0));
+    assert!(matches!(engine.submit(greedy(vec![], 3)).await, Err(SubmitError::Invalid(_))));
+    drop(engine);
+}
+
+fn engine_sync() -> EngineCore {
+    engine("llama-gqa", 64, EngineConfig::default())
 }

@@ -1,14 +1,17 @@
 //! Turbine's engine layer. It holds a `Box<dyn ModelRunner>` and never sees a backend type.
 //!
-//! - [`blocks`]: the KV block pool; a sequence's blocks return to the pool when dropped.
+//! - [`engine`]: the asynchronous engine API (`submit` → a stream of events, `cancel`, `stats`);
+//!   one thread owns the [`core::EngineCore`]: in-flight batching over the paged KV cache
+//!   ([`kv`]) with prefix caching and preemption.
+//! - [`blocks`]: the KV block pool of the single-request [`generate::Generator`].
 //! - [`generate`]: one request from prompt to finish (chunked prefill, then decode steps).
 //! - [`score`]: log-likelihood and perplexity of a token sequence, in windows.
 //!
-//! In-flight batching of many requests builds on the same pieces.
 #![warn(missing_docs)]
 
 pub mod blocks;
 pub mod core;
+pub mod engine;
 pub mod generate;
 pub mod kv;
 pub mod request;
@@ -16,6 +19,7 @@ pub mod score;
 
 pub use blocks::{BlockPool, SeqBlocks};
 pub use core::EngineCore;
+pub use engine::{Engine, RequestStream};
 pub use generate::{FinishReason, GenOutput, GenRequest, Generated, Generator, Timings};
 pub use request::{EngineConfig, Event, Request, RequestId, Stats, SubmitError, Usage};
 pub use score::{score, Score};

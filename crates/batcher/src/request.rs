@@ -45,6 +45,8 @@ pub enum Event {
         /// Token counts.
         usage: Usage,
     },
+    /// The model failed; the request is over.
+    Error(String),
 }
 
 /// Why a request was not accepted.
