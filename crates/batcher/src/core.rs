@@ -86,9 +86,26 @@ impl EngineCore {
             waiting: self.waiting.len(),
             running: self.running.len(),
             blocks_in_use: self.kv.in_use(),
+            kv_tokens: self.running.iter().map(|s| s.computed).sum(),
             blocks_total: self.kv.num_blocks(),
             ..self.stats
         }
+    }
+
+    /// Tokens per KV block.
+    pub fn block_size(&self) -> usize {
+        self.kv.block_size()
+    }
+
+    /// Forgets the prefix cache and the counters; only when idle (for benchmarks that compare
+    /// runs from the same start). Returns false, doing nothing, if requests are in flight.
+    pub fn reset(&mut self) -> bool {
+        if self.has_work() {
+            return false;
+        }
+        self.kv = BlockManager::new(self.kv.num_blocks(), self.kv.block_size());
+        self.stats = Stats::default();
+        true
     }
 
     /// Validates and queues a request.

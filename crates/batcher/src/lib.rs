@@ -9,6 +9,7 @@
 //!
 #![warn(missing_docs)]
 
+pub mod bench;
 pub mod blocks;
 pub mod core;
 pub mod engine;

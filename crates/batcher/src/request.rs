@@ -102,8 +102,10 @@ pub struct Stats {
     pub preemptions: u64,
     /// Prompt tokens served from the prefix cache.
     pub prefix_cache_hit_tokens: u64,
-    /// KV blocks referenced now, and in all.
+    /// KV blocks referenced now.
     pub blocks_in_use: usize,
+    /// Tokens whose keys and values the running requests hold now.
+    pub kv_tokens: usize,
     /// KV blocks in the cache.
     pub blocks_total: usize,
 }

@@ -345,3 +345,40 @@ fn unsupported_config_values_name_the_field() {
         .unwrap();
     fails_with(&turbine(&["generate", "--model", d.to_str().unwrap(), "--prompt", "hi"]), "num_key_value_heads 3");
 }
+
+#[test]
+fn bench_compare_reports_every_mode() {
+    let m = tiny("llama-gqa");
+    let v = json(&turbine(&[
+        "bench",
+        "--model",
+        m.to_str().unwrap(),
+        "--requests",
+        "12",
+        "--max-batch",
+        "4",
+        "--compare",
+        "--json",
+    ]));
+    for mode in ["inflight", "static", "static-compact"] {
+        let r = &v[mode];
+        assert_eq!(r["mode"], mode);
+        assert_eq!(r["requests"], 12);
+        for k in ["output_tok_s", "total_tok_s", "wall_s", "kv_block_utilization"] {
+            assert!(r[k].as_f64().is_some_and(|x| x > 0.0), "{mode}.{k}");
+        }
+        for k in ["ttft_ms", "tpot_ms"] {
+            let p = &r[k];
+            assert!(p["p50"].as_f64().unwrap() <= p["p99"].as_f64().unwrap(), "{mode}.{k}");
+        }
+    }
+    // Every mode produces the same useful tokens.
+    assert_eq!(v["inflight"]["output_tokens"], v["static"]["output_tokens"]);
+    assert_eq!(v["inflight"]["output_tokens"], v["static-compact"]["output_tokens"]);
+    assert!(v["inflight_over_static"].as_f64().unwrap() > 0.0);
+    fails_with(&turbine(&["bench", "--model", m.to_str().unwrap(), "--mode", "dynamic"]), "unknown --mode");
+    fails_with(
+        &turbine(&["bench", "--model", m.to_str().unwrap(), "--workload", "/no/such.jsonl"]),
+        "cannot read the workload",
+    );
+}

@@ -1,85 +1,176 @@
-//! `turbine bench`: prefill and decode speed, and decode speed as the context grows.
+//! `turbine bench`: offline throughput of the engine on a workload, with in-flight or static
+//! batching (`--compare` runs all three modes), or one request's speed (`--workload speed`).
 
+use std::io::Write;
 use std::time::Instant;
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use clap::Args;
-use serde_json::json;
-use turbine_batcher::GenRequest;
-use turbine_core::sampling::SamplingParams;
+use serde_json::{json, Value};
+use turbine_batcher::bench::{self, BenchRequest, Mode, Report};
+use turbine_batcher::{EngineConfig, EngineCore};
 use turbine_server::setup;
 
-use super::{parse_ids, ModelArgs};
+use super::speed::{self, SpeedArgs};
+use super::ModelArgs;
+
+/// English text the synthetic workload cuts its prompts from.
+const TEXT: &str = include_str!("../../data/bench-text.txt");
 
 #[derive(Debug, Args)]
 pub struct BenchArgs {
     #[command(flatten)]
     model: ModelArgs,
-    /// Prompt length for the prefill measurement.
-    #[arg(long, default_value_t = 256)]
-    prompt_tokens: usize,
-    /// Tokens decoded per measurement.
-    #[arg(long, default_value_t = 64)]
-    gen_tokens: usize,
-    /// Context depths at which decode speed is measured, comma-separated.
-    #[arg(long, default_value = "16,256,512,1000")]
-    depths: String,
-    /// Repetitions of each measurement (the best is reported).
-    #[arg(long, default_value_t = 3)]
-    reps: usize,
+    /// `mixed` (synthetic long-tailed requests), `speed` (one request's prefill and decode
+    /// speed), or a .jsonl file of `{"prompt": …, "max_tokens": …}` lines.
+    #[arg(long, default_value = "mixed")]
+    workload: String,
+    /// `inflight`, `static` or `static-compact`.
+    #[arg(long, default_value = "inflight")]
+    mode: String,
+    /// Run all three modes on the same workload and print the ratios.
+    #[arg(long)]
+    compare: bool,
+    /// Requests in the mixed workload.
+    #[arg(long, default_value_t = 128)]
+    requests: usize,
+    /// Largest batch (sequences per step; the batch size of the static modes).
+    #[arg(long, default_value_t = 16)]
+    max_batch: usize,
+    /// Most tokens per step.
+    #[arg(long, default_value_t = 512)]
+    max_num_tokens: usize,
+    /// KV cache size in tokens.
+    #[arg(long, default_value_t = 16384)]
+    kv_tokens: usize,
+    /// Seed of the mixed workload.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
     /// Print JSON.
     #[arg(long)]
     json: bool,
+    #[command(flatten)]
+    speed: SpeedArgs,
+}
+
+fn mode(name: &str) -> Result<Mode> {
+    Ok(match name {
+        "inflight" => Mode::Inflight,
+        "static" => Mode::Static,
+        "static-compact" => Mode::StaticCompact,
+        other => bail!("unknown --mode {other:?}; use inflight, static or static-compact"),
+    })
+}
+
+fn report_json(r: &Report) -> Value {
+    let p = |x: &bench::Percentiles| json!({"p50": x.p50, "p90": x.p90, "p99": x.p99});
+    json!({
+        "mode": r.mode.name(), "requests": r.requests, "prompt_tokens": r.prompt_tokens,
+        "output_tokens": r.output_tokens, "wall_s": r.wall_s, "output_tok_s": r.output_tok_s,
+        "total_tok_s": r.total_tok_s, "ttft_ms": p(&r.ttft_ms), "tpot_ms": p(&r.tpot_ms),
+        "kv_block_utilization": r.kv_block_utilization, "preemptions": r.preemptions,
+        "prefix_cache_hit_tokens": r.prefix_cache_hit_tokens,
+    })
+}
+
+fn read_jsonl(path: &str, tok: &turbine_models::tokenizer::TextTokenizer) -> Result<Vec<BenchRequest>> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("{path}: cannot read the workload"))?;
+    text.lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+        .map(|(i, l)| {
+            let v: Value = serde_json::from_str(l).with_context(|| format!("{path}:{}: not JSON", i + 1))?;
+            let prompt = v["prompt"].as_str().with_context(|| format!("{path}:{}: no \"prompt\" string", i + 1))?;
+            let max_tokens =
+                v["max_tokens"].as_u64().with_context(|| format!("{path}:{}: no \"max_tokens\" number", i + 1))?
+                    as usize;
+            Ok(BenchRequest { prompt: tok.encode(prompt, true)?, max_tokens })
+        })
+        .collect()
 }
 
 pub fn run(a: BenchArgs) -> Result<()> {
-    let depths: Vec<usize> = parse_ids(&a.depths)?.into_iter().map(|d| d as usize).collect();
-    if a.gen_tokens < 2 || a.prompt_tokens == 0 || a.reps == 0 {
-        bail!("--gen-tokens must be at least 2, --prompt-tokens and --reps at least 1");
+    if a.workload == "speed" {
+        return speed::run(&a.model, &a.speed, a.json);
     }
-    let mut s = setup::load(a.model.model.as_deref(), &a.model.backend, a.model.ctx_size)?;
-    // Deterministic synthetic text: ordinary English, repeated to length.
-    let base = s.tok.encode(
-        "The engine reads the weights once per step, so a batch of requests costs little more than one. ",
-        false,
-    )?;
-    let tokens = |n: usize| -> Vec<u32> { base.iter().copied().cycle().take(n).collect() };
-    let greedy = SamplingParams { temperature: 0.0, ..Default::default() };
-    let mut measure = |prompt: Vec<u32>, gen: usize| -> Result<(f64, f64)> {
-        let req = GenRequest { prompt, params: greedy.clone(), max_tokens: gen, ignore_eos: true, stop_ids: vec![] };
-        let (mut pf, mut dc) = (0.0f64, 0.0f64);
-        for _ in 0..a.reps {
-            let out = s.gen.generate(&req, &mut |_| {})?;
-            pf = pf.max(out.timings.prefill_tok_s());
-            dc = dc.max(out.timings.decode_tok_s());
-        }
-        Ok((pf, dc))
-    };
-    let t0 = Instant::now();
-    eprintln!("turbine bench: prefill {} tokens, {} reps", a.prompt_tokens, a.reps);
-    let (prefill, _) = measure(tokens(a.prompt_tokens), 2)?;
-    let mut rows = Vec::new();
-    for &d in &depths {
-        eprintln!("turbine bench: decode {} tokens after {d} tokens of context", a.gen_tokens);
-        let (_, decode) = measure(tokens(d.max(1)), a.gen_tokens)?;
-        rows.push((d, decode));
+    if a.max_batch == 0 || a.requests == 0 {
+        bail!("--max-batch and --requests must be at least 1");
     }
-    if a.json {
-        let r: Vec<_> = rows.iter().map(|(d, t)| json!({"context": d, "decode_tok_s": t})).collect();
-        println!(
-            "{}",
-            json!({"model": s.path, "backend": a.model.backend, "prefill_tokens": a.prompt_tokens, "prefill_tok_s": prefill, "decode": r})
-        );
+    let modes = if a.compare { vec![Mode::Inflight, Mode::Static, Mode::StaticCompact] } else { vec![mode(&a.mode)?] };
+    let loaded = setup::load_runner(a.model.model.as_deref(), &a.model.backend, a.kv_tokens)?;
+    let max_len = loaded.runner.spec().max_positions.min(a.kv_tokens);
+    let reqs = if a.workload == "mixed" {
+        let text = loaded.tok.encode(TEXT, false)?;
+        bench::mixed_workload(&text, a.requests, a.seed, max_len)
     } else {
-        println!("model    {}", s.path.display());
-        println!("backend  {}", a.model.backend);
-        println!("prefill  {prefill:>8.1} tok/s  ({} prompt tokens)", a.prompt_tokens);
-        println!("| context | decode tok/s |");
-        println!("|--------:|-------------:|");
-        for (d, t) in rows {
-            println!("| {d:>7} | {t:>12.1} |");
-        }
-        eprintln!("turbine bench: done in {:.1} s", t0.elapsed().as_secs_f64());
+        read_jsonl(&a.workload, &loaded.tok)?
+    };
+    let path = loaded.path.clone();
+    let cfg = EngineConfig { max_num_tokens: a.max_num_tokens, max_batch_size: a.max_batch };
+    let mut core = EngineCore::new(loaded.runner, cfg);
+    let mut reports = Vec::new();
+    for m in modes {
+        let t0 = Instant::now();
+        let mut last = 0.0;
+        let mut progress = |done: usize, total: usize| {
+            let now = t0.elapsed().as_secs_f64();
+            if now - last >= 0.5 || done == total {
+                last = now;
+                let width = 30;
+                let filled = done * width / total.max(1);
+                eprint!(
+                    "\r{:<15} [{}{}] {done}/{total} tokens, {:.0} s",
+                    m.name(),
+                    "#".repeat(filled),
+                    " ".repeat(width - filled),
+                    now
+                );
+                let _ = std::io::stderr().flush();
+            }
+        };
+        let r = bench::run(&mut core, &reqs, m, a.max_batch, &mut progress)?;
+        eprintln!();
+        reports.push(r);
+    }
+    let ratio = |a: &Report, b: &Report| if b.output_tok_s > 0.0 { a.output_tok_s / b.output_tok_s } else { 0.0 };
+    if a.json {
+        let out = if a.compare {
+            let mut obj = serde_json::Map::new();
+            for r in &reports {
+                obj.insert(r.mode.name().into(), report_json(r));
+            }
+            obj.insert("inflight_over_static".into(), json!(ratio(&reports[0], &reports[1])));
+            obj.insert("inflight_over_static_compact".into(), json!(ratio(&reports[0], &reports[2])));
+            obj.insert("model".into(), json!(path));
+            Value::Object(obj)
+        } else {
+            report_json(&reports[0])
+        };
+        println!("{out}");
+        return Ok(());
+    }
+    println!("model {}  ({} requests, max batch {})", path.display(), reqs.len(), a.max_batch);
+    println!("| mode | output tok/s | total tok/s | wall s | TTFT p50 ms | TPOT p50 ms | KV util | preemptions |");
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|");
+    for r in &reports {
+        println!(
+            "| {} | {:.1} | {:.1} | {:.1} | {:.0} | {:.1} | {:.3} | {} |",
+            r.mode.name(),
+            r.output_tok_s,
+            r.total_tok_s,
+            r.wall_s,
+            r.ttft_ms.p50,
+            r.tpot_ms.p50,
+            r.kv_block_utilization,
+            r.preemptions
+        );
+    }
+    if a.compare {
+        println!(
+            "in-flight / static: {:.2}x   in-flight / static-compact: {:.2}x",
+            ratio(&reports[0], &reports[1]),
+            ratio(&reports[0], &reports[2])
+        );
     }
     Ok(())
 }

@@ -5,6 +5,7 @@ mod generate;
 mod models;
 mod perplexity;
 mod pull;
+mod speed;
 
 use clap::{Args, Parser, Subcommand};
 
@@ -24,7 +25,7 @@ enum Cmd {
     Perplexity(perplexity::PerplexityArgs),
     /// Fetch a known model into the cache.
     Pull(pull::PullArgs),
-    /// Measure prefill and decode speed.
+    /// Measure throughput on a workload (in-flight vs static batching), or one request's speed.
     Bench(bench::BenchArgs),
     /// List the supported architectures and the known model names.
     Models(models::ModelsArgs),
