@@ -74,6 +74,10 @@ fn random_request(rng: &mut Rng) -> Request {
         top_p: [1.0, 0.9][(rng.next_u64() % 2) as usize],
         seed: Some(rng.next_u64()),
         logprobs: (rng.next_u64() % 3) as usize,
+        min_p: [0.0, 0.05][(rng.next_u64() % 2) as usize],
+        repetition_penalty: [1.0, 1.2][(rng.next_u64() % 2) as usize],
+        presence_penalty: [0.0, 0.5][(rng.next_u64() % 2) as usize],
+        frequency_penalty: [0.0, 0.3][(rng.next_u64() % 2) as usize],
     };
     Request {
         prompt: p,

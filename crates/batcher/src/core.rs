@@ -130,6 +130,8 @@ impl EngineCore {
         }
         let id = self.next_id;
         self.next_id += 1;
+        let mut sampler = SeqSampler::new(req.params);
+        sampler.observe_prompt(&req.prompt);
         self.waiting.push_back(Seq {
             id,
             prompt_len: req.prompt.len(),
@@ -139,7 +141,7 @@ impl EngineCore {
             registered: 0,
             last_hash: 0,
             cached_tokens: 0,
-            sampler: SeqSampler::new(req.params),
+            sampler,
             max_tokens: req.max_tokens,
             ignore_eos: req.ignore_eos,
             stop_ids: req.stop_ids,

@@ -150,6 +150,7 @@ impl Generator {
         self.validate(req)?;
         let ctx = self.context_len();
         let mut sampler = SeqSampler::new(req.params.clone());
+        sampler.observe_prompt(&req.prompt);
         let mut blocks = self.pool.sequence();
         let mut timings = Timings { prompt_tokens: req.prompt.len(), ..Timings::default() };
         let t0 = Instant::now();

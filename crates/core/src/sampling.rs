@@ -16,11 +16,30 @@ pub struct SamplingParams {
     pub seed: Option<u64>,
     /// How many top log-probabilities to report per token (0: only the chosen token's).
     pub logprobs: usize,
+    /// Drop tokens whose probability is below `min_p` times the most likely one's; 0 is off.
+    pub min_p: f32,
+    /// Divides positive logits (multiplies negative ones) of tokens already in the prompt or the
+    /// output, as transformers does; 1 is off.
+    pub repetition_penalty: f32,
+    /// Subtracted from the logits of tokens already generated (OpenAI `presence_penalty`).
+    pub presence_penalty: f32,
+    /// Subtracted per occurrence from the logits of generated tokens (OpenAI `frequency_penalty`).
+    pub frequency_penalty: f32,
 }
 
 impl Default for SamplingParams {
     fn default() -> Self {
-        SamplingParams { temperature: 0.0, top_k: 0, top_p: 1.0, seed: None, logprobs: 0 }
+        SamplingParams {
+            temperature: 0.0,
+            top_k: 0,
+            top_p: 1.0,
+            seed: None,
+            logprobs: 0,
+            min_p: 0.0,
+            repetition_penalty: 1.0,
+            presence_penalty: 0.0,
+            frequency_penalty: 0.0,
+        }
     }
 }
 
@@ -32,6 +51,20 @@ impl SamplingParams {
         }
         if !(self.top_p > 0.0 && self.top_p <= 1.0) {
             return Err(Error::invalid("sampling", format!("top-p must be in (0, 1], got {}", self.top_p)));
+        }
+        if !(0.0..=1.0).contains(&self.min_p) {
+            return Err(Error::invalid("sampling", format!("min-p must be in [0, 1], got {}", self.min_p)));
+        }
+        if !(self.repetition_penalty > 0.0 && self.repetition_penalty.is_finite()) {
+            return Err(Error::invalid(
+                "sampling",
+                format!("repetition penalty must be > 0, got {}", self.repetition_penalty),
+            ));
+        }
+        for (name, v) in [("presence", self.presence_penalty), ("frequency", self.frequency_penalty)] {
+            if !(-2.0..=2.0).contains(&v) {
+                return Err(Error::invalid("sampling", format!("{name} penalty must be in [-2, 2], got {v}")));
+            }
         }
         Ok(())
     }
@@ -76,12 +109,17 @@ impl Rng {
     }
 }
 
-/// A sequence's sampling state: its parameters and its own random stream.
+/// A sequence's sampling state: its parameters, its own random stream, and the token counts the
+/// penalties need.
 #[derive(Debug, Clone)]
 pub struct SeqSampler {
     /// Parameters.
     pub params: SamplingParams,
     rng: Rng,
+    /// Tokens of the prompt (for the repetition penalty).
+    prompt: std::collections::HashSet<u32>,
+    /// Generated tokens and how often.
+    generated: std::collections::HashMap<u32, u32>,
 }
 
 impl SeqSampler {
@@ -91,7 +129,38 @@ impl SeqSampler {
             let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
             t.as_nanos() as u64 ^ u64::from(std::process::id()).rotate_left(32)
         });
-        SeqSampler { params, rng: Rng::new(seed) }
+        SeqSampler { params, rng: Rng::new(seed), prompt: Default::default(), generated: Default::default() }
+    }
+
+    /// Records the prompt (the repetition penalty covers it).
+    pub fn observe_prompt(&mut self, ids: &[u32]) {
+        if self.params.repetition_penalty != 1.0 {
+            self.prompt.extend(ids.iter().copied());
+        }
+    }
+
+    fn penalised(&self) -> bool {
+        let p = &self.params;
+        p.repetition_penalty != 1.0 || p.presence_penalty != 0.0 || p.frequency_penalty != 0.0
+    }
+
+    /// The logits after the penalties.
+    fn penalise(&self, row: &[f32]) -> Vec<f32> {
+        let p = &self.params;
+        let mut out = row.to_vec();
+        if p.repetition_penalty != 1.0 {
+            for &t in self.prompt.iter().chain(self.generated.keys()) {
+                if let Some(v) = out.get_mut(t as usize) {
+                    *v = if *v > 0.0 { *v / p.repetition_penalty } else { *v * p.repetition_penalty };
+                }
+            }
+        }
+        for (&t, &n) in &self.generated {
+            if let Some(v) = out.get_mut(t as usize) {
+                *v -= p.presence_penalty + p.frequency_penalty * n as f32;
+            }
+        }
+        out
     }
 }
 
@@ -151,8 +220,12 @@ fn argmax(x: &[f32]) -> u32 {
 }
 
 fn sample_one(row: &[f32], s: &mut SeqSampler) -> Sampled {
+    let penalised = if s.penalised() { Some(s.penalise(row)) } else { None };
+    let work = penalised.as_deref().unwrap_or(row);
     let p = &s.params;
-    let id = if p.temperature == 0.0 || p.top_k == 1 { argmax(row) } else { draw(row, p, &mut s.rng) };
+    let id = if p.temperature == 0.0 || p.top_k == 1 { argmax(work) } else { draw(work, p, &mut s.rng) };
+    *s.generated.entry(id).or_insert(0) += 1;
+    let p = &s.params;
     let lse = log_sum_exp(row);
     let lp = |v: f32| (v as f64 - lse) as f32;
     let top = top_n(row, p.logprobs).into_iter().map(|(i, v)| (i, lp(v))).collect();
@@ -173,6 +246,14 @@ fn draw(row: &[f32], p: &SamplingParams, rng: &mut Rng) -> u32 {
     };
     let max = cand.iter().map(|c| c.1).fold(f32::NEG_INFINITY, f32::max) as f64;
     let mut w: Vec<f64> = cand.iter().map(|c| ((c.1 as f64 - max) * inv_t).exp()).collect();
+    if p.min_p > 0.0 {
+        // The most likely candidate has weight 1 (its logit is the maximum).
+        for wi in w.iter_mut() {
+            if *wi < p.min_p as f64 {
+                *wi = 0.0;
+            }
+        }
+    }
     let total: f64 = w.iter().sum();
     if p.top_p < 1.0 {
         // `cand` is sorted: keep the shortest prefix whose mass reaches top_p.
@@ -203,7 +284,14 @@ mod tests {
     use super::*;
 
     fn sampler(temperature: f32, top_k: usize, top_p: f32, seed: u64) -> SeqSampler {
-        SeqSampler::new(SamplingParams { temperature, top_k, top_p, seed: Some(seed), logprobs: 2 })
+        SeqSampler::new(SamplingParams {
+            temperature,
+            top_k,
+            top_p,
+            seed: Some(seed),
+            logprobs: 2,
+            ..Default::default()
+        })
     }
 
     #[test]
@@ -237,6 +325,29 @@ mod tests {
         let mut s = [&mut s0];
         for _ in 0..20 {
             assert_eq!(sample_rows(&row, 4, &mut s).unwrap()[0].id, 1);
+        }
+    }
+
+    #[test]
+    fn penalties_and_min_p() {
+        let row = [2.0f32, 1.9, -1.0, 0.5];
+        // Greedy would pick 0; a strong frequency penalty on 0 moves it to 1 after one pick.
+        let mut s0 = SeqSampler::new(SamplingParams { frequency_penalty: 1.0, ..Default::default() });
+        let ids: Vec<u32> = (0..2).map(|_| sample_rows(&row, 4, &mut [&mut s0]).unwrap()[0].id).collect();
+        assert_eq!(ids, vec![0, 1]);
+        // Raw logprobs are reported whatever the penalties.
+        let lse = log_sum_exp(&row);
+        let out = sample_rows(&row, 4, &mut [&mut s0]).unwrap();
+        assert!((out[0].logprob as f64 - (row[out[0].id as usize] as f64 - lse)).abs() < 1e-6);
+        // Repetition penalty over the prompt: token 0 (positive logit) is divided by 3.
+        let mut s1 = SeqSampler::new(SamplingParams { repetition_penalty: 3.0, ..Default::default() });
+        s1.observe_prompt(&[0]);
+        assert_eq!(sample_rows(&row, 4, &mut [&mut s1]).unwrap()[0].id, 1);
+        // min-p 0.5 at temperature 1 keeps only tokens within ln 2 of the best: 0 and 1.
+        let mut s2 =
+            SeqSampler::new(SamplingParams { temperature: 1.0, min_p: 0.5, seed: Some(1), ..Default::default() });
+        for _ in 0..50 {
+            assert!(sample_rows(&row, 4, &mut [&mut s2]).unwrap()[0].id <= 1);
         }
     }
 

@@ -291,6 +291,10 @@ fn bad_sampling_settings() {
     fails_with(&run(&["--top-k", "-1"]), "--top-k");
     fails_with(&run(&["--max-tokens", "0"]), "max-tokens");
     fails_with(&run(&["--backend", "tpu"]), "unknown backend");
+    fails_with(&run(&["--min-p", "1.5"]), "min-p");
+    fails_with(&run(&["--repetition-penalty", "0"]), "repetition penalty");
+    fails_with(&run(&["--presence-penalty", "3"]), "presence penalty");
+    fails_with(&run(&["--frequency-penalty", "-2.5"]), "frequency penalty");
 }
 
 #[test]

@@ -41,6 +41,18 @@ pub struct GenerateArgs {
     /// Nucleus sampling: keep the most likely tokens up to this probability mass, in (0, 1].
     #[arg(long, default_value_t = 1.0, allow_negative_numbers = true)]
     top_p: f32,
+    /// Drop tokens less likely than this fraction of the most likely one (0: off).
+    #[arg(long, default_value_t = 0.0, allow_negative_numbers = true)]
+    min_p: f32,
+    /// Penalise tokens already in the prompt or output (1: off; transformers' definition).
+    #[arg(long, default_value_t = 1.0, allow_negative_numbers = true)]
+    repetition_penalty: f32,
+    /// Subtract from the logits of tokens already generated (-2..2).
+    #[arg(long, default_value_t = 0.0, allow_negative_numbers = true)]
+    presence_penalty: f32,
+    /// Subtract per occurrence from the logits of generated tokens (-2..2).
+    #[arg(long, default_value_t = 0.0, allow_negative_numbers = true)]
+    frequency_penalty: f32,
     /// Seed for reproducible sampling.
     #[arg(long)]
     seed: Option<u64>,
@@ -117,6 +129,10 @@ pub fn run(a: GenerateArgs) -> Result<()> {
         top_p: a.top_p,
         seed: a.seed,
         logprobs: a.logprobs.unwrap_or(0),
+        min_p: a.min_p,
+        repetition_penalty: a.repetition_penalty,
+        presence_penalty: a.presence_penalty,
+        frequency_penalty: a.frequency_penalty,
     };
     params.validate()?;
     if a.max_tokens < 1 {
