@@ -27,11 +27,11 @@ fn run(core: &mut EngineCore, reqs: &[Request]) -> Vec<Outcome> {
         for (id, ev) in core.step().unwrap() {
             let e = out.entry(id).or_default();
             match ev {
-                Event::Token(t) => {
+                Event::Token { token, .. } => {
                     assert!(e.1.is_none(), "token after finish");
-                    e.0.push(t)
+                    e.0.push(token)
                 }
-                Event::Finished { reason, usage } => {
+                Event::Finished { reason, usage, .. } => {
                     assert!(e.1.is_none(), "finished twice");
                     assert_eq!(usage.completion_tokens, e.0.len());
                     e.1 = Some(reason);
@@ -58,6 +58,7 @@ fn greedy(prompt: Vec<u32>, max_tokens: usize) -> Request {
         max_tokens,
         ignore_eos: true,
         stop_ids: vec![0],
+        stop: vec![],
     }
 }
 
@@ -85,6 +86,7 @@ fn random_request(rng: &mut Rng) -> Request {
         max_tokens: 1 + (rng.next_u64() % 40) as usize,
         ignore_eos: rng.next_u64().is_multiple_of(2),
         stop_ids: vec![0],
+        stop: vec![],
     }
 }
 
@@ -145,7 +147,7 @@ fn prefix_cache_reuses_full_blocks() {
         for (i, ev) in core.step().unwrap() {
             assert_eq!(i, id);
             match ev {
-                Event::Token(t) => toks.push(t),
+                Event::Token { token, .. } => toks.push(token),
                 Event::Finished { usage, .. } => cached = Some(usage.cached_tokens),
                 Event::Error(m) => panic!("engine error: {m}"),
             }
@@ -232,7 +234,7 @@ async fn async_engine_streams_cancels_and_counts() {
             let mut toks = Vec::new();
             loop {
                 match s.next().await.expect("a finish event") {
-                    Event::Token(t) => toks.push(t),
+                    Event::Token { token, .. } => toks.push(token),
                     Event::Finished { reason, .. } => return (toks, reason),
                     Event::Error(m) => panic!("{m}"),
                 }
@@ -245,11 +247,11 @@ async fn async_engine_streams_cancels_and_counts() {
     }
     // Cancel a long request mid-way: its stream ends with Cancelled and its blocks are free.
     let mut long = engine.submit(greedy(prompt(&mut rng, 30), 200)).await.unwrap();
-    assert!(matches!(long.next().await, Some(Event::Token(_))));
+    assert!(matches!(long.next().await, Some(Event::Token { .. })));
     engine.cancel(long.id);
     loop {
         match long.next().await {
-            Some(Event::Token(_)) => continue,
+            Some(Event::Token { .. }) => continue,
             Some(Event::Finished { reason, .. }) => {
                 assert_eq!(reason, FinishReason::Cancelled);
                 break;
@@ -266,4 +268,69 @@ async fn async_engine_streams_cancels_and_counts() {
 
 fn engine_sync() -> EngineCore {
     engine("llama-gqa", 64, EngineConfig::default())
+}
+
+fn with_text(core: EngineCore) -> EngineCore {
+    let tok =
+        turbine_models::tokenizer::TextTokenizer::from_hf_dir(&fixtures().join("tiny").join("llama-gqa")).unwrap();
+    core.with_detokenizer(Box::new(move |ids| tok.decode(ids, true).unwrap_or_default()))
+}
+
+/// Runs one request; returns its token ids, the text its events carried, and the finish reason.
+fn run_text(core: &mut EngineCore, req: Request) -> (Vec<u32>, String, FinishReason) {
+    let id = core.add(req).unwrap();
+    let (mut ids, mut text) = (Vec::new(), String::new());
+    loop {
+        for (i, ev) in core.step().unwrap() {
+            assert_eq!(i, id);
+            match ev {
+                Event::Token { token, text: t } => {
+                    ids.push(token.id);
+                    text.push_str(&t);
+                }
+                Event::Finished { text: t, reason, .. } => {
+                    text.push_str(&t);
+                    return (ids, text, reason);
+                }
+                Event::Error(m) => panic!("{m}"),
+            }
+        }
+    }
+}
+
+#[test]
+fn stop_strings_match_across_token_boundaries() {
+    let tok =
+        turbine_models::tokenizer::TextTokenizer::from_hf_dir(&fixtures().join("tiny").join("llama-gqa")).unwrap();
+    let mut core = with_text(engine("llama-gqa", 64, EngineConfig::default()));
+    let prompt = tok.encode("Once upon a time, the fox", true).unwrap();
+    let (ids, full, reason) = run_text(&mut core, greedy(prompt.clone(), 30));
+    assert_eq!(reason, FinishReason::Length);
+    assert_eq!(full, tok.decode(&ids, true).unwrap(), "without stop strings all text is delivered");
+    // A stop string made of the last character of one token's text and the first of the next.
+    let ends: Vec<usize> = (0..=ids.len()).map(|k| tok.decode(&ids[..k], true).unwrap().len()).collect();
+    let (stop, k) = (2..ids.len())
+        .find_map(|k| {
+            let (a, b) = (ends[k - 1], ends[k]);
+            if b <= a || ends[k + 1] <= b || !full.is_char_boundary(b) {
+                return None;
+            }
+            let lo = full[..b].char_indices().last()?.0;
+            let hi = b + full[b..].chars().next()?.len_utf8();
+            let s = full[lo..hi].to_string();
+            (full.find(&s) == Some(lo) && !s.contains('\u{fffd}')).then_some((s, k))
+        })
+        .expect("a token boundary to straddle");
+    let mut req = greedy(prompt, 30);
+    req.stop = vec![stop.clone(), "never appears".into()];
+    let (got_ids, text, reason) = run_text(&mut core, req);
+    assert_eq!(reason, FinishReason::Stop);
+    assert_eq!(got_ids, ids[..=k], "generation stops at the token that completes the stop string");
+    assert_eq!(text, full[..full.find(&stop).unwrap()], "the stop string is not returned");
+    assert_eq!(core.stats().blocks_in_use, 0);
+    // Stop strings without a detokenizer are refused.
+    let mut plain = engine("llama-gqa", 64, EngineConfig::default());
+    let mut r = greedy(vec![1, 2, 3], 5);
+    r.stop = vec!["x".into()];
+    assert!(matches!(plain.add(r), Err(SubmitError::Invalid(m)) if m.contains("detokenizer")));
 }

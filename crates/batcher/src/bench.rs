@@ -149,8 +149,8 @@ pub fn run(
     for group in groups {
         let longest = group.iter().map(|r| r.max_tokens).max().unwrap_or(1);
         for r in group {
-            // Static batching pads every member to the longest output of its batch.
-            // (never past the context).
+            // Static batching pads every member to the longest output of its batch (never past
+            // the context).
             let room = core.max_len().saturating_sub(r.prompt.len());
             let max_tokens = if mode == Mode::Static { longest.min(room).max(r.max_tokens) } else { r.max_tokens };
             let req = Request {
@@ -159,6 +159,7 @@ pub fn run(
                 max_tokens,
                 ignore_eos: true,
                 stop_ids: vec![],
+                stop: vec![],
             };
             let id = core.add(req).map_err(|e| EngineError::Invalid(e.to_string()))?;
             tracks.insert(id, Track { want: r.max_tokens, ..Track::default() });
@@ -175,7 +176,7 @@ pub fn run(
             }
             let now = t0.elapsed().as_secs_f64() * 1e3;
             for (id, ev) in events {
-                if let (Event::Token(_), Some(t)) = (ev, tracks.get_mut(&id)) {
+                if let (Event::Token { .. }, Some(t)) = (ev, tracks.get_mut(&id)) {
                     if t.useful < t.want {
                         t.useful += 1;
                         t.first_ms.get_or_insert(now);

@@ -30,6 +30,9 @@ struct Seq {
     max_tokens: usize,
     ignore_eos: bool,
     stop_ids: Vec<u32>,
+    stop: Vec<String>,
+    /// Bytes of the output text already sent.
+    sent: usize,
 }
 
 impl Seq {
@@ -38,8 +41,12 @@ impl Seq {
     }
 }
 
+/// Turns generated ids into text (special tokens skipped), for stop strings and text deltas.
+pub type Detokenizer = Box<dyn Fn(&[u32]) -> String + Send>;
+
 /// The scheduler, the block manager and the model runner, stepped by the caller.
 pub struct EngineCore {
+    detok: Option<Detokenizer>,
     runner: Box<dyn ModelRunner>,
     kv: BlockManager,
     cfg: EngineConfig,
@@ -55,6 +62,7 @@ impl EngineCore {
         let c = runner.cache();
         let kv = BlockManager::new(c.num_blocks, c.block_size);
         EngineCore {
+            detok: None,
             runner,
             kv,
             cfg,
@@ -63,6 +71,12 @@ impl EngineCore {
             next_id: 0,
             stats: Stats::default(),
         }
+    }
+
+    /// Gives the engine a detokenizer: token events then carry text, and stop strings work.
+    pub fn with_detokenizer(mut self, d: Detokenizer) -> Self {
+        self.detok = Some(d);
+        self
     }
 
     /// The runner (for its spec).
@@ -121,6 +135,12 @@ impl EngineCore {
             return Err(SubmitError::Invalid("max_tokens must be at least 1".into()));
         }
         req.params.validate().map_err(|e| SubmitError::Invalid(e.to_string()))?;
+        if req.stop.iter().any(String::is_empty) {
+            return Err(SubmitError::Invalid("stop strings must not be empty".into()));
+        }
+        if !req.stop.is_empty() && self.detok.is_none() {
+            return Err(SubmitError::Invalid("stop strings need an engine with a detokenizer".into()));
+        }
         let (ctx, cache) = (self.runner.spec().max_positions, self.kv.num_blocks() * self.kv.block_size());
         let total = req.prompt.len() + req.max_tokens;
         for (limit, what) in [(ctx, "model context"), (cache, "KV cache")] {
@@ -145,6 +165,8 @@ impl EngineCore {
             max_tokens: req.max_tokens,
             ignore_eos: req.ignore_eos,
             stop_ids: req.stop_ids,
+            stop: req.stop,
+            sent: 0,
         });
         Ok(id)
     }
@@ -168,7 +190,54 @@ impl EngineCore {
             completion_tokens: seq.generated(),
             cached_tokens: seq.cached_tokens,
         };
-        Event::Finished { reason, usage }
+        let text = match &self.detok {
+            // A stop string ends the text where it starts; that cut was made when it matched.
+            Some(d) if reason != FinishReason::Stop || seq.stop.is_empty() => {
+                d(&seq.tokens[seq.prompt_len..]).get(seq.sent..).unwrap_or_default().to_string()
+            }
+            _ => String::new(),
+        };
+        Event::Finished { text, reason, usage }
+    }
+
+    /// The text a new token releases, and whether a stop string matched (the text then ends
+    /// where the stop string begins). Text that could still be the start of a stop string, or an
+    /// incomplete character, is held back.
+    fn text_delta(&mut self, i: usize) -> (String, bool) {
+        let Some(d) = &self.detok else { return (String::new(), false) };
+        let s = &mut self.running[i];
+        let text = d(&s.tokens[s.prompt_len..]);
+        let from = s.sent.min(text.len());
+        let longest = s.stop.iter().map(String::len).max().unwrap_or(0);
+        // A new match ends in the new text; start early enough to see it whole.
+        let mut look = from.saturating_sub(longest);
+        while !text.is_char_boundary(look) {
+            look -= 1;
+        }
+        let hit = s.stop.iter().filter_map(|st| text[look..].find(st.as_str()).map(|p| look + p)).min();
+        if let Some(at) = hit {
+            let end = at.max(from);
+            let delta = text[from..end].to_string();
+            s.sent = end;
+            return (delta, true);
+        }
+        let mut end = text.len();
+        if text.ends_with('\u{fffd}') {
+            end -= '\u{fffd}'.len_utf8();
+        }
+        // Hold back the longest end of the text that starts a stop string.
+        let hold = s
+            .stop
+            .iter()
+            .flat_map(|st| st.char_indices().skip(1).map(move |(k, _)| &st[..k]))
+            .filter(|prefix| text[..end].ends_with(prefix))
+            .map(str::len)
+            .max()
+            .unwrap_or(0);
+        let safe = (end - hold).max(from);
+        let delta = text[from..safe].to_string();
+        s.sent = safe;
+        (delta, false)
     }
 
     fn preempt(&mut self, mut seq: Seq) {
@@ -291,11 +360,12 @@ impl EngineCore {
         let mut events = Vec::new();
         let mut done = Vec::new();
         for (&i, tok) in sampling.iter().zip(sampled) {
-            let s = &mut self.running[i];
             let id = tok.id;
-            s.tokens.push(id);
-            events.push((s.id, Event::Token(tok)));
-            let reason = if !s.ignore_eos && s.stop_ids.contains(&id) {
+            self.running[i].tokens.push(id);
+            let (text, stopped) = self.text_delta(i);
+            let s = &mut self.running[i];
+            events.push((s.id, Event::Token { token: tok, text }));
+            let reason = if stopped || (!s.ignore_eos && s.stop_ids.contains(&id)) {
                 Some(FinishReason::Stop)
             } else if s.generated() >= s.max_tokens || s.tokens.len() >= max_len {
                 Some(FinishReason::Length)

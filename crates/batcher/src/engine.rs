@@ -14,12 +14,13 @@
 //!     max_tokens: 16,
 //!     ignore_eos: false,
 //!     stop_ids: vec![2],
+//!     stop: vec![],
 //! };
 //! let mut stream = engine.submit(req).await?;
 //! while let Some(event) = stream.next().await {
 //!     match event {
-//!         Event::Token(t) => println!("token {} (logprob {})", t.id, t.logprob),
-//!         Event::Finished { reason, usage } => println!("{} after {} tokens", reason.as_str(), usage.completion_tokens),
+//!         Event::Token { token, .. } => println!("token {} (logprob {})", token.id, token.logprob),
+//!         Event::Finished { reason, usage, .. } => println!("{} after {} tokens", reason.as_str(), usage.completion_tokens),
 //!         Event::Error(e) => eprintln!("{e}"),
 //!     }
 //! }

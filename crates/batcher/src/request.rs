@@ -20,6 +20,9 @@ pub struct Request {
     pub ignore_eos: bool,
     /// Ids that end generation (the model's EOS ids, plus any the caller adds).
     pub stop_ids: Vec<u32>,
+    /// Strings that end generation, matched on the decoded output (across token boundaries); the
+    /// stop string itself is not returned. Needs an engine with a detokenizer.
+    pub stop: Vec<String>,
 }
 
 /// Token counts of a finished request.
@@ -36,10 +39,19 @@ pub struct Usage {
 /// What a request produces, in order: tokens, then exactly one `Finished`.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Event {
-    /// A generated token with its log-probability (and the top alternatives if asked).
-    Token(Generated),
-    /// The end, with the reason and the token counts.
+    /// A generated token with its log-probability (and the top alternatives if asked), and the
+    /// output text it completes (empty without a detokenizer, or while the text could still be the
+    /// start of a stop string).
+    Token {
+        /// The token.
+        token: Generated,
+        /// New output text.
+        text: String,
+    },
+    /// The end, with the reason, the token counts and any output text held back until now.
     Finished {
+        /// Output text not sent with a token yet (stop strings excluded).
+        text: String,
         /// Why it ended.
         reason: FinishReason,
         /// Token counts.
