@@ -263,7 +263,17 @@ async fn async_engine_streams_cancels_and_counts() {
     assert_eq!(stats.blocks_in_use, 0);
     assert_eq!((stats.running, stats.waiting), (0, 0));
     assert!(matches!(engine.submit(greedy(vec![], 3)).await, Err(SubmitError::Invalid(_))));
-    drop(engine);
+    // Shutting down ends what is in flight and refuses what comes after.
+    let mut engine = engine;
+    let mut pending = engine.submit(greedy(prompt(&mut rng, 30), 200)).await.unwrap();
+    engine.shutdown();
+    let mut last = None;
+    while let Some(ev) = pending.next().await {
+        last = Some(ev);
+    }
+    assert!(matches!(last, Some(Event::Finished { reason: FinishReason::Cancelled, .. })));
+    assert_eq!(engine.submit(greedy(vec![1, 2], 3)).await.unwrap_err(), SubmitError::ShutDown);
+    assert_eq!(engine.stats().await.unwrap_err(), SubmitError::ShutDown);
 }
 
 fn engine_sync() -> EngineCore {

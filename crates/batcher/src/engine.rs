@@ -49,6 +49,7 @@ pub struct Engine {
 
 /// The events of one request: tokens as they are sampled, then one `Finished` (or `Error`).
 /// Dropping it cancels the request.
+#[derive(Debug)]
 pub struct RequestStream {
     /// The request's id (for [`Engine::cancel`]).
     pub id: RequestId,
@@ -95,6 +96,15 @@ impl Engine {
         let _ = self.send(Cmd::Cancel(id));
     }
 
+    /// Stops the engine: requests still in flight end with `Finished { Cancelled }`, and later
+    /// calls fail with [`SubmitError::ShutDown`].
+    pub fn shutdown(&mut self) {
+        self.cmd.take();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+
     /// Counters and KV occupancy.
     pub async fn stats(&self) -> Result<Stats, SubmitError> {
         let (reply, rx) = oneshot::channel();
@@ -105,10 +115,7 @@ impl Engine {
 
 impl Drop for Engine {
     fn drop(&mut self) {
-        self.cmd.take();
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
+        self.shutdown();
     }
 }
 

@@ -53,15 +53,54 @@ pub struct Loaded {
     pub load_ms: f64,
 }
 
-/// Loads a model on a backend with a KV cache of `kv_tokens` tokens.
-pub fn load_runner(model: Option<&str>, backend: &str, kv_tokens: usize) -> Result<Loaded> {
+/// How big the paged KV cache is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KvSize {
+    /// Tokens per block.
+    pub block_size: usize,
+    /// Capacity in tokens, unless `bytes` is given.
+    pub tokens: usize,
+    /// Memory budget in bytes (keys and values of every layer), overriding `tokens`.
+    pub bytes: Option<usize>,
+}
+
+impl KvSize {
+    /// `tokens` tokens in blocks of [`BLOCK_SIZE`].
+    pub fn tokens(tokens: usize) -> Self {
+        KvSize { block_size: BLOCK_SIZE, tokens, bytes: None }
+    }
+
+    fn config(&self, spec: &turbine_models::ModelSpec) -> Result<CacheConfig> {
+        if self.block_size == 0 {
+            bail!("the KV block size must be at least 1 token");
+        }
+        let num_blocks = match self.bytes {
+            Some(b) => {
+                let per_block = spec.layers * 2 * spec.kv_heads * spec.head_dim * 4 * self.block_size;
+                let n = b / per_block.max(1);
+                if n == 0 {
+                    bail!(
+                        "a KV budget of {b} bytes holds no block of {} tokens ({per_block} bytes each)",
+                        self.block_size
+                    );
+                }
+                n
+            }
+            None => self.tokens.max(1).div_ceil(self.block_size),
+        };
+        Ok(CacheConfig { block_size: self.block_size, num_blocks })
+    }
+}
+
+/// Loads a model on a backend with a paged KV cache of the given size.
+pub fn load_runner(model: Option<&str>, backend: &str, kv: KvSize) -> Result<Loaded> {
     let path = model_path(model)?;
     let t0 = Instant::now();
     let (runner, tok, eos): (Box<dyn ModelRunner>, _, _) = match backend {
         "cpu" => {
             let cpu = Cpu::new();
             let m = turbine_models::load(&cpu, &path)?;
-            let cache = CacheConfig { block_size: BLOCK_SIZE, num_blocks: kv_tokens.max(1).div_ceil(BLOCK_SIZE) };
+            let cache = kv.config(m.model.spec())?;
             (Box::new(Runner::new(cpu, m.model, cache)?), m.tokenizer, m.eos)
         }
         "cuda" => bail!("{}", cuda_unavailable()),
@@ -73,7 +112,7 @@ pub fn load_runner(model: Option<&str>, backend: &str, kv_tokens: usize) -> Resu
 /// Loads a model for one request at a time, with a KV cache of `ctx_size` tokens (the usable
 /// context is the smaller of that and the model's own; cache pages are only touched when used).
 pub fn load(model: Option<&str>, backend: &str, ctx_size: usize) -> Result<Session> {
-    let l = load_runner(model, backend, ctx_size)?;
+    let l = load_runner(model, backend, KvSize::tokens(ctx_size))?;
     Ok(Session { gen: Generator::new(l.runner), tok: l.tok, eos: l.eos, path: l.path, load_ms: l.load_ms })
 }
 

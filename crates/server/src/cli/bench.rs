@@ -43,6 +43,12 @@ pub struct BenchArgs {
     /// KV cache size in tokens.
     #[arg(long, default_value_t = 16384)]
     kv_tokens: usize,
+    /// KV cache budget in bytes (overrides --kv-tokens).
+    #[arg(long)]
+    kv_bytes: Option<usize>,
+    /// Tokens per KV block.
+    #[arg(long, default_value_t = setup::BLOCK_SIZE)]
+    block_size: usize,
     /// Seed of the mixed workload.
     #[arg(long, default_value_t = 0)]
     seed: u64,
@@ -97,8 +103,10 @@ pub fn run(a: BenchArgs) -> Result<()> {
         bail!("--max-batch and --requests must be at least 1");
     }
     let modes = if a.compare { vec![Mode::Inflight, Mode::Static, Mode::StaticCompact] } else { vec![mode(&a.mode)?] };
-    let loaded = setup::load_runner(a.model.model.as_deref(), &a.model.backend, a.kv_tokens)?;
-    let max_len = loaded.runner.spec().max_positions.min(a.kv_tokens);
+    let kv = setup::KvSize { block_size: a.block_size, tokens: a.kv_tokens, bytes: a.kv_bytes };
+    let loaded = setup::load_runner(a.model.model.as_deref(), &a.model.backend, kv)?;
+    let cache = loaded.runner.cache();
+    let max_len = loaded.runner.spec().max_positions.min(cache.num_blocks * cache.block_size);
     let reqs = if a.workload == "mixed" {
         let text = loaded.tok.encode(TEXT, false)?;
         bench::mixed_workload(&text, a.requests, a.seed, max_len)
