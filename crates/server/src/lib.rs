@@ -2,4 +2,5 @@
 //! This is the only crate that names a backend.
 #![warn(missing_docs)]
 
+pub mod http;
 pub mod setup;

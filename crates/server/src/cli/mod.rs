@@ -5,6 +5,7 @@ mod generate;
 mod models;
 mod perplexity;
 mod pull;
+mod serve;
 mod speed;
 
 use clap::{Args, Parser, Subcommand};
@@ -29,6 +30,8 @@ enum Cmd {
     Bench(bench::BenchArgs),
     /// List the supported architectures and the known model names.
     Models(models::ModelsArgs),
+    /// Serve the OpenAI-compatible HTTP API.
+    Serve(serve::ServeArgs),
 }
 
 /// Options shared by every command that runs a model.
@@ -53,6 +56,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Cmd::Pull(a) => pull::run(a),
         Cmd::Bench(a) => bench::run(a),
         Cmd::Models(a) => models::run(a),
+        Cmd::Serve(a) => serve::run(a),
     }
 }
 

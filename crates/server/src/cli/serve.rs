@@ -1,0 +1,52 @@
+//! `turbine serve`: the OpenAI-compatible HTTP server.
+
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use clap::Args;
+use turbine_batcher::EngineConfig;
+use turbine_server::http::{router, AppState};
+use turbine_server::setup::{KvSize, BLOCK_SIZE};
+
+use super::ModelArgs;
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    /// Address to bind (loopback unless told otherwise).
+    #[arg(long, default_value = "127.0.0.1")]
+    host: String,
+    /// Port.
+    #[arg(long, default_value_t = 8000)]
+    port: u16,
+    /// Most sequences per step.
+    #[arg(long, default_value_t = 16)]
+    max_batch: usize,
+    /// Most tokens per step.
+    #[arg(long, default_value_t = 512)]
+    max_num_tokens: usize,
+    /// KV cache size in tokens.
+    #[arg(long, default_value_t = 16384)]
+    kv_tokens: usize,
+}
+
+pub fn run(a: ServeArgs) -> Result<()> {
+    let kv = KvSize { block_size: BLOCK_SIZE, tokens: a.kv_tokens, bytes: None };
+    let cfg = EngineConfig { max_num_tokens: a.max_num_tokens, max_batch_size: a.max_batch };
+    let state = Arc::new(AppState::load(a.model.model.as_deref(), &a.model.backend, kv, cfg)?);
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the async runtime")?;
+    rt.block_on(async move {
+        let addr = format!("{}:{}", a.host, a.port);
+        let listener =
+            tokio::net::TcpListener::bind(&addr).await.with_context(|| format!("cannot listen on {addr}"))?;
+        eprintln!("turbine: serving {} on http://{}", state.model, listener.local_addr()?);
+        axum::serve(listener, router(state))
+            .with_graceful_shutdown(async {
+                let _ = tokio::signal::ctrl_c().await;
+                eprintln!("turbine: shutting down");
+            })
+            .await
+            .context("server error")
+    })
+}

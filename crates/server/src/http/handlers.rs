@@ -1,0 +1,276 @@
+//! The endpoint handlers.
+
+use std::convert::Infallible;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use axum::extract::rejection::JsonRejection;
+use axum::extract::State;
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde_json::{json, Value};
+use tokio_stream::wrappers::UnboundedReceiverStream;
+use tokio_stream::StreamExt;
+use turbine_batcher::generate::Generated;
+use turbine_batcher::{Event, Request, Usage};
+use turbine_models::chat::Message;
+
+use super::protocol::{ChatRequest, CompletionRequest, Prompt};
+use super::{ApiError, AppState};
+
+type Shared = State<Arc<AppState>>;
+
+static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+
+fn now() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+/// `GET /health`.
+pub async fn health() -> Json<Value> {
+    Json(json!({"status": "ok"}))
+}
+
+/// `GET /v1/models`.
+pub async fn models(State(s): Shared) -> Json<Value> {
+    Json(
+        json!({"object": "list", "data": [{"id": s.model, "object": "model", "created": s.created, "owned_by": "turbine"}]}),
+    )
+}
+
+fn body<T>(r: Result<Json<T>, JsonRejection>) -> Result<T, ApiError> {
+    r.map(|Json(v)| v).map_err(|e| ApiError::bad_request(format!("invalid request body: {}", e.body_text())))
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Completion,
+    Chat { logprobs: bool },
+}
+
+/// `POST /v1/completions`.
+pub async fn completions(
+    State(s): Shared,
+    r: Result<Json<CompletionRequest>, JsonRejection>,
+) -> Result<Response, ApiError> {
+    let r = body(r)?;
+    let prompt = match &r.prompt {
+        Prompt::Text(t) if t.is_empty() => return Err(ApiError::invalid("prompt", "the prompt is empty")),
+        Prompt::Text(t) => s.tok.encode(t, true).map_err(|e| ApiError::invalid("prompt", e.to_string()))?,
+        Prompt::Ids(ids) => ids.clone(),
+        Prompt::Other(_) => {
+            return Err(ApiError::invalid(
+                "prompt",
+                "prompt must be a string or an array of token ids (lists of prompts are not supported yet)",
+            ))
+        }
+    };
+    let logprobs = match r.logprobs {
+        Some(n) if !(0..=20).contains(&n) => {
+            return Err(ApiError::invalid("logprobs", format!("logprobs must be 0..=20, got {n}")))
+        }
+        Some(n) => Some(n as usize),
+        None => None,
+    };
+    let req = r.common.to_request(&s, prompt, logprobs.unwrap_or(0), 16)?;
+    let include_usage = r.common.stream_options.as_ref().is_some_and(|o| o.include_usage);
+    run(s, req, Kind::Completion, logprobs.is_some(), r.common.stream.unwrap_or(false), include_usage).await
+}
+
+/// `POST /v1/chat/completions`.
+pub async fn chat(State(s): Shared, r: Result<Json<ChatRequest>, JsonRejection>) -> Result<Response, ApiError> {
+    let r = body(r)?;
+    if r.messages.is_empty() {
+        return Err(ApiError::invalid("messages", "messages must not be empty"));
+    }
+    if let Some(m) = r.messages.iter().find(|m| !matches!(m.role.as_str(), "system" | "user" | "assistant")) {
+        return Err(ApiError::invalid("messages", format!("unknown role {:?} (system, user, assistant)", m.role)));
+    }
+    let tmpl = s
+        .tok
+        .chat
+        .as_ref()
+        .ok_or_else(|| ApiError::bad_request("this model has no chat template; use /v1/completions"))?;
+    let msgs: Vec<Message> = r.messages.iter().map(|m| Message::new(&m.role, &m.content)).collect();
+    let text = tmpl.render(&msgs, true).map_err(|e| ApiError::invalid("messages", e.to_string()))?;
+    let prompt = s.tok.encode(&text, false).map_err(|e| ApiError::invalid("messages", e.to_string()))?;
+    let want_lp = r.logprobs.unwrap_or(false);
+    let top = match r.top_logprobs {
+        Some(n) if !(0..=20).contains(&n) => {
+            return Err(ApiError::invalid("top_logprobs", format!("top_logprobs must be 0..=20, got {n}")))
+        }
+        Some(_) if !want_lp => return Err(ApiError::invalid("top_logprobs", "top_logprobs needs logprobs: true")),
+        Some(n) => n as usize,
+        None => 0,
+    };
+    let room = s.max_len.saturating_sub(prompt.len());
+    let req = r.common.to_request(&s, prompt, top, room)?;
+    let include_usage = r.common.stream_options.as_ref().is_some_and(|o| o.include_usage);
+    run(s, req, Kind::Chat { logprobs: want_lp }, want_lp, r.common.stream.unwrap_or(false), include_usage).await
+}
+
+fn token_text(s: &AppState, id: u32) -> String {
+    s.tok.decode(&[id], false).unwrap_or_default()
+}
+
+/// Log-probabilities of some tokens, in the endpoint's shape.
+fn logprobs_json(s: &AppState, kind: Kind, toks: &[Generated], offset: &mut usize) -> Value {
+    match kind {
+        Kind::Completion => {
+            let mut offsets = Vec::new();
+            let texts: Vec<String> = toks
+                .iter()
+                .map(|t| {
+                    let text = token_text(s, t.id);
+                    offsets.push(*offset);
+                    *offset += text.len();
+                    text
+                })
+                .collect();
+            let tops: Vec<Value> = toks
+                .iter()
+                .map(|t| Value::Object(t.top.iter().map(|(i, l)| (token_text(s, *i), json!(l))).collect()))
+                .collect();
+            json!({"tokens": texts, "token_logprobs": toks.iter().map(|t| t.logprob).collect::<Vec<_>>(), "top_logprobs": tops, "text_offset": offsets})
+        }
+        Kind::Chat { .. } => {
+            let entry = |id: u32, lp: f32| {
+                let text = token_text(s, id);
+                json!({"token": text, "logprob": lp, "bytes": text.as_bytes()})
+            };
+            let content: Vec<Value> = toks
+                .iter()
+                .map(|t| {
+                    let mut e = entry(t.id, t.logprob);
+                    e["top_logprobs"] = t.top.iter().map(|(i, l)| entry(*i, *l)).collect();
+                    e
+                })
+                .collect();
+            json!({"content": content})
+        }
+    }
+}
+
+fn usage_json(u: &Usage) -> Value {
+    json!({"prompt_tokens": u.prompt_tokens, "completion_tokens": u.completion_tokens, "total_tokens": u.prompt_tokens + u.completion_tokens})
+}
+
+async fn run(
+    s: Arc<AppState>,
+    req: Request,
+    kind: Kind,
+    logprobs: bool,
+    stream: bool,
+    include_usage: bool,
+) -> Result<Response, ApiError> {
+    let mut events = s.engine.submit(req).await?;
+    let (prefix, object) = match kind {
+        Kind::Completion => ("cmpl", "text_completion"),
+        Kind::Chat { .. } => ("chatcmpl", "chat.completion"),
+    };
+    let id = format!("{prefix}-{}", NEXT_ID.fetch_add(1, Ordering::Relaxed));
+    let created = now();
+    if !stream {
+        let (mut text, mut toks) = (String::new(), Vec::new());
+        loop {
+            match events.next().await {
+                Some(Event::Token { token, text: t }) => {
+                    text.push_str(&t);
+                    toks.push(token);
+                }
+                Some(Event::Finished { text: t, reason, usage }) => {
+                    text.push_str(&t);
+                    let lp = if logprobs { logprobs_json(&s, kind, &toks, &mut 0) } else { Value::Null };
+                    let choice = match kind {
+                        Kind::Completion => {
+                            json!({"index": 0, "text": text, "logprobs": lp, "finish_reason": reason.as_str()})
+                        }
+                        Kind::Chat { .. } => {
+                            json!({"index": 0, "message": {"role": "assistant", "content": text}, "logprobs": lp, "finish_reason": reason.as_str()})
+                        }
+                    };
+                    let body = json!({"id": id, "object": object, "created": created, "model": s.model, "choices": [choice], "usage": usage_json(&usage)});
+                    return Ok(Json(body).into_response());
+                }
+                Some(Event::Error(m)) => {
+                    return Err(ApiError {
+                        status: axum::http::StatusCode::INTERNAL_SERVER_ERROR,
+                        message: m,
+                        kind: "server_error",
+                        param: None,
+                    })
+                }
+                None => return Err(ApiError::from(turbine_batcher::SubmitError::ShutDown)),
+            }
+        }
+    }
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<String>();
+    let chunk_object = match kind {
+        Kind::Completion => "text_completion",
+        Kind::Chat { .. } => "chat.completion.chunk",
+    };
+    let st = s.clone();
+    tokio::spawn(async move {
+        let chunk = |choice: Value| {
+            json!({"id": id, "object": chunk_object, "created": created, "model": st.model, "choices": [choice]})
+                .to_string()
+        };
+        if let Kind::Chat { .. } = kind {
+            if tx
+                .send(chunk(json!({"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": null})))
+                .is_err()
+            {
+                return;
+            }
+        }
+        let mut offset = 0;
+        loop {
+            let msg = match events.next().await {
+                Some(Event::Token { token, text }) => {
+                    let lp = if logprobs {
+                        logprobs_json(&st, kind, std::slice::from_ref(&token), &mut offset)
+                    } else {
+                        Value::Null
+                    };
+                    match kind {
+                        Kind::Completion => {
+                            chunk(json!({"index": 0, "text": text, "logprobs": lp, "finish_reason": null}))
+                        }
+                        Kind::Chat { .. } => chunk(
+                            json!({"index": 0, "delta": {"content": text}, "logprobs": lp, "finish_reason": null}),
+                        ),
+                    }
+                }
+                Some(Event::Finished { text, reason, usage }) => {
+                    let last = match kind {
+                        Kind::Completion => {
+                            chunk(json!({"index": 0, "text": text, "logprobs": null, "finish_reason": reason.as_str()}))
+                        }
+                        Kind::Chat { .. } => {
+                            let delta = if text.is_empty() { json!({}) } else { json!({"content": text}) };
+                            chunk(json!({"index": 0, "delta": delta, "finish_reason": reason.as_str()}))
+                        }
+                    };
+                    let _ = tx.send(last);
+                    if include_usage {
+                        let u = json!({"id": id, "object": chunk_object, "created": created, "model": st.model, "choices": [], "usage": usage_json(&usage)});
+                        let _ = tx.send(u.to_string());
+                    }
+                    let _ = tx.send("[DONE]".into());
+                    return;
+                }
+                Some(Event::Error(m)) => {
+                    json!({"error": {"message": m, "type": "server_error", "param": null, "code": 500}}).to_string()
+                }
+                None => return,
+            };
+            // A closed connection drops the receiver: stop, which drops `events` and cancels.
+            if tx.send(msg).is_err() {
+                return;
+            }
+        }
+    });
+    let body = UnboundedReceiverStream::new(rx).map(|data| Ok::<_, Infallible>(SseEvent::default().data(data)));
+    Ok(Sse::new(body).keep_alive(KeepAlive::default()).into_response())
+}

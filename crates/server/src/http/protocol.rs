@@ -1,0 +1,185 @@
+//! OpenAI request bodies and their translation to engine requests. Unknown fields are ignored.
+
+use serde::Deserialize;
+use turbine_batcher::Request;
+use turbine_core::sampling::SamplingParams;
+
+use super::{ApiError, AppState};
+
+/// A prompt: text or token ids (lists of prompts are not supported yet).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum Prompt {
+    /// Text.
+    Text(String),
+    /// Token ids.
+    Ids(Vec<u32>),
+    /// Anything else (refused with a message).
+    Other(serde::de::IgnoredAny),
+}
+
+/// `stop`: one string or several.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum Stop {
+    /// One.
+    One(String),
+    /// Several.
+    Many(Vec<String>),
+}
+
+/// `stream_options`.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct StreamOptions {
+    /// Send a last chunk with the usage.
+    #[serde(default)]
+    pub include_usage: bool,
+}
+
+/// Fields both endpoints share.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct Common {
+    /// Model name (must be the served one when given).
+    pub model: Option<String>,
+    /// Most tokens to generate.
+    pub max_tokens: Option<i64>,
+    /// Chat's newer name for it.
+    pub max_completion_tokens: Option<i64>,
+    /// Sampling temperature (default 1).
+    pub temperature: Option<f32>,
+    /// Nucleus sampling.
+    pub top_p: Option<f32>,
+    /// Top-k (an extension).
+    pub top_k: Option<i64>,
+    /// Min-p (an extension).
+    pub min_p: Option<f32>,
+    /// Choices per prompt.
+    pub n: Option<i64>,
+    /// Stop strings.
+    pub stop: Option<Stop>,
+    /// Seed.
+    pub seed: Option<u64>,
+    /// Presence penalty.
+    pub presence_penalty: Option<f32>,
+    /// Frequency penalty.
+    pub frequency_penalty: Option<f32>,
+    /// Repetition penalty (an extension).
+    pub repetition_penalty: Option<f32>,
+    /// Keep generating through EOS (an extension).
+    pub ignore_eos: Option<bool>,
+    /// Stream server-sent events.
+    pub stream: Option<bool>,
+    /// Streaming options.
+    pub stream_options: Option<StreamOptions>,
+}
+
+/// `POST /v1/completions`.
+#[derive(Debug, Clone, Deserialize)]
+pub struct CompletionRequest {
+    /// The prompt.
+    pub prompt: Prompt,
+    /// Top log-probabilities per token (0–20).
+    pub logprobs: Option<i64>,
+    /// Shared fields.
+    #[serde(flatten)]
+    pub common: Common,
+}
+
+/// One chat message.
+#[derive(Debug, Clone, Deserialize)]
+pub struct ChatMessage {
+    /// `system`, `user` or `assistant`.
+    pub role: String,
+    /// The text.
+    pub content: String,
+}
+
+/// `POST /v1/chat/completions`.
+#[derive(Debug, Clone, Deserialize)]
+pub struct ChatRequest {
+    /// The conversation.
+    pub messages: Vec<ChatMessage>,
+    /// Return log-probabilities.
+    pub logprobs: Option<bool>,
+    /// How many alternatives with each token (0–20).
+    pub top_logprobs: Option<i64>,
+    /// Shared fields.
+    #[serde(flatten)]
+    pub common: Common,
+}
+
+impl Common {
+    /// Builds the engine request for `prompt`, checking every field; `default_max` applies when
+    /// the client gave no limit.
+    pub fn to_request(
+        &self,
+        s: &AppState,
+        prompt: Vec<u32>,
+        logprobs: usize,
+        default_max: usize,
+    ) -> Result<Request, ApiError> {
+        if let Some(m) = &self.model {
+            if m != &s.model {
+                return Err(ApiError {
+                    status: axum::http::StatusCode::NOT_FOUND,
+                    message: format!("model {m:?} does not exist; this server serves {:?}", s.model),
+                    kind: "invalid_request_error",
+                    param: Some("model"),
+                });
+            }
+        }
+        if self.n.is_some_and(|n| n != 1) {
+            return Err(ApiError::invalid("n", "only n = 1 is supported so far"));
+        }
+        let max_tokens = match self.max_completion_tokens.or(self.max_tokens) {
+            Some(m) if m < 1 => {
+                return Err(ApiError::invalid("max_tokens", format!("max_tokens must be at least 1, got {m}")))
+            }
+            Some(m) => m as usize,
+            None => default_max.max(1),
+        };
+        let top_k = match self.top_k {
+            Some(k) if k < -1 => {
+                return Err(ApiError::invalid("top_k", format!("top_k must be >= 0 (or -1 for all), got {k}")))
+            }
+            Some(k) if k > 0 => k as usize,
+            _ => 0,
+        };
+        let params = SamplingParams {
+            temperature: self.temperature.unwrap_or(1.0),
+            top_k,
+            top_p: self.top_p.unwrap_or(1.0),
+            seed: self.seed,
+            logprobs,
+            min_p: self.min_p.unwrap_or(0.0),
+            repetition_penalty: self.repetition_penalty.unwrap_or(1.0),
+            presence_penalty: self.presence_penalty.unwrap_or(0.0),
+            frequency_penalty: self.frequency_penalty.unwrap_or(0.0),
+        };
+        params.validate().map_err(|e| {
+            let msg = e.to_string();
+            let param = ["temperature", "top-p", "min-p", "repetition", "presence", "frequency"]
+                .iter()
+                .zip(["temperature", "top_p", "min_p", "repetition_penalty", "presence_penalty", "frequency_penalty"])
+                .find(|(k, _)| msg.contains(**k))
+                .map_or("temperature", |(_, p)| p);
+            ApiError::invalid(param, msg)
+        })?;
+        let stop = match &self.stop {
+            None => Vec::new(),
+            Some(Stop::One(s)) => vec![s.clone()],
+            Some(Stop::Many(v)) => v.clone(),
+        };
+        if stop.iter().any(String::is_empty) {
+            return Err(ApiError::invalid("stop", "stop strings must not be empty"));
+        }
+        Ok(Request {
+            prompt,
+            params,
+            max_tokens,
+            ignore_eos: self.ignore_eos.unwrap_or(false),
+            stop_ids: s.eos.clone(),
+            stop,
+        })
+    }
+}
