@@ -15,6 +15,10 @@ fn fixture(case: &str) -> String {
 }
 
 async fn start(model: &str) -> (String, Arc<AppState>) {
+    start_with(model, &[]).await
+}
+
+async fn start_with(model: &str, keys: &[&str]) -> (String, Arc<AppState>) {
     let m = model.to_string();
     let state = tokio::task::spawn_blocking(move || {
         AppState::load(Some(&m), "cpu", KvSize::tokens(4096), EngineConfig { max_num_tokens: 256, max_batch_size: 16 })
@@ -22,6 +26,8 @@ async fn start(model: &str) -> (String, Arc<AppState>) {
     .await
     .unwrap()
     .unwrap();
+    let mut state = state;
+    state.api_keys = keys.iter().map(|k| k.to_string()).collect();
     let state = Arc::new(state);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap().to_string();
@@ -32,9 +38,14 @@ async fn start(model: &str) -> (String, Arc<AppState>) {
 
 /// Sends one HTTP/1.1 request; returns the status and the body.
 async fn call(addr: &str, method: &str, path: &str, body: &str) -> (u16, String) {
+    call_auth(addr, method, path, body, None).await
+}
+
+async fn call_auth(addr: &str, method: &str, path: &str, body: &str, key: Option<&str>) -> (u16, String) {
     let mut s = TcpStream::connect(addr).await.unwrap();
+    let auth = key.map(|k| format!("Authorization: Bearer {k}\r\n")).unwrap_or_default();
     let req = format!(
-        "{method} {path} HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        "{method} {path} HTTP/1.1\r\nHost: test\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
     );
     s.write_all(req.as_bytes()).await.unwrap();
@@ -174,4 +185,31 @@ async fn concurrent_streams_and_disconnects() {
         }
     }
     assert!(freed, "a disconnected stream keeps its blocks");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokenize_keys_and_limits() {
+    let (addr, state) = start_with(&fixture("llama-gqa"), &["sesame"]).await;
+    // Health needs no key; everything else does.
+    assert_eq!(call(&addr, "GET", "/health", "").await.0, 200);
+    let (st, b) = call(&addr, "GET", "/v1/models", "").await;
+    assert_eq!(st, 401, "{b}");
+    assert!(b.contains("authentication_error"));
+    assert_eq!(call_auth(&addr, "GET", "/v1/models", "", Some("wrong")).await.0, 401);
+    let key = Some("sesame");
+    let (st, b) =
+        call_auth(&addr, "POST", "/tokenize", &json!({"prompt": "The quick brown fox"}).to_string(), key).await;
+    assert_eq!(st, 200, "{b}");
+    let ids = serde_json::from_str::<Value>(&b).unwrap()["tokens"].clone();
+    assert_eq!(ids, json!(state.tok.encode("The quick brown fox", true).unwrap()));
+    let (st, b) = call_auth(&addr, "POST", "/detokenize", &json!({"tokens": ids}).to_string(), key).await;
+    assert_eq!(st, 200);
+    assert_eq!(serde_json::from_str::<Value>(&b).unwrap()["prompt"], "The quick brown fox");
+    let (st, b) = call_auth(&addr, "POST", "/detokenize", &json!({"tokens": [100000]}).to_string(), key).await;
+    assert_eq!(st, 400, "{b}");
+    // A body over the limit is refused with 413 in OpenAI's shape.
+    let huge = json!({"prompt": "x".repeat(turbine_server::http::MAX_BODY_BYTES + 10)}).to_string();
+    let (st, b) = call_auth(&addr, "POST", "/v1/completions", &huge, key).await;
+    assert_eq!(st, 413, "{}", &b[..b.len().min(200)]);
+    assert!(b.contains("\"error\""));
 }

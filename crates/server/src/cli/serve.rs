@@ -29,12 +29,23 @@ pub struct ServeArgs {
     /// KV cache size in tokens.
     #[arg(long, default_value_t = 16384)]
     kv_tokens: usize,
+    /// Require this API key (`Authorization: Bearer KEY`); repeatable. Also read from
+    /// `TURBINE_API_KEY`.
+    #[arg(long)]
+    api_key: Vec<String>,
 }
 
 pub fn run(a: ServeArgs) -> Result<()> {
     let kv = KvSize { block_size: BLOCK_SIZE, tokens: a.kv_tokens, bytes: None };
     let cfg = EngineConfig { max_num_tokens: a.max_num_tokens, max_batch_size: a.max_batch };
-    let state = Arc::new(AppState::load(a.model.model.as_deref(), &a.model.backend, kv, cfg)?);
+    let mut state = AppState::load(a.model.model.as_deref(), &a.model.backend, kv, cfg)?;
+    state.api_keys = a.api_key.clone();
+    if let Ok(k) = std::env::var("TURBINE_API_KEY") {
+        if !k.is_empty() {
+            state.api_keys.push(k);
+        }
+    }
+    let state = Arc::new(state);
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the async runtime")?;
     rt.block_on(async move {
         let addr = format!("{}:{}", a.host, a.port);
@@ -43,10 +54,26 @@ pub fn run(a: ServeArgs) -> Result<()> {
         eprintln!("turbine: serving {} on http://{}", state.model, listener.local_addr()?);
         axum::serve(listener, router(state))
             .with_graceful_shutdown(async {
-                let _ = tokio::signal::ctrl_c().await;
-                eprintln!("turbine: shutting down");
+                shutdown_signal().await;
+                eprintln!("turbine: shutting down; letting running requests finish");
             })
             .await
             .context("server error")
     })
+}
+
+/// SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        if let Ok(mut term) = signal(SignalKind::terminate()) {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+            return;
+        }
+    }
+    let _ = tokio::signal::ctrl_c().await;
 }

@@ -40,7 +40,52 @@ pub async fn models(State(s): Shared) -> Json<Value> {
 }
 
 fn body<T>(r: Result<Json<T>, JsonRejection>) -> Result<T, ApiError> {
-    r.map(|Json(v)| v).map_err(|e| ApiError::bad_request(format!("invalid request body: {}", e.body_text())))
+    r.map(|Json(v)| v).map_err(|e| {
+        // Keep the rejection's status where it is not a plain 400/422 (413 for a body too large).
+        let status = match e.status().as_u16() {
+            413 | 415 => e.status(),
+            _ => axum::http::StatusCode::BAD_REQUEST,
+        };
+        ApiError {
+            status,
+            message: format!("invalid request body: {}", e.body_text()),
+            kind: "invalid_request_error",
+            param: None,
+        }
+    })
+}
+
+/// `POST /tokenize`: `{"prompt": "..."}` (or `"messages"` for a chat) → `{"tokens": [...], "count": n}`.
+pub async fn tokenize(State(s): Shared, r: Result<Json<Value>, JsonRejection>) -> Result<Json<Value>, ApiError> {
+    let v = body(r)?;
+    let ids = if let Some(text) = v["prompt"].as_str() {
+        s.tok
+            .encode(text, v["add_special_tokens"].as_bool().unwrap_or(true))
+            .map_err(|e| ApiError::invalid("prompt", e.to_string()))?
+    } else if let Some(msgs) = v["messages"].as_array() {
+        let tmpl = s.tok.chat.as_ref().ok_or_else(|| ApiError::bad_request("this model has no chat template"))?;
+        let msgs: Vec<Message> = msgs
+            .iter()
+            .map(|m| Message::new(m["role"].as_str().unwrap_or(""), m["content"].as_str().unwrap_or("")))
+            .collect();
+        let text = tmpl.render(&msgs, true).map_err(|e| ApiError::invalid("messages", e.to_string()))?;
+        s.tok.encode(&text, false).map_err(|e| ApiError::invalid("messages", e.to_string()))?
+    } else {
+        return Err(ApiError::invalid("prompt", "give \"prompt\" (a string) or \"messages\""));
+    };
+    Ok(Json(json!({"tokens": ids, "count": ids.len(), "max_model_len": s.max_len})))
+}
+
+/// `POST /detokenize`: `{"tokens": [...]}` → `{"prompt": "..."}`.
+pub async fn detokenize(State(s): Shared, r: Result<Json<Value>, JsonRejection>) -> Result<Json<Value>, ApiError> {
+    let v = body(r)?;
+    let ids: Vec<u32> = serde_json::from_value(v["tokens"].clone())
+        .map_err(|_| ApiError::invalid("tokens", "tokens must be an array of token ids"))?;
+    let vocab = s.tok.vocab_size();
+    if let Some(bad) = ids.iter().find(|&&t| t as usize >= vocab) {
+        return Err(ApiError::invalid("tokens", format!("token id {bad} is outside the vocabulary (0..{vocab})")));
+    }
+    Ok(Json(json!({"prompt": s.tok.decode(&ids, false).map_err(|e| ApiError::invalid("tokens", e.to_string()))?})))
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]

@@ -6,6 +6,10 @@ mod protocol;
 
 use std::sync::Arc;
 
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::http::{header, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
 use turbine_batcher::Engine;
@@ -27,6 +31,8 @@ pub struct AppState {
     pub max_len: usize,
     /// Creation time of the model entry (seconds since the epoch).
     pub created: u64,
+    /// Accepted API keys; empty means no authentication.
+    pub api_keys: Vec<String>,
 }
 
 impl AppState {
@@ -51,7 +57,49 @@ impl AppState {
         let core = turbine_batcher::EngineCore::new(l.runner, cfg)
             .with_detokenizer(Box::new(move |ids| detok.decode(ids, true).unwrap_or_default()));
         let created = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
-        Ok(AppState { engine: Engine::start(core), tok, model: name, eos: l.eos, max_len, created })
+        Ok(AppState {
+            engine: Engine::start(core),
+            tok,
+            model: name,
+            eos: l.eos,
+            max_len,
+            created,
+            api_keys: Vec::new(),
+        })
+    }
+}
+
+/// Largest request body accepted, in bytes.
+pub const MAX_BODY_BYTES: usize = 4 << 20;
+
+/// Constant-time comparison (the time does not depend on where the strings differ).
+fn same(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// Rejects requests without a configured API key (`Authorization: Bearer KEY`) with 401.
+async fn auth(State(s): State<Arc<AppState>>, req: Request, next: Next) -> Response {
+    if s.api_keys.is_empty() || req.uri().path() == "/health" {
+        return next.run(req).await;
+    }
+    let given = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    // Check every key, so the time does not tell which one matched.
+    let ok = s.api_keys.iter().fold(false, |acc, k| same(k.as_bytes(), given.as_bytes()) | acc);
+    if ok {
+        next.run(req).await
+    } else {
+        ApiError {
+            status: StatusCode::UNAUTHORIZED,
+            message: "missing or invalid API key".into(),
+            kind: "authentication_error",
+            param: None,
+        }
+        .into_response()
     }
 }
 
@@ -62,5 +110,9 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/models", get(handlers::models))
         .route("/v1/completions", post(handlers::completions))
         .route("/v1/chat/completions", post(handlers::chat))
+        .route("/tokenize", post(handlers::tokenize))
+        .route("/detokenize", post(handlers::detokenize))
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(middleware::from_fn_with_state(state.clone(), auth))
         .with_state(state)
 }
