@@ -386,3 +386,41 @@ fn bench_compare_reports_every_mode() {
         "cannot read the workload",
     );
 }
+
+#[test]
+fn serve_drains_in_flight_requests_on_sigterm() {
+    use std::io::{Read, Write};
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let m = tiny("llama-gqa");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_turbine"))
+        .args(["serve", "--model", m.to_str().unwrap(), "--port", &port.to_string()])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let addr = format!("127.0.0.1:{port}");
+    let mut conn = None;
+    for _ in 0..200 {
+        if let Ok(c) = std::net::TcpStream::connect(&addr) {
+            conn = Some(c);
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let mut s = conn.expect("the server starts");
+    let body = r#"{"prompt": [1, 2, 3], "max_tokens": 250, "ignore_eos": true, "stream": true}"#;
+    let req = format!(
+        "POST /v1/completions HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    s.write_all(req.as_bytes()).unwrap();
+    let mut first = [0u8; 64];
+    assert!(s.read(&mut first).unwrap() > 0, "the stream has started");
+    let status = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    assert!(status.success());
+    let mut rest = String::new();
+    s.read_to_string(&mut rest).unwrap();
+    assert!(rest.contains("data: [DONE]"), "the in-flight request finished");
+    assert!(rest.contains("\"finish_reason\":\"length\""));
+    let exit = child.wait().unwrap();
+    assert!(exit.success(), "exit status {exit}");
+}
