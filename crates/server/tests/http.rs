@@ -213,3 +213,30 @@ async fn tokenize_keys_and_limits() {
     assert_eq!(st, 413, "{}", &b[..b.len().min(200)]);
     assert!(b.contains("\"error\""));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn several_choices_and_prompts() {
+    let (addr, _state) = start(&fixture("llama-gqa")).await;
+    let req = json!({"prompt": ["The quick", [1, 2, 3]], "n": 3, "max_tokens": 6, "temperature": 1.0, "seed": 7});
+    let (st, b) = call(&addr, "POST", "/v1/completions", &req.to_string()).await;
+    assert_eq!(st, 200, "{b}");
+    let v: Value = serde_json::from_str(&b).unwrap();
+    let choices = v["choices"].as_array().unwrap();
+    assert_eq!(choices.len(), 6);
+    assert!(choices.iter().enumerate().all(|(i, c)| c["index"] == i));
+    assert_eq!(v["usage"]["completion_tokens"], 36);
+    // Streamed: every index ends with a finish reason, then [DONE].
+    let mut sreq = req.clone();
+    sreq["stream"] = json!(true);
+    let (_, b) = call(&addr, "POST", "/v1/completions", &sreq.to_string()).await;
+    let ev = events(&b);
+    assert_eq!(ev.last().unwrap(), "[DONE]");
+    let finished = ev[..ev.len() - 1]
+        .iter()
+        .map(|e| serde_json::from_str::<Value>(e).unwrap())
+        .filter(|c| !c["choices"][0]["finish_reason"].is_null())
+        .count();
+    assert_eq!(finished, 6);
+    let (st, b) = call(&addr, "POST", "/v1/completions", &json!({"prompt": "x", "n": 99}).to_string()).await;
+    assert_eq!(st, 400, "{b}");
+}

@@ -12,8 +12,9 @@ use axum::Json;
 use serde_json::{json, Value};
 use tokio_stream::wrappers::UnboundedReceiverStream;
 use tokio_stream::StreamExt;
+use turbine_batcher::generate::FinishReason;
 use turbine_batcher::generate::Generated;
-use turbine_batcher::{Event, Request, Usage};
+use turbine_batcher::{Event, Request, RequestStream, Usage};
 use turbine_models::chat::Message;
 
 use super::protocol::{ChatRequest, CompletionRequest, Prompt};
@@ -100,16 +101,20 @@ pub async fn completions(
     r: Result<Json<CompletionRequest>, JsonRejection>,
 ) -> Result<Response, ApiError> {
     let r = body(r)?;
-    let prompt = match &r.prompt {
-        Prompt::Text(t) if t.is_empty() => return Err(ApiError::invalid("prompt", "the prompt is empty")),
-        Prompt::Text(t) => s.tok.encode(t, true).map_err(|e| ApiError::invalid("prompt", e.to_string()))?,
-        Prompt::Ids(ids) => ids.clone(),
-        Prompt::Other(_) => {
-            return Err(ApiError::invalid(
-                "prompt",
-                "prompt must be a string or an array of token ids (lists of prompts are not supported yet)",
-            ))
+    let encode = |p: &Prompt| -> Result<Vec<u32>, ApiError> {
+        match p {
+            Prompt::Text(t) if t.is_empty() => Err(ApiError::invalid("prompt", "the prompt is empty")),
+            Prompt::Text(t) => s.tok.encode(t, true).map_err(|e| ApiError::invalid("prompt", e.to_string())),
+            Prompt::Ids(ids) => Ok(ids.clone()),
+            Prompt::Many(_) | Prompt::Other(_) => {
+                Err(ApiError::invalid("prompt", "prompt must be a string, an array of token ids, or a list of either"))
+            }
         }
+    };
+    let prompts: Vec<Vec<u32>> = match &r.prompt {
+        Prompt::Many(list) if list.is_empty() => return Err(ApiError::invalid("prompt", "the prompt list is empty")),
+        Prompt::Many(list) => list.iter().map(&encode).collect::<Result<_, _>>()?,
+        single => vec![encode(single)?],
     };
     let logprobs = match r.logprobs {
         Some(n) if !(0..=20).contains(&n) => {
@@ -118,9 +123,14 @@ pub async fn completions(
         Some(n) => Some(n as usize),
         None => None,
     };
-    let req = r.common.to_request(&s, prompt, logprobs.unwrap_or(0), 16)?;
+    let mut reqs = Vec::new();
+    for p in &prompts {
+        reqs.extend(r.common.to_requests(&s, p.clone(), logprobs.unwrap_or(0), 16)?);
+    }
+    let prompt_tokens = prompts.iter().map(Vec::len).sum();
     let include_usage = r.common.stream_options.as_ref().is_some_and(|o| o.include_usage);
-    run(s, req, Kind::Completion, logprobs.is_some(), r.common.stream.unwrap_or(false), include_usage).await
+    run(s, reqs, prompt_tokens, Kind::Completion, logprobs.is_some(), r.common.stream.unwrap_or(false), include_usage)
+        .await
 }
 
 /// `POST /v1/chat/completions`.
@@ -150,9 +160,11 @@ pub async fn chat(State(s): Shared, r: Result<Json<ChatRequest>, JsonRejection>)
         None => 0,
     };
     let room = s.max_len.saturating_sub(prompt.len());
-    let req = r.common.to_request(&s, prompt, top, room)?;
+    let prompt_tokens = prompt.len();
+    let reqs = r.common.to_requests(&s, prompt, top, room)?;
     let include_usage = r.common.stream_options.as_ref().is_some_and(|o| o.include_usage);
-    run(s, req, Kind::Chat { logprobs: want_lp }, want_lp, r.common.stream.unwrap_or(false), include_usage).await
+    let stream = r.common.stream.unwrap_or(false);
+    run(s, reqs, prompt_tokens, Kind::Chat { logprobs: want_lp }, want_lp, stream, include_usage).await
 }
 
 fn token_text(s: &AppState, id: u32) -> String {
@@ -197,124 +209,157 @@ fn logprobs_json(s: &AppState, kind: Kind, toks: &[Generated], offset: &mut usiz
     }
 }
 
-fn usage_json(u: &Usage) -> Value {
-    json!({"prompt_tokens": u.prompt_tokens, "completion_tokens": u.completion_tokens, "total_tokens": u.prompt_tokens + u.completion_tokens})
+fn server_error(message: String) -> ApiError {
+    ApiError { status: axum::http::StatusCode::INTERNAL_SERVER_ERROR, message, kind: "server_error", param: None }
 }
 
+/// One choice's whole output.
+async fn collect(events: &mut RequestStream) -> Result<(String, Vec<Generated>, FinishReason, Usage), ApiError> {
+    let (mut text, mut toks) = (String::new(), Vec::new());
+    loop {
+        match events.next().await {
+            Some(Event::Token { token, text: t }) => {
+                text.push_str(&t);
+                toks.push(token);
+            }
+            Some(Event::Finished { text: t, reason, usage }) => {
+                text.push_str(&t);
+                return Ok((text, toks, reason, usage));
+            }
+            Some(Event::Error(m)) => return Err(server_error(m)),
+            None => return Err(ApiError::from(turbine_batcher::SubmitError::ShutDown)),
+        }
+    }
+}
+
+/// Streams one choice's chunks into `tx`; returns its usage when it finished.
+async fn forward(
+    st: Arc<AppState>,
+    mut events: RequestStream,
+    index: usize,
+    kind: Kind,
+    logprobs: bool,
+    tx: tokio::sync::mpsc::UnboundedSender<String>,
+    head: Value,
+) -> Option<Usage> {
+    let chunk = |choice: Value| {
+        let mut c = head.clone();
+        c["choices"] = json!([choice]);
+        c.to_string()
+    };
+    if let Kind::Chat { .. } = kind {
+        tx.send(chunk(json!({"index": index, "delta": {"role": "assistant", "content": ""}, "finish_reason": null})))
+            .ok()?;
+    }
+    let mut offset = 0;
+    loop {
+        let msg = match events.next().await? {
+            Event::Token { token, text } => {
+                let lp = if logprobs {
+                    logprobs_json(&st, kind, std::slice::from_ref(&token), &mut offset)
+                } else {
+                    Value::Null
+                };
+                match kind {
+                    Kind::Completion => {
+                        chunk(json!({"index": index, "text": text, "logprobs": lp, "finish_reason": null}))
+                    }
+                    Kind::Chat { .. } => chunk(
+                        json!({"index": index, "delta": {"content": text}, "logprobs": lp, "finish_reason": null}),
+                    ),
+                }
+            }
+            Event::Finished { text, reason, usage } => {
+                let last = match kind {
+                    Kind::Completion => {
+                        chunk(json!({"index": index, "text": text, "logprobs": null, "finish_reason": reason.as_str()}))
+                    }
+                    Kind::Chat { .. } => {
+                        let delta = if text.is_empty() { json!({}) } else { json!({"content": text}) };
+                        chunk(json!({"index": index, "delta": delta, "finish_reason": reason.as_str()}))
+                    }
+                };
+                tx.send(last).ok()?;
+                return Some(usage);
+            }
+            Event::Error(m) => {
+                json!({"error": {"message": m, "type": "server_error", "param": null, "code": 500}}).to_string()
+            }
+        };
+        // A closed connection drops the receiver: stop, which drops `events` and cancels.
+        tx.send(msg).ok()?;
+    }
+}
+
+/// Runs the choices (one engine request each) and answers in the endpoint's shape, streamed or
+/// not. `prompt_tokens` counts each distinct prompt once, for the usage.
 async fn run(
     s: Arc<AppState>,
-    req: Request,
+    reqs: Vec<Request>,
+    prompt_tokens: usize,
     kind: Kind,
     logprobs: bool,
     stream: bool,
     include_usage: bool,
 ) -> Result<Response, ApiError> {
-    let mut events = s.engine.submit(req).await?;
-    let (prefix, object) = match kind {
-        Kind::Completion => ("cmpl", "text_completion"),
-        Kind::Chat { .. } => ("chatcmpl", "chat.completion"),
-    };
-    let id = format!("{prefix}-{}", NEXT_ID.fetch_add(1, Ordering::Relaxed));
-    let created = now();
-    if !stream {
-        let (mut text, mut toks) = (String::new(), Vec::new());
-        loop {
-            match events.next().await {
-                Some(Event::Token { token, text: t }) => {
-                    text.push_str(&t);
-                    toks.push(token);
+    let mut streams = Vec::with_capacity(reqs.len());
+    for r in reqs {
+        match s.engine.submit(r).await {
+            Ok(st) => streams.push(st),
+            Err(e) => {
+                for st in &streams {
+                    s.engine.cancel(st.id);
                 }
-                Some(Event::Finished { text: t, reason, usage }) => {
-                    text.push_str(&t);
-                    let lp = if logprobs { logprobs_json(&s, kind, &toks, &mut 0) } else { Value::Null };
-                    let choice = match kind {
-                        Kind::Completion => {
-                            json!({"index": 0, "text": text, "logprobs": lp, "finish_reason": reason.as_str()})
-                        }
-                        Kind::Chat { .. } => {
-                            json!({"index": 0, "message": {"role": "assistant", "content": text}, "logprobs": lp, "finish_reason": reason.as_str()})
-                        }
-                    };
-                    let body = json!({"id": id, "object": object, "created": created, "model": s.model, "choices": [choice], "usage": usage_json(&usage)});
-                    return Ok(Json(body).into_response());
-                }
-                Some(Event::Error(m)) => {
-                    return Err(ApiError {
-                        status: axum::http::StatusCode::INTERNAL_SERVER_ERROR,
-                        message: m,
-                        kind: "server_error",
-                        param: None,
-                    })
-                }
-                None => return Err(ApiError::from(turbine_batcher::SubmitError::ShutDown)),
+                return Err(e.into());
             }
         }
     }
-    let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<String>();
-    let chunk_object = match kind {
-        Kind::Completion => "text_completion",
-        Kind::Chat { .. } => "chat.completion.chunk",
+    let (prefix, object, chunk_object) = match kind {
+        Kind::Completion => ("cmpl", "text_completion", "text_completion"),
+        Kind::Chat { .. } => ("chatcmpl", "chat.completion", "chat.completion.chunk"),
     };
-    let st = s.clone();
+    let id = format!("{prefix}-{}", NEXT_ID.fetch_add(1, Ordering::Relaxed));
+    let created = now();
+    let usage_of = move |completion: usize| json!({"prompt_tokens": prompt_tokens, "completion_tokens": completion, "total_tokens": prompt_tokens + completion});
+    if !stream {
+        let mut choices = Vec::new();
+        let mut completion = 0;
+        for (index, events) in streams.iter_mut().enumerate() {
+            let (text, toks, reason, usage) = collect(events).await?;
+            completion += usage.completion_tokens;
+            let lp = if logprobs { logprobs_json(&s, kind, &toks, &mut 0) } else { Value::Null };
+            choices.push(match kind {
+                Kind::Completion => json!({"index": index, "text": text, "logprobs": lp, "finish_reason": reason.as_str()}),
+                Kind::Chat { .. } => {
+                    json!({"index": index, "message": {"role": "assistant", "content": text}, "logprobs": lp, "finish_reason": reason.as_str()})
+                }
+            });
+        }
+        let body = json!({"id": id, "object": object, "created": created, "model": s.model, "choices": choices, "usage": usage_of(completion)});
+        return Ok(Json(body).into_response());
+    }
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<String>();
+    let head = json!({"id": id, "object": chunk_object, "created": created, "model": s.model});
+    let tasks: Vec<_> = streams
+        .into_iter()
+        .enumerate()
+        .map(|(i, ev)| tokio::spawn(forward(s.clone(), ev, i, kind, logprobs, tx.clone(), head.clone())))
+        .collect();
     tokio::spawn(async move {
-        let chunk = |choice: Value| {
-            json!({"id": id, "object": chunk_object, "created": created, "model": st.model, "choices": [choice]})
-                .to_string()
-        };
-        if let Kind::Chat { .. } = kind {
-            if tx
-                .send(chunk(json!({"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": null})))
-                .is_err()
-            {
-                return;
+        let mut completion = 0;
+        for t in tasks {
+            match t.await {
+                Ok(Some(u)) => completion += u.completion_tokens,
+                _ => return, // the client went away or a choice failed
             }
         }
-        let mut offset = 0;
-        loop {
-            let msg = match events.next().await {
-                Some(Event::Token { token, text }) => {
-                    let lp = if logprobs {
-                        logprobs_json(&st, kind, std::slice::from_ref(&token), &mut offset)
-                    } else {
-                        Value::Null
-                    };
-                    match kind {
-                        Kind::Completion => {
-                            chunk(json!({"index": 0, "text": text, "logprobs": lp, "finish_reason": null}))
-                        }
-                        Kind::Chat { .. } => chunk(
-                            json!({"index": 0, "delta": {"content": text}, "logprobs": lp, "finish_reason": null}),
-                        ),
-                    }
-                }
-                Some(Event::Finished { text, reason, usage }) => {
-                    let last = match kind {
-                        Kind::Completion => {
-                            chunk(json!({"index": 0, "text": text, "logprobs": null, "finish_reason": reason.as_str()}))
-                        }
-                        Kind::Chat { .. } => {
-                            let delta = if text.is_empty() { json!({}) } else { json!({"content": text}) };
-                            chunk(json!({"index": 0, "delta": delta, "finish_reason": reason.as_str()}))
-                        }
-                    };
-                    let _ = tx.send(last);
-                    if include_usage {
-                        let u = json!({"id": id, "object": chunk_object, "created": created, "model": st.model, "choices": [], "usage": usage_json(&usage)});
-                        let _ = tx.send(u.to_string());
-                    }
-                    let _ = tx.send("[DONE]".into());
-                    return;
-                }
-                Some(Event::Error(m)) => {
-                    json!({"error": {"message": m, "type": "server_error", "param": null, "code": 500}}).to_string()
-                }
-                None => return,
-            };
-            // A closed connection drops the receiver: stop, which drops `events` and cancels.
-            if tx.send(msg).is_err() {
-                return;
-            }
+        if include_usage {
+            let mut u = head.clone();
+            u["choices"] = json!([]);
+            u["usage"] = usage_of(completion);
+            let _ = tx.send(u.to_string());
         }
+        let _ = tx.send("[DONE]".into());
     });
     let body = UnboundedReceiverStream::new(rx).map(|data| Ok::<_, Infallible>(SseEvent::default().data(data)));
     Ok(Sse::new(body).keep_alive(KeepAlive::default()).into_response())

@@ -6,7 +6,7 @@ use turbine_core::sampling::SamplingParams;
 
 use super::{ApiError, AppState};
 
-/// A prompt: text or token ids (lists of prompts are not supported yet).
+/// A prompt: text, token ids, or a list of either.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(untagged)]
 pub enum Prompt {
@@ -14,6 +14,8 @@ pub enum Prompt {
     Text(String),
     /// Token ids.
     Ids(Vec<u32>),
+    /// Several prompts (strings or token arrays).
+    Many(Vec<Prompt>),
     /// Anything else (refused with a message).
     Other(serde::de::IgnoredAny),
 }
@@ -108,7 +110,32 @@ pub struct ChatRequest {
     pub common: Common,
 }
 
+/// Most choices per prompt.
+pub const MAX_N: i64 = 16;
+
 impl Common {
+    /// One engine request per choice (`n`, default 1); with a seed, choice `i` uses `seed + i`.
+    pub fn to_requests(
+        &self,
+        s: &AppState,
+        prompt: Vec<u32>,
+        logprobs: usize,
+        default_max: usize,
+    ) -> Result<Vec<Request>, ApiError> {
+        let n = match self.n.unwrap_or(1) {
+            n if (1..=MAX_N).contains(&n) => n as u64,
+            n => return Err(ApiError::invalid("n", format!("n must be 1..={MAX_N}, got {n}"))),
+        };
+        let base = self.to_request(s, prompt, logprobs, default_max)?;
+        Ok((0..n)
+            .map(|i| {
+                let mut r = base.clone();
+                r.params.seed = base.params.seed.map(|sd| sd.wrapping_add(i));
+                r
+            })
+            .collect())
+    }
+
     /// Builds the engine request for `prompt`, checking every field; `default_max` applies when
     /// the client gave no limit.
     pub fn to_request(
@@ -128,9 +155,7 @@ impl Common {
                 });
             }
         }
-        if self.n.is_some_and(|n| n != 1) {
-            return Err(ApiError::invalid("n", "only n = 1 is supported so far"));
-        }
+
         let max_tokens = match self.max_completion_tokens.or(self.max_tokens) {
             Some(m) if m < 1 => {
                 return Err(ApiError::invalid("max_tokens", format!("max_tokens must be at least 1, got {m}")))
