@@ -344,3 +344,24 @@ fn stop_strings_match_across_token_boundaries() {
     r.stop = vec!["x".into()];
     assert!(matches!(plain.add(r), Err(SubmitError::Invalid(m)) if m.contains("detokenizer")));
 }
+
+#[test]
+fn shared_prefixes_under_a_tight_cache_complete() {
+    // Waiting requests must not pin cached prefix blocks that the request ahead of them needs.
+    let mut rng = Rng::new(13);
+    let shared = prompt(&mut rng, 48);
+    let reqs: Vec<Request> = (0..10)
+        .map(|i| {
+            let mut p = shared.clone();
+            p.extend(prompt(&mut rng, 1 + i));
+            greedy(p, 20 + i)
+        })
+        .collect();
+    let free = run(&mut engine("llama-gqa", 64, EngineConfig::default()), &reqs);
+    let mut tight = engine("llama-gqa", 6, EngineConfig { max_num_tokens: 32, max_batch_size: 4 });
+    let squeezed = run(&mut tight, &reqs);
+    for (a, b) in free.iter().zip(&squeezed) {
+        assert_eq!(bits(a), bits(b));
+    }
+    assert!(tight.stats().prefix_cache_hit_tokens > 0);
+}

@@ -285,23 +285,28 @@ impl EngineCore {
         }
         while budget > 0 && plan.len() < self.cfg.max_batch_size && plan.len() == self.running.len() {
             let Some(mut seq) = self.waiting.pop_front() else { break };
-            if seq.blocks.is_empty() {
-                // Reuse cached full blocks of the prefix; leave at least one token to compute.
-                seq.blocks = self.kv.match_prefix(&seq.tokens, seq.tokens.len() - 1);
-                seq.computed = seq.blocks.len() * self.kv.block_size();
-                seq.registered = seq.blocks.len();
-                seq.last_hash = seq.tokens[..seq.computed].chunks_exact(self.kv.block_size()).fold(0, block_hash);
-                if seq.generated() == 0 {
-                    seq.cached_tokens = seq.computed;
-                }
-                self.stats.prefix_cache_hit_tokens += seq.computed as u64;
-            }
+            // Reuse cached full blocks of the prefix; leave at least one token to compute.
+            seq.blocks = self.kv.match_prefix(&seq.tokens, seq.tokens.len() - 1);
+            seq.computed = seq.blocks.len() * self.kv.block_size();
+            seq.registered = seq.blocks.len();
+            seq.last_hash = seq.tokens[..seq.computed].chunks_exact(self.kv.block_size()).fold(0, block_hash);
             let n = (seq.tokens.len() - seq.computed).min(budget);
             let want = seq.computed + n;
             if !Self::grow(&mut self.kv, &mut seq, want) {
+                // Hold nothing while waiting, or a waiting request could pin the blocks the one
+                // ahead of it needs.
+                self.kv.release(&seq.blocks);
+                seq.blocks.clear();
+                seq.computed = 0;
+                seq.registered = 0;
+                seq.last_hash = 0;
                 self.waiting.push_front(seq);
                 break;
             }
+            if seq.generated() == 0 {
+                seq.cached_tokens = seq.computed;
+            }
+            self.stats.prefix_cache_hit_tokens += seq.computed as u64;
             self.running.push(seq);
             plan.push((self.running.len() - 1, n));
             budget -= n;
