@@ -185,6 +185,16 @@ async fn concurrent_streams_and_disconnects() {
         }
     }
     assert!(freed, "a disconnected stream keeps its blocks");
+    let (st, m) = call(&addr, "GET", "/metrics", "").await;
+    assert_eq!(st, 200);
+    for needle in [
+        "turbine_requests_total{endpoint=\"/v1/completions\",status=\"200\"} 33",
+        "turbine_kv_blocks_in_use 0",
+        "turbine_requests_running 0",
+        "turbine_time_to_first_token_seconds_count 32",
+    ] {
+        assert!(m.contains(needle), "missing {needle} in\n{m}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

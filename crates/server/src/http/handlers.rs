@@ -3,6 +3,7 @@
 use std::convert::Infallible;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::Instant;
 
 use axum::extract::rejection::JsonRejection;
 use axum::extract::State;
@@ -31,6 +32,12 @@ fn now() -> u64 {
 /// `GET /health`.
 pub async fn health() -> Json<Value> {
     Json(json!({"status": "ok"}))
+}
+
+/// `GET /metrics`: Prometheus text.
+pub async fn metrics(State(s): Shared) -> Response {
+    let stats = s.engine.stats().await.unwrap_or_default();
+    ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], s.metrics.render(&stats)).into_response()
 }
 
 /// `GET /v1/models`.
@@ -213,17 +220,23 @@ fn server_error(message: String) -> ApiError {
     ApiError { status: axum::http::StatusCode::INTERNAL_SERVER_ERROR, message, kind: "server_error", param: None }
 }
 
-/// One choice's whole output.
-async fn collect(events: &mut RequestStream) -> Result<(String, Vec<Generated>, FinishReason, Usage), ApiError> {
-    let (mut text, mut toks) = (String::new(), Vec::new());
+/// One choice's whole output; its timings go to the metrics (`t0`: submission).
+async fn collect(
+    s: &AppState,
+    events: &mut RequestStream,
+    t0: Instant,
+) -> Result<(String, Vec<Generated>, FinishReason, Usage), ApiError> {
+    let (mut text, mut toks, mut first) = (String::new(), Vec::new(), None);
     loop {
         match events.next().await {
             Some(Event::Token { token, text: t }) => {
+                first.get_or_insert_with(|| t0.elapsed().as_secs_f64());
                 text.push_str(&t);
                 toks.push(token);
             }
             Some(Event::Finished { text: t, reason, usage }) => {
                 text.push_str(&t);
+                s.metrics.choice(usage.prompt_tokens, usage.completion_tokens, first, t0.elapsed().as_secs_f64());
                 return Ok((text, toks, reason, usage));
             }
             Some(Event::Error(m)) => return Err(server_error(m)),
@@ -233,15 +246,26 @@ async fn collect(events: &mut RequestStream) -> Result<(String, Vec<Generated>, 
 }
 
 /// Streams one choice's chunks into `tx`; returns its usage when it finished.
+/// What every chunk of a streamed response shares.
+#[derive(Clone)]
+struct ChunkShape {
+    kind: Kind,
+    logprobs: bool,
+    /// `id`, `object`, `created`, `model`.
+    head: Value,
+    /// When the request was submitted.
+    t0: Instant,
+}
+
 async fn forward(
     st: Arc<AppState>,
     mut events: RequestStream,
     index: usize,
-    kind: Kind,
-    logprobs: bool,
+    shape: ChunkShape,
     tx: tokio::sync::mpsc::UnboundedSender<String>,
-    head: Value,
 ) -> Option<Usage> {
+    let ChunkShape { kind, logprobs, head, t0 } = shape;
+    let mut first = None;
     let chunk = |choice: Value| {
         let mut c = head.clone();
         c["choices"] = json!([choice]);
@@ -255,6 +279,7 @@ async fn forward(
     loop {
         let msg = match events.next().await? {
             Event::Token { token, text } => {
+                first.get_or_insert_with(|| t0.elapsed().as_secs_f64());
                 let lp = if logprobs {
                     logprobs_json(&st, kind, std::slice::from_ref(&token), &mut offset)
                 } else {
@@ -270,6 +295,7 @@ async fn forward(
                 }
             }
             Event::Finished { text, reason, usage } => {
+                st.metrics.choice(usage.prompt_tokens, usage.completion_tokens, first, t0.elapsed().as_secs_f64());
                 let last = match kind {
                     Kind::Completion => {
                         chunk(json!({"index": index, "text": text, "logprobs": null, "finish_reason": reason.as_str()}))
@@ -302,6 +328,7 @@ async fn run(
     stream: bool,
     include_usage: bool,
 ) -> Result<Response, ApiError> {
+    let t0 = Instant::now();
     let mut streams = Vec::with_capacity(reqs.len());
     for r in reqs {
         match s.engine.submit(r).await {
@@ -325,7 +352,7 @@ async fn run(
         let mut choices = Vec::new();
         let mut completion = 0;
         for (index, events) in streams.iter_mut().enumerate() {
-            let (text, toks, reason, usage) = collect(events).await?;
+            let (text, toks, reason, usage) = collect(&s, events, t0).await?;
             completion += usage.completion_tokens;
             let lp = if logprobs { logprobs_json(&s, kind, &toks, &mut 0) } else { Value::Null };
             choices.push(match kind {
@@ -343,7 +370,10 @@ async fn run(
     let tasks: Vec<_> = streams
         .into_iter()
         .enumerate()
-        .map(|(i, ev)| tokio::spawn(forward(s.clone(), ev, i, kind, logprobs, tx.clone(), head.clone())))
+        .map(|(i, ev)| {
+            let shape = ChunkShape { kind, logprobs, head: head.clone(), t0 };
+            tokio::spawn(forward(s.clone(), ev, i, shape, tx.clone()))
+        })
         .collect();
     tokio::spawn(async move {
         let mut completion = 0;

@@ -2,6 +2,7 @@
 
 mod error;
 mod handlers;
+pub mod metrics;
 mod protocol;
 
 use std::sync::Arc;
@@ -33,6 +34,8 @@ pub struct AppState {
     pub created: u64,
     /// Accepted API keys; empty means no authentication.
     pub api_keys: Vec<String>,
+    /// Counters for `/metrics`.
+    pub metrics: metrics::Metrics,
 }
 
 impl AppState {
@@ -65,6 +68,7 @@ impl AppState {
             max_len,
             created,
             api_keys: Vec::new(),
+            metrics: Default::default(),
         })
     }
 }
@@ -77,9 +81,27 @@ fn same(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
+/// Counts every request by endpoint and status.
+async fn count(State(s): State<Arc<AppState>>, req: Request, next: Next) -> Response {
+    let path = req.uri().path().to_string();
+    let resp = next.run(req).await;
+    let endpoint = match path.as_str() {
+        "/health"
+        | "/metrics"
+        | "/v1/models"
+        | "/v1/completions"
+        | "/v1/chat/completions"
+        | "/tokenize"
+        | "/detokenize" => path,
+        _ => "other".to_string(),
+    };
+    s.metrics.request(&endpoint, resp.status().as_u16());
+    resp
+}
+
 /// Rejects requests without a configured API key (`Authorization: Bearer KEY`) with 401.
 async fn auth(State(s): State<Arc<AppState>>, req: Request, next: Next) -> Response {
-    if s.api_keys.is_empty() || req.uri().path() == "/health" {
+    if s.api_keys.is_empty() || matches!(req.uri().path(), "/health" | "/metrics") {
         return next.run(req).await;
     }
     let given = req
@@ -112,7 +134,9 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/chat/completions", post(handlers::chat))
         .route("/tokenize", post(handlers::tokenize))
         .route("/detokenize", post(handlers::detokenize))
+        .route("/metrics", get(handlers::metrics))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(middleware::from_fn_with_state(state.clone(), auth))
+        .layer(middleware::from_fn_with_state(state.clone(), count))
         .with_state(state)
 }
