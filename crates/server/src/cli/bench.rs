@@ -8,11 +8,11 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 use serde_json::{json, Value};
 use turbine_batcher::bench::{self, BenchRequest, Mode, Report};
-use turbine_batcher::{EngineConfig, EngineCore};
+use turbine_batcher::EngineCore;
 use turbine_server::setup;
 
 use super::speed::{self, SpeedArgs};
-use super::ModelArgs;
+use super::{EngineArgs, ModelArgs};
 
 /// English text the synthetic workload cuts its prompts from.
 const TEXT: &str = include_str!("../../data/bench-text.txt");
@@ -34,21 +34,8 @@ pub struct BenchArgs {
     /// Requests in the mixed workload.
     #[arg(long, default_value_t = 128)]
     requests: usize,
-    /// Largest batch (sequences per step; the batch size of the static modes).
-    #[arg(long, default_value_t = 16)]
-    max_batch: usize,
-    /// Most tokens per step.
-    #[arg(long, default_value_t = 512)]
-    max_num_tokens: usize,
-    /// KV cache size in tokens.
-    #[arg(long, default_value_t = 16384)]
-    kv_tokens: usize,
-    /// KV cache budget in bytes (overrides --kv-tokens).
-    #[arg(long)]
-    kv_bytes: Option<usize>,
-    /// Tokens per KV block.
-    #[arg(long, default_value_t = setup::BLOCK_SIZE)]
-    block_size: usize,
+    #[command(flatten)]
+    engine: EngineArgs,
     /// Seed of the mixed workload.
     #[arg(long, default_value_t = 0)]
     seed: u64,
@@ -99,12 +86,11 @@ pub fn run(a: BenchArgs) -> Result<()> {
     if a.workload == "speed" {
         return speed::run(&a.model, &a.speed, a.json);
     }
-    if a.max_batch == 0 || a.requests == 0 {
+    if a.engine.max_batch == 0 || a.requests == 0 {
         bail!("--max-batch and --requests must be at least 1");
     }
     let modes = if a.compare { vec![Mode::Inflight, Mode::Static, Mode::StaticCompact] } else { vec![mode(&a.mode)?] };
-    let kv = setup::KvSize { block_size: a.block_size, tokens: a.kv_tokens, bytes: a.kv_bytes };
-    let loaded = setup::load_runner(a.model.model.as_deref(), &a.model.backend, kv)?;
+    let loaded = setup::load_runner(a.model.model.as_deref(), &a.model.backend, a.engine.kv())?;
     let cache = loaded.runner.cache();
     let max_len = loaded.runner.spec().max_positions.min(cache.num_blocks * cache.block_size);
     let reqs = if a.workload == "mixed" {
@@ -114,8 +100,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
         read_jsonl(&a.workload, &loaded.tok)?
     };
     let path = loaded.path.clone();
-    let cfg = EngineConfig { max_num_tokens: a.max_num_tokens, max_batch_size: a.max_batch };
-    let mut core = EngineCore::new(loaded.runner, cfg);
+    let mut core = EngineCore::new(loaded.runner, a.engine.config());
     let mut reports = Vec::new();
     for m in modes {
         let t0 = Instant::now();
@@ -136,7 +121,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
                 let _ = std::io::stderr().flush();
             }
         };
-        let r = bench::run(&mut core, &reqs, m, a.max_batch, &mut progress)?;
+        let r = bench::run(&mut core, &reqs, m, a.engine.max_batch, &mut progress)?;
         eprintln!();
         reports.push(r);
     }
@@ -157,7 +142,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
         println!("{out}");
         return Ok(());
     }
-    println!("model {}  ({} requests, max batch {})", path.display(), reqs.len(), a.max_batch);
+    println!("model {}  ({} requests, max batch {})", path.display(), reqs.len(), a.engine.max_batch);
     println!("| mode | output tok/s | total tok/s | wall s | TTFT p50 ms | TPOT p50 ms | KV util | preemptions |");
     println!("|---|---:|---:|---:|---:|---:|---:|---:|");
     for r in &reports {

@@ -48,6 +48,38 @@ pub struct ModelArgs {
     pub ctx_size: usize,
 }
 
+/// Engine settings shared by the commands that run many requests (`bench`, `serve`).
+#[derive(Debug, Args)]
+pub struct EngineArgs {
+    /// Most sequences per step (also the batch size of the static bench modes).
+    #[arg(long, default_value_t = 16)]
+    pub max_batch: usize,
+    /// Most tokens per step.
+    #[arg(long, default_value_t = 512)]
+    pub max_num_tokens: usize,
+    /// KV cache size in tokens.
+    #[arg(long, default_value_t = 16384)]
+    pub kv_tokens: usize,
+    /// KV cache budget in bytes (overrides --kv-tokens).
+    #[arg(long)]
+    pub kv_bytes: Option<usize>,
+    /// Tokens per KV block.
+    #[arg(long, default_value_t = turbine_server::setup::BLOCK_SIZE)]
+    pub block_size: usize,
+}
+
+impl EngineArgs {
+    /// The KV cache size.
+    pub fn kv(&self) -> turbine_server::setup::KvSize {
+        turbine_server::setup::KvSize { block_size: self.block_size, tokens: self.kv_tokens, bytes: self.kv_bytes }
+    }
+
+    /// The scheduler limits.
+    pub fn config(&self) -> turbine_batcher::EngineConfig {
+        turbine_batcher::EngineConfig { max_num_tokens: self.max_num_tokens, max_batch_size: self.max_batch }
+    }
+}
+
 /// Runs a parsed command line.
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.cmd {

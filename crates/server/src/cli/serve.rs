@@ -4,11 +4,9 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use clap::Args;
-use turbine_batcher::EngineConfig;
 use turbine_server::http::{router, AppState};
-use turbine_server::setup::{KvSize, BLOCK_SIZE};
 
-use super::ModelArgs;
+use super::{EngineArgs, ModelArgs};
 
 #[derive(Debug, Args)]
 pub struct ServeArgs {
@@ -20,15 +18,8 @@ pub struct ServeArgs {
     /// Port.
     #[arg(long, default_value_t = 8000)]
     port: u16,
-    /// Most sequences per step.
-    #[arg(long, default_value_t = 16)]
-    max_batch: usize,
-    /// Most tokens per step.
-    #[arg(long, default_value_t = 512)]
-    max_num_tokens: usize,
-    /// KV cache size in tokens.
-    #[arg(long, default_value_t = 16384)]
-    kv_tokens: usize,
+    #[command(flatten)]
+    engine: EngineArgs,
     /// Require this API key (`Authorization: Bearer KEY`); repeatable. Also read from
     /// `TURBINE_API_KEY`.
     #[arg(long)]
@@ -36,9 +27,7 @@ pub struct ServeArgs {
 }
 
 pub fn run(a: ServeArgs) -> Result<()> {
-    let kv = KvSize { block_size: BLOCK_SIZE, tokens: a.kv_tokens, bytes: None };
-    let cfg = EngineConfig { max_num_tokens: a.max_num_tokens, max_batch_size: a.max_batch };
-    let mut state = AppState::load(a.model.model.as_deref(), &a.model.backend, kv, cfg)?;
+    let mut state = AppState::load(a.model.model.as_deref(), &a.model.backend, a.engine.kv(), a.engine.config())?;
     state.api_keys = a.api_key.clone();
     if let Ok(k) = std::env::var("TURBINE_API_KEY") {
         if !k.is_empty() {
