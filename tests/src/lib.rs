@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use serde_json::Value;
-use turbine_batcher::{GenRequest, Generator};
+use turbine_batcher::{Generator, Request};
 use turbine_core::sampling::SamplingParams;
 use turbine_kernels_ref::Cpu;
 use turbine_models::tokenizer::TextTokenizer;
@@ -55,12 +55,13 @@ pub fn load(path: &Path, ctx: usize) -> Result<Loaded> {
 
 /// Greedy ids for `n` tokens, EOS ignored, plus the first step's full logits.
 pub fn greedy(l: &mut Loaded, prompt: &[u32], n: usize) -> Result<Vec<u32>> {
-    let req = GenRequest {
+    let req = Request {
         prompt: prompt.to_vec(),
         params: SamplingParams { temperature: 0.0, ..Default::default() },
         max_tokens: n,
         ignore_eos: true,
         stop_ids: l.eos.clone(),
+        stop: vec![],
     };
     Ok(l.gen.generate(&req, &mut |_| {})?.tokens.iter().map(|t| t.id).collect())
 }

@@ -2,26 +2,12 @@
 
 use std::time::Instant;
 
-use turbine_core::sampling::{Sampled, SamplingParams, SeqSampler};
+use turbine_core::sampling::{Sampled, SeqSampler};
 use turbine_models::{Logits, ModelRunner, SeqStep};
 
 use crate::blocks::BlockPool;
+use crate::request::Request;
 use crate::{EngineError, Result};
-
-/// A generation request.
-#[derive(Debug, Clone)]
-pub struct GenRequest {
-    /// Prompt token ids.
-    pub prompt: Vec<u32>,
-    /// Sampling settings.
-    pub params: SamplingParams,
-    /// Most tokens to generate (at least 1).
-    pub max_tokens: usize,
-    /// Keep going through end-of-sequence tokens.
-    pub ignore_eos: bool,
-    /// Ids that end generation (the model's EOS ids).
-    pub stop_ids: Vec<u32>,
-}
 
 /// A generated token (id, log-probability, top alternatives).
 pub type Generated = Sampled;
@@ -123,7 +109,7 @@ impl Generator {
     }
 
     /// Checks a request; the error names the offending field.
-    pub fn validate(&self, req: &GenRequest) -> Result<()> {
+    pub fn validate(&self, req: &Request) -> Result<()> {
         let ctx = self.context_len();
         let vocab = self.runner.spec().vocab;
         if req.prompt.is_empty() {
@@ -141,12 +127,15 @@ impl Generator {
         if req.max_tokens == 0 {
             return Err(EngineError::Invalid("max-tokens must be at least 1".into()));
         }
+        if !req.stop.is_empty() {
+            return Err(EngineError::Invalid("stop strings need the engine (EngineCore with a detokenizer)".into()));
+        }
         req.params.validate().map_err(|e| EngineError::Invalid(e.to_string()))
     }
 
     /// Generates until a stop id, `max_tokens` or the end of the context; `on_token` sees each
     /// token as soon as it is sampled.
-    pub fn generate(&mut self, req: &GenRequest, on_token: &mut dyn FnMut(&Generated)) -> Result<GenOutput> {
+    pub fn generate(&mut self, req: &Request, on_token: &mut dyn FnMut(&Generated)) -> Result<GenOutput> {
         self.validate(req)?;
         let ctx = self.context_len();
         let mut sampler = SeqSampler::new(req.params.clone());

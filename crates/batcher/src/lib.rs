@@ -21,7 +21,7 @@ pub mod score;
 pub use blocks::{BlockPool, SeqBlocks};
 pub use core::EngineCore;
 pub use engine::{Engine, RequestStream};
-pub use generate::{FinishReason, GenOutput, GenRequest, Generated, Generator, Timings};
+pub use generate::{FinishReason, GenOutput, Generated, Generator, Timings};
 pub use request::{EngineConfig, Event, Request, RequestId, Stats, SubmitError, Usage};
 pub use score::{score, Score};
 

@@ -5,7 +5,7 @@ use std::io::Write;
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use serde_json::json;
-use turbine_batcher::{GenOutput, GenRequest};
+use turbine_batcher::{GenOutput, Request};
 use turbine_core::sampling::SamplingParams;
 use turbine_models::chat::Message;
 use turbine_models::tokenizer::TextTokenizer;
@@ -140,12 +140,13 @@ pub fn run(a: GenerateArgs) -> Result<()> {
     }
     let mut s = setup::load(a.model.model.as_deref(), &a.model.backend, a.model.ctx_size)?;
     let prompt = prompt_ids(&a, &s)?;
-    let req = GenRequest {
+    let req = Request {
         prompt,
         params,
         max_tokens: a.max_tokens as usize,
         ignore_eos: a.ignore_eos,
         stop_ids: s.eos.clone(),
+        stop: vec![],
     };
     let out = if a.json {
         s.gen.generate(&req, &mut |_| {})?
@@ -166,7 +167,7 @@ pub fn run(a: GenerateArgs) -> Result<()> {
     report(&a, &s, &req, &out)
 }
 
-fn report(a: &GenerateArgs, s: &Session, req: &GenRequest, out: &GenOutput) -> Result<()> {
+fn report(a: &GenerateArgs, s: &Session, req: &Request, out: &GenOutput) -> Result<()> {
     let t = &out.timings;
     let ids: Vec<u32> = out.tokens.iter().map(|t| t.id).collect();
     if a.json {

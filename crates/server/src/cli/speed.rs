@@ -6,7 +6,7 @@ use std::time::Instant;
 use anyhow::{bail, Result};
 use clap::Args;
 use serde_json::json;
-use turbine_batcher::GenRequest;
+use turbine_batcher::Request;
 use turbine_core::sampling::SamplingParams;
 use turbine_server::setup;
 
@@ -43,7 +43,14 @@ pub fn run(model: &ModelArgs, a: &SpeedArgs, json: bool) -> Result<()> {
     let tokens = |n: usize| -> Vec<u32> { base.iter().copied().cycle().take(n).collect() };
     let greedy = SamplingParams { temperature: 0.0, ..Default::default() };
     let mut measure = |prompt: Vec<u32>, gen: usize| -> Result<(f64, f64)> {
-        let req = GenRequest { prompt, params: greedy.clone(), max_tokens: gen, ignore_eos: true, stop_ids: vec![] };
+        let req = Request {
+            prompt,
+            params: greedy.clone(),
+            max_tokens: gen,
+            ignore_eos: true,
+            stop_ids: vec![],
+            stop: vec![],
+        };
         let (mut pf, mut dc) = (0.0f64, 0.0f64);
         for _ in 0..a.reps {
             let out = s.gen.generate(&req, &mut |_| {})?;
