@@ -110,7 +110,7 @@ fn greedy_results_do_not_depend_on_the_batch() {
         mixed.insert(3 + 7 * k, p.clone());
     }
     // Small budgets force chunked prefills interleaved with decoding.
-    for cfg in [EngineConfig::default(), EngineConfig { max_num_tokens: 7, max_batch_size: 5 }] {
+    for cfg in [EngineConfig::default(), EngineConfig { max_num_tokens: 7, max_batch_size: 5, ..Default::default() }] {
         let together = run(&mut engine("llama-gqa", 64, cfg), &mixed);
         for (k, a) in alone.iter().enumerate() {
             assert_eq!(bits(a), bits(&together[3 + 7 * k]), "probe {k} changed in a batch ({cfg:?})");
@@ -180,7 +180,10 @@ fn seeded_sampling_is_reproducible() {
     let mut rng = Rng::new(3);
     let reqs: Vec<Request> = (0..6).map(|_| random_request(&mut rng)).collect();
     let a = run(&mut engine("mistral-window", 64, EngineConfig::default()), &reqs);
-    let b = run(&mut engine("mistral-window", 64, EngineConfig { max_num_tokens: 9, max_batch_size: 3 }), &reqs);
+    let b = run(
+        &mut engine("mistral-window", 64, EngineConfig { max_num_tokens: 9, max_batch_size: 3, ..Default::default() }),
+        &reqs,
+    );
     for (x, y) in a.iter().zip(&b) {
         assert_eq!(bits(x), bits(y));
     }
@@ -190,7 +193,8 @@ fn seeded_sampling_is_reproducible() {
 fn stress_three_hundred_requests() {
     let mut rng = Rng::new(77);
     let reqs: Vec<Request> = (0..300).map(|_| random_request(&mut rng)).collect();
-    let mut core = engine("qwen2-bias", 24, EngineConfig { max_num_tokens: 256, max_batch_size: 32 });
+    let mut core =
+        engine("qwen2-bias", 24, EngineConfig { max_num_tokens: 256, max_batch_size: 32, ..Default::default() });
     let out = run(&mut core, &reqs);
     for (r, (toks, reason)) in reqs.iter().zip(&out) {
         assert!(!toks.is_empty() && toks.len() <= r.max_tokens);
@@ -219,6 +223,46 @@ fn rejections_are_typed() {
     bad.params.top_p = 0.0;
     assert!(matches!(core.add(bad), Err(SubmitError::Invalid(m)) if m.contains("top-p")));
     assert!(matches!(core.add(greedy(vec![1], 0)), Err(SubmitError::Invalid(_))));
+}
+
+#[test]
+fn a_full_waiting_queue_refuses_new_requests() {
+    let cfg = EngineConfig { max_waiting: 2, ..Default::default() };
+    let mut core = engine("llama-gqa", 64, cfg);
+    core.add(greedy(vec![1, 2, 3], 4)).unwrap();
+    core.add(greedy(vec![4, 5, 6], 4)).unwrap();
+    assert_eq!(core.add(greedy(vec![7], 4)), Err(SubmitError::QueueFull { waiting: 2, limit: 2 }));
+    // Once the queue moves, there is room again.
+    core.step().unwrap();
+    assert_eq!(core.stats().waiting, 0);
+    core.add(greedy(vec![7], 4)).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancel_all_ends_every_stream_and_keeps_the_engine() {
+    let engine = turbine_batcher::Engine::start(engine("llama-gqa", 64, EngineConfig::default()));
+    let mut streams = Vec::new();
+    for i in 0..4 {
+        let mut r = greedy(vec![1 + i, 2, 3], 200);
+        r.ignore_eos = true;
+        streams.push(engine.submit(r).await.unwrap());
+    }
+    engine.cancel_all();
+    for mut s in streams {
+        let mut last = None;
+        while let Some(ev) = s.next().await {
+            last = Some(ev);
+        }
+        assert!(matches!(last, Some(Event::Finished { reason: FinishReason::Cancelled, .. })), "{last:?}");
+    }
+    let stats = engine.stats().await.unwrap();
+    assert_eq!((stats.running, stats.waiting, stats.blocks_in_use), (0, 0, 0));
+    let mut s = engine.submit(greedy(vec![1, 2], 3)).await.unwrap();
+    let mut n = 0;
+    while let Some(Event::Token { .. }) = s.next().await {
+        n += 1;
+    }
+    assert_eq!(n, 3);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -358,7 +402,8 @@ fn shared_prefixes_under_a_tight_cache_complete() {
         })
         .collect();
     let free = run(&mut engine("llama-gqa", 64, EngineConfig::default()), &reqs);
-    let mut tight = engine("llama-gqa", 6, EngineConfig { max_num_tokens: 32, max_batch_size: 4 });
+    let mut tight =
+        engine("llama-gqa", 6, EngineConfig { max_num_tokens: 32, max_batch_size: 4, ..Default::default() });
     let squeezed = run(&mut tight, &reqs);
     for (a, b) in free.iter().zip(&squeezed) {
         assert_eq!(bits(a), bits(b));

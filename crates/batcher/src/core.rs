@@ -148,6 +148,9 @@ impl EngineCore {
                 return Err(SubmitError::TooLong { prompt: req.prompt.len(), max_tokens: req.max_tokens, limit, what });
             }
         }
+        if self.waiting.len() >= self.cfg.max_waiting {
+            return Err(SubmitError::QueueFull { waiting: self.waiting.len(), limit: self.cfg.max_waiting });
+        }
         let id = self.next_id;
         self.next_id += 1;
         let mut sampler = SeqSampler::new(req.params);

@@ -38,6 +38,7 @@ use crate::request::{Event, Request, RequestId, Stats, SubmitError};
 enum Cmd {
     Submit(Request, oneshot::Sender<Result<(RequestId, mpsc::UnboundedReceiver<Event>), SubmitError>>),
     Cancel(RequestId),
+    CancelAll,
     Stats(oneshot::Sender<Stats>),
 }
 
@@ -94,6 +95,12 @@ impl Engine {
     /// Cancels a request: its blocks are freed and its stream ends with `Finished { Cancelled }`.
     pub fn cancel(&self, id: RequestId) {
         let _ = self.send(Cmd::Cancel(id));
+    }
+
+    /// Cancels every request in flight (each stream ends with `Finished { Cancelled }` and what
+    /// it had generated); the engine keeps accepting new ones. For a server whose drain time is up.
+    pub fn cancel_all(&self) {
+        let _ = self.send(Cmd::CancelAll);
     }
 
     /// Stops the engine: requests still in flight end with `Finished { Cancelled }`, and later
@@ -153,6 +160,13 @@ fn run(mut core: EngineCore, mut rx: mpsc::UnboundedReceiver<Cmd>) {
                 Cmd::Cancel(id) => {
                     if let (Some(ev), Some(tx)) = (core.cancel(id), streams.remove(&id)) {
                         let _ = tx.send(ev);
+                    }
+                }
+                Cmd::CancelAll => {
+                    for (id, tx) in streams.drain() {
+                        if let Some(ev) = core.cancel(id) {
+                            let _ = tx.send(ev);
+                        }
                     }
                 }
                 Cmd::Stats(reply) => {

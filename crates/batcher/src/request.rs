@@ -81,6 +81,14 @@ pub enum SubmitError {
         /// Which limit: the model context or the KV cache.
         what: &'static str,
     },
+    /// The waiting queue is full; try again later.
+    #[error("the server is busy: {waiting} requests are already waiting (limit {limit}); retry later")]
+    QueueFull {
+        /// Requests waiting now.
+        waiting: usize,
+        /// The configured limit.
+        limit: usize,
+    },
     /// The engine has stopped.
     #[error("the engine has shut down")]
     ShutDown,
@@ -93,11 +101,14 @@ pub struct EngineConfig {
     pub max_num_tokens: usize,
     /// Most sequences in one step.
     pub max_batch_size: usize,
+    /// Most requests waiting to start; a request beyond it is refused with
+    /// [`SubmitError::QueueFull`] (a preempted request always goes back to the queue).
+    pub max_waiting: usize,
 }
 
 impl Default for EngineConfig {
     fn default() -> Self {
-        EngineConfig { max_num_tokens: 512, max_batch_size: 64 }
+        EngineConfig { max_num_tokens: 512, max_batch_size: 64, max_waiting: 4096 }
     }
 }
 

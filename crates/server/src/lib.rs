@@ -2,5 +2,6 @@
 //! This is the only crate that names a backend.
 #![warn(missing_docs)]
 
+pub mod config;
 pub mod http;
 pub mod setup;

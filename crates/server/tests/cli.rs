@@ -398,15 +398,8 @@ fn serve_drains_in_flight_requests_on_sigterm() {
         .spawn()
         .unwrap();
     let addr = format!("127.0.0.1:{port}");
-    let mut conn = None;
-    for _ in 0..200 {
-        if let Ok(c) = std::net::TcpStream::connect(&addr) {
-            conn = Some(c);
-            break;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
-    let mut s = conn.expect("the server starts");
+    wait_ready(&addr);
+    let mut s = std::net::TcpStream::connect(&addr).unwrap();
     let body = r#"{"prompt": [1, 2, 3], "max_tokens": 250, "ignore_eos": true, "stream": true}"#;
     let req = format!(
         "POST /v1/completions HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
@@ -423,4 +416,69 @@ fn serve_drains_in_flight_requests_on_sigterm() {
     assert!(rest.contains("\"finish_reason\":\"length\""));
     let exit = child.wait().unwrap();
     assert!(exit.success(), "exit status {exit}");
+}
+
+/// One HTTP GET over a fresh connection; the status, or 0 if nothing answered.
+fn get_status(addr: &str, path: &str) -> u16 {
+    use std::io::{Read, Write};
+    let Ok(mut s) = std::net::TcpStream::connect(addr) else { return 0 };
+    let req = format!("GET {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n");
+    let mut out = String::new();
+    if s.write_all(req.as_bytes()).is_err() || s.read_to_string(&mut out).is_err() {
+        return 0;
+    }
+    out.get(9..12).and_then(|c| c.parse().ok()).unwrap_or(0)
+}
+
+/// Waits until `/ready` says 200 (the model has loaded).
+fn wait_ready(addr: &str) {
+    for _ in 0..600 {
+        if get_status(addr, "/ready") == 200 {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    panic!("the server at {addr} never became ready");
+}
+
+#[test]
+fn serve_config_file_flags_and_print_config() {
+    let dir = temp_dir("serve-config");
+    let file = dir.join("turbine.toml");
+    std::fs::write(
+        &file,
+        "[model]\npath = \"/models/x\"\n[engine]\nmax_batch = 4\nmax_waiting = 9\n[server]\nport = 9001\napi_keys = [\"sk-file\"]\n[limits]\nmax_n = 3\n",
+    )
+    .unwrap();
+    let f = file.to_str().unwrap();
+    let out = turbine_env(
+        &["serve", "--config", f, "--port", "9002", "--max-batch", "8", "--api-key", "sk-flag", "--print-config"],
+        &[("TURBINE_API_KEY", "sk-env")],
+    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8(out.stdout).unwrap();
+    for want in
+        ["path = \"/models/x\"", "max_batch = 8", "max_waiting = 9", "port = 9002", "max_n = 3", "host = \"127.0.0.1\""]
+    {
+        assert!(text.contains(want), "missing {want} in\n{text}");
+    }
+    assert_eq!(text.matches("<redacted>").count(), 3, "{text}");
+    assert!(!text.contains("sk-"), "a key leaked:\n{text}");
+
+    // The example file in the repository is a valid configuration.
+    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/../../turbine.example.toml");
+    assert!(turbine(&["serve", "--config", example, "--print-config"]).status.success());
+
+    std::fs::write(&file, "[engine]\nmax_bach = 4\n").unwrap();
+    fails_with(&turbine(&["serve", "--config", f, "--print-config"]), "max_bach");
+    std::fs::write(&file, "[engine]\nmax_batch = 0\n").unwrap();
+    fails_with(&turbine(&["serve", "--config", f, "--print-config"]), "engine.max_batch");
+    fails_with(&turbine(&["serve", "--config", "/no/such.toml"]), "/no/such.toml");
+    fails_with(&turbine(&["serve", "--dtype", "fp7", "--print-config"]), "fp7");
+}
+
+#[test]
+fn serve_exits_non_zero_when_the_model_cannot_load() {
+    let out = turbine(&["serve", "--model", "/no/such/model", "--port", "0"]);
+    fails_with(&out, "/no/such/model");
 }

@@ -6,9 +6,8 @@ use std::time::Duration;
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use turbine_batcher::EngineConfig;
-use turbine_server::http::{router, AppState};
-use turbine_server::setup::KvSize;
+use turbine_server::config::ServeConfig;
+use turbine_server::http::{service, AppState, LimitedListener, Server};
 
 fn fixture(case: &str) -> String {
     format!("{}/../../tests/fixtures/tiny/{case}", env!("CARGO_MANIFEST_DIR"))
@@ -18,22 +17,34 @@ async fn start(model: &str) -> (String, Arc<AppState>) {
     start_with(model, &[]).await
 }
 
+/// The configuration the tests start from: a small engine on `model`.
+fn config(model: &str) -> ServeConfig {
+    let mut c = ServeConfig::default();
+    c.model.path = model.to_string();
+    c.engine.max_num_tokens = 256;
+    c.engine.kv_tokens = 4096;
+    c
+}
+
 async fn start_with(model: &str, keys: &[&str]) -> (String, Arc<AppState>) {
-    let m = model.to_string();
-    let state = tokio::task::spawn_blocking(move || {
-        AppState::load(Some(&m), "cpu", KvSize::tokens(4096), EngineConfig { max_num_tokens: 256, max_batch_size: 16 })
-    })
-    .await
-    .unwrap()
-    .unwrap();
-    let mut state = state;
-    state.api_keys = keys.iter().map(|k| k.to_string()).collect();
+    let mut c = config(model);
+    c.server.api_keys = keys.iter().map(|k| k.to_string()).collect();
+    start_cfg(c).await
+}
+
+async fn start_cfg(c: ServeConfig) -> (String, Arc<AppState>) {
+    let state = tokio::task::spawn_blocking(move || AppState::load(&c)).await.unwrap().unwrap();
     let state = Arc::new(state);
+    let addr = listen(Server::ready(state.clone())).await;
+    (addr, state)
+}
+
+async fn listen(server: Arc<Server>) -> String {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap().to_string();
-    let app = router(state.clone());
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-    (addr, state)
+    let app = service(server);
+    tokio::spawn(async move { axum::serve(LimitedListener::new(listener, 64), app).await.unwrap() });
+    addr
 }
 
 /// Sends one HTTP/1.1 request; returns the status and the body.
@@ -151,7 +162,7 @@ async fn stop_strings_and_errors() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_streams_and_disconnects() {
-    let (addr, state) = start(&fixture("llama-gqa")).await;
+    let (addr, _state) = start(&fixture("llama-gqa")).await;
     let mut tasks = Vec::new();
     for i in 0..32 {
         let addr = addr.clone();
@@ -165,30 +176,38 @@ async fn concurrent_streams_and_disconnects() {
     for t in tasks {
         t.await.unwrap();
     }
-    // A client that goes away mid-stream: its request is cancelled and its blocks freed.
-    let mut s = TcpStream::connect(&addr).await.unwrap();
-    let body = json!({"prompt": [5, 6, 7], "max_tokens": 200, "ignore_eos": true, "stream": true}).to_string();
+    // A client that goes away mid-stream: its choices are cancelled and their blocks freed,
+    // long before they could have finished (8 x 240 tokens, one sequence per step).
+    let mut one = config(&fixture("llama-gqa"));
+    one.engine.max_batch = 1;
+    let (addr1, state1) = start_cfg(one).await;
+    let mut s = TcpStream::connect(&addr1).await.unwrap();
+    let prompts: Vec<Vec<u32>> = (0..8).map(|i| vec![5 + i, 6, 7]).collect();
+    let body = json!({"prompt": prompts, "max_tokens": 240, "ignore_eos": true, "stream": true}).to_string();
     let req = format!("POST /v1/completions HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}", body.len());
     s.write_all(req.as_bytes()).await.unwrap();
     let mut buf = [0u8; 512];
     let n = s.read(&mut buf).await.unwrap();
     assert!(n > 0);
-    assert!(state.engine.stats().await.unwrap().blocks_in_use > 0);
+    assert!(state1.engine.stats().await.unwrap().blocks_in_use > 0);
     drop(s);
-    let mut freed = false;
-    for _ in 0..100 {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-        let st = state.engine.stats().await.unwrap();
-        if st.blocks_in_use == 0 && st.running == 0 {
-            freed = true;
+    let mut freed = None;
+    for _ in 0..200 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        let st = state1.engine.stats().await.unwrap();
+        if st.blocks_in_use == 0 && st.running == 0 && st.waiting == 0 {
+            freed = Some(st.steps);
             break;
         }
     }
-    assert!(freed, "a disconnected stream keeps its blocks");
+    let steps = freed.expect("a disconnected stream keeps its blocks");
+    assert!(steps < 8 * 240, "the choices ran to the end ({steps} steps): the disconnect did not cancel them");
+    let (_, m) = call(&addr1, "GET", "/metrics", "").await;
+    assert!(m.contains("turbine_kv_blocks_in_use 0"), "{m}");
     let (st, m) = call(&addr, "GET", "/metrics", "").await;
     assert_eq!(st, 200);
     for needle in [
-        "turbine_requests_total{endpoint=\"/v1/completions\",status=\"200\"} 33",
+        "turbine_requests_total{endpoint=\"/v1/completions\",status=\"200\"} 32",
         "turbine_kv_blocks_in_use 0",
         "turbine_requests_running 0",
         "turbine_time_to_first_token_seconds_count 32",
@@ -218,7 +237,7 @@ async fn tokenize_keys_and_limits() {
     let (st, b) = call_auth(&addr, "POST", "/detokenize", &json!({"tokens": [100000]}).to_string(), key).await;
     assert_eq!(st, 400, "{b}");
     // A body over the limit is refused with 413 in OpenAI's shape.
-    let huge = json!({"prompt": "x".repeat(turbine_server::http::MAX_BODY_BYTES + 10)}).to_string();
+    let huge = json!({"prompt": "x".repeat(ServeConfig::default().limits.max_body_bytes + 10)}).to_string();
     let (st, b) = call_auth(&addr, "POST", "/v1/completions", &huge, key).await;
     assert_eq!(st, 413, "{}", &b[..b.len().min(200)]);
     assert!(b.contains("\"error\""));
@@ -249,4 +268,217 @@ async fn several_choices_and_prompts() {
     assert_eq!(finished, 6);
     let (st, b) = call(&addr, "POST", "/v1/completions", &json!({"prompt": "x", "n": 99}).to_string()).await;
     assert_eq!(st, 400, "{b}");
+}
+
+/// llama-gqa with a ChatML template beside it (the tiny fixtures carry none).
+fn chat_fixture() -> String {
+    let dir = std::env::temp_dir().join(format!("turbine-http-chat-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    for f in ["config.json", "model.safetensors", "tokenizer.json"] {
+        std::fs::copy(format!("{}/{f}", fixture("llama-gqa")), dir.join(f)).unwrap();
+    }
+    let tmpl = "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}\
+                {% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}";
+    std::fs::write(dir.join("chat_template.jinja"), tmpl).unwrap();
+    dir.to_string_lossy().into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chat_streamed_and_not_with_logprobs() {
+    let (addr, state) = start(&chat_fixture()).await;
+    let msgs = json!([{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Name a fox."}]);
+    let req = json!({"model": state.model, "messages": msgs, "max_tokens": 7, "temperature": 0, "ignore_eos": true,
+                     "logprobs": true, "top_logprobs": 2, "user": "tester-1", "some_future_field": {"x": 1}});
+    let (st, b) = call(&addr, "POST", "/v1/chat/completions", &req.to_string()).await;
+    assert_eq!(st, 200, "{b}");
+    let v: Value = serde_json::from_str(&b).unwrap();
+    assert_eq!(v["object"], "chat.completion");
+    assert!(v["id"].as_str().unwrap().starts_with("chatcmpl-") && v["created"].as_u64().is_some());
+    let choice = &v["choices"][0];
+    assert_eq!(choice["message"]["role"], "assistant");
+    assert_eq!(choice["finish_reason"], "length");
+    let content = choice["message"]["content"].as_str().unwrap().to_string();
+    let lp = choice["logprobs"]["content"].as_array().unwrap();
+    assert_eq!(lp.len(), 7);
+    assert!(lp
+        .iter()
+        .all(|t| t["top_logprobs"].as_array().unwrap().len() == 2 && t["logprob"].as_f64().unwrap() <= 0.0));
+    // The prompt is the template's rendering.
+    let (_, t) = call(&addr, "POST", "/tokenize", &json!({"messages": msgs}).to_string()).await;
+    let prompt_tokens = serde_json::from_str::<Value>(&t).unwrap()["count"].clone();
+    assert_eq!(v["usage"]["prompt_tokens"], prompt_tokens);
+    assert_eq!(v["usage"]["total_tokens"], prompt_tokens.as_u64().unwrap() + 7);
+
+    let mut sreq = req.clone();
+    sreq["stream"] = json!(true);
+    sreq["stream_options"] = json!({"include_usage": true});
+    let (st, b) = call(&addr, "POST", "/v1/chat/completions", &sreq.to_string()).await;
+    assert_eq!(st, 200);
+    let ev = events(&b);
+    assert_eq!(ev.last().unwrap(), "[DONE]");
+    let chunks: Vec<Value> = ev[..ev.len() - 1].iter().map(|e| serde_json::from_str(e).unwrap()).collect();
+    assert!(chunks.iter().all(|c| c["object"] == "chat.completion.chunk" && c["id"] == chunks[0]["id"]));
+    assert_eq!(chunks[0]["choices"][0]["delta"]["role"], "assistant");
+    let streamed: String = chunks.iter().filter_map(|c| c["choices"][0]["delta"]["content"].as_str()).collect();
+    assert_eq!(streamed, content);
+    let with_lp = chunks.iter().filter(|c| c["choices"][0]["logprobs"]["content"].is_array()).count();
+    assert_eq!(with_lp, 7);
+    assert_eq!(chunks.last().unwrap()["usage"]["completion_tokens"], 7);
+    assert!(chunks.last().unwrap()["choices"].as_array().unwrap().is_empty());
+
+    for (body, needle) in [
+        (json!({"messages": []}), "messages"),
+        (json!({"messages": [{"role": "robot", "content": "x"}]}), "robot"),
+        (json!({"messages": msgs, "top_logprobs": 3}), "top_logprobs"),
+        (json!({"messages": msgs, "user": 5}), "user"),
+    ] {
+        let (st, b) = call(&addr, "POST", "/v1/chat/completions", &body.to_string()).await;
+        assert_eq!(st, 400, "{body} -> {b}");
+        assert!(b.contains(needle), "{b} does not name {needle}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_queue_answers_429_with_retry_after() {
+    let mut c = config(&fixture("llama-gqa"));
+    c.engine.max_batch = 1;
+    c.engine.max_waiting = 1;
+    let (addr, state) = start_cfg(c).await;
+    // Five long choices in one request: one runs, one waits, the third finds the queue full.
+    let req = json!({"prompt": [[1, 2], [3, 4], [5, 6], [7, 8], [9, 10]], "max_tokens": 200, "ignore_eos": true});
+    let mut s = TcpStream::connect(&addr).await.unwrap();
+    let body = req.to_string();
+    let http = format!(
+        "POST /v1/completions HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    s.write_all(http.as_bytes()).await.unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.unwrap();
+    assert!(out.starts_with("HTTP/1.1 429"), "{out}");
+    assert!(out.to_ascii_lowercase().contains("retry-after: 1"), "{out}");
+    assert!(out.contains("rate_limit_error") && out.contains("limit 1"), "{out}");
+    // The choices that had been accepted were cancelled with it.
+    let mut idle = false;
+    for _ in 0..100 {
+        let st = state.engine.stats().await.unwrap();
+        if st.running + st.waiting == 0 && st.blocks_in_use == 0 {
+            idle = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(idle, "a refused request left work behind");
+    let (_, m) = call(&addr, "GET", "/metrics", "").await;
+    assert!(m.contains("turbine_requests_total{endpoint=\"/v1/completions\",status=\"429\"} 1"), "{m}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readiness_follows_loading_and_draining() {
+    let server = Server::new();
+    let addr = listen(server.clone()).await;
+    assert_eq!(call(&addr, "GET", "/health", "").await.0, 200);
+    let (st, b) = call(&addr, "GET", "/ready", "").await;
+    assert_eq!((st, serde_json::from_str::<Value>(&b).unwrap()["phase"].clone()), (503, json!("loading")));
+    let (st, b) = call(&addr, "POST", "/v1/completions", &json!({"prompt": "x"}).to_string()).await;
+    assert_eq!(st, 503, "{b}");
+    assert!(b.contains("loading"));
+
+    let c = config(&fixture("llama-gqa"));
+    let state = tokio::task::spawn_blocking(move || AppState::load(&c)).await.unwrap().unwrap();
+    server.set_ready(Arc::new(state));
+    assert_eq!(call(&addr, "GET", "/ready", "").await.0, 200);
+    let req = json!({"prompt": [1, 2], "max_tokens": 2}).to_string();
+    assert_eq!(call(&addr, "POST", "/v1/completions", &req).await.0, 200);
+
+    server.drain();
+    assert_eq!(call(&addr, "GET", "/ready", "").await.0, 503);
+    let (st, b) = call(&addr, "POST", "/v1/completions", &req).await;
+    assert_eq!(st, 503, "{b}");
+    assert!(b.contains("shutting down"));
+    // Reading endpoints still answer while draining.
+    assert_eq!(call(&addr, "GET", "/v1/models", "").await.0, 200);
+    assert_eq!(call(&addr, "GET", "/health", "").await.0, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn configured_limits_are_enforced() {
+    let mut c = config(&fixture("llama-gqa"));
+    c.limits.max_n = 2;
+    c.limits.max_tokens = 10;
+    c.limits.max_prompt_tokens = 4;
+    c.limits.max_body_bytes = 2048;
+    c.model.served_name = Some("tiny".into());
+    let (addr, _) = start_cfg(c).await;
+    for (body, status, needle) in [
+        (json!({"prompt": [1, 2], "n": 3}), 400, "1..=2"),
+        (json!({"prompt": [1, 2], "max_tokens": 11}), 400, "at most 10"),
+        (json!({"prompt": [1, 2, 3, 4, 5]}), 400, "at most 4"),
+        (json!({"prompt": "x".repeat(3000)}), 413, "error"),
+        (json!({"prompt": [1, 2], "model": "llama-gqa"}), 404, "tiny"),
+    ] {
+        let (st, b) = call(&addr, "POST", "/v1/completions", &body.to_string()).await;
+        assert_eq!(st, status, "{b}");
+        assert!(b.contains(needle), "{b} does not say {needle}");
+    }
+    // Without max_tokens the cap applies silently (chat's default is "up to the context").
+    let (st, b) = call(
+        &addr,
+        "POST",
+        "/v1/completions",
+        &json!({"prompt": [1, 2], "model": "tiny", "n": 2, "ignore_eos": true}).to_string(),
+    )
+    .await;
+    assert_eq!(st, 200, "{b}");
+    assert_eq!(serde_json::from_str::<Value>(&b).unwrap()["usage"]["completion_tokens"], 20);
+    let (st, b) = call(&addr, "GET", "/v1/nothing", "").await;
+    assert_eq!(st, 404);
+    assert!(b.contains("/v1/nothing"), "{b}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drain_timeout_cancels_what_is_left_and_answers_everyone() {
+    let mut c = config(&fixture("llama-gqa"));
+    c.engine.max_batch = 1;
+    c.server.drain_timeout_s = 0.3;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(turbine_server::http::serve(c, listener, async {
+        let _ = stop_rx.await;
+    }));
+    loop {
+        if let Ok(s) = TcpStream::connect(&addr).await {
+            drop(s);
+            if call(&addr, "GET", "/ready", "").await.0 == 200 {
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Eight long streams, one at a time: most are still waiting when the drain time is up.
+    let mut clients = Vec::new();
+    for i in 0..8u32 {
+        let addr = addr.clone();
+        clients.push(tokio::spawn(async move {
+            let req = json!({"prompt": [1 + i, 2], "max_tokens": 240, "ignore_eos": true, "stream": true});
+            call(&addr, "POST", "/v1/completions", &req.to_string()).await
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let t0 = std::time::Instant::now();
+    stop_tx.send(()).unwrap();
+    let mut reasons = Vec::new();
+    for c in clients {
+        let (st, body) = c.await.unwrap();
+        assert_eq!(st, 200);
+        let ev = events(&body);
+        assert_eq!(ev.last().map(String::as_str), Some("[DONE]"), "{body}");
+        let last: Value = serde_json::from_str(&ev[ev.len() - 2]).unwrap();
+        reasons.push(last["choices"][0]["finish_reason"].as_str().unwrap().to_string());
+    }
+    assert!(reasons.iter().any(|r| r == "cancelled"), "{reasons:?}");
+    assert!(reasons.iter().all(|r| r == "cancelled" || r == "length"), "{reasons:?}");
+    server.await.unwrap().unwrap();
+    assert!(t0.elapsed() < Duration::from_secs(5), "the server took {:?} to stop", t0.elapsed());
 }

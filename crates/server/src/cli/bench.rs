@@ -9,6 +9,7 @@ use clap::Args;
 use serde_json::{json, Value};
 use turbine_batcher::bench::{self, BenchRequest, Mode, Report};
 use turbine_batcher::EngineCore;
+use turbine_server::config::EngineSection;
 use turbine_server::setup;
 
 use super::speed::{self, SpeedArgs};
@@ -86,11 +87,13 @@ pub fn run(a: BenchArgs) -> Result<()> {
     if a.workload == "speed" {
         return speed::run(&a.model, &a.speed, a.json);
     }
-    if a.engine.max_batch == 0 || a.requests == 0 {
+    // Every request is queued at the start: no waiting-queue limit here.
+    let eng = EngineSection { max_waiting: usize::MAX, ..a.engine.apply(EngineSection::default()) };
+    if eng.max_batch == 0 || a.requests == 0 {
         bail!("--max-batch and --requests must be at least 1");
     }
     let modes = if a.compare { vec![Mode::Inflight, Mode::Static, Mode::StaticCompact] } else { vec![mode(&a.mode)?] };
-    let loaded = setup::load_runner(a.model.model.as_deref(), &a.model.backend, a.engine.kv())?;
+    let loaded = setup::load_runner(a.model.model.as_deref(), &a.model.backend, eng.kv())?;
     let cache = loaded.runner.cache();
     let max_len = loaded.runner.spec().max_positions.min(cache.num_blocks * cache.block_size);
     let reqs = if a.workload == "mixed" {
@@ -100,7 +103,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
         read_jsonl(&a.workload, &loaded.tok)?
     };
     let path = loaded.path.clone();
-    let mut core = EngineCore::new(loaded.runner, a.engine.config());
+    let mut core = EngineCore::new(loaded.runner, eng.config());
     let mut reports = Vec::new();
     for m in modes {
         let t0 = Instant::now();
@@ -121,7 +124,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
                 let _ = std::io::stderr().flush();
             }
         };
-        let r = bench::run(&mut core, &reqs, m, a.engine.max_batch, &mut progress)?;
+        let r = bench::run(&mut core, &reqs, m, eng.max_batch, &mut progress)?;
         eprintln!();
         reports.push(r);
     }
@@ -142,7 +145,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
         println!("{out}");
         return Ok(());
     }
-    println!("model {}  ({} requests, max batch {})", path.display(), reqs.len(), a.engine.max_batch);
+    println!("model {}  ({} requests, max batch {})", path.display(), reqs.len(), eng.max_batch);
     println!("| mode | output tok/s | total tok/s | wall s | TTFT p50 ms | TPOT p50 ms | KV util | preemptions |");
     println!("|---|---:|---:|---:|---:|---:|---:|---:|");
     for r in &reports {

@@ -9,6 +9,7 @@ mod serve;
 mod speed;
 
 use clap::{Args, Parser, Subcommand};
+use turbine_server::config::EngineSection;
 
 /// Turbine: an LLM inference engine.
 #[derive(Debug, Parser)]
@@ -48,35 +49,44 @@ pub struct ModelArgs {
     pub ctx_size: usize,
 }
 
-/// Engine settings shared by the commands that run many requests (`bench`, `serve`).
+/// Engine settings shared by the commands that run many requests (`bench`, `serve`); a flag
+/// left out keeps the value below it (the defaults, or `serve`'s config file).
 #[derive(Debug, Args)]
 pub struct EngineArgs {
-    /// Most sequences per step (also the batch size of the static bench modes).
-    #[arg(long, default_value_t = 16)]
-    pub max_batch: usize,
-    /// Most tokens per step.
-    #[arg(long, default_value_t = 512)]
-    pub max_num_tokens: usize,
-    /// KV cache size in tokens.
-    #[arg(long, default_value_t = 16384)]
-    pub kv_tokens: usize,
+    /// Most sequences per step (also the batch size of the static bench modes) [default: 16].
+    #[arg(long)]
+    pub max_batch: Option<usize>,
+    /// Most tokens per step [default: 512].
+    #[arg(long)]
+    pub max_num_tokens: Option<usize>,
+    /// KV cache size in tokens [default: 16384].
+    #[arg(long)]
+    pub kv_tokens: Option<usize>,
     /// KV cache budget in bytes (overrides --kv-tokens).
     #[arg(long)]
     pub kv_bytes: Option<usize>,
-    /// Tokens per KV block.
-    #[arg(long, default_value_t = turbine_server::setup::BLOCK_SIZE)]
-    pub block_size: usize,
+    /// Tokens per KV block [default: 16].
+    #[arg(long)]
+    pub block_size: Option<usize>,
 }
 
 impl EngineArgs {
-    /// The KV cache size.
-    pub fn kv(&self) -> turbine_server::setup::KvSize {
-        turbine_server::setup::KvSize { block_size: self.block_size, tokens: self.kv_tokens, bytes: self.kv_bytes }
-    }
-
-    /// The scheduler limits.
-    pub fn config(&self) -> turbine_batcher::EngineConfig {
-        turbine_batcher::EngineConfig { max_num_tokens: self.max_num_tokens, max_batch_size: self.max_batch }
+    /// `base` with the flags that were given.
+    pub fn apply(&self, mut base: EngineSection) -> EngineSection {
+        for (dst, v) in [
+            (&mut base.max_batch, self.max_batch),
+            (&mut base.max_num_tokens, self.max_num_tokens),
+            (&mut base.kv_tokens, self.kv_tokens),
+            (&mut base.block_size, self.block_size),
+        ] {
+            if let Some(v) = v {
+                *dst = v;
+            }
+        }
+        if self.kv_bytes.is_some() {
+            base.kv_bytes = self.kv_bytes;
+        }
+        base
     }
 }
 

@@ -1,53 +1,119 @@
-//! `turbine serve`: the OpenAI-compatible HTTP server.
+//! `turbine serve`: the OpenAI-compatible HTTP server ([`turbine_server::http::serve`]) until
+//! SIGINT or SIGTERM.
 
-use std::sync::Arc;
+use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use clap::Args;
-use turbine_server::http::{router, AppState};
+use turbine_server::config::ServeConfig;
 
-use super::{EngineArgs, ModelArgs};
+use super::EngineArgs;
 
 #[derive(Debug, Args)]
 pub struct ServeArgs {
-    #[command(flatten)]
-    model: ModelArgs,
-    /// Address to bind (loopback unless told otherwise).
-    #[arg(long, default_value = "127.0.0.1")]
-    host: String,
-    /// Port.
-    #[arg(long, default_value_t = 8000)]
-    port: u16,
-    #[command(flatten)]
-    engine: EngineArgs,
-    /// Require this API key (`Authorization: Bearer KEY`); repeatable. Also read from
-    /// `TURBINE_API_KEY`.
+    /// A TOML configuration file (see turbine.example.toml); flags override its values.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Print the configuration that would run (API keys redacted) and exit.
+    #[arg(long)]
+    print_config: bool,
+    /// A model folder, a .gguf file, or a known name (default: smollm2-135m-instruct).
+    #[arg(long, short = 'm')]
+    model: Option<String>,
+    /// The name clients send as "model" (default: the known name or the file name).
+    #[arg(long)]
+    served_model_name: Option<String>,
+    /// Kernel backend (default cpu).
+    #[arg(long)]
+    backend: Option<String>,
+    /// Weight format in memory (default auto: as the checkpoint stores it).
+    #[arg(long)]
+    dtype: Option<String>,
+    /// Address to bind (default 127.0.0.1, loopback only).
+    #[arg(long)]
+    host: Option<String>,
+    /// Port (default 8000; 0 picks a free one).
+    #[arg(long)]
+    port: Option<u16>,
+    /// Require this API key (`Authorization: Bearer KEY`); repeatable. `TURBINE_API_KEY` adds one.
     #[arg(long)]
     api_key: Vec<String>,
+    /// Seconds running requests get to finish after SIGINT/SIGTERM (default 30).
+    #[arg(long)]
+    drain_timeout: Option<f64>,
+    #[command(flatten)]
+    engine: EngineArgs,
+    /// Most requests waiting to start before new ones get 429 (default 256).
+    #[arg(long)]
+    max_waiting: Option<usize>,
+    /// Largest request body in bytes (default 4 MiB).
+    #[arg(long)]
+    max_body_bytes: Option<usize>,
+    /// Most choices per prompt, `n` (default 16).
+    #[arg(long)]
+    max_n: Option<usize>,
+    /// Largest max_tokens a request may ask for (default 0: up to the context).
+    #[arg(long)]
+    limit_max_tokens: Option<usize>,
+    /// Longest prompt in tokens (default 0: up to the context).
+    #[arg(long)]
+    limit_prompt_tokens: Option<usize>,
+    /// Most open client connections (default 1024).
+    #[arg(long)]
+    max_connections: Option<usize>,
+}
+
+impl ServeArgs {
+    /// Defaults, then the file, then the flags, then `TURBINE_API_KEY`.
+    fn resolve(&self) -> Result<ServeConfig> {
+        let mut c = match &self.config {
+            Some(p) => ServeConfig::read(p)?,
+            None => ServeConfig::default(),
+        };
+        fn set<T: Clone>(dst: &mut T, v: &Option<T>) {
+            if let Some(v) = v {
+                *dst = v.clone();
+            }
+        }
+        set(&mut c.model.path, &self.model);
+        if self.served_model_name.is_some() {
+            c.model.served_name = self.served_model_name.clone();
+        }
+        set(&mut c.model.backend, &self.backend);
+        set(&mut c.model.dtype, &self.dtype);
+        set(&mut c.server.host, &self.host);
+        set(&mut c.server.port, &self.port);
+        set(&mut c.server.drain_timeout_s, &self.drain_timeout);
+        c.server.api_keys.extend(self.api_key.iter().cloned());
+        if let Ok(k) = std::env::var("TURBINE_API_KEY") {
+            if !k.is_empty() {
+                c.server.api_keys.push(k);
+            }
+        }
+        c.engine = self.engine.apply(c.engine);
+        set(&mut c.engine.max_waiting, &self.max_waiting);
+        set(&mut c.limits.max_body_bytes, &self.max_body_bytes);
+        set(&mut c.limits.max_n, &self.max_n);
+        set(&mut c.limits.max_tokens, &self.limit_max_tokens);
+        set(&mut c.limits.max_prompt_tokens, &self.limit_prompt_tokens);
+        set(&mut c.limits.max_connections, &self.max_connections);
+        c.validate()?;
+        Ok(c)
+    }
 }
 
 pub fn run(a: ServeArgs) -> Result<()> {
-    let mut state = AppState::load(a.model.model.as_deref(), &a.model.backend, a.engine.kv(), a.engine.config())?;
-    state.api_keys = a.api_key.clone();
-    if let Ok(k) = std::env::var("TURBINE_API_KEY") {
-        if !k.is_empty() {
-            state.api_keys.push(k);
-        }
+    let cfg = a.resolve()?;
+    if a.print_config {
+        print!("{}", cfg.to_toml_redacted());
+        return Ok(());
     }
-    let state = Arc::new(state);
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the async runtime")?;
-    rt.block_on(async move {
-        let addr = format!("{}:{}", a.host, a.port);
+    rt.block_on(async {
+        let addr = format!("{}:{}", cfg.server.host, cfg.server.port);
         let listener =
             tokio::net::TcpListener::bind(&addr).await.with_context(|| format!("cannot listen on {addr}"))?;
-        eprintln!("turbine: serving {} on http://{}", state.model, listener.local_addr()?);
-        axum::serve(listener, router(state))
-            .with_graceful_shutdown(async {
-                shutdown_signal().await;
-                eprintln!("turbine: shutting down; letting running requests finish");
-            })
-            .await
-            .context("server error")
+        turbine_server::http::serve(cfg, listener, shutdown_signal()).await
     })
 }
 

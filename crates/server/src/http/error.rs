@@ -1,6 +1,7 @@
-//! Errors in OpenAI's shape: `{"error": {"message", "type", "param", "code"}}` with an HTTP status.
+//! Errors in OpenAI's shape: `{"error": {"message", "type", "param", "code"}}` with an HTTP status
+//! (and `Retry-After` where trying again later helps).
 
-use axum::http::StatusCode;
+use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::json;
@@ -16,28 +17,35 @@ pub struct ApiError {
     /// OpenAI error type.
     pub kind: &'static str,
     /// The request field at fault.
-    pub param: Option<&'static str>,
+    pub param: Option<String>,
+    /// Seconds after which the client may try again (`Retry-After`).
+    pub retry_after: Option<u32>,
 }
 
 impl ApiError {
+    /// An error with a status and a type.
+    pub fn new(status: StatusCode, kind: &'static str, message: impl Into<String>) -> Self {
+        ApiError { status, message: message.into(), kind, param: None, retry_after: None }
+    }
+
     /// 400 naming a field.
-    pub fn invalid(param: &'static str, message: impl Into<String>) -> Self {
-        ApiError {
-            status: StatusCode::BAD_REQUEST,
-            message: message.into(),
-            kind: "invalid_request_error",
-            param: Some(param),
-        }
+    pub fn invalid(param: impl Into<String>, message: impl Into<String>) -> Self {
+        ApiError { param: Some(param.into()), ..Self::bad_request(message) }
     }
 
     /// 400 about the request as a whole.
     pub fn bad_request(message: impl Into<String>) -> Self {
-        ApiError {
-            status: StatusCode::BAD_REQUEST,
-            message: message.into(),
-            kind: "invalid_request_error",
-            param: None,
-        }
+        Self::new(StatusCode::BAD_REQUEST, "invalid_request_error", message)
+    }
+
+    /// 503: not serving now (loading, shutting down); try again after `secs`.
+    pub fn unavailable(message: impl Into<String>, secs: u32) -> Self {
+        ApiError { retry_after: Some(secs), ..Self::new(StatusCode::SERVICE_UNAVAILABLE, "server_error", message) }
+    }
+
+    /// 500: our fault, never the client's.
+    pub fn internal(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::INTERNAL_SERVER_ERROR, "server_error", message)
     }
 }
 
@@ -46,12 +54,11 @@ impl From<SubmitError> for ApiError {
         match e {
             SubmitError::Invalid(m) => ApiError::bad_request(m),
             e @ SubmitError::TooLong { .. } => ApiError::invalid("max_tokens", e.to_string()),
-            SubmitError::ShutDown => ApiError {
-                status: StatusCode::SERVICE_UNAVAILABLE,
-                message: "the server is shutting down".into(),
-                kind: "server_error",
-                param: None,
+            e @ SubmitError::QueueFull { .. } => ApiError {
+                retry_after: Some(1),
+                ..ApiError::new(StatusCode::TOO_MANY_REQUESTS, "rate_limit_error", e.to_string())
             },
+            SubmitError::ShutDown => ApiError::unavailable("the server is shutting down", 5),
         }
     }
 }
@@ -60,6 +67,10 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let code = self.status.as_u16();
         let body = json!({"error": {"message": self.message, "type": self.kind, "param": self.param, "code": code}});
-        (self.status, Json(body)).into_response()
+        let mut resp = (self.status, Json(body)).into_response();
+        if let Some(s) = self.retry_after {
+            resp.headers_mut().insert(header::RETRY_AFTER, s.into());
+        }
+        resp
     }
 }

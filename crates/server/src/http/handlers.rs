@@ -29,11 +29,6 @@ fn now() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
-/// `GET /health`.
-pub async fn health() -> Json<Value> {
-    Json(json!({"status": "ok"}))
-}
-
 /// `GET /metrics`: Prometheus text.
 pub async fn metrics(State(s): Shared) -> Response {
     let stats = s.engine.stats().await.unwrap_or_default();
@@ -47,6 +42,38 @@ pub async fn models(State(s): Shared) -> Json<Value> {
     )
 }
 
+/// A typed request body. Serde's message for a wrongly typed field does not say which field it
+/// was (the shared fields are flattened), so on failure the culprit is found by leaving out one
+/// top-level key at a time.
+fn typed<T: serde::de::DeserializeOwned>(r: Result<Json<Value>, JsonRejection>) -> Result<T, ApiError> {
+    let v = body(r)?;
+    let Value::Object(map) = &v else {
+        return Err(ApiError::bad_request("the request body must be a JSON object"));
+    };
+    let err = match serde_json::from_value::<T>(v.clone()) {
+        Ok(t) => return Ok(t),
+        Err(e) => e.to_string(),
+    };
+    if let Some(field) = err.strip_prefix("missing field `").and_then(|r| r.split('`').next()) {
+        return Err(ApiError::invalid(field, format!("missing field {field:?}")));
+    }
+    // A key whose removal fixes the body is the culprit; failing that, a required key whose
+    // removal only makes it missing.
+    let without = |key: &str| {
+        let mut m = map.clone();
+        m.remove(key);
+        serde_json::from_value::<T>(Value::Object(m)).map_err(|e| e.to_string())
+    };
+    let culprit = map
+        .keys()
+        .find(|k| without(k).is_ok())
+        .or_else(|| map.keys().find(|k| without(k).is_err_and(|e| e.contains(&format!("missing field `{k}`")))));
+    if let Some(key) = culprit {
+        return Err(ApiError::invalid(key.clone(), format!("invalid value for {key:?}: {err}")));
+    }
+    Err(ApiError::bad_request(format!("invalid request body: {err}")))
+}
+
 fn body<T>(r: Result<Json<T>, JsonRejection>) -> Result<T, ApiError> {
     r.map(|Json(v)| v).map_err(|e| {
         // Keep the rejection's status where it is not a plain 400/422 (413 for a body too large).
@@ -54,12 +81,7 @@ fn body<T>(r: Result<Json<T>, JsonRejection>) -> Result<T, ApiError> {
             413 | 415 => e.status(),
             _ => axum::http::StatusCode::BAD_REQUEST,
         };
-        ApiError {
-            status,
-            message: format!("invalid request body: {}", e.body_text()),
-            kind: "invalid_request_error",
-            param: None,
-        }
+        ApiError::new(status, "invalid_request_error", format!("invalid request body: {}", e.body_text()))
     })
 }
 
@@ -103,11 +125,8 @@ enum Kind {
 }
 
 /// `POST /v1/completions`.
-pub async fn completions(
-    State(s): Shared,
-    r: Result<Json<CompletionRequest>, JsonRejection>,
-) -> Result<Response, ApiError> {
-    let r = body(r)?;
+pub async fn completions(State(s): Shared, r: Result<Json<Value>, JsonRejection>) -> Result<Response, ApiError> {
+    let r: CompletionRequest = typed(r)?;
     let encode = |p: &Prompt| -> Result<Vec<u32>, ApiError> {
         match p {
             Prompt::Text(t) if t.is_empty() => Err(ApiError::invalid("prompt", "the prompt is empty")),
@@ -141,8 +160,8 @@ pub async fn completions(
 }
 
 /// `POST /v1/chat/completions`.
-pub async fn chat(State(s): Shared, r: Result<Json<ChatRequest>, JsonRejection>) -> Result<Response, ApiError> {
-    let r = body(r)?;
+pub async fn chat(State(s): Shared, r: Result<Json<Value>, JsonRejection>) -> Result<Response, ApiError> {
+    let r: ChatRequest = typed(r)?;
     if r.messages.is_empty() {
         return Err(ApiError::invalid("messages", "messages must not be empty"));
     }
@@ -216,10 +235,6 @@ fn logprobs_json(s: &AppState, kind: Kind, toks: &[Generated], offset: &mut usiz
     }
 }
 
-fn server_error(message: String) -> ApiError {
-    ApiError { status: axum::http::StatusCode::INTERNAL_SERVER_ERROR, message, kind: "server_error", param: None }
-}
-
 /// One choice's whole output; its timings go to the metrics (`t0`: submission).
 async fn collect(
     s: &AppState,
@@ -239,7 +254,7 @@ async fn collect(
                 s.metrics.choice(usage.prompt_tokens, usage.completion_tokens, first, t0.elapsed().as_secs_f64());
                 return Ok((text, toks, reason, usage));
             }
-            Some(Event::Error(m)) => return Err(server_error(m)),
+            Some(Event::Error(m)) => return Err(ApiError::internal(m)),
             None => return Err(ApiError::from(turbine_batcher::SubmitError::ShutDown)),
         }
     }

@@ -1,22 +1,34 @@
 //! `turbine serve`: the OpenAI-compatible HTTP API over the in-flight batching engine.
+//!
+//! Two layers of routes: [`service`] answers `/health` and `/ready` from the first moment (while
+//! the model loads and while the server drains) and hands everything else to [`router`], the API
+//! proper, once the model is [`Server::set_ready`].
 
 mod error;
 mod handlers;
+mod listener;
 pub mod metrics;
 mod protocol;
+mod run;
 
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::{Arc, OnceLock};
 
 use axum::extract::{DefaultBodyLimit, Request, State};
-use axum::http::{header, StatusCode};
+use axum::http::{header, Method, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::Router;
+use axum::{Json, Router};
+use serde_json::json;
+use tower::ServiceExt;
 use turbine_batcher::Engine;
 use turbine_models::tokenizer::TextTokenizer;
 
+use crate::config::{Limits, ServeConfig};
 pub use error::ApiError;
+pub use listener::LimitedListener;
+pub use run::serve;
 
 /// What every handler shares.
 pub struct AppState {
@@ -34,30 +46,29 @@ pub struct AppState {
     pub created: u64,
     /// Accepted API keys; empty means no authentication.
     pub api_keys: Vec<String>,
+    /// What one request may ask for.
+    pub limits: Limits,
     /// Counters for `/metrics`.
     pub metrics: metrics::Metrics,
 }
 
 impl AppState {
     /// Loads the model and starts the engine (with a detokenizer, so stop strings and text
-    /// deltas work).
-    pub fn load(
-        model: Option<&str>,
-        backend: &str,
-        kv: crate::setup::KvSize,
-        cfg: turbine_batcher::EngineConfig,
-    ) -> anyhow::Result<Self> {
-        let l = crate::setup::load_runner(model, backend, kv)?;
+    /// deltas work), as `cfg` says.
+    pub fn load(cfg: &ServeConfig) -> anyhow::Result<Self> {
+        cfg.validate()?;
+        let model = Some(cfg.model.path.as_str());
+        let l = crate::setup::load_runner(model, &cfg.model.backend, cfg.engine.kv())?;
         let tok = Arc::new(l.tok);
         let cache = l.runner.cache();
         let max_len = l.runner.spec().max_positions.min(cache.num_blocks * cache.block_size);
-        let name = match model {
-            Some(m) if turbine_models::catalog::known(m).is_some() => m.to_string(),
-            None => turbine_models::catalog::DEFAULT_MODEL.to_string(),
-            Some(_) => l.path.file_stem().map_or_else(|| "model".into(), |s| s.to_string_lossy().into_owned()),
+        let name = match &cfg.model.served_name {
+            Some(n) => n.clone(),
+            None if turbine_models::catalog::known(&cfg.model.path).is_some() => cfg.model.path.clone(),
+            None => l.path.file_stem().map_or_else(|| "model".into(), |s| s.to_string_lossy().into_owned()),
         };
         let detok = tok.clone();
-        let core = turbine_batcher::EngineCore::new(l.runner, cfg)
+        let core = turbine_batcher::EngineCore::new(l.runner, cfg.engine.config())
             .with_detokenizer(Box::new(move |ids| detok.decode(ids, true).unwrap_or_default()));
         let created = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
         Ok(AppState {
@@ -67,14 +78,118 @@ impl AppState {
             eos: l.eos,
             max_len,
             created,
-            api_keys: Vec::new(),
+            api_keys: cfg.server.api_keys.clone(),
+            limits: cfg.limits.clone(),
             metrics: Default::default(),
         })
     }
 }
 
-/// Largest request body accepted, in bytes.
-pub const MAX_BODY_BYTES: usize = 4 << 20;
+/// Where the server is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// The model is loading: `/ready` is 503, the API answers 503 with `Retry-After`.
+    Loading,
+    /// Serving.
+    Ready,
+    /// Shutting down: running requests finish; new generation requests get 503.
+    Draining,
+}
+
+impl Phase {
+    /// `loading`, `ready` or `draining`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Phase::Loading => "loading",
+            Phase::Ready => "ready",
+            Phase::Draining => "draining",
+        }
+    }
+}
+
+/// The server around the API: its phase and, once loaded, the model's state and routes.
+#[derive(Default)]
+pub struct Server {
+    phase: AtomicU8,
+    app: OnceLock<(Arc<AppState>, Router)>,
+}
+
+impl Server {
+    /// A server whose model is still loading.
+    pub fn new() -> Arc<Self> {
+        Arc::new(Server::default())
+    }
+
+    /// A server that is ready with `state` (for tests and embedding).
+    pub fn ready(state: Arc<AppState>) -> Arc<Self> {
+        let s = Self::new();
+        s.set_ready(state);
+        s
+    }
+
+    /// The model has loaded: serve it (unless the server is already draining).
+    pub fn set_ready(&self, state: Arc<AppState>) {
+        let routes = router(state.clone());
+        if self.app.set((state, routes)).is_ok() {
+            let _ = self.phase.compare_exchange(0, 1, Ordering::SeqCst, Ordering::SeqCst);
+        }
+    }
+
+    /// Stop taking new generation requests; `/ready` turns 503.
+    pub fn drain(&self) {
+        self.phase.store(2, Ordering::SeqCst);
+    }
+
+    /// The current phase.
+    pub fn phase(&self) -> Phase {
+        match self.phase.load(Ordering::SeqCst) {
+            0 => Phase::Loading,
+            1 => Phase::Ready,
+            _ => Phase::Draining,
+        }
+    }
+
+    /// The model's state, once loaded.
+    pub fn state(&self) -> Option<&Arc<AppState>> {
+        self.app.get().map(|(s, _)| s)
+    }
+}
+
+/// The whole HTTP service: `/health` (liveness, always 200), `/ready` (200 only while serving),
+/// and the API of [`router`] once the model has loaded.
+pub fn service(server: Arc<Server>) -> Router {
+    Router::new().route("/health", get(health)).route("/ready", get(ready)).fallback(forward).with_state(server)
+}
+
+async fn health(State(s): State<Arc<Server>>) -> Response {
+    Json(json!({"status": "ok", "phase": s.phase().as_str()})).into_response()
+}
+
+async fn ready(State(s): State<Arc<Server>>) -> Response {
+    let phase = s.phase();
+    let body = Json(json!({"ready": phase == Phase::Ready, "phase": phase.as_str()}));
+    if phase == Phase::Ready {
+        body.into_response()
+    } else {
+        let mut r = (StatusCode::SERVICE_UNAVAILABLE, body).into_response();
+        r.headers_mut().insert(header::RETRY_AFTER, 5.into());
+        r
+    }
+}
+
+/// Hands a request to the API routes, or says why it cannot be served now.
+async fn forward(State(s): State<Arc<Server>>, req: Request) -> Response {
+    let Some((_, routes)) = s.app.get() else {
+        return ApiError::unavailable("the model is still loading; try again shortly", 5).into_response();
+    };
+    if s.phase() == Phase::Draining && req.method() == Method::POST && req.uri().path().starts_with("/v1/") {
+        return ApiError::unavailable("the server is shutting down", 5).into_response();
+    }
+    match routes.clone().oneshot(req).await {
+        Ok(r) => r,
+        Err(never) => match never {},
+    }
+}
 
 /// Constant-time comparison (the time does not depend on where the strings differ).
 fn same(a: &[u8], b: &[u8]) -> bool {
@@ -86,13 +201,7 @@ async fn count(State(s): State<Arc<AppState>>, req: Request, next: Next) -> Resp
     let path = req.uri().path().to_string();
     let resp = next.run(req).await;
     let endpoint = match path.as_str() {
-        "/health"
-        | "/metrics"
-        | "/v1/models"
-        | "/v1/completions"
-        | "/v1/chat/completions"
-        | "/tokenize"
-        | "/detokenize" => path,
+        "/metrics" | "/v1/models" | "/v1/completions" | "/v1/chat/completions" | "/tokenize" | "/detokenize" => path,
         _ => "other".to_string(),
     };
     s.metrics.request(&endpoint, resp.status().as_u16());
@@ -101,7 +210,7 @@ async fn count(State(s): State<Arc<AppState>>, req: Request, next: Next) -> Resp
 
 /// Rejects requests without a configured API key (`Authorization: Bearer KEY`) with 401.
 async fn auth(State(s): State<Arc<AppState>>, req: Request, next: Next) -> Response {
-    if s.api_keys.is_empty() || matches!(req.uri().path(), "/health" | "/metrics") {
+    if s.api_keys.is_empty() || req.uri().path() == "/metrics" {
         return next.run(req).await;
     }
     let given = req
@@ -115,28 +224,30 @@ async fn auth(State(s): State<Arc<AppState>>, req: Request, next: Next) -> Respo
     if ok {
         next.run(req).await
     } else {
-        ApiError {
-            status: StatusCode::UNAUTHORIZED,
-            message: "missing or invalid API key".into(),
-            kind: "authentication_error",
-            param: None,
-        }
-        .into_response()
+        ApiError::new(StatusCode::UNAUTHORIZED, "authentication_error", "missing or invalid API key").into_response()
     }
 }
 
-/// The routes.
+/// The API routes over a loaded model (without `/health` and `/ready`, which [`service`] adds).
 pub fn router(state: Arc<AppState>) -> Router {
     Router::new()
-        .route("/health", get(handlers::health))
         .route("/v1/models", get(handlers::models))
         .route("/v1/completions", post(handlers::completions))
         .route("/v1/chat/completions", post(handlers::chat))
         .route("/tokenize", post(handlers::tokenize))
         .route("/detokenize", post(handlers::detokenize))
         .route("/metrics", get(handlers::metrics))
-        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .fallback(not_found)
+        .layer(DefaultBodyLimit::max(state.limits.max_body_bytes))
         .layer(middleware::from_fn_with_state(state.clone(), auth))
         .layer(middleware::from_fn_with_state(state.clone(), count))
         .with_state(state)
+}
+
+async fn not_found(req: Request) -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "invalid_request_error",
+        format!("no endpoint {} {}", req.method(), req.uri().path()),
+    )
 }

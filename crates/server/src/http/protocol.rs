@@ -73,6 +73,9 @@ pub struct Common {
     pub stream: Option<bool>,
     /// Streaming options.
     pub stream_options: Option<StreamOptions>,
+    /// The end user, for the operator's records: checked to be a string, not used for generation.
+    #[allow(dead_code)]
+    pub user: Option<String>,
 }
 
 /// `POST /v1/completions`.
@@ -110,9 +113,6 @@ pub struct ChatRequest {
     pub common: Common,
 }
 
-/// Most choices per prompt.
-pub const MAX_N: i64 = 16;
-
 impl Common {
     /// One engine request per choice (`n`, default 1); with a seed, choice `i` uses `seed + i`.
     pub fn to_requests(
@@ -122,9 +122,10 @@ impl Common {
         logprobs: usize,
         default_max: usize,
     ) -> Result<Vec<Request>, ApiError> {
+        let max_n = s.limits.max_n as i64;
         let n = match self.n.unwrap_or(1) {
-            n if (1..=MAX_N).contains(&n) => n as u64,
-            n => return Err(ApiError::invalid("n", format!("n must be 1..={MAX_N}, got {n}"))),
+            n if (1..=max_n).contains(&n) => n as u64,
+            n => return Err(ApiError::invalid("n", format!("n must be 1..={max_n}, got {n}"))),
         };
         let base = self.to_request(s, prompt, logprobs, default_max)?;
         Ok((0..n)
@@ -147,20 +148,32 @@ impl Common {
     ) -> Result<Request, ApiError> {
         if let Some(m) = &self.model {
             if m != &s.model {
-                return Err(ApiError {
-                    status: axum::http::StatusCode::NOT_FOUND,
-                    message: format!("model {m:?} does not exist; this server serves {:?}", s.model),
-                    kind: "invalid_request_error",
-                    param: Some("model"),
-                });
+                let msg = format!("model {m:?} does not exist; this server serves {:?}", s.model);
+                let e = ApiError::new(axum::http::StatusCode::NOT_FOUND, "invalid_request_error", msg);
+                return Err(ApiError { param: Some("model".into()), ..e });
             }
         }
 
+        let limit = s.limits.max_prompt_tokens;
+        if limit > 0 && prompt.len() > limit {
+            return Err(ApiError::invalid(
+                "prompt",
+                format!("the prompt has {} tokens; this server accepts at most {limit}", prompt.len()),
+            ));
+        }
+        let cap = s.limits.max_tokens;
         let max_tokens = match self.max_completion_tokens.or(self.max_tokens) {
             Some(m) if m < 1 => {
                 return Err(ApiError::invalid("max_tokens", format!("max_tokens must be at least 1, got {m}")))
             }
+            Some(m) if cap > 0 && m as u64 > cap as u64 => {
+                return Err(ApiError::invalid(
+                    "max_tokens",
+                    format!("max_tokens is {m}; this server allows at most {cap}"),
+                ))
+            }
             Some(m) => m as usize,
+            None if cap > 0 => default_max.clamp(1, cap),
             None => default_max.max(1),
         };
         let top_k = match self.top_k {

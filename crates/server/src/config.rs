@@ -1,0 +1,244 @@
+//! `turbine serve`'s configuration: a TOML file (`--config turbine.toml`) whose every value a
+//! command-line flag can override. `turbine.example.toml` at the repository root documents each
+//! key; unknown keys are refused by name, so a typo never goes unnoticed.
+
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+/// The whole configuration. Every section and key is optional; missing ones take the defaults.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServeConfig {
+    /// What to serve.
+    pub model: ModelSection,
+    /// The scheduler and the KV cache.
+    pub engine: EngineSection,
+    /// Where to listen, who may call.
+    pub server: ServerSection,
+    /// What a request may ask for.
+    pub limits: Limits,
+}
+
+/// `[model]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ModelSection {
+    /// A model folder, a `.gguf` file, or a known name.
+    pub path: String,
+    /// The name clients use in `"model"` (default: the known name or the file's stem).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub served_name: Option<String>,
+    /// Kernel backend: `cpu` (or `cuda` in a build with that feature).
+    pub backend: String,
+    /// Weight format in memory: `auto` keeps what the checkpoint stores (GGUF blocks stay
+    /// quantised).
+    pub dtype: String,
+}
+
+impl Default for ModelSection {
+    fn default() -> Self {
+        ModelSection {
+            path: turbine_models::catalog::DEFAULT_MODEL.into(),
+            served_name: None,
+            backend: "cpu".into(),
+            dtype: "auto".into(),
+        }
+    }
+}
+
+/// `[engine]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EngineSection {
+    /// Most sequences per step.
+    pub max_batch: usize,
+    /// Most tokens per step (decode tokens plus prefill chunks).
+    pub max_num_tokens: usize,
+    /// Most requests waiting to start; beyond it requests get 429 with `Retry-After`.
+    pub max_waiting: usize,
+    /// KV cache size in tokens.
+    pub kv_tokens: usize,
+    /// KV cache budget in bytes (overrides `kv_tokens`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kv_bytes: Option<usize>,
+    /// Tokens per KV block.
+    pub block_size: usize,
+}
+
+impl Default for EngineSection {
+    fn default() -> Self {
+        EngineSection {
+            max_batch: 16,
+            max_num_tokens: 512,
+            max_waiting: 256,
+            kv_tokens: 16384,
+            kv_bytes: None,
+            block_size: crate::setup::BLOCK_SIZE,
+        }
+    }
+}
+
+impl EngineSection {
+    /// The KV cache size.
+    pub fn kv(&self) -> crate::setup::KvSize {
+        crate::setup::KvSize { block_size: self.block_size, tokens: self.kv_tokens, bytes: self.kv_bytes }
+    }
+
+    /// The scheduler limits.
+    pub fn config(&self) -> turbine_batcher::EngineConfig {
+        turbine_batcher::EngineConfig {
+            max_num_tokens: self.max_num_tokens,
+            max_batch_size: self.max_batch,
+            max_waiting: self.max_waiting,
+        }
+    }
+}
+
+/// `[server]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerSection {
+    /// Address to bind: loopback unless told otherwise.
+    pub host: String,
+    /// Port (0 picks a free one).
+    pub port: u16,
+    /// Accepted API keys (`Authorization: Bearer KEY`); empty means no authentication.
+    /// `TURBINE_API_KEY` adds one.
+    pub api_keys: Vec<String>,
+    /// Seconds that running requests get to finish after SIGINT/SIGTERM; then they are cancelled.
+    pub drain_timeout_s: f64,
+}
+
+impl Default for ServerSection {
+    fn default() -> Self {
+        ServerSection { host: "127.0.0.1".into(), port: 8000, api_keys: Vec::new(), drain_timeout_s: 30.0 }
+    }
+}
+
+/// `[limits]`: what one client may ask for.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Limits {
+    /// Largest request body, in bytes (413 beyond).
+    pub max_body_bytes: usize,
+    /// Most choices per prompt (`n`).
+    pub max_n: usize,
+    /// Largest `max_tokens` a request may ask for (0: up to the context).
+    pub max_tokens: usize,
+    /// Longest prompt in tokens (0: up to the context).
+    pub max_prompt_tokens: usize,
+    /// Most open client connections; more wait to be accepted.
+    pub max_connections: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits { max_body_bytes: 4 << 20, max_n: 16, max_tokens: 0, max_prompt_tokens: 0, max_connections: 1024 }
+    }
+}
+
+/// Weight formats `[model] dtype` accepts today.
+pub const DTYPES: &[&str] = &["auto"];
+
+impl ServeConfig {
+    /// Parses TOML text; `origin` names it in errors.
+    pub fn parse(text: &str, origin: &str) -> anyhow::Result<Self> {
+        let cfg: ServeConfig = toml::from_str(text).map_err(|e| anyhow::anyhow!("{origin}: {e}"))?;
+        Ok(cfg)
+    }
+
+    /// Reads a TOML file.
+    pub fn read(path: &Path) -> anyhow::Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| anyhow::anyhow!("cannot read the config file {}: {e}", path.display()))?;
+        Self::parse(&text, &path.display().to_string())
+    }
+
+    /// Checks the values together; the message names the key.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        let e = &self.engine;
+        let checks: [(bool, &str); 9] = [
+            (e.max_batch >= 1, "engine.max_batch must be at least 1"),
+            (e.max_num_tokens >= 1, "engine.max_num_tokens must be at least 1"),
+            (e.block_size >= 1, "engine.block_size must be at least 1"),
+            (e.max_waiting >= 1, "engine.max_waiting must be at least 1"),
+            (e.kv_tokens >= 1 || e.kv_bytes.is_some(), "engine.kv_tokens must be at least 1"),
+            (self.limits.max_body_bytes >= 1024, "limits.max_body_bytes must be at least 1024"),
+            (self.limits.max_n >= 1, "limits.max_n must be at least 1"),
+            (self.limits.max_connections >= 1, "limits.max_connections must be at least 1"),
+            (
+                self.server.drain_timeout_s.is_finite() && self.server.drain_timeout_s >= 0.0,
+                "server.drain_timeout_s must be a number of seconds >= 0",
+            ),
+        ];
+        if let Some((_, msg)) = checks.iter().find(|(ok, _)| !ok) {
+            anyhow::bail!("{msg}");
+        }
+        if !DTYPES.contains(&self.model.dtype.as_str()) {
+            anyhow::bail!(
+                "model.dtype {:?} is not supported; use one of {} (FP8 and INT8 formats are planned)",
+                self.model.dtype,
+                DTYPES.join(", ")
+            );
+        }
+        if self.server.api_keys.iter().any(|k| k.is_empty()) {
+            anyhow::bail!("server.api_keys: an API key must not be empty");
+        }
+        Ok(())
+    }
+
+    /// The configuration as TOML, with API keys replaced by `"<redacted>"`.
+    pub fn to_toml_redacted(&self) -> String {
+        let mut c = self.clone();
+        c.server.api_keys = c.server.api_keys.iter().map(|_| "<redacted>".to_string()).collect();
+        toml::to_string(&c).unwrap_or_else(|e| format!("# cannot render the configuration: {e}\n"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_empty_file_means_the_defaults() {
+        assert_eq!(ServeConfig::parse("", "x").unwrap(), ServeConfig::default());
+    }
+
+    #[test]
+    fn unknown_keys_and_wrong_types_are_named() {
+        let e = ServeConfig::parse("[engine]\nmax_bach = 3\n", "t.toml").unwrap_err().to_string();
+        assert!(e.contains("t.toml") && e.contains("max_bach"), "{e}");
+        let e = ServeConfig::parse("[server]\nport = \"eighty\"\n", "t.toml").unwrap_err().to_string();
+        assert!(e.contains("port"), "{e}");
+    }
+
+    #[test]
+    fn validation_names_the_key() {
+        let mut c = ServeConfig::default();
+        c.engine.max_batch = 0;
+        assert!(c.validate().unwrap_err().to_string().contains("engine.max_batch"));
+        let mut c = ServeConfig::default();
+        c.model.dtype = "fp7".into();
+        assert!(c.validate().unwrap_err().to_string().contains("fp7"));
+    }
+
+    #[test]
+    fn printed_config_round_trips_and_hides_keys() {
+        let mut c = ServeConfig::default();
+        c.server.api_keys = vec!["sk-secret".into()];
+        c.engine.kv_bytes = Some(1 << 20);
+        let text = c.to_toml_redacted();
+        assert!(!text.contains("sk-secret") && text.contains("<redacted>"), "{text}");
+        let back = ServeConfig::parse(&text, "printed").unwrap();
+        assert_eq!(back.engine, c.engine);
+        assert_eq!(back.limits, c.limits);
+    }
+
+    #[test]
+    fn the_example_file_parses_and_validates() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../turbine.example.toml");
+        let c = ServeConfig::read(Path::new(path)).unwrap();
+        c.validate().unwrap();
+    }
+}
