@@ -78,13 +78,20 @@ pub struct Percentiles {
     pub p99: f64,
 }
 
-fn percentiles(mut v: Vec<f64>) -> Percentiles {
-    if v.is_empty() {
-        return Percentiles::default();
+fn percentiles(v: Vec<f64>) -> Percentiles {
+    Percentiles::of(v)
+}
+
+impl Percentiles {
+    /// The percentiles of a sample (nearest rank; all zero when it is empty).
+    pub fn of(mut v: Vec<f64>) -> Percentiles {
+        if v.is_empty() {
+            return Percentiles::default();
+        }
+        v.sort_by(f64::total_cmp);
+        let at = |q: f64| v[((v.len() - 1) as f64 * q).round() as usize];
+        Percentiles { p50: at(0.5), p90: at(0.9), p99: at(0.99) }
     }
-    v.sort_by(f64::total_cmp);
-    let at = |q: f64| v[((v.len() - 1) as f64 * q).round() as usize];
-    Percentiles { p50: at(0.5), p90: at(0.9), p99: at(0.99) }
 }
 
 /// The figures of one run.

@@ -25,6 +25,6 @@ pub mod tokenizer;
 pub mod weights;
 
 pub use error::{ModelError, Result};
-pub use loader::{load, Loaded};
+pub use loader::{load, load_tokenizer, Loaded};
 pub use model::{Model, ModelSpec};
 pub use runner::{CacheConfig, Logits, ModelRunner, Runner, SeqStep};

@@ -36,6 +36,18 @@ pub fn load<B: Ops>(backend: &B, path: &Path) -> Result<Loaded<B>> {
     }
 }
 
+/// Loads only the tokenizer of a model folder or `.gguf` file.
+pub fn load_tokenizer(path: &Path) -> Result<TextTokenizer> {
+    if !path.exists() {
+        return Err(ModelError::NotFound(path.to_path_buf()));
+    }
+    if path.is_dir() {
+        TextTokenizer::from_hf_dir(path)
+    } else {
+        TextTokenizer::from_gguf(&GgufFile::open(path)?)
+    }
+}
+
 fn load_dir<B: Ops>(backend: &B, dir: &Path) -> Result<Loaded<B>> {
     let cfg_path = dir.join("config.json");
     if !cfg_path.exists() {

@@ -482,3 +482,60 @@ fn serve_exits_non_zero_when_the_model_cannot_load() {
     let out = turbine(&["serve", "--model", "/no/such/model", "--port", "0"]);
     fails_with(&out, "/no/such/model");
 }
+
+/// `turbine serve` on a free loopback port; returns the child and the address once ready.
+fn spawn_server(args: &[&str]) -> (std::process::Child, String) {
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let child = Command::new(env!("CARGO_BIN_EXE_turbine"))
+        .args(["serve", "--port", &port.to_string()])
+        .args(args)
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let addr = format!("127.0.0.1:{port}");
+    wait_ready(&addr);
+    (child, addr)
+}
+
+#[test]
+fn bench_serve_loads_a_server_and_reports() {
+    let m = tiny("llama-gqa");
+    let m = m.to_str().unwrap();
+    let (mut child, addr) = spawn_server(&["--model", m, "--api-key", "k1"]);
+    let url = format!("http://{addr}");
+    let out = turbine_env(
+        &["bench-serve", "--url", &url, "--tokenizer", m, "--requests", "16", "--rate", "200", "--json"],
+        &[("TURBINE_API_KEY", "k1")],
+    );
+    let v = json(&out);
+    assert_eq!(v["errors"], 0, "{v}");
+    assert_eq!(v["completed"], 16);
+    assert!(v["output_tokens"].as_u64().unwrap() >= 16 && v["output_tok_s"].as_f64().unwrap() > 0.0, "{v}");
+    for k in ["ttft_ms", "tpot_ms", "itl_ms", "e2e_ms"] {
+        let d = &v[k];
+        let (p50, p99) = (d["p50"].as_f64().unwrap(), d["p99"].as_f64().unwrap());
+        assert!(p50 > 0.0 && p50 <= p99, "{k}: {d}");
+    }
+    // Without the key every request fails, and the report says why.
+    let out = turbine(&[
+        "bench-serve",
+        "--url",
+        &url,
+        "--served-model",
+        "llama-gqa",
+        "--tokenizer",
+        m,
+        "--requests",
+        "3",
+        "--json",
+    ]);
+    let v = json(&out);
+    assert_eq!((v["errors"].as_u64(), v["completed"].as_u64()), (Some(3), Some(0)));
+    assert!(v["error_samples"][0].as_str().unwrap().contains("401"), "{v}");
+    Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    assert!(child.wait().unwrap().success());
+
+    fails_with(&turbine(&["bench-serve", "--url", &url, "--tokenizer", m]), "cannot reach");
+    fails_with(&turbine(&["bench-serve", "--url", &url, "--rate", "fast"]), "--rate");
+    fails_with(&turbine(&["bench-serve", "--url", "https://x.invalid"]), "https");
+}

@@ -1,6 +1,7 @@
 //! Command-line parsing and dispatch.
 
 mod bench;
+mod bench_serve;
 mod generate;
 mod models;
 mod perplexity;
@@ -33,6 +34,8 @@ enum Cmd {
     Models(models::ModelsArgs),
     /// Serve the OpenAI-compatible HTTP API.
     Serve(serve::ServeArgs),
+    /// Load an OpenAI-compatible server (ours or another engine's) and report latencies.
+    BenchServe(bench_serve::BenchServeArgs),
 }
 
 /// Options shared by every command that runs a model.
@@ -99,6 +102,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Cmd::Bench(a) => bench::run(a),
         Cmd::Models(a) => models::run(a),
         Cmd::Serve(a) => serve::run(a),
+        Cmd::BenchServe(a) => bench_serve::run(a),
     }
 }
 

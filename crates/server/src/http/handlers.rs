@@ -38,7 +38,7 @@ pub async fn metrics(State(s): Shared) -> Response {
 /// `GET /v1/models`.
 pub async fn models(State(s): Shared) -> Json<Value> {
     Json(
-        json!({"object": "list", "data": [{"id": s.model, "object": "model", "created": s.created, "owned_by": "turbine"}]}),
+        json!({"object": "list", "data": [{"id": s.model, "object": "model", "created": s.created, "owned_by": "turbine", "max_model_len": s.max_len}]}),
     )
 }
 
