@@ -482,3 +482,28 @@ async fn drain_timeout_cancels_what_is_left_and_answers_everyone() {
     server.await.unwrap().unwrap();
     assert!(t0.elapsed() < Duration::from_secs(5), "the server took {:?} to stop", t0.elapsed());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_beyond_the_limit_wait_for_a_free_slot() {
+    let c = config(&fixture("llama-gqa"));
+    let state = tokio::task::spawn_blocking(move || AppState::load(&c)).await.unwrap().unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let app = service(Server::ready(Arc::new(state)));
+    tokio::spawn(async move { axum::serve(LimitedListener::new(listener, 1), app).await.unwrap() });
+    let get = b"GET /v1/models HTTP/1.1\r\nHost: t\r\n\r\n";
+    // The first client holds the only slot with a keep-alive connection.
+    let mut a = TcpStream::connect(&addr).await.unwrap();
+    a.write_all(get).await.unwrap();
+    let mut buf = [0u8; 1024];
+    assert!(a.read(&mut buf).await.unwrap() > 0);
+    // The second is not served while the first stays connected…
+    let mut b = TcpStream::connect(&addr).await.unwrap();
+    b.write_all(get).await.unwrap();
+    let waited = tokio::time::timeout(Duration::from_millis(300), b.read(&mut buf)).await;
+    assert!(waited.is_err(), "a connection beyond the limit was served");
+    // …and is as soon as the first goes away.
+    drop(a);
+    let n = tokio::time::timeout(Duration::from_secs(5), b.read(&mut buf)).await.expect("served after the slot freed");
+    assert!(String::from_utf8_lossy(&buf[..n.unwrap()]).starts_with("HTTP/1.1 200"));
+}
