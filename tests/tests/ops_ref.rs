@@ -345,7 +345,7 @@ fn matmul_activation_epilogue_and_post_norm_residual() {
     let (x, w, bias) = (rand(m * k, 1), rand(n * k, 2), rand(n, 3));
     let (xt, wt, bt) = (up(&b, &[m, k], &x), up(&b, &[n, k], &w), up(&b, &[n], &bias));
     let mut out = zeros(&b, &[m, n]);
-    b.matmul(&xt, &wt, Epilogue { bias: Some(&bt), act: Some(Act::Gelu), accumulate: false }, &mut out).unwrap();
+    b.matmul(&xt, &wt, Epilogue { bias: Some(&bt), act: Some(Act::Gelu), ..Epilogue::none() }, &mut out).unwrap();
     let want: Vec<f32> = naive_matmul(&x, &w, m, k, n)
         .iter()
         .enumerate()

@@ -35,6 +35,14 @@ pub trait Backend: Sized + Send + Sync + 'static {
     /// backend stores f16/bf16 weights as f32); the returned tensor says what it holds.
     fn upload(&self, host: &HostTensor<'_>) -> Result<Tensor<Self>>;
 
+    /// Copies a matrix-product weight to the device in the storage type it has on the host
+    /// (f16, bf16, FP8 E4M3, INT8 or GGUF blocks stay as they are; the product dequantises on
+    /// the fly). Fails with [`crate::Error::Unsupported`] for a type the backend's products cannot
+    /// read. The default widens like [`Backend::upload`].
+    fn upload_weight(&self, host: &HostTensor<'_>) -> Result<Tensor<Self>> {
+        self.upload(host)
+    }
+
     /// Overwrites `dst` with `host`, reshaping it; fails if `host` exceeds `dst`'s capacity or the
     /// dtypes differ. This is how per-step inputs reach the device without allocating.
     fn write(&self, dst: &mut Tensor<Self>, host: &HostTensor<'_>) -> Result<()>;

@@ -19,6 +19,8 @@ pub enum DType {
     F8E4M3,
     /// FP8 E5M2.
     F8E5M2,
+    /// Signed 8-bit integer (quantised weights, with scales kept beside them).
+    I8,
     /// Unsigned 32-bit integer: token ids, positions, block tables.
     U32,
     /// GGUF Q8_0: blocks of 32 values, an f16 scale `d` and 32 `i8`; value = d * q.
@@ -54,7 +56,7 @@ impl DType {
         match self {
             DType::F32 | DType::U32 => 4,
             DType::F16 | DType::BF16 => 2,
-            DType::F8E4M3 | DType::F8E5M2 => 1,
+            DType::F8E4M3 | DType::F8E5M2 | DType::I8 => 1,
             DType::Q8_0 => 34,
             DType::Q4_0 => 18,
             DType::Q4_1 => 20,
@@ -93,6 +95,7 @@ impl DType {
             DType::BF16 => "bf16",
             DType::F8E4M3 => "f8e4m3",
             DType::F8E5M2 => "f8e5m2",
+            DType::I8 => "i8",
             DType::U32 => "u32",
             DType::Q8_0 => "q8_0",
             DType::Q4_0 => "q4_0",

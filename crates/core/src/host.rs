@@ -147,7 +147,8 @@ impl<'a> HostTensor<'a> {
 }
 
 /// Decodes `out.len()` values of `dtype` from `bytes` into f32. Block types are dequantised
-/// exactly as GGUF defines them (f16 scales widened to f32, one rounding per value).
+/// exactly as GGUF defines them (f16 scales widened to f32, one rounding per value); FP8 E4M3
+/// and INT8 give their raw values (their scales live beside them).
 pub fn decode_f32(dtype: DType, bytes: &[u8], out: &mut [f32]) -> Result<()> {
     let need = dtype
         .bytes_for(out.len())
@@ -170,6 +171,17 @@ pub fn decode_f32(dtype: DType, bytes: &[u8], out: &mut [f32]) -> Result<()> {
         DType::BF16 => {
             for (o, c) in out.iter_mut().zip(b.chunks_exact(2)) {
                 *o = bf16::from_le_bytes([c[0], c[1]]).to_f32();
+            }
+        }
+        DType::F8E4M3 => {
+            let t = crate::fp8::e4m3_table();
+            for (o, &c) in out.iter_mut().zip(b) {
+                *o = t[usize::from(c)];
+            }
+        }
+        DType::I8 => {
+            for (o, &c) in out.iter_mut().zip(b) {
+                *o = f32::from(c as i8);
             }
         }
         d if d.is_quantized() => {

@@ -11,6 +11,7 @@
 pub mod backend;
 pub mod dtype;
 pub mod error;
+pub mod fp8;
 pub mod host;
 pub mod ops;
 pub mod quant;
@@ -23,6 +24,8 @@ pub use backend::{Backend, Caps};
 pub use dtype::DType;
 pub use error::{Error, Result};
 pub use host::HostTensor;
-pub use ops::{alibi_slopes, Act, AttnMeta, AttnParams, Epilogue, KvPages, NormKind, Ops, QkvLayout, Resid, RopeTable};
+pub use ops::{
+    alibi_slopes, Act, AttnMeta, AttnParams, Epilogue, KvPages, NormKind, Ops, QkvLayout, Resid, RopeTable, XQuant,
+};
 pub use shape::Shape;
 pub use tensor::Tensor;

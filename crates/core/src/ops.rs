@@ -8,8 +8,14 @@
 use crate::sampling::{Sampled, SeqSampler};
 use crate::{Backend, Result, Tensor};
 
-/// What a matrix product does after the dot products, in this order: add the bias, apply the
-/// activation, then store or accumulate into `out`.
+/// What a matrix product does around the dot products, in this order: quantise the input rows
+/// (`quant_x`), take the dot products in f32, multiply by the scales, add the bias, apply the
+/// activation, then store or accumulate into `out`:
+///
+/// `out[i, j] (+)= act(sx[i] * scale[j] * Σ_k x'[i, k] · w[j, k] + bias[j])`
+///
+/// where `x' = x` and `sx = 1` without `quant_x`, and `w[j, k]` are the stored weight values (for
+/// FP8 E4M3 and INT8 weights the raw 8-bit values, their scales in `scale`).
 pub struct Epilogue<'a, B: Backend> {
     /// Adds `bias[n]` to every row.
     pub bias: Option<&'a Tensor<B>>,
@@ -17,24 +23,44 @@ pub struct Epilogue<'a, B: Backend> {
     pub act: Option<Act>,
     /// Adds the result to `out` instead of overwriting it (fused residual add).
     pub accumulate: bool,
+    /// Per-output-column weight scales `[n]` (f32), for FP8 and INT8 weights.
+    pub scale: Option<&'a Tensor<B>>,
+    /// Quantises the input rows to FP8 E4M3 first (W8A8).
+    pub quant_x: Option<XQuant<'a, B>>,
 }
+
+/// How a matrix product's input rows are quantised before the products (W8A8): each row becomes
+/// `x' = e4m3(x / sx)` with its scale `sx` applied to the sums ([`crate::fp8`]).
+pub enum XQuant<'a, B: Backend> {
+    /// One scale per row (token), `amax(row) / 448`, computed on the fly.
+    Fp8PerToken,
+    /// One calibrated scale `[1]` (f32) for every row; values beyond it saturate.
+    Fp8Static(&'a Tensor<B>),
+}
+
+impl<B: Backend> Clone for XQuant<'_, B> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+impl<B: Backend> Copy for XQuant<'_, B> {}
 
 impl<B: Backend> Epilogue<'_, B> {
     /// Plain product.
     pub fn none() -> Self {
-        Epilogue { bias: None, act: None, accumulate: false }
+        Epilogue { bias: None, act: None, accumulate: false, scale: None, quant_x: None }
     }
 
     /// `out += x · wᵀ`.
     pub fn accumulate() -> Self {
-        Epilogue { bias: None, act: None, accumulate: true }
+        Epilogue { accumulate: true, ..Self::none() }
     }
 }
 
 impl<'a, B: Backend> Epilogue<'a, B> {
     /// `out = x · wᵀ + bias`.
     pub fn bias(bias: Option<&'a Tensor<B>>) -> Self {
-        Epilogue { bias, act: None, accumulate: false }
+        Epilogue { bias, ..Self::none() }
     }
 }
 

@@ -16,7 +16,7 @@ impl Tol {
         match dtype {
             F16 => Tol { rel: 2e-3, abs: 1e-3 },
             BF16 => Tol { rel: 1.6e-2, abs: 1e-2 },
-            F8E4M3 | F8E5M2 => Tol { rel: 1.25e-1, abs: 1e-1 },
+            F8E4M3 | F8E5M2 | I8 => Tol { rel: 1.25e-1, abs: 1e-1 },
             _ => Tol { rel: 1e-5, abs: 1e-5 },
         }
     }

@@ -4,14 +4,15 @@ use turbine_core::{host::decode_f32, DType, Error, HostTensor, Result, Shape, Te
 
 use crate::Cpu;
 
-/// CPU memory: f32 activations and weights, u32 indices, or raw GGUF blocks.
+/// CPU memory: f32 activations and weights, u32 indices, or raw bytes (GGUF blocks, and f16,
+/// bf16, FP8 E4M3 or INT8 matrix-product weights).
 #[derive(Debug, Clone)]
 pub enum CpuBuf {
     /// f32 values.
     F32(Vec<f32>),
     /// u32 values.
     U32(Vec<u32>),
-    /// Block-quantised rows, as stored in GGUF.
+    /// Raw rows of a byte-stored type (GGUF blocks, f16, bf16, E4M3, INT8), little-endian.
     Blocks(Vec<u8>),
 }
 
@@ -47,7 +48,7 @@ pub(crate) fn alloc(shape: &Shape, dtype: DType) -> Result<Tensor<Cpu>> {
     let buf = match dtype {
         DType::F32 => CpuBuf::F32(vec![0.0; n]),
         DType::U32 => CpuBuf::U32(vec![0; n]),
-        d if d.is_quantized() => {
+        d if d.is_quantized() || matches!(d, DType::F16 | DType::BF16 | DType::F8E4M3 | DType::I8) => {
             let bytes = d
                 .bytes_for(shape.cols())
                 .ok_or_else(|| Error::invalid("alloc", format!("{} columns is not whole {d} blocks", shape.cols())))?
@@ -63,9 +64,20 @@ fn host_to_buf(host: &HostTensor<'_>) -> Result<(CpuBuf, DType)> {
     Ok(match host.dtype() {
         DType::U32 => (CpuBuf::U32(host.to_u32()?), DType::U32),
         DType::F32 | DType::F16 | DType::BF16 => (CpuBuf::F32(host.to_f32()?), DType::F32),
-        d if d.is_quantized() => (CpuBuf::Blocks(host.bytes().to_vec()), d),
+        d if d.is_quantized() || matches!(d, DType::F8E4M3 | DType::I8) => (CpuBuf::Blocks(host.bytes().to_vec()), d),
         other => return Err(Error::Unsupported { op: "upload", dtype: other, backend: BACKEND }),
     })
+}
+
+/// Stores a matrix-product weight as it is on the host (f16 and bf16 stay 2 bytes a value).
+pub(crate) fn upload_weight(host: &HostTensor<'_>) -> Result<Tensor<Cpu>> {
+    match host.dtype() {
+        d @ (DType::F16 | DType::BF16) => {
+            let n = host.shape().numel();
+            Ok(Tensor::from_parts(CpuBuf::Blocks(host.bytes().to_vec()), host.shape().clone(), d, n))
+        }
+        _ => upload(host),
+    }
 }
 
 pub(crate) fn upload(host: &HostTensor<'_>) -> Result<Tensor<Cpu>> {

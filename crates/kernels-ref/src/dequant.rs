@@ -4,8 +4,14 @@
 use turbine_core::quant::dequant_block;
 use turbine_core::DType;
 
-/// Dequantises consecutive blocks of `dtype` from `src` into `out` (`out.len()` a multiple of 32).
+/// Dequantises consecutive blocks of `dtype` from `src` into `out` (`out.len()` a multiple of 32),
+/// or decodes consecutive f16, bf16, E4M3 or INT8 values.
 pub(crate) fn dequant_into(dtype: DType, src: &[u8], out: &mut [f32]) {
+    if !dtype.is_quantized() {
+        // f16, bf16, E4M3, INT8: one value per element (8-bit values raw, scales applied later).
+        turbine_core::host::decode_f32(dtype, src, out).expect("whole rows of a byte-stored weight type");
+        return;
+    }
     let bb = dtype.block_bytes();
     debug_assert!(src.len() >= out.len() / dtype.block_len() * bb);
     #[cfg(target_arch = "x86_64")]

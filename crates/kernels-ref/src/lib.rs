@@ -86,6 +86,10 @@ impl Backend for Cpu {
         buffer::upload(host)
     }
 
+    fn upload_weight(&self, host: &HostTensor<'_>) -> Result<T> {
+        buffer::upload_weight(host)
+    }
+
     fn write(&self, dst: &mut T, host: &HostTensor<'_>) -> Result<()> {
         buffer::write(dst, host)
     }

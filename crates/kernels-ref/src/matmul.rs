@@ -7,7 +7,8 @@
 use std::cell::RefCell;
 
 use rayon::prelude::*;
-use turbine_core::{Act, DType, Epilogue, Error, Result, Tensor};
+use turbine_core::fp8::{quantize_row_e4m3, scale_for, E4M3_MAX};
+use turbine_core::{Act, DType, Epilogue, Error, Result, Tensor, XQuant};
 
 use crate::act::apply;
 
@@ -35,6 +36,10 @@ struct Job<'a> {
     m: usize,
     k: usize,
     n: usize,
+    /// Per-row scales of a quantised `x`.
+    row_scale: Option<&'a [f32]>,
+    /// Per-column weight scales.
+    col_scale: Option<&'a [f32]>,
     bias: Option<&'a [f32]>,
     act: Option<Act>,
     accumulate: bool,
@@ -97,6 +102,13 @@ impl Job<'_> {
         for (c, row) in v.iter().enumerate() {
             for (r, &d) in row.iter().enumerate() {
                 let j = j0 + r;
+                let d = match (self.row_scale, self.col_scale) {
+                    (None, None) => d,
+                    (Some(rs), None) => d * rs[i0 + c],
+                    (None, Some(cs)) => d * cs[j],
+                    // cuBLASLt's alpha = scale_a * scale_b, then alpha * sum.
+                    (Some(rs), Some(cs)) => d * (rs[i0 + c] * cs[j]),
+                };
                 let val = match self.bias {
                     Some(b) => d + b[j],
                     None => d,
@@ -129,9 +141,25 @@ pub(crate) fn matmul(x: &Tensor<Cpu>, w: &Tensor<Cpu>, epi: Epilogue<'_, Cpu>, o
         }
         None => None,
     };
+    let col_scale = match epi.scale {
+        Some(sc) => {
+            sc.expect_shape(OP, &[n])?;
+            Some(f32s(sc, OP)?)
+        }
+        None => None,
+    };
+    let quantised = match epi.quant_x {
+        Some(q) => Some(quantise_rows(xs, m, k, q)?),
+        None => None,
+    };
+    let (xs, row_scale) = match &quantised {
+        Some((qx, sx)) => (&qx[..], Some(&sx[..])),
+        None => (xs, None),
+    };
     let dtype = w.dtype();
     let out_ptr = OutPtr(f32s_mut(out, OP)?.as_mut_ptr());
-    let job = Job { x: xs, m, k, n, bias, act: epi.act, accumulate: epi.accumulate, out: out_ptr };
+    let job =
+        Job { x: xs, m, k, n, row_scale, col_scale, bias, act: epi.act, accumulate: epi.accumulate, out: out_ptr };
     if m == 0 || n == 0 {
         return Ok(());
     }
@@ -162,4 +190,22 @@ pub(crate) fn matmul(x: &Tensor<Cpu>, w: &Tensor<Cpu>, epi: Epilogue<'_, Cpu>, o
         CpuBuf::U32(_) => return Err(Error::Unsupported { op: OP, dtype: DType::U32, backend: "cpu" }),
     }
     Ok(())
+}
+
+/// The rows of `x` as E4M3 values (unscaled, as f32) and each row's scale.
+fn quantise_rows(x: &[f32], m: usize, k: usize, q: XQuant<'_, Cpu>) -> Result<(Vec<f32>, Vec<f32>)> {
+    let fixed = match q {
+        XQuant::Fp8PerToken => None,
+        XQuant::Fp8Static(s) => {
+            s.expect_shape("matmul", &[1])?;
+            Some(f32s(s, "matmul")?[0])
+        }
+    };
+    let mut qx = vec![0.0; m * k];
+    let mut sx = vec![0.0; m];
+    for ((row, out), s) in x.chunks_exact(k.max(1)).zip(qx.chunks_exact_mut(k.max(1))).zip(&mut sx) {
+        *s = fixed.unwrap_or_else(|| scale_for(row.iter().fold(0f32, |a, v| a.max(v.abs())), E4M3_MAX));
+        quantize_row_e4m3(row, *s, out);
+    }
+    Ok((qx, sx))
 }

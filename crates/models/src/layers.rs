@@ -190,7 +190,7 @@ impl<B: Ops> Decoder<B> {
                 b.matmul(mlp_in, &layer.up.w, Epilogue::bias(layer.up.b.as_ref()), &mut gu)?;
                 b.gated_act(&gu, o.act, &mut hid)?;
             } else {
-                let epi = Epilogue { bias: layer.up.b.as_ref(), act: Some(o.act), accumulate: false };
+                let epi = Epilogue { bias: layer.up.b.as_ref(), act: Some(o.act), ..Epilogue::none() };
                 b.matmul(mlp_in, &layer.up.w, epi, &mut hid)?;
             }
             self.branch_out(b, &hid, &layer.down, layer.post_mlp_norm.as_ref(), &mut x, &mut tmp, &mut tmp2)?;
@@ -235,7 +235,7 @@ impl<B: Ops> Decoder<B> {
     ) -> Result<()> {
         match post {
             None => {
-                let epi = Epilogue { bias: proj.b.as_ref(), act: None, accumulate: true };
+                let epi = Epilogue { bias: proj.b.as_ref(), ..Epilogue::accumulate() };
                 b.matmul(input, &proj.w, epi, x)?;
             }
             Some(n) => {

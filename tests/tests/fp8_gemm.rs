@@ -1,0 +1,150 @@
+//! The 8-bit and 16-bit matrix products of the CPU backend against an independent slow
+//! emulation: E4M3 rounding by searching every representable value (ties to the even code,
+//! saturation), products summed in f64, then the scales, bias and activation.
+
+use turbine_core::testing::{assert_close, Tol};
+use turbine_core::{Backend, DType, Epilogue, HostTensor, Ops, Tensor, XQuant};
+use turbine_kernels_ref::Cpu;
+
+fn rand(n: usize, seed: u64, amp: f32) -> Vec<f32> {
+    let mut rng = turbine_core::sampling::Rng::new(seed);
+    (0..n).map(|_| (rng.next_f64() * 2.0 - 1.0) as f32 * amp).collect()
+}
+
+/// Every finite E4M3 value, by code (computed from the definition, not from the crate).
+fn e4m3_values() -> Vec<(u8, f64)> {
+    (0u8..=255)
+        .filter(|b| b & 0x7f != 0x7f)
+        .map(|b| {
+            let s = if b & 0x80 != 0 { -1.0 } else { 1.0 };
+            let (e, m) = (((b >> 3) & 15) as i32, (b & 7) as f64);
+            let v = if e == 0 { m * 2f64.powi(-9) } else { (1.0 + m / 8.0) * 2f64.powi(e - 7) };
+            (b, s * v)
+        })
+        .collect()
+}
+
+/// Nearest E4M3 value, ties to the even code, saturating at ±448.
+fn slow_e4m3(x: f32, table: &[(u8, f64)]) -> f64 {
+    let x = f64::from(x).clamp(-448.0, 448.0);
+    let mut best = (0u8, f64::INFINITY, 0.0);
+    for &(b, v) in table {
+        let d = (v - x).abs();
+        if d < best.1 || (d == best.1 && b & 1 == 0) {
+            best = (b, d, v);
+        }
+    }
+    best.2
+}
+
+fn up(b: &Cpu, shape: &[usize], v: &[f32]) -> Tensor<Cpu> {
+    b.upload(&HostTensor::from_f32(shape, v).unwrap()).unwrap()
+}
+
+/// Per-channel E4M3 weights: (codes, scales, values as the slow emulation sees them).
+fn fp8_weights(w: &[f32], n: usize, k: usize, table: &[(u8, f64)]) -> (Vec<u8>, Vec<f32>, Vec<f64>) {
+    let (mut codes, mut scales, mut vals) = (Vec::new(), Vec::new(), Vec::new());
+    for row in w.chunks(k).take(n) {
+        let amax = row.iter().fold(0f32, |a, v| a.max(v.abs()));
+        let s = amax / 448.0;
+        scales.push(s);
+        for &v in row {
+            let q = slow_e4m3(v * (1.0 / s), table);
+            vals.push(q);
+            codes.push(table.iter().find(|(_, tv)| *tv == q).unwrap().0);
+        }
+    }
+    (codes, scales, vals)
+}
+
+#[test]
+fn fp8_w8a8_matches_the_slow_emulation() {
+    let b = Cpu::new();
+    let table = e4m3_values();
+    for (m, k, n, static_scale) in [(1, 64, 7, None), (3, 96, 50, None), (9, 160, 20, None), (4, 64, 9, Some(0.004f32))]
+    {
+        let mut x = rand(m * k, 1, 1.5);
+        x[3] = 40.0; // an outlier: its row's scale grows, and with a static scale it saturates
+        let w = rand(n * k, 2, 0.2);
+        let bias = rand(n, 3, 0.5);
+        let (codes, scales, wv) = fp8_weights(&w, n, k, &table);
+        let wt = b.upload_weight(&HostTensor::new([n, k], DType::F8E4M3, codes).unwrap()).unwrap();
+        let (xt, st, bt) = (up(&b, &[m, k], &x), up(&b, &[n], &scales), up(&b, &[n], &bias));
+        let sx_t = static_scale.map(|s| up(&b, &[1], &[s]));
+        let quant = match &sx_t {
+            Some(t) => XQuant::Fp8Static(t),
+            None => XQuant::Fp8PerToken,
+        };
+        let mut out = b.alloc(&[m, n].into(), DType::F32).unwrap();
+        let epi = Epilogue { bias: Some(&bt), scale: Some(&st), quant_x: Some(quant), ..Epilogue::none() };
+        b.matmul(&xt, &wt, epi, &mut out).unwrap();
+        let got = b.download(&out).unwrap().to_f32().unwrap();
+        let mut want = vec![0.0; m * n];
+        for i in 0..m {
+            let row = &x[i * k..(i + 1) * k];
+            let sx = static_scale.unwrap_or_else(|| row.iter().fold(0f32, |a, v| a.max(v.abs())) / 448.0);
+            let qx: Vec<f64> = row.iter().map(|&v| slow_e4m3(v * (1.0 / sx), &table)).collect();
+            for j in 0..n {
+                let acc: f64 = (0..k).map(|t| qx[t] * wv[j * k + t]).sum();
+                want[i * n + j] = (acc * f64::from(sx * scales[j]) + f64::from(bias[j])) as f32;
+            }
+        }
+        assert_close(&got, &want, Tol { rel: 1e-5, abs: 1e-5 });
+    }
+}
+
+#[test]
+fn int8_and_half_weights_dequantise_on_the_fly() {
+    let b = Cpu::new();
+    let (m, k, n) = (5, 128, 33);
+    let x = rand(m * k, 4, 1.0);
+    let w = rand(n * k, 5, 0.3);
+    // INT8, per channel.
+    let mut codes = Vec::new();
+    let mut scales = Vec::new();
+    let mut wv = Vec::new();
+    for row in w.chunks(k) {
+        let s = row.iter().fold(0f32, |a, v| a.max(v.abs())) / 127.0;
+        scales.push(s);
+        for &v in row {
+            let q = (f64::from(v) / f64::from(s)).round_ties_even().clamp(-127.0, 127.0);
+            codes.push(q as i8 as u8);
+            wv.push(q);
+        }
+    }
+    let wt = b.upload_weight(&HostTensor::new([n, k], DType::I8, codes).unwrap()).unwrap();
+    assert_eq!(wt.dtype(), DType::I8);
+    let (xt, st) = (up(&b, &[m, k], &x), up(&b, &[n], &scales));
+    let mut out = b.alloc(&[m, n].into(), DType::F32).unwrap();
+    b.matmul(&xt, &wt, Epilogue { scale: Some(&st), ..Epilogue::none() }, &mut out).unwrap();
+    let want: Vec<f32> = (0..m * n)
+        .map(|ij| {
+            let (i, j) = (ij / n, ij % n);
+            let acc: f64 = (0..k).map(|t| f64::from(x[i * k + t]) * wv[j * k + t]).sum();
+            (acc * f64::from(scales[j])) as f32
+        })
+        .collect();
+    assert_close(&b.download(&out).unwrap().to_f32().unwrap(), &want, Tol { rel: 1e-5, abs: 1e-5 });
+
+    // f16 and bf16 stay two bytes a value and give the f32 product of their values.
+    for dtype in [DType::F16, DType::BF16] {
+        let bytes: Vec<u8> = w
+            .iter()
+            .flat_map(|&v| match dtype {
+                DType::F16 => half::f16::from_f32(v).to_le_bytes(),
+                _ => half::bf16::from_f32(v).to_le_bytes(),
+            })
+            .collect();
+        let host = HostTensor::new([n, k], dtype, bytes).unwrap();
+        let wt = b.upload_weight(&host).unwrap();
+        assert_eq!(wt.dtype(), dtype);
+        let wide = b.upload(&host).unwrap();
+        assert_eq!(wide.dtype(), DType::F32);
+        let mut a = b.alloc(&[m, n].into(), DType::F32).unwrap();
+        let mut c = b.alloc(&[m, n].into(), DType::F32).unwrap();
+        b.matmul(&xt, &wt, Epilogue::none(), &mut a).unwrap();
+        b.matmul(&xt, &wide, Epilogue::none(), &mut c).unwrap();
+        // Same values, same reduction order: bit for bit.
+        assert_eq!(b.download(&a).unwrap().to_f32().unwrap(), b.download(&c).unwrap().to_f32().unwrap());
+    }
+}
