@@ -13,6 +13,7 @@ pub mod bench;
 pub mod blocks;
 pub mod core;
 pub mod engine;
+pub mod eval;
 pub mod generate;
 pub mod kv;
 pub mod request;

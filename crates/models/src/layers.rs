@@ -3,10 +3,11 @@
 //! [`Decoder`]: norms and their kind, biases, gated or plain MLP, parallel residual, q/k norms,
 //! post-branch norms, rotary tables per layer, ALiBi, learned positions, embedding scale/norm.
 
-use turbine_core::{Act, AttnParams, Epilogue, KvPages, NormKind, Ops, QkvLayout, Resid, RopeTable, Tensor};
+use turbine_core::{Act, AttnParams, Epilogue, KvPages, NormKind, Ops, QkvLayout, Resid, RopeTable, Tensor, XQuant};
 
 use crate::config::HfConfig;
 use crate::model::{ModelSpec, Step, Workspace};
+use crate::precision::Role;
 use crate::rope::RopeSpec;
 use crate::weights::Weights;
 use crate::{ModelError, Result};
@@ -26,21 +27,50 @@ impl<B: Ops> Norm<B> {
     }
 }
 
-/// A linear layer: weight `[out, in]` and optional bias `[out]`.
+/// A linear layer: weight `[out, in]` (f32, f16, bf16, GGUF blocks, or FP8 E4M3 / INT8 with
+/// per-output-channel `scale`), optional bias `[out]`, and optionally FP8 quantisation of its
+/// input (W8A8).
 pub struct Linear<B: Ops> {
     /// Weight.
     pub w: Tensor<B>,
     /// Bias.
     pub b: Option<Tensor<B>>,
+    /// Per-output-channel scales `[out]` (f32) of an FP8 or INT8 weight.
+    pub scale: Option<Tensor<B>>,
+    /// How the input is quantised to FP8 before the product, if it is.
+    pub quant_x: Option<ActQuant<B>>,
+}
+
+/// FP8 quantisation of a projection's input.
+pub enum ActQuant<B: Ops> {
+    /// One scale per token, computed on the fly.
+    Dynamic,
+    /// One calibrated scale `[1]`.
+    Static(Tensor<B>),
 }
 
 impl<B: Ops> Linear<B> {
+    /// A plain layer (no scales, no input quantisation).
+    pub fn new(w: Tensor<B>, b: Option<Tensor<B>>) -> Self {
+        Linear { w, b, scale: None, quant_x: None }
+    }
+
+    /// The product's epilogue: bias, scales and input quantisation of this layer.
+    pub fn epilogue(&self) -> Epilogue<'_, B> {
+        Epilogue {
+            bias: self.b.as_ref(),
+            scale: self.scale.as_ref(),
+            quant_x: self.quant_x.as_ref().map(|q| match q {
+                ActQuant::Dynamic => XQuant::Fp8PerToken,
+                ActQuant::Static(s) => XQuant::Fp8Static(s),
+            }),
+            ..Epilogue::none()
+        }
+    }
+
     /// Loads `{prefix}.weight` `[out, inp]` and, if present, `{prefix}.bias`.
     pub fn load(w: &Weights<'_, B>, prefix: &str, out: usize, inp: usize) -> Result<Self> {
-        Ok(Linear {
-            w: w.get(&format!("{prefix}.weight"), &[out, inp])?,
-            b: w.get_opt(&format!("{prefix}.bias"), &[out])?,
-        })
+        Ok(Linear::new(w.get(&format!("{prefix}.weight"), &[out, inp])?, w.get_opt(&format!("{prefix}.bias"), &[out])?))
     }
 
     /// Stacks several projections with the same input into one (fused QKV, gate/up).
@@ -51,7 +81,7 @@ impl<B: Ops> Linear<B> {
         let bs: Vec<[usize; 1]> = outs.iter().map(|&o| [o]).collect();
         let wparts: Vec<(&str, &[usize])> = wk.iter().zip(&ws).map(|(k, s)| (k.as_str(), &s[..])).collect();
         let bparts: Vec<(&str, &[usize])> = bk.iter().zip(&bs).map(|(k, s)| (k.as_str(), &s[..])).collect();
-        Ok(Linear { w: w.fused(&wparts)?, b: w.fused_opt(&bparts)? })
+        Ok(Linear::new(w.fused(&wparts)?, w.fused_opt(&bparts)?))
     }
 }
 
@@ -120,9 +150,51 @@ pub struct Decoder<B: Ops> {
     pub lm_head: Option<Linear<B>>,
     /// Rotary tables referenced by the layers.
     pub ropes: Vec<RopeTable<B>>,
+    /// Sees every projection's input during forward passes (calibration); normally `None`.
+    pub observer: Option<std::sync::Arc<dyn Observer<B>>>,
+}
+
+/// Sees the input of every projection of every block during a forward pass, for calibration.
+pub trait Observer<B: Ops>: Send + Sync {
+    /// `x` (`[tokens, in]`) is about to be multiplied by `role`'s weight in block `layer`.
+    fn input(&self, b: &B, layer: usize, role: Role, x: &Tensor<B>) -> Result<()>;
 }
 
 impl<B: Ops> Decoder<B> {
+    /// Bytes of every weight in memory (embeddings, norms, projections and their scales, head).
+    pub fn weight_bytes(&self) -> usize {
+        use crate::precision::tensor_bytes as tb;
+        let norm = |n: &Norm<B>| tb(&n.w) + n.b.as_ref().map_or(0, tb);
+        let lin = |l: &Linear<B>| {
+            let q = match &l.quant_x {
+                Some(ActQuant::Static(s)) => tb(s),
+                _ => 0,
+            };
+            tb(&l.w) + l.b.as_ref().map_or(0, tb) + l.scale.as_ref().map_or(0, tb) + q
+        };
+        let layers: usize = self
+            .layers
+            .iter()
+            .map(|l| {
+                norm(&l.attn_norm)
+                    + l.mlp_norm.as_ref().map_or(0, norm)
+                    + l.post_attn_norm.as_ref().map_or(0, norm)
+                    + l.post_mlp_norm.as_ref().map_or(0, norm)
+                    + l.qk_norm.as_ref().map_or(0, |(a, c)| tb(a) + tb(c))
+                    + lin(&l.qkv)
+                    + lin(&l.o)
+                    + lin(&l.up)
+                    + lin(&l.down)
+            })
+            .sum();
+        tb(&self.embed)
+            + self.pos_embed.as_ref().map_or(0, tb)
+            + self.embed_norm.as_ref().map_or(0, norm)
+            + layers
+            + norm(&self.final_norm)
+            + self.lm_head.as_ref().map_or(0, lin)
+    }
+
     fn layout(&self) -> QkvLayout {
         let s = &self.spec;
         QkvLayout { q_heads: s.q_heads, kv_heads: s.kv_heads, head_dim: s.head_dim }
@@ -149,7 +221,11 @@ impl<B: Ops> Decoder<B> {
             b.norm(&x, &n.w, n.b.as_ref(), o.norm, Resid::None, &mut xn)?;
             std::mem::swap(&mut x, &mut xn);
         }
-        for (layer, pages) in self.layers.iter().zip(kv.iter_mut()) {
+        let observe = |i: usize, role: Role, x: &Tensor<B>| match &self.observer {
+            Some(o) => o.input(b, i, role, x),
+            None => Ok(()),
+        };
+        for (i, (layer, pages)) in self.layers.iter().zip(kv.iter_mut()).enumerate() {
             let f = layer.down.w.cols();
             let mut hid = ws.take(b, "mlp_hidden", t, f)?;
             let mut gu = ws.take(b, "gate_up", t, if o.gated { 2 * f } else { 0 })?;
@@ -161,7 +237,8 @@ impl<B: Ops> Decoder<B> {
             if let (true, Some(n)) = (parallel_mlp_norm, &layer.mlp_norm) {
                 norm(n, &x, &mut xn2)?;
             }
-            b.matmul(&xn, &layer.qkv.w, Epilogue::bias(layer.qkv.b.as_ref()), &mut qkv)?;
+            observe(i, Role::Qkv, &xn)?;
+            b.matmul(&xn, &layer.qkv.w, layer.qkv.epilogue(), &mut qkv)?;
             if let Some((wq, wk)) = &layer.qk_norm {
                 b.head_norm(&mut qkv, l, wq, wk, o.norm)?;
             }
@@ -171,6 +248,7 @@ impl<B: Ops> Decoder<B> {
             b.kv_store(&qkv, l, &step.meta, pages)?;
             let p = AttnParams { scale: o.attn_scale, window: layer.window, alibi: o.alibi };
             b.paged_attention(&qkv, l, pages, &step.meta, &p, &mut attn)?;
+            observe(i, Role::AttnOut, &attn)?;
             self.branch_out(b, &attn, &layer.o, layer.post_attn_norm.as_ref(), &mut x, &mut tmp, &mut tmp2)?;
             let mlp_in = if o.parallel {
                 if parallel_mlp_norm {
@@ -186,13 +264,15 @@ impl<B: Ops> Decoder<B> {
                 norm(n, &x, &mut xn)?;
                 &xn
             };
+            observe(i, Role::Up, mlp_in)?;
             if o.gated {
-                b.matmul(mlp_in, &layer.up.w, Epilogue::bias(layer.up.b.as_ref()), &mut gu)?;
+                b.matmul(mlp_in, &layer.up.w, layer.up.epilogue(), &mut gu)?;
                 b.gated_act(&gu, o.act, &mut hid)?;
             } else {
-                let epi = Epilogue { bias: layer.up.b.as_ref(), act: Some(o.act), ..Epilogue::none() };
+                let epi = Epilogue { act: Some(o.act), ..layer.up.epilogue() };
                 b.matmul(mlp_in, &layer.up.w, epi, &mut hid)?;
             }
+            observe(i, Role::Down, &hid)?;
             self.branch_out(b, &hid, &layer.down, layer.post_mlp_norm.as_ref(), &mut x, &mut tmp, &mut tmp2)?;
             ws.put("mlp_hidden", hid);
             ws.put("gate_up", gu);
@@ -204,11 +284,10 @@ impl<B: Ops> Decoder<B> {
         b.gather_rows(&x, &step.logit_rows, 1.0, false, &mut last)?;
         let fin = &self.final_norm;
         b.norm(&last, &fin.w, fin.b.as_ref(), o.norm, Resid::None, &mut lastn)?;
-        let (head, bias) = match &self.lm_head {
-            Some(lm) => (&lm.w, lm.b.as_ref()),
-            None => (&self.embed, None),
-        };
-        b.matmul(&lastn, head, Epilogue::bias(bias), &mut logits)?;
+        match &self.lm_head {
+            Some(lm) => b.matmul(&lastn, &lm.w, lm.epilogue(), &mut logits)?,
+            None => b.matmul(&lastn, &self.embed, Epilogue::none(), &mut logits)?,
+        }
         for (name, tensor) in
             [("x", x), ("xn", xn), ("xn2", xn2), ("tmp", tmp), ("tmp2", tmp2), ("qkv", qkv), ("attn", attn)]
         {
@@ -235,11 +314,11 @@ impl<B: Ops> Decoder<B> {
     ) -> Result<()> {
         match post {
             None => {
-                let epi = Epilogue { bias: proj.b.as_ref(), ..Epilogue::accumulate() };
+                let epi = Epilogue { accumulate: true, ..proj.epilogue() };
                 b.matmul(input, &proj.w, epi, x)?;
             }
             Some(n) => {
-                b.matmul(input, &proj.w, Epilogue::bias(proj.b.as_ref()), tmp)?;
+                b.matmul(input, &proj.w, proj.epilogue(), tmp)?;
                 b.norm(tmp, &n.w, n.b.as_ref(), self.opts.norm, Resid::After(x), tmp2)?;
             }
         }

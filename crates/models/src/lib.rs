@@ -9,13 +9,16 @@
 //! Everything is generic over `B: turbine_core::Ops` and never names a backend.
 #![warn(missing_docs)]
 
+pub mod calibrate;
 pub mod catalog;
 pub mod chat;
 pub mod config;
 mod error;
+pub mod gptq;
 pub mod layers;
 pub mod loader;
 pub mod model;
+pub mod precision;
 pub mod registry;
 pub mod rope;
 pub mod runner;
@@ -25,6 +28,6 @@ pub mod tokenizer;
 pub mod weights;
 
 pub use error::{ModelError, Result};
-pub use loader::{load, load_tokenizer, Loaded};
+pub use loader::{load, load_tokenizer, load_with, Loaded};
 pub use model::{Model, ModelSpec};
 pub use runner::{CacheConfig, Logits, ModelRunner, Runner, SeqStep};

@@ -6,6 +6,7 @@ use turbine_core::Ops;
 
 use crate::config::{self, HfConfig};
 use crate::model::Model;
+use crate::precision::Policy;
 use crate::source::gguf::{GgufFile, GgufSource};
 use crate::source::safetensors::SafetensorsSource;
 use crate::tokenizer::TextTokenizer;
@@ -26,6 +27,45 @@ pub struct Loaded<B: Ops> {
 
 /// Loads a model folder (`config.json`, safetensors, `tokenizer.json`) or a `.gguf` file.
 pub fn load<B: Ops>(backend: &B, path: &Path) -> Result<Loaded<B>> {
+    load_raw(backend, path)
+}
+
+/// [`load`], then stores the projections as `policy` says (running the model over the
+/// calibration text first when the policy needs it).
+pub fn load_with<B: Ops + Clone>(backend: &B, path: &Path, policy: &Policy) -> Result<Loaded<B>> {
+    let mut l = load_raw(backend, path)?;
+    if policy.format == crate::precision::Format::Auto {
+        return Ok(l);
+    }
+    let calib = if policy.needs_calibration() {
+        let text = policy.calib_text.as_deref().unwrap_or(crate::calibrate::DEFAULT_TEXT);
+        let mut ids = l.tokenizer.encode(text, true)?;
+        ids.truncate(policy.calib_tokens);
+        if ids.len() < MIN_CALIB_TOKENS {
+            return Err(ModelError::Config(format!(
+                "the calibration text is {} tokens long; calibrating needs at least {MIN_CALIB_TOKENS}",
+                ids.len()
+            )));
+        }
+        let (model, c) = crate::calibrate::calibrate(backend, l.model, &ids, policy.calib_tokens)?;
+        l.model = model;
+        Some(c)
+    } else {
+        None
+    };
+    let arch = l.model.spec().arch.clone();
+    let dec = l
+        .model
+        .decoder_mut()
+        .ok_or_else(|| ModelError::Config(format!("{arch} does not support a precision policy")))?;
+    policy.apply(backend, dec, calib.as_ref())?;
+    Ok(l)
+}
+
+/// Fewest calibration tokens accepted.
+pub const MIN_CALIB_TOKENS: usize = 64;
+
+fn load_raw<B: Ops>(backend: &B, path: &Path) -> Result<Loaded<B>> {
     if !path.exists() {
         return Err(ModelError::NotFound(path.to_path_buf()));
     }

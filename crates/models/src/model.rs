@@ -89,6 +89,16 @@ pub trait Model<B: Ops>: Send + Sync {
     /// Runs the step: writes this step's keys and values into `kv` (one [`KvPages`] per layer)
     /// and leaves the logits of `step.logit_rows` in `ws` under `"logits"`.
     fn forward(&self, b: &B, step: &Step<B>, kv: &mut [KvPages<B>], ws: &mut Workspace<B>) -> Result<()>;
+
+    /// The generic decoder inside, for passes over the weights (precision, memory accounting).
+    fn decoder(&self) -> Option<&crate::layers::Decoder<B>> {
+        None
+    }
+
+    /// [`Model::decoder`], mutably.
+    fn decoder_mut(&mut self) -> Option<&mut crate::layers::Decoder<B>> {
+        None
+    }
 }
 
 /// An architecture: how to build a [`Model`] from a config and weights. Each lives in one file

@@ -131,6 +131,16 @@ impl<B: Ops> Runner<B> {
         &self.backend
     }
 
+    /// The model.
+    pub fn model_mut(&mut self) -> &mut dyn Model<B> {
+        self.model.as_mut()
+    }
+
+    /// Gives the model back (its KV cache is dropped).
+    pub fn into_model(self) -> Box<dyn Model<B>> {
+        self.model
+    }
+
     fn stage(&mut self, seqs: &[SeqStep<'_>]) -> Result<()> {
         let s = self.model.spec();
         let bs = self.cache.block_size;

@@ -7,6 +7,7 @@ use anyhow::{bail, Result};
 use turbine_batcher::Generator;
 use turbine_kernels_ref::Cpu;
 use turbine_models::catalog::{self, Resolved};
+use turbine_models::precision::Policy;
 use turbine_models::tokenizer::TextTokenizer;
 use turbine_models::{CacheConfig, ModelRunner, Runner};
 
@@ -51,6 +52,8 @@ pub struct Loaded {
     pub path: PathBuf,
     /// Load time in milliseconds.
     pub load_ms: f64,
+    /// Bytes of weights in memory.
+    pub weight_bytes: usize,
 }
 
 /// How big the paged KV cache is.
@@ -94,19 +97,25 @@ impl KvSize {
 
 /// Loads a model on a backend with a paged KV cache of the given size.
 pub fn load_runner(model: Option<&str>, backend: &str, kv: KvSize) -> Result<Loaded> {
+    load_runner_with(model, backend, kv, &Policy::default())
+}
+
+/// [`load_runner`] with the projections stored as `policy` says.
+pub fn load_runner_with(model: Option<&str>, backend: &str, kv: KvSize, policy: &Policy) -> Result<Loaded> {
     let path = model_path(model)?;
     let t0 = Instant::now();
-    let (runner, tok, eos): (Box<dyn ModelRunner>, _, _) = match backend {
+    let (runner, tok, eos, weight_bytes): (Box<dyn ModelRunner>, _, _, _) = match backend {
         "cpu" => {
             let cpu = Cpu::new();
-            let m = turbine_models::load(&cpu, &path)?;
+            let m = turbine_models::load_with(&cpu, &path, policy)?;
             let cache = kv.config(m.model.spec())?;
-            (Box::new(Runner::new(cpu, m.model, cache)?), m.tokenizer, m.eos)
+            let bytes = m.model.decoder().map_or(0, |d| d.weight_bytes());
+            (Box::new(Runner::new(cpu, m.model, cache)?), m.tokenizer, m.eos, bytes)
         }
         "cuda" => bail!("{}", cuda_unavailable()),
         other => bail!("unknown backend {other:?}; available: cpu"),
     };
-    Ok(Loaded { runner, tok, eos, path, load_ms: t0.elapsed().as_secs_f64() * 1e3 })
+    Ok(Loaded { runner, tok, eos, path, load_ms: t0.elapsed().as_secs_f64() * 1e3, weight_bytes })
 }
 
 /// Loads a model for one request at a time, with a KV cache of `ctx_size` tokens (the usable

@@ -88,6 +88,7 @@ impl<B: Ops> Architecture<B> for Bloom<B> {
             final_norm: Norm::load(w, "transformer.ln_f", h)?,
             lm_head: None,
             ropes: Vec::new(),
+            observer: None,
             spec,
         }))
     }

@@ -18,10 +18,7 @@ pub struct Gpt2<B: Ops>(Decoder<B>);
 
 /// A Conv1D layer: weight `[in, out]` in the file, bias `[out]`.
 fn conv1d<B: Ops>(w: &Weights<'_, B>, prefix: &str, out: usize, inp: usize) -> Result<Linear<B>> {
-    Ok(Linear {
-        w: w.get_transposed(&format!("{prefix}.weight"), [out, inp])?,
-        b: w.get_opt(&format!("{prefix}.bias"), &[out])?,
-    })
+    Ok(Linear::new(w.get_transposed(&format!("{prefix}.weight"), [out, inp])?, w.get_opt(&format!("{prefix}.bias"), &[out])?))
 }
 
 impl<B: Ops> Architecture<B> for Gpt2<B> {
@@ -88,6 +85,7 @@ impl<B: Ops> Architecture<B> for Gpt2<B> {
             final_norm: Norm::load(w, &format!("{pre}ln_f"), h)?,
             lm_head: None,
             ropes: Vec::new(),
+            observer: None,
             spec,
         }))
     }

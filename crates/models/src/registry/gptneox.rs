@@ -26,10 +26,8 @@ pub(crate) fn per_head_qkv<B: Ops>(
 ) -> Result<Linear<B>> {
     let perm = per_head_qkv_order(heads, d);
     let key = format!("{prefix}.weight");
-    Ok(Linear {
-        w: w.get_permuted(&key, &[3 * heads * d, h], &perm)?.ok_or(ModelError::MissingWeight { key })?,
-        b: w.get_permuted(&format!("{prefix}.bias"), &[3 * heads * d], &perm)?,
-    })
+    let bias = w.get_permuted(&format!("{prefix}.bias"), &[3 * heads * d], &perm)?;
+    Ok(Linear::new(w.get_permuted(&key, &[3 * heads * d, h], &perm)?.ok_or(ModelError::MissingWeight { key })?, bias))
 }
 
 impl<B: Ops> Architecture<B> for GptNeoX<B> {
@@ -74,6 +72,7 @@ impl<B: Ops> Architecture<B> for GptNeoX<B> {
             final_norm: Norm::load(w, "gpt_neox.final_layer_norm", h)?,
             lm_head,
             ropes: vec![c.rope.table(w.backend(), s.max_positions)?],
+            observer: None,
             spec: c.spec,
         }))
     }

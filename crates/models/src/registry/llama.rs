@@ -127,6 +127,7 @@ pub(crate) fn build<B: Ops>(c: &CommonConfig, w: &Weights<'_, B>, st: &Style) ->
         final_norm: Norm::load(w, "model.norm", h)?,
         lm_head,
         ropes,
+        observer: None,
     })
 }
 
@@ -146,6 +147,14 @@ macro_rules! decoder_model {
                 ws: &mut $crate::model::Workspace<B>,
             ) -> $crate::Result<()> {
                 self.0.forward(b, step, kv, ws)
+            }
+
+            fn decoder(&self) -> Option<&$crate::layers::Decoder<B>> {
+                Some(&self.0)
+            }
+
+            fn decoder_mut(&mut self) -> Option<&mut $crate::layers::Decoder<B>> {
+                Some(&mut self.0)
             }
         }
     };

@@ -2,6 +2,7 @@
 
 mod bench;
 mod bench_serve;
+mod eval;
 mod generate;
 mod models;
 mod perplexity;
@@ -26,6 +27,8 @@ enum Cmd {
     Generate(generate::GenerateArgs),
     /// Score a text or token ids: mean negative log-likelihood and perplexity.
     Perplexity(perplexity::PerplexityArgs),
+    /// Compare weight formats against a reference: perplexity, KL, top-1 agreement, memory, speed.
+    Eval(eval::EvalArgs),
     /// Fetch a known model into the cache.
     Pull(pull::PullArgs),
     /// Measure throughput on a workload (in-flight vs static batching), or one request's speed.
@@ -98,6 +101,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.cmd {
         Cmd::Generate(a) => generate::run(a),
         Cmd::Perplexity(a) => perplexity::run(a),
+        Cmd::Eval(a) => eval::run(a),
         Cmd::Pull(a) => pull::run(a),
         Cmd::Bench(a) => bench::run(a),
         Cmd::Models(a) => models::run(a),

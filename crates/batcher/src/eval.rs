@@ -1,0 +1,142 @@
+//! Quality of a model against a reference on the same tokens: perplexity, the mean KL divergence
+//! of the next-token distributions and how often the most likely token agrees (as llama.cpp's
+//! perplexity tool reports for its quantisations).
+//!
+//! Every model scores the same windows in lockstep, chunk by chunk, so the reference's
+//! distributions are never all held at once.
+
+use turbine_core::sampling::log_sum_exp;
+use turbine_models::{Logits, SeqStep};
+
+use crate::generate::Generator;
+use crate::{EngineError, Result};
+
+/// One model's figures against the reference (the reference's own row has KL 0 and agreement 1).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct EvalRow {
+    /// Tokens scored.
+    pub tokens: usize,
+    /// Mean negative log-likelihood.
+    pub mean_nll: f64,
+    /// Perplexity.
+    pub ppl: f64,
+    /// Mean KL(reference ‖ model) over the scored positions, in nats.
+    pub mean_kl: f64,
+    /// Largest KL at one position.
+    pub max_kl: f64,
+    /// Fraction of positions whose most likely token is the reference's.
+    pub top1_agreement: f64,
+}
+
+#[derive(Default)]
+struct Acc {
+    nll: f64,
+    kl: f64,
+    max_kl: f64,
+    agree: usize,
+    n: usize,
+}
+
+/// Log-softmax of a row, in f64.
+fn log_softmax(row: &[f32]) -> Vec<f64> {
+    let lse = log_sum_exp(row);
+    row.iter().map(|&v| f64::from(v) - lse).collect()
+}
+
+fn argmax(row: &[f32]) -> usize {
+    row.iter().enumerate().fold(0, |best, (i, &v)| if v > row[best] { i } else { best })
+}
+
+/// Scores `ids` with every generator in consecutive windows of `ctx` tokens; `gens[0]` is the
+/// reference. `progress` sees (tokens done, tokens in all).
+pub fn compare(
+    gens: &mut [Generator],
+    ids: &[u32],
+    ctx: usize,
+    progress: &mut dyn FnMut(usize, usize),
+) -> Result<Vec<EvalRow>> {
+    if gens.is_empty() {
+        return Err(EngineError::Invalid("no model to evaluate".into()));
+    }
+    if ids.len() < 2 {
+        return Err(EngineError::Invalid(format!("need at least 2 tokens to score, got {}", ids.len())));
+    }
+    let vocab = gens[0].runner().spec().vocab;
+    let mut max = usize::MAX;
+    for g in gens.iter_mut() {
+        if g.runner().spec().vocab != vocab {
+            return Err(EngineError::Invalid(format!(
+                "the models' vocabularies differ ({} and {vocab} tokens): they cannot be compared",
+                g.runner().spec().vocab
+            )));
+        }
+        max = max.min(g.context_len());
+    }
+    if ctx < 2 || ctx > max {
+        return Err(EngineError::Invalid(format!("--ctx must be between 2 and the context length {max}, got {ctx}")));
+    }
+    if let Some(&bad) = ids.iter().find(|&&t| t as usize >= vocab) {
+        return Err(EngineError::Invalid(format!("token id {bad} is outside the vocabulary (0..{vocab})")));
+    }
+    let chunk = gens.iter().map(|g| g.prefill_chunk).min().unwrap_or(1).min((1 << 24) / vocab.max(1)).max(1);
+    let mut acc: Vec<Acc> = gens.iter().map(|_| Acc::default()).collect();
+    let mut done = 0;
+    for window in ids.chunks(ctx) {
+        if window.len() < 2 {
+            continue;
+        }
+        let mut seqs = Vec::with_capacity(gens.len());
+        for g in gens.iter() {
+            let mut s = g.pool().sequence();
+            s.reserve(window.len())?;
+            seqs.push(s);
+        }
+        let mut start = 0;
+        while start < window.len() {
+            let end = (start + chunk).min(window.len());
+            let rows = end - start;
+            // The reference first; its distributions are kept for this chunk only.
+            let mut reference: Vec<(Vec<f64>, usize)> = Vec::with_capacity(rows);
+            for (gi, (g, s)) in gens.iter_mut().zip(&seqs).enumerate() {
+                let step = SeqStep { tokens: &window[start..end], start, blocks: s.ids(), logits: Logits::All };
+                g.runner().step(&[step])?;
+                let logits = g.runner().logits()?;
+                for (j, row) in logits.chunks_exact(vocab).enumerate() {
+                    let Some(&next) = window.get(start + j + 1) else { continue };
+                    let lp = log_softmax(row);
+                    let a = &mut acc[gi];
+                    a.nll -= lp[next as usize];
+                    a.n += 1;
+                    let top = argmax(row);
+                    if gi == 0 {
+                        a.agree += 1;
+                        reference.push((lp, top));
+                    } else {
+                        let (p, ref_top) = &reference[j];
+                        let kl: f64 = p.iter().zip(&lp).map(|(&lp_ref, &lq)| lp_ref.exp() * (lp_ref - lq)).sum();
+                        a.kl += kl;
+                        a.max_kl = a.max_kl.max(kl);
+                        a.agree += usize::from(top == *ref_top);
+                    }
+                }
+            }
+            done += rows;
+            progress(done, ids.len());
+            start = end;
+        }
+    }
+    Ok(acc
+        .iter()
+        .map(|a| {
+            let n = a.n.max(1) as f64;
+            EvalRow {
+                tokens: a.n,
+                mean_nll: a.nll / n,
+                ppl: (a.nll / n).exp(),
+                mean_kl: a.kl / n,
+                max_kl: a.max_kl,
+                top1_agreement: a.agree as f64 / n,
+            }
+        })
+        .collect())
+}

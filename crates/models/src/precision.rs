@@ -1,0 +1,324 @@
+//! The precision policy, in one place: which projections are stored and multiplied in which
+//! format.
+//!
+//! A [`Policy`] names a [`Format`] for the large projections of every block (the fused QKV, the
+//! attention output, the MLP up (gate and up) and down projections) and a list of exceptions that
+//! keep the checkpoint's own precision (by role, by layer, or both). Everything else stays as
+//! loaded: the token embeddings and the LM head (f32, or the GGUF blocks they came in), norms,
+//! biases, and the attention arithmetic (f32 scores and softmax).
+//!
+//! | format | weights | input of the product |
+//! |---|---|---|
+//! | `auto` | as the checkpoint stores them (GGUF blocks stay quantised) | f32 |
+//! | `f32`, `f16`, `bf16` | that type | f32 |
+//! | `fp8` | FP8 E4M3, one scale per tensor (per fused part) | FP8 E4M3, one scale per token |
+//! | `fp8-weight` | FP8 E4M3, one scale per tensor (per fused part) | f32 |
+//! | `int8-weight` | INT8, one scale per output channel | f32 |
+//!
+//! Scales map the largest magnitude to the format's largest value (448 for E4M3, 127 for INT8);
+//! see [`turbine_core::fp8`] for the rounding.
+
+use half::{bf16, f16};
+use turbine_core::fp8::{e4m3_table, f32_to_e4m3, f32_to_i8, scale_for, E4M3_MAX, I8_MAX};
+use turbine_core::host::decode_f32;
+use turbine_core::{DType, HostTensor, Ops, Tensor};
+
+use crate::calibrate::Calibration;
+use crate::gptq::{self, Grid};
+use crate::layers::{ActQuant, Decoder, Linear};
+use crate::{ModelError, Result};
+
+/// How the large projections are stored and multiplied.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    /// As the checkpoint stores them.
+    Auto,
+    /// f32.
+    F32,
+    /// f16 (converted to f32 inside the product).
+    F16,
+    /// bf16 (converted to f32 inside the product).
+    BF16,
+    /// FP8 E4M3 weights and FP8 E4M3 inputs (W8A8).
+    Fp8,
+    /// FP8 E4M3 weights, f32 inputs.
+    Fp8Weight,
+    /// INT8 weights (per channel), f32 inputs.
+    Int8Weight,
+}
+
+impl Format {
+    /// Every format, by name.
+    pub const ALL: [(&'static str, Format); 7] = [
+        ("auto", Format::Auto),
+        ("f32", Format::F32),
+        ("f16", Format::F16),
+        ("bf16", Format::BF16),
+        ("fp8", Format::Fp8),
+        ("fp8-weight", Format::Fp8Weight),
+        ("int8-weight", Format::Int8Weight),
+    ];
+
+    /// Parses a name (`auto`, `f32`, `f16`, `bf16`, `fp8`, `fp8-weight`, `int8-weight`).
+    pub fn parse(name: &str) -> Result<Format> {
+        Self::ALL.iter().find(|(n, _)| *n == name).map(|(_, f)| *f).ok_or_else(|| {
+            let names: Vec<&str> = Self::ALL.iter().map(|(n, _)| *n).collect();
+            ModelError::Config(format!("unknown weight format {name:?}; use one of {}", names.join(", ")))
+        })
+    }
+
+    /// The name.
+    pub fn name(self) -> &'static str {
+        Self::ALL.iter().find(|(_, f)| *f == self).map_or("auto", |(n, _)| n)
+    }
+}
+
+/// The projections of a block.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Role {
+    /// The fused query/key/value projection (`qkv`).
+    Qkv,
+    /// The attention output projection (`o`).
+    AttnOut,
+    /// The MLP up projection, gate and up together when gated (`up`).
+    Up,
+    /// The MLP down projection (`down`).
+    Down,
+}
+
+impl Role {
+    const NAMES: [(&'static str, Role); 4] =
+        [("qkv", Role::Qkv), ("o", Role::AttnOut), ("up", Role::Up), ("down", Role::Down)];
+}
+
+/// Which projections an exception covers: a role, a layer (negative counts from the end), or a
+/// role in one layer. Written `down`, `layer:0`, `layer:-1`, `down@3`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Selector {
+    /// The role, or every role.
+    pub role: Option<Role>,
+    /// The layer, or every layer.
+    pub layer: Option<i64>,
+}
+
+impl Selector {
+    /// Parses `ROLE`, `layer:N` or `ROLE@N`.
+    pub fn parse(s: &str) -> Result<Selector> {
+        let bad = || {
+            ModelError::Config(format!(
+                "cannot read the precision exception {s:?}: use a role (qkv, o, up, down), layer:N (N < 0 counts from the end) or ROLE@N"
+            ))
+        };
+        let role = |r: &str| Role::NAMES.iter().find(|(n, _)| *n == r).map(|(_, x)| *x).ok_or_else(bad);
+        let layer = |n: &str| n.parse::<i64>().map_err(|_| bad());
+        Ok(if let Some(n) = s.strip_prefix("layer:") {
+            Selector { role: None, layer: Some(layer(n)?) }
+        } else if let Some((r, n)) = s.split_once('@') {
+            Selector { role: Some(role(r)?), layer: Some(layer(n)?) }
+        } else {
+            Selector { role: Some(role(s)?), layer: None }
+        })
+    }
+
+    fn covers(&self, layer: usize, layers: usize, role: Role) -> bool {
+        let l = match self.layer {
+            None => true,
+            Some(n) if n < 0 => layers as i64 + n == layer as i64,
+            Some(n) => n == layer as i64,
+        };
+        l && self.role.is_none_or(|r| r == role)
+    }
+}
+
+/// How weights are rounded onto an 8-bit grid.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rounding {
+    /// Each weight to its nearest grid value.
+    Nearest,
+    /// GPTQ: error feedback weighted by the calibration inputs ([`crate::gptq`]).
+    Gptq,
+}
+
+/// The precision policy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Policy {
+    /// The format of the large projections.
+    pub format: Format,
+    /// Projections that keep the checkpoint's precision.
+    pub keep: Vec<Selector>,
+    /// How 8-bit weights are rounded.
+    pub rounding: Rounding,
+    /// Calibration text (default: [`crate::calibrate::DEFAULT_TEXT`]).
+    pub calib_text: Option<String>,
+    /// Calibration tokens to run.
+    pub calib_tokens: usize,
+}
+
+impl Default for Policy {
+    fn default() -> Self {
+        Policy {
+            format: Format::Auto,
+            keep: Vec::new(),
+            rounding: Rounding::Nearest,
+            calib_text: None,
+            calib_tokens: 2048,
+        }
+    }
+}
+
+impl Policy {
+    /// A policy from a format name and exception strings (nearest rounding).
+    pub fn parse(format: &str, keep: &[String]) -> Result<Policy> {
+        Ok(Policy {
+            format: Format::parse(format)?,
+            keep: keep.iter().map(|k| Selector::parse(k)).collect::<Result<_>>()?,
+            ..Policy::default()
+        })
+    }
+
+    /// Whether applying the policy needs the model to run over calibration text first.
+    pub fn needs_calibration(&self) -> bool {
+        matches!(self.format, Format::Fp8 | Format::Fp8Weight | Format::Int8Weight) && self.rounding == Rounding::Gptq
+    }
+
+    /// The format of `role` in `layer` (of `layers`).
+    pub fn format_for(&self, layer: usize, layers: usize, role: Role) -> Format {
+        if self.keep.iter().any(|k| k.covers(layer, layers, role)) {
+            Format::Auto
+        } else {
+            self.format
+        }
+    }
+
+    /// Converts the decoder's projections as the policy says (`calib` is required when
+    /// [`Policy::needs_calibration`]).
+    pub fn apply<B: Ops>(&self, b: &B, dec: &mut Decoder<B>, calib: Option<&Calibration>) -> Result<()> {
+        if self.format == Format::Auto {
+            return Ok(());
+        }
+        let s = &dec.spec;
+        let (qd, kd) = (s.q_heads * s.head_dim, s.kv_heads * s.head_dim);
+        let (layers, gated) = (dec.layers.len(), dec.opts.gated);
+        for (i, layer) in dec.layers.iter_mut().enumerate() {
+            let f = layer.down.w.cols();
+            let up_parts = if gated { vec![f, f] } else { vec![f] };
+            let (o_rows, down_rows) = (layer.o.w.rows(), layer.down.w.rows());
+            for (role, lin, parts) in [
+                (Role::Qkv, &mut layer.qkv, vec![qd, kd, kd]),
+                (Role::AttnOut, &mut layer.o, vec![o_rows]),
+                (Role::Up, &mut layer.up, up_parts),
+                (Role::Down, &mut layer.down, vec![down_rows]),
+            ] {
+                let gram = match (self.needs_calibration(), calib) {
+                    (false, _) => None,
+                    (true, Some(c)) => Some(c.inputs.get(&(i, role)).ok_or_else(|| {
+                        ModelError::Config(format!("calibration saw no input of layer {i}'s {role:?} projection"))
+                    })?),
+                    (true, None) => return Err(ModelError::Config("GPTQ rounding needs a calibration run".into())),
+                };
+                convert(b, lin, self.format_for(i, layers, role), &parts, gram.map(|g| &g.gram[..]))?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A per-row 8-bit grid: E4M3 or INT8 values times the row's scale.
+struct RowGrid {
+    scales: Vec<f32>,
+    inv: Vec<f32>,
+    fp8: bool,
+}
+
+impl Grid for RowGrid {
+    fn round(&self, row: usize, v: f32) -> (u8, f32) {
+        if self.fp8 {
+            let c = f32_to_e4m3(v * self.inv[row]);
+            (c, e4m3_table()[usize::from(c)] * self.scales[row])
+        } else {
+            let c = f32_to_i8(v, self.scales[row]);
+            (c as u8, f32::from(c) * self.scales[row])
+        }
+    }
+}
+
+/// Stores `lin`'s weight in `fmt`; `parts` are the row counts of the tensors fused into it (each
+/// gets its own per-tensor FP8 scale). With `gram` (the calibration inputs' `XᵀX`), 8-bit
+/// weights are rounded with GPTQ, otherwise to nearest.
+pub fn convert<B: Ops>(b: &B, lin: &mut Linear<B>, fmt: Format, parts: &[usize], gram: Option<&[f32]>) -> Result<()> {
+    if fmt == Format::Auto {
+        return Ok(());
+    }
+    let (n, k) = (lin.w.rows(), lin.w.cols());
+    if parts.iter().sum::<usize>() != n {
+        return Err(ModelError::Config(format!("projection parts {parts:?} do not add up to its {n} rows")));
+    }
+    let host = b.download(&lin.w)?;
+    if lin.scale.is_some() {
+        return Err(ModelError::Config(format!(
+            "this checkpoint's {} weights are already quantised with scales; load it with the format auto",
+            host.dtype()
+        )));
+    }
+    let mut w = vec![0f32; n * k];
+    decode_f32(host.dtype(), host.bytes(), &mut w)?;
+    let amax = |rows: &[f32]| rows.iter().fold(0f32, |a, v| a.max(v.abs()));
+    let (dtype, bytes, scales): (DType, Vec<u8>, Option<Vec<f32>>) = match fmt {
+        Format::Auto => unreachable!("returned above"),
+        Format::F32 => (DType::F32, w.iter().flat_map(|v| v.to_le_bytes()).collect(), None),
+        Format::F16 => (DType::F16, w.iter().flat_map(|&v| f16::from_f32(v).to_le_bytes()).collect(), None),
+        Format::BF16 => (DType::BF16, w.iter().flat_map(|&v| bf16::from_f32(v).to_le_bytes()).collect(), None),
+        Format::Fp8 | Format::Fp8Weight | Format::Int8Weight => {
+            let fp8 = fmt != Format::Int8Weight;
+            let mut scales = Vec::with_capacity(n);
+            if fp8 {
+                let mut r0 = 0;
+                for &p in parts {
+                    let part = &w[r0 * k..(r0 + p) * k];
+                    let s = scale_for(amax(part), E4M3_MAX);
+                    scales.extend(std::iter::repeat_n(s, p));
+                    r0 += p;
+                }
+            } else {
+                scales.extend(w.chunks_exact(k.max(1)).map(|row| scale_for(amax(row), I8_MAX)));
+            }
+            let grid = RowGrid { inv: scales.iter().map(|s| 1.0 / s).collect(), scales, fp8 };
+            let codes = match gram {
+                Some(g) => gptq::quantize(&mut w, n, k, g, &grid)?,
+                None => w.iter().enumerate().map(|(i, &v)| grid.round(i / k.max(1), v).0).collect(),
+            };
+            (if fp8 { DType::F8E4M3 } else { DType::I8 }, codes, Some(grid.scales))
+        }
+    };
+    lin.w = b.upload_weight(&HostTensor::new([n, k], dtype, bytes)?)?;
+    lin.scale = match scales {
+        Some(s) => Some(b.upload(&HostTensor::from_f32([n], &s)?)?),
+        None => None,
+    };
+    lin.quant_x = (fmt == Format::Fp8).then_some(ActQuant::Dynamic);
+    Ok(())
+}
+
+/// Bytes a tensor's values take in memory.
+pub fn tensor_bytes<B: Ops>(t: &Tensor<B>) -> usize {
+    let n = t.shape().numel();
+    t.dtype().bytes_for(n).unwrap_or(n * 4)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_and_selectors() {
+        assert_eq!(Format::parse("fp8").unwrap(), Format::Fp8);
+        assert!(Format::parse("fp7").unwrap_err().to_string().contains("int8-weight"));
+        let p = Policy::parse("fp8", &["down".into(), "layer:-1".into(), "qkv@0".into()]).unwrap();
+        assert_eq!(p.format_for(3, 10, Role::Down), Format::Auto);
+        assert_eq!(p.format_for(9, 10, Role::Up), Format::Auto);
+        assert_eq!(p.format_for(0, 10, Role::Qkv), Format::Auto);
+        assert_eq!(p.format_for(1, 10, Role::Qkv), Format::Fp8);
+        assert!(Selector::parse("mlp").unwrap_err().to_string().contains("mlp"));
+        assert!(Selector::parse("layer:x").is_err());
+    }
+}
