@@ -3,7 +3,9 @@
 //! [`Decoder`]: norms and their kind, biases, gated or plain MLP, parallel residual, q/k norms,
 //! post-branch norms, rotary tables per layer, ALiBi, learned positions, embedding scale/norm.
 
-use turbine_core::{Act, AttnParams, Epilogue, KvPages, NormKind, Ops, QkvLayout, Resid, RopeTable, Tensor, XQuant};
+use turbine_core::{
+    Act, AttnParams, DType, Epilogue, HostTensor, KvPages, NormKind, Ops, QkvLayout, Resid, RopeTable, Tensor, XQuant,
+};
 
 use crate::config::HfConfig;
 use crate::model::{ModelSpec, Step, Workspace};
@@ -68,20 +70,98 @@ impl<B: Ops> Linear<B> {
         }
     }
 
-    /// Loads `{prefix}.weight` `[out, inp]` and, if present, `{prefix}.bias`.
+    /// Loads `{prefix}.weight` `[out, inp]` and, if present, `{prefix}.bias` (and the scales of an
+    /// FP8 or INT8 checkpoint, see [`Linear::fused`]).
     pub fn load(w: &Weights<'_, B>, prefix: &str, out: usize, inp: usize) -> Result<Self> {
-        Ok(Linear::new(w.get(&format!("{prefix}.weight"), &[out, inp])?, w.get_opt(&format!("{prefix}.bias"), &[out])?))
+        Self::fused(w, &[prefix], &[out], inp)
     }
 
     /// Stacks several projections with the same input into one (fused QKV, gate/up).
+    ///
+    /// An 8-bit checkpoint (FP8 E4M3 or INT8 weights, as published for vLLM and TensorRT-LLM)
+    /// has beside each `{p}.weight` a `{p}.weight_scale` (one value, or one per output row) and,
+    /// with static activation scales, a `{p}.input_scale` (one value; a fused layer takes the
+    /// largest of its parts').
     pub fn fused(w: &Weights<'_, B>, prefixes: &[&str], outs: &[usize], inp: usize) -> Result<Self> {
         let wk: Vec<String> = prefixes.iter().map(|p| format!("{p}.weight")).collect();
         let bk: Vec<String> = prefixes.iter().map(|p| format!("{p}.bias")).collect();
         let ws: Vec<[usize; 2]> = outs.iter().map(|&o| [o, inp]).collect();
         let bs: Vec<[usize; 1]> = outs.iter().map(|&o| [o]).collect();
-        let wparts: Vec<(&str, &[usize])> = wk.iter().zip(&ws).map(|(k, s)| (k.as_str(), &s[..])).collect();
         let bparts: Vec<(&str, &[usize])> = bk.iter().zip(&bs).map(|(k, s)| (k.as_str(), &s[..])).collect();
-        Ok(Linear::new(w.fused(&wparts)?, w.fused_opt(&bparts)?))
+        let bias = w.fused_opt(&bparts)?;
+        let hosts = wk.iter().zip(&ws).map(|(k, s)| w.host(k, s)).collect::<Result<Vec<_>>>()?;
+        let eight = |d: DType| matches!(d, DType::F8E4M3 | DType::I8);
+        if !hosts.iter().any(|h| eight(h.dtype())) {
+            let wparts: Vec<(&str, &[usize])> = wk.iter().zip(&ws).map(|(k, s)| (k.as_str(), &s[..])).collect();
+            return Ok(Linear::new(w.fused(&wparts)?, bias));
+        }
+        let dtype = hosts[0].dtype();
+        if let Some(h) = hosts.iter().position(|h| h.dtype() != dtype) {
+            return Err(ModelError::Config(format!(
+                "{} is {} but {} is {}: the parts of a fused projection must share one format",
+                wk[0],
+                dtype,
+                wk[h],
+                hosts[h].dtype()
+            )));
+        }
+        let mut scales = Vec::with_capacity(outs.iter().sum());
+        let mut inputs = Vec::new();
+        for (p, &o) in prefixes.iter().zip(outs) {
+            let key = format!("{p}.weight_scale");
+            let s = w
+                .raw(&key)?
+                .ok_or_else(|| ModelError::Config(format!("{p}.weight is {dtype} but its scale {key} is missing")))?;
+            let v = s.to_f32()?;
+            match v.len() {
+                1 => scales.extend(std::iter::repeat_n(v[0], o)),
+                n if n == o => scales.extend(v),
+                _ => {
+                    return Err(ModelError::WeightShape {
+                        key,
+                        expected: format!("[] or [1] (per tensor), or [{o}] or [{o}, 1] (per row)"),
+                        got: s.shape().to_string(),
+                    })
+                }
+            }
+            if let Some(s) = w.raw(&format!("{p}.input_scale"))? {
+                let v = s.to_f32()?;
+                if v.len() != 1 {
+                    return Err(ModelError::WeightShape {
+                        key: format!("{p}.input_scale"),
+                        expected: "[] or [1]".into(),
+                        got: s.shape().to_string(),
+                    });
+                }
+                inputs.push(v[0]);
+            }
+        }
+        if let Some(bad) = scales.iter().find(|s| !(s.is_finite() && **s > 0.0)) {
+            return Err(ModelError::Config(format!("{}: a weight scale is {bad}; scales must be positive", wk[0])));
+        }
+        let b = w.backend();
+        let quant_x = match (dtype, w.fp8_inputs) {
+            (DType::I8, _) | (_, crate::weights::Fp8Inputs::None) => None,
+            (_, crate::weights::Fp8Inputs::Dynamic) => Some(ActQuant::Dynamic),
+            (_, crate::weights::Fp8Inputs::Static) => {
+                if inputs.len() != prefixes.len() {
+                    return Err(ModelError::Config(format!(
+                        "the checkpoint has static activation scales, but {}.input_scale is missing",
+                        prefixes[inputs.len().min(prefixes.len() - 1)]
+                    )));
+                }
+                let s = inputs.iter().fold(0f32, |a, &v| a.max(v));
+                Some(ActQuant::Static(b.upload(&HostTensor::from_f32([1], &[s])?)?))
+            }
+        };
+        let n = outs.iter().sum::<usize>();
+        let codes: Vec<u8> = hosts.iter().flat_map(|h| h.bytes().iter().copied()).collect();
+        Ok(Linear {
+            w: b.upload_weight(&HostTensor::new([n, inp], dtype, codes)?)?,
+            b: bias,
+            scale: Some(b.upload(&HostTensor::from_f32([n], &scales)?)?),
+            quant_x,
+        })
     }
 }
 

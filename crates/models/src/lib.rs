@@ -14,6 +14,7 @@ pub mod catalog;
 pub mod chat;
 pub mod config;
 mod error;
+pub mod export;
 pub mod gptq;
 pub mod layers;
 pub mod loader;

@@ -98,7 +98,9 @@ fn load_dir<B: Ops>(backend: &B, dir: &Path) -> Result<Loaded<B>> {
     registry::check(&cfg)?;
     let tokenizer = TextTokenizer::from_hf_dir(dir)?;
     let src = SafetensorsSource::open_dir(dir)?;
-    let model = registry::build(&cfg, &Weights::new(&src, backend))?;
+    let mut w = Weights::new(&src, backend);
+    w.fp8_inputs = crate::weights::Fp8Inputs::from_config(&cfg.0)?;
+    let model = registry::build(&cfg, &w)?;
     let mut eos = model.spec().eos.clone();
     let gen = dir.join("generation_config.json");
     if let Ok(t) = std::fs::read_to_string(&gen) {

@@ -9,12 +9,54 @@ use crate::{ModelError, Result};
 pub struct Weights<'a, B: Ops> {
     src: &'a dyn WeightSource,
     backend: &'a B,
+    /// How a checkpoint's FP8 projections quantise their inputs.
+    pub fp8_inputs: Fp8Inputs,
+}
+
+/// What an FP8 checkpoint says about the inputs of its projections (`quantization_config`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Fp8Inputs {
+    /// FP8 with one scale per token (`"activation_scheme": "dynamic"`, the default).
+    #[default]
+    Dynamic,
+    /// FP8 with the checkpoint's `input_scale` (`"activation_scheme": "static"`).
+    Static,
+    /// Not quantised (weight-only; Turbine's `"turbine_weight_only": true`).
+    None,
+}
+
+impl Fp8Inputs {
+    /// From a `config.json`'s `quantization_config`, if any; unknown methods are refused.
+    pub fn from_config(cfg: &serde_json::Value) -> Result<Fp8Inputs> {
+        let Some(q) = cfg.get("quantization_config").filter(|q| !q.is_null()) else { return Ok(Fp8Inputs::Dynamic) };
+        let method = q.get("quant_method").and_then(|m| m.as_str()).unwrap_or("");
+        if !matches!(method, "fp8" | "turbine-int8") {
+            return Err(ModelError::Config(format!(
+                "quantization_config.quant_method {method:?} is not supported (fp8 and turbine-int8 are)"
+            )));
+        }
+        if q.get("turbine_weight_only").and_then(|v| v.as_bool()).unwrap_or(false) {
+            return Ok(Fp8Inputs::None);
+        }
+        match q.get("activation_scheme").and_then(|v| v.as_str()).unwrap_or("dynamic") {
+            "dynamic" => Ok(Fp8Inputs::Dynamic),
+            "static" => Ok(Fp8Inputs::Static),
+            other => Err(ModelError::Config(format!(
+                "quantization_config.activation_scheme {other:?} is not supported (dynamic or static)"
+            ))),
+        }
+    }
 }
 
 impl<'a, B: Ops> Weights<'a, B> {
     /// Wraps a source and a backend.
     pub fn new(src: &'a dyn WeightSource, backend: &'a B) -> Self {
-        Weights { src, backend }
+        Weights { src, backend, fp8_inputs: Fp8Inputs::default() }
+    }
+
+    /// The host tensor `key` whatever its shape, if present.
+    pub fn raw(&self, key: &str) -> Result<Option<HostTensor<'a>>> {
+        self.src.get(key)
     }
 
     /// The backend.

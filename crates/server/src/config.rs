@@ -31,9 +31,13 @@ pub struct ModelSection {
     pub served_name: Option<String>,
     /// Kernel backend: `cpu` (or `cuda` in a build with that feature).
     pub backend: String,
-    /// Weight format in memory: `auto` keeps what the checkpoint stores (GGUF blocks stay
-    /// quantised).
+    /// How the block projections are stored and multiplied: `auto` keeps what the checkpoint
+    /// stores (GGUF blocks stay quantised); `f32`, `f16`, `bf16`, `fp8` (FP8 weights and inputs),
+    /// `fp8-weight`, `int8-weight`.
     pub dtype: String,
+    /// Projections that keep the checkpoint's precision (`qkv`, `o`, `up`, `down`, `layer:N`,
+    /// `ROLE@N`).
+    pub keep: Vec<String>,
 }
 
 impl Default for ModelSection {
@@ -43,6 +47,7 @@ impl Default for ModelSection {
             served_name: None,
             backend: "cpu".into(),
             dtype: "auto".into(),
+            keep: Vec::new(),
         }
     }
 }
@@ -138,9 +143,6 @@ impl Default for Limits {
     }
 }
 
-/// Weight formats `[model] dtype` accepts today.
-pub const DTYPES: &[&str] = &["auto"];
-
 impl ServeConfig {
     /// Parses TOML text; `origin` names it in errors.
     pub fn parse(text: &str, origin: &str) -> anyhow::Result<Self> {
@@ -175,13 +177,8 @@ impl ServeConfig {
         if let Some((_, msg)) = checks.iter().find(|(ok, _)| !ok) {
             anyhow::bail!("{msg}");
         }
-        if !DTYPES.contains(&self.model.dtype.as_str()) {
-            anyhow::bail!(
-                "model.dtype {:?} is not supported; use one of {} (FP8 and INT8 formats are planned)",
-                self.model.dtype,
-                DTYPES.join(", ")
-            );
-        }
+        turbine_models::precision::Policy::parse(&self.model.dtype, &self.model.keep)
+            .map_err(|e| anyhow::anyhow!("model.dtype / model.keep: {e}"))?;
         if self.server.api_keys.iter().any(|k| k.is_empty()) {
             anyhow::bail!("server.api_keys: an API key must not be empty");
         }

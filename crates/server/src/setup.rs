@@ -120,8 +120,8 @@ pub fn load_runner_with(model: Option<&str>, backend: &str, kv: KvSize, policy: 
 
 /// Loads a model for one request at a time, with a KV cache of `ctx_size` tokens (the usable
 /// context is the smaller of that and the model's own; cache pages are only touched when used).
-pub fn load(model: Option<&str>, backend: &str, ctx_size: usize) -> Result<Session> {
-    let l = load_runner(model, backend, KvSize::tokens(ctx_size))?;
+pub fn load(model: Option<&str>, backend: &str, ctx_size: usize, policy: &Policy) -> Result<Session> {
+    let l = load_runner_with(model, backend, KvSize::tokens(ctx_size), policy)?;
     Ok(Session { gen: Generator::new(l.runner), tok: l.tok, eos: l.eos, path: l.path, load_ms: l.load_ms })
 }
 

@@ -539,3 +539,106 @@ fn bench_serve_loads_a_server_and_reports() {
     fails_with(&turbine(&["bench-serve", "--url", &url, "--rate", "fast"]), "--rate");
     fails_with(&turbine(&["bench-serve", "--url", "https://x.invalid"]), "https");
 }
+
+#[test]
+fn quantize_writes_a_checkpoint_that_runs_and_names_bad_input() {
+    let m = tiny("llama-gqa");
+    let m = m.to_str().unwrap();
+    let out = temp_dir("quantize-out");
+    let _ = std::fs::remove_dir_all(&out);
+    let o = out.to_str().unwrap();
+    let done = turbine(&["quantize", "--model", m, "--to", "fp8", "--keep", "down", "--out", o]);
+    assert!(done.status.success(), "{}", String::from_utf8_lossy(&done.stderr));
+    let cfg: Value = serde_json::from_str(&std::fs::read_to_string(out.join("config.json")).unwrap()).unwrap();
+    assert_eq!(cfg["quantization_config"]["quant_method"], "fp8");
+    assert_eq!(cfg["quantization_config"]["ignored_layers"].as_array().unwrap().len(), 2);
+    // The quantised folder runs, and gives what --dtype fp8 --keep down gives in memory.
+    let a = json(&turbine(&[
+        "generate",
+        "--model",
+        o,
+        "--prompt-ids",
+        "1,2,3",
+        "--max-tokens",
+        "8",
+        "--temperature",
+        "0",
+        "--json",
+    ]));
+    let b = json(&turbine(&[
+        "generate",
+        "--model",
+        m,
+        "--dtype",
+        "fp8",
+        "--keep",
+        "down",
+        "--prompt-ids",
+        "1,2,3",
+        "--max-tokens",
+        "8",
+        "--temperature",
+        "0",
+        "--json",
+    ]));
+    assert_eq!(a["ids"], b["ids"]);
+    fails_with(&turbine(&["quantize", "--model", m, "--to", "fp8", "--out", o]), "not empty");
+    fails_with(&turbine(&["quantize", "--model", m, "--to", "fp9", "--out", "/tmp/x"]), "fp9");
+    fails_with(&turbine(&["quantize", "--model", m, "--to", "bf16", "--out", "/tmp/x"]), "not a quantised format");
+    let g = fixtures().join("gguf").join("bloom-alibi.gguf");
+    fails_with(&turbine(&["quantize", "--model", g.to_str().unwrap(), "--to", "fp8", "--out", "/tmp/x"]), "GGUF");
+    fails_with(&turbine(&["generate", "--model", m, "--prompt-ids", "1", "--dtype", "fp9"]), "fp9");
+    fails_with(&turbine(&["generate", "--model", m, "--prompt-ids", "1", "--dtype", "fp8", "--keep", "mlp"]), "mlp");
+    let short = out.join("short.txt");
+    std::fs::write(&short, "Too short to calibrate.").unwrap();
+    fails_with(
+        &turbine(&[
+            "eval",
+            "--model",
+            m,
+            "--file",
+            short.to_str().unwrap(),
+            "--dtype",
+            "fp8",
+            "--rounding",
+            "gptq",
+            "--calib",
+            short.to_str().unwrap(),
+        ]),
+        "calibration text",
+    );
+    let _ = std::fs::remove_dir_all(&out);
+}
+
+#[test]
+fn eval_reports_every_format_against_the_reference() {
+    let m = tiny("llama-gqa");
+    let text = fixtures().join("fortunes-literature.txt");
+    let out = turbine(&[
+        "eval",
+        "--model",
+        m.to_str().unwrap(),
+        "--file",
+        text.to_str().unwrap(),
+        "--limit",
+        "300",
+        "--dtype",
+        "f32,fp8,int8-weight",
+        "--decode-tokens",
+        "4",
+        "--json",
+    ]);
+    let v = json(&out);
+    let rows = v["rows"].as_array().unwrap();
+    assert_eq!(rows.len(), 4);
+    assert_eq!(rows[0]["reference"], true);
+    assert_eq!(rows[1]["format"], "f32");
+    // f32 of an f32 checkpoint is the reference itself.
+    assert_eq!(rows[1]["mean_kl"], 0.0);
+    assert_eq!(rows[1]["top1_agreement"], 1.0);
+    for r in &rows[2..] {
+        assert!(r["mean_kl"].as_f64().unwrap() > 0.0 && r["top1_agreement"].as_f64().unwrap() > 0.5, "{r}");
+        assert!(r["weight_bytes"].as_u64().unwrap() < rows[1]["weight_bytes"].as_u64().unwrap());
+        assert!(r["decode_tok_s"].as_f64().unwrap() > 0.0);
+    }
+}

@@ -61,6 +61,13 @@ impl SafetensorsSource {
         Self::open_files(&files)
     }
 
+    /// Every tensor name, sorted.
+    pub fn names(&self) -> Vec<&str> {
+        let mut v: Vec<&str> = self.index.keys().map(String::as_str).collect();
+        v.sort_unstable();
+        v
+    }
+
     /// Opens the given shard files.
     pub fn open_files(files: &[PathBuf]) -> Result<Self> {
         let mut shards = Vec::new();
@@ -91,6 +98,7 @@ impl WeightSource for SafetensorsSource {
             Dtype::BF16 => DType::BF16,
             Dtype::F8_E4M3 => DType::F8E4M3,
             Dtype::F8_E5M2 => DType::F8E5M2,
+            Dtype::I8 => DType::I8,
             other => {
                 return Err(ModelError::corrupt(&shard.path, format!("tensor {name} has unsupported dtype {other:?}")))
             }

@@ -93,7 +93,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
         bail!("--max-batch and --requests must be at least 1");
     }
     let modes = if a.compare { vec![Mode::Inflight, Mode::Static, Mode::StaticCompact] } else { vec![mode(&a.mode)?] };
-    let loaded = setup::load_runner(a.model.model.as_deref(), &a.model.backend, eng.kv())?;
+    let loaded = setup::load_runner_with(a.model.model.as_deref(), &a.model.backend, eng.kv(), &a.model.policy()?)?;
     let cache = loaded.runner.cache();
     let max_len = loaded.runner.spec().max_positions.min(cache.num_blocks * cache.block_size);
     let reqs = if a.workload == "mixed" {

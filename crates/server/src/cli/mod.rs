@@ -7,6 +7,7 @@ mod generate;
 mod models;
 mod perplexity;
 mod pull;
+mod quantize;
 mod serve;
 mod speed;
 
@@ -29,6 +30,8 @@ enum Cmd {
     Perplexity(perplexity::PerplexityArgs),
     /// Compare weight formats against a reference: perplexity, KL, top-1 agreement, memory, speed.
     Eval(eval::EvalArgs),
+    /// Store a model's projections in FP8 or INT8 and write it as a checkpoint.
+    Quantize(quantize::QuantizeArgs),
     /// Fetch a known model into the cache.
     Pull(pull::PullArgs),
     /// Measure throughput on a workload (in-flight vs static batching), or one request's speed.
@@ -53,6 +56,21 @@ pub struct ModelArgs {
     /// KV cache size in tokens (capped by the model's context length).
     #[arg(long, default_value_t = 8192)]
     pub ctx_size: usize,
+    /// How the block projections are stored and multiplied: auto (as the checkpoint stores
+    /// them), f32, f16, bf16, fp8 (FP8 weights and inputs), fp8-weight or int8-weight.
+    #[arg(long, default_value = "auto")]
+    pub dtype: String,
+    /// Projections that keep the checkpoint's precision: qkv, o, up, down, layer:N or ROLE@N;
+    /// repeatable.
+    #[arg(long)]
+    pub keep: Vec<String>,
+}
+
+impl ModelArgs {
+    /// The precision policy of `--dtype` and `--keep`.
+    pub fn policy(&self) -> anyhow::Result<turbine_models::precision::Policy> {
+        Ok(turbine_models::precision::Policy::parse(&self.dtype, &self.keep)?)
+    }
 }
 
 /// Engine settings shared by the commands that run many requests (`bench`, `serve`); a flag
@@ -103,6 +121,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Cmd::Perplexity(a) => perplexity::run(a),
         Cmd::Eval(a) => eval::run(a),
         Cmd::Pull(a) => pull::run(a),
+        Cmd::Quantize(a) => quantize::run(a),
         Cmd::Bench(a) => bench::run(a),
         Cmd::Models(a) => models::run(a),
         Cmd::Serve(a) => serve::run(a),

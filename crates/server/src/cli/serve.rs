@@ -26,9 +26,14 @@ pub struct ServeArgs {
     /// Kernel backend (default cpu).
     #[arg(long)]
     backend: Option<String>,
-    /// Weight format in memory (default auto: as the checkpoint stores it).
+    /// How the block projections are stored and multiplied (default auto: as the checkpoint
+    /// stores them; f32, f16, bf16, fp8, fp8-weight, int8-weight).
     #[arg(long)]
     dtype: Option<String>,
+    /// Projections that keep the checkpoint's precision (qkv, o, up, down, layer:N, ROLE@N);
+    /// repeatable, added to the config file's.
+    #[arg(long)]
+    keep: Vec<String>,
     /// Address to bind (default 127.0.0.1, loopback only).
     #[arg(long)]
     host: Option<String>,
@@ -81,6 +86,7 @@ impl ServeArgs {
         }
         set(&mut c.model.backend, &self.backend);
         set(&mut c.model.dtype, &self.dtype);
+        c.model.keep.extend(self.keep.iter().cloned());
         set(&mut c.server.host, &self.host);
         set(&mut c.server.port, &self.port);
         set(&mut c.server.drain_timeout_s, &self.drain_timeout);

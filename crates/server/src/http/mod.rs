@@ -58,7 +58,8 @@ impl AppState {
     pub fn load(cfg: &ServeConfig) -> anyhow::Result<Self> {
         cfg.validate()?;
         let model = Some(cfg.model.path.as_str());
-        let l = crate::setup::load_runner(model, &cfg.model.backend, cfg.engine.kv())?;
+        let policy = turbine_models::precision::Policy::parse(&cfg.model.dtype, &cfg.model.keep)?;
+        let l = crate::setup::load_runner_with(model, &cfg.model.backend, cfg.engine.kv(), &policy)?;
         let tok = Arc::new(l.tok);
         let cache = l.runner.cache();
         let max_len = l.runner.spec().max_positions.min(cache.num_blocks * cache.block_size);

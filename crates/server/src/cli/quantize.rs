@@ -1,0 +1,75 @@
+//! `turbine quantize`: store a model's projections in FP8 or INT8 and write the checkpoint in the
+//! layout vLLM and TensorRT-LLM read (see `turbine_models::export`).
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use turbine_kernels_ref::Cpu;
+use turbine_models::precision::{Format, Policy, Rounding};
+
+#[derive(Debug, Args)]
+pub struct QuantizeArgs {
+    /// A Hugging Face model folder (config.json and safetensors), or a known name.
+    #[arg(long, short = 'm')]
+    model: String,
+    /// fp8 (weights and inputs), fp8-weight or int8-weight.
+    #[arg(long)]
+    to: String,
+    /// Where to write the quantised model folder.
+    #[arg(long)]
+    out: std::path::PathBuf,
+    /// Projections to keep in the checkpoint's precision: qkv, o, up, down, layer:N or ROLE@N;
+    /// repeatable.
+    #[arg(long)]
+    keep: Vec<String>,
+    /// nearest, or gptq (error feedback over the calibration text).
+    #[arg(long, default_value = "nearest")]
+    rounding: String,
+    /// Calibration text for gptq (default: a bundled English text).
+    #[arg(long)]
+    calib: Option<std::path::PathBuf>,
+    /// Calibration tokens.
+    #[arg(long, default_value_t = 2048)]
+    calib_tokens: usize,
+}
+
+pub fn run(a: QuantizeArgs) -> Result<()> {
+    let format = Format::parse(&a.to)?;
+    if !matches!(format, Format::Fp8 | Format::Fp8Weight | Format::Int8Weight) {
+        bail!("--to {} is not a quantised format; use fp8, fp8-weight or int8-weight", a.to);
+    }
+    let rounding = match a.rounding.as_str() {
+        "nearest" => Rounding::Nearest,
+        "gptq" => Rounding::Gptq,
+        other => bail!("unknown --rounding {other:?}; use nearest or gptq"),
+    };
+    let path = turbine_server::setup::model_path(Some(&a.model))?;
+    if !path.is_dir() {
+        bail!(
+            "{}: turbine quantize reads a Hugging Face folder (config.json and safetensors); a GGUF file is already quantised: run it as it is, or with --dtype",
+            path.display()
+        );
+    }
+    if a.out.exists() && std::fs::read_dir(&a.out).map(|mut d| d.next().is_some()).unwrap_or(true) {
+        bail!("{}: the output folder exists and is not empty", a.out.display());
+    }
+    let calib_text = match &a.calib {
+        Some(p) => Some(
+            std::fs::read_to_string(p).with_context(|| format!("{}: cannot read the calibration text", p.display()))?,
+        ),
+        None => None,
+    };
+    let policy = Policy { rounding, calib_text, calib_tokens: a.calib_tokens, ..Policy::parse(&a.to, &a.keep)? };
+    let cpu = Cpu::new();
+    eprintln!("turbine quantize: loading {} and storing its projections as {}", path.display(), format.name());
+    let m = turbine_models::load_with(&cpu, &path, &policy)?;
+    let dec = m.model.decoder().context("this architecture cannot be exported")?;
+    let done = turbine_models::export::export(&cpu, dec, &path, &a.out, format)?;
+    eprintln!(
+        "turbine quantize: wrote {} ({} projection tensors in 8 bits, {} kept; model.safetensors {:.1} MB)",
+        a.out.display(),
+        done.quantized,
+        done.kept,
+        done.bytes as f64 / 1e6
+    );
+    Ok(())
+}

@@ -1,0 +1,185 @@
+//! 8-bit checkpoints: `turbine quantize`'s output loads back to the same model it had in memory,
+//! a checkpoint written by other code in the published FP8 layout (here: this file, with static
+//! activation scales) loads and runs, and broken ones are refused with clear errors.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use safetensors::tensor::{Dtype, TensorView};
+use turbine_core::fp8::{f32_to_e4m3, scale_for, E4M3_MAX};
+use turbine_core::HostTensor;
+use turbine_kernels_ref::Cpu;
+use turbine_models::precision::{Format, Policy};
+use turbine_models::{CacheConfig, Logits, ModelRunner, Runner, SeqStep};
+use turbine_tests::fixtures;
+
+fn tiny(case: &str) -> PathBuf {
+    fixtures().join("tiny").join(case)
+}
+
+fn temp(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("turbine-quantized-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    d
+}
+
+/// Logits of every position of a fixed prompt.
+fn logits(m: turbine_models::Loaded<Cpu>) -> Vec<f32> {
+    let mut r = Runner::new(Cpu::new(), m.model, CacheConfig { block_size: 16, num_blocks: 4 }).unwrap();
+    let ids: Vec<u32> = (0..20).map(|i| (i * 37 + 5) % 500).collect();
+    r.step(&[SeqStep { tokens: &ids, start: 0, blocks: &[0, 1], logits: Logits::All }]).unwrap();
+    r.logits().unwrap()
+}
+
+#[test]
+fn quantize_then_load_gives_the_model_that_was_in_memory() {
+    let cpu = Cpu::new();
+    for (fmt, keep) in
+        [(Format::Fp8, vec![]), (Format::Fp8Weight, vec!["down".to_string()]), (Format::Int8Weight, vec![])]
+    {
+        let policy = Policy::parse(fmt.name(), &keep).unwrap();
+        let in_memory = turbine_models::load_with(&cpu, &tiny("llama-gqa"), &policy).unwrap();
+        let dec = in_memory.model.decoder().unwrap();
+        let out = temp(fmt.name());
+        let done = turbine_models::export::export(&cpu, dec, &tiny("llama-gqa"), &out, fmt).unwrap();
+        assert_eq!(done.kept, if keep.is_empty() { 0 } else { 2 });
+        let reloaded = turbine_models::load(&cpu, &out).unwrap();
+        assert_eq!(logits(in_memory), logits(reloaded), "{}", fmt.name());
+        let _ = std::fs::remove_dir_all(&out);
+    }
+}
+
+/// A checkpoint's tensors by name: dtype, shape, bytes.
+type Tensors = BTreeMap<String, (Dtype, Vec<usize>, Vec<u8>)>;
+
+fn st(dtype: Dtype, shape: Vec<usize>, data: Vec<u8>) -> (Dtype, Vec<usize>, Vec<u8>) {
+    (dtype, shape, data)
+}
+
+/// Writes an FP8 checkpoint of `case` the way published ones are laid out: E4M3 projection
+/// weights, a scalar `weight_scale` and `input_scale` per projection, `activation_scheme:
+/// static`. `edit` may break it.
+fn external_fp8(case: &str, out: &Path, edit: &dyn Fn(&mut Tensors)) {
+    let src = tiny(case);
+    let bytes = std::fs::read(src.join("model.safetensors")).unwrap();
+    let file = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let mut tensors = BTreeMap::new();
+    for (name, view) in file.tensors() {
+        let proj = name.ends_with("_proj.weight") && name.contains(".layers.");
+        if !proj {
+            tensors.insert(name.clone(), st(view.dtype(), view.shape().to_vec(), view.data().to_vec()));
+            continue;
+        }
+        let host = HostTensor::new(view.shape().to_vec(), turbine_core::DType::F32, view.data()).unwrap();
+        let w = host.to_f32().unwrap();
+        let s = scale_for(w.iter().fold(0f32, |a, v| a.max(v.abs())), E4M3_MAX);
+        let codes: Vec<u8> = w.iter().map(|&v| f32_to_e4m3(v / s)).collect();
+        let base = name.trim_end_matches(".weight");
+        tensors.insert(name.clone(), st(Dtype::F8_E4M3, view.shape().to_vec(), codes));
+        tensors.insert(format!("{base}.weight_scale"), st(Dtype::F32, vec![], s.to_le_bytes().to_vec()));
+        // A calibrated-looking activation scale: inputs of these layers stay within ±8.
+        tensors.insert(format!("{base}.input_scale"), st(Dtype::F32, vec![], (8.0f32 / 448.0).to_le_bytes().to_vec()));
+    }
+    edit(&mut tensors);
+    std::fs::create_dir_all(out).unwrap();
+    let views: Vec<(String, TensorView<'_>)> =
+        tensors.iter().map(|(k, (d, s, b))| (k.clone(), TensorView::new(*d, s.clone(), b).unwrap())).collect();
+    safetensors::serialize_to_file(views, None, &out.join("model.safetensors")).unwrap();
+    let mut cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(src.join("config.json")).unwrap()).unwrap();
+    cfg["quantization_config"] = serde_json::json!({"quant_method": "fp8", "activation_scheme": "static"});
+    std::fs::write(out.join("config.json"), cfg.to_string()).unwrap();
+    std::fs::copy(src.join("tokenizer.json"), out.join("tokenizer.json")).unwrap();
+}
+
+#[test]
+fn a_published_layout_fp8_checkpoint_loads_and_runs() {
+    let cpu = Cpu::new();
+    let out = temp("external");
+    external_fp8("llama-gqa", &out, &|_| {});
+    let q = logits(turbine_models::load(&cpu, &out).unwrap());
+    let f = logits(turbine_models::load(&cpu, &tiny("llama-gqa")).unwrap());
+    assert!(q.iter().all(|v| v.is_finite()));
+    // Close to the f32 model: most positions keep their most likely token.
+    let vocab = q.len() / 20;
+    let argmax = |v: &[f32]| v.iter().enumerate().fold(0, |b, (i, &x)| if x > v[b] { i } else { b });
+    let same = q.chunks(vocab).zip(f.chunks(vocab)).filter(|(a, b)| argmax(a) == argmax(b)).count();
+    assert!(same >= 14, "only {same} of 20 positions agree");
+    let _ = std::fs::remove_dir_all(&out);
+}
+
+#[test]
+fn broken_fp8_checkpoints_are_refused_clearly() {
+    let cpu = Cpu::new();
+    let key = "model.layers.0.self_attn.q_proj";
+    type Edit = Box<dyn Fn(&mut Tensors)>;
+    let cases: Vec<(&str, Edit, &str)> = vec![
+        (
+            "missing-scale",
+            Box::new(move |t| {
+                t.remove(&format!("{key}.weight_scale"));
+            }),
+            "weight_scale is missing",
+        ),
+        (
+            "bad-scale",
+            Box::new(move |t| {
+                t.insert(format!("{key}.weight_scale"), st(Dtype::F32, vec![3], vec![0; 12]));
+            }),
+            "weight_scale",
+        ),
+        (
+            "missing-input-scale",
+            Box::new(move |t| {
+                t.remove(&format!("{key}.input_scale"));
+            }),
+            "input_scale is missing",
+        ),
+        (
+            "zero-scale",
+            Box::new(move |t| {
+                t.insert(format!("{key}.weight_scale"), st(Dtype::F32, vec![], 0f32.to_le_bytes().to_vec()));
+            }),
+            "positive",
+        ),
+    ];
+    for (name, edit, needle) in cases {
+        let out = temp(name);
+        external_fp8("llama-gqa", &out, edit.as_ref());
+        let err = turbine_models::load(&cpu, &out).err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(err.contains(needle), "{name}: {err:?} does not say {needle:?}");
+        let _ = std::fs::remove_dir_all(&out);
+    }
+    // An unknown quantisation method.
+    let out = temp("method");
+    external_fp8("llama-gqa", &out, &|_| {});
+    let cfg = out.join("config.json");
+    let text = std::fs::read_to_string(&cfg).unwrap().replace("\"fp8\"", "\"awq\"");
+    std::fs::write(&cfg, text).unwrap();
+    let err = turbine_models::load(&cpu, &out).err().map(|e| e.to_string()).unwrap_or_default();
+    assert!(err.contains("awq"), "{err}");
+    let _ = std::fs::remove_dir_all(&out);
+}
+
+#[test]
+fn policy_errors_name_the_problem() {
+    let cpu = Cpu::new();
+    assert!(Policy::parse("fp4", &[]).unwrap_err().to_string().contains("fp4"));
+    assert!(Policy::parse("fp8", &["attn".into()]).unwrap_err().to_string().contains("attn"));
+    let short = Policy {
+        rounding: turbine_models::precision::Rounding::Gptq,
+        calib_text: Some("Too short.".into()),
+        ..Policy::parse("fp8", &[]).unwrap()
+    };
+    let err =
+        turbine_models::load_with(&cpu, &tiny("llama-gqa"), &short).err().map(|e| e.to_string()).unwrap_or_default();
+    assert!(err.contains("calibration text") && err.contains("at least"), "{err}");
+    // GPTQ with enough text runs and keeps the model close.
+    let gptq = Policy {
+        rounding: turbine_models::precision::Rounding::Gptq,
+        calib_tokens: 256,
+        ..Policy::parse("int8-weight", &[]).unwrap()
+    };
+    let q = logits(turbine_models::load_with(&cpu, &tiny("llama-gqa"), &gptq).unwrap());
+    assert!(q.iter().all(|v| v.is_finite()));
+}
