@@ -48,7 +48,7 @@ pub struct Loaded {
 pub fn load(path: &Path, ctx: usize) -> Result<Loaded> {
     let cpu = Cpu::new();
     let m = turbine_models::load(&cpu, path)?;
-    let cache = CacheConfig { block_size: 16, num_blocks: ctx.div_ceil(16) };
+    let cache = CacheConfig::f32(16, ctx.div_ceil(16));
     let runner = Runner::new(cpu, m.model, cache)?;
     Ok(Loaded { gen: Generator::new(Box::new(runner)), tok: m.tokenizer, eos: m.eos })
 }

@@ -13,7 +13,7 @@ use turbine_tests::fixtures;
 fn engine(case: &str, blocks: usize, cfg: EngineConfig) -> EngineCore {
     let cpu = Cpu::new();
     let m = turbine_models::load(&cpu, &fixtures().join("tiny").join(case)).unwrap();
-    let runner = Runner::new(cpu, m.model, CacheConfig { block_size: 16, num_blocks: blocks }).unwrap();
+    let runner = Runner::new(cpu, m.model, CacheConfig::f32(16, blocks)).unwrap();
     EngineCore::new(Box::new(runner), cfg)
 }
 

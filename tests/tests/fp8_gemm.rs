@@ -148,3 +148,62 @@ fn int8_and_half_weights_dequantise_on_the_fly() {
         assert_eq!(b.download(&a).unwrap().to_f32().unwrap(), b.download(&c).unwrap().to_f32().unwrap());
     }
 }
+
+/// Paged attention over FP8 E4M3 keys and values equals f64 attention over the keys and values
+/// rounded the slow way (`e4m3(x / scale) · scale`).
+#[test]
+fn fp8_kv_cache_attention_matches_rounded_reference() {
+    use turbine_core::{AttnMeta, AttnParams, KvPages, QkvLayout};
+    let b = Cpu::new();
+    let table = e4m3_values();
+    let l = QkvLayout { q_heads: 4, kv_heads: 2, head_dim: 16 };
+    let (n, bs, w, d) = (23, 8, l.width(), 16);
+    let qkv = rand(n * w, 9, 2.0);
+    let (ks, vs) = (0.01f32, 0.004f32);
+    let round = |x: f32, s: f32| (slow_e4m3(x * (1.0 / s), &table) * f64::from(s)) as f32;
+    let shape: turbine_core::Shape = [4, l.kv_heads, bs, d].into();
+    let mut kv = KvPages {
+        k: b.alloc(&shape, DType::F8E4M3).unwrap(),
+        v: b.alloc(&shape, DType::F8E4M3).unwrap(),
+        block_size: bs,
+        k_scale: ks,
+        v_scale: vs,
+    };
+    let up_u32 = |shape: &[usize], v: &[u32]| b.upload(&HostTensor::from_u32(shape, v).unwrap()).unwrap();
+    let blocks = [3u32, 1, 0];
+    let meta = AttnMeta {
+        seqs: up_u32(&[1, 3], &[0, n as u32, n as u32]),
+        block_tables: up_u32(&[1, 3], &blocks),
+        positions: up_u32(&[n], &(0..n as u32).collect::<Vec<_>>()),
+        slots: up_u32(&[n], &(0..n).map(|p| blocks[p / bs] * bs as u32 + (p % bs) as u32).collect::<Vec<_>>()),
+    };
+    let q = up(&b, &[n, w], &qkv);
+    b.kv_store(&q, l, &meta, &mut kv).unwrap();
+    let mut out = b.alloc(&[n, l.q_heads * d].into(), DType::F32).unwrap();
+    let scale = 1.0 / (d as f32).sqrt();
+    b.paged_attention(&q, l, &kv, &meta, &AttnParams { scale, window: None, alibi: None }, &mut out).unwrap();
+    let mut want = vec![0.0; n * l.q_heads * d];
+    for i in 0..n {
+        for h in 0..l.q_heads {
+            let kh = h / 2;
+            let qv = &qkv[i * w + h * d..][..d];
+            let sc: Vec<f64> = (0..=i)
+                .map(|j| {
+                    let k = &qkv[j * w + (l.q_heads + kh) * d..][..d];
+                    qv.iter().zip(k).map(|(&a, &c)| f64::from(a) * f64::from(round(c, ks))).sum::<f64>()
+                        * f64::from(scale)
+                })
+                .collect();
+            let mx = sc.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+            let e: Vec<f64> = sc.iter().map(|s| (s - mx).exp()).collect();
+            let z: f64 = e.iter().sum();
+            for c in 0..d {
+                let v: f64 = (0..=i)
+                    .map(|j| e[j] * f64::from(round(qkv[j * w + (l.q_heads + l.kv_heads + kh) * d + c], vs)))
+                    .sum();
+                want[(i * l.q_heads + h) * d + c] = (v / z) as f32;
+            }
+        }
+    }
+    assert_close(&b.download(&out).unwrap().to_f32().unwrap(), &want, Tol { rel: 1e-5, abs: 1e-5 });
+}

@@ -173,6 +173,11 @@ pub struct KvPages<B: Backend> {
     pub v: Tensor<B>,
     /// Tokens per block.
     pub block_size: usize,
+    /// Scale of FP8 E4M3 keys: a key `x` is stored as `e4m3(x · (1 / k_scale))` (unused for f32
+    /// pages).
+    pub k_scale: f32,
+    /// Scale of FP8 E4M3 values.
+    pub v_scale: f32,
 }
 
 /// Per-step metadata of a packed batch, shared by every layer.

@@ -6,7 +6,8 @@
 //! identically whether its keys came from one prefill, a chunked prefill or decode steps.
 
 use rayon::prelude::*;
-use turbine_core::{alibi_slopes, AttnMeta, AttnParams, Error, KvPages, QkvLayout, Result, Tensor};
+use turbine_core::fp8::{e4m3_table, f32_to_e4m3};
+use turbine_core::{alibi_slopes, AttnMeta, AttnParams, DType, Error, KvPages, QkvLayout, Result, Tensor};
 
 use crate::buffer::{f32s, f32s_mut, u32s};
 use crate::dot::{accumulate, scores as dot_scores};
@@ -45,14 +46,31 @@ pub(crate) fn kv_store(qkv: &Tensor<Cpu>, l: QkvLayout, meta: &AttnMeta<Cpu>, kv
     let q = f32s(qkv, OP)?;
     let qw = l.q_heads * l.head_dim;
     let (d, bs) = (l.head_dim, kv.block_size);
-    for (pages, off) in [(&mut kv.k, qw), (&mut kv.v, qw + kvw)] {
-        let dst = f32s_mut(pages, OP)?;
-        for (row, &s) in q.chunks_exact(l.width()).zip(slots) {
-            let (blk, at) = (s as usize / bs, s as usize % bs);
-            for h in 0..l.kv_heads {
-                let o = ((blk * l.kv_heads + h) * bs + at) * d;
-                dst[o..o + d].copy_from_slice(&row[off + h * d..off + (h + 1) * d]);
+    for (pages, off, scale) in [(&mut kv.k, qw, kv.k_scale), (&mut kv.v, qw + kvw, kv.v_scale)] {
+        let dtype = pages.dtype();
+        match pages.buf_mut() {
+            crate::CpuBuf::F32(dst) => {
+                for (row, &s) in q.chunks_exact(l.width()).zip(slots) {
+                    let (blk, at) = (s as usize / bs, s as usize % bs);
+                    for h in 0..l.kv_heads {
+                        let o = ((blk * l.kv_heads + h) * bs + at) * d;
+                        dst[o..o + d].copy_from_slice(&row[off + h * d..off + (h + 1) * d]);
+                    }
+                }
             }
+            crate::CpuBuf::Blocks(dst) if dtype == DType::F8E4M3 => {
+                let inv = 1.0 / scale;
+                for (row, &s) in q.chunks_exact(l.width()).zip(slots) {
+                    let (blk, at) = (s as usize / bs, s as usize % bs);
+                    for h in 0..l.kv_heads {
+                        let o = ((blk * l.kv_heads + h) * bs + at) * d;
+                        for (c, &x) in dst[o..o + d].iter_mut().zip(&row[off + h * d..off + (h + 1) * d]) {
+                            *c = f32_to_e4m3(x * inv);
+                        }
+                    }
+                }
+            }
+            _ => return Err(Error::Unsupported { op: OP, dtype, backend: "cpu" }),
         }
     }
     Ok(())
@@ -132,7 +150,10 @@ pub(crate) fn paged_attention(
     let kvw = l.kv_heads * d;
     let num_blocks = kv.k.capacity() / (bs * kvw).max(1);
     let sq = seqs(meta, kv, t, num_blocks)?;
-    let (q, kc, vc) = (f32s(qkv, OP)?, kv_all(&kv.k)?, kv_all(&kv.v)?);
+    if kv.k.dtype() != kv.v.dtype() {
+        return Err(Error::invalid(OP, format!("keys are {} but values are {}", kv.k.dtype(), kv.v.dtype())));
+    }
+    let (q, kc, vc) = (f32s(qkv, OP)?, kv_all(&kv.k, kv.k_scale)?, kv_all(&kv.v, kv.v_scale)?);
     let group = l.q_heads / l.kv_heads;
     if t == 0 {
         return Ok(());
@@ -152,6 +173,11 @@ pub(crate) fn paged_attention(
         let qrow = &q[tok * l.width()..];
         let table = &sq.tables[s * sq.max_blocks..];
         let mut scores = [[0.0f32; MAX_BLOCK]; SUB];
+        // FP8 pages: this block's keys and values are decoded into this thread's scratch.
+        let mut kv8 = if matches!(kc, Pages::F8(..)) { DECODED.take() } else { Vec::new() };
+        if matches!(kc, Pages::F8(..)) {
+            kv8.resize(2 * MAX_BLOCK * MAX_HEAD_DIM, 0.0);
+        }
         let mut acc = [[0.0f32; MAX_HEAD_DIM]; SUB];
         let mut m = [f32::NEG_INFINITY; SUB];
         let mut denom = [0.0f32; SUB];
@@ -161,7 +187,21 @@ pub(crate) fn paged_attention(
             // Keys and values of this block for kv head `kh`: contiguous rows `a..b`.
             let base = ((phys * l.kv_heads + kh) * bs + (a - blk * bs)) * d;
             let n = b - a;
-            let (kb, vb) = (&kc[base..], &vc[base..]);
+            let (kb, vb): (&[f32], &[f32]) = match (kc, vc) {
+                (Pages::F32(k), Pages::F32(v)) => (&k[base..], &v[base..]),
+                (Pages::F8(k, ks), Pages::F8(v, vs)) => {
+                    let t = e4m3_table();
+                    let (kbuf, vbuf) = kv8.split_at_mut(MAX_BLOCK * MAX_HEAD_DIM);
+                    for (o, &c) in kbuf[..n * d].iter_mut().zip(&k[base..base + n * d]) {
+                        *o = t[usize::from(c)] * ks;
+                    }
+                    for (o, &c) in vbuf[..n * d].iter_mut().zip(&v[base..base + n * d]) {
+                        *o = t[usize::from(c)] * vs;
+                    }
+                    (&*kbuf, &*vbuf)
+                }
+                _ => unreachable!("keys and values share a storage type (checked above)"),
+            };
             for g in 0..sub {
                 let sc = &mut scores[g][..n];
                 dot_scores(&qrow[(h0 + g) * d..][..d], kb, d, p.scale, sc);
@@ -184,6 +224,9 @@ pub(crate) fn paged_attention(
                 accumulate(sc, vb, d, &mut acc[g][..d]);
             }
         }
+        if !kv8.is_empty() {
+            DECODED.set(kv8);
+        }
         for (g, og) in o.chunks_exact_mut(d).enumerate() {
             let inv = 1.0 / denom[g];
             for (ov, &av) in og.iter_mut().zip(&acc[g][..d]) {
@@ -194,10 +237,22 @@ pub(crate) fn paged_attention(
     Ok(())
 }
 
-/// The whole page buffer (its shape may have been narrowed).
-fn kv_all(t: &Tensor<Cpu>) -> Result<&[f32]> {
+thread_local! {
+    /// Decoded FP8 keys and values of one block (`2 · MAX_BLOCK · MAX_HEAD_DIM`).
+    static DECODED: std::cell::Cell<Vec<f32>> = const { std::cell::Cell::new(Vec::new()) };
+}
+
+/// A whole page buffer (its shape may have been narrowed): f32, or E4M3 codes with their scale.
+#[derive(Clone, Copy)]
+enum Pages<'a> {
+    F32(&'a [f32]),
+    F8(&'a [u8], f32),
+}
+
+fn kv_all(t: &Tensor<Cpu>, scale: f32) -> Result<Pages<'_>> {
     match t.buf() {
-        crate::CpuBuf::F32(v) => Ok(&v[..t.capacity()]),
+        crate::CpuBuf::F32(v) => Ok(Pages::F32(&v[..t.capacity()])),
+        crate::CpuBuf::Blocks(b) if t.dtype() == DType::F8E4M3 => Ok(Pages::F8(&b[..t.capacity()], scale)),
         _ => Err(Error::Unsupported { op: "paged_attention", dtype: t.dtype(), backend: "cpu" }),
     }
 }

@@ -81,7 +81,7 @@ pub fn calibrate<B: Ops + Clone>(
     let window = window.min(model.spec().max_positions).max(2);
     let block = 16;
     let blocks = window.div_ceil(block);
-    let mut runner = Runner::new(b.clone(), model, CacheConfig { block_size: block, num_blocks: blocks })?;
+    let mut runner = Runner::new(b.clone(), model, CacheConfig::f32(block, blocks))?;
     let collector = Arc::new(Collector { inputs: Mutex::new(HashMap::new()) });
     let dec = runner
         .model_mut()

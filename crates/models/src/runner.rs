@@ -38,6 +38,16 @@ pub struct CacheConfig {
     pub block_size: usize,
     /// Blocks in the pool.
     pub num_blocks: usize,
+    /// Storage of keys and values: `F32`, or `F8E4M3` (a quarter of the bytes; scale 1, as
+    /// engines use when a checkpoint gives no KV scales).
+    pub kv_dtype: DType,
+}
+
+impl CacheConfig {
+    /// `num_blocks` f32 blocks of `block_size` tokens.
+    pub fn f32(block_size: usize, num_blocks: usize) -> Self {
+        CacheConfig { block_size, num_blocks, kv_dtype: DType::F32 }
+    }
 }
 
 /// A model on a device with its KV cache, behind an object-safe interface.
@@ -100,6 +110,9 @@ impl<B: Ops> Runner<B> {
     /// Wraps a model, allocating a KV cache of `cache.num_blocks` blocks.
     pub fn new(backend: B, model: Box<dyn Model<B>>, cache: CacheConfig) -> Result<Self> {
         let s = model.spec().clone();
+        if !matches!(cache.kv_dtype, DType::F32 | DType::F8E4M3) {
+            return Err(ModelError::Input(format!("a {} KV cache is not supported (f32 or fp8)", cache.kv_dtype)));
+        }
         if cache.block_size == 0 || cache.num_blocks == 0 {
             return Err(ModelError::Input("the KV cache needs at least one block of at least one token".into()));
         }
@@ -107,9 +120,11 @@ impl<B: Ops> Runner<B> {
         let kv = (0..s.layers)
             .map(|_| {
                 Ok(KvPages {
-                    k: backend.alloc(&shape, DType::F32)?,
-                    v: backend.alloc(&shape, DType::F32)?,
+                    k: backend.alloc(&shape, cache.kv_dtype)?,
+                    v: backend.alloc(&shape, cache.kv_dtype)?,
                     block_size: cache.block_size,
+                    k_scale: 1.0,
+                    v_scale: 1.0,
                 })
             })
             .collect::<Result<Vec<_>>>()?;

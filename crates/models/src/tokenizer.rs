@@ -169,10 +169,13 @@ impl TextTokenizer {
             }
         };
         // Control tokens (type 3) are special; user-defined ones (type 4) match verbatim too.
+        // Only tokens the model's vocabulary holds under that text: Gemma's whitespace runs live
+        // there as `▁` runs, and adding them as written would give them new ids past the
+        // vocabulary.
         let added: Vec<AddedToken> = tokens
             .iter()
             .zip(&types)
-            .filter(|(_, &ty)| ty == 3 || ty == 4)
+            .filter(|(t, &ty)| (ty == 3 || ty == 4) && inner.token_to_id(t).is_some())
             .map(|(t, &ty)| AddedToken::from(t.clone(), ty == 3))
             .collect();
         inner.add_special_tokens(&added);

@@ -69,6 +69,9 @@ pub struct EngineSection {
     pub kv_bytes: Option<usize>,
     /// Tokens per KV block.
     pub block_size: usize,
+    /// Storage of keys and values: `f32`, or `fp8` (FP8 E4M3: four times the tokens in the same
+    /// bytes).
+    pub kv_dtype: String,
 }
 
 impl Default for EngineSection {
@@ -80,14 +83,17 @@ impl Default for EngineSection {
             kv_tokens: 16384,
             kv_bytes: None,
             block_size: crate::setup::BLOCK_SIZE,
+            kv_dtype: "f32".into(),
         }
     }
 }
 
 impl EngineSection {
-    /// The KV cache size.
+    /// The KV cache size (the storage type falls back to f32 when [`ServeConfig::validate`] would
+    /// refuse it).
     pub fn kv(&self) -> crate::setup::KvSize {
-        crate::setup::KvSize { block_size: self.block_size, tokens: self.kv_tokens, bytes: self.kv_bytes }
+        let dtype = crate::setup::kv_dtype(&self.kv_dtype).unwrap_or(turbine_core::DType::F32);
+        crate::setup::KvSize { block_size: self.block_size, tokens: self.kv_tokens, bytes: self.kv_bytes, dtype }
     }
 
     /// The scheduler limits.
@@ -177,6 +183,7 @@ impl ServeConfig {
         if let Some((_, msg)) = checks.iter().find(|(ok, _)| !ok) {
             anyhow::bail!("{msg}");
         }
+        crate::setup::kv_dtype(&self.engine.kv_dtype).map_err(|e| anyhow::anyhow!("engine.kv_dtype: {e}"))?;
         turbine_models::precision::Policy::parse(&self.model.dtype, &self.model.keep)
             .map_err(|e| anyhow::anyhow!("model.dtype / model.keep: {e}"))?;
         if self.server.api_keys.iter().any(|k| k.is_empty()) {

@@ -56,6 +56,15 @@ pub struct Loaded {
     pub weight_bytes: usize,
 }
 
+/// The KV cache storage named `name`: `f32` or `fp8` (FP8 E4M3, a quarter of the bytes).
+pub fn kv_dtype(name: &str) -> Result<turbine_core::DType> {
+    match name {
+        "f32" | "auto" => Ok(turbine_core::DType::F32),
+        "fp8" | "fp8-e4m3" => Ok(turbine_core::DType::F8E4M3),
+        other => bail!("unknown KV cache dtype {other:?}; use f32 or fp8"),
+    }
+}
+
 /// How big the paged KV cache is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct KvSize {
@@ -65,12 +74,14 @@ pub struct KvSize {
     pub tokens: usize,
     /// Memory budget in bytes (keys and values of every layer), overriding `tokens`.
     pub bytes: Option<usize>,
+    /// Storage of keys and values (`F32` or `F8E4M3`).
+    pub dtype: turbine_core::DType,
 }
 
 impl KvSize {
     /// `tokens` tokens in blocks of [`BLOCK_SIZE`].
     pub fn tokens(tokens: usize) -> Self {
-        KvSize { block_size: BLOCK_SIZE, tokens, bytes: None }
+        KvSize { block_size: BLOCK_SIZE, tokens, bytes: None, dtype: turbine_core::DType::F32 }
     }
 
     fn config(&self, spec: &turbine_models::ModelSpec) -> Result<CacheConfig> {
@@ -79,7 +90,8 @@ impl KvSize {
         }
         let num_blocks = match self.bytes {
             Some(b) => {
-                let per_block = spec.layers * 2 * spec.kv_heads * spec.head_dim * 4 * self.block_size;
+                let elem = self.dtype.block_bytes();
+                let per_block = spec.layers * 2 * spec.kv_heads * spec.head_dim * elem * self.block_size;
                 let n = b / per_block.max(1);
                 if n == 0 {
                     bail!(
@@ -91,7 +103,7 @@ impl KvSize {
             }
             None => self.tokens.max(1).div_ceil(self.block_size),
         };
-        Ok(CacheConfig { block_size: self.block_size, num_blocks })
+        Ok(CacheConfig { block_size: self.block_size, num_blocks, kv_dtype: self.dtype })
     }
 }
 
@@ -120,8 +132,8 @@ pub fn load_runner_with(model: Option<&str>, backend: &str, kv: KvSize, policy: 
 
 /// Loads a model for one request at a time, with a KV cache of `ctx_size` tokens (the usable
 /// context is the smaller of that and the model's own; cache pages are only touched when used).
-pub fn load(model: Option<&str>, backend: &str, ctx_size: usize, policy: &Policy) -> Result<Session> {
-    let l = load_runner_with(model, backend, KvSize::tokens(ctx_size), policy)?;
+pub fn load(model: Option<&str>, backend: &str, kv: KvSize, policy: &Policy) -> Result<Session> {
+    let l = load_runner_with(model, backend, kv, policy)?;
     Ok(Session { gen: Generator::new(l.runner), tok: l.tok, eos: l.eos, path: l.path, load_ms: l.load_ms })
 }
 

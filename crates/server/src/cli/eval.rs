@@ -58,6 +58,9 @@ pub struct EvalArgs {
     /// Tokens decoded to measure decode speed (0 skips it).
     #[arg(long, default_value_t = 32)]
     decode_tokens: usize,
+    /// KV cache storage of the evaluated models (f32 or fp8); the reference keeps f32.
+    #[arg(long, default_value = "f32")]
+    kv_dtype: String,
     /// Kernel backend.
     #[arg(long, default_value = "cpu")]
     backend: String,
@@ -72,10 +75,13 @@ struct Entry {
     weight_bytes: usize,
 }
 
-fn load(model: Option<&str>, backend: &str, policy: &Policy, ctx: usize) -> Result<Entry> {
-    let label = policy.format.name().to_string();
+fn load(model: Option<&str>, backend: &str, policy: &Policy, ctx: usize, kv: turbine_core::DType) -> Result<Entry> {
+    let mut label = policy.format.name().to_string();
+    if kv != turbine_core::DType::F32 {
+        label.push_str(" + fp8 KV");
+    }
     eprintln!("turbine eval: loading {} as {label}", model.unwrap_or(turbine_models::catalog::DEFAULT_MODEL));
-    let l = setup::load_runner_with(model, backend, KvSize::tokens(ctx), policy)?;
+    let l = setup::load_runner_with(model, backend, KvSize { dtype: kv, ..KvSize::tokens(ctx) }, policy)?;
     Ok(Entry { label, gen: Generator::new(l.runner), weight_bytes: l.weight_bytes })
 }
 
@@ -108,7 +114,14 @@ pub fn run(a: EvalArgs) -> Result<()> {
     }
     let ctx_cap = a.ctx.unwrap_or(2048).max(2);
     let ref_model = a.reference.as_deref().or(a.model.as_deref());
-    let reference = load(ref_model, &a.backend, &Policy { format: reference_format, ..Policy::default() }, ctx_cap)?;
+    let kv = setup::kv_dtype(&a.kv_dtype)?;
+    let reference = load(
+        ref_model,
+        &a.backend,
+        &Policy { format: reference_format, ..Policy::default() },
+        ctx_cap,
+        turbine_core::DType::F32,
+    )?;
     let rounding = match a.rounding.as_str() {
         "gptq" => Rounding::Gptq,
         "nearest" => Rounding::Nearest,
@@ -128,7 +141,7 @@ pub fn run(a: EvalArgs) -> Result<()> {
             calib_tokens: a.calib_tokens,
             ..Policy::parse(f.name(), &a.keep)?
         };
-        entries.push(load(a.model.as_deref(), &a.backend, &policy, ctx_cap)?);
+        entries.push(load(a.model.as_deref(), &a.backend, &policy, ctx_cap, kv)?);
     }
     let tok = {
         let p = setup::model_path(a.model.as_deref())?;

@@ -138,7 +138,7 @@ pub fn run(a: GenerateArgs) -> Result<()> {
     if a.max_tokens < 1 {
         bail!("--max-tokens must be at least 1, got {}", a.max_tokens);
     }
-    let mut s = setup::load(a.model.model.as_deref(), &a.model.backend, a.model.ctx_size, &a.model.policy()?)?;
+    let mut s = setup::load(a.model.model.as_deref(), &a.model.backend, a.model.kv()?, &a.model.policy()?)?;
     let prompt = prompt_ids(&a, &s)?;
     let req = Request {
         prompt,

@@ -64,9 +64,18 @@ pub struct ModelArgs {
     /// repeatable.
     #[arg(long)]
     pub keep: Vec<String>,
+    /// KV cache storage: f32 or fp8 (FP8 E4M3).
+    #[arg(long, default_value = "f32")]
+    pub kv_dtype: String,
 }
 
 impl ModelArgs {
+    /// The KV cache of `--ctx-size` tokens stored as `--kv-dtype`.
+    pub fn kv(&self) -> anyhow::Result<turbine_server::setup::KvSize> {
+        let dtype = turbine_server::setup::kv_dtype(&self.kv_dtype)?;
+        Ok(turbine_server::setup::KvSize { dtype, ..turbine_server::setup::KvSize::tokens(self.ctx_size) })
+    }
+
     /// The precision policy of `--dtype` and `--keep`.
     pub fn policy(&self) -> anyhow::Result<turbine_models::precision::Policy> {
         Ok(turbine_models::precision::Policy::parse(&self.dtype, &self.keep)?)
@@ -110,6 +119,7 @@ impl EngineArgs {
         if self.kv_bytes.is_some() {
             base.kv_bytes = self.kv_bytes;
         }
+
         base
     }
 }

@@ -48,6 +48,10 @@ pub struct ServeArgs {
     drain_timeout: Option<f64>,
     #[command(flatten)]
     engine: EngineArgs,
+    /// KV cache storage: f32 or fp8 (FP8 E4M3, four times the tokens in the same bytes)
+    /// [default: f32].
+    #[arg(long)]
+    kv_dtype: Option<String>,
     /// Most requests waiting to start before new ones get 429 (default 256).
     #[arg(long)]
     max_waiting: Option<usize>,
@@ -97,6 +101,7 @@ impl ServeArgs {
             }
         }
         c.engine = self.engine.apply(c.engine);
+        set(&mut c.engine.kv_dtype, &self.kv_dtype);
         set(&mut c.engine.max_waiting, &self.max_waiting);
         set(&mut c.limits.max_body_bytes, &self.max_body_bytes);
         set(&mut c.limits.max_n, &self.max_n);

@@ -34,7 +34,7 @@ pub fn run(model: &ModelArgs, a: &SpeedArgs, json: bool) -> Result<()> {
     if a.gen_tokens < 2 || a.prompt_tokens == 0 || a.reps == 0 {
         bail!("--gen-tokens must be at least 2, --prompt-tokens and --reps at least 1");
     }
-    let mut s = setup::load(model.model.as_deref(), &model.backend, model.ctx_size, &model.policy()?)?;
+    let mut s = setup::load(model.model.as_deref(), &model.backend, model.kv()?, &model.policy()?)?;
     // Deterministic synthetic text: ordinary English, repeated to length.
     let base = s.tok.encode(
         "The engine reads the weights once per step, so a batch of requests costs little more than one. ",
