@@ -235,7 +235,14 @@ fn run_attention(b: &Cpu, c: &Case, qkv: &[f32], chunks: &[usize]) -> Vec<f32> {
     let (l, w, d) = (c.l, c.l.width(), c.l.head_dim);
     let num_blocks = 16;
     let shape = [num_blocks, l.kv_heads, c.bs, d];
-    let mut kv = KvPages { k: zeros(b, &shape), v: zeros(b, &shape), block_size: c.bs, k_scale: 1.0, v_scale: 1.0 };
+    let mut kv = KvPages {
+        k: zeros(b, &shape),
+        v: zeros(b, &shape),
+        block_size: c.bs,
+        k_scale: 1.0,
+        v_scale: 1.0,
+        k_shift: None,
+    };
     let p = AttnParams { scale: 1.0 / (d as f32).sqrt(), window: c.window, alibi: None };
     let mut out_all = Vec::new();
     let mut start = 0;
@@ -428,7 +435,14 @@ fn alibi_attention_matches_naive() {
         }
     }
     let shape = [4, 6, 4, d];
-    let mut kv = KvPages { k: zeros(&b, &shape), v: zeros(&b, &shape), block_size: 4, k_scale: 1.0, v_scale: 1.0 };
+    let mut kv = KvPages {
+        k: zeros(&b, &shape),
+        v: zeros(&b, &shape),
+        block_size: 4,
+        k_scale: 1.0,
+        v_scale: 1.0,
+        k_shift: None,
+    };
     let meta = AttnMeta {
         seqs: up_u32(&b, &[1, 3], &[0, n as u32, n as u32]),
         block_tables: up_u32(&b, &[1, 3], &[2, 0, 3]),

@@ -178,6 +178,10 @@ pub struct KvPages<B: Backend> {
     pub k_scale: f32,
     /// Scale of FP8 E4M3 values.
     pub v_scale: f32,
+    /// FP8 pages: `[kv_heads · head_dim]` subtracted from every key before it is quantised (the
+    /// keys' per-channel mean, so that E4M3's relative precision serves what varies). Attention
+    /// is unchanged: a query's scores all move by the same `q · shift`, which softmax ignores.
+    pub k_shift: Option<Tensor<B>>,
 }
 
 /// Per-step metadata of a packed batch, shared by every layer.

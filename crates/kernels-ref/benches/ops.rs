@@ -57,7 +57,14 @@ fn main() {
     for ctx in [16usize, 256, 1000] {
         let nb = ctx.div_ceil(bs);
         let shape = [nb, l.kv_heads, bs, l.head_dim];
-        let kv = KvPages { k: f32t(&b, &shape, 2), v: f32t(&b, &shape, 3), block_size: bs, k_scale: 1.0, v_scale: 1.0 };
+        let kv = KvPages {
+            k: f32t(&b, &shape, 2),
+            v: f32t(&b, &shape, 3),
+            block_size: bs,
+            k_scale: 1.0,
+            v_scale: 1.0,
+            k_shift: None,
+        };
         let blocks: Vec<u32> = (0..nb as u32).collect();
         let meta = AttnMeta {
             seqs: u32t(&b, &[1, 3], &[0, 1, ctx as u32]),

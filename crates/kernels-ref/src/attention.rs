@@ -46,7 +46,16 @@ pub(crate) fn kv_store(qkv: &Tensor<Cpu>, l: QkvLayout, meta: &AttnMeta<Cpu>, kv
     let q = f32s(qkv, OP)?;
     let qw = l.q_heads * l.head_dim;
     let (d, bs) = (l.head_dim, kv.block_size);
-    for (pages, off, scale) in [(&mut kv.k, qw, kv.k_scale), (&mut kv.v, qw + kvw, kv.v_scale)] {
+    let shift = match &kv.k_shift {
+        Some(t) => {
+            t.expect_shape(OP, &[kvw])?;
+            Some(f32s(t, OP)?.to_vec())
+        }
+        None => None,
+    };
+    for (pages, off, scale, sh) in
+        [(&mut kv.k, qw, kv.k_scale, shift.as_deref()), (&mut kv.v, qw + kvw, kv.v_scale, None)]
+    {
         let dtype = pages.dtype();
         match pages.buf_mut() {
             crate::CpuBuf::F32(dst) => {
@@ -64,8 +73,18 @@ pub(crate) fn kv_store(qkv: &Tensor<Cpu>, l: QkvLayout, meta: &AttnMeta<Cpu>, kv
                     let (blk, at) = (s as usize / bs, s as usize % bs);
                     for h in 0..l.kv_heads {
                         let o = ((blk * l.kv_heads + h) * bs + at) * d;
-                        for (c, &x) in dst[o..o + d].iter_mut().zip(&row[off + h * d..off + (h + 1) * d]) {
-                            *c = f32_to_e4m3(x * inv);
+                        let src = &row[off + h * d..off + (h + 1) * d];
+                        match sh {
+                            Some(sh) => {
+                                for ((c, &x), &m) in dst[o..o + d].iter_mut().zip(src).zip(&sh[h * d..(h + 1) * d]) {
+                                    *c = f32_to_e4m3((x - m) * inv);
+                                }
+                            }
+                            None => {
+                                for (c, &x) in dst[o..o + d].iter_mut().zip(src) {
+                                    *c = f32_to_e4m3(x * inv);
+                                }
+                            }
                         }
                     }
                 }

@@ -238,6 +238,12 @@ pub struct Decoder<B: Ops> {
 pub trait Observer<B: Ops>: Send + Sync {
     /// `x` (`[tokens, in]`) is about to be multiplied by `role`'s weight in block `layer`.
     fn input(&self, b: &B, layer: usize, role: Role, x: &Tensor<B>) -> Result<()>;
+
+    /// The fused QKV of block `layer` (`[tokens, (q + 2 kv) heads · head_dim]`, rotated) is about
+    /// to be stored in the KV cache.
+    fn qkv(&self, _b: &B, _layer: usize, _qkv: &Tensor<B>) -> Result<()> {
+        Ok(())
+    }
 }
 
 impl<B: Ops> Decoder<B> {
@@ -324,6 +330,9 @@ impl<B: Ops> Decoder<B> {
             }
             if let Some(r) = layer.rope {
                 b.rope(&mut qkv, &step.meta.positions, &self.ropes[r], l)?;
+            }
+            if let Some(obs) = &self.observer {
+                obs.qkv(b, i, &qkv)?;
             }
             b.kv_store(&qkv, l, &step.meta, pages)?;
             let p = AttnParams { scale: o.attn_scale, window: layer.window, alibi: o.alibi };

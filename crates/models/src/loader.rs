@@ -47,7 +47,7 @@ pub fn load_with<B: Ops + Clone>(backend: &B, path: &Path, policy: &Policy) -> R
                 ids.len()
             )));
         }
-        let (model, c) = crate::calibrate::calibrate(backend, l.model, &ids, policy.calib_tokens)?;
+        let (model, c) = crate::calibrate::calibrate(backend, l.model, &ids, policy.calib_tokens, true)?;
         l.model = model;
         Some(c)
     } else {

@@ -125,6 +125,7 @@ impl<B: Ops> Runner<B> {
                     block_size: cache.block_size,
                     k_scale: 1.0,
                     v_scale: 1.0,
+                    k_shift: None,
                 })
             })
             .collect::<Result<Vec<_>>>()?;
@@ -144,6 +145,35 @@ impl<B: Ops> Runner<B> {
     /// The backend.
     pub fn backend_ref(&self) -> &B {
         &self.backend
+    }
+
+    /// Sets each layer's FP8 key and value scales (`scales[layer] = (k_scale, v_scale)`) and,
+    /// when given, key shifts (`shifts[layer]`, `kv_heads · head_dim` values).
+    pub fn set_kv_scales(&mut self, scales: &[(f32, f32)], shifts: &[Vec<f32>]) -> Result<()> {
+        if scales.len() != self.kv.len() {
+            return Err(ModelError::Input(format!("{} KV scales for {} layers", scales.len(), self.kv.len())));
+        }
+        if let Some(bad) = scales.iter().find(|(k, v)| !(k.is_finite() && *k > 0.0 && v.is_finite() && *v > 0.0)) {
+            return Err(ModelError::Input(format!("KV scales must be positive, got {bad:?}")));
+        }
+        for (p, &(k, v)) in self.kv.iter_mut().zip(scales) {
+            p.k_scale = k;
+            p.v_scale = v;
+        }
+        if !shifts.is_empty() {
+            let s = self.model.spec();
+            let width = s.kv_heads * s.head_dim;
+            if shifts.len() != self.kv.len() || shifts.iter().any(|v| v.len() != width) {
+                return Err(ModelError::Input(format!(
+                    "key shifts must be {} layers of {width} values",
+                    self.kv.len()
+                )));
+            }
+            for (p, sh) in self.kv.iter_mut().zip(shifts) {
+                p.k_shift = Some(self.backend.upload(&HostTensor::from_f32([width], sh)?)?);
+            }
+        }
+        Ok(())
     }
 
     /// The model.

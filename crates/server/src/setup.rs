@@ -122,13 +122,41 @@ pub fn load_runner_with(model: Option<&str>, backend: &str, kv: KvSize, policy: 
             let m = turbine_models::load_with(&cpu, &path, policy)?;
             let cache = kv.config(m.model.spec())?;
             let bytes = m.model.decoder().map_or(0, |d| d.weight_bytes());
-            (Box::new(Runner::new(cpu, m.model, cache)?), m.tokenizer, m.eos, bytes)
+            let (model, scales, shifts) = if cache.kv_dtype == turbine_core::DType::F8E4M3 {
+                kv_scales(&cpu, m.model, &m.tokenizer)?
+            } else {
+                (m.model, Vec::new(), Vec::new())
+            };
+            let mut runner = Runner::new(cpu, model, cache)?;
+            if !scales.is_empty() {
+                runner.set_kv_scales(&scales, &shifts)?;
+            }
+            (Box::new(runner), m.tokenizer, m.eos, bytes)
         }
         "cuda" => bail!("{}", cuda_unavailable()),
         other => bail!("unknown backend {other:?}; available: cpu"),
     };
     Ok(Loaded { runner, tok, eos, path, load_ms: t0.elapsed().as_secs_f64() * 1e3, weight_bytes })
 }
+
+/// Per-layer FP8 key and value scales (`amax / 448`) from a run over the calibration text.
+/// Keys are stored minus their calibration mean (see `KvPages::k_shift`).
+#[allow(clippy::type_complexity)]
+fn kv_scales(
+    cpu: &Cpu,
+    model: Box<dyn turbine_models::Model<Cpu>>,
+    tok: &TextTokenizer,
+) -> Result<(Box<dyn turbine_models::Model<Cpu>>, Vec<(f32, f32)>, Vec<Vec<f32>>)> {
+    let mut ids = tok.encode(turbine_models::calibrate::DEFAULT_TEXT, true)?;
+    ids.truncate(KV_CALIB_TOKENS);
+    let (model, c) = turbine_models::calibrate::calibrate(cpu, model, &ids, KV_CALIB_TOKENS, false)?;
+    let scale = |a: f32| turbine_core::fp8::scale_for(a, turbine_core::fp8::E4M3_MAX);
+    let scales = c.kv_amax.iter().zip(&c.k_mean).map(|(&(_, v), (_, kc))| (scale(*kc), scale(v))).collect();
+    Ok((model, scales, c.k_mean.into_iter().map(|(m, _)| m).collect()))
+}
+
+/// Tokens of calibration text behind the FP8 KV cache scales.
+const KV_CALIB_TOKENS: usize = 512;
 
 /// Loads a model for one request at a time, with a KV cache of `ctx_size` tokens (the usable
 /// context is the smaller of that and the model's own; cache pages are only touched when used).
