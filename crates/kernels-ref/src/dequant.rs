@@ -7,6 +7,12 @@ use turbine_core::DType;
 /// Dequantises consecutive blocks of `dtype` from `src` into `out` (`out.len()` a multiple of 32),
 /// or decodes consecutive f16, bf16, E4M3 or INT8 values.
 pub(crate) fn dequant_into(dtype: DType, src: &[u8], out: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if !dtype.is_quantized() && fast_type(dtype) && has_qtile() && out.len() % 32 == 0 {
+        // SAFETY: AVX2, FMA and F16C are present; `src` holds `out.len()` values.
+        unsafe { avx2::blocks(dtype, src, out) };
+        return;
+    }
     if !dtype.is_quantized() {
         // f16, bf16, E4M3, INT8: one value per element (8-bit values raw, scales applied later).
         turbine_core::host::decode_f32(dtype, src, out).expect("whole rows of a byte-stored weight type");
@@ -34,7 +40,12 @@ pub(crate) fn dequant_into(dtype: DType, src: &[u8], out: &mut [f32]) {
 /// Whether `dtype` has the AVX2 dequantisation and the fused kernel ([`qtile`]); the other block
 /// types go through the scalar reference.
 pub(crate) fn fast_type(dtype: DType) -> bool {
-    matches!(dtype, DType::Q8_0 | DType::Q4_0 | DType::Q4_1)
+    matches!(dtype, DType::Q8_0 | DType::Q4_0 | DType::Q4_1 | DType::F16 | DType::BF16 | DType::F8E4M3 | DType::I8)
+}
+
+/// Bytes of 32 consecutive values of a fast type (one GGUF block, or 32 elements).
+fn bytes_per_32(dtype: DType) -> usize {
+    dtype.bytes_for(32).unwrap_or(dtype.block_bytes())
 }
 
 /// Whether the fused dequantise-and-multiply kernel ([`qtile`]) is available.
@@ -62,6 +73,7 @@ pub(crate) fn qtile<const MR: usize, const NR: usize>(
     k: usize,
 ) -> [[f32; NR]; MR] {
     assert!(has_qtile() && fast_type(dtype) && k % 32 == 0 && dtype.bytes_for(k) == Some(row_bytes));
+    debug_assert_eq!(bytes_per_32(dtype) * (k / 32), row_bytes);
     assert!(x.len() >= (MR - 1) * ldx + k && w.len() >= NR * row_bytes);
     #[cfg(target_arch = "x86_64")]
     // SAFETY: features and bounds were asserted above.
@@ -113,7 +125,7 @@ mod avx2 {
     /// AVX2, FMA and F16C must be present.
     #[target_feature(enable = "avx2,fma,f16c")]
     pub(super) unsafe fn blocks(dtype: DType, src: &[u8], out: &mut [f32]) {
-        let bb = dtype.block_bytes();
+        let bb = super::bytes_per_32(dtype);
         for (dst, blk) in out.chunks_exact_mut(32).zip(src.chunks_exact(bb)) {
             let dst: &mut [f32; 32] = dst.try_into().expect("chunk of 32");
             // SAFETY: features as above; `blk` holds one whole block.
@@ -130,6 +142,43 @@ mod avx2 {
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn block(dtype: DType, blk: &[u8]) -> [__m256; 4] {
+        let p = blk.as_ptr();
+        match dtype {
+            DType::F16 => {
+                // SAFETY: 32 f16 values are 64 bytes.
+                return [0, 16, 32, 48]
+                    .map(|o| unsafe { _mm256_cvtph_ps(_mm_loadu_si128(p.add(o) as *const __m128i)) });
+            }
+            DType::BF16 => {
+                return [0, 16, 32, 48].map(|o| {
+                    // SAFETY: 32 bf16 values are 64 bytes; a bf16 is the top half of an f32.
+                    let h = unsafe { _mm_loadu_si128(p.add(o) as *const __m128i) };
+                    _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16))
+                });
+            }
+            DType::I8 => {
+                // SAFETY: 32 bytes.
+                let (a, b) =
+                    unsafe { (_mm_loadu_si128(p as *const __m128i), _mm_loadu_si128(p.add(16) as *const __m128i)) };
+                let w = |x: __m128i| _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(x));
+                return [w(a), w(_mm_srli_si128(a, 8)), w(b), w(_mm_srli_si128(b, 8))];
+            }
+            DType::F8E4M3 => {
+                // E4M3 bits moved into an f16 (sign to bit 15, exponent and mantissa shifted up by
+                // 7) give the value times 2^-8 exactly, subnormals included; 256 undoes it.
+                // (The NaN codes 0x7f/0xff decode as ±480; quantisation never writes them.)
+                let (a, b) =
+                    unsafe { (_mm_loadu_si128(p as *const __m128i), _mm_loadu_si128(p.add(16) as *const __m128i)) };
+                let conv = |x: __m128i| {
+                    let w = _mm_cvtepu8_epi16(x);
+                    let sign = _mm_slli_epi16(_mm_and_si128(w, _mm_set1_epi16(0x80)), 8);
+                    let rest = _mm_slli_epi16(_mm_and_si128(w, _mm_set1_epi16(0x7f)), 7);
+                    _mm256_mul_ps(_mm256_cvtph_ps(_mm_or_si128(sign, rest)), _mm256_set1_ps(256.0))
+                };
+                return [conv(a), conv(_mm_srli_si128(a, 8)), conv(b), conv(_mm_srli_si128(b, 8))];
+            }
+            _ => {}
+        }
         let d = unsafe { f16(blk, 0) };
         match dtype {
             DType::Q4_0 | DType::Q4_1 => {
@@ -178,7 +227,7 @@ mod avx2 {
         row_bytes: usize,
         k: usize,
     ) -> [[f32; NR]; MR] {
-        let bb = dtype.block_bytes();
+        let bb = super::bytes_per_32(dtype);
         let mut acc = [[_mm256_setzero_ps(); NR]; MR];
         for b in 0..k / 32 {
             for r in 0..NR {
@@ -233,6 +282,27 @@ mod tests {
             for (o, b) in slow.chunks_exact_mut(dtype.block_len()).zip(bytes.chunks_exact(dtype.block_bytes())) {
                 dequant_block(dtype, b, o);
             }
+            assert!(fast.iter().zip(&slow).all(|(a, b)| a.to_bits() == b.to_bits()), "{dtype}");
+        }
+    }
+
+    #[test]
+    fn element_types_decode_like_the_reference() {
+        let mut rng = turbine_core::sampling::Rng::new(5);
+        for dtype in [DType::F16, DType::BF16, DType::F8E4M3, DType::I8] {
+            let n = 4096;
+            let mut bytes: Vec<u8> = (0..dtype.bytes_for(n).unwrap()).map(|_| rng.next_u64() as u8).collect();
+            match dtype {
+                // No NaN codes (quantisation never writes them).
+                DType::F8E4M3 => bytes.iter_mut().filter(|b| **b & 0x7f == 0x7f).for_each(|b| *b &= 0xfe),
+                // Finite halves only.
+                DType::F16 | DType::BF16 => bytes.chunks_exact_mut(2).for_each(|c| c[1] &= 0x3f),
+                _ => {}
+            }
+            let mut fast = vec![0.0; n];
+            dequant_into(dtype, &bytes, &mut fast);
+            let mut slow = vec![0.0f32; n];
+            turbine_core::host::decode_f32(dtype, &bytes, &mut slow).unwrap();
             assert!(fast.iter().zip(&slow).all(|(a, b)| a.to_bits() == b.to_bits()), "{dtype}");
         }
     }

@@ -168,7 +168,7 @@ pub(crate) fn matmul(x: &Tensor<Cpu>, w: &Tensor<Cpu>, epi: Epilogue<'_, Cpu>, o
             let wv = &wv[..n * k];
             wv.par_chunks(PANEL * k.max(1)).enumerate().for_each(|(t, wp)| job.panel(wp, t * PANEL));
         }
-        CpuBuf::Blocks(bytes) if m <= 4 && has_qtile() && fast_type(dtype) => {
+        CpuBuf::Blocks(bytes) if m <= 4 && has_qtile() && fast_type(dtype) && k % 32 == 0 => {
             // Few rows (decode): dequantise inside the dot products, no scratch round trip.
             let row_bytes = dtype.bytes_for(k).ok_or(Error::Unsupported { op: OP, dtype, backend: "cpu" })?;
             bytes[..n * row_bytes]
