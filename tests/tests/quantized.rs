@@ -34,15 +34,21 @@ fn logits(m: turbine_models::Loaded<Cpu>) -> Vec<f32> {
 #[test]
 fn quantize_then_load_gives_the_model_that_was_in_memory() {
     let cpu = Cpu::new();
-    for (fmt, keep) in
-        [(Format::Fp8, vec![]), (Format::Fp8Weight, vec!["down".to_string()]), (Format::Int8Weight, vec![])]
-    {
-        let policy = Policy::parse(fmt.name(), &keep).unwrap();
+    let cases = [
+        (Format::Fp8, vec![], false),
+        (Format::Fp8, vec![], true),
+        (Format::Fp8Weight, vec!["down".to_string()], false),
+        (Format::Int8Weight, vec![], false),
+    ];
+    for (fmt, keep, static_inputs) in cases {
+        let policy = Policy { static_inputs, calib_tokens: 256, ..Policy::parse(fmt.name(), &keep).unwrap() };
         let in_memory = turbine_models::load_with(&cpu, &tiny("llama-gqa"), &policy).unwrap();
         let dec = in_memory.model.decoder().unwrap();
-        let out = temp(fmt.name());
+        let out = temp(&format!("{}-{static_inputs}", fmt.name()));
         let done = turbine_models::export::export(&cpu, dec, &tiny("llama-gqa"), &out, fmt).unwrap();
         assert_eq!(done.kept, if keep.is_empty() { 0 } else { 2 });
+        let cfg = std::fs::read_to_string(out.join("config.json")).unwrap();
+        assert_eq!(cfg.contains("\"static\""), static_inputs, "{cfg}");
         let reloaded = turbine_models::load(&cpu, &out).unwrap();
         assert_eq!(logits(in_memory), logits(reloaded), "{}", fmt.name());
         let _ = std::fs::remove_dir_all(&out);

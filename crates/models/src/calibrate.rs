@@ -88,11 +88,17 @@ impl<B: Ops> Observer<B> for Collector {
     }
 
     fn input(&self, b: &B, layer: usize, role: Role, x: &Tensor<B>) -> Result<()> {
-        if !self.gram {
-            return Ok(());
-        }
         let (t, k) = (x.rows(), x.cols());
         let v = b.download(x)?.to_f32()?;
+        let amax = v.iter().fold(0f32, |a, x| a.max(x.abs()));
+        if !self.gram {
+            let mut map = self.inputs.lock().map_err(|_| ModelError::Config("calibration state poisoned".into()))?;
+            let e =
+                map.entry((layer, role)).or_insert_with(|| InputStats { k, tokens: 0, gram: Vec::new(), amax: 0.0 });
+            e.tokens += t;
+            e.amax = e.amax.max(amax);
+            return Ok(());
+        }
         // XᵀX = (Xᵀ)(Xᵀ)ᵀ through the backend's product: Xᵀ is [k, t].
         let mut xt = vec![0f32; k * t];
         for (r, row) in v.chunks_exact(k).enumerate() {
@@ -104,7 +110,6 @@ impl<B: Ops> Observer<B> for Collector {
         let mut g = b.alloc(&[k, k].into(), DType::F32)?;
         b.matmul(&xt, &xt, Epilogue::none(), &mut g)?;
         let g = b.download(&g)?.to_f32()?;
-        let amax = v.iter().fold(0f32, |a, x| a.max(x.abs()));
         let mut map = self.inputs.lock().map_err(|_| ModelError::Config("calibration state poisoned".into()))?;
         let e =
             map.entry((layer, role)).or_insert_with(|| InputStats { k, tokens: 0, gram: vec![0.0; k * k], amax: 0.0 });

@@ -1,7 +1,8 @@
 //! Writing a quantised model as a Hugging Face folder in the layout FP8 checkpoints for vLLM and
 //! TensorRT-LLM use: `float8_e4m3fn` projection weights, each with a `weight_scale` (one f32 per
-//! tensor), and a `quantization_config` (`"quant_method": "fp8"`, `"activation_scheme":
-//! "dynamic"`, projections left in high precision listed in `"ignored_layers"`) in
+//! tensor) and, with calibrated input scales, an `input_scale`, and a `quantization_config`
+//! (`"quant_method": "fp8"`, `"activation_scheme": "dynamic"` or `"static"`, projections left
+//! in high precision listed in `"ignored_layers"`) in
 //! `config.json`. INT8 weights get one scale per output row (`[rows, 1]`) and
 //! `"quant_method": "turbine-int8"`. Every other tensor and file is copied as it is.
 
@@ -97,6 +98,7 @@ pub fn export<B: Ops>(b: &B, dec: &Decoder<B>, src_dir: &Path, out: &Path, forma
     let mut tensors: BTreeMap<String, Owned> = BTreeMap::new();
     let mut ignored = Vec::new();
     let mut done = Exported::default();
+    let mut static_inputs = false;
     for (i, layer) in dec.layers.iter().enumerate() {
         let Some(hf) = names(&src, i) else {
             return Err(ModelError::Config(format!(
@@ -118,6 +120,7 @@ pub fn export<B: Ops>(b: &B, dec: &Decoder<B>, src_dir: &Path, out: &Path, forma
                 ignored.extend(parts.iter().cloned());
                 continue;
             }
+            static_inputs |= matches!(lin.quant_x, Some(ActQuant::Static(_)));
             write_parts(b, lin, &parts, &rows, &mut tensors)?;
             done.quantized += parts.len();
         }
@@ -138,7 +141,7 @@ pub fn export<B: Ops>(b: &B, dec: &Decoder<B>, src_dir: &Path, out: &Path, forma
     safetensors::serialize_to_file(tensors.iter().map(|(k, v)| (k.as_str(), v)), None, &file)
         .map_err(|e| ModelError::corrupt(&file, e.to_string()))?;
     done.bytes = std::fs::metadata(&file).map_err(|e| ModelError::io(&file, e))?.len();
-    write_config(src_dir, out, format, &ignored)?;
+    write_config(src_dir, out, format, &ignored, static_inputs)?;
     copy_other_files(src_dir, out)?;
     Ok(done)
 }
@@ -154,9 +157,10 @@ fn write_parts<B: Ops>(
     if rows.iter().sum::<usize>() != n {
         return Err(ModelError::Config(format!("{}: parts of {rows:?} rows for a {n}-row projection", parts[0])));
     }
-    if matches!(lin.quant_x, Some(ActQuant::Static(_))) {
-        return Err(ModelError::Config("writing static activation scales is not supported yet".into()));
-    }
+    let input_scale = match &lin.quant_x {
+        Some(ActQuant::Static(s)) => Some(b.download(s)?.to_f32()?[0]),
+        _ => None,
+    };
     let codes = b.download(&lin.w)?;
     let scale =
         lin.scale.as_ref().ok_or_else(|| ModelError::Config(format!("{}: 8-bit weight without scales", parts[0])))?;
@@ -180,12 +184,16 @@ fn write_parts<B: Ops>(
         };
         let data = values.iter().flat_map(|v| v.to_le_bytes()).collect();
         tensors.insert(format!("{p}.weight_scale"), Owned { dtype: Dtype::F32, shape, data });
+        if let Some(s) = input_scale {
+            let data = s.to_le_bytes().to_vec();
+            tensors.insert(format!("{p}.input_scale"), Owned { dtype: Dtype::F32, shape: vec![], data });
+        }
         r0 += r;
     }
     Ok(())
 }
 
-fn write_config(src_dir: &Path, out: &Path, format: Format, ignored: &[String]) -> Result<()> {
+fn write_config(src_dir: &Path, out: &Path, format: Format, ignored: &[String], static_inputs: bool) -> Result<()> {
     let path = src_dir.join("config.json");
     let text = std::fs::read_to_string(&path).map_err(|e| ModelError::io(&path, e))?;
     let mut cfg: serde_json::Value =
@@ -193,8 +201,9 @@ fn write_config(src_dir: &Path, out: &Path, format: Format, ignored: &[String]) 
     let q = match format {
         Format::Int8Weight => serde_json::json!({"quant_method": "turbine-int8", "ignored_layers": ignored}),
         _ => {
+            let scheme = if static_inputs { "static" } else { "dynamic" };
             let mut q =
-                serde_json::json!({"quant_method": "fp8", "activation_scheme": "dynamic", "ignored_layers": ignored});
+                serde_json::json!({"quant_method": "fp8", "activation_scheme": scheme, "ignored_layers": ignored});
             if format == Format::Fp8Weight {
                 q["turbine_weight_only"] = true.into();
             }

@@ -47,7 +47,13 @@ pub fn load_with<B: Ops + Clone>(backend: &B, path: &Path, policy: &Policy) -> R
                 ids.len()
             )));
         }
-        let (model, c) = crate::calibrate::calibrate(backend, l.model, &ids, policy.calib_tokens, true)?;
+        let (model, c) = crate::calibrate::calibrate(
+            backend,
+            l.model,
+            &ids,
+            policy.calib_tokens,
+            policy.rounding == crate::precision::Rounding::Gptq,
+        )?;
         l.model = model;
         Some(c)
     } else {

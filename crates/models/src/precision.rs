@@ -152,6 +152,9 @@ pub struct Policy {
     pub calib_text: Option<String>,
     /// Calibration tokens to run.
     pub calib_tokens: usize,
+    /// `fp8`: one calibrated input scale per projection (`amax / 448` over the calibration
+    /// text) instead of one per token computed on the fly.
+    pub static_inputs: bool,
 }
 
 impl Default for Policy {
@@ -162,6 +165,7 @@ impl Default for Policy {
             rounding: Rounding::Nearest,
             calib_text: None,
             calib_tokens: 2048,
+            static_inputs: false,
         }
     }
 }
@@ -178,7 +182,9 @@ impl Policy {
 
     /// Whether applying the policy needs the model to run over calibration text first.
     pub fn needs_calibration(&self) -> bool {
-        matches!(self.format, Format::Fp8 | Format::Fp8Weight | Format::Int8Weight) && self.rounding == Rounding::Gptq
+        self.format == Format::Fp8 && self.static_inputs
+            || matches!(self.format, Format::Fp8 | Format::Fp8Weight | Format::Int8Weight)
+                && self.rounding == Rounding::Gptq
     }
 
     /// The format of `role` in `layer` (of `layers`).
@@ -209,14 +215,20 @@ impl Policy {
                 (Role::Up, &mut layer.up, up_parts),
                 (Role::Down, &mut layer.down, vec![down_rows]),
             ] {
-                let gram = match (self.needs_calibration(), calib) {
+                let stats = match (self.needs_calibration(), calib) {
                     (false, _) => None,
                     (true, Some(c)) => Some(c.inputs.get(&(i, role)).ok_or_else(|| {
                         ModelError::Config(format!("calibration saw no input of layer {i}'s {role:?} projection"))
                     })?),
-                    (true, None) => return Err(ModelError::Config("GPTQ rounding needs a calibration run".into())),
+                    (true, None) => return Err(ModelError::Config("this policy needs a calibration run".into())),
                 };
-                convert(b, lin, self.format_for(i, layers, role), &parts, gram.map(|g| &g.gram[..]))?;
+                let fmt = self.format_for(i, layers, role);
+                let gram = stats.filter(|_| self.rounding == Rounding::Gptq).map(|s| &s.gram[..]);
+                convert(b, lin, fmt, &parts, gram)?;
+                if let (Format::Fp8, true, Some(s)) = (fmt, self.static_inputs, stats) {
+                    let scale = scale_for(s.amax, E4M3_MAX);
+                    lin.quant_x = Some(ActQuant::Static(b.upload(&HostTensor::from_f32([1], &[scale])?)?));
+                }
             }
         }
         Ok(())

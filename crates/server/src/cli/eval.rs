@@ -31,6 +31,10 @@ pub struct EvalArgs {
     /// How 8-bit weights are rounded: nearest, or gptq (error feedback over calibration text).
     #[arg(long, default_value = "nearest")]
     rounding: String,
+    /// fp8: one calibrated input scale per projection (amax over the calibration text) instead
+    /// of one per token.
+    #[arg(long)]
+    static_inputs: bool,
     /// Calibration text for GPTQ (default: a bundled English text, not the evaluation text).
     #[arg(long)]
     calib: Option<std::path::PathBuf>,
@@ -139,6 +143,7 @@ pub fn run(a: EvalArgs) -> Result<()> {
             rounding,
             calib_text: calib_text.clone(),
             calib_tokens: a.calib_tokens,
+            static_inputs: a.static_inputs,
             ..Policy::parse(f.name(), &a.keep)?
         };
         entries.push(load(a.model.as_deref(), &a.backend, &policy, ctx_cap, kv)?);

@@ -24,6 +24,10 @@ pub struct QuantizeArgs {
     /// nearest, or gptq (error feedback over the calibration text).
     #[arg(long, default_value = "nearest")]
     rounding: String,
+    /// fp8: one calibrated input scale per projection (amax over the calibration text) instead
+    /// of one per token.
+    #[arg(long)]
+    static_inputs: bool,
     /// Calibration text for gptq (default: a bundled English text).
     #[arg(long)]
     calib: Option<std::path::PathBuf>,
@@ -58,7 +62,13 @@ pub fn run(a: QuantizeArgs) -> Result<()> {
         ),
         None => None,
     };
-    let policy = Policy { rounding, calib_text, calib_tokens: a.calib_tokens, ..Policy::parse(&a.to, &a.keep)? };
+    let policy = Policy {
+        rounding,
+        calib_text,
+        calib_tokens: a.calib_tokens,
+        static_inputs: a.static_inputs,
+        ..Policy::parse(&a.to, &a.keep)?
+    };
     let cpu = Cpu::new();
     eprintln!("turbine quantize: loading {} and storing its projections as {}", path.display(), format.name());
     let m = turbine_models::load_with(&cpu, &path, &policy)?;
