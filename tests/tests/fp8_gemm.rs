@@ -154,11 +154,12 @@ fn int8_and_half_weights_dequantise_on_the_fly() {
 /// moves every score of a query by the same amount, so the reference can leave it out).
 #[test]
 fn fp8_kv_cache_attention_matches_rounded_reference() {
-    fp8_kv_case(true);
-    fp8_kv_case(false);
+    fp8_kv_case(true, DType::F8E4M3);
+    fp8_kv_case(false, DType::F8E4M3);
+    fp8_kv_case(true, DType::I8);
 }
 
-fn fp8_kv_case(shifted: bool) {
+fn fp8_kv_case(shifted: bool, dtype: DType) {
     use turbine_core::{AttnMeta, AttnParams, KvPages, QkvLayout};
     let b = Cpu::new();
     let table = e4m3_values();
@@ -166,12 +167,15 @@ fn fp8_kv_case(shifted: bool) {
     let (n, bs, w, d) = (23, 8, l.width(), 16);
     let qkv = rand(n * w, 9, 2.0);
     let (ks, vs) = (0.01f32, 0.004f32);
-    let round = |x: f32, s: f32| (slow_e4m3(x * (1.0 / s), &table) * f64::from(s)) as f32;
+    let round = |x: f32, s: f32| match dtype {
+        DType::I8 => ((f64::from(x) / f64::from(s)).round_ties_even().clamp(-127.0, 127.0) * f64::from(s)) as f32,
+        _ => (slow_e4m3(x * (1.0 / s), &table) * f64::from(s)) as f32,
+    };
     let shape: turbine_core::Shape = [4, l.kv_heads, bs, d].into();
     let shift: Vec<f32> = if shifted { rand(l.kv_heads * d, 10, 1.5) } else { vec![0.0; l.kv_heads * d] };
     let mut kv = KvPages {
-        k: b.alloc(&shape, DType::F8E4M3).unwrap(),
-        v: b.alloc(&shape, DType::F8E4M3).unwrap(),
+        k: b.alloc(&shape, dtype).unwrap(),
+        v: b.alloc(&shape, dtype).unwrap(),
         block_size: bs,
         k_scale: ks,
         v_scale: vs,

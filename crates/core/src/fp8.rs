@@ -37,6 +37,12 @@ pub fn e4m3_table() -> &'static [f32; 256] {
     TABLE.get_or_init(|| std::array::from_fn(|b| e4m3_to_f32(b as u8)))
 }
 
+/// All 256 byte values read as INT8, by byte (computed once).
+pub fn i8_table() -> &'static [f32; 256] {
+    static TABLE: std::sync::OnceLock<[f32; 256]> = std::sync::OnceLock::new();
+    TABLE.get_or_init(|| std::array::from_fn(|b| f32::from(b as u8 as i8)))
+}
+
 /// Rounds `x` to E4M3: nearest, ties to even, saturating at ±448; NaN gives `0x7f`.
 pub fn f32_to_e4m3(x: f32) -> u8 {
     let bits = x.to_bits();

@@ -6,7 +6,7 @@
 //! identically whether its keys came from one prefill, a chunked prefill or decode steps.
 
 use rayon::prelude::*;
-use turbine_core::fp8::{e4m3_table, f32_to_e4m3};
+use turbine_core::fp8::{e4m3_table, f32_to_e4m3, f32_to_i8, i8_table};
 use turbine_core::{alibi_slopes, AttnMeta, AttnParams, DType, Error, KvPages, QkvLayout, Result, Tensor};
 
 use crate::buffer::{f32s, f32s_mut, u32s};
@@ -67,8 +67,9 @@ pub(crate) fn kv_store(qkv: &Tensor<Cpu>, l: QkvLayout, meta: &AttnMeta<Cpu>, kv
                     }
                 }
             }
-            crate::CpuBuf::Blocks(dst) if dtype == DType::F8E4M3 => {
+            crate::CpuBuf::Blocks(dst) if matches!(dtype, DType::F8E4M3 | DType::I8) => {
                 let inv = 1.0 / scale;
+                let enc = |x: f32| if dtype == DType::I8 { f32_to_i8(x, scale) as u8 } else { f32_to_e4m3(x * inv) };
                 for (row, &s) in q.chunks_exact(l.width()).zip(slots) {
                     let (blk, at) = (s as usize / bs, s as usize % bs);
                     for h in 0..l.kv_heads {
@@ -77,12 +78,12 @@ pub(crate) fn kv_store(qkv: &Tensor<Cpu>, l: QkvLayout, meta: &AttnMeta<Cpu>, kv
                         match sh {
                             Some(sh) => {
                                 for ((c, &x), &m) in dst[o..o + d].iter_mut().zip(src).zip(&sh[h * d..(h + 1) * d]) {
-                                    *c = f32_to_e4m3((x - m) * inv);
+                                    *c = enc(x - m);
                                 }
                             }
                             None => {
                                 for (c, &x) in dst[o..o + d].iter_mut().zip(src) {
-                                    *c = f32_to_e4m3(x * inv);
+                                    *c = enc(x);
                                 }
                             }
                         }
@@ -193,8 +194,8 @@ pub(crate) fn paged_attention(
         let table = &sq.tables[s * sq.max_blocks..];
         let mut scores = [[0.0f32; MAX_BLOCK]; SUB];
         // FP8 pages: this block's keys and values are decoded into this thread's scratch.
-        let mut kv8 = if matches!(kc, Pages::F8(..)) { DECODED.take() } else { Vec::new() };
-        if matches!(kc, Pages::F8(..)) {
+        let mut kv8 = if matches!(kc, Pages::Bytes(..)) { DECODED.take() } else { Vec::new() };
+        if matches!(kc, Pages::Bytes(..)) {
             kv8.resize(2 * MAX_BLOCK * MAX_HEAD_DIM, 0.0);
         }
         let mut acc = [[0.0f32; MAX_HEAD_DIM]; SUB];
@@ -208,8 +209,7 @@ pub(crate) fn paged_attention(
             let n = b - a;
             let (kb, vb): (&[f32], &[f32]) = match (kc, vc) {
                 (Pages::F32(k), Pages::F32(v)) => (&k[base..], &v[base..]),
-                (Pages::F8(k, ks), Pages::F8(v, vs)) => {
-                    let t = e4m3_table();
+                (Pages::Bytes(k, ks, t), Pages::Bytes(v, vs, _)) => {
                     let (kbuf, vbuf) = kv8.split_at_mut(MAX_BLOCK * MAX_HEAD_DIM);
                     for (o, &c) in kbuf[..n * d].iter_mut().zip(&k[base..base + n * d]) {
                         *o = t[usize::from(c)] * ks;
@@ -261,17 +261,21 @@ thread_local! {
     static DECODED: std::cell::Cell<Vec<f32>> = const { std::cell::Cell::new(Vec::new()) };
 }
 
-/// A whole page buffer (its shape may have been narrowed): f32, or E4M3 codes with their scale.
+/// A whole page buffer (its shape may have been narrowed): f32, or 8-bit codes (E4M3 or INT8)
+/// with their scale and the table of their values.
 #[derive(Clone, Copy)]
 enum Pages<'a> {
     F32(&'a [f32]),
-    F8(&'a [u8], f32),
+    Bytes(&'a [u8], f32, &'static [f32; 256]),
 }
 
 fn kv_all(t: &Tensor<Cpu>, scale: f32) -> Result<Pages<'_>> {
     match t.buf() {
         crate::CpuBuf::F32(v) => Ok(Pages::F32(&v[..t.capacity()])),
-        crate::CpuBuf::Blocks(b) if t.dtype() == DType::F8E4M3 => Ok(Pages::F8(&b[..t.capacity()], scale)),
+        crate::CpuBuf::Blocks(b) if t.dtype() == DType::F8E4M3 => {
+            Ok(Pages::Bytes(&b[..t.capacity()], scale, e4m3_table()))
+        }
+        crate::CpuBuf::Blocks(b) if t.dtype() == DType::I8 => Ok(Pages::Bytes(&b[..t.capacity()], scale, i8_table())),
         _ => Err(Error::Unsupported { op: "paged_attention", dtype: t.dtype(), backend: "cpu" }),
     }
 }

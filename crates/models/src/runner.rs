@@ -38,7 +38,7 @@ pub struct CacheConfig {
     pub block_size: usize,
     /// Blocks in the pool.
     pub num_blocks: usize,
-    /// Storage of keys and values: `F32`, or `F8E4M3` (a quarter of the bytes; scale 1, as
+    /// Storage of keys and values: `F32`, `I8`, or `F8E4M3` (a quarter of the bytes; scale 1, as
     /// engines use when a checkpoint gives no KV scales).
     pub kv_dtype: DType,
 }
@@ -110,8 +110,11 @@ impl<B: Ops> Runner<B> {
     /// Wraps a model, allocating a KV cache of `cache.num_blocks` blocks.
     pub fn new(backend: B, model: Box<dyn Model<B>>, cache: CacheConfig) -> Result<Self> {
         let s = model.spec().clone();
-        if !matches!(cache.kv_dtype, DType::F32 | DType::F8E4M3) {
-            return Err(ModelError::Input(format!("a {} KV cache is not supported (f32 or fp8)", cache.kv_dtype)));
+        if !matches!(cache.kv_dtype, DType::F32 | DType::F8E4M3 | DType::I8) {
+            return Err(ModelError::Input(format!(
+                "a {} KV cache is not supported (f32, fp8 or int8)",
+                cache.kv_dtype
+            )));
         }
         if cache.block_size == 0 || cache.num_blocks == 0 {
             return Err(ModelError::Input("the KV cache needs at least one block of at least one token".into()));

@@ -61,7 +61,8 @@ pub fn kv_dtype(name: &str) -> Result<turbine_core::DType> {
     match name {
         "f32" | "auto" => Ok(turbine_core::DType::F32),
         "fp8" | "fp8-e4m3" => Ok(turbine_core::DType::F8E4M3),
-        other => bail!("unknown KV cache dtype {other:?}; use f32 or fp8"),
+        "int8" => Ok(turbine_core::DType::I8),
+        other => bail!("unknown KV cache dtype {other:?}; use f32, fp8 or int8"),
     }
 }
 
@@ -122,8 +123,8 @@ pub fn load_runner_with(model: Option<&str>, backend: &str, kv: KvSize, policy: 
             let m = turbine_models::load_with(&cpu, &path, policy)?;
             let cache = kv.config(m.model.spec())?;
             let bytes = m.model.decoder().map_or(0, |d| d.weight_bytes());
-            let (model, scales, shifts) = if cache.kv_dtype == turbine_core::DType::F8E4M3 {
-                kv_scales(&cpu, m.model, &m.tokenizer)?
+            let (model, scales, shifts) = if cache.kv_dtype != turbine_core::DType::F32 {
+                kv_scales(&cpu, m.model, &m.tokenizer, cache.kv_dtype)?
             } else {
                 (m.model, Vec::new(), Vec::new())
             };
@@ -146,11 +147,13 @@ fn kv_scales(
     cpu: &Cpu,
     model: Box<dyn turbine_models::Model<Cpu>>,
     tok: &TextTokenizer,
+    dtype: turbine_core::DType,
 ) -> Result<(Box<dyn turbine_models::Model<Cpu>>, Vec<(f32, f32)>, Vec<Vec<f32>>)> {
     let mut ids = tok.encode(turbine_models::calibrate::DEFAULT_TEXT, true)?;
     ids.truncate(KV_CALIB_TOKENS);
     let (model, c) = turbine_models::calibrate::calibrate(cpu, model, &ids, KV_CALIB_TOKENS, false)?;
-    let scale = |a: f32| turbine_core::fp8::scale_for(a, turbine_core::fp8::E4M3_MAX);
+    let max = if dtype == turbine_core::DType::I8 { turbine_core::fp8::I8_MAX } else { turbine_core::fp8::E4M3_MAX };
+    let scale = |a: f32| turbine_core::fp8::scale_for(a, max);
     let scales = c.kv_amax.iter().zip(&c.k_mean).map(|(&(_, v), (_, kc))| (scale(*kc), scale(v))).collect();
     Ok((model, scales, c.k_mean.into_iter().map(|(m, _)| m).collect()))
 }

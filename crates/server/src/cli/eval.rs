@@ -62,7 +62,7 @@ pub struct EvalArgs {
     /// Tokens decoded to measure decode speed (0 skips it).
     #[arg(long, default_value_t = 32)]
     decode_tokens: usize,
-    /// KV cache storage of the evaluated models (f32 or fp8); the reference keeps f32.
+    /// KV cache storage of the evaluated models (f32, fp8 or int8); the reference keeps f32.
     #[arg(long, default_value = "f32")]
     kv_dtype: String,
     /// Kernel backend.
@@ -81,8 +81,10 @@ struct Entry {
 
 fn load(model: Option<&str>, backend: &str, policy: &Policy, ctx: usize, kv: turbine_core::DType) -> Result<Entry> {
     let mut label = policy.format.name().to_string();
-    if kv != turbine_core::DType::F32 {
-        label.push_str(" + fp8 KV");
+    match kv {
+        turbine_core::DType::F8E4M3 => label.push_str(" + fp8 KV"),
+        turbine_core::DType::I8 => label.push_str(" + int8 KV"),
+        _ => {}
     }
     eprintln!("turbine eval: loading {} as {label}", model.unwrap_or(turbine_models::catalog::DEFAULT_MODEL));
     let l = setup::load_runner_with(model, backend, KvSize { dtype: kv, ..KvSize::tokens(ctx) }, policy)?;

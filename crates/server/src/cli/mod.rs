@@ -64,7 +64,7 @@ pub struct ModelArgs {
     /// repeatable.
     #[arg(long)]
     pub keep: Vec<String>,
-    /// KV cache storage: f32 or fp8 (FP8 E4M3).
+    /// KV cache storage: f32, fp8 (FP8 E4M3) or int8.
     #[arg(long, default_value = "f32")]
     pub kv_dtype: String,
 }
