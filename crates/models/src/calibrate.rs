@@ -34,23 +34,34 @@ pub struct InputStats {
 pub struct Calibration {
     /// The statistics.
     pub inputs: HashMap<(usize, Role), InputStats>,
-    /// Largest magnitude of the keys and of the values stored by each layer.
-    pub kv_amax: Vec<(f32, f32)>,
-    /// Mean key of each layer (`kv_heads · head_dim` values), and the largest magnitude of the
-    /// keys minus it.
-    pub k_mean: Vec<(Vec<f32>, f32)>,
+    /// What each layer stored in the KV cache.
+    pub kv: Vec<KvStats>,
     /// Tokens the model ran over.
     pub tokens: usize,
 }
 
-/// The keys one layer stored: their sum, how many, and the keys themselves (for the centred amax).
-type Keys = (Vec<f64>, usize, Vec<f32>);
+/// The keys and values one layer stored.
+#[derive(Debug, Clone, Default)]
+pub struct KvStats {
+    /// Mean key (`kv_heads · head_dim` values).
+    pub k_mean: Vec<f32>,
+    /// Largest magnitude of a key minus the mean.
+    pub k_amax: f32,
+    /// Largest magnitude of a value.
+    pub v_amax: f32,
+}
+
+/// The keys one layer stored (all of them, for the centred amax) and its values' amax.
+#[derive(Default)]
+struct Seen {
+    keys: Vec<f32>,
+    v_amax: f32,
+}
 
 struct Collector {
     inputs: Mutex<HashMap<(usize, Role), InputStats>>,
-    kv: Mutex<Vec<(f32, f32)>>,
     /// Per layer: the keys seen.
-    keys: Mutex<Vec<Keys>>,
+    keys: Mutex<Vec<Seen>>,
     /// Query and key widths of the fused QKV (`q_heads · d`, `kv_heads · d`).
     widths: (usize, usize),
     /// Gram matrices are only needed for GPTQ.
@@ -61,28 +72,14 @@ impl<B: Ops> Observer<B> for Collector {
     fn qkv(&self, b: &B, layer: usize, qkv: &Tensor<B>) -> Result<()> {
         let (qw, kw) = self.widths;
         let v = b.download(qkv)?.to_f32()?;
-        let (mut ka, mut va) = (0f32, 0f32);
-        for row in v.chunks_exact(qkv.cols().max(1)) {
-            ka = row[qw..qw + kw].iter().fold(ka, |a, x| a.max(x.abs()));
-            va = row[qw + kw..qw + 2 * kw].iter().fold(va, |a, x| a.max(x.abs()));
-        }
-        let mut kv = self.kv.lock().map_err(|_| ModelError::Config("calibration state poisoned".into()))?;
-        if kv.len() <= layer {
-            kv.resize(layer + 1, (0.0, 0.0));
-        }
-        kv[layer] = (kv[layer].0.max(ka), kv[layer].1.max(va));
         let mut keys = self.keys.lock().map_err(|_| ModelError::Config("calibration state poisoned".into()))?;
         if keys.len() <= layer {
-            keys.resize(layer + 1, (vec![0.0; kw], 0, Vec::new()));
+            keys.resize_with(layer + 1, Seen::default);
         }
         let e = &mut keys[layer];
         for row in v.chunks_exact(qkv.cols().max(1)) {
-            let k = &row[qw..qw + kw];
-            for (s, &x) in e.0.iter_mut().zip(k) {
-                *s += f64::from(x);
-            }
-            e.1 += 1;
-            e.2.extend_from_slice(k);
+            e.keys.extend_from_slice(&row[qw..qw + kw]);
+            e.v_amax = row[qw + kw..qw + 2 * kw].iter().fold(e.v_amax, |a, x| a.max(x.abs()));
         }
         Ok(())
     }
@@ -137,13 +134,8 @@ pub fn calibrate<B: Ops + Clone>(
     let s = model.spec();
     let widths = (s.q_heads * s.head_dim, s.kv_heads * s.head_dim);
     let mut runner = Runner::new(b.clone(), model, CacheConfig::f32(block, blocks))?;
-    let collector = Arc::new(Collector {
-        inputs: Mutex::new(HashMap::new()),
-        kv: Mutex::new(Vec::new()),
-        keys: Mutex::new(Vec::new()),
-        widths,
-        gram,
-    });
+    let collector =
+        Arc::new(Collector { inputs: Mutex::new(HashMap::new()), keys: Mutex::new(Vec::new()), widths, gram });
     let dec = runner
         .model_mut()
         .decoder_mut()
@@ -162,20 +154,26 @@ pub fn calibrate<B: Ops + Clone>(
     let inputs = std::mem::take(
         &mut *collector.inputs.lock().map_err(|_| ModelError::Config("calibration state poisoned".into()))?,
     );
-    let kv_amax =
-        std::mem::take(&mut *collector.kv.lock().map_err(|_| ModelError::Config("calibration state poisoned".into()))?);
-    let keys = std::mem::take(
+    let seen = std::mem::take(
         &mut *collector.keys.lock().map_err(|_| ModelError::Config("calibration state poisoned".into()))?,
     );
-    let k_mean = keys
+    let kv = seen
         .into_iter()
-        .map(|(sum, n, all)| {
-            let mean: Vec<f32> = sum.iter().map(|s| (s / n.max(1) as f64) as f32).collect();
-            let amax = all
-                .chunks_exact(mean.len().max(1))
-                .fold(0f32, |a, k| k.iter().zip(&mean).fold(a, |a, (x, m)| a.max((x - m).abs())));
-            (mean, amax)
+        .map(|s| {
+            let n = s.keys.len() / widths.1.max(1);
+            let mut mean = vec![0f64; widths.1];
+            for k in s.keys.chunks_exact(widths.1.max(1)) {
+                for (m, &x) in mean.iter_mut().zip(k) {
+                    *m += f64::from(x);
+                }
+            }
+            let k_mean: Vec<f32> = mean.iter().map(|m| (m / n.max(1) as f64) as f32).collect();
+            let k_amax = s
+                .keys
+                .chunks_exact(widths.1.max(1))
+                .fold(0f32, |a, k| k.iter().zip(&k_mean).fold(a, |a, (x, m)| a.max((x - m).abs())));
+            KvStats { k_mean, k_amax, v_amax: s.v_amax }
         })
         .collect();
-    Ok((model, Calibration { inputs, kv_amax, k_mean, tokens }))
+    Ok((model, Calibration { inputs, kv, tokens }))
 }

@@ -139,6 +139,17 @@ pub enum Rounding {
     Gptq,
 }
 
+impl Rounding {
+    /// `nearest` or `gptq`.
+    pub fn parse(name: &str) -> Result<Rounding> {
+        match name {
+            "nearest" => Ok(Rounding::Nearest),
+            "gptq" => Ok(Rounding::Gptq),
+            other => Err(ModelError::Config(format!("unknown rounding {other:?}; use nearest or gptq"))),
+        }
+    }
+}
+
 /// The precision policy.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Policy {

@@ -154,8 +154,8 @@ fn kv_scales(
     let (model, c) = turbine_models::calibrate::calibrate(cpu, model, &ids, KV_CALIB_TOKENS, false)?;
     let max = if dtype == turbine_core::DType::I8 { turbine_core::fp8::I8_MAX } else { turbine_core::fp8::E4M3_MAX };
     let scale = |a: f32| turbine_core::fp8::scale_for(a, max);
-    let scales = c.kv_amax.iter().zip(&c.k_mean).map(|(&(_, v), (_, kc))| (scale(*kc), scale(v))).collect();
-    Ok((model, scales, c.k_mean.into_iter().map(|(m, _)| m).collect()))
+    let scales = c.kv.iter().map(|s| (scale(s.k_amax), scale(s.v_amax))).collect();
+    Ok((model, scales, c.kv.into_iter().map(|s| s.k_mean).collect()))
 }
 
 /// Tokens of calibration text behind the FP8 KV cache scales.

@@ -67,7 +67,8 @@ fn report_json(r: &Report) -> Value {
     })
 }
 
-fn read_jsonl(path: &str, tok: &turbine_models::tokenizer::TextTokenizer) -> Result<Vec<BenchRequest>> {
+/// A workload file: one `{"prompt": "…", "max_tokens": N}` per line → (prompt, max_tokens).
+pub fn read_jsonl(path: &str) -> Result<Vec<(String, usize)>> {
     let text = std::fs::read_to_string(path).with_context(|| format!("{path}: cannot read the workload"))?;
     text.lines()
         .enumerate()
@@ -78,7 +79,7 @@ fn read_jsonl(path: &str, tok: &turbine_models::tokenizer::TextTokenizer) -> Res
             let max_tokens =
                 v["max_tokens"].as_u64().with_context(|| format!("{path}:{}: no \"max_tokens\" number", i + 1))?
                     as usize;
-            Ok(BenchRequest { prompt: tok.encode(prompt, true)?, max_tokens })
+            Ok((prompt.to_string(), max_tokens))
         })
         .collect()
 }
@@ -105,7 +106,10 @@ pub fn run(a: BenchArgs) -> Result<()> {
         let text = loaded.tok.encode(TEXT, false)?;
         bench::mixed_workload(&text, a.requests, a.seed, max_len)
     } else {
-        read_jsonl(&a.workload, &loaded.tok)?
+        read_jsonl(&a.workload)?
+            .into_iter()
+            .map(|(p, max_tokens)| Ok(BenchRequest { prompt: loaded.tok.encode(&p, true)?, max_tokens }))
+            .collect::<Result<_>>()?
     };
     let path = loaded.path.clone();
     let mut core = EngineCore::new(loaded.runner, eng.config());

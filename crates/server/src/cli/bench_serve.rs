@@ -58,23 +58,8 @@ pub struct BenchServeArgs {
 
 fn workload(a: &BenchServeArgs, max_len: usize) -> Result<Vec<LoadRequest>> {
     if a.workload != "mixed" {
-        let text = std::fs::read_to_string(&a.workload)
-            .with_context(|| format!("{}: cannot read the workload", a.workload))?;
-        return text
-            .lines()
-            .enumerate()
-            .filter(|(_, l)| !l.trim().is_empty())
-            .map(|(i, l)| {
-                let v: Value =
-                    serde_json::from_str(l).with_context(|| format!("{}:{}: not JSON", a.workload, i + 1))?;
-                let prompt =
-                    v["prompt"].as_str().with_context(|| format!("{}:{}: no \"prompt\" string", a.workload, i + 1))?;
-                let max_tokens = v["max_tokens"]
-                    .as_u64()
-                    .with_context(|| format!("{}:{}: no \"max_tokens\" number", a.workload, i + 1))?;
-                Ok(LoadRequest { prompt: prompt.to_string(), max_tokens: max_tokens as usize })
-            })
-            .collect();
+        let reqs = super::bench::read_jsonl(&a.workload)?;
+        return Ok(reqs.into_iter().map(|(prompt, max_tokens)| LoadRequest { prompt, max_tokens }).collect());
     }
     let path = turbine_server::setup::model_path(a.tokenizer.as_deref())?;
     let tok = turbine_models::load_tokenizer(&path)?;

@@ -12,8 +12,10 @@ use serde_json::{json, Value};
 use turbine_batcher::eval::{self, EvalRow};
 use turbine_batcher::{Generator, Request};
 use turbine_core::sampling::SamplingParams;
-use turbine_models::precision::{Format, Policy, Rounding};
+use turbine_models::precision::{Format, Policy};
 use turbine_server::setup::{self, KvSize};
+
+use super::PolicyArgs;
 
 #[derive(Debug, Args)]
 pub struct EvalArgs {
@@ -24,23 +26,8 @@ pub struct EvalArgs {
     /// int8-weight).
     #[arg(long, default_value = "fp8,fp8-weight,int8-weight")]
     dtype: String,
-    /// Projections that keep the checkpoint's precision: a role (qkv, o, up, down), layer:N or
-    /// ROLE@N; repeatable.
-    #[arg(long)]
-    keep: Vec<String>,
-    /// How 8-bit weights are rounded: nearest, or gptq (error feedback over calibration text).
-    #[arg(long, default_value = "nearest")]
-    rounding: String,
-    /// fp8: one calibrated input scale per projection (amax over the calibration text) instead
-    /// of one per token.
-    #[arg(long)]
-    static_inputs: bool,
-    /// Calibration text for GPTQ (default: a bundled English text, not the evaluation text).
-    #[arg(long)]
-    calib: Option<std::path::PathBuf>,
-    /// Calibration tokens (GPTQ).
-    #[arg(long, default_value_t = 2048)]
-    calib_tokens: usize,
+    #[command(flatten)]
+    policy: PolicyArgs,
     /// The reference model (default: --model).
     #[arg(long)]
     reference: Option<String>,
@@ -128,26 +115,9 @@ pub fn run(a: EvalArgs) -> Result<()> {
         ctx_cap,
         turbine_core::DType::F32,
     )?;
-    let rounding = match a.rounding.as_str() {
-        "gptq" => Rounding::Gptq,
-        "nearest" => Rounding::Nearest,
-        other => bail!("unknown --rounding {other:?}; use gptq or nearest"),
-    };
-    let calib_text = match &a.calib {
-        Some(p) => Some(
-            std::fs::read_to_string(p).with_context(|| format!("{}: cannot read the calibration text", p.display()))?,
-        ),
-        None => None,
-    };
     let mut entries = vec![reference];
     for f in &formats {
-        let policy = Policy {
-            rounding,
-            calib_text: calib_text.clone(),
-            calib_tokens: a.calib_tokens,
-            static_inputs: a.static_inputs,
-            ..Policy::parse(f.name(), &a.keep)?
-        };
+        let policy = a.policy.policy(f.name())?;
         entries.push(load(a.model.as_deref(), &a.backend, &policy, ctx_cap, kv)?);
     }
     let tok = {

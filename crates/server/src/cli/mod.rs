@@ -124,6 +124,49 @@ impl EngineArgs {
     }
 }
 
+/// How `eval` and `quantize` build their precision policy.
+#[derive(Debug, Args)]
+pub struct PolicyArgs {
+    /// Projections that keep the checkpoint's precision: qkv, o, up, down, layer:N or ROLE@N;
+    /// repeatable.
+    #[arg(long)]
+    pub keep: Vec<String>,
+    /// How 8-bit weights are rounded: nearest, or gptq (error feedback over the calibration text).
+    #[arg(long, default_value = "nearest")]
+    pub rounding: String,
+    /// fp8: one calibrated input scale per projection (amax over the calibration text) instead
+    /// of one per token.
+    #[arg(long)]
+    pub static_inputs: bool,
+    /// Calibration text (default: a bundled English text, not the evaluation text).
+    #[arg(long)]
+    pub calib: Option<std::path::PathBuf>,
+    /// Calibration tokens.
+    #[arg(long, default_value_t = 2048)]
+    pub calib_tokens: usize,
+}
+
+impl PolicyArgs {
+    /// The policy for `format` (reads the calibration text, if one is given).
+    pub fn policy(&self, format: &str) -> anyhow::Result<turbine_models::precision::Policy> {
+        use anyhow::Context;
+        let calib_text = match &self.calib {
+            Some(p) => Some(
+                std::fs::read_to_string(p)
+                    .with_context(|| format!("{}: cannot read the calibration text", p.display()))?,
+            ),
+            None => None,
+        };
+        Ok(turbine_models::precision::Policy {
+            rounding: turbine_models::precision::Rounding::parse(&self.rounding)?,
+            calib_text,
+            calib_tokens: self.calib_tokens,
+            static_inputs: self.static_inputs,
+            ..turbine_models::precision::Policy::parse(format, &self.keep)?
+        })
+    }
+}
+
 /// Runs a parsed command line.
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.cmd {

@@ -4,7 +4,9 @@
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use turbine_kernels_ref::Cpu;
-use turbine_models::precision::{Format, Policy, Rounding};
+use turbine_models::precision::Format;
+
+use super::PolicyArgs;
 
 #[derive(Debug, Args)]
 pub struct QuantizeArgs {
@@ -17,23 +19,8 @@ pub struct QuantizeArgs {
     /// Where to write the quantised model folder.
     #[arg(long)]
     out: std::path::PathBuf,
-    /// Projections to keep in the checkpoint's precision: qkv, o, up, down, layer:N or ROLE@N;
-    /// repeatable.
-    #[arg(long)]
-    keep: Vec<String>,
-    /// nearest, or gptq (error feedback over the calibration text).
-    #[arg(long, default_value = "nearest")]
-    rounding: String,
-    /// fp8: one calibrated input scale per projection (amax over the calibration text) instead
-    /// of one per token.
-    #[arg(long)]
-    static_inputs: bool,
-    /// Calibration text for gptq (default: a bundled English text).
-    #[arg(long)]
-    calib: Option<std::path::PathBuf>,
-    /// Calibration tokens.
-    #[arg(long, default_value_t = 2048)]
-    calib_tokens: usize,
+    #[command(flatten)]
+    policy: PolicyArgs,
 }
 
 pub fn run(a: QuantizeArgs) -> Result<()> {
@@ -41,11 +28,6 @@ pub fn run(a: QuantizeArgs) -> Result<()> {
     if !matches!(format, Format::Fp8 | Format::Fp8Weight | Format::Int8Weight) {
         bail!("--to {} is not a quantised format; use fp8, fp8-weight or int8-weight", a.to);
     }
-    let rounding = match a.rounding.as_str() {
-        "nearest" => Rounding::Nearest,
-        "gptq" => Rounding::Gptq,
-        other => bail!("unknown --rounding {other:?}; use nearest or gptq"),
-    };
     let path = turbine_server::setup::model_path(Some(&a.model))?;
     if !path.is_dir() {
         bail!(
@@ -56,19 +38,7 @@ pub fn run(a: QuantizeArgs) -> Result<()> {
     if a.out.exists() && std::fs::read_dir(&a.out).map(|mut d| d.next().is_some()).unwrap_or(true) {
         bail!("{}: the output folder exists and is not empty", a.out.display());
     }
-    let calib_text = match &a.calib {
-        Some(p) => Some(
-            std::fs::read_to_string(p).with_context(|| format!("{}: cannot read the calibration text", p.display()))?,
-        ),
-        None => None,
-    };
-    let policy = Policy {
-        rounding,
-        calib_text,
-        calib_tokens: a.calib_tokens,
-        static_inputs: a.static_inputs,
-        ..Policy::parse(&a.to, &a.keep)?
-    };
+    let policy = a.policy.policy(&a.to)?;
     let cpu = Cpu::new();
     eprintln!("turbine quantize: loading {} and storing its projections as {}", path.display(), format.name());
     let m = turbine_models::load_with(&cpu, &path, &policy)?;
