@@ -149,9 +149,10 @@ fn int8_and_half_weights_dequantise_on_the_fly() {
     }
 }
 
-/// Paged attention over FP8 E4M3 keys and values equals f64 attention over the keys and values
-/// rounded the slow way (`e4m3(x / scale) · scale`), keys centred by their shift first (which
-/// moves every score of a query by the same amount, so the reference can leave it out).
+/// Paged attention over FP8 E4M3 (or INT8) keys and values equals f64 attention over the keys
+/// and values rounded the slow way (`e4m3(x / s) · s` with `s` the row's largest magnitude over
+/// 448), keys centred by their shift first (which moves every score of a query by the same
+/// amount, so the reference can leave it out).
 #[test]
 fn fp8_kv_cache_attention_matches_rounded_reference() {
     fp8_kv_case(true, DType::F8E4M3);
@@ -166,10 +167,18 @@ fn fp8_kv_case(shifted: bool, dtype: DType) {
     let l = QkvLayout { q_heads: 4, kv_heads: 2, head_dim: 16 };
     let (n, bs, w, d) = (23, 8, l.width(), 16);
     let qkv = rand(n * w, 9, 2.0);
-    let (ks, vs) = (0.01f32, 0.004f32);
-    let round = |x: f32, s: f32| match dtype {
-        DType::I8 => ((f64::from(x) / f64::from(s)).round_ties_even().clamp(-127.0, 127.0) * f64::from(s)) as f32,
-        _ => (slow_e4m3(x * (1.0 / s), &table) * f64::from(s)) as f32,
+    let max = if dtype == DType::I8 { 127.0f32 } else { 448.0 };
+    // One row (a token's keys or values for one kv head), rounded with its own scale.
+    let round_row = |x: &[f32]| -> Vec<f32> {
+        let s = x.iter().fold(0f32, |a, v| a.max(v.abs())) / max;
+        x.iter()
+            .map(|&x| match dtype {
+                DType::I8 => {
+                    ((f64::from(x) / f64::from(s)).round_ties_even().clamp(-127.0, 127.0) * f64::from(s)) as f32
+                }
+                _ => (slow_e4m3(x * (1.0 / s), &table) * f64::from(s)) as f32,
+            })
+            .collect()
     };
     let shape: turbine_core::Shape = [4, l.kv_heads, bs, d].into();
     let shift: Vec<f32> = if shifted { rand(l.kv_heads * d, 10, 1.5) } else { vec![0.0; l.kv_heads * d] };
@@ -177,9 +186,9 @@ fn fp8_kv_case(shifted: bool, dtype: DType) {
         k: b.alloc(&shape, dtype).unwrap(),
         v: b.alloc(&shape, dtype).unwrap(),
         block_size: bs,
-        k_scale: ks,
-        v_scale: vs,
         k_shift: shifted.then(|| up(&b, &[l.kv_heads * d], &shift)),
+        k_scales: Some(b.alloc(&[4 * l.kv_heads * bs].into(), DType::F32).unwrap()),
+        v_scales: Some(b.alloc(&[4 * l.kv_heads * bs].into(), DType::F32).unwrap()),
     };
     let up_u32 = |shape: &[usize], v: &[u32]| b.upload(&HostTensor::from_u32(shape, v).unwrap()).unwrap();
     let blocks = [3u32, 1, 0];
@@ -194,6 +203,16 @@ fn fp8_kv_case(shifted: bool, dtype: DType) {
     let mut out = b.alloc(&[n, l.q_heads * d].into(), DType::F32).unwrap();
     let scale = 1.0 / (d as f32).sqrt();
     b.paged_attention(&q, l, &kv, &meta, &AttnParams { scale, window: None, alibi: None }, &mut out).unwrap();
+    // The stored rows, rounded: keys[j][kh] and values[j][kh].
+    let zeros = vec![0.0; d];
+    let rounded = |j: usize, kh: usize, key: bool| -> Vec<f32> {
+        let at = if key { l.q_heads + kh } else { l.q_heads + l.kv_heads + kh };
+        let x = &qkv[j * w + at * d..][..d];
+        let m = if key { &shift[kh * d..][..d] } else { &zeros[..] };
+        round_row(&x.iter().zip(m).map(|(a, b)| a - b).collect::<Vec<_>>())
+    };
+    let keys: Vec<Vec<Vec<f32>>> = (0..n).map(|j| (0..l.kv_heads).map(|kh| rounded(j, kh, true)).collect()).collect();
+    let vals: Vec<Vec<Vec<f32>>> = (0..n).map(|j| (0..l.kv_heads).map(|kh| rounded(j, kh, false)).collect()).collect();
     let mut want = vec![0.0; n * l.q_heads * d];
     for i in 0..n {
         for h in 0..l.q_heads {
@@ -201,14 +220,7 @@ fn fp8_kv_case(shifted: bool, dtype: DType) {
             let qv = &qkv[i * w + h * d..][..d];
             let sc: Vec<f64> = (0..=i)
                 .map(|j| {
-                    let k = &qkv[j * w + (l.q_heads + kh) * d..][..d];
-                    let m = &shift[kh * d..][..d];
-                    let dot: f64 = qv
-                        .iter()
-                        .zip(k)
-                        .zip(m)
-                        .map(|((&a, &c), &mc)| f64::from(a) * f64::from(round(c - mc, ks)))
-                        .sum();
+                    let dot: f64 = qv.iter().zip(&keys[j][kh]).map(|(&a, &c)| f64::from(a) * f64::from(c)).sum();
                     dot * f64::from(scale)
                 })
                 .collect();
@@ -216,14 +228,19 @@ fn fp8_kv_case(shifted: bool, dtype: DType) {
             let e: Vec<f64> = sc.iter().map(|s| (s - mx).exp()).collect();
             let z: f64 = e.iter().sum();
             for c in 0..d {
-                let v: f64 = (0..=i)
-                    .map(|j| e[j] * f64::from(round(qkv[j * w + (l.q_heads + l.kv_heads + kh) * d + c], vs)))
-                    .sum();
+                let v: f64 = (0..=i).map(|j| e[j] * f64::from(vals[j][kh][c])).sum();
                 want[(i * l.q_heads + h) * d + c] = (v / z) as f32;
             }
         }
     }
     assert_close(&b.download(&out).unwrap().to_f32().unwrap(), &want, Tol { rel: 1e-5, abs: 1e-5 });
+    // 8-bit pages cannot be read or written without their row scales.
+    kv.v_scales = None;
+    let err = b.kv_store(&q, l, &meta, &mut kv).unwrap_err().to_string();
+    assert!(err.contains("row scales"), "{err}");
+    let p = AttnParams { scale, window: None, alibi: None };
+    let err = b.paged_attention(&q, l, &kv, &meta, &p, &mut out).unwrap_err().to_string();
+    assert!(err.contains("row scales"), "{err}");
 }
 
 /// A row's product does not depend on how many rows are multiplied with it (the fused

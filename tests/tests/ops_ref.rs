@@ -239,9 +239,9 @@ fn run_attention(b: &Cpu, c: &Case, qkv: &[f32], chunks: &[usize]) -> Vec<f32> {
         k: zeros(b, &shape),
         v: zeros(b, &shape),
         block_size: c.bs,
-        k_scale: 1.0,
-        v_scale: 1.0,
         k_shift: None,
+        k_scales: None,
+        v_scales: None,
     };
     let p = AttnParams { scale: 1.0 / (d as f32).sqrt(), window: c.window, alibi: None };
     let mut out_all = Vec::new();
@@ -439,9 +439,9 @@ fn alibi_attention_matches_naive() {
         k: zeros(&b, &shape),
         v: zeros(&b, &shape),
         block_size: 4,
-        k_scale: 1.0,
-        v_scale: 1.0,
         k_shift: None,
+        k_scales: None,
+        v_scales: None,
     };
     let meta = AttnMeta {
         seqs: up_u32(&b, &[1, 3], &[0, n as u32, n as u32]),

@@ -173,15 +173,17 @@ pub struct KvPages<B: Backend> {
     pub v: Tensor<B>,
     /// Tokens per block.
     pub block_size: usize,
-    /// Scale of FP8 E4M3 keys: a key `x` is stored as `e4m3(x · (1 / k_scale))` (unused for f32
-    /// pages).
-    pub k_scale: f32,
-    /// Scale of FP8 E4M3 values.
-    pub v_scale: f32,
     /// FP8 pages: `[kv_heads · head_dim]` subtracted from every key before it is quantised (the
     /// keys' per-channel mean, so that E4M3's relative precision serves what varies). Attention
     /// is unchanged: a query's scores all move by the same `q · shift`, which softmax ignores.
     pub k_shift: Option<Tensor<B>>,
+    /// 8-bit pages (required there): one scale per stored key row (one token of one kv head),
+    /// `[num_blocks · kv_heads · block_size]` f32 in the pages' row order. `kv_store` sets it to
+    /// the row's largest magnitude (after the shift) over the format's largest value (448 for
+    /// E4M3, 127 for INT8) and stores `e4m3(x · (1 / s))` or `round(x / s)`.
+    pub k_scales: Option<Tensor<B>>,
+    /// 8-bit pages: one scale per stored value row, as `k_scales`.
+    pub v_scales: Option<Tensor<B>>,
 }
 
 /// Per-step metadata of a packed batch, shared by every layer.

@@ -61,9 +61,9 @@ fn main() {
             k: f32t(&b, &shape, 2),
             v: f32t(&b, &shape, 3),
             block_size: bs,
-            k_scale: 1.0,
-            v_scale: 1.0,
             k_shift: None,
+            k_scales: None,
+            v_scales: None,
         };
         let blocks: Vec<u32> = (0..nb as u32).collect();
         let meta = AttnMeta {

@@ -6,7 +6,7 @@
 //! identically whether its keys came from one prefill, a chunked prefill or decode steps.
 
 use rayon::prelude::*;
-use turbine_core::fp8::{e4m3_table, f32_to_e4m3, f32_to_i8, i8_table};
+use turbine_core::fp8::{e4m3_table, f32_to_e4m3, f32_to_i8, i8_table, scale_for, E4M3_MAX, I8_MAX};
 use turbine_core::{alibi_slopes, AttnMeta, AttnParams, DType, Error, KvPages, QkvLayout, Result, Tensor};
 
 use crate::buffer::{f32s, f32s_mut, u32s};
@@ -53,9 +53,9 @@ pub(crate) fn kv_store(qkv: &Tensor<Cpu>, l: QkvLayout, meta: &AttnMeta<Cpu>, kv
         }
         None => None,
     };
-    for (pages, off, scale, sh) in
-        [(&mut kv.k, qw, kv.k_scale, shift.as_deref()), (&mut kv.v, qw + kvw, kv.v_scale, None)]
-    {
+    let rows = kv.k.capacity() / d.max(1);
+    let (ks, vs) = (row_scales(&mut kv.k_scales, rows)?, row_scales(&mut kv.v_scales, rows)?);
+    for (pages, off, sh, rs) in [(&mut kv.k, qw, shift.as_deref(), ks), (&mut kv.v, qw + kvw, None, vs)] {
         let dtype = pages.dtype();
         match pages.buf_mut() {
             crate::CpuBuf::F32(dst) => {
@@ -68,24 +68,26 @@ pub(crate) fn kv_store(qkv: &Tensor<Cpu>, l: QkvLayout, meta: &AttnMeta<Cpu>, kv
                 }
             }
             crate::CpuBuf::Blocks(dst) if matches!(dtype, DType::F8E4M3 | DType::I8) => {
-                let inv = 1.0 / scale;
-                let enc = |x: f32| if dtype == DType::I8 { f32_to_i8(x, scale) as u8 } else { f32_to_e4m3(x * inv) };
+                let rs = rs.ok_or_else(|| Error::invalid(OP, format!("{dtype} pages without row scales")))?;
+                let max = if dtype == DType::I8 { I8_MAX } else { E4M3_MAX };
+                let mut x = [0f32; MAX_HEAD_DIM];
                 for (row, &s) in q.chunks_exact(l.width()).zip(slots) {
                     let (blk, at) = (s as usize / bs, s as usize % bs);
                     for h in 0..l.kv_heads {
-                        let o = ((blk * l.kv_heads + h) * bs + at) * d;
-                        let src = &row[off + h * d..off + (h + 1) * d];
-                        match sh {
-                            Some(sh) => {
-                                for ((c, &x), &m) in dst[o..o + d].iter_mut().zip(src).zip(&sh[h * d..(h + 1) * d]) {
-                                    *c = enc(x - m);
-                                }
-                            }
-                            None => {
-                                for (c, &x) in dst[o..o + d].iter_mut().zip(src) {
-                                    *c = enc(x);
-                                }
-                            }
+                        let r = (blk * l.kv_heads + h) * bs + at;
+                        let x = &mut x[..d];
+                        x.copy_from_slice(&row[off + h * d..off + (h + 1) * d]);
+                        if let Some(sh) = sh {
+                            x.iter_mut().zip(&sh[h * d..(h + 1) * d]).for_each(|(v, m)| *v -= m);
+                        }
+                        let scale = scale_for(x.iter().fold(0f32, |a, v| a.max(v.abs())), max);
+                        rs[r] = scale;
+                        let codes = &mut dst[r * d..(r + 1) * d];
+                        if dtype == DType::I8 {
+                            codes.iter_mut().zip(&*x).for_each(|(c, &v)| *c = f32_to_i8(v, scale) as u8);
+                        } else {
+                            let inv = 1.0 / scale;
+                            codes.iter_mut().zip(&*x).for_each(|(c, &v)| *c = f32_to_e4m3(v * inv));
                         }
                     }
                 }
@@ -94,6 +96,17 @@ pub(crate) fn kv_store(qkv: &Tensor<Cpu>, l: QkvLayout, meta: &AttnMeta<Cpu>, kv
         }
     }
     Ok(())
+}
+
+/// The first `rows` per-row scales of 8-bit pages, if any.
+fn row_scales(t: &mut Option<Tensor<Cpu>>, rows: usize) -> Result<Option<&mut [f32]>> {
+    match t {
+        Some(t) if t.capacity() < rows => {
+            Err(Error::invalid("kv_store", format!("{} row scales for {rows} cache rows", t.capacity())))
+        }
+        Some(t) => Ok(Some(&mut f32s_mut(t, "kv_store")?[..rows])),
+        None => Ok(None),
+    }
 }
 
 /// Validated view of one step's sequences.
@@ -173,7 +186,7 @@ pub(crate) fn paged_attention(
     if kv.k.dtype() != kv.v.dtype() {
         return Err(Error::invalid(OP, format!("keys are {} but values are {}", kv.k.dtype(), kv.v.dtype())));
     }
-    let (q, kc, vc) = (f32s(qkv, OP)?, kv_all(&kv.k, kv.k_scale)?, kv_all(&kv.v, kv.v_scale)?);
+    let (q, kc, vc) = (f32s(qkv, OP)?, kv_all(&kv.k, kv.k_scales.as_ref())?, kv_all(&kv.v, kv.v_scales.as_ref())?);
     let group = l.q_heads / l.kv_heads;
     if t == 0 {
         return Ok(());
@@ -211,12 +224,9 @@ pub(crate) fn paged_attention(
                 (Pages::F32(k), Pages::F32(v)) => (&k[base..], &v[base..]),
                 (Pages::Bytes(k, ks, t), Pages::Bytes(v, vs, _)) => {
                     let (kbuf, vbuf) = kv8.split_at_mut(MAX_BLOCK * MAX_HEAD_DIM);
-                    for (o, &c) in kbuf[..n * d].iter_mut().zip(&k[base..base + n * d]) {
-                        *o = t[usize::from(c)] * ks;
-                    }
-                    for (o, &c) in vbuf[..n * d].iter_mut().zip(&v[base..base + n * d]) {
-                        *o = t[usize::from(c)] * vs;
-                    }
+                    let r0 = base / d;
+                    decode_rows(&k[base..base + n * d], d, t, &ks[r0..r0 + n], &mut kbuf[..n * d]);
+                    decode_rows(&v[base..base + n * d], d, t, &vs[r0..r0 + n], &mut vbuf[..n * d]);
                     (&*kbuf, &*vbuf)
                 }
                 _ => unreachable!("keys and values share a storage type (checked above)"),
@@ -262,20 +272,39 @@ thread_local! {
 }
 
 /// A whole page buffer (its shape may have been narrowed): f32, or 8-bit codes (E4M3 or INT8)
-/// with their scale and the table of their values.
+/// with their per-row scales and the table of their values.
 #[derive(Clone, Copy)]
 enum Pages<'a> {
     F32(&'a [f32]),
-    Bytes(&'a [u8], f32, &'static [f32; 256]),
+    Bytes(&'a [u8], &'a [f32], &'static [f32; 256]),
 }
 
-fn kv_all(t: &Tensor<Cpu>, scale: f32) -> Result<Pages<'_>> {
+/// Decodes rows of `d` 8-bit codes into f32, row `r` times `scales[r]`.
+fn decode_rows(codes: &[u8], d: usize, table: &[f32; 256], scales: &[f32], out: &mut [f32]) {
+    for ((o, c), &s) in out.chunks_exact_mut(d).zip(codes.chunks_exact(d)).zip(scales) {
+        o.iter_mut().zip(c).for_each(|(o, &c)| *o = table[usize::from(c)] * s);
+    }
+}
+
+fn kv_all<'a>(t: &'a Tensor<Cpu>, rows: Option<&'a Tensor<Cpu>>) -> Result<Pages<'a>> {
+    const OP: &str = "paged_attention";
+    let scales = || -> Result<&'a [f32]> {
+        let r = rows.ok_or_else(|| Error::invalid(OP, format!("{} pages without row scales", t.dtype())))?;
+        let n = t.capacity() / t.cols().max(1);
+        let v = f32s(r, OP)?;
+        if v.len() < n {
+            return Err(Error::invalid(OP, format!("{} row scales for {n} cache rows", v.len())));
+        }
+        Ok(&v[..n])
+    };
     match t.buf() {
         crate::CpuBuf::F32(v) => Ok(Pages::F32(&v[..t.capacity()])),
         crate::CpuBuf::Blocks(b) if t.dtype() == DType::F8E4M3 => {
-            Ok(Pages::Bytes(&b[..t.capacity()], scale, e4m3_table()))
+            Ok(Pages::Bytes(&b[..t.capacity()], scales()?, e4m3_table()))
         }
-        crate::CpuBuf::Blocks(b) if t.dtype() == DType::I8 => Ok(Pages::Bytes(&b[..t.capacity()], scale, i8_table())),
-        _ => Err(Error::Unsupported { op: "paged_attention", dtype: t.dtype(), backend: "cpu" }),
+        crate::CpuBuf::Blocks(b) if t.dtype() == DType::I8 => {
+            Ok(Pages::Bytes(&b[..t.capacity()], scales()?, i8_table()))
+        }
+        _ => Err(Error::Unsupported { op: OP, dtype: t.dtype(), backend: "cpu" }),
     }
 }

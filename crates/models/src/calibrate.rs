@@ -34,28 +34,24 @@ pub struct InputStats {
 pub struct Calibration {
     /// The statistics.
     pub inputs: HashMap<(usize, Role), InputStats>,
-    /// What each layer stored in the KV cache.
+    /// The keys each layer stored in the KV cache.
     pub kv: Vec<KvStats>,
     /// Tokens the model ran over.
     pub tokens: usize,
 }
 
-/// The keys and values one layer stored.
+/// The keys one layer stored.
 #[derive(Debug, Clone, Default)]
 pub struct KvStats {
     /// Mean key (`kv_heads · head_dim` values).
     pub k_mean: Vec<f32>,
-    /// Largest magnitude of a key minus the mean.
-    pub k_amax: f32,
-    /// Largest magnitude of a value.
-    pub v_amax: f32,
 }
 
-/// The keys one layer stored (all of them, for the centred amax) and its values' amax.
+/// The running sum of the keys one layer stored.
 #[derive(Default)]
 struct Seen {
-    keys: Vec<f32>,
-    v_amax: f32,
+    k_sum: Vec<f64>,
+    rows: usize,
 }
 
 struct Collector {
@@ -77,9 +73,10 @@ impl<B: Ops> Observer<B> for Collector {
             keys.resize_with(layer + 1, Seen::default);
         }
         let e = &mut keys[layer];
+        e.k_sum.resize(kw, 0.0);
         for row in v.chunks_exact(qkv.cols().max(1)) {
-            e.keys.extend_from_slice(&row[qw..qw + kw]);
-            e.v_amax = row[qw + kw..qw + 2 * kw].iter().fold(e.v_amax, |a, x| a.max(x.abs()));
+            e.k_sum.iter_mut().zip(&row[qw..qw + kw]).for_each(|(s, &x)| *s += f64::from(x));
+            e.rows += 1;
         }
         Ok(())
     }
@@ -159,21 +156,7 @@ pub fn calibrate<B: Ops + Clone>(
     );
     let kv = seen
         .into_iter()
-        .map(|s| {
-            let n = s.keys.len() / widths.1.max(1);
-            let mut mean = vec![0f64; widths.1];
-            for k in s.keys.chunks_exact(widths.1.max(1)) {
-                for (m, &x) in mean.iter_mut().zip(k) {
-                    *m += f64::from(x);
-                }
-            }
-            let k_mean: Vec<f32> = mean.iter().map(|m| (m / n.max(1) as f64) as f32).collect();
-            let k_amax = s
-                .keys
-                .chunks_exact(widths.1.max(1))
-                .fold(0f32, |a, k| k.iter().zip(&k_mean).fold(a, |a, (x, m)| a.max((x - m).abs())));
-            KvStats { k_mean, k_amax, v_amax: s.v_amax }
-        })
+        .map(|s| KvStats { k_mean: s.k_sum.iter().map(|m| (m / s.rows.max(1) as f64) as f32).collect() })
         .collect();
     Ok((model, Calibration { inputs, kv, tokens }))
 }

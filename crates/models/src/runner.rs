@@ -38,8 +38,8 @@ pub struct CacheConfig {
     pub block_size: usize,
     /// Blocks in the pool.
     pub num_blocks: usize,
-    /// Storage of keys and values: `F32`, `I8`, or `F8E4M3` (a quarter of the bytes; scale 1, as
-    /// engines use when a checkpoint gives no KV scales).
+    /// Storage of keys and values: `F32`, or `I8` / `F8E4M3` (one byte a value plus one f32
+    /// scale per token and kv head, see [`KvPages::k_scales`]).
     pub kv_dtype: DType,
 }
 
@@ -47,6 +47,14 @@ impl CacheConfig {
     /// `num_blocks` f32 blocks of `block_size` tokens.
     pub fn f32(block_size: usize, num_blocks: usize) -> Self {
         CacheConfig { block_size, num_blocks, kv_dtype: DType::F32 }
+    }
+
+    /// Bytes one cached token takes across the layers of `spec` (keys, values and, for 8-bit
+    /// storage, their per-row scales).
+    pub fn bytes_per_token(spec: &ModelSpec, kv_dtype: DType) -> usize {
+        let row = kv_dtype.bytes_for(spec.head_dim).unwrap_or(spec.head_dim * 4);
+        let scale = if kv_dtype == DType::F32 { 0 } else { 4 };
+        spec.layers * 2 * spec.kv_heads * (row + scale)
     }
 }
 
@@ -120,15 +128,20 @@ impl<B: Ops> Runner<B> {
             return Err(ModelError::Input("the KV cache needs at least one block of at least one token".into()));
         }
         let shape = Shape::from([cache.num_blocks, s.kv_heads, cache.block_size, s.head_dim]);
+        let rows = Shape::from([cache.num_blocks * s.kv_heads * cache.block_size]);
+        let eight_bit = cache.kv_dtype != DType::F32;
+        let row_scales = || -> Result<Option<Tensor<B>>> {
+            Ok(if eight_bit { Some(backend.alloc(&rows, DType::F32)?) } else { None })
+        };
         let kv = (0..s.layers)
             .map(|_| {
                 Ok(KvPages {
                     k: backend.alloc(&shape, cache.kv_dtype)?,
                     v: backend.alloc(&shape, cache.kv_dtype)?,
                     block_size: cache.block_size,
-                    k_scale: 1.0,
-                    v_scale: 1.0,
                     k_shift: None,
+                    k_scales: row_scales()?,
+                    v_scales: row_scales()?,
                 })
             })
             .collect::<Result<Vec<_>>>()?;
@@ -150,31 +163,19 @@ impl<B: Ops> Runner<B> {
         &self.backend
     }
 
-    /// Sets each layer's FP8 key and value scales (`scales[layer] = (k_scale, v_scale)`) and,
-    /// when given, key shifts (`shifts[layer]`, `kv_heads · head_dim` values).
-    pub fn set_kv_scales(&mut self, scales: &[(f32, f32)], shifts: &[Vec<f32>]) -> Result<()> {
-        if scales.len() != self.kv.len() {
-            return Err(ModelError::Input(format!("{} KV scales for {} layers", scales.len(), self.kv.len())));
+    /// Sets each layer's key shift (`shifts[layer]`, `kv_heads · head_dim` values subtracted
+    /// from every key before it is stored in 8-bit pages; see [`KvPages::k_shift`]).
+    pub fn set_key_shifts(&mut self, shifts: &[Vec<f32>]) -> Result<()> {
+        let s = self.model.spec();
+        let width = s.kv_heads * s.head_dim;
+        if shifts.len() != self.kv.len() || shifts.iter().any(|v| v.len() != width) {
+            return Err(ModelError::Input(format!("key shifts must be {} layers of {width} values", self.kv.len())));
         }
-        if let Some(bad) = scales.iter().find(|(k, v)| !(k.is_finite() && *k > 0.0 && v.is_finite() && *v > 0.0)) {
-            return Err(ModelError::Input(format!("KV scales must be positive, got {bad:?}")));
+        if let Some(bad) = shifts.iter().flatten().find(|v| !v.is_finite()) {
+            return Err(ModelError::Input(format!("key shifts must be finite, got {bad}")));
         }
-        for (p, &(k, v)) in self.kv.iter_mut().zip(scales) {
-            p.k_scale = k;
-            p.v_scale = v;
-        }
-        if !shifts.is_empty() {
-            let s = self.model.spec();
-            let width = s.kv_heads * s.head_dim;
-            if shifts.len() != self.kv.len() || shifts.iter().any(|v| v.len() != width) {
-                return Err(ModelError::Input(format!(
-                    "key shifts must be {} layers of {width} values",
-                    self.kv.len()
-                )));
-            }
-            for (p, sh) in self.kv.iter_mut().zip(shifts) {
-                p.k_shift = Some(self.backend.upload(&HostTensor::from_f32([width], sh)?)?);
-            }
+        for (p, sh) in self.kv.iter_mut().zip(shifts) {
+            p.k_shift = Some(self.backend.upload(&HostTensor::from_f32([width], sh)?)?);
         }
         Ok(())
     }

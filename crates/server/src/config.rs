@@ -69,8 +69,8 @@ pub struct EngineSection {
     pub kv_bytes: Option<usize>,
     /// Tokens per KV block.
     pub block_size: usize,
-    /// Storage of keys and values: `f32`, `fp8` (FP8 E4M3) or `int8` (four times the tokens in
-    /// the same bytes).
+    /// Storage of keys and values: `f32`, `fp8` (FP8 E4M3) or `int8` (one byte a value and one
+    /// scale per token and kv head: about 3.8 times the tokens in the same bytes).
     pub kv_dtype: String,
 }
 

@@ -91,8 +91,7 @@ impl KvSize {
         }
         let num_blocks = match self.bytes {
             Some(b) => {
-                let elem = self.dtype.block_bytes();
-                let per_block = spec.layers * 2 * spec.kv_heads * spec.head_dim * elem * self.block_size;
+                let per_block = CacheConfig::bytes_per_token(spec, self.dtype) * self.block_size;
                 let n = b / per_block.max(1);
                 if n == 0 {
                     bail!(
@@ -123,14 +122,14 @@ pub fn load_runner_with(model: Option<&str>, backend: &str, kv: KvSize, policy: 
             let m = turbine_models::load_with(&cpu, &path, policy)?;
             let cache = kv.config(m.model.spec())?;
             let bytes = m.model.decoder().map_or(0, |d| d.weight_bytes());
-            let (model, scales, shifts) = if cache.kv_dtype != turbine_core::DType::F32 {
-                kv_scales(&cpu, m.model, &m.tokenizer, cache.kv_dtype)?
+            let (model, shifts) = if cache.kv_dtype != turbine_core::DType::F32 {
+                key_shifts(&cpu, m.model, &m.tokenizer)?
             } else {
-                (m.model, Vec::new(), Vec::new())
+                (m.model, Vec::new())
             };
             let mut runner = Runner::new(cpu, model, cache)?;
-            if !scales.is_empty() {
-                runner.set_kv_scales(&scales, &shifts)?;
+            if !shifts.is_empty() {
+                runner.set_key_shifts(&shifts)?;
             }
             (Box::new(runner), m.tokenizer, m.eos, bytes)
         }
@@ -140,25 +139,21 @@ pub fn load_runner_with(model: Option<&str>, backend: &str, kv: KvSize, policy: 
     Ok(Loaded { runner, tok, eos, path, load_ms: t0.elapsed().as_secs_f64() * 1e3, weight_bytes })
 }
 
-/// Per-layer FP8 key and value scales (`amax / 448`) from a run over the calibration text.
-/// Keys are stored minus their calibration mean (see `KvPages::k_shift`).
+/// Per-layer key shifts for 8-bit KV pages: the mean key over a run on the calibration text
+/// (see `KvPages::k_shift`; the pages' scales are per row, set as keys are stored).
 #[allow(clippy::type_complexity)]
-fn kv_scales(
+fn key_shifts(
     cpu: &Cpu,
     model: Box<dyn turbine_models::Model<Cpu>>,
     tok: &TextTokenizer,
-    dtype: turbine_core::DType,
-) -> Result<(Box<dyn turbine_models::Model<Cpu>>, Vec<(f32, f32)>, Vec<Vec<f32>>)> {
+) -> Result<(Box<dyn turbine_models::Model<Cpu>>, Vec<Vec<f32>>)> {
     let mut ids = tok.encode(turbine_models::calibrate::DEFAULT_TEXT, true)?;
     ids.truncate(KV_CALIB_TOKENS);
     let (model, c) = turbine_models::calibrate::calibrate(cpu, model, &ids, KV_CALIB_TOKENS, false)?;
-    let max = if dtype == turbine_core::DType::I8 { turbine_core::fp8::I8_MAX } else { turbine_core::fp8::E4M3_MAX };
-    let scale = |a: f32| turbine_core::fp8::scale_for(a, max);
-    let scales = c.kv.iter().map(|s| (scale(s.k_amax), scale(s.v_amax))).collect();
-    Ok((model, scales, c.kv.into_iter().map(|s| s.k_mean).collect()))
+    Ok((model, c.kv.into_iter().map(|s| s.k_mean).collect()))
 }
 
-/// Tokens of calibration text behind the FP8 KV cache scales.
+/// Tokens of calibration text behind the 8-bit KV cache's key shifts.
 const KV_CALIB_TOKENS: usize = 512;
 
 /// Loads a model for one request at a time, with a KV cache of `ctx_size` tokens (the usable

@@ -48,7 +48,7 @@ pub struct ServeArgs {
     drain_timeout: Option<f64>,
     #[command(flatten)]
     engine: EngineArgs,
-    /// KV cache storage: f32, fp8 (FP8 E4M3) or int8 (four times the tokens in the same bytes)
+    /// KV cache storage: f32, fp8 (FP8 E4M3) or int8 (about 3.8 times the tokens in the same bytes)
     /// [default: f32].
     #[arg(long)]
     kv_dtype: Option<String>,
