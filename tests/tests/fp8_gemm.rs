@@ -61,8 +61,15 @@ fn fp8_weights(w: &[f32], n: usize, k: usize, table: &[(u8, f64)]) -> (Vec<u8>, 
 fn fp8_w8a8_matches_the_slow_emulation() {
     let b = Cpu::new();
     let table = e4m3_values();
-    for (m, k, n, static_scale) in [(1, 64, 7, None), (3, 96, 50, None), (9, 160, 20, None), (4, 64, 9, Some(0.004f32))]
-    {
+    let cases = [
+        (1, 64, 7, None, false),
+        (3, 96, 50, None, false),
+        (9, 160, 20, None, false),
+        (4, 64, 9, Some(0.004f32), false),
+        (3, 96, 11, None, true),
+        (5, 64, 8, Some(0.002f32), true),
+    ];
+    for (m, k, n, static_scale, smoothed) in cases {
         let mut x = rand(m * k, 1, 1.5);
         x[3] = 40.0; // an outlier: its row's scale grows, and with a static scale it saturates
         let w = rand(n * k, 2, 0.2);
@@ -75,13 +82,23 @@ fn fp8_w8a8_matches_the_slow_emulation() {
             Some(t) => XQuant::Fp8Static(t),
             None => XQuant::Fp8PerToken,
         };
+        // Smoothing: input channel c is multiplied by smooth[c] before it is quantised.
+        let smooth: Vec<f32> =
+            if smoothed { rand(k, 4, 1.0).iter().map(|v| 0.1 + v.abs() * 3.0).collect() } else { vec![1.0; k] };
+        let smooth_t = up(&b, &[k], &smooth);
         let mut out = b.alloc(&[m, n].into(), DType::F32).unwrap();
-        let epi = Epilogue { bias: Some(&bt), scale: Some(&st), quant_x: Some(quant), ..Epilogue::none() };
+        let epi = Epilogue {
+            bias: Some(&bt),
+            scale: Some(&st),
+            quant_x: Some(quant),
+            smooth: smoothed.then_some(&smooth_t),
+            ..Epilogue::none()
+        };
         b.matmul(&xt, &wt, epi, &mut out).unwrap();
         let got = b.download(&out).unwrap().to_f32().unwrap();
         let mut want = vec![0.0; m * n];
         for i in 0..m {
-            let row = &x[i * k..(i + 1) * k];
+            let row: Vec<f32> = x[i * k..(i + 1) * k].iter().zip(&smooth).map(|(v, s)| v * s).collect();
             let sx = static_scale.unwrap_or_else(|| row.iter().fold(0f32, |a, v| a.max(v.abs())) / 448.0);
             let qx: Vec<f64> = row.iter().map(|&v| slow_e4m3(v * (1.0 / sx), &table)).collect();
             for j in 0..n {
@@ -91,6 +108,12 @@ fn fp8_w8a8_matches_the_slow_emulation() {
         }
         assert_close(&got, &want, Tol { rel: 1e-5, abs: 1e-5 });
     }
+    // Smoothing only makes sense on a quantised input.
+    let (x, w) = (up(&b, &[1, 64], &rand(64, 5, 1.0)), up(&b, &[3, 64], &rand(192, 6, 1.0)));
+    let s = up(&b, &[64], &[1.0; 64]);
+    let mut out = b.alloc(&[1, 3].into(), DType::F32).unwrap();
+    let err = b.matmul(&x, &w, Epilogue { smooth: Some(&s), ..Epilogue::none() }, &mut out).unwrap_err().to_string();
+    assert!(err.contains("smoothing"), "{err}");
 }
 
 #[test]

@@ -15,7 +15,10 @@ use crate::{Backend, Result, Tensor};
 /// `out[i, j] (+)= act(sx[i] * scale[j] * Σ_k x'[i, k] · w[j, k] + bias[j])`
 ///
 /// where `x' = x` and `sx = 1` without `quant_x`, and `w[j, k]` are the stored weight values (for
-/// FP8 E4M3 and INT8 weights the raw 8-bit values, their scales in `scale`).
+/// FP8 E4M3 and INT8 weights the raw 8-bit values, their scales in `scale`). With `quant_x`, each
+/// input row is first multiplied channel by channel by `smooth` when given (SmoothQuant: the
+/// weight's input columns were multiplied by the reciprocals when it was quantised), then
+/// quantised: `x'[i, k] = e4m3(x[i, k] · smooth[k] · (1 / sx[i]))`.
 pub struct Epilogue<'a, B: Backend> {
     /// Adds `bias[n]` to every row.
     pub bias: Option<&'a Tensor<B>>,
@@ -27,6 +30,8 @@ pub struct Epilogue<'a, B: Backend> {
     pub scale: Option<&'a Tensor<B>>,
     /// Quantises the input rows to FP8 E4M3 first (W8A8).
     pub quant_x: Option<XQuant<'a, B>>,
+    /// With `quant_x`: per-input-channel multipliers `[k]` (f32) applied before quantisation.
+    pub smooth: Option<&'a Tensor<B>>,
 }
 
 /// How a matrix product's input rows are quantised before the products (W8A8): each row becomes
@@ -48,7 +53,7 @@ impl<B: Backend> Copy for XQuant<'_, B> {}
 impl<B: Backend> Epilogue<'_, B> {
     /// Plain product.
     pub fn none() -> Self {
-        Epilogue { bias: None, act: None, accumulate: false, scale: None, quant_x: None }
+        Epilogue { bias: None, act: None, accumulate: false, scale: None, quant_x: None, smooth: None }
     }
 
     /// `out += x · wᵀ`.

@@ -148,8 +148,16 @@ pub(crate) fn matmul(x: &Tensor<Cpu>, w: &Tensor<Cpu>, epi: Epilogue<'_, Cpu>, o
         }
         None => None,
     };
+    let smooth = match (epi.smooth, epi.quant_x.is_some()) {
+        (Some(s), true) => {
+            s.expect_shape(OP, &[k])?;
+            Some(f32s(s, OP)?)
+        }
+        (Some(_), false) => return Err(Error::invalid(OP, "input smoothing without input quantisation")),
+        (None, _) => None,
+    };
     let quantised = match epi.quant_x {
-        Some(q) => Some(quantise_rows(xs, m, k, q)?),
+        Some(q) => Some(quantise_rows(xs, m, k, q, smooth)?),
         None => None,
     };
     let (xs, row_scale) = match &quantised {
@@ -192,8 +200,15 @@ pub(crate) fn matmul(x: &Tensor<Cpu>, w: &Tensor<Cpu>, epi: Epilogue<'_, Cpu>, o
     Ok(())
 }
 
-/// The rows of `x` as E4M3 values (unscaled, as f32) and each row's scale.
-fn quantise_rows(x: &[f32], m: usize, k: usize, q: XQuant<'_, Cpu>) -> Result<(Vec<f32>, Vec<f32>)> {
+/// The rows of `x` (times `smooth` channel by channel, when given) as E4M3 values (unscaled, as
+/// f32) and each row's scale.
+fn quantise_rows(
+    x: &[f32],
+    m: usize,
+    k: usize,
+    q: XQuant<'_, Cpu>,
+    smooth: Option<&[f32]>,
+) -> Result<(Vec<f32>, Vec<f32>)> {
     let fixed = match q {
         XQuant::Fp8PerToken => None,
         XQuant::Fp8Static(s) => {
@@ -203,7 +218,15 @@ fn quantise_rows(x: &[f32], m: usize, k: usize, q: XQuant<'_, Cpu>) -> Result<(V
     };
     let mut qx = vec![0.0; m * k];
     let mut sx = vec![0.0; m];
+    let mut smoothed = vec![0.0; if smooth.is_some() { k } else { 0 }];
     for ((row, out), s) in x.chunks_exact(k.max(1)).zip(qx.chunks_exact_mut(k.max(1))).zip(&mut sx) {
+        let row = match smooth {
+            Some(f) => {
+                smoothed.iter_mut().zip(row).zip(f).for_each(|((o, &v), &f)| *o = v * f);
+                &smoothed[..]
+            }
+            None => row,
+        };
         *s = fixed.unwrap_or_else(|| scale_for(row.iter().fold(0f32, |a, v| a.max(v.abs())), E4M3_MAX));
         quantize_row_e4m3(row, *s, out);
     }

@@ -27,6 +27,8 @@ pub struct InputStats {
     pub gram: Vec<f32>,
     /// Largest magnitude.
     pub amax: f32,
+    /// Largest magnitude of each input channel (`k` values).
+    pub chan_amax: Vec<f32>,
 }
 
 /// Statistics of every projection input, by (layer, role).
@@ -85,12 +87,22 @@ impl<B: Ops> Observer<B> for Collector {
         let (t, k) = (x.rows(), x.cols());
         let v = b.download(x)?.to_f32()?;
         let amax = v.iter().fold(0f32, |a, x| a.max(x.abs()));
+        let mut chan = vec![0f32; k];
+        for row in v.chunks_exact(k.max(1)) {
+            chan.iter_mut().zip(row).for_each(|(c, x)| *c = c.max(x.abs()));
+        }
         if !self.gram {
             let mut map = self.inputs.lock().map_err(|_| ModelError::Config("calibration state poisoned".into()))?;
-            let e =
-                map.entry((layer, role)).or_insert_with(|| InputStats { k, tokens: 0, gram: Vec::new(), amax: 0.0 });
+            let e = map.entry((layer, role)).or_insert_with(|| InputStats {
+                k,
+                tokens: 0,
+                gram: Vec::new(),
+                amax: 0.0,
+                chan_amax: vec![0.0; k],
+            });
             e.tokens += t;
             e.amax = e.amax.max(amax);
+            e.chan_amax.iter_mut().zip(&chan).for_each(|(a, &c)| *a = a.max(c));
             return Ok(());
         }
         // XᵀX = (Xᵀ)(Xᵀ)ᵀ through the backend's product: Xᵀ is [k, t].
@@ -105,13 +117,19 @@ impl<B: Ops> Observer<B> for Collector {
         b.matmul(&xt, &xt, Epilogue::none(), &mut g)?;
         let g = b.download(&g)?.to_f32()?;
         let mut map = self.inputs.lock().map_err(|_| ModelError::Config("calibration state poisoned".into()))?;
-        let e =
-            map.entry((layer, role)).or_insert_with(|| InputStats { k, tokens: 0, gram: vec![0.0; k * k], amax: 0.0 });
+        let e = map.entry((layer, role)).or_insert_with(|| InputStats {
+            k,
+            tokens: 0,
+            gram: vec![0.0; k * k],
+            amax: 0.0,
+            chan_amax: vec![0.0; k],
+        });
         for (a, c) in e.gram.iter_mut().zip(&g) {
             *a += c;
         }
         e.tokens += t;
         e.amax = e.amax.max(amax);
+        e.chan_amax.iter_mut().zip(&chan).for_each(|(a, &c)| *a = a.max(c));
         Ok(())
     }
 }

@@ -41,6 +41,9 @@ pub struct Linear<B: Ops> {
     pub scale: Option<Tensor<B>>,
     /// How the input is quantised to FP8 before the product, if it is.
     pub quant_x: Option<ActQuant<B>>,
+    /// With `quant_x`: per-input-channel multipliers `[inp]` (f32) applied to the input before
+    /// it is quantised (SmoothQuant; the weight's columns carry the reciprocals).
+    pub smooth: Option<Tensor<B>>,
 }
 
 /// FP8 quantisation of a projection's input.
@@ -54,7 +57,7 @@ pub enum ActQuant<B: Ops> {
 impl<B: Ops> Linear<B> {
     /// A plain layer (no scales, no input quantisation).
     pub fn new(w: Tensor<B>, b: Option<Tensor<B>>) -> Self {
-        Linear { w, b, scale: None, quant_x: None }
+        Linear { w, b, scale: None, quant_x: None, smooth: None }
     }
 
     /// The product's epilogue: bias, scales and input quantisation of this layer.
@@ -66,6 +69,7 @@ impl<B: Ops> Linear<B> {
                 ActQuant::Dynamic => XQuant::Fp8PerToken,
                 ActQuant::Static(s) => XQuant::Fp8Static(s),
             }),
+            smooth: self.smooth.as_ref(),
             ..Epilogue::none()
         }
     }
@@ -161,6 +165,7 @@ impl<B: Ops> Linear<B> {
             b: bias,
             scale: Some(b.upload(&HostTensor::from_f32([n], &scales)?)?),
             quant_x,
+            smooth: None,
         })
     }
 }
@@ -256,7 +261,7 @@ impl<B: Ops> Decoder<B> {
                 Some(ActQuant::Static(s)) => tb(s),
                 _ => 0,
             };
-            tb(&l.w) + l.b.as_ref().map_or(0, tb) + l.scale.as_ref().map_or(0, tb) + q
+            tb(&l.w) + l.b.as_ref().map_or(0, tb) + l.scale.as_ref().map_or(0, tb) + l.smooth.as_ref().map_or(0, tb) + q
         };
         let layers: usize = self
             .layers

@@ -151,7 +151,7 @@ impl Rounding {
 }
 
 /// The precision policy.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Policy {
     /// The format of the large projections.
     pub format: Format,
@@ -166,6 +166,10 @@ pub struct Policy {
     /// `fp8`: one calibrated input scale per projection (`amax / 448` over the calibration
     /// text) instead of one per token computed on the fly.
     pub static_inputs: bool,
+    /// `fp8`: SmoothQuant migration strength `α` (0 to 1), if any. Input channel `j` is divided by
+    /// `s[j] = amax(x[:, j])^α / amax(w[:, j])^(1 − α)` (calibrated) before it is quantised and the
+    /// weight's column `j` multiplied by it, which moves activation outliers into the weights.
+    pub smooth: Option<f32>,
 }
 
 impl Default for Policy {
@@ -177,6 +181,7 @@ impl Default for Policy {
             calib_text: None,
             calib_tokens: 2048,
             static_inputs: false,
+            smooth: None,
         }
     }
 }
@@ -193,7 +198,7 @@ impl Policy {
 
     /// Whether applying the policy needs the model to run over calibration text first.
     pub fn needs_calibration(&self) -> bool {
-        self.format == Format::Fp8 && self.static_inputs
+        self.format == Format::Fp8 && (self.static_inputs || self.smooth.is_some())
             || matches!(self.format, Format::Fp8 | Format::Fp8Weight | Format::Int8Weight)
                 && self.rounding == Rounding::Gptq
     }
@@ -235,7 +240,11 @@ impl Policy {
                 };
                 let fmt = self.format_for(i, layers, role);
                 let gram = stats.filter(|_| self.rounding == Rounding::Gptq).map(|s| &s.gram[..]);
-                convert(b, lin, fmt, &parts, gram)?;
+                let smooth = match (fmt, self.smooth, stats) {
+                    (Format::Fp8, Some(alpha), Some(s)) => Some((alpha, &s.chan_amax[..])),
+                    _ => None,
+                };
+                convert(b, lin, fmt, &parts, gram, smooth)?;
                 if let (Format::Fp8, true, Some(s)) = (fmt, self.static_inputs, stats) {
                     let scale = scale_for(s.amax, E4M3_MAX);
                     lin.quant_x = Some(ActQuant::Static(b.upload(&HostTensor::from_f32([1], &[scale])?)?));
@@ -267,8 +276,17 @@ impl Grid for RowGrid {
 
 /// Stores `lin`'s weight in `fmt`; `parts` are the row counts of the tensors fused into it (each
 /// gets its own per-tensor FP8 scale). With `gram` (the calibration inputs' `XᵀX`), 8-bit
-/// weights are rounded with GPTQ, otherwise to nearest.
-pub fn convert<B: Ops>(b: &B, lin: &mut Linear<B>, fmt: Format, parts: &[usize], gram: Option<&[f32]>) -> Result<()> {
+/// weights are rounded with GPTQ, otherwise to nearest. With `smooth` (`fp8` only: `α` and the
+/// calibration inputs' per-channel amax), the input channels are smoothed first
+/// ([`Policy::smooth`]).
+pub fn convert<B: Ops>(
+    b: &B,
+    lin: &mut Linear<B>,
+    fmt: Format,
+    parts: &[usize],
+    gram: Option<&[f32]>,
+    smooth: Option<(f32, &[f32])>,
+) -> Result<()> {
     if fmt == Format::Auto {
         return Ok(());
     }
@@ -286,6 +304,24 @@ pub fn convert<B: Ops>(b: &B, lin: &mut Linear<B>, fmt: Format, parts: &[usize],
     let mut w = vec![0f32; n * k];
     decode_f32(host.dtype(), host.bytes(), &mut w)?;
     let amax = |rows: &[f32]| rows.iter().fold(0f32, |a, v| a.max(v.abs()));
+    let factors = match smooth {
+        Some((alpha, x_amax)) if fmt == Format::Fp8 => Some(smooth_factors(&w, n, k, alpha, x_amax)?),
+        _ => None,
+    };
+    let scaled_gram;
+    let gram = match (&factors, gram) {
+        (Some(s), Some(g)) => {
+            // The quantised product sees x / s: its Gram matrix is D⁻¹ G D⁻¹.
+            scaled_gram = g.iter().enumerate().map(|(i, &v)| v / (s[i / k] * s[i % k])).collect::<Vec<_>>();
+            Some(&scaled_gram[..])
+        }
+        (_, g) => g,
+    };
+    if let Some(s) = &factors {
+        for row in w.chunks_exact_mut(k.max(1)) {
+            row.iter_mut().zip(s).for_each(|(v, s)| *v *= s);
+        }
+    }
     let (dtype, bytes, scales): (DType, Vec<u8>, Option<Vec<f32>>) = match fmt {
         Format::Auto => unreachable!("returned above"),
         Format::F32 => (DType::F32, w.iter().flat_map(|v| v.to_le_bytes()).collect(), None),
@@ -319,7 +355,38 @@ pub fn convert<B: Ops>(b: &B, lin: &mut Linear<B>, fmt: Format, parts: &[usize],
         None => None,
     };
     lin.quant_x = (fmt == Format::Fp8).then_some(ActQuant::Dynamic);
+    lin.smooth = match factors {
+        Some(s) => Some(b.upload(&HostTensor::from_f32([k], &s.iter().map(|s| 1.0 / s).collect::<Vec<_>>())?)?),
+        None => None,
+    };
     Ok(())
+}
+
+/// SmoothQuant's per-input-channel factors `s[j] = x_amax[j]^α / w_amax[j]^(1 − α)` for a weight
+/// `w` `[n, k]`; channels that never moved (or a zero column) keep 1.
+fn smooth_factors(w: &[f32], n: usize, k: usize, alpha: f32, x_amax: &[f32]) -> Result<Vec<f32>> {
+    if !(0.0..=1.0).contains(&alpha) {
+        return Err(ModelError::Config(format!("the smoothing strength must be in 0..=1, got {alpha}")));
+    }
+    if x_amax.len() != k {
+        return Err(ModelError::Config(format!("{} calibrated input channels for a {k}-column weight", x_amax.len())));
+    }
+    let mut w_amax = vec![0f32; k];
+    for row in w.chunks_exact(k.max(1)).take(n) {
+        w_amax.iter_mut().zip(row).for_each(|(a, v)| *a = a.max(v.abs()));
+    }
+    Ok(x_amax
+        .iter()
+        .zip(&w_amax)
+        .map(|(&xa, &wa)| {
+            let s = xa.powf(alpha) / wa.powf(1.0 - alpha);
+            if xa > 0.0 && wa > 0.0 && s.is_finite() {
+                s.clamp(1e-4, 1e4)
+            } else {
+                1.0
+            }
+        })
+        .collect())
 }
 
 /// Bytes a tensor's values take in memory.

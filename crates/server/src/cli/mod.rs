@@ -138,6 +138,10 @@ pub struct PolicyArgs {
     /// of one per token.
     #[arg(long)]
     pub static_inputs: bool,
+    /// fp8: SmoothQuant with this migration strength α in 0..=1 (input channel j divided by
+    /// amax(x_j)^α / amax(w_j)^(1-α) before quantisation, the weight's column multiplied by it).
+    #[arg(long, value_name = "ALPHA")]
+    pub smooth: Option<f32>,
     /// Calibration text (default: a bundled English text, not the evaluation text).
     #[arg(long)]
     pub calib: Option<std::path::PathBuf>,
@@ -162,6 +166,7 @@ impl PolicyArgs {
             calib_text,
             calib_tokens: self.calib_tokens,
             static_inputs: self.static_inputs,
+            smooth: self.smooth,
             ..turbine_models::precision::Policy::parse(format, &self.keep)?
         })
     }
