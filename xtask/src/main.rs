@@ -2,6 +2,8 @@
 //!
 //! - `golden [--backend cpu] [-- ARGS]`: the golden model suites (transformers references).
 //! - `ci`: format check, clippy with warnings denied, every test.
+//! - `kernels`: compiles every CUDA kernel with NVRTC and ptxas for sm_80, sm_89 and sm_90a and
+//!   reports registers and spills (fetches the pinned NVRTC/header/ptxas wheels with pip once).
 //! - `gen-fixtures --python PY [NAME ...]`: regenerates the tiny variant checkpoints and their
 //!   transformers references under `tests/fixtures/variants` (PY must have torch, transformers and
 //!   tokenizers: `python3 -m venv .venv-gen && .venv-gen/bin/pip install torch transformers`).
@@ -9,6 +11,8 @@
 use std::process::Command;
 
 use anyhow::{bail, Context, Result};
+
+mod kernels;
 
 const GOLDEN_SUITES: &[&str] = &["golden_tiny", "golden_real"];
 
@@ -86,6 +90,7 @@ fn main() -> Result<()> {
             cargo(&["test", "--workspace"])
         }
         Some("gen-fixtures") => gen_fixtures(&args[1..]),
-        _ => bail!("usage: cargo xtask <golden [--backend cpu] | ci | gen-fixtures --python PY [NAME ...]>"),
+        Some("kernels") => kernels::run(),
+        _ => bail!("usage: cargo xtask <golden [--backend cpu] | ci | kernels | gen-fixtures --python PY [NAME ...]>"),
     }
 }

@@ -1,7 +1,12 @@
-//! The CUDA backend. This first version only probes the machine: it loads the driver library
-//! dynamically (so it builds and runs where no CUDA is installed) and reports what it finds.
-//! Kernels arrive in a later issue; until then every model runs on the CPU backend.
+//! The CUDA backend. So far it probes the machine (the driver library is loaded dynamically, so
+//! the crate builds and runs where no CUDA is installed) and holds the kernels' CUDA C sources
+//! (`cu/`) with their NVRTC compilation (`cargo xtask kernels` compile-checks them for sm_80,
+//! sm_89 and sm_90a). The `Backend`/`Ops` implementation over them is not written yet; every
+//! model runs on the CPU backend.
 #![warn(missing_docs)]
+
+pub mod nvrtc;
+pub mod sources;
 
 use turbine_core::{Error, Result};
 

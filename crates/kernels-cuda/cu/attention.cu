@@ -1,0 +1,131 @@
+// The paged KV cache: stores and causal attention, with the layout and arithmetic of kernels-ref.
+// Pages are [num_blocks, kv_heads, block_size, d]: in the activation type T, or 8-bit codes (E4M3
+// or INT8) with one f32 scale per row (token x kv head) and keys stored minus a per-channel shift.
+// PAGE: 0 = T, 1 = E4M3, 2 = INT8.
+#include "common.cuh"
+
+#define MAX_BLOCK 256
+#define MAX_D 512
+
+template <typename T, int PAGE> struct Page { typedef T type; };
+template <typename T> struct Page<T, 1> { typedef u8 type; };
+template <typename T> struct Page<T, 2> { typedef u8 type; };
+
+template <typename T, int PAGE>
+__device__ __forceinline__ float load_page(const typename Page<T, PAGE>::type* p, size_t i, float scale) {
+    if (PAGE == 0) return to_f(((const T*)p)[i]);
+    if (PAGE == 1) return e4m3_to_f32(((const u8*)p)[i]) * scale;
+    return (float)(signed char)((const u8*)p)[i] * scale;
+}
+
+// Writes the key and value heads of row blockIdx.x, kv head blockIdx.y, to slot slots[row].
+// blockDim.x >= d, a multiple of 32.
+template <typename T, int PAGE>
+__device__ void kv_store(const T* qkv, const u32* slots, typename Page<T, PAGE>::type* k_pages,
+                         typename Page<T, PAGE>::type* v_pages, float* k_scales, float* v_scales,
+                         const float* k_shift, u32 q_heads, u32 kv_heads, u32 d, u32 bs) {
+    u32 row = blockIdx.x, h = blockIdx.y, c = threadIdx.x;
+    u32 width = (q_heads + 2 * kv_heads) * d;
+    u32 slot = slots[row];
+    size_t r = ((size_t)(slot / bs) * kv_heads + h) * bs + slot % bs;
+    const T* src = qkv + (size_t)row * width;
+    for (int part = 0; part < 2; part++) {
+        const T* x = src + (size_t)(part == 0 ? q_heads + h : q_heads + kv_heads + h) * d;
+        typename Page<T, PAGE>::type* dst = (part == 0 ? k_pages : v_pages) + r * d;
+        float v = c < d ? to_f(x[c]) : 0.f;
+        if (PAGE == 0) {
+            if (c < d) dst[c] = ((const typename Page<T, PAGE>::type*)x)[c];
+            continue;
+        }
+        if (part == 0 && k_shift && c < d) v -= k_shift[h * d + c];
+        float m = block_max(fabsf(v));
+        float maxv = PAGE == 1 ? 448.f : 127.f;
+        float s = (m > 0.f && m < TURBINE_INF) ? m / maxv : 1.f;
+        if (c < d) dst[c] = PAGE == 1 ? f32_to_e4m3(v * (1.f / s)) : (u8)f32_to_i8(v, s);
+        if (c == 0) (part == 0 ? k_scales : v_scales)[r] = s;
+    }
+}
+
+// Causal attention of query row blockIdx.x, head blockIdx.y over the cache. seqs is [n_seqs, 3]
+// (first row, rows, context after the step), tables [n_seqs, max_blocks]. Keys are visited block
+// by block in position order with an online softmax, as kernels-ref does. blockDim.x = 128.
+template <typename T, int PAGE>
+__device__ void paged_attention(const T* qkv, const typename Page<T, PAGE>::type* k_pages,
+                                const typename Page<T, PAGE>::type* v_pages, const float* k_scales,
+                                const float* v_scales, const u32* seqs, u32 n_seqs, const u32* tables,
+                                u32 max_blocks, u32 q_heads, u32 kv_heads, u32 d, u32 bs, float scale, u32 window,
+                                float alibi, const float* slopes, T* out) {
+    __shared__ float q[MAX_D];
+    __shared__ float p[MAX_BLOCK];
+    u32 tok = blockIdx.x, h = blockIdx.y;
+    u32 kh = h / (q_heads / kv_heads);
+    u32 lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
+    // The sequence owning this row: the last one starting at or before it.
+    u32 lo = 0, hi = n_seqs;
+    while (hi - lo > 1) {
+        u32 mid = (lo + hi) / 2;
+        if (seqs[mid * 3] <= tok) lo = mid; else hi = mid;
+    }
+    u32 start = seqs[lo * 3], len = seqs[lo * 3 + 1], ctx = seqs[lo * 3 + 2];
+    u32 pos = ctx - len + (tok - start);
+    u32 first = window ? (pos + 1 > window ? pos + 1 - window : 0) : 0;
+    const u32* table = tables + (size_t)lo * max_blocks;
+    u32 width = (q_heads + 2 * kv_heads) * d;
+    for (u32 c = threadIdx.x; c < d; c += blockDim.x) q[c] = to_f(qkv[(size_t)tok * width + (size_t)h * d + c]);
+    __syncthreads();
+    float acc[MAX_D / 128];
+    for (int i = 0; i < MAX_D / 128; i++) acc[i] = 0.f;
+    float m = -TURBINE_INF, denom = 0.f;
+    float slope = alibi != 0.f ? alibi * slopes[h] : 0.f;
+    for (u32 blk = first / bs; blk <= pos / bs; blk++) {
+        u32 a = blk * bs > first ? blk * bs : first;
+        u32 b = (blk + 1) * bs < pos + 1 ? (blk + 1) * bs : pos + 1;
+        size_t base = ((size_t)table[blk] * kv_heads + kh) * bs;
+        // Scores: one warp per key, lanes over the head dimension.
+        for (u32 j = a + warp; j < b; j += warps) {
+            size_t r = base + (j - blk * bs);
+            float ks = PAGE ? k_scales[r] : 1.f;
+            float s = 0.f;
+            for (u32 c = lane; c < d; c += 32) s += q[c] * load_page<T, PAGE>(k_pages, r * d + c, ks);
+            s = warp_sum(s) * scale;
+            if (slope != 0.f) s += slope * ((float)j - (float)pos);
+            if (lane == 0) p[j - a] = s;
+        }
+        __syncthreads();
+        float bmax = -TURBINE_INF;
+        for (u32 j = 0; j < b - a; j++) bmax = fmaxf(bmax, p[j]);
+        float m_new = fmaxf(m, bmax);
+        float corr = __expf(m - m_new);
+        denom *= corr;
+        for (int i = 0; i < MAX_D / 128; i++) acc[i] *= corr;
+        for (u32 j = 0; j < b - a; j++) {
+            float e = __expf(p[j] - m_new);
+            denom += e;
+            size_t r = base + (a + j - blk * bs);
+            float vs = PAGE ? v_scales[r] : 1.f;
+            for (u32 c = threadIdx.x, i = 0; c < d; c += blockDim.x, i++) acc[i] += e * load_page<T, PAGE>(v_pages, r * d + c, vs);
+        }
+        m = m_new;
+        __syncthreads();
+    }
+    T* o = out + ((size_t)tok * q_heads + h) * d;
+    for (u32 c = threadIdx.x, i = 0; c < d; c += blockDim.x, i++) o[c] = from_f<T>(acc[i] / denom);
+}
+
+#define ATTN(N, T, PN, PAGE)                                                                                  \
+    extern "C" __global__ void kv_store_##N##_##PN(const T* qkv, const u32* slots,                            \
+                                                   Page<T, PAGE>::type* k_pages, Page<T, PAGE>::type* v_pages, \
+                                                   float* k_scales, float* v_scales, const float* k_shift,    \
+                                                   u32 q_heads, u32 kv_heads, u32 d, u32 bs) {                \
+        kv_store<T, PAGE>(qkv, slots, k_pages, v_pages, k_scales, v_scales, k_shift, q_heads, kv_heads, d, bs); \
+    }                                                                                                         \
+    extern "C" __global__ void paged_attention_##N##_##PN(                                                    \
+        const T* qkv, const Page<T, PAGE>::type* k_pages, const Page<T, PAGE>::type* v_pages,                 \
+        const float* k_scales, const float* v_scales, const u32* seqs, u32 n_seqs, const u32* tables,         \
+        u32 max_blocks, u32 q_heads, u32 kv_heads, u32 d, u32 bs, float scale, u32 window, float alibi,       \
+        const float* slopes, T* out) {                                                                        \
+        paged_attention<T, PAGE>(qkv, k_pages, v_pages, k_scales, v_scales, seqs, n_seqs, tables, max_blocks, \
+                                 q_heads, kv_heads, d, bs, scale, window, alibi, slopes, out);                \
+    }
+#define ATTN_ALL(N, T) ATTN(N, T, same, 0) ATTN(N, T, e4m3, 1) ATTN(N, T, i8, 2)
+TURBINE_FOR_TYPES(ATTN_ALL)

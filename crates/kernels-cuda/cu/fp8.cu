@@ -1,0 +1,53 @@
+// FP8 E4M3 quantisation of activations for the W8A8 products (the arithmetic of kernels-ref's
+// emulation, `turbine_core::fp8`): x' = e4m3(x * smooth * (1 / s)) with s = amax(row) / 448 per
+// token, or one static s for every row. One block per row.
+#include "common.cuh"
+
+template <typename T>
+__device__ void quantize_rows(const T* x, const float* smooth, const float* static_scale, u8* out, float* scales,
+                              u32 cols) {
+    size_t row = (size_t)blockIdx.x * cols;
+    float s;
+    if (static_scale) {
+        s = *static_scale;
+    } else {
+        float m = 0.f;
+        for (u32 c = threadIdx.x; c < cols; c += blockDim.x) {
+            float v = to_f(x[row + c]) * (smooth ? smooth[c] : 1.f);
+            m = fmaxf(m, fabsf(v));
+        }
+        m = block_max(m);
+        s = (m > 0.f && m < TURBINE_INF) ? m / 448.f : 1.f;
+    }
+    float inv = 1.f / s;
+    for (u32 c = threadIdx.x; c < cols; c += blockDim.x) {
+        float v = to_f(x[row + c]) * (smooth ? smooth[c] : 1.f);
+        out[row + c] = f32_to_e4m3(v * inv);
+    }
+    if (threadIdx.x == 0) scales[blockIdx.x] = s;
+}
+
+#define QUANT(N, T)                                                                                           \
+    extern "C" __global__ void fp8_quantize_rows_##N(const T* x, const float* smooth, const float* static_scale, \
+                                                     u8* out, float* scales, u32 cols) {                      \
+        quantize_rows<T>(x, smooth, static_scale, out, scales, cols);                                         \
+    }
+TURBINE_FOR_TYPES(QUANT)
+
+// Dequantisation of E4M3 or INT8 weights [n, k] with per-row scales into T (for the fallback
+// 16-bit products where the GPU has no FP8 tensor cores): out = code * scale[row].
+template <typename T>
+__device__ void dequant_rows(const u8* codes, const float* scales, T* out, u32 n, u32 k, int int8) {
+    size_t total = (size_t)n * k;
+    for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < total; i += (size_t)gridDim.x * blockDim.x) {
+        float v = int8 ? (float)(signed char)codes[i] : e4m3_to_f32(codes[i]);
+        out[i] = from_f<T>(v * scales[i / k]);
+    }
+}
+
+#define DEQUANT(N, T)                                                                                         \
+    extern "C" __global__ void dequant_rows_##N(const u8* codes, const float* scales, T* out, u32 n, u32 k,   \
+                                                int int8) {                                                   \
+        dequant_rows<T>(codes, scales, out, n, k, int8);                                                      \
+    }
+TURBINE_FOR_TYPES(DEQUANT)
