@@ -25,6 +25,7 @@ pub mod rope;
 pub mod runner;
 pub mod source;
 mod spm;
+pub mod synth;
 pub mod tokenizer;
 pub mod weights;
 

@@ -642,3 +642,22 @@ fn eval_reports_every_format_against_the_reference() {
         assert!(r["decode_tok_s"].as_f64().unwrap() > 0.0);
     }
 }
+
+#[test]
+fn synth_model_writes_a_model_that_generates() {
+    let dir = temp_dir("synth");
+    let d = dir.to_str().unwrap();
+    let out = turbine(&["synth-model", "--preset", "tiny", "--layers", "3", "--dtype", "bf16", "--out", d]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("parameters"));
+    let cfg: Value = serde_json::from_str(&std::fs::read_to_string(dir.join("config.json")).unwrap()).unwrap();
+    assert_eq!((cfg["num_hidden_layers"].as_u64(), cfg["torch_dtype"].as_str()), (Some(3), Some("bfloat16")));
+    let out = turbine(&["generate", "-m", d, "--prompt", "Hi", "--max-tokens", "5", "--ignore-eos", "--json"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(json(&out)["ids"].as_array().map(Vec::len), Some(5), "{}", String::from_utf8_lossy(&out.stdout));
+    fails_with(&turbine(&["synth-model", "--preset", "tiny", "--heads", "3", "--out", d]), "3 heads");
+    fails_with(&turbine(&["synth-model", "--preset", "huge", "--out", d]), "huge");
+    fails_with(&turbine(&["synth-model", "--arch", "gpt2", "--out", d]), "gpt2");
+    fails_with(&turbine(&["synth-model", "--preset", "tiny", "--dtype", "fp8", "--out", d]), "fp8");
+    let _ = std::fs::remove_dir_all(&dir);
+}

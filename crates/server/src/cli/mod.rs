@@ -10,6 +10,7 @@ mod pull;
 mod quantize;
 mod serve;
 mod speed;
+mod synth;
 
 use clap::{Args, Parser, Subcommand};
 use turbine_server::config::EngineSection;
@@ -42,6 +43,8 @@ enum Cmd {
     Serve(serve::ServeArgs),
     /// Load an OpenAI-compatible server (ours or another engine's) and report latencies.
     BenchServe(bench_serve::BenchServeArgs),
+    /// Write a random-weight model folder (HF layout, with a tokenizer) for benchmarks at real sizes.
+    SynthModel(synth::SynthArgs),
 }
 
 /// Options shared by every command that runs a model.
@@ -184,6 +187,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Cmd::Models(a) => models::run(a),
         Cmd::Serve(a) => serve::run(a),
         Cmd::BenchServe(a) => bench_serve::run(a),
+        Cmd::SynthModel(a) => synth::run(a),
     }
 }
 
