@@ -1,0 +1,278 @@
+//! The CUDA device: context, stream, memory and the kernels' modules, behind [`Backend`].
+//!
+//! Buffers are untyped device bytes ([`CudaBuf`]); a [`Tensor`]'s dtype says how to read them.
+//! Tensors keep the storage type they were uploaded in (f32 stays f32, f16/bf16/E4M3/INT8 stay
+//! as they are): the ops convert to the activation type ([`Caps::act_dtype`], bf16) as they read.
+//!
+//! Kernels are PTX: compiled at start-up by NVRTC when `libnvrtc.so.13` can be loaded (with the
+//! CUDA headers from `TURBINE_CUDA_INCLUDE`), or read from `TURBINE_CUDA_PTX`, a folder of the
+//! `NAME.ptx` files `cargo xtask kernels` writes for one architecture (`target/kernels/sm_90a`),
+//! so that a machine without NVRTC can run binaries built elsewhere.
+//!
+//! Status: memory and module loading are written and compile-checked here; no GPU has run them
+//! yet, and the `Ops` implementation over the kernels is the next step.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use cudarc::driver::{CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream};
+use turbine_core::{Backend, Caps, DType, Error, HostTensor, Result, Shape, Tensor};
+
+use crate::sources::SOURCES;
+
+/// Device memory of one tensor: bytes, read as the tensor's dtype.
+pub struct CudaBuf {
+    bytes: CudaSlice<u8>,
+}
+
+impl CudaBuf {
+    /// The device bytes.
+    pub fn bytes(&self) -> &CudaSlice<u8> {
+        &self.bytes
+    }
+
+    /// The device bytes, mutably.
+    pub fn bytes_mut(&mut self) -> &mut CudaSlice<u8> {
+        &mut self.bytes
+    }
+}
+
+struct Inner {
+    ctx: Arc<CudaContext>,
+    stream: Arc<CudaStream>,
+    /// Kernel modules by file stem, kept alive for their functions.
+    _modules: Vec<Arc<CudaModule>>,
+    functions: HashMap<String, CudaFunction>,
+    caps: Caps,
+    name: String,
+}
+
+/// The CUDA backend on one device (cheap to clone: the clones share the device).
+#[derive(Clone)]
+pub struct Cuda {
+    inner: Arc<Inner>,
+}
+
+fn backend_err(msg: impl Into<String>) -> Error {
+    Error::Backend { backend: "cuda", msg: msg.into() }
+}
+
+fn driver_err(what: &str) -> impl Fn(cudarc::driver::DriverError) -> Error + '_ {
+    move |e| backend_err(format!("{what}: {e}"))
+}
+
+impl Cuda {
+    /// Opens device `ordinal` and loads the kernels. Fails with a message saying what is
+    /// missing (no driver library, no such device, no kernels) instead of panicking.
+    pub fn new(ordinal: usize) -> Result<Cuda> {
+        if !crate::driver_present() {
+            return Err(backend_err("the CUDA driver library (libcuda.so) is not present on this machine"));
+        }
+        let ctx = CudaContext::new(ordinal).map_err(driver_err("opening the device"))?;
+        let name = ctx.name().map_err(driver_err("reading the device name"))?;
+        let (major, minor) = ctx.compute_capability().map_err(driver_err("reading the compute capability"))?;
+        let sm = major as u32 * 10 + minor as u32;
+        if sm < 80 {
+            return Err(backend_err(format!("{name} is sm_{sm}; the CUDA backend needs sm_80 (Ampere) or newer")));
+        }
+        let stream = ctx.default_stream();
+        let mut modules = Vec::new();
+        let mut functions = HashMap::new();
+        for (stem, ptx) in load_ptx(sm)? {
+            let module = ctx
+                .load_module(cudarc::nvrtc::Ptx::from_src(ptx))
+                .map_err(driver_err(&format!("loading the {stem} kernels")))?;
+            for f in kernel_names(SOURCES.iter().find(|s| s.name == stem).map_or("", |s| s.src)) {
+                let func = module.load_function(&f).map_err(driver_err(&format!("finding kernel {f}")))?;
+                functions.insert(f, func);
+            }
+            modules.push(module);
+        }
+        let caps = Caps {
+            weight_dtypes: vec![DType::F32, DType::F16, DType::BF16, DType::F8E4M3, DType::I8],
+            act_dtype: DType::BF16,
+            sm: Some(sm),
+            fp8: sm >= 89,
+        };
+        Ok(Cuda { inner: Arc::new(Inner { ctx, stream, _modules: modules, functions, caps, name }) })
+    }
+
+    /// The device's name.
+    pub fn device_name(&self) -> &str {
+        &self.inner.name
+    }
+
+    /// The stream every operation is queued on.
+    pub fn stream(&self) -> &Arc<CudaStream> {
+        &self.inner.stream
+    }
+
+    /// The context.
+    pub fn context(&self) -> &Arc<CudaContext> {
+        &self.inner.ctx
+    }
+
+    /// A loaded kernel by its exported name (`norm_bf16`).
+    pub fn function(&self, name: &str) -> Result<&CudaFunction> {
+        self.inner.functions.get(name).ok_or_else(|| backend_err(format!("no kernel named {name}")))
+    }
+}
+
+/// The exported kernel names of a source: the `extern "C" __global__` functions its
+/// instantiation macros produce, expanded for f32/f16/bf16 (and for the page kinds of attention).
+pub fn kernel_names(src: &str) -> Vec<String> {
+    let types = ["f32", "f16", "bf16"];
+    let pages = ["same", "e4m3", "i8"];
+    let mut names = Vec::new();
+    for line in src.lines() {
+        let Some(rest) = line.split("extern \"C\" __global__ void ").nth(1) else { continue };
+        let Some(stem) = rest.split("##N").next() else { continue };
+        if !rest.contains("##N") {
+            continue;
+        }
+        if rest.contains("##PN") {
+            for t in types {
+                for p in pages {
+                    names.push(format!("{stem}{t}_{p}"));
+                }
+            }
+        } else {
+            names.extend(types.iter().map(|t| format!("{stem}{t}")));
+        }
+    }
+    names
+}
+
+/// PTX of every kernel file for compute capability `sm`: from `TURBINE_CUDA_PTX` if set, else
+/// compiled by NVRTC.
+fn load_ptx(sm: u32) -> Result<Vec<(&'static str, String)>> {
+    if let Some(dir) = std::env::var_os("TURBINE_CUDA_PTX") {
+        let dir = PathBuf::from(dir);
+        return SOURCES
+            .iter()
+            .map(|s| {
+                let p = dir.join(format!("{}.ptx", s.name));
+                std::fs::read_to_string(&p)
+                    .map(|ptx| (s.name, ptx))
+                    .map_err(|e| backend_err(format!("{}: {e} (TURBINE_CUDA_PTX)", p.display())))
+            })
+            .collect();
+    }
+    if !crate::nvrtc::nvrtc_present() {
+        return Err(backend_err(
+            "cannot compile the kernels: NVRTC (libnvrtc.so.13) is not on the library path; \
+             set TURBINE_CUDA_PTX to a folder of PTX from `cargo xtask kernels`",
+        ));
+    }
+    let arch: &'static str = match sm {
+        90 => "compute_90a",
+        89 => "compute_89",
+        86 => "compute_86",
+        _ => "compute_80",
+    };
+    let include: Vec<PathBuf> = std::env::var_os("TURBINE_CUDA_INCLUDE").map(PathBuf::from).into_iter().collect();
+    SOURCES.iter().map(|s| Ok((s.name, crate::nvrtc::compile_ptx(s, arch, &include)?))).collect()
+}
+
+/// Bytes of `numel` values of `dtype`.
+fn byte_len(dtype: DType, numel: usize) -> Result<usize> {
+    dtype.bytes_for(numel).ok_or_else(|| backend_err(format!("{numel} values of {dtype} do not fill whole blocks")))
+}
+
+impl Backend for Cuda {
+    type Buffer = CudaBuf;
+
+    fn name(&self) -> &'static str {
+        "cuda"
+    }
+
+    fn caps(&self) -> &Caps {
+        &self.inner.caps
+    }
+
+    fn alloc(&self, shape: &Shape, dtype: DType) -> Result<Tensor<Self>> {
+        let n = shape.numel();
+        let bytes =
+            self.inner.stream.alloc_zeros::<u8>(byte_len(dtype, n)?.max(1)).map_err(driver_err("allocating"))?;
+        Ok(Tensor::from_parts(CudaBuf { bytes }, shape.clone(), dtype, n))
+    }
+
+    fn upload(&self, host: &HostTensor<'_>) -> Result<Tensor<Self>> {
+        let bytes = self.inner.stream.clone_htod(host.bytes()).map_err(driver_err("copying to the device"))?;
+        let n = host.shape().numel();
+        Ok(Tensor::from_parts(CudaBuf { bytes }, host.shape().clone(), host.dtype(), n))
+    }
+
+    fn upload_weight(&self, host: &HostTensor<'_>) -> Result<Tensor<Self>> {
+        if !self.inner.caps.weight_dtypes.contains(&host.dtype()) {
+            return Err(Error::Unsupported { op: "upload_weight", dtype: host.dtype(), backend: "cuda" });
+        }
+        self.upload(host)
+    }
+
+    fn write(&self, dst: &mut Tensor<Self>, host: &HostTensor<'_>) -> Result<()> {
+        if dst.dtype() != host.dtype() {
+            return Err(Error::invalid("write", format!("{} data into a {} tensor", host.dtype(), dst.dtype())));
+        }
+        let n = host.shape().numel();
+        if n > dst.capacity() {
+            return Err(Error::invalid("write", format!("{n} values into a tensor of capacity {}", dst.capacity())));
+        }
+        let len = host.bytes().len();
+        let stream = self.inner.stream.clone();
+        let mut view = dst.buf_mut().bytes.slice_mut(..len);
+        stream.memcpy_htod(host.bytes(), &mut view).map_err(driver_err("copying to the device"))?;
+        dst.reshape(host.shape().clone())
+    }
+
+    fn download(&self, t: &Tensor<Self>) -> Result<HostTensor<'static>> {
+        let len = byte_len(t.dtype(), t.shape().numel())?;
+        let view = t.buf().bytes.slice(..len);
+        let bytes = self.inner.stream.clone_dtoh(&view).map_err(driver_err("copying from the device"))?;
+        HostTensor::new(t.shape().clone(), t.dtype(), bytes)
+    }
+
+    fn sync(&self) -> Result<()> {
+        self.inner.stream.synchronize().map_err(driver_err("waiting for the device"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kernel_names_follow_the_instantiation_macros() {
+        let norm = SOURCES.iter().find(|s| s.name == "norm").unwrap();
+        let names = kernel_names(norm.src);
+        assert!(names.contains(&"norm_bf16".to_string()) && names.contains(&"head_norm_f32".to_string()), "{names:?}");
+        let attn = SOURCES.iter().find(|s| s.name == "attention").unwrap();
+        let names = kernel_names(attn.src);
+        assert_eq!(names.len(), 18, "{names:?}");
+        assert!(names.contains(&"paged_attention_bf16_e4m3".to_string()));
+        // Every source exports something.
+        assert!(SOURCES.iter().all(|s| !kernel_names(s.src).is_empty()));
+    }
+
+    /// Runs where there is a GPU; elsewhere it checks that opening the backend fails with a
+    /// message instead of panicking.
+    #[test]
+    fn round_trip_or_a_clear_error() {
+        match Cuda::new(0) {
+            Ok(cuda) => {
+                let host = HostTensor::from_f32([2, 3], &[1.0, 2.0, 3.0, 4.0, 5.0, 6.0]).unwrap();
+                let t = cuda.upload(&host).unwrap();
+                assert_eq!(cuda.download(&t).unwrap().to_f32().unwrap(), host.to_f32().unwrap());
+                let mut z = cuda.alloc(&[4, 3].into(), DType::F32).unwrap();
+                cuda.write(&mut z, &host).unwrap();
+                assert_eq!(z.shape().dims(), &[2, 3]);
+                assert_eq!(cuda.download(&z).unwrap().to_f32().unwrap(), host.to_f32().unwrap());
+            }
+            Err(e) => {
+                println!("skipped: no usable CUDA device here ({e})");
+                assert!(e.to_string().contains("cuda"), "{e}");
+            }
+        }
+    }
+}
