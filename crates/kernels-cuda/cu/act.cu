@@ -1,18 +1,6 @@
 // Gated activations: out[t, j] = act(gate_up[t, j]) * gate_up[t, f + j], and plain activations.
-// act: 0 SiLU, 1 GELU (tanh approximation), 2 GELU (erf), 3 ReLU.
+// act: as `activate` in common.cuh.
 #include "common.cuh"
-
-__device__ __forceinline__ float activate(float x, int act) {
-    switch (act) {
-        case 0: return x / (1.f + __expf(-x));
-        case 1: {
-            const float k = 0.7978845608028654f;  // sqrt(2 / pi)
-            return 0.5f * x * (1.f + tanhf(k * (x + 0.044715f * x * x * x)));
-        }
-        case 2: return 0.5f * x * (1.f + erff(x * 0.7071067811865476f));
-        default: return fmaxf(x, 0.f);
-    }
-}
 
 template <typename T>
 __device__ void gated_act(const T* gate_up, T* out, u32 rows, u32 f, int act) {

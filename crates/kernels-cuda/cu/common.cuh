@@ -81,5 +81,18 @@ __device__ float block_max(float v) {
     return r;
 }
 
+// Activations: 0 SiLU, 1 GELU (tanh approximation), 2 GELU (erf), 3 ReLU.
+__device__ __forceinline__ float activate(float x, int act) {
+    switch (act) {
+        case 0: return x / (1.f + __expf(-x));
+        case 1: {
+            const float k = 0.7978845608028654f;  // sqrt(2 / pi)
+            return 0.5f * x * (1.f + tanhf(k * (x + 0.044715f * x * x * x)));
+        }
+        case 2: return 0.5f * x * (1.f + erff(x * 0.7071067811865476f));
+        default: return fmaxf(x, 0.f);
+    }
+}
+
 // Instantiates `NAME_f32`, `NAME_f16` and `NAME_bf16` from a template kernel body macro.
 #define TURBINE_FOR_TYPES(M) M(f32, float) M(f16, __half) M(bf16, __nv_bfloat16)

@@ -35,13 +35,14 @@ __device__ void quantize_rows(const T* x, const float* smooth, const float* stat
 TURBINE_FOR_TYPES(QUANT)
 
 // Dequantisation of E4M3 or INT8 weights [n, k] with per-row scales into T (for the fallback
-// 16-bit products where the GPU has no FP8 tensor cores): out = code * scale[row].
+// 16-bit products where the GPU has no FP8 tensor cores): out = code * scale[row], or the code
+// alone without scales (exact in bf16 for INT8; the product's epilogue applies the scales).
 template <typename T>
 __device__ void dequant_rows(const u8* codes, const float* scales, T* out, u32 n, u32 k, int int8) {
     size_t total = (size_t)n * k;
     for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < total; i += (size_t)gridDim.x * blockDim.x) {
         float v = int8 ? (float)(signed char)codes[i] : e4m3_to_f32(codes[i]);
-        out[i] = from_f<T>(v * scales[i / k]);
+        out[i] = from_f<T>(scales ? v * scales[i / k] : v);
     }
 }
 

@@ -2,15 +2,15 @@
 //!
 //! Buffers are untyped device bytes ([`CudaBuf`]); a [`Tensor`]'s dtype says how to read them.
 //! Tensors keep the storage type they were uploaded in (f32 stays f32, f16/bf16/E4M3/INT8 stay
-//! as they are): the ops convert to the activation type ([`Caps::act_dtype`], bf16) as they read.
+//! as they are). Activations are f32 in this first version ([`Caps::act_dtype`]), as on the CPU;
+//! the products convert their input to the weights' type (see [`crate::ops`]).
 //!
 //! Kernels are PTX: compiled at start-up by NVRTC when `libnvrtc.so.13` can be loaded (with the
 //! CUDA headers from `TURBINE_CUDA_INCLUDE`), or read from `TURBINE_CUDA_PTX`, a folder of the
 //! `NAME.ptx` files `cargo xtask kernels` writes for one architecture (`target/kernels/sm_90a`),
 //! so that a machine without NVRTC can run binaries built elsewhere.
 //!
-//! Status: memory and module loading are written and compile-checked here; no GPU has run them
-//! yet, and the `Ops` implementation over the kernels is the next step.
+//! Status: written and compile-checked here; no GPU has run any of it yet.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -44,6 +44,9 @@ struct Inner {
     /// Kernel modules by file stem, kept alive for their functions.
     _modules: Vec<Arc<CudaModule>>,
     functions: HashMap<String, CudaFunction>,
+    /// cuBLASLt, with its workspace (declared first: dropped before the workspace).
+    blas: crate::gemm::Blas,
+    _workspace: CudaSlice<u8>,
     caps: Caps,
     name: String,
 }
@@ -89,13 +92,23 @@ impl Cuda {
             }
             modules.push(module);
         }
+        // cuBLASLt's recommended workspace: 32 MiB on Hopper, 4 MiB before.
+        let ws_bytes = if sm >= 90 { 32 << 20 } else { 4 << 20 };
+        let workspace = stream.alloc_zeros::<u8>(ws_bytes).map_err(driver_err("allocating the cuBLASLt workspace"))?;
+        let ws_addr = {
+            use cudarc::driver::DevicePtr;
+            let (p, _sync) = workspace.device_ptr(&stream);
+            p
+        };
+        let blas = crate::gemm::Blas::new(ws_addr, ws_bytes)?;
         let caps = Caps {
             weight_dtypes: vec![DType::F32, DType::F16, DType::BF16, DType::F8E4M3, DType::I8],
-            act_dtype: DType::BF16,
+            act_dtype: DType::F32,
             sm: Some(sm),
             fp8: sm >= 89,
         };
-        Ok(Cuda { inner: Arc::new(Inner { ctx, stream, _modules: modules, functions, caps, name }) })
+        let inner = Inner { ctx, stream, _modules: modules, functions, blas, _workspace: workspace, caps, name };
+        Ok(Cuda { inner: Arc::new(inner) })
     }
 
     /// The device's name.
@@ -113,6 +126,11 @@ impl Cuda {
         &self.inner.ctx
     }
 
+    /// cuBLASLt.
+    pub(crate) fn blas(&self) -> Result<&crate::gemm::Blas> {
+        Ok(&self.inner.blas)
+    }
+
     /// A loaded kernel by its exported name (`norm_bf16`).
     pub fn function(&self, name: &str) -> Result<&CudaFunction> {
         self.inner.functions.get(name).ok_or_else(|| backend_err(format!("no kernel named {name}")))
@@ -127,10 +145,12 @@ pub fn kernel_names(src: &str) -> Vec<String> {
     let mut names = Vec::new();
     for line in src.lines() {
         let Some(rest) = line.split("extern \"C\" __global__ void ").nth(1) else { continue };
-        let Some(stem) = rest.split("##N").next() else { continue };
         if !rest.contains("##N") {
+            // A plain kernel: its name is what precedes the parameter list.
+            names.extend(rest.split('(').next().map(str::to_string));
             continue;
         }
+        let Some(stem) = rest.split("##N").next() else { continue };
         if rest.contains("##PN") {
             for t in types {
                 for p in pages {

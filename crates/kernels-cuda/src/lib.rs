@@ -1,13 +1,15 @@
 //! The CUDA backend. So far it probes the machine (the driver library is loaded dynamically, so
 //! the crate builds and runs where no CUDA is installed) and holds the kernels' CUDA C sources
 //! (`cu/`) with their NVRTC compilation (`cargo xtask kernels` compile-checks them for sm_80,
-//! sm_89 and sm_90a) and the device layer ([`Cuda`]: memory and kernel modules behind
-//! `Backend`). The `Ops` implementation over the kernels is not written yet, so every model runs
-//! on the CPU backend; nothing here has run on a GPU yet.
+//! sm_89 and sm_90a), the device layer ([`Cuda`]: memory and kernel modules behind `Backend`) and
+//! `Ops` over the kernels and cuBLASLt. Nothing here has run on a GPU yet: it is compile-checked
+//! only, and `--backend cuda` is not wired to it until it has been verified on one.
 #![warn(missing_docs)]
 
 pub mod device;
+pub mod gemm;
 pub mod nvrtc;
+pub mod ops;
 pub mod sources;
 
 pub use device::{Cuda, CudaBuf};

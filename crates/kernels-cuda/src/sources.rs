@@ -22,6 +22,7 @@ pub const SOURCES: &[KernelSource] = &[
     KernelSource { name: "fp8", src: include_str!("../cu/fp8.cu") },
     KernelSource { name: "attention", src: include_str!("../cu/attention.cu") },
     KernelSource { name: "sample", src: include_str!("../cu/sample.cu") },
+    KernelSource { name: "gemm", src: include_str!("../cu/gemm.cu") },
 ];
 
 impl KernelSource {

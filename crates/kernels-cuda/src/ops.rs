@@ -1,0 +1,508 @@
+//! [`Ops`] on the GPU: each op checks its shapes like kernels-ref, then queues the kernels of
+//! `cu/` (and cuBLASLt for the products) on the backend's stream.
+//!
+//! Activations are f32 in this first version, as on the CPU, so that models run unchanged and
+//! the numbers can be compared with the oracle op by op; the products read their weights as
+//! stored:
+//!
+//! | weights | product |
+//! |---|---|
+//! | f32 | f32 cuBLASLt |
+//! | f16, bf16 | input converted to the weights' type, 16-bit tensor cores, f32 accumulation |
+//! | FP8 E4M3 with `quant_x` (W8A8) | input quantised per token (or static scale, with smoothing), FP8 tensor cores on sm_89+; elsewhere both sides widened to bf16 (exact: E4M3 fits bf16) |
+//! | FP8 E4M3 or INT8, f32 input | weights widened to f32 on the fly, f32 product |
+//!
+//! then one epilogue kernel applies the input and weight scales, bias, activation and
+//! accumulation. Not yet run on a GPU.
+
+use cudarc::driver::{CudaSlice, DevicePtr, LaunchConfig, PushKernelArg};
+use turbine_core::{
+    alibi_slopes, Act, AttnMeta, AttnParams, Backend, DType, Epilogue, Error, HostTensor, KvPages, NormKind, Ops,
+    QkvLayout, Resid, Result, RopeTable, Tensor, XQuant,
+};
+
+use crate::device::Cuda;
+
+/// One kernel argument.
+#[derive(Clone, Copy)]
+enum Arg {
+    /// A device address (0 for a null pointer).
+    Ptr(u64),
+    U32(u32),
+    I32(i32),
+    F32(f32),
+    U64(u64),
+}
+
+fn u32_of(op: &'static str, v: usize) -> Result<u32> {
+    u32::try_from(v).map_err(|_| Error::invalid(op, format!("{v} does not fit a 32-bit kernel argument")))
+}
+
+/// Threads per block: `want` rounded up to a warp, within 32..=1024.
+fn threads(want: usize) -> u32 {
+    (want.div_ceil(32) * 32).clamp(32, 1024) as u32
+}
+
+fn act_code(a: Act) -> i32 {
+    match a {
+        Act::Silu => 0,
+        Act::GeluTanh => 1,
+        Act::Gelu => 2,
+        Act::Relu => 3,
+    }
+}
+
+impl Cuda {
+    fn addr(&self, s: &CudaSlice<u8>) -> u64 {
+        let (p, _sync) = s.device_ptr(self.stream());
+        p
+    }
+
+    fn ptr(&self, t: &Tensor<Cuda>) -> u64 {
+        self.addr(t.buf().bytes())
+    }
+
+    fn opt(&self, t: Option<&Tensor<Cuda>>) -> u64 {
+        t.map_or(0, |t| self.ptr(t))
+    }
+
+    fn scratch(&self, bytes: usize) -> Result<CudaSlice<u8>> {
+        self.stream()
+            .alloc_zeros::<u8>(bytes.max(1))
+            .map_err(|e| Error::Backend { backend: "cuda", msg: format!("allocating scratch: {e}") })
+    }
+
+    fn launch(&self, name: &str, grid: (u32, u32, u32), block: u32, args: &[Arg]) -> Result<()> {
+        let f = self.function(name)?;
+        let stream = self.stream();
+        let mut b = stream.launch_builder(f);
+        for a in args {
+            match a {
+                Arg::Ptr(v) | Arg::U64(v) => b.arg(v),
+                Arg::U32(v) => b.arg(v),
+                Arg::I32(v) => b.arg(v),
+                Arg::F32(v) => b.arg(v),
+            };
+        }
+        let cfg = LaunchConfig { grid_dim: grid, block_dim: (block, 1, 1), shared_mem_bytes: 0 };
+        // SAFETY: the argument list matches the kernel's signature in cu/ (checked by the op
+        // wrappers below, which also check every buffer's size against the shapes).
+        unsafe { b.launch(cfg) }
+            .map(|_| ())
+            .map_err(|e| Error::Backend { backend: "cuda", msg: format!("launching {name}: {e}") })
+    }
+
+    /// Blocks for a grid-stride loop over `n` elements with 256 threads.
+    fn stride_blocks(n: usize) -> u32 {
+        n.div_ceil(256).clamp(1, 65_535) as u32
+    }
+
+    fn f32_only(&self, op: &'static str, t: &Tensor<Cuda>) -> Result<()> {
+        t.expect_dtype(op, DType::F32, "cuda")
+    }
+}
+
+impl Ops for Cuda {
+    fn matmul(
+        &self,
+        x: &Tensor<Self>,
+        w: &Tensor<Self>,
+        epi: Epilogue<'_, Self>,
+        out: &mut Tensor<Self>,
+    ) -> Result<()> {
+        const OP: &str = "matmul";
+        let (m, k, n) = (x.rows(), x.cols(), w.rows());
+        self.f32_only(OP, x)?;
+        self.f32_only(OP, out)?;
+        if w.cols() != k {
+            return Err(Error::Shape { op: OP, expected: [n, k].into(), got: w.shape().clone() });
+        }
+        out.expect_shape(OP, &[m, n])?;
+        for (t, len) in [(epi.bias, n), (epi.scale, n), (epi.smooth, k)] {
+            if let Some(t) = t {
+                t.expect_shape(OP, &[len])?;
+                self.f32_only(OP, t)?;
+            }
+        }
+        if epi.smooth.is_some() && epi.quant_x.is_none() {
+            return Err(Error::invalid(OP, "input smoothing without input quantisation"));
+        }
+        if m == 0 || n == 0 {
+            return Ok(());
+        }
+        let blas = self.blas()?;
+        let stream = self.stream().cu_stream() as _;
+        let acc = self.scratch(m * n * 4)?;
+        let acc_p = self.addr(&acc);
+        let (mu, nu, ku) = (u32_of(OP, m)?, u32_of(OP, n)?, u32_of(OP, k)?);
+        let mut row_scale = None;
+        // Widens 8-bit weights (codes only; the scales go to the epilogue) to `to`.
+        let widen = |to: DType| -> Result<CudaSlice<u8>> {
+            let buf = self.scratch(n * k * to.bytes_for(1).unwrap_or(4))?;
+            let name = if to == DType::BF16 { "dequant_rows_bf16" } else { "dequant_rows_f32" };
+            let int8 = i32::from(w.dtype() == DType::I8);
+            let args = [
+                Arg::Ptr(self.ptr(w)),
+                Arg::Ptr(0),
+                Arg::Ptr(self.addr(&buf)),
+                Arg::U32(nu),
+                Arg::U32(ku),
+                Arg::I32(int8),
+            ];
+            self.launch(name, (Self::stride_blocks(n * k), 1, 1), 256, &args)?;
+            Ok(buf)
+        };
+        match (w.dtype(), epi.quant_x) {
+            (DType::F32, None) => {
+                blas.matmul(stream, self.ptr(x), DType::F32, self.ptr(w), DType::F32, acc_p, (m, n, k))?
+            }
+            (wt @ (DType::F16 | DType::BF16), None) => {
+                let xs = self.scratch(m * k * 2)?;
+                let name = if wt == DType::BF16 { "convert_from_f32_bf16" } else { "convert_from_f32_f16" };
+                let args = [Arg::Ptr(self.ptr(x)), Arg::Ptr(self.addr(&xs)), Arg::U64((m * k) as u64)];
+                self.launch(name, (Self::stride_blocks(m * k), 1, 1), 256, &args)?;
+                blas.matmul(stream, self.addr(&xs), wt, self.ptr(w), wt, acc_p, (m, n, k))?;
+            }
+            (DType::F8E4M3 | DType::I8, None) => {
+                let wf = widen(DType::F32)?;
+                blas.matmul(stream, self.ptr(x), DType::F32, self.addr(&wf), DType::F32, acc_p, (m, n, k))?;
+            }
+            (DType::F8E4M3, Some(q)) => {
+                let codes = self.scratch(m * k)?;
+                let rs = self.scratch(m * 4)?;
+                let fixed = match q {
+                    XQuant::Fp8PerToken => 0,
+                    XQuant::Fp8Static(s) => {
+                        s.expect_shape(OP, &[1])?;
+                        self.ptr(s)
+                    }
+                };
+                let args = [
+                    Arg::Ptr(self.ptr(x)),
+                    Arg::Ptr(self.opt(epi.smooth)),
+                    Arg::Ptr(fixed),
+                    Arg::Ptr(self.addr(&codes)),
+                    Arg::Ptr(self.addr(&rs)),
+                    Arg::U32(ku),
+                ];
+                self.launch("fp8_quantize_rows_f32", (mu, 1, 1), 256, &args)?;
+                if self.caps().fp8 {
+                    blas.matmul(
+                        stream,
+                        self.addr(&codes),
+                        DType::F8E4M3,
+                        self.ptr(w),
+                        DType::F8E4M3,
+                        acc_p,
+                        (m, n, k),
+                    )?;
+                } else {
+                    // No FP8 tensor cores: both sides as bf16 (exact), same products.
+                    let xs = self.scratch(m * k * 2)?;
+                    let args = [
+                        Arg::Ptr(self.addr(&codes)),
+                        Arg::Ptr(0),
+                        Arg::Ptr(self.addr(&xs)),
+                        Arg::U32(mu),
+                        Arg::U32(ku),
+                        Arg::I32(0),
+                    ];
+                    self.launch("dequant_rows_bf16", (Self::stride_blocks(m * k), 1, 1), 256, &args)?;
+                    let wb = widen(DType::BF16)?;
+                    blas.matmul(stream, self.addr(&xs), DType::BF16, self.addr(&wb), DType::BF16, acc_p, (m, n, k))?;
+                }
+                row_scale = Some(rs);
+            }
+            (dtype, Some(_)) => {
+                return Err(Error::invalid(OP, format!("FP8 input quantisation needs FP8 weights, not {dtype}")))
+            }
+            (dtype, None) => return Err(Error::Unsupported { op: OP, dtype, backend: "cuda" }),
+        }
+        let args = [
+            Arg::Ptr(acc_p),
+            Arg::Ptr(row_scale.as_ref().map_or(0, |r| self.addr(r))),
+            Arg::Ptr(self.opt(epi.scale)),
+            Arg::Ptr(self.opt(epi.bias)),
+            Arg::I32(epi.act.map_or(-1, act_code)),
+            Arg::I32(i32::from(epi.accumulate)),
+            Arg::Ptr(self.ptr(out)),
+            Arg::U32(mu),
+            Arg::U32(nu),
+        ];
+        self.launch("epilogue_f32", (Self::stride_blocks(m * n), 1, 1), 256, &args)
+    }
+
+    fn norm(
+        &self,
+        x: &Tensor<Self>,
+        w: &Tensor<Self>,
+        b: Option<&Tensor<Self>>,
+        kind: NormKind,
+        resid: Resid<'_, Self>,
+        out: &mut Tensor<Self>,
+    ) -> Result<()> {
+        const OP: &str = "norm";
+        let (t, h) = (x.rows(), x.cols());
+        for v in [x, w, &*out] {
+            self.f32_only(OP, v)?;
+        }
+        w.expect_shape(OP, &[h])?;
+        if let Some(b) = b {
+            b.expect_shape(OP, &[h])?;
+        }
+        out.expect_shape(OP, &[t, h])?;
+        let (mode, r) = match resid {
+            Resid::None => (0, 0),
+            Resid::Before(r) => {
+                r.expect_shape(OP, &[t, h])?;
+                (1, self.ptr(r))
+            }
+            Resid::After(r) => {
+                r.expect_shape(OP, &[t, h])?;
+                (2, self.ptr(r))
+            }
+        };
+        let (eps, offset, layer) = match kind {
+            NormKind::Rms { eps, offset } => (eps, offset, 0),
+            NormKind::Layer { eps } => (eps, 0.0, 1),
+        };
+        if t == 0 {
+            return Ok(());
+        }
+        let args = [
+            Arg::Ptr(self.ptr(x)),
+            Arg::Ptr(self.ptr(w)),
+            Arg::Ptr(self.opt(b)),
+            Arg::Ptr(r),
+            Arg::I32(mode),
+            Arg::Ptr(self.ptr(out)),
+            Arg::U32(u32_of(OP, h)?),
+            Arg::F32(eps),
+            Arg::F32(offset),
+            Arg::I32(layer),
+        ];
+        self.launch("norm_f32", (u32_of(OP, t)?, 1, 1), 256, &args)
+    }
+
+    fn head_norm(
+        &self,
+        qkv: &mut Tensor<Self>,
+        l: QkvLayout,
+        wq: &Tensor<Self>,
+        wk: &Tensor<Self>,
+        kind: NormKind,
+    ) -> Result<()> {
+        const OP: &str = "head_norm";
+        let NormKind::Rms { eps, offset } = kind else {
+            return Err(Error::invalid(OP, "per-head norms are RMS norms"));
+        };
+        let t = qkv.rows();
+        qkv.expect_shape(OP, &[t, l.width()])?;
+        wq.expect_shape(OP, &[l.head_dim])?;
+        wk.expect_shape(OP, &[l.head_dim])?;
+        if t == 0 {
+            return Ok(());
+        }
+        let args = [
+            Arg::Ptr(self.ptr(qkv)),
+            Arg::Ptr(self.ptr(wq)),
+            Arg::Ptr(self.ptr(wk)),
+            Arg::U32(u32_of(OP, l.q_heads)?),
+            Arg::U32(u32_of(OP, l.kv_heads)?),
+            Arg::U32(u32_of(OP, l.head_dim)?),
+            Arg::F32(eps),
+            Arg::F32(offset),
+        ];
+        self.launch("head_norm_f32", (u32_of(OP, t * (l.q_heads + l.kv_heads))?, 1, 1), threads(l.head_dim), &args)
+    }
+
+    fn rope(&self, qkv: &mut Tensor<Self>, pos: &Tensor<Self>, table: &RopeTable<Self>, l: QkvLayout) -> Result<()> {
+        const OP: &str = "rope";
+        let t = qkv.rows();
+        qkv.expect_shape(OP, &[t, l.width()])?;
+        pos.expect_shape(OP, &[t])?;
+        let half = table.rot_dim / 2;
+        if table.rot_dim % 2 != 0 || table.rot_dim > l.head_dim || table.cos.cols() != half {
+            return Err(Error::invalid(
+                OP,
+                format!("rotary tables of {} columns for rot_dim {}", table.cos.cols(), table.rot_dim),
+            ));
+        }
+        if t == 0 || half == 0 {
+            return Ok(());
+        }
+        let args = [
+            Arg::Ptr(self.ptr(qkv)),
+            Arg::Ptr(self.ptr(pos)),
+            Arg::Ptr(self.ptr(&table.cos)),
+            Arg::Ptr(self.ptr(&table.sin)),
+            Arg::U32(u32_of(OP, l.q_heads)?),
+            Arg::U32(u32_of(OP, l.kv_heads)?),
+            Arg::U32(u32_of(OP, l.head_dim)?),
+            Arg::U32(u32_of(OP, table.rot_dim)?),
+        ];
+        self.launch("rope_f32", (u32_of(OP, t)?, u32_of(OP, l.q_heads + l.kv_heads)?, 1), threads(half), &args)
+    }
+
+    fn kv_store(&self, qkv: &Tensor<Self>, l: QkvLayout, meta: &AttnMeta<Self>, kv: &mut KvPages<Self>) -> Result<()> {
+        const OP: &str = "kv_store";
+        let t = qkv.rows();
+        qkv.expect_shape(OP, &[t, l.width()])?;
+        meta.slots.expect_shape(OP, &[t])?;
+        let kind = page_kind(OP, kv)?;
+        if l.head_dim > 512 {
+            return Err(Error::invalid(OP, format!("head_dim {} > 512", l.head_dim)));
+        }
+        if t == 0 {
+            return Ok(());
+        }
+        let args = [
+            Arg::Ptr(self.ptr(qkv)),
+            Arg::Ptr(self.ptr(&meta.slots)),
+            Arg::Ptr(self.ptr(&kv.k)),
+            Arg::Ptr(self.ptr(&kv.v)),
+            Arg::Ptr(self.opt(kv.k_scales.as_ref())),
+            Arg::Ptr(self.opt(kv.v_scales.as_ref())),
+            Arg::Ptr(self.opt(kv.k_shift.as_ref())),
+            Arg::U32(u32_of(OP, l.q_heads)?),
+            Arg::U32(u32_of(OP, l.kv_heads)?),
+            Arg::U32(u32_of(OP, l.head_dim)?),
+            Arg::U32(u32_of(OP, kv.block_size)?),
+        ];
+        self.launch(
+            &format!("kv_store_f32_{kind}"),
+            (u32_of(OP, t)?, u32_of(OP, l.kv_heads)?, 1),
+            threads(l.head_dim),
+            &args,
+        )
+    }
+
+    fn paged_attention(
+        &self,
+        qkv: &Tensor<Self>,
+        l: QkvLayout,
+        kv: &KvPages<Self>,
+        meta: &AttnMeta<Self>,
+        p: &AttnParams,
+        out: &mut Tensor<Self>,
+    ) -> Result<()> {
+        const OP: &str = "paged_attention";
+        let t = qkv.rows();
+        qkv.expect_shape(OP, &[t, l.width()])?;
+        out.expect_shape(OP, &[t, l.q_heads * l.head_dim])?;
+        let kind = page_kind(OP, kv)?;
+        if l.kv_heads == 0
+            || l.q_heads % l.kv_heads != 0
+            || l.head_dim > 512
+            || kv.block_size > 256
+            || kv.block_size == 0
+        {
+            return Err(Error::invalid(OP, format!("unsupported layout {l:?} with blocks of {}", kv.block_size)));
+        }
+        if t == 0 {
+            return Ok(());
+        }
+        let slopes = match p.alibi {
+            Some(_) => Some(self.upload(&HostTensor::from_f32([l.q_heads], &alibi_slopes(l.q_heads))?)?),
+            None => None,
+        };
+        let n_seqs = meta.seqs.rows();
+        let args = [
+            Arg::Ptr(self.ptr(qkv)),
+            Arg::Ptr(self.ptr(&kv.k)),
+            Arg::Ptr(self.ptr(&kv.v)),
+            Arg::Ptr(self.opt(kv.k_scales.as_ref())),
+            Arg::Ptr(self.opt(kv.v_scales.as_ref())),
+            Arg::Ptr(self.ptr(&meta.seqs)),
+            Arg::U32(u32_of(OP, n_seqs)?),
+            Arg::Ptr(self.ptr(&meta.block_tables)),
+            Arg::U32(u32_of(OP, meta.block_tables.cols())?),
+            Arg::U32(u32_of(OP, l.q_heads)?),
+            Arg::U32(u32_of(OP, l.kv_heads)?),
+            Arg::U32(u32_of(OP, l.head_dim)?),
+            Arg::U32(u32_of(OP, kv.block_size)?),
+            Arg::F32(p.scale),
+            Arg::U32(u32_of(OP, p.window.unwrap_or(0))?),
+            Arg::F32(p.alibi.unwrap_or(0.0)),
+            Arg::Ptr(self.opt(slopes.as_ref())),
+            Arg::Ptr(self.ptr(out)),
+        ];
+        self.launch(&format!("paged_attention_f32_{kind}"), (u32_of(OP, t)?, u32_of(OP, l.q_heads)?, 1), 128, &args)
+    }
+
+    fn gated_act(&self, gate_up: &Tensor<Self>, act: Act, out: &mut Tensor<Self>) -> Result<()> {
+        const OP: &str = "gated_act";
+        let (t, f) = (out.rows(), out.cols());
+        gate_up.expect_shape(OP, &[t, 2 * f])?;
+        if t * f == 0 {
+            return Ok(());
+        }
+        let args = [
+            Arg::Ptr(self.ptr(gate_up)),
+            Arg::Ptr(self.ptr(out)),
+            Arg::U32(u32_of(OP, t)?),
+            Arg::U32(u32_of(OP, f)?),
+            Arg::I32(act_code(act)),
+        ];
+        self.launch("gated_act_f32", (Self::stride_blocks(t * f), 1, 1), 256, &args)
+    }
+
+    fn gather_rows(
+        &self,
+        src: &Tensor<Self>,
+        ids: &Tensor<Self>,
+        scale: f32,
+        accumulate: bool,
+        out: &mut Tensor<Self>,
+    ) -> Result<()> {
+        const OP: &str = "gather_rows";
+        self.f32_only(OP, src)?;
+        let (n, cols) = (ids.shape().numel(), src.cols());
+        out.expect_shape(OP, &[n, cols])?;
+        // Ids come from the host each step and are few: checking them costs one small copy.
+        let host = self.download(ids)?.to_u32()?;
+        if let Some(bad) = host.iter().find(|&&i| i as usize >= src.rows()) {
+            return Err(Error::invalid(OP, format!("row {bad} of a {}-row table", src.rows())));
+        }
+        if n == 0 {
+            return Ok(());
+        }
+        let args = [
+            Arg::Ptr(self.ptr(src)),
+            Arg::Ptr(self.ptr(ids)),
+            Arg::F32(scale),
+            Arg::I32(i32::from(accumulate)),
+            Arg::Ptr(self.ptr(out)),
+            Arg::U32(u32_of(OP, src.rows())?),
+            Arg::U32(u32_of(OP, cols)?),
+        ];
+        self.launch("gather_rows_f32", (u32_of(OP, n)?, 1, 1), 256, &args)
+    }
+
+    fn softmax(&self, x: &mut Tensor<Self>) -> Result<()> {
+        const OP: &str = "softmax";
+        self.f32_only(OP, x)?;
+        if x.rows() == 0 {
+            return Ok(());
+        }
+        let args = [Arg::Ptr(self.ptr(x)), Arg::U32(u32_of(OP, x.cols())?)];
+        self.launch("softmax_f32", (u32_of(OP, x.rows())?, 1, 1), 256, &args)
+    }
+}
+
+/// The kernel suffix of a layer's pages: f32 (`same`), `e4m3` or `i8` (which need row scales).
+fn page_kind(op: &'static str, kv: &KvPages<Cuda>) -> Result<&'static str> {
+    if kv.k.dtype() != kv.v.dtype() {
+        return Err(Error::invalid(op, format!("keys are {} but values are {}", kv.k.dtype(), kv.v.dtype())));
+    }
+    let kind = match kv.k.dtype() {
+        DType::F32 => return Ok("same"),
+        DType::F8E4M3 => "e4m3",
+        DType::I8 => "i8",
+        other => return Err(Error::Unsupported { op, dtype: other, backend: "cuda" }),
+    };
+    if kv.k_scales.is_none() || kv.v_scales.is_none() {
+        return Err(Error::invalid(op, format!("{} pages without row scales", kv.k.dtype())));
+    }
+    Ok(kind)
+}

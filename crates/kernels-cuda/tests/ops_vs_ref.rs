@@ -1,0 +1,261 @@
+//! The op suite on CUDA against kernels-ref: every op of the `Ops` trait runs the same inputs on
+//! both backends and the results are compared with a tolerance per case (f32 kernels tightly;
+//! products with 16-bit inputs to bf16 precision). Where no GPU is usable the test says why and
+//! checks only that the backend refused cleanly.
+
+use turbine_core::fp8::{f32_to_e4m3, f32_to_i8, scale_for, E4M3_MAX, I8_MAX};
+use turbine_core::sampling::Rng;
+use turbine_core::{
+    Act, AttnMeta, AttnParams, DType, Epilogue, HostTensor, KvPages, NormKind, Ops, QkvLayout, Resid, RopeTable,
+    Tensor, XQuant,
+};
+use turbine_kernels_cuda::Cuda;
+use turbine_kernels_ref::Cpu;
+
+fn rand(n: usize, seed: u64, amp: f32) -> Vec<f32> {
+    let mut r = Rng::new(seed);
+    (0..n).map(|_| ((r.next_u64() >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0) * amp).collect()
+}
+
+fn up<B: Ops>(b: &B, shape: &[usize], v: &[f32]) -> Tensor<B> {
+    b.upload(&HostTensor::from_f32(shape, v).unwrap()).unwrap()
+}
+
+fn up_u32<B: Ops>(b: &B, shape: &[usize], v: &[u32]) -> Tensor<B> {
+    b.upload(&HostTensor::from_u32(shape, v).unwrap()).unwrap()
+}
+
+fn zeros<B: Ops>(b: &B, shape: &[usize]) -> Tensor<B> {
+    b.alloc(&shape.into(), DType::F32).unwrap()
+}
+
+fn get<B: Ops>(b: &B, t: &Tensor<B>) -> Vec<f32> {
+    b.download(t).unwrap().to_f32().unwrap()
+}
+
+/// One result of the suite with its tolerance (relative to the largest magnitude of the case).
+struct Out {
+    name: String,
+    values: Vec<f32>,
+    tol: f32,
+}
+
+fn weight<B: Ops>(b: &B, dtype: DType, w: &[f32], n: usize, k: usize) -> (Tensor<B>, Option<Tensor<B>>) {
+    let (bytes, scales): (Vec<u8>, Option<Vec<f32>>) = match dtype {
+        DType::F32 => (w.iter().flat_map(|v| v.to_le_bytes()).collect(), None),
+        DType::BF16 => (w.iter().flat_map(|&v| half::bf16::from_f32(v).to_le_bytes()).collect(), None),
+        DType::F16 => (w.iter().flat_map(|&v| half::f16::from_f32(v).to_le_bytes()).collect(), None),
+        DType::F8E4M3 => {
+            let s = scale_for(w.iter().fold(0f32, |a, v| a.max(v.abs())), E4M3_MAX);
+            (w.iter().map(|&v| f32_to_e4m3(v * (1.0 / s))).collect(), Some(vec![s; n]))
+        }
+        _ => {
+            let s: Vec<f32> =
+                w.chunks(k).map(|r| scale_for(r.iter().fold(0f32, |a, v| a.max(v.abs())), I8_MAX)).collect();
+            (w.iter().enumerate().map(|(i, &v)| f32_to_i8(v, s[i / k]) as u8).collect(), Some(s))
+        }
+    };
+    let t = b.upload_weight(&HostTensor::new([n, k], dtype, bytes).unwrap()).unwrap();
+    (t, scales.map(|s| up(b, &[n], &s)))
+}
+
+/// Runs every op on `b` and returns the named results.
+fn suite<B: Ops>(b: &B) -> Vec<Out> {
+    let mut outs = Vec::new();
+    let mut push = |name: String, values: Vec<f32>, tol: f32| outs.push(Out { name, values, tol });
+
+    // Products: every weight type, with the epilogue's parts.
+    let (m, k, n) = (5, 96, 40);
+    let x = rand(m * k, 1, 1.0);
+    let w = rand(n * k, 2, 0.3);
+    let bias = rand(n, 3, 0.5);
+    let xt = up(b, &[m, k], &x);
+    let bt = up(b, &[n], &bias);
+    let smooth = up(b, &[k], &rand(k, 4, 1.0).iter().map(|v| 0.5 + v.abs()).collect::<Vec<_>>());
+    let static_scale = up(b, &[1], &[0.004]);
+    for (dtype, tol) in
+        [(DType::F32, 1e-5), (DType::BF16, 1e-2), (DType::F16, 4e-3), (DType::F8E4M3, 1e-5), (DType::I8, 1e-5)]
+    {
+        let (wt, sc) = weight(b, dtype, &w, n, k);
+        let mut out = up(b, &[m, n], &rand(m * n, 5, 1.0));
+        let epi = Epilogue {
+            bias: Some(&bt),
+            act: Some(Act::Silu),
+            accumulate: true,
+            scale: sc.as_ref(),
+            ..Epilogue::none()
+        };
+        b.matmul(&xt, &wt, epi, &mut out).unwrap();
+        push(format!("matmul {dtype} bias silu accumulate"), get(b, &out), tol);
+        if dtype == DType::F8E4M3 {
+            for (q, sm) in [
+                (XQuant::Fp8PerToken, None),
+                (XQuant::Fp8Static(&static_scale), None),
+                (XQuant::Fp8PerToken, Some(&smooth)),
+            ] {
+                let mut out = zeros(b, &[m, n]);
+                let epi = Epilogue { scale: sc.as_ref(), quant_x: Some(q), smooth: sm, ..Epilogue::none() };
+                b.matmul(&xt, &wt, epi, &mut out).unwrap();
+                push(
+                    format!("matmul W8A8 static={} smooth={}", matches!(q, XQuant::Fp8Static(_)), sm.is_some()),
+                    get(b, &out),
+                    1e-4,
+                );
+            }
+        }
+    }
+
+    // Norms with the residual stream.
+    let (t, h) = (6, 80);
+    let xv = rand(t * h, 6, 2.0);
+    let wv = rand(h, 7, 1.0);
+    for (kind, mode) in [
+        (NormKind::Rms { eps: 1e-6, offset: 0.0 }, 1),
+        (NormKind::Rms { eps: 1e-6, offset: 1.0 }, 2),
+        (NormKind::Layer { eps: 1e-5 }, 0),
+    ] {
+        let mut r = up(b, &[t, h], &rand(t * h, 8, 1.0));
+        let mut out = zeros(b, &[t, h]);
+        let bias = up(b, &[h], &rand(h, 9, 0.2));
+        let resid = match mode {
+            1 => Resid::Before(&mut r),
+            2 => Resid::After(&mut r),
+            _ => Resid::None,
+        };
+        b.norm(
+            &up(b, &[t, h], &xv),
+            &up(b, &[h], &wv),
+            Some(&bias).filter(|_| matches!(kind, NormKind::Layer { .. })),
+            kind,
+            resid,
+            &mut out,
+        )
+        .unwrap();
+        push(format!("norm {kind:?} mode {mode}"), get(b, &out), 1e-5);
+        push(format!("norm {kind:?} mode {mode} residual"), get(b, &r), 1e-5);
+    }
+
+    // Per-head norm, rotary, gated activation, gather, softmax.
+    let l = QkvLayout { q_heads: 4, kv_heads: 2, head_dim: 32 };
+    let mut qkv = up(b, &[t, l.width()], &rand(t * l.width(), 10, 1.5));
+    b.head_norm(
+        &mut qkv,
+        l,
+        &up(b, &[32], &rand(32, 11, 1.0)),
+        &up(b, &[32], &rand(32, 12, 1.0)),
+        NormKind::Rms { eps: 1e-6, offset: 0.0 },
+    )
+    .unwrap();
+    push("head_norm".into(), get(b, &qkv), 1e-5);
+    let rot = 24;
+    let cos: Vec<f32> = (0..64 * rot / 2).map(|i| ((i as f32) * 0.37).cos()).collect();
+    let sin: Vec<f32> = (0..64 * rot / 2).map(|i| ((i as f32) * 0.37).sin()).collect();
+    let table = RopeTable { cos: up(b, &[64, rot / 2], &cos), sin: up(b, &[64, rot / 2], &sin), rot_dim: rot };
+    b.rope(&mut qkv, &up_u32(b, &[t], &[0, 3, 7, 8, 20, 63]), &table, l).unwrap();
+    push("rope partial".into(), get(b, &qkv), 1e-5);
+    for act in [Act::Silu, Act::GeluTanh, Act::Gelu, Act::Relu] {
+        let mut out = zeros(b, &[t, 50]);
+        b.gated_act(&up(b, &[t, 100], &rand(t * 100, 13, 3.0)), act, &mut out).unwrap();
+        push(format!("gated {act:?}"), get(b, &out), 1e-5);
+    }
+    let table_rows = up(b, &[30, h], &rand(30 * h, 14, 1.0));
+    let mut out = up(b, &[4, h], &rand(4 * h, 15, 1.0));
+    b.gather_rows(&table_rows, &up_u32(b, &[4], &[29, 0, 7, 7]), 1.5, true, &mut out).unwrap();
+    push("gather accumulate".into(), get(b, &out), 1e-6);
+    let mut sm = up(b, &[3, 500], &rand(1500, 16, 8.0));
+    b.softmax(&mut sm).unwrap();
+    push("softmax".into(), get(b, &sm), 1e-5);
+
+    // Paged KV cache: prefill of two sequences then a decode step, f32 and 8-bit pages,
+    // GQA, a window, ALiBi.
+    for (dtype, window, alibi) in [
+        (DType::F32, None, None),
+        (DType::F32, Some(5), None),
+        (DType::F32, None, Some(1.0)),
+        (DType::F8E4M3, None, None),
+        (DType::I8, Some(7), None),
+    ] {
+        let (bs, blocks) = (4, 12);
+        let shape = [blocks, l.kv_heads, bs, l.head_dim];
+        let eight = dtype != DType::F32;
+        let rows = blocks * l.kv_heads * bs;
+        let mut kv = KvPages {
+            k: b.alloc(&shape.into(), dtype).unwrap(),
+            v: b.alloc(&shape.into(), dtype).unwrap(),
+            block_size: bs,
+            k_shift: eight.then(|| up(b, &[l.kv_heads * l.head_dim], &rand(l.kv_heads * l.head_dim, 17, 0.5))),
+            k_scales: eight.then(|| zeros(b, &[rows])),
+            v_scales: eight.then(|| zeros(b, &[rows])),
+        };
+        let p = AttnParams { scale: 0.2, window, alibi };
+        // Sequence A: 9 tokens in blocks 3, 0, 5; B: 6 tokens in blocks 1, 7.
+        let (ta, tb) = (vec![3u32, 0, 5], vec![1u32, 7, 0]);
+        let slot = |bl: &[u32], pos: usize| bl[pos / bs] * bs as u32 + (pos % bs) as u32;
+        let mut step = |rows_a: std::ops::Range<usize>, rows_b: std::ops::Range<usize>, seed: u64| {
+            let n = rows_a.len() + rows_b.len();
+            let q = up(b, &[n, l.width()], &rand(n * l.width(), seed, 1.0));
+            let mut slots: Vec<u32> = rows_a.clone().map(|p| slot(&ta, p)).collect();
+            slots.extend(rows_b.clone().map(|p| slot(&tb, p)));
+            let meta = AttnMeta {
+                seqs: up_u32(
+                    b,
+                    &[2, 3],
+                    &[
+                        0,
+                        rows_a.len() as u32,
+                        rows_a.end as u32,
+                        rows_a.len() as u32,
+                        rows_b.len() as u32,
+                        rows_b.end as u32,
+                    ],
+                ),
+                block_tables: up_u32(b, &[2, 3], &[ta.clone(), tb.clone()].concat()),
+                positions: up_u32(b, &[n], &rows_a.clone().chain(rows_b.clone()).map(|p| p as u32).collect::<Vec<_>>()),
+                slots: up_u32(b, &[n], &slots),
+            };
+            b.kv_store(&q, l, &meta, &mut kv).unwrap();
+            let mut out = zeros(b, &[n, l.q_heads * l.head_dim]);
+            b.paged_attention(&q, l, &kv, &meta, &p, &mut out).unwrap();
+            get(b, &out)
+        };
+        let prefill = step(0..8, 0..5, 18);
+        let decode = step(8..9, 5..6, 19);
+        push(format!("attention {dtype} window {window:?} alibi {alibi:?} prefill"), prefill, 1e-4);
+        push(format!("attention {dtype} window {window:?} alibi {alibi:?} decode"), decode, 1e-4);
+    }
+    outs
+}
+
+#[test]
+fn every_op_matches_kernels_ref() {
+    let cuda = match Cuda::new(0) {
+        Ok(c) => c,
+        Err(e) => {
+            println!("skipped: the CUDA op suite needs a GPU ({e})");
+            assert!(e.to_string().contains("cuda"), "{e}");
+            return;
+        }
+    };
+    let want = suite(&Cpu::new());
+    let got = suite(&cuda);
+    let mut failures = Vec::new();
+    for (w, g) in want.iter().zip(&got) {
+        let scale = w.values.iter().fold(1e-6f32, |a, v| a.max(v.abs()));
+        let err = w.values.iter().zip(&g.values).fold(0f32, |a, (x, y)| a.max((x - y).abs())) / scale;
+        println!("{:<55} max error {err:.2e} (tolerance {:.0e})", w.name, w.tol);
+        if err.is_nan() || err > w.tol || w.values.len() != g.values.len() {
+            failures.push(format!("{}: {err:.2e} > {:.0e}", w.name, w.tol));
+        }
+    }
+    assert!(failures.is_empty(), "{failures:#?}");
+}
+
+/// The suite itself is sound: on the CPU it runs and gives finite numbers everywhere.
+#[test]
+fn the_suite_runs_on_the_cpu() {
+    let outs = suite(&Cpu::new());
+    assert!(outs.len() > 20);
+    for o in &outs {
+        assert!(!o.values.is_empty() && o.values.iter().all(|v| v.is_finite()), "{}", o.name);
+    }
+}
