@@ -195,6 +195,25 @@ fn load_ptx(sm: u32) -> Result<Vec<(&'static str, String)>> {
     SOURCES.iter().map(|s| Ok((s.name, crate::nvrtc::compile_ptx(s, arch, &include)?))).collect()
 }
 
+/// `host` as f32 values.
+fn widen(host: &HostTensor<'_>) -> Result<HostTensor<'static>> {
+    let mut v = vec![0f32; host.shape().numel()];
+    turbine_core::host::decode_f32(host.dtype(), host.bytes(), &mut v)?;
+    HostTensor::from_f32(host.shape().clone(), &v)
+}
+
+impl Cuda {
+    fn upload_raw(&self, host: &HostTensor<'_>) -> Result<Tensor<Cuda>> {
+        let bytes = if host.bytes().is_empty() {
+            self.inner.stream.alloc_zeros::<u8>(1).map_err(driver_err("allocating"))?
+        } else {
+            self.inner.stream.clone_htod(host.bytes()).map_err(driver_err("copying to the device"))?
+        };
+        let n = host.shape().numel();
+        Ok(Tensor::from_parts(CudaBuf { bytes }, host.shape().clone(), host.dtype(), n))
+    }
+}
+
 /// Bytes of `numel` values of `dtype`.
 fn byte_len(dtype: DType, numel: usize) -> Result<usize> {
     dtype.bytes_for(numel).ok_or_else(|| backend_err(format!("{numel} values of {dtype} do not fill whole blocks")))
@@ -218,17 +237,23 @@ impl Backend for Cuda {
         Ok(Tensor::from_parts(CudaBuf { bytes }, shape.clone(), dtype, n))
     }
 
+    /// f32, u32 and 8-bit tensors go up as they are; f16, bf16 and GGUF blocks are widened to
+    /// f32 on the host first (as kernels-ref does), since the element-wise kernels read f32.
     fn upload(&self, host: &HostTensor<'_>) -> Result<Tensor<Self>> {
-        let bytes = self.inner.stream.clone_htod(host.bytes()).map_err(driver_err("copying to the device"))?;
-        let n = host.shape().numel();
-        Ok(Tensor::from_parts(CudaBuf { bytes }, host.shape().clone(), host.dtype(), n))
+        match host.dtype() {
+            DType::F32 | DType::U32 | DType::I8 | DType::F8E4M3 => self.upload_raw(host),
+            _ => self.upload_raw(&widen(host)?),
+        }
     }
 
+    /// f32, f16, bf16, FP8 E4M3 and INT8 weights stay as stored (the products read them);
+    /// GGUF blocks are widened to f32 exactly (no block kernels on the GPU yet).
     fn upload_weight(&self, host: &HostTensor<'_>) -> Result<Tensor<Self>> {
-        if !self.inner.caps.weight_dtypes.contains(&host.dtype()) {
-            return Err(Error::Unsupported { op: "upload_weight", dtype: host.dtype(), backend: "cuda" });
+        if self.inner.caps.weight_dtypes.contains(&host.dtype()) {
+            self.upload_raw(host)
+        } else {
+            self.upload_raw(&widen(host)?)
         }
-        self.upload(host)
     }
 
     fn write(&self, dst: &mut Tensor<Self>, host: &HostTensor<'_>) -> Result<()> {

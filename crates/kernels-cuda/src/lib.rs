@@ -2,8 +2,8 @@
 //! the crate builds and runs where no CUDA is installed) and holds the kernels' CUDA C sources
 //! (`cu/`) with their NVRTC compilation (`cargo xtask kernels` compile-checks them for sm_80,
 //! sm_89 and sm_90a), the device layer ([`Cuda`]: memory and kernel modules behind `Backend`) and
-//! `Ops` over the kernels and cuBLASLt. Nothing here has run on a GPU yet: it is compile-checked
-//! only, and `--backend cuda` is not wired to it until it has been verified on one.
+//! `Ops` over the kernels and cuBLASLt; `--backend cuda` uses it. Nothing here has run on a GPU
+//! yet: it is compile-checked only (the op suite in `tests/` is what a GPU machine runs first).
 #![warn(missing_docs)]
 
 pub mod device;

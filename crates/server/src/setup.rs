@@ -5,6 +5,7 @@ use std::time::Instant;
 
 use anyhow::{bail, Result};
 use turbine_batcher::Generator;
+use turbine_core::Ops;
 use turbine_kernels_ref::Cpu;
 use turbine_models::catalog::{self, Resolved};
 use turbine_models::precision::Policy;
@@ -116,40 +117,46 @@ pub fn load_runner(model: Option<&str>, backend: &str, kv: KvSize) -> Result<Loa
 pub fn load_runner_with(model: Option<&str>, backend: &str, kv: KvSize, policy: &Policy) -> Result<Loaded> {
     let path = model_path(model)?;
     let t0 = Instant::now();
-    let (runner, tok, eos, weight_bytes): (Box<dyn ModelRunner>, _, _, _) = match backend {
-        "cpu" => {
-            let cpu = Cpu::new();
-            let m = turbine_models::load_with(&cpu, &path, policy)?;
-            let cache = kv.config(m.model.spec())?;
-            let bytes = m.model.decoder().map_or(0, |d| d.weight_bytes());
-            let (model, shifts) = if cache.kv_dtype != turbine_core::DType::F32 {
-                key_shifts(&cpu, m.model, &m.tokenizer)?
-            } else {
-                (m.model, Vec::new())
-            };
-            let mut runner = Runner::new(cpu, model, cache)?;
-            if !shifts.is_empty() {
-                runner.set_key_shifts(&shifts)?;
-            }
-            (Box::new(runner), m.tokenizer, m.eos, bytes)
-        }
-        "cuda" => bail!("{}", cuda_unavailable()),
-        other => bail!("unknown backend {other:?}; available: cpu"),
+    let (runner, tok, eos, weight_bytes) = match backend {
+        "cpu" => load_on(Cpu::new(), &path, kv, policy)?,
+        "cuda" => load_on(cuda_backend()?, &path, kv, policy)?,
+        other => bail!("unknown backend {other:?}; available: cpu, cuda"),
     };
     Ok(Loaded { runner, tok, eos, path, load_ms: t0.elapsed().as_secs_f64() * 1e3, weight_bytes })
+}
+
+/// What [`load_on`] gives back: the runner, tokenizer, EOS ids and bytes of weights.
+type OnBackend = (Box<dyn ModelRunner>, TextTokenizer, Vec<u32>, usize);
+
+/// Loads the model at `path` on backend `b` with its KV cache (and, for 8-bit KV pages, the key
+/// shifts from a calibration run).
+fn load_on<B: Ops + Clone>(b: B, path: &std::path::Path, kv: KvSize, policy: &Policy) -> Result<OnBackend> {
+    let m = turbine_models::load_with(&b, path, policy)?;
+    let cache = kv.config(m.model.spec())?;
+    let bytes = m.model.decoder().map_or(0, |d| d.weight_bytes());
+    let (model, shifts) = if cache.kv_dtype != turbine_core::DType::F32 {
+        key_shifts(&b, m.model, &m.tokenizer)?
+    } else {
+        (m.model, Vec::new())
+    };
+    let mut runner = Runner::new(b, model, cache)?;
+    if !shifts.is_empty() {
+        runner.set_key_shifts(&shifts)?;
+    }
+    Ok((Box::new(runner), m.tokenizer, m.eos, bytes))
 }
 
 /// Per-layer key shifts for 8-bit KV pages: the mean key over a run on the calibration text
 /// (see `KvPages::k_shift`; the pages' scales are per row, set as keys are stored).
 #[allow(clippy::type_complexity)]
-fn key_shifts(
-    cpu: &Cpu,
-    model: Box<dyn turbine_models::Model<Cpu>>,
+fn key_shifts<B: Ops + Clone>(
+    b: &B,
+    model: Box<dyn turbine_models::Model<B>>,
     tok: &TextTokenizer,
-) -> Result<(Box<dyn turbine_models::Model<Cpu>>, Vec<Vec<f32>>)> {
+) -> Result<(Box<dyn turbine_models::Model<B>>, Vec<Vec<f32>>)> {
     let mut ids = tok.encode(turbine_models::calibrate::DEFAULT_TEXT, true)?;
     ids.truncate(KV_CALIB_TOKENS);
-    let (model, c) = turbine_models::calibrate::calibrate(cpu, model, &ids, KV_CALIB_TOKENS, false)?;
+    let (model, c) = turbine_models::calibrate::calibrate(b, model, &ids, KV_CALIB_TOKENS, false)?;
     Ok((model, c.kv.into_iter().map(|s| s.k_mean).collect()))
 }
 
@@ -163,20 +170,14 @@ pub fn load(model: Option<&str>, backend: &str, kv: KvSize, policy: &Policy) -> 
     Ok(Session { gen: Generator::new(l.runner), tok: l.tok, eos: l.eos, path: l.path, load_ms: l.load_ms })
 }
 
+/// The CUDA backend on device 0, or why there is none.
 #[cfg(feature = "cuda")]
-fn cuda_unavailable() -> String {
-    match turbine_kernels_cuda::probe(0) {
-        Ok(d) => format!(
-            "found {} (sm_{}), but the CUDA kernels are not in this release yet; use --backend cpu",
-            d.name, d.sm
-        ),
-        Err(e) => format!("CUDA backend unavailable: {e}"),
-    }
+fn cuda_backend() -> Result<turbine_kernels_cuda::Cuda> {
+    turbine_kernels_cuda::Cuda::new(0).map_err(|e| anyhow::anyhow!("--backend cuda: {e}"))
 }
 
+/// Without the `cuda` feature there is no CUDA backend.
 #[cfg(not(feature = "cuda"))]
-fn cuda_unavailable() -> String {
-    "this turbine was built without the `cuda` feature and the CUDA kernels are not in this release yet; \
-     use --backend cpu"
-        .into()
+fn cuda_backend() -> Result<Cpu> {
+    bail!("--backend cuda: this turbine was built without the `cuda` feature; use --backend cpu")
 }

@@ -661,3 +661,20 @@ fn synth_model_writes_a_model_that_generates() {
     fails_with(&turbine(&["synth-model", "--preset", "tiny", "--dtype", "fp8", "--out", d]), "fp8");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Without a GPU (this machine) the CUDA backend says why it cannot run; with one, the tiny
+/// model runs on it.
+#[test]
+fn backend_cuda_runs_or_says_why_not() {
+    let model = tiny("llama-gqa");
+    let m = model.to_str().unwrap();
+    let out =
+        turbine(&["generate", "-m", m, "--backend", "cuda", "--prompt-ids", "1,2,3", "--max-tokens", "3", "--json"]);
+    if out.status.success() {
+        assert_eq!(json(&out)["ids"].as_array().map(Vec::len), Some(3));
+    } else {
+        println!("no GPU here: {}", String::from_utf8_lossy(&out.stderr));
+        fails_with(&out, "--backend cuda");
+    }
+    fails_with(&turbine(&["generate", "-m", m, "--backend", "tpu", "--prompt-ids", "1"]), "tpu");
+}
