@@ -4,6 +4,8 @@
 //! - `ci`: format check, clippy with warnings denied, every test.
 //! - `kernels`: compiles every CUDA kernel with NVRTC and ptxas for sm_80, sm_89 and sm_90a and
 //!   reports registers and spills (fetches the pinned NVRTC/header/ptxas wheels with pip once).
+//! - `gpu-check --prepare DIR`: builds and packs what a GPU machine runs (`bash DIR/run.sh
+//!   REPORT_DIR` there); `gpu-check REPORT_DIR` prepares and runs it here.
 //! - `gen-fixtures --python PY [NAME ...]`: regenerates the tiny variant checkpoints and their
 //!   transformers references under `tests/fixtures/variants` (PY must have torch, transformers and
 //!   tokenizers: `python3 -m venv .venv-gen && .venv-gen/bin/pip install torch transformers`).
@@ -12,6 +14,7 @@ use std::process::Command;
 
 use anyhow::{bail, Context, Result};
 
+mod gpu_check;
 mod kernels;
 
 const GOLDEN_SUITES: &[&str] = &["golden_tiny", "golden_real"];
@@ -91,6 +94,13 @@ fn main() -> Result<()> {
         }
         Some("gen-fixtures") => gen_fixtures(&args[1..]),
         Some("kernels") => kernels::run(),
-        _ => bail!("usage: cargo xtask <golden [--backend cpu] | ci | kernels | gen-fixtures --python PY [NAME ...]>"),
+        Some("gpu-check") => match args.get(1).map(String::as_str) {
+            Some("--prepare") => gpu_check::prepare(std::path::Path::new(args.get(2).context("--prepare needs a folder")?)),
+            Some(report) => gpu_check::prepare_and_run(std::path::Path::new(report)),
+            None => bail!("usage: cargo xtask gpu-check (--prepare DIR | REPORT_DIR)"),
+        },
+        _ => bail!(
+            "usage: cargo xtask <golden [--backend cpu] | ci | kernels | gpu-check (--prepare DIR | REPORT_DIR) | gen-fixtures --python PY [NAME ...]>"
+        ),
     }
 }

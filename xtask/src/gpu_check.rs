@@ -1,0 +1,173 @@
+//! `cargo xtask gpu-check`: everything a GPU machine should run, prepared here and run there.
+//!
+//! `cargo xtask gpu-check --prepare DIR` builds (on this machine, which has the toolchain) the
+//! release `turbine`, the CUDA op-suite test executable and the kernels' PTX for sm_80, sm_89 and
+//! sm_90a, strips the binaries and writes `DIR/run.sh`. On the GPU machine (no toolchain, no
+//! network), `bash DIR/run.sh REPORT_DIR` runs, from the repository root: the op suite against
+//! kernels-ref, a tiny model end to end on `--backend cuda` against the CPU's greedy ids, a
+//! synthetic 1B Llama's prefill and decode speed (bf16 and fp8 weights), in-flight against
+//! static batching, and writes `REPORT_DIR/report.md` (plus every log). `cargo xtask gpu-check
+//! REPORT_DIR` does both on a machine that has a GPU and a toolchain.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{bail, Context, Result};
+
+fn root() -> Result<PathBuf> {
+    Ok(Path::new(env!("CARGO_MANIFEST_DIR")).parent().context("xtask has no parent folder")?.to_path_buf())
+}
+
+fn run(cmd: &mut Command) -> Result<std::process::Output> {
+    let out = cmd.output().with_context(|| format!("running {cmd:?}"))?;
+    if !out.status.success() {
+        bail!("{cmd:?} failed ({}):\n{}", out.status, String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(out)
+}
+
+/// The test executables cargo builds for `args` (from its JSON messages).
+fn test_executables(args: &[&str]) -> Result<Vec<PathBuf>> {
+    let mut cmd = Command::new(env!("CARGO"));
+    cmd.args(["test", "--release", "--no-run", "--message-format=json"]).args(args).current_dir(root()?);
+    let out = run(&mut cmd)?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let exes: Vec<PathBuf> = text
+        .lines()
+        .filter_map(|l| l.split("\"executable\":\"").nth(1))
+        .filter_map(|rest| rest.split('"').next())
+        .map(PathBuf::from)
+        .collect();
+    if exes.is_empty() {
+        bail!("cargo built no test executable for {args:?}");
+    }
+    Ok(exes)
+}
+
+fn copy_stripped(from: &Path, to: &Path) -> Result<()> {
+    std::fs::copy(from, to).with_context(|| format!("copying {} to {}", from.display(), to.display()))?;
+    // Debug line tables are not needed there; the binaries must fit what is carried (64 MiB).
+    let status = Command::new("strip").arg(to).status();
+    if !matches!(status, Ok(s) if s.success()) {
+        eprintln!("xtask: could not strip {} (kept as is)", to.display());
+    }
+    Ok(())
+}
+
+/// Builds and packs everything into `dir`.
+pub fn prepare(dir: &Path) -> Result<()> {
+    let root = root()?;
+    std::fs::create_dir_all(dir.join("bin")).with_context(|| format!("creating {}", dir.display()))?;
+    eprintln!("xtask: building the release turbine");
+    run(Command::new(env!("CARGO")).args(["build", "--release", "--bin", "turbine"]).current_dir(&root))?;
+    copy_stripped(&root.join("target/release/turbine"), &dir.join("bin/turbine"))?;
+    eprintln!("xtask: building the CUDA op suite");
+    let exes = test_executables(&["-p", "turbine-kernels-cuda", "--test", "ops_vs_ref"])?;
+    copy_stripped(&exes[0], &dir.join("bin/ops_vs_ref"))?;
+    eprintln!("xtask: compiling the kernels to PTX");
+    run(Command::new(env!("CARGO")).args(["xtask", "kernels"]).current_dir(&root))?;
+    for arch in ["sm_80", "sm_89", "sm_90a"] {
+        let (from, to) = (root.join("target/kernels").join(arch), dir.join("ptx").join(arch));
+        std::fs::create_dir_all(&to)?;
+        for e in std::fs::read_dir(&from).with_context(|| format!("reading {}", from.display()))? {
+            let p = e?.path();
+            if p.extension().is_some_and(|x| x == "ptx") {
+                std::fs::copy(&p, to.join(p.file_name().context("file name")?))?;
+            }
+        }
+    }
+    std::fs::write(dir.join("run.sh"), RUN_SH).context("writing run.sh")?;
+    let mut total = 0u64;
+    for e in walk(dir)? {
+        total += std::fs::metadata(&e)?.len();
+    }
+    println!(
+        "{}: {:.1} MiB; on the GPU machine, from the repository root: bash {}/run.sh REPORT_DIR",
+        dir.display(),
+        total as f64 / (1 << 20) as f64,
+        dir.display()
+    );
+    Ok(())
+}
+
+fn walk(dir: &Path) -> Result<Vec<PathBuf>> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir)? {
+        let p = e?.path();
+        if p.is_dir() {
+            out.extend(walk(&p)?);
+        } else {
+            out.push(p);
+        }
+    }
+    Ok(out)
+}
+
+/// Prepares into `target/gpu-check` and runs it, writing the report to `report`.
+pub fn prepare_and_run(report: &Path) -> Result<()> {
+    let dir = root()?.join("target/gpu-check");
+    prepare(&dir)?;
+    let status = Command::new("bash").arg(dir.join("run.sh")).arg(report).current_dir(root()?).status()?;
+    if !status.success() {
+        bail!("gpu-check failed; see {}/report.md", report.display());
+    }
+    Ok(())
+}
+
+/// The script the GPU machine runs (from the repository root).
+const RUN_SH: &str = r###"#!/usr/bin/env bash
+# Turbine gpu-check: run from the repository root on a GPU machine.
+#   bash target/gpu-check/run.sh REPORT_DIR
+set -u
+here=$(cd "$(dirname "$0")" && pwd)
+out=${1:?usage: run.sh REPORT_DIR}
+mkdir -p "$out"
+out=$(cd "$out" && pwd)
+: > "$out/summary.md"
+cc=$(nvidia-smi --query-gpu=compute_cap --format=csv,noheader 2>/dev/null | head -1 | tr -d '.')
+case "$cc" in 90) arch=sm_90a ;; 89) arch=sm_89 ;; *) arch=sm_80 ;; esac
+export TURBINE_CUDA_PTX="$here/ptx/$arch"
+work=${TMPDIR:-/tmp}/turbine-gpu-check
+mkdir -p "$work"
+export TURBINE_HOME="$work/home"
+# The op suite must run here, not skip.
+export TURBINE_REQUIRE_GPU=1
+status=0
+step() {
+  local name=$1; shift
+  local t0=$(date +%s)
+  echo "== $name: $*"
+  timeout 240 "$@" > "$out/$name.log" 2>&1
+  local rc=$?
+  echo "| $name | $([ $rc = 0 ] && echo pass || echo "FAIL (exit $rc)") | $(( $(date +%s) - t0 )) s |" >> "$out/summary.md"
+  [ $rc = 0 ] || status=1
+}
+t=$here/bin/turbine
+tiny=tests/fixtures/tiny/llama-gqa
+step ops "$here/bin/ops_vs_ref" --nocapture --test-threads 1
+step tiny-cpu "$t" generate -m "$tiny" --backend cpu --prompt-ids 1,2,3,4 --max-tokens 12 --json
+step tiny-cuda "$t" generate -m "$tiny" --backend cuda --prompt-ids 1,2,3,4 --max-tokens 12 --json
+if [ -f "$out/tiny-cpu.log" ] && [ -f "$out/tiny-cuda.log" ]; then
+  a=$(grep -o '"ids":\[[0-9,]*\]' "$out/tiny-cpu.log"); b=$(grep -o '"ids":\[[0-9,]*\]' "$out/tiny-cuda.log")
+  if [ -n "$a" ] && [ "$a" = "$b" ]; then echo "| tiny greedy ids equal | pass | |" >> "$out/summary.md";
+  else echo "| tiny greedy ids equal | FAIL (cpu $a, cuda $b) | |" >> "$out/summary.md"; status=1; fi
+fi
+step synth-1b "$t" synth-model --preset 1b --out "$work/m1b"
+step speed-1b-bf16 "$t" bench -m "$work/m1b" --backend cuda --dtype bf16 --workload speed --json
+step speed-1b-fp8 "$t" bench -m "$work/m1b" --backend cuda --dtype fp8 --workload speed --json
+step compare-1b-bf16 "$t" bench -m "$work/m1b" --backend cuda --dtype bf16 --compare --requests 64 --json
+{
+  echo "# Turbine gpu-check"
+  echo
+  nvidia-smi --query-gpu=name,driver_version,memory.total,compute_cap --format=csv 2>&1
+  echo
+  echo "| step | result | time |"
+  echo "|---|---|---|"
+  cat "$out/summary.md"
+  for f in "$out"/*.log; do
+    echo; echo "## $(basename "$f" .log)"; echo '```'; tail -40 "$f"; echo '```'
+  done
+} > "$out/report.md"
+cat "$out/report.md"
+exit $status
+"###;
