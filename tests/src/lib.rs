@@ -1,5 +1,6 @@
-//! Helpers shared by Turbine's integration tests: fixture paths, loading on the CPU backend, and
-//! the golden comparison rules.
+//! Helpers shared by Turbine's integration tests: fixture paths, loading a model (on the CPU
+//! backend, or the one `TURBINE_TEST_BACKEND` names: `cpu` or `cuda`), and the golden comparison
+//! rules.
 
 pub mod gguf;
 
@@ -9,13 +10,18 @@ use anyhow::{Context, Result};
 use serde_json::Value;
 use turbine_batcher::{Generator, Request};
 use turbine_core::sampling::SamplingParams;
+use turbine_core::Ops;
 use turbine_kernels_ref::Cpu;
 use turbine_models::tokenizer::TextTokenizer;
 use turbine_models::{CacheConfig, Logits, Runner, SeqStep};
 
-/// The folder of test fixtures.
+/// The folder of test fixtures (`TURBINE_FIXTURES` overrides it, for test executables carried
+/// to another machine).
 pub fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures")
+    match std::env::var_os("TURBINE_FIXTURES") {
+        Some(p) => PathBuf::from(p),
+        None => Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures"),
+    }
 }
 
 /// Reads a JSON file.
@@ -34,7 +40,7 @@ pub fn floats(v: &Value) -> Vec<f64> {
     v.as_array().expect("array of numbers").iter().map(|x| x.as_f64().expect("number")).collect()
 }
 
-/// A model on the CPU backend, ready to generate.
+/// A model on a backend, ready to generate.
 pub struct Loaded {
     /// The engine.
     pub gen: Generator,
@@ -44,12 +50,20 @@ pub struct Loaded {
     pub eos: Vec<u32>,
 }
 
-/// Loads a model folder or GGUF file on the CPU backend with a cache of `ctx` tokens.
+/// Loads a model folder or GGUF file with a cache of `ctx` tokens, on the CPU backend or the one
+/// `TURBINE_TEST_BACKEND` names (`cuda`: device 0; it is an error if there is none).
 pub fn load(path: &Path, ctx: usize) -> Result<Loaded> {
-    let cpu = Cpu::new();
-    let m = turbine_models::load(&cpu, path)?;
+    match std::env::var("TURBINE_TEST_BACKEND").as_deref() {
+        Err(_) | Ok("cpu") => load_on(Cpu::new(), path, ctx),
+        Ok("cuda") => load_on(turbine_kernels_cuda::Cuda::new(0)?, path, ctx),
+        Ok(other) => anyhow::bail!("TURBINE_TEST_BACKEND={other:?}: use cpu or cuda"),
+    }
+}
+
+fn load_on<B: Ops + Clone>(b: B, path: &Path, ctx: usize) -> Result<Loaded> {
+    let m = turbine_models::load(&b, path)?;
     let cache = CacheConfig::f32(16, ctx.div_ceil(16));
-    let runner = Runner::new(cpu, m.model, cache)?;
+    let runner = Runner::new(b, m.model, cache)?;
     Ok(Loaded { gen: Generator::new(Box::new(runner)), tok: m.tokenizer, eos: m.eos })
 }
 

@@ -4,7 +4,8 @@
 //! release `turbine`, the CUDA op-suite test executable and the kernels' PTX for sm_80, sm_89 and
 //! sm_90a, strips the binaries and writes `DIR/run.sh`. On the GPU machine (no toolchain, no
 //! network), `bash DIR/run.sh REPORT_DIR` runs, from the repository root: the op suite against
-//! kernels-ref, a tiny model end to end on `--backend cuda` against the CPU's greedy ids, a
+//! kernels-ref, the tiny golden suite (every architecture against transformers) on CUDA, a tiny
+//! model end to end on `--backend cuda` against the CPU's greedy ids, a
 //! synthetic 1B Llama's prefill and decode speed (bf16 and fp8 weights), in-flight against
 //! static batching, and writes `REPORT_DIR/report.md` (plus every log). `cargo xtask gpu-check
 //! REPORT_DIR` does both on a machine that has a GPU and a toolchain.
@@ -64,6 +65,9 @@ pub fn prepare(dir: &Path) -> Result<()> {
     eprintln!("xtask: building the CUDA op suite");
     let exes = test_executables(&["-p", "turbine-kernels-cuda", "--test", "ops_vs_ref"])?;
     copy_stripped(&exes[0], &dir.join("bin/ops_vs_ref"))?;
+    eprintln!("xtask: building the tiny golden suite");
+    let exes = test_executables(&["-p", "turbine-tests", "--test", "golden_tiny"])?;
+    copy_stripped(&exes[0], &dir.join("bin/golden_tiny"))?;
     eprintln!("xtask: compiling the kernels to PTX");
     run(Command::new(env!("CARGO")).args(["xtask", "kernels"]).current_dir(&root))?;
     for arch in ["sm_80", "sm_89", "sm_90a"] {
@@ -145,6 +149,7 @@ step() {
 t=$here/bin/turbine
 tiny=tests/fixtures/tiny/llama-gqa
 step ops "$here/bin/ops_vs_ref" --nocapture --test-threads 1
+step golden-tiny env TURBINE_TEST_BACKEND=cuda TURBINE_FIXTURES="$PWD/tests/fixtures" "$here/bin/golden_tiny" --test-threads 1
 step tiny-cpu "$t" generate -m "$tiny" --backend cpu --prompt-ids 1,2,3,4 --max-tokens 12 --json
 step tiny-cuda "$t" generate -m "$tiny" --backend cuda --prompt-ids 1,2,3,4 --max-tokens 12 --json
 if [ -f "$out/tiny-cpu.log" ] && [ -f "$out/tiny-cuda.log" ]; then

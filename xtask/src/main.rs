@@ -1,6 +1,6 @@
 //! `cargo xtask <task>`: developer tasks in plain Rust.
 //!
-//! - `golden [--backend cpu] [-- ARGS]`: the golden model suites (transformers references).
+//! - `golden [--backend cpu|cuda] [-- ARGS]`: the golden model suites (transformers references).
 //! - `ci`: format check, clippy with warnings denied, every test.
 //! - `kernels`: compiles every CUDA kernel with NVRTC and ptxas for sm_80, sm_89 and sm_90a and
 //!   reports registers and spills (fetches the pinned NVRTC/header/ptxas wheels with pip once).
@@ -38,9 +38,11 @@ fn golden(args: &[String]) -> Result<()> {
             other => rest.push(other.to_string()),
         }
     }
-    if backend != "cpu" {
-        bail!("golden suites for backend {backend:?} are not available yet (cpu is)");
+    if !matches!(backend.as_str(), "cpu" | "cuda") {
+        bail!("golden suites run on backend cpu or cuda, not {backend:?}");
     }
+    // The suites load their models through turbine_tests::load, which reads this.
+    std::env::set_var("TURBINE_TEST_BACKEND", &backend);
     let mut cmd: Vec<&str> = vec!["test", "-p", "turbine-tests"];
     for s in GOLDEN_SUITES {
         cmd.extend(["--test", s]);
@@ -100,7 +102,7 @@ fn main() -> Result<()> {
             None => bail!("usage: cargo xtask gpu-check (--prepare DIR | REPORT_DIR)"),
         },
         _ => bail!(
-            "usage: cargo xtask <golden [--backend cpu] | ci | kernels | gpu-check (--prepare DIR | REPORT_DIR) | gen-fixtures --python PY [NAME ...]>"
+            "usage: cargo xtask <golden [--backend cpu|cuda] | ci | kernels | gpu-check (--prepare DIR | REPORT_DIR) | gen-fixtures --python PY [NAME ...]>"
         ),
     }
 }
