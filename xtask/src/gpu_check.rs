@@ -6,6 +6,7 @@
 //! network), `bash DIR/run.sh REPORT_DIR` runs, from the repository root: the op suite against
 //! kernels-ref, the tiny golden suite (every architecture against transformers) on CUDA, a tiny
 //! model end to end on `--backend cuda` against the CPU's greedy ids, a
+//! device-to-device copy bandwidth and cuBLASLt TFLOP/s (bf16, f16, FP8 at M = 16, 256, 4096), a
 //! synthetic 1B Llama's prefill and decode speed (bf16 and fp8 weights), in-flight against
 //! static batching, and writes `REPORT_DIR/report.md` (plus every log). `cargo xtask gpu-check
 //! REPORT_DIR` does both on a machine that has a GPU and a toolchain.
@@ -27,10 +28,13 @@ fn run(cmd: &mut Command) -> Result<std::process::Output> {
     Ok(out)
 }
 
-/// The test executables cargo builds for `args` (from its JSON messages).
-fn test_executables(args: &[&str]) -> Result<Vec<PathBuf>> {
+/// The executables `cargo test` (or `cargo bench`, with `bench`) builds for `args` (from its
+/// JSON messages).
+fn executables(bench: bool, args: &[&str]) -> Result<Vec<PathBuf>> {
     let mut cmd = Command::new(env!("CARGO"));
-    cmd.args(["test", "--release", "--no-run", "--message-format=json"]).args(args).current_dir(root()?);
+    // `cargo bench` always builds optimised (and has no --release flag).
+    let sub: &[&str] = if bench { &["bench"] } else { &["test", "--release"] };
+    cmd.args(sub).args(["--no-run", "--message-format=json"]).args(args).current_dir(root()?);
     let out = run(&mut cmd)?;
     let text = String::from_utf8_lossy(&out.stdout);
     let exes: Vec<PathBuf> = text
@@ -63,11 +67,13 @@ pub fn prepare(dir: &Path) -> Result<()> {
     run(Command::new(env!("CARGO")).args(["build", "--release", "--bin", "turbine"]).current_dir(&root))?;
     copy_stripped(&root.join("target/release/turbine"), &dir.join("bin/turbine"))?;
     eprintln!("xtask: building the CUDA op suite");
-    let exes = test_executables(&["-p", "turbine-kernels-cuda", "--test", "ops_vs_ref"])?;
+    let exes = executables(false, &["-p", "turbine-kernels-cuda", "--test", "ops_vs_ref"])?;
     copy_stripped(&exes[0], &dir.join("bin/ops_vs_ref"))?;
     eprintln!("xtask: building the tiny golden suite");
-    let exes = test_executables(&["-p", "turbine-tests", "--test", "golden_tiny"])?;
+    let exes = executables(false, &["-p", "turbine-tests", "--test", "golden_tiny"])?;
     copy_stripped(&exes[0], &dir.join("bin/golden_tiny"))?;
+    let exes = executables(true, &["-p", "turbine-kernels-cuda", "--bench", "gpu"])?;
+    copy_stripped(&exes[0], &dir.join("bin/gpu_bench"))?;
     eprintln!("xtask: compiling the kernels to PTX");
     run(Command::new(env!("CARGO")).args(["xtask", "kernels"]).current_dir(&root))?;
     for arch in ["sm_80", "sm_89", "sm_90a"] {
@@ -150,13 +156,14 @@ t=$here/bin/turbine
 tiny=tests/fixtures/tiny/llama-gqa
 step ops "$here/bin/ops_vs_ref" --nocapture --test-threads 1
 step golden-tiny env TURBINE_TEST_BACKEND=cuda TURBINE_FIXTURES="$PWD/tests/fixtures" "$here/bin/golden_tiny" --test-threads 1
-step tiny-cpu "$t" generate -m "$tiny" --backend cpu --prompt-ids 1,2,3,4 --max-tokens 12 --json
-step tiny-cuda "$t" generate -m "$tiny" --backend cuda --prompt-ids 1,2,3,4 --max-tokens 12 --json
+step tiny-cpu "$t" generate -m "$tiny" --backend cpu --prompt-ids 1,2,3,4 --max-tokens 12 --temperature 0 --json
+step tiny-cuda "$t" generate -m "$tiny" --backend cuda --prompt-ids 1,2,3,4 --max-tokens 12 --temperature 0 --json
 if [ -f "$out/tiny-cpu.log" ] && [ -f "$out/tiny-cuda.log" ]; then
   a=$(grep -o '"ids":\[[0-9,]*\]' "$out/tiny-cpu.log"); b=$(grep -o '"ids":\[[0-9,]*\]' "$out/tiny-cuda.log")
   if [ -n "$a" ] && [ "$a" = "$b" ]; then echo "| tiny greedy ids equal | pass | |" >> "$out/summary.md";
   else echo "| tiny greedy ids equal | FAIL (cpu $a, cuda $b) | |" >> "$out/summary.md"; status=1; fi
 fi
+step gemm-and-copy "$here/bin/gpu_bench"
 step synth-1b "$t" synth-model --preset 1b --out "$work/m1b"
 step speed-1b-bf16 "$t" bench -m "$work/m1b" --backend cuda --dtype bf16 --workload speed --json
 step speed-1b-fp8 "$t" bench -m "$work/m1b" --backend cuda --dtype fp8 --workload speed --json

@@ -131,6 +131,11 @@ impl Cuda {
         Ok(&self.inner.blas)
     }
 
+    /// The cuBLASLt handle, for benchmarks of the bare products.
+    pub fn blas_handle(&self) -> &crate::gemm::Blas {
+        &self.inner.blas
+    }
+
     /// A loaded kernel by its exported name (`norm_bf16`).
     pub fn function(&self, name: &str) -> Result<&CudaFunction> {
         self.inner.functions.get(name).ok_or_else(|| backend_err(format!("no kernel named {name}")))
