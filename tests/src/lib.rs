@@ -13,7 +13,7 @@ use turbine_core::sampling::SamplingParams;
 use turbine_core::Ops;
 use turbine_kernels_ref::Cpu;
 use turbine_models::tokenizer::TextTokenizer;
-use turbine_models::{CacheConfig, Logits, Runner, SeqStep};
+use turbine_models::{CacheConfig, Logits, ModelRunner, Runner, SeqStep};
 
 /// The folder of test fixtures (`TURBINE_FIXTURES` overrides it, for test executables carried
 /// to another machine).
@@ -53,18 +53,28 @@ pub struct Loaded {
 /// Loads a model folder or GGUF file with a cache of `ctx` tokens, on the CPU backend or the one
 /// `TURBINE_TEST_BACKEND` names (`cuda`: device 0; it is an error if there is none).
 pub fn load(path: &Path, ctx: usize) -> Result<Loaded> {
+    let (runner, tok, eos) = load_runner(path, ctx.div_ceil(16))?;
+    Ok(Loaded { gen: Generator::new(runner), tok, eos })
+}
+
+/// A model with a cache of `blocks` blocks of 16 tokens, on the backend [`load`] uses, with its
+/// tokenizer and EOS ids.
+pub fn load_runner(path: &Path, blocks: usize) -> Result<(Box<dyn ModelRunner>, TextTokenizer, Vec<u32>)> {
     match std::env::var("TURBINE_TEST_BACKEND").as_deref() {
-        Err(_) | Ok("cpu") => load_on(Cpu::new(), path, ctx),
-        Ok("cuda") => load_on(turbine_kernels_cuda::Cuda::new(0)?, path, ctx),
+        Err(_) | Ok("cpu") => load_on(Cpu::new(), path, blocks),
+        Ok("cuda") => load_on(turbine_kernels_cuda::Cuda::new(0)?, path, blocks),
         Ok(other) => anyhow::bail!("TURBINE_TEST_BACKEND={other:?}: use cpu or cuda"),
     }
 }
 
-fn load_on<B: Ops + Clone>(b: B, path: &Path, ctx: usize) -> Result<Loaded> {
+fn load_on<B: Ops + Clone>(
+    b: B,
+    path: &Path,
+    blocks: usize,
+) -> Result<(Box<dyn ModelRunner>, TextTokenizer, Vec<u32>)> {
     let m = turbine_models::load(&b, path)?;
-    let cache = CacheConfig::f32(16, ctx.div_ceil(16));
-    let runner = Runner::new(b, m.model, cache)?;
-    Ok(Loaded { gen: Generator::new(Box::new(runner)), tok: m.tokenizer, eos: m.eos })
+    let runner = Runner::new(b, m.model, CacheConfig::f32(16, blocks))?;
+    Ok((Box::new(runner), m.tokenizer, m.eos))
 }
 
 /// Greedy ids for `n` tokens, EOS ignored, plus the first step's full logits.

@@ -6,15 +6,12 @@ use std::collections::HashMap;
 use turbine_batcher::generate::FinishReason;
 use turbine_batcher::{EngineConfig, EngineCore, Event, Request, RequestId, SubmitError};
 use turbine_core::sampling::{Rng, Sampled, SamplingParams};
-use turbine_kernels_ref::Cpu;
-use turbine_models::{CacheConfig, Runner};
 use turbine_tests::fixtures;
 
+/// The engine over a tiny checkpoint on the test backend (`TURBINE_TEST_BACKEND`, default cpu).
 fn engine(case: &str, blocks: usize, cfg: EngineConfig) -> EngineCore {
-    let cpu = Cpu::new();
-    let m = turbine_models::load(&cpu, &fixtures().join("tiny").join(case)).unwrap();
-    let runner = Runner::new(cpu, m.model, CacheConfig::f32(16, blocks)).unwrap();
-    EngineCore::new(Box::new(runner), cfg)
+    let (runner, _, _) = turbine_tests::load_runner(&fixtures().join("tiny").join(case), blocks).unwrap();
+    EngineCore::new(runner, cfg)
 }
 
 type Outcome = (Vec<Sampled>, FinishReason);

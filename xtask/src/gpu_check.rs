@@ -4,7 +4,8 @@
 //! release `turbine`, the CUDA op-suite test executable and the kernels' PTX for sm_80, sm_89 and
 //! sm_90a, strips the binaries and writes `DIR/run.sh`. On the GPU machine (no toolchain, no
 //! network), `bash DIR/run.sh REPORT_DIR` runs, from the repository root: the op suite against
-//! kernels-ref, the tiny golden suite (every architecture against transformers) on CUDA, a tiny
+//! kernels-ref, the tiny golden suite (every architecture against transformers), the engine's
+//! suite (preemption, prefix cache, cancellation…) and the batch-invariance suite on CUDA, a tiny
 //! model end to end on `--backend cuda` against the CPU's greedy ids, a
 //! device-to-device copy bandwidth and cuBLASLt TFLOP/s (bf16, f16, FP8 at M = 16, 256, 4096), a
 //! synthetic 1B Llama's prefill and decode speed (bf16 and fp8 weights), in-flight against
@@ -69,9 +70,11 @@ pub fn prepare(dir: &Path) -> Result<()> {
     eprintln!("xtask: building the CUDA op suite");
     let exes = executables(false, &["-p", "turbine-kernels-cuda", "--test", "ops_vs_ref"])?;
     copy_stripped(&exes[0], &dir.join("bin/ops_vs_ref"))?;
-    eprintln!("xtask: building the tiny golden suite");
-    let exes = executables(false, &["-p", "turbine-tests", "--test", "golden_tiny"])?;
-    copy_stripped(&exes[0], &dir.join("bin/golden_tiny"))?;
+    for suite in ["golden_tiny", "engine", "batch_invariance"] {
+        eprintln!("xtask: building the {suite} suite");
+        let exes = executables(false, &["-p", "turbine-tests", "--test", suite])?;
+        copy_stripped(&exes[0], &dir.join("bin").join(suite))?;
+    }
     let exes = executables(true, &["-p", "turbine-kernels-cuda", "--bench", "gpu"])?;
     copy_stripped(&exes[0], &dir.join("bin/gpu_bench"))?;
     eprintln!("xtask: compiling the kernels to PTX");
@@ -155,7 +158,10 @@ step() {
 t=$here/bin/turbine
 tiny=tests/fixtures/tiny/llama-gqa
 step ops "$here/bin/ops_vs_ref" --nocapture --test-threads 1
-step golden-tiny env TURBINE_TEST_BACKEND=cuda TURBINE_FIXTURES="$PWD/tests/fixtures" "$here/bin/golden_tiny" --test-threads 1
+on_cuda="env TURBINE_TEST_BACKEND=cuda TURBINE_FIXTURES=$PWD/tests/fixtures"
+step golden-tiny $on_cuda "$here/bin/golden_tiny" --test-threads 1
+step engine $on_cuda "$here/bin/engine" --test-threads 1
+step batch-invariance $on_cuda "$here/bin/batch_invariance" --test-threads 1
 step tiny-cpu "$t" generate -m "$tiny" --backend cpu --prompt-ids 1,2,3,4 --max-tokens 12 --temperature 0 --json
 step tiny-cuda "$t" generate -m "$tiny" --backend cuda --prompt-ids 1,2,3,4 --max-tokens 12 --temperature 0 --json
 if [ -f "$out/tiny-cpu.log" ] && [ -f "$out/tiny-cuda.log" ]; then
