@@ -139,6 +139,19 @@ impl SeqSampler {
         }
     }
 
+    /// Whether this sequence takes the most likely raw logit and asks for nothing but its
+    /// log-probability (greedy, no penalties, no top log-probabilities): what a device can sample
+    /// itself with an argmax and a log-sum-exp, then report with [`SeqSampler::record`].
+    pub fn plain_greedy(&self) -> bool {
+        let p = &self.params;
+        (p.temperature == 0.0 || p.top_k == 1) && !self.penalised() && p.logprobs == 0
+    }
+
+    /// Records a token chosen outside [`sample_rows`] (by a device's greedy sampler).
+    pub fn record(&mut self, id: u32) {
+        *self.generated.entry(id).or_insert(0) += 1;
+    }
+
     fn penalised(&self) -> bool {
         let p = &self.params;
         p.repetition_penalty != 1.0 || p.presence_penalty != 0.0 || p.frequency_penalty != 0.0
@@ -282,6 +295,27 @@ fn draw(row: &[f32], p: &SamplingParams, rng: &mut Rng) -> u32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A device's greedy sample, recorded, leaves the sampler where the host sampler would.
+    #[test]
+    fn plain_greedy_and_record_match_the_host_sampler() {
+        let greedy = SeqSampler::new(SamplingParams::default());
+        assert!(greedy.plain_greedy());
+        let with = |p: SamplingParams| SeqSampler::new(p).plain_greedy();
+        assert!(!with(SamplingParams { temperature: 0.7, ..Default::default() }));
+        assert!(!with(SamplingParams { logprobs: 2, ..Default::default() }));
+        assert!(!with(SamplingParams { frequency_penalty: 0.5, ..Default::default() }));
+        let row = [0.5f32, 2.0, -1.0, 2.0];
+        let p = SamplingParams { frequency_penalty: 1.0, ..Default::default() };
+        let (mut host, mut device) = (SeqSampler::new(p.clone()), SeqSampler::new(p));
+        let got = sample_rows(&row, 4, &mut [&mut host]).unwrap()[0].id;
+        device.record(got);
+        // Next step: the penalised token loses in both.
+        assert_eq!(
+            sample_rows(&row, 4, &mut [&mut host]).unwrap()[0].id,
+            sample_rows(&row, 4, &mut [&mut device]).unwrap()[0].id
+        );
+    }
 
     fn sampler(temperature: f32, top_k: usize, top_p: f32, seed: u64) -> SeqSampler {
         SeqSampler::new(SamplingParams {

@@ -36,3 +36,17 @@ __device__ void argmax_row(const T* logits, u32 vocab, u32* out) {
 #define ARGMAX(N, T)                                                                                          \
     extern "C" __global__ void argmax_##N(const T* logits, u32 vocab, u32* out) { argmax_row<T>(logits, vocab, out); }
 TURBINE_FOR_TYPES(ARGMAX)
+
+// Greedy sampling with the chosen token's log-probability, one block per row (blockDim 1024):
+// ids[r] = argmax (lowest index on ties), logprob[r] = max - log(sum(exp(row))).
+extern "C" __global__ void argmax_logprob_f32(const float* logits, u32 vocab, u32* ids, float* logprob) {
+    argmax_row<float>(logits, vocab, ids);
+    const float* r = logits + (size_t)blockIdx.x * vocab;
+    float m = -TURBINE_INF;
+    for (u32 c = threadIdx.x; c < vocab; c += blockDim.x) m = fmaxf(m, r[c]);
+    m = block_max(m);
+    float s = 0.f;
+    for (u32 c = threadIdx.x; c < vocab; c += blockDim.x) s += expf(r[c] - m);
+    s = block_sum(s);
+    if (threadIdx.x == 0) logprob[blockIdx.x] = -logf(s);
+}

@@ -16,6 +16,7 @@
 //! accumulation. Not yet run on a GPU.
 
 use cudarc::driver::{CudaSlice, DevicePtr, LaunchConfig, PushKernelArg};
+use turbine_core::sampling::{Sampled, SeqSampler};
 use turbine_core::{
     alibi_slopes, Act, AttnMeta, AttnParams, Backend, DType, Epilogue, Error, HostTensor, KvPages, NormKind, Ops,
     QkvLayout, Resid, Result, RopeTable, Tensor, XQuant,
@@ -477,6 +478,40 @@ impl Ops for Cuda {
             Arg::U32(u32_of(OP, cols)?),
         ];
         self.launch("gather_rows_f32", (u32_of(OP, n)?, 1, 1), 256, &args)
+    }
+
+    /// Greedy rows that want only their token's log-probability are sampled on the device (an
+    /// argmax and a log-sum-exp per row; 8 bytes per row come back instead of the logits);
+    /// anything else goes through the host sampler.
+    fn sample(&self, logits: &Tensor<Self>, seqs: &mut [&mut SeqSampler]) -> Result<Vec<Sampled>> {
+        const OP: &str = "sample";
+        let (n, vocab) = (logits.rows(), logits.cols());
+        if n != seqs.len() || !seqs.iter().all(|s| s.plain_greedy()) || n == 0 {
+            let host = self.download(logits)?.to_f32()?;
+            return turbine_core::sampling::sample_rows(&host, vocab, seqs);
+        }
+        self.f32_only(OP, logits)?;
+        let ids = self.scratch(n * 4)?;
+        let lp = self.scratch(n * 4)?;
+        let args = [
+            Arg::Ptr(self.ptr(logits)),
+            Arg::U32(u32_of(OP, vocab)?),
+            Arg::Ptr(self.addr(&ids)),
+            Arg::Ptr(self.addr(&lp)),
+        ];
+        self.launch("argmax_logprob_f32", (u32_of(OP, n)?, 1, 1), 1024, &args)?;
+        let err =
+            |e: cudarc::driver::DriverError| Error::Backend { backend: "cuda", msg: format!("copying samples: {e}") };
+        let ids = self.stream().clone_dtoh(&ids).map_err(err)?;
+        let lp = self.stream().clone_dtoh(&lp).map_err(err)?;
+        let mut out = Vec::with_capacity(n);
+        for (i, s) in seqs.iter_mut().enumerate() {
+            let id = u32::from_le_bytes(ids[i * 4..i * 4 + 4].try_into().expect("4 bytes"));
+            let logprob = f32::from_le_bytes(lp[i * 4..i * 4 + 4].try_into().expect("4 bytes"));
+            s.record(id);
+            out.push(Sampled { id, logprob, top: Vec::new() });
+        }
+        Ok(out)
     }
 
     fn softmax(&self, x: &mut Tensor<Self>) -> Result<()> {

@@ -4,7 +4,7 @@
 //! checks only that the backend refused cleanly.
 
 use turbine_core::fp8::{f32_to_e4m3, f32_to_i8, scale_for, E4M3_MAX, I8_MAX};
-use turbine_core::sampling::Rng;
+use turbine_core::sampling::{Rng, SamplingParams, SeqSampler};
 use turbine_core::{
     Act, AttnMeta, AttnParams, DType, Epilogue, HostTensor, KvPages, NormKind, Ops, QkvLayout, Resid, RopeTable,
     Tensor, XQuant,
@@ -165,6 +165,17 @@ fn suite<B: Ops>(b: &B) -> Vec<Out> {
     let mut sm = up(b, &[3, 500], &rand(1500, 16, 8.0));
     b.softmax(&mut sm).unwrap();
     push("softmax".into(), get(b, &sm), 1e-5);
+    // Sampling: greedy rows (sampled on the device by CUDA), then a mixed batch (host sampler).
+    let logits = up(b, &[3, 5000], &rand(15_000, 20, 6.0));
+    for greedy in [true, false] {
+        let p = |t: f32| SamplingParams { temperature: t, seed: Some(3), ..Default::default() };
+        let mut s: Vec<SeqSampler> =
+            (0..3).map(|i| SeqSampler::new(p(if greedy || i != 1 { 0.0 } else { 0.8 }))).collect();
+        let mut refs: Vec<&mut SeqSampler> = s.iter_mut().collect();
+        let got = b.sample(&logits, &mut refs).unwrap();
+        push(format!("sample greedy={greedy} ids"), got.iter().map(|g| g.id as f32).collect(), 0.0);
+        push(format!("sample greedy={greedy} logprobs"), got.iter().map(|g| g.logprob).collect(), 1e-5);
+    }
 
     // Paged KV cache: prefill of two sequences then a decode step, f32 and 8-bit pages,
     // GQA, a window, ALiBi.
