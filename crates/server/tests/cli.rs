@@ -678,3 +678,20 @@ fn backend_cuda_runs_or_says_why_not() {
     }
     fails_with(&turbine(&["generate", "-m", m, "--backend", "tpu", "--prompt-ids", "1"]), "tpu");
 }
+
+#[test]
+fn bench_batch_workload_reports_each_size() {
+    let model = tiny("llama-gqa");
+    let m = model.to_str().unwrap();
+    let args =
+        ["bench", "-m", m, "--workload", "batch", "--batch-sizes", "1,3", "--prompt-tokens", "8", "--gen-tokens", "4"];
+    let out = turbine(&[&args[..], &["--json"]].concat());
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v = json(&out);
+    let rows = v["batches"].as_array().unwrap();
+    assert_eq!(rows.iter().map(|r| r["batch"].as_u64().unwrap()).collect::<Vec<_>>(), vec![1, 3]);
+    assert!(rows
+        .iter()
+        .all(|r| r["decode_tok_s"].as_f64().unwrap() > 0.0 && r["prefill_tok_s"].as_f64().unwrap() > 0.0));
+    fails_with(&turbine(&["bench", "-m", m, "--workload", "batch", "--batch-sizes", "0"]), "batch-sizes");
+}

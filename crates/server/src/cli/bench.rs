@@ -1,5 +1,6 @@
 //! `turbine bench`: offline throughput of the engine on a workload, with in-flight or static
-//! batching (`--compare` runs all three modes), or one request's speed (`--workload speed`).
+//! batching (`--compare` runs all three modes), one request's speed (`--workload speed`), or
+//! decode throughput by batch size (`--workload batch`).
 
 use std::io::Write;
 use std::time::Instant;
@@ -23,7 +24,8 @@ pub struct BenchArgs {
     #[command(flatten)]
     model: ModelArgs,
     /// `mixed` (synthetic long-tailed requests), `speed` (one request's prefill and decode
-    /// speed), or a .jsonl file of `{"prompt": …, "max_tokens": …}` lines.
+    /// speed), `batch` (decode throughput of --batch-sizes requests decoding together), or a
+    /// .jsonl file of `{"prompt": …, "max_tokens": …}` lines.
     #[arg(long, default_value = "mixed")]
     workload: String,
     /// `inflight`, `static` or `static-compact`.
@@ -87,6 +89,9 @@ pub fn read_jsonl(path: &str) -> Result<Vec<(String, usize)>> {
 pub fn run(a: BenchArgs) -> Result<()> {
     if a.workload == "speed" {
         return speed::run(&a.model, &a.speed, a.json);
+    }
+    if a.workload == "batch" {
+        return speed::run_batches(&a.model, &a.speed, a.json);
     }
     // Every request is queued at the start: no waiting-queue limit here.
     let eng = EngineSection {

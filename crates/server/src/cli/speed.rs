@@ -27,6 +27,10 @@ pub struct SpeedArgs {
     /// Repetitions of each measurement; the best is reported (speed workload).
     #[arg(long, default_value_t = 3)]
     pub reps: usize,
+    /// Batch sizes at which decode throughput is measured, comma-separated (batch workload: that
+    /// many requests of --prompt-tokens decode --gen-tokens together).
+    #[arg(long, default_value = "1,16,64")]
+    pub batch_sizes: String,
 }
 
 pub fn run(model: &ModelArgs, a: &SpeedArgs, json: bool) -> Result<()> {
@@ -84,6 +88,103 @@ pub fn run(model: &ModelArgs, a: &SpeedArgs, json: bool) -> Result<()> {
             println!("| {d:>7} | {t:>12.1} |");
         }
         eprintln!("turbine bench: done in {:.1} s", t0.elapsed().as_secs_f64());
+    }
+    Ok(())
+}
+
+/// `turbine bench --workload batch`: for each batch size N, N requests of `--prompt-tokens` are
+/// prefilled, then decode `--gen-tokens` together; reports the aggregate decode tokens/s (from
+/// the step where every request has its first token to the last) and the prefill tokens/s.
+pub fn run_batches(model: &ModelArgs, a: &SpeedArgs, json: bool) -> Result<()> {
+    use turbine_batcher::{EngineConfig, EngineCore, Event};
+    let sizes: Vec<usize> = parse_ids(&a.batch_sizes)?.into_iter().map(|d| d as usize).collect();
+    if sizes.is_empty() || sizes.contains(&0) || a.gen_tokens < 2 || a.prompt_tokens == 0 {
+        bail!("--batch-sizes must list sizes of at least 1; --gen-tokens at least 2, --prompt-tokens at least 1");
+    }
+    let largest = sizes.iter().copied().max().unwrap_or(1);
+    let kv = setup::KvSize { tokens: largest * (a.prompt_tokens + a.gen_tokens) + 16 * largest, ..model.kv()? };
+    let loaded = setup::load_runner_with(model.model.as_deref(), &model.backend, kv, &model.policy()?)?;
+    let base = loaded
+        .tok
+        .encode("The engine reads the weights once per step, so a batch costs little more than one. ", false)?;
+    let prompt: Vec<u32> = base.iter().copied().cycle().take(a.prompt_tokens).collect();
+    let path = loaded.path.clone();
+    let cfg = EngineConfig {
+        max_num_tokens: (a.prompt_tokens * largest).max(largest),
+        max_batch_size: largest,
+        max_waiting: usize::MAX,
+    };
+    let mut core = EngineCore::new(loaded.runner, cfg);
+    let mut rows = Vec::new();
+    // Warm-up (thread pool, first touches of the cache and workspaces), not measured.
+    let warm = Request {
+        prompt: prompt.clone(),
+        params: SamplingParams { temperature: 0.0, ..Default::default() },
+        max_tokens: 4,
+        ignore_eos: true,
+        stop_ids: vec![],
+        stop: vec![],
+    };
+    for _ in 0..largest.min(4) {
+        core.add(warm.clone()).map_err(|e| anyhow::anyhow!("{e}"))?;
+    }
+    while core.has_work() {
+        core.step()?;
+    }
+    for &n in &sizes {
+        eprintln!(
+            "turbine bench: batch {n}: {} prompt tokens each, then {} tokens decoded together",
+            a.prompt_tokens, a.gen_tokens
+        );
+        let req = Request {
+            prompt: prompt.clone(),
+            params: SamplingParams { temperature: 0.0, ..Default::default() },
+            max_tokens: a.gen_tokens,
+            ignore_eos: true,
+            stop_ids: vec![],
+            stop: vec![],
+        };
+        let t0 = Instant::now();
+        for _ in 0..n {
+            core.add(req.clone()).map_err(|e| anyhow::anyhow!("{e}"))?;
+        }
+        let (mut first, mut tokens_after, mut started) = (std::collections::HashSet::new(), 0usize, None);
+        while core.has_work() {
+            for (id, ev) in core.step()? {
+                match ev {
+                    Event::Token { .. } if started.is_some() => tokens_after += 1,
+                    Event::Token { .. } => {
+                        first.insert(id);
+                        if first.len() == n {
+                            started = Some(Instant::now());
+                        }
+                    }
+                    Event::Error(m) => bail!("engine error: {m}"),
+                    _ => {}
+                }
+            }
+        }
+        let prefill_s = started.map_or(0.0, |s| (s - t0).as_secs_f64());
+        let decode_s = started.map_or(0.0, |s| s.elapsed().as_secs_f64());
+        let decode = if decode_s > 0.0 { tokens_after as f64 / decode_s } else { 0.0 };
+        let prefill = if prefill_s > 0.0 { (n * a.prompt_tokens) as f64 / prefill_s } else { 0.0 };
+        rows.push((n, prefill, decode));
+    }
+    if json {
+        let r: Vec<_> =
+            rows.iter().map(|(n, p, d)| json!({"batch": n, "prefill_tok_s": p, "decode_tok_s": d})).collect();
+        println!(
+            "{}",
+            json!({"model": path, "backend": model.backend, "prompt_tokens": a.prompt_tokens, "gen_tokens": a.gen_tokens, "batches": r})
+        );
+    } else {
+        println!("model    {}", path.display());
+        println!("backend  {}", model.backend);
+        println!("| batch | prefill tok/s | decode tok/s (all sequences) |");
+        println!("|------:|--------------:|-----------------------------:|");
+        for (n, p, d) in rows {
+            println!("| {n:>5} | {p:>13.1} | {d:>28.1} |");
+        }
     }
     Ok(())
 }
