@@ -187,18 +187,15 @@ impl Ops for Cuda {
                     Arg::U32(ku),
                 ];
                 self.launch("fp8_quantize_rows_f32", (mu, 1, 1), 256, &args)?;
-                if self.caps().fp8 {
-                    blas.matmul(
-                        stream,
-                        self.addr(&codes),
-                        DType::F8E4M3,
-                        self.ptr(w),
-                        DType::F8E4M3,
-                        acc_p,
-                        (m, n, k),
-                    )?;
+                let native = if self.caps().fp8 {
+                    let codes_p = self.addr(&codes);
+                    blas.matmul(stream, codes_p, DType::F8E4M3, self.ptr(w), DType::F8E4M3, acc_p, (m, n, k))
                 } else {
-                    // No FP8 tensor cores: both sides as bf16 (exact), same products.
+                    Err(Error::Backend { backend: "cuda", msg: "this GPU has no FP8 tensor cores".into() })
+                };
+                if let Err(e) = native {
+                    // Both sides as bf16 (exact: E4M3 values fit bf16), same products.
+                    fp8_fallback_notice(&e);
                     let xs = self.scratch(m * k * 2)?;
                     let args = [
                         Arg::Ptr(self.addr(&codes)),
@@ -522,6 +519,14 @@ impl Ops for Cuda {
         }
         let args = [Arg::Ptr(self.ptr(x)), Arg::U32(u32_of(OP, x.cols())?)];
         self.launch("softmax_f32", (u32_of(OP, x.rows())?, 1, 1), 256, &args)
+    }
+}
+
+/// Says once per process that FP8 products run as bf16 products here, and why.
+fn fp8_fallback_notice(why: &Error) {
+    static SAID: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    if !SAID.swap(true, std::sync::atomic::Ordering::Relaxed) {
+        eprintln!("turbine: FP8 products run as exact bf16 products on this GPU ({why})");
     }
 }
 
