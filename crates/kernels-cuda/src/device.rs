@@ -44,6 +44,9 @@ struct Inner {
     /// Kernel modules by file stem, kept alive for their functions.
     _modules: Vec<Arc<CudaModule>>,
     functions: HashMap<String, CudaFunction>,
+    /// Scratch buffers of the products, by [`Slot`], grown as needed and reused (work on the one
+    /// stream is ordered, so a buffer is free again for the next product).
+    scratch: std::sync::Mutex<[Option<CudaSlice<u8>>; Slot::COUNT]>,
     /// cuBLASLt, with its workspace (declared first: dropped before the workspace).
     blas: crate::gemm::Blas,
     _workspace: CudaSlice<u8>,
@@ -107,7 +110,9 @@ impl Cuda {
             sm: Some(sm),
             fp8: sm >= 89,
         };
-        let inner = Inner { ctx, stream, _modules: modules, functions, blas, _workspace: workspace, caps, name };
+        let scratch = std::sync::Mutex::new(Default::default());
+        let inner =
+            Inner { ctx, stream, _modules: modules, functions, scratch, blas, _workspace: workspace, caps, name };
         Ok(Cuda { inner: Arc::new(inner) })
     }
 
@@ -129,6 +134,21 @@ impl Cuda {
     /// cuBLASLt.
     pub(crate) fn blas(&self) -> Result<&crate::gemm::Blas> {
         Ok(&self.inner.blas)
+    }
+
+    /// The device address of scratch buffer `slot`, at least `bytes` long (contents undefined).
+    pub(crate) fn slot(&self, slot: Slot, bytes: usize) -> Result<u64> {
+        use cudarc::driver::DevicePtr;
+        let mut s = self.inner.scratch.lock().map_err(|_| backend_err("scratch buffers poisoned"))?;
+        let cell = &mut s[slot as usize];
+        if cell.as_ref().is_none_or(|b| b.len() < bytes) {
+            // Grow by powers of two so that slowly growing batches do not reallocate every step.
+            let size = bytes.max(1).next_power_of_two();
+            *cell = Some(self.inner.stream.alloc_zeros::<u8>(size).map_err(driver_err("allocating scratch"))?);
+        }
+        let buf = cell.as_ref().ok_or_else(|| backend_err("scratch buffer missing"))?;
+        let (p, _sync) = buf.device_ptr(&self.inner.stream);
+        Ok(p)
     }
 
     /// The cuBLASLt handle, for benchmarks of the bare products.
@@ -198,6 +218,25 @@ fn load_ptx(sm: u32) -> Result<Vec<(&'static str, String)>> {
     };
     let include: Vec<PathBuf> = std::env::var_os("TURBINE_CUDA_INCLUDE").map(PathBuf::from).into_iter().collect();
     SOURCES.iter().map(|s| Ok((s.name, crate::nvrtc::compile_ptx(s, arch, &include)?))).collect()
+}
+
+/// The products' scratch buffers.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Slot {
+    /// The f32 product before the epilogue.
+    Acc,
+    /// The input converted to 16 bits.
+    Input16,
+    /// The input's FP8 codes.
+    Codes,
+    /// The input's per-row FP8 scales.
+    RowScales,
+    /// Widened 8-bit weights.
+    Widened,
+}
+
+impl Slot {
+    const COUNT: usize = 5;
 }
 
 /// `host` as f32 values.

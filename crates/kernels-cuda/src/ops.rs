@@ -22,7 +22,7 @@ use turbine_core::{
     QkvLayout, Resid, Result, RopeTable, Tensor, XQuant,
 };
 
-use crate::device::Cuda;
+use crate::device::{Cuda, Slot};
 
 /// One kernel argument.
 #[derive(Clone, Copy)]
@@ -133,23 +133,15 @@ impl Ops for Cuda {
         }
         let blas = self.blas()?;
         let stream = self.stream().cu_stream() as _;
-        let acc = self.scratch(m * n * 4)?;
-        let acc_p = self.addr(&acc);
+        let acc_p = self.slot(Slot::Acc, m * n * 4)?;
         let (mu, nu, ku) = (u32_of(OP, m)?, u32_of(OP, n)?, u32_of(OP, k)?);
         let mut row_scale = None;
         // Widens 8-bit weights (codes only; the scales go to the epilogue) to `to`.
-        let widen = |to: DType| -> Result<CudaSlice<u8>> {
-            let buf = self.scratch(n * k * to.bytes_for(1).unwrap_or(4))?;
+        let widen = |to: DType| -> Result<u64> {
+            let buf = self.slot(Slot::Widened, n * k * to.bytes_for(1).unwrap_or(4))?;
             let name = if to == DType::BF16 { "dequant_rows_bf16" } else { "dequant_rows_f32" };
             let int8 = i32::from(w.dtype() == DType::I8);
-            let args = [
-                Arg::Ptr(self.ptr(w)),
-                Arg::Ptr(0),
-                Arg::Ptr(self.addr(&buf)),
-                Arg::U32(nu),
-                Arg::U32(ku),
-                Arg::I32(int8),
-            ];
+            let args = [Arg::Ptr(self.ptr(w)), Arg::Ptr(0), Arg::Ptr(buf), Arg::U32(nu), Arg::U32(ku), Arg::I32(int8)];
             self.launch(name, (Self::stride_blocks(n * k), 1, 1), 256, &args)?;
             Ok(buf)
         };
@@ -158,19 +150,19 @@ impl Ops for Cuda {
                 blas.matmul(stream, self.ptr(x), DType::F32, self.ptr(w), DType::F32, acc_p, (m, n, k))?
             }
             (wt @ (DType::F16 | DType::BF16), None) => {
-                let xs = self.scratch(m * k * 2)?;
+                let xs = self.slot(Slot::Input16, m * k * 2)?;
                 let name = if wt == DType::BF16 { "convert_from_f32_bf16" } else { "convert_from_f32_f16" };
-                let args = [Arg::Ptr(self.ptr(x)), Arg::Ptr(self.addr(&xs)), Arg::U64((m * k) as u64)];
+                let args = [Arg::Ptr(self.ptr(x)), Arg::Ptr(xs), Arg::U64((m * k) as u64)];
                 self.launch(name, (Self::stride_blocks(m * k), 1, 1), 256, &args)?;
-                blas.matmul(stream, self.addr(&xs), wt, self.ptr(w), wt, acc_p, (m, n, k))?;
+                blas.matmul(stream, xs, wt, self.ptr(w), wt, acc_p, (m, n, k))?;
             }
             (DType::F8E4M3 | DType::I8, None) => {
                 let wf = widen(DType::F32)?;
-                blas.matmul(stream, self.ptr(x), DType::F32, self.addr(&wf), DType::F32, acc_p, (m, n, k))?;
+                blas.matmul(stream, self.ptr(x), DType::F32, wf, DType::F32, acc_p, (m, n, k))?;
             }
             (DType::F8E4M3, Some(q)) => {
-                let codes = self.scratch(m * k)?;
-                let rs = self.scratch(m * 4)?;
+                let codes = self.slot(Slot::Codes, m * k)?;
+                let rs = self.slot(Slot::RowScales, m * 4)?;
                 let fixed = match q {
                     XQuant::Fp8PerToken => 0,
                     XQuant::Fp8Static(s) => {
@@ -182,32 +174,24 @@ impl Ops for Cuda {
                     Arg::Ptr(self.ptr(x)),
                     Arg::Ptr(self.opt(epi.smooth)),
                     Arg::Ptr(fixed),
-                    Arg::Ptr(self.addr(&codes)),
-                    Arg::Ptr(self.addr(&rs)),
+                    Arg::Ptr(codes),
+                    Arg::Ptr(rs),
                     Arg::U32(ku),
                 ];
                 self.launch("fp8_quantize_rows_f32", (mu, 1, 1), 256, &args)?;
                 let native = if self.caps().fp8 {
-                    let codes_p = self.addr(&codes);
-                    blas.matmul(stream, codes_p, DType::F8E4M3, self.ptr(w), DType::F8E4M3, acc_p, (m, n, k))
+                    blas.matmul(stream, codes, DType::F8E4M3, self.ptr(w), DType::F8E4M3, acc_p, (m, n, k))
                 } else {
                     Err(Error::Backend { backend: "cuda", msg: "this GPU has no FP8 tensor cores".into() })
                 };
                 if let Err(e) = native {
                     // Both sides as bf16 (exact: E4M3 values fit bf16), same products.
                     fp8_fallback_notice(&e);
-                    let xs = self.scratch(m * k * 2)?;
-                    let args = [
-                        Arg::Ptr(self.addr(&codes)),
-                        Arg::Ptr(0),
-                        Arg::Ptr(self.addr(&xs)),
-                        Arg::U32(mu),
-                        Arg::U32(ku),
-                        Arg::I32(0),
-                    ];
+                    let xs = self.slot(Slot::Input16, m * k * 2)?;
+                    let args = [Arg::Ptr(codes), Arg::Ptr(0), Arg::Ptr(xs), Arg::U32(mu), Arg::U32(ku), Arg::I32(0)];
                     self.launch("dequant_rows_bf16", (Self::stride_blocks(m * k), 1, 1), 256, &args)?;
                     let wb = widen(DType::BF16)?;
-                    blas.matmul(stream, self.addr(&xs), DType::BF16, self.addr(&wb), DType::BF16, acc_p, (m, n, k))?;
+                    blas.matmul(stream, xs, DType::BF16, wb, DType::BF16, acc_p, (m, n, k))?;
                 }
                 row_scale = Some(rs);
             }
@@ -218,7 +202,7 @@ impl Ops for Cuda {
         }
         let args = [
             Arg::Ptr(acc_p),
-            Arg::Ptr(row_scale.as_ref().map_or(0, |r| self.addr(r))),
+            Arg::Ptr(row_scale.unwrap_or(0)),
             Arg::Ptr(self.opt(epi.scale)),
             Arg::Ptr(self.opt(epi.bias)),
             Arg::I32(epi.act.map_or(-1, act_code)),
