@@ -30,8 +30,7 @@ fn cache_dir() -> Result<PathBuf> {
 pub fn cuda_tree() -> Result<PathBuf> {
     let dir = cache_dir()?;
     let tree = dir.join("root").join("nvidia").join("cu13");
-    let ready = ["lib/libnvrtc.so.13", "include/cuda_fp8.h", "bin/ptxas"].iter().all(|f| tree.join(f).exists());
-    if ready {
+    if ready(&tree) {
         return Ok(tree);
     }
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
@@ -64,13 +63,14 @@ pub fn cuda_tree() -> Result<PathBuf> {
         std::fs::set_permissions(&ptxas, std::fs::Permissions::from_mode(0o755))
             .with_context(|| format!("making {} executable", ptxas.display()))?;
     }
-    if !ready_now(&tree) {
+    if !ready(&tree) {
         bail!("the unpacked wheels lack NVRTC, cuda_fp8.h or ptxas under {}", tree.display());
     }
     Ok(tree)
 }
 
-fn ready_now(tree: &Path) -> bool {
+/// Whether the unpacked tree has what the task uses.
+fn ready(tree: &Path) -> bool {
     ["lib/libnvrtc.so.13", "include/cuda_fp8.h", "bin/ptxas"].iter().all(|f| tree.join(f).exists())
 }
 

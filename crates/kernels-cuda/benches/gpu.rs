@@ -53,7 +53,7 @@ fn main() {
     let copy_gbs = 2.0 * bytes as f64 / s / 1e9;
     drop((src, dst));
 
-    let blas = cuda.blas_handle();
+    let blas = cuda.blas();
     let (n, k) = (4096usize, 4096usize);
     let mut rows = Vec::new();
     for dtype in [DType::BF16, DType::F16, DType::F8E4M3] {

@@ -34,26 +34,34 @@ __device__ __forceinline__ signed char f32_to_i8(float x, float scale) {
     return (signed char)fmaxf(-127.f, fminf(127.f, q));
 }
 
-__device__ __forceinline__ float warp_sum(float v) {
-    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-    return v;
-}
-__device__ __forceinline__ float warp_max(float v) {
-    for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
-    return v;
-}
+struct SumOp {
+    static __device__ __forceinline__ float apply(float a, float b) { return a + b; }
+    static __device__ __forceinline__ float identity() { return 0.f; }
+};
+struct MaxOp {
+    static __device__ __forceinline__ float apply(float a, float b) { return fmaxf(a, b); }
+    static __device__ __forceinline__ float identity() { return -TURBINE_INF; }
+};
 
-// Sum over the block (blockDim.x a multiple of 32, at most 1024); every thread gets the result.
-__device__ float block_sum(float v) {
+template <typename Op> __device__ __forceinline__ float warp_reduce(float v) {
+    for (int o = 16; o > 0; o >>= 1) v = Op::apply(v, __shfl_xor_sync(0xffffffffu, v, o));
+    return v;
+}
+__device__ __forceinline__ float warp_sum(float v) { return warp_reduce<SumOp>(v); }
+__device__ __forceinline__ float warp_max(float v) { return warp_reduce<MaxOp>(v); }
+
+// Reduction over the block (blockDim.x a multiple of 32, at most 1024); every thread gets the
+// result. Every thread of the block must call it.
+template <typename Op> __device__ float block_reduce(float v) {
     __shared__ float part[32];
     __shared__ float total;
     int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    v = warp_sum(v);
+    v = warp_reduce<Op>(v);
     if (lane == 0) part[warp] = v;
     __syncthreads();
     if (warp == 0) {
-        float s = lane < (int)(blockDim.x >> 5) ? part[lane] : 0.f;
-        s = warp_sum(s);
+        float s = lane < (int)(blockDim.x >> 5) ? part[lane] : Op::identity();
+        s = warp_reduce<Op>(s);
         if (lane == 0) total = s;
     }
     __syncthreads();
@@ -61,25 +69,8 @@ __device__ float block_sum(float v) {
     __syncthreads();
     return r;
 }
-
-// Maximum over the block, as block_sum.
-__device__ float block_max(float v) {
-    __shared__ float part[32];
-    __shared__ float total;
-    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    v = warp_max(v);
-    if (lane == 0) part[warp] = v;
-    __syncthreads();
-    if (warp == 0) {
-        float s = lane < (int)(blockDim.x >> 5) ? part[lane] : -TURBINE_INF;
-        s = warp_max(s);
-        if (lane == 0) total = s;
-    }
-    __syncthreads();
-    float r = total;
-    __syncthreads();
-    return r;
-}
+__device__ float block_sum(float v) { return block_reduce<SumOp>(v); }
+__device__ float block_max(float v) { return block_reduce<MaxOp>(v); }
 
 // Activations: 0 SiLU, 1 GELU (tanh approximation), 2 GELU (erf), 3 ReLU.
 __device__ __forceinline__ float activate(float x, int act) {

@@ -47,6 +47,8 @@ struct Inner {
     /// Scratch buffers of the products, by [`Slot`], grown as needed and reused (work on the one
     /// stream is ordered, so a buffer is free again for the next product).
     scratch: std::sync::Mutex<[Option<CudaSlice<u8>>; Slot::COUNT]>,
+    /// ALiBi slopes by head count, uploaded once.
+    slopes: std::sync::Mutex<HashMap<usize, CudaSlice<u8>>>,
     /// cuBLASLt, with its workspace (declared first: dropped before the workspace).
     blas: crate::gemm::Blas,
     _workspace: CudaSlice<u8>,
@@ -111,8 +113,19 @@ impl Cuda {
             fp8: sm >= 89,
         };
         let scratch = std::sync::Mutex::new(Default::default());
-        let inner =
-            Inner { ctx, stream, _modules: modules, functions, scratch, blas, _workspace: workspace, caps, name };
+        let slopes = std::sync::Mutex::new(HashMap::new());
+        let inner = Inner {
+            ctx,
+            stream,
+            _modules: modules,
+            functions,
+            scratch,
+            slopes,
+            blas,
+            _workspace: workspace,
+            caps,
+            name,
+        };
         Ok(Cuda { inner: Arc::new(inner) })
     }
 
@@ -131,9 +144,34 @@ impl Cuda {
         &self.inner.ctx
     }
 
-    /// cuBLASLt.
-    pub(crate) fn blas(&self) -> Result<&crate::gemm::Blas> {
-        Ok(&self.inner.blas)
+    /// The first `bytes` of scratch buffer `slot`, copied to the host (waits for the stream).
+    pub(crate) fn read_slot(&self, slot: Slot, bytes: usize) -> Result<Vec<u8>> {
+        let s = self.inner.scratch.lock().map_err(|_| backend_err("scratch buffers poisoned"))?;
+        let buf = s[slot as usize].as_ref().ok_or_else(|| backend_err("reading an unused scratch buffer"))?;
+        if buf.len() < bytes {
+            return Err(backend_err(format!("reading {bytes} bytes of a {}-byte scratch buffer", buf.len())));
+        }
+        self.inner.stream.clone_dtoh(&buf.slice(..bytes)).map_err(driver_err("copying from the device"))
+    }
+
+    /// The device address of the ALiBi slopes of `heads` heads (f32), uploaded on first use.
+    pub(crate) fn alibi_slopes(&self, heads: usize) -> Result<u64> {
+        use cudarc::driver::DevicePtr;
+        let mut map = self.inner.slopes.lock().map_err(|_| backend_err("ALiBi slopes poisoned"))?;
+        let buf = match map.entry(heads) {
+            std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+            std::collections::hash_map::Entry::Vacant(e) => {
+                let bytes: Vec<u8> = turbine_core::alibi_slopes(heads).iter().flat_map(|v| v.to_le_bytes()).collect();
+                e.insert(self.inner.stream.clone_htod(&bytes).map_err(driver_err("copying ALiBi slopes"))?)
+            }
+        };
+        let (p, _sync) = buf.device_ptr(&self.inner.stream);
+        Ok(p)
+    }
+
+    /// The cuBLASLt handle (also for benchmarks of the bare products).
+    pub fn blas(&self) -> &crate::gemm::Blas {
+        &self.inner.blas
     }
 
     /// The device address of scratch buffer `slot`, at least `bytes` long (contents undefined).
@@ -149,11 +187,6 @@ impl Cuda {
         let buf = cell.as_ref().ok_or_else(|| backend_err("scratch buffer missing"))?;
         let (p, _sync) = buf.device_ptr(&self.inner.stream);
         Ok(p)
-    }
-
-    /// The cuBLASLt handle, for benchmarks of the bare products.
-    pub fn blas_handle(&self) -> &crate::gemm::Blas {
-        &self.inner.blas
     }
 
     /// A loaded kernel by its exported name (`norm_bf16`).
@@ -233,10 +266,12 @@ pub(crate) enum Slot {
     RowScales,
     /// Widened 8-bit weights.
     Widened,
+    /// Greedy samples: ids, then log-probabilities.
+    Samples,
 }
 
 impl Slot {
-    const COUNT: usize = 5;
+    const COUNT: usize = 6;
 }
 
 /// `host` as f32 values.

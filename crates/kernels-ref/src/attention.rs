@@ -68,7 +68,7 @@ pub(crate) fn kv_store(qkv: &Tensor<Cpu>, l: QkvLayout, meta: &AttnMeta<Cpu>, kv
                 }
             }
             crate::CpuBuf::Blocks(dst) if matches!(dtype, DType::F8E4M3 | DType::I8) => {
-                let rs = rs.ok_or_else(|| Error::invalid(OP, format!("{dtype} pages without row scales")))?;
+                let rs = rs.ok_or_else(|| no_row_scales(OP, dtype))?;
                 let max = if dtype == DType::I8 { I8_MAX } else { E4M3_MAX };
                 let mut x = [0f32; MAX_HEAD_DIM];
                 for (row, &s) in q.chunks_exact(l.width()).zip(slots) {
@@ -101,12 +101,24 @@ pub(crate) fn kv_store(qkv: &Tensor<Cpu>, l: QkvLayout, meta: &AttnMeta<Cpu>, kv
 /// The first `rows` per-row scales of 8-bit pages, if any.
 fn row_scales(t: &mut Option<Tensor<Cpu>>, rows: usize) -> Result<Option<&mut [f32]>> {
     match t {
-        Some(t) if t.capacity() < rows => {
-            Err(Error::invalid("kv_store", format!("{} row scales for {rows} cache rows", t.capacity())))
+        Some(t) => {
+            check_scale_rows("kv_store", t.capacity(), rows)?;
+            Ok(Some(&mut f32s_mut(t, "kv_store")?[..rows]))
         }
-        Some(t) => Ok(Some(&mut f32s_mut(t, "kv_store")?[..rows])),
         None => Ok(None),
     }
+}
+
+/// 8-bit pages of `rows` rows need as many row scales.
+fn check_scale_rows(op: &'static str, have: usize, rows: usize) -> Result<()> {
+    if have < rows {
+        return Err(Error::invalid(op, format!("{have} row scales for {rows} cache rows")));
+    }
+    Ok(())
+}
+
+fn no_row_scales(op: &'static str, dtype: DType) -> Error {
+    Error::invalid(op, format!("{dtype} pages without row scales"))
 }
 
 /// Validated view of one step's sequences.
@@ -289,12 +301,10 @@ fn decode_rows(codes: &[u8], d: usize, table: &[f32; 256], scales: &[f32], out: 
 fn kv_all<'a>(t: &'a Tensor<Cpu>, rows: Option<&'a Tensor<Cpu>>) -> Result<Pages<'a>> {
     const OP: &str = "paged_attention";
     let scales = || -> Result<&'a [f32]> {
-        let r = rows.ok_or_else(|| Error::invalid(OP, format!("{} pages without row scales", t.dtype())))?;
+        let r = rows.ok_or_else(|| no_row_scales(OP, t.dtype()))?;
         let n = t.capacity() / t.cols().max(1);
         let v = f32s(r, OP)?;
-        if v.len() < n {
-            return Err(Error::invalid(OP, format!("{} row scales for {n} cache rows", v.len())));
-        }
+        check_scale_rows(OP, v.len(), n)?;
         Ok(&v[..n])
     };
     match t.buf() {

@@ -180,7 +180,16 @@ impl View for &Lazy<'_> {
         Cow::Owned(out)
     }
     fn data_len(&self) -> usize {
-        self.numel() * if self.dtype == Dtype::F32 { 4 } else { 2 }
+        self.numel() * value_bytes(self.dtype)
+    }
+}
+
+/// Bytes of one value of the weights' storage type (f32, or a 16-bit type).
+fn value_bytes(d: Dtype) -> usize {
+    if d == Dtype::F32 {
+        4
+    } else {
+        2
     }
 }
 
@@ -197,7 +206,12 @@ pub struct Written {
 /// tensors are generated.
 pub fn write(spec: &SynthSpec, out: &Path, progress: &dyn Fn(u64, u64)) -> Result<Written> {
     spec.validate()?;
-    let total: u64 = spec.params() * if spec.dtype == DType::F32 { 4 } else { 2 };
+    let dtype = match spec.dtype {
+        DType::F16 => Dtype::F16,
+        DType::BF16 => Dtype::BF16,
+        _ => Dtype::F32,
+    };
+    let total = spec.params() * value_bytes(dtype) as u64;
     let written = std::sync::atomic::AtomicU64::new(0);
     let done = |n: u64| {
         let now = written.fetch_add(n, std::sync::atomic::Ordering::Relaxed) + n;
@@ -211,11 +225,6 @@ pub fn write(spec: &SynthSpec, out: &Path, progress: &dyn Fn(u64, u64)) -> Resul
         .map(|(i, (name, shape))| {
             let fill = name.ends_with("norm.weight").then_some(1.0);
             let seed = spec.seed.wrapping_mul(0x9e37_79b9_7f4a_7c15).wrapping_add(i as u64 + 1);
-            let dtype = match spec.dtype {
-                DType::F16 => Dtype::F16,
-                DType::BF16 => Dtype::BF16,
-                _ => Dtype::F32,
-            };
             (name, Lazy { dtype, shape, fill, seed, done: &done })
         })
         .collect();

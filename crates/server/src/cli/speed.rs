@@ -12,6 +12,10 @@ use turbine_server::setup;
 
 use super::{parse_ids, ModelArgs};
 
+/// Deterministic synthetic text for the prompts: ordinary English, repeated to length.
+const PROMPT_TEXT: &str =
+    "The engine reads the weights once per step, so a batch of requests costs little more than one. ";
+
 /// Settings of the single-request speed measurement.
 #[derive(Debug, Args)]
 pub struct SpeedArgs {
@@ -39,22 +43,10 @@ pub fn run(model: &ModelArgs, a: &SpeedArgs, json: bool) -> Result<()> {
         bail!("--gen-tokens must be at least 2, --prompt-tokens and --reps at least 1");
     }
     let mut s = setup::load(model.model.as_deref(), &model.backend, model.kv()?, &model.policy()?)?;
-    // Deterministic synthetic text: ordinary English, repeated to length.
-    let base = s.tok.encode(
-        "The engine reads the weights once per step, so a batch of requests costs little more than one. ",
-        false,
-    )?;
+    let base = s.tok.encode(PROMPT_TEXT, false)?;
     let tokens = |n: usize| -> Vec<u32> { base.iter().copied().cycle().take(n).collect() };
-    let greedy = SamplingParams { temperature: 0.0, ..Default::default() };
     let mut measure = |prompt: Vec<u32>, gen: usize| -> Result<(f64, f64)> {
-        let req = Request {
-            prompt,
-            params: greedy.clone(),
-            max_tokens: gen,
-            ignore_eos: true,
-            stop_ids: vec![],
-            stop: vec![],
-        };
+        let req = greedy_request(prompt, gen);
         let (mut pf, mut dc) = (0.0f64, 0.0f64);
         for _ in 0..a.reps {
             let out = s.gen.generate(&req, &mut |_| {})?;
@@ -104,9 +96,7 @@ pub fn run_batches(model: &ModelArgs, a: &SpeedArgs, json: bool) -> Result<()> {
     let largest = sizes.iter().copied().max().unwrap_or(1);
     let kv = setup::KvSize { tokens: largest * (a.prompt_tokens + a.gen_tokens) + 16 * largest, ..model.kv()? };
     let loaded = setup::load_runner_with(model.model.as_deref(), &model.backend, kv, &model.policy()?)?;
-    let base = loaded
-        .tok
-        .encode("The engine reads the weights once per step, so a batch costs little more than one. ", false)?;
+    let base = loaded.tok.encode(PROMPT_TEXT, false)?;
     let prompt: Vec<u32> = base.iter().copied().cycle().take(a.prompt_tokens).collect();
     let path = loaded.path.clone();
     let cfg = EngineConfig {
@@ -117,14 +107,7 @@ pub fn run_batches(model: &ModelArgs, a: &SpeedArgs, json: bool) -> Result<()> {
     let mut core = EngineCore::new(loaded.runner, cfg);
     let mut rows = Vec::new();
     // Warm-up (thread pool, first touches of the cache and workspaces), not measured.
-    let warm = Request {
-        prompt: prompt.clone(),
-        params: SamplingParams { temperature: 0.0, ..Default::default() },
-        max_tokens: 4,
-        ignore_eos: true,
-        stop_ids: vec![],
-        stop: vec![],
-    };
+    let warm = greedy_request(prompt.clone(), 4);
     for _ in 0..largest.min(4) {
         core.add(warm.clone()).map_err(|e| anyhow::anyhow!("{e}"))?;
     }
@@ -136,14 +119,7 @@ pub fn run_batches(model: &ModelArgs, a: &SpeedArgs, json: bool) -> Result<()> {
             "turbine bench: batch {n}: {} prompt tokens each, then {} tokens decoded together",
             a.prompt_tokens, a.gen_tokens
         );
-        let req = Request {
-            prompt: prompt.clone(),
-            params: SamplingParams { temperature: 0.0, ..Default::default() },
-            max_tokens: a.gen_tokens,
-            ignore_eos: true,
-            stop_ids: vec![],
-            stop: vec![],
-        };
+        let req = greedy_request(prompt.clone(), a.gen_tokens);
         let t0 = Instant::now();
         for _ in 0..n {
             core.add(req.clone()).map_err(|e| anyhow::anyhow!("{e}"))?;
@@ -187,4 +163,16 @@ pub fn run_batches(model: &ModelArgs, a: &SpeedArgs, json: bool) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// A greedy request that decodes exactly `max_tokens` tokens.
+fn greedy_request(prompt: Vec<u32>, max_tokens: usize) -> Request {
+    Request {
+        prompt,
+        params: SamplingParams { temperature: 0.0, ..Default::default() },
+        max_tokens,
+        ignore_eos: true,
+        stop_ids: vec![],
+        stop: vec![],
+    }
 }
