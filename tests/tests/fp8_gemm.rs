@@ -62,14 +62,16 @@ fn fp8_w8a8_matches_the_slow_emulation() {
     let b = Cpu::new();
     let table = e4m3_values();
     let cases = [
-        (1, 64, 7, None, false),
-        (3, 96, 50, None, false),
-        (9, 160, 20, None, false),
-        (4, 64, 9, Some(0.004f32), false),
-        (3, 96, 11, None, true),
-        (5, 64, 8, Some(0.002f32), true),
+        (1, 64, 7, None, false, false),
+        (3, 96, 50, None, false, false),
+        (9, 160, 20, None, false, false),
+        (4, 64, 9, Some(0.004f32), false, false),
+        (3, 96, 11, None, true, false),
+        (5, 64, 8, Some(0.002f32), true, false),
+        (4, 64, 13, None, false, true),
+        (6, 96, 10, None, true, true),
     ];
-    for (m, k, n, static_scale, smoothed) in cases {
+    for (m, k, n, static_scale, smoothed, shifted) in cases {
         let mut x = rand(m * k, 1, 1.5);
         x[3] = 40.0; // an outlier: its row's scale grows, and with a static scale it saturates
         let w = rand(n * k, 2, 0.2);
@@ -86,19 +88,24 @@ fn fp8_w8a8_matches_the_slow_emulation() {
         let smooth: Vec<f32> =
             if smoothed { rand(k, 4, 1.0).iter().map(|v| 0.1 + v.abs() * 3.0).collect() } else { vec![1.0; k] };
         let smooth_t = up(&b, &[k], &smooth);
+        // Centring: input channel c has shift[c] subtracted first.
+        let shift: Vec<f32> = if shifted { rand(k, 7, 2.0) } else { vec![0.0; k] };
+        let shift_t = up(&b, &[k], &shift);
         let mut out = b.alloc(&[m, n].into(), DType::F32).unwrap();
         let epi = Epilogue {
             bias: Some(&bt),
             scale: Some(&st),
             quant_x: Some(quant),
             smooth: smoothed.then_some(&smooth_t),
+            shift: shifted.then_some(&shift_t),
             ..Epilogue::none()
         };
         b.matmul(&xt, &wt, epi, &mut out).unwrap();
         let got = b.download(&out).unwrap().to_f32().unwrap();
         let mut want = vec![0.0; m * n];
         for i in 0..m {
-            let row: Vec<f32> = x[i * k..(i + 1) * k].iter().zip(&smooth).map(|(v, s)| v * s).collect();
+            let row: Vec<f32> =
+                x[i * k..(i + 1) * k].iter().zip(&shift).zip(&smooth).map(|((v, mu), s)| (v - mu) * s).collect();
             let sx = static_scale.unwrap_or_else(|| row.iter().fold(0f32, |a, v| a.max(v.abs())) / 448.0);
             let qx: Vec<f64> = row.iter().map(|&v| slow_e4m3(v * (1.0 / sx), &table)).collect();
             for j in 0..n {
@@ -114,6 +121,8 @@ fn fp8_w8a8_matches_the_slow_emulation() {
     let mut out = b.alloc(&[1, 3].into(), DType::F32).unwrap();
     let err = b.matmul(&x, &w, Epilogue { smooth: Some(&s), ..Epilogue::none() }, &mut out).unwrap_err().to_string();
     assert!(err.contains("smoothing"), "{err}");
+    let err = b.matmul(&x, &w, Epilogue { shift: Some(&s), ..Epilogue::none() }, &mut out).unwrap_err().to_string();
+    assert!(err.contains("shift"), "{err}");
 }
 
 #[test]
@@ -175,15 +184,18 @@ fn int8_and_half_weights_dequantise_on_the_fly() {
 /// Paged attention over FP8 E4M3 (or INT8) keys and values equals f64 attention over the keys
 /// and values rounded the slow way (`e4m3(x / s) · s` with `s` the row's largest magnitude over
 /// 448), keys centred by their shift first (which moves every score of a query by the same
-/// amount, so the reference can leave it out).
+/// amount, so the reference can leave it out), position 0's key unrounded where the pages keep
+/// it aside.
 #[test]
 fn fp8_kv_cache_attention_matches_rounded_reference() {
-    fp8_kv_case(true, DType::F8E4M3);
-    fp8_kv_case(false, DType::F8E4M3);
-    fp8_kv_case(true, DType::I8);
+    fp8_kv_case(true, true, DType::F8E4M3);
+    fp8_kv_case(false, false, DType::F8E4M3);
+    fp8_kv_case(true, false, DType::I8);
+    fp8_kv_case(false, true, DType::I8);
 }
 
-fn fp8_kv_case(shifted: bool, dtype: DType) {
+/// `shifted`: keys minus a per-channel shift; `sink`: position 0's key kept unrounded.
+fn fp8_kv_case(shifted: bool, sink: bool, dtype: DType) {
     use turbine_core::{AttnMeta, AttnParams, KvPages, QkvLayout};
     let b = Cpu::new();
     let table = e4m3_values();
@@ -210,6 +222,7 @@ fn fp8_kv_case(shifted: bool, dtype: DType) {
         v: b.alloc(&shape, dtype).unwrap(),
         block_size: bs,
         k_shift: shifted.then(|| up(&b, &[l.kv_heads * d], &shift)),
+        k_sink: sink.then(|| b.alloc(&[4, l.kv_heads, d].into(), DType::F32).unwrap()),
         k_scales: Some(b.alloc(&[4 * l.kv_heads * bs].into(), DType::F32).unwrap()),
         v_scales: Some(b.alloc(&[4 * l.kv_heads * bs].into(), DType::F32).unwrap()),
     };
@@ -232,7 +245,12 @@ fn fp8_kv_case(shifted: bool, dtype: DType) {
         let at = if key { l.q_heads + kh } else { l.q_heads + l.kv_heads + kh };
         let x = &qkv[j * w + at * d..][..d];
         let m = if key { &shift[kh * d..][..d] } else { &zeros[..] };
-        round_row(&x.iter().zip(m).map(|(a, b)| a - b).collect::<Vec<_>>())
+        let x: Vec<f32> = x.iter().zip(m).map(|(a, b)| a - b).collect();
+        if key && sink && j == 0 {
+            x
+        } else {
+            round_row(&x)
+        }
     };
     let keys: Vec<Vec<Vec<f32>>> = (0..n).map(|j| (0..l.kv_heads).map(|kh| rounded(j, kh, true)).collect()).collect();
     let vals: Vec<Vec<Vec<f32>>> = (0..n).map(|j| (0..l.kv_heads).map(|kh| rounded(j, kh, false)).collect()).collect();

@@ -240,6 +240,7 @@ fn run_attention(b: &Cpu, c: &Case, qkv: &[f32], chunks: &[usize]) -> Vec<f32> {
         v: zeros(b, &shape),
         block_size: c.bs,
         k_shift: None,
+        k_sink: None,
         k_scales: None,
         v_scales: None,
     };
@@ -440,6 +441,7 @@ fn alibi_attention_matches_naive() {
         v: zeros(&b, &shape),
         block_size: 4,
         k_shift: None,
+        k_sink: None,
         k_scales: None,
         v_scales: None,
     };

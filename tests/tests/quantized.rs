@@ -190,28 +190,41 @@ fn policy_errors_name_the_problem() {
     assert!(q.iter().all(|v| v.is_finite()));
 }
 
-/// SmoothQuant moves input outliers into the weights without changing what the product computes:
-/// the smoothed FP8 model stays as close to the f32 model as the plain FP8 one (a factor applied
-/// to one side only would not). The FP8 checkpoint layout has no place for the factors, so
-/// exporting a smoothed model is refused.
+/// SmoothQuant moves input outliers into the weights, and centring moves the inputs' means into
+/// the bias, without changing what the product computes: the FP8 model stays as close to the f32
+/// model as the plain FP8 one (a change applied to one side only would not). The FP8 checkpoint
+/// layout has no place for the factors or the shifts, so exporting such a model is refused.
 #[test]
-fn smoothing_keeps_the_product_and_is_not_exported() {
+fn smoothing_and_centring_keep_the_product_and_are_not_exported() {
     let cpu = Cpu::new();
     let load = |p: &Policy| turbine_models::load_with(&cpu, &tiny("llama-gqa"), p).unwrap();
     let reference = logits(load(&Policy::parse("f32", &[]).unwrap()));
     let plain = logits(load(&Policy::parse("fp8", &[]).unwrap()));
-    let smooth = Policy { smooth: Some(0.5), calib_tokens: 256, ..Policy::parse("fp8", &[]).unwrap() };
-    let smoothed = load(&smooth);
-    let dec = smoothed.model.decoder().unwrap();
-    assert!(dec.layers.iter().all(|l| l.qkv.smooth.is_some() && l.down.smooth.is_some()));
-    let out = temp("smoothed");
-    let err = turbine_models::export::export(&cpu, dec, &tiny("llama-gqa"), &out, Format::Fp8).unwrap_err().to_string();
-    assert!(err.contains("--smooth"), "{err}");
-    let smoothed = logits(smoothed);
     let dist = |a: &[f32]| a.iter().zip(&reference).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
     let scale = reference.iter().fold(0f32, |a, v| a.max(v.abs()));
-    assert!(dist(&smoothed) < 3.0 * dist(&plain) + 1e-3 * scale, "{} vs {}", dist(&smoothed), dist(&plain));
-    assert!(dist(&smoothed) > 0.0);
+    let fp8 = Policy { calib_tokens: 256, ..Policy::parse("fp8", &[]).unwrap() };
+    for (policy, flag) in [
+        (Policy { smooth: Some(0.5), ..fp8.clone() }, "--smooth"),
+        (Policy { center: true, ..fp8.clone() }, "--center"),
+    ] {
+        let changed = load(&policy);
+        let dec = changed.model.decoder().unwrap();
+        let has = |l: &turbine_models::layers::Linear<Cpu>| {
+            if policy.center {
+                l.shift.is_some() && l.b.is_some()
+            } else {
+                l.smooth.is_some()
+            }
+        };
+        assert!(dec.layers.iter().all(|l| has(&l.qkv) && has(&l.down)), "{flag}");
+        let out = temp("changed");
+        let err =
+            turbine_models::export::export(&cpu, dec, &tiny("llama-gqa"), &out, Format::Fp8).unwrap_err().to_string();
+        assert!(err.contains(flag), "{err}");
+        let changed = logits(changed);
+        assert!(dist(&changed) < 3.0 * dist(&plain) + 1e-3 * scale, "{flag}: {} vs {}", dist(&changed), dist(&plain));
+        assert!(dist(&changed) > 0.0);
+    }
     let bad = Policy { smooth: Some(1.5), calib_tokens: 256, ..Policy::parse("fp8", &[]).unwrap() };
     let err =
         turbine_models::load_with(&cpu, &tiny("llama-gqa"), &bad).err().map(|e| e.to_string()).unwrap_or_default();

@@ -24,6 +24,9 @@ pub struct EvalRow {
     pub mean_kl: f64,
     /// Largest KL at one position.
     pub max_kl: f64,
+    /// Standard error of the mean per-token difference of negative log-likelihood from the
+    /// reference's (0 for the reference): `ln(ppl / ppl_ref)` is known to about this much.
+    pub dnll_se: f64,
     /// Fraction of positions whose most likely token is the reference's.
     pub top1_agreement: f64,
 }
@@ -33,6 +36,9 @@ struct Acc {
     nll: f64,
     kl: f64,
     max_kl: f64,
+    /// Σ and Σ² of the per-token NLL difference from the reference.
+    dnll: f64,
+    dnll2: f64,
     agree: usize,
     n: usize,
 }
@@ -96,7 +102,7 @@ pub fn compare(
             let end = (start + chunk).min(window.len());
             let rows = end - start;
             // The reference first; its distributions are kept for this chunk only.
-            let mut reference: Vec<(Vec<f64>, usize)> = Vec::with_capacity(rows);
+            let mut reference: Vec<(Vec<f64>, usize, f64)> = Vec::with_capacity(rows);
             for (gi, (g, s)) in gens.iter_mut().zip(&seqs).enumerate() {
                 let step = SeqStep { tokens: &window[start..end], start, blocks: s.ids(), logits: Logits::All };
                 g.runner().step(&[step])?;
@@ -105,14 +111,17 @@ pub fn compare(
                     let Some(&next) = window.get(start + j + 1) else { continue };
                     let lp = log_softmax(row);
                     let a = &mut acc[gi];
-                    a.nll -= lp[next as usize];
+                    let nll = -lp[next as usize];
+                    a.nll += nll;
                     a.n += 1;
                     let top = argmax(row);
                     if gi == 0 {
                         a.agree += 1;
-                        reference.push((lp, top));
+                        reference.push((lp, top, nll));
                     } else {
-                        let (p, ref_top) = &reference[j];
+                        let (p, ref_top, ref_nll) = &reference[j];
+                        a.dnll += nll - ref_nll;
+                        a.dnll2 += (nll - ref_nll).powi(2);
                         let kl: f64 = p.iter().zip(&lp).map(|(&lp_ref, &lq)| lp_ref.exp() * (lp_ref - lq)).sum();
                         a.kl += kl;
                         a.max_kl = a.max_kl.max(kl);
@@ -129,7 +138,9 @@ pub fn compare(
         .iter()
         .map(|a| {
             let n = a.n.max(1) as f64;
+            let var = (a.dnll2 / n - (a.dnll / n).powi(2)).max(0.0);
             EvalRow {
+                dnll_se: (var / (n - 1.0).max(1.0)).sqrt(),
                 tokens: a.n,
                 mean_nll: a.nll / n,
                 ppl: (a.nll / n).exp(),

@@ -16,9 +16,10 @@ use crate::{Backend, Result, Tensor};
 ///
 /// where `x' = x` and `sx = 1` without `quant_x`, and `w[j, k]` are the stored weight values (for
 /// FP8 E4M3 and INT8 weights the raw 8-bit values, their scales in `scale`). With `quant_x`, each
-/// input row is first multiplied channel by channel by `smooth` when given (SmoothQuant: the
-/// weight's input columns were multiplied by the reciprocals when it was quantised), then
-/// quantised: `x'[i, k] = e4m3(x[i, k] · smooth[k] · (1 / sx[i]))`.
+/// input row is first shifted by `shift` and multiplied channel by channel by `smooth` when
+/// given (SmoothQuant: the weight's input columns were multiplied by the reciprocals when it was
+/// quantised), then quantised: `x'[i, k] = e4m3((x[i, k] − shift[k]) · smooth[k] · (1 / sx[i]))`.
+/// The product of the shift with the weight is the caller's to add back (as part of `bias`).
 pub struct Epilogue<'a, B: Backend> {
     /// Adds `bias[n]` to every row.
     pub bias: Option<&'a Tensor<B>>,
@@ -32,6 +33,8 @@ pub struct Epilogue<'a, B: Backend> {
     pub quant_x: Option<XQuant<'a, B>>,
     /// With `quant_x`: per-input-channel multipliers `[k]` (f32) applied before quantisation.
     pub smooth: Option<&'a Tensor<B>>,
+    /// With `quant_x`: per-input-channel values `[k]` (f32) subtracted before quantisation.
+    pub shift: Option<&'a Tensor<B>>,
 }
 
 /// How a matrix product's input rows are quantised before the products (W8A8): each row becomes
@@ -53,7 +56,7 @@ impl<B: Backend> Copy for XQuant<'_, B> {}
 impl<B: Backend> Epilogue<'_, B> {
     /// Plain product.
     pub fn none() -> Self {
-        Epilogue { bias: None, act: None, accumulate: false, scale: None, quant_x: None, smooth: None }
+        Epilogue { bias: None, act: None, accumulate: false, scale: None, quant_x: None, smooth: None, shift: None }
     }
 
     /// `out += x · wᵀ`.
@@ -182,6 +185,13 @@ pub struct KvPages<B: Backend> {
     /// keys' per-channel mean, so that E4M3's relative precision serves what varies). Attention
     /// is unchanged: a query's scores all move by the same `q · shift`, which softmax ignores.
     pub k_shift: Option<Tensor<B>>,
+    /// 8-bit pages (ignored for others): the key of position 0 of a sequence, kept unrounded
+    /// (minus the shift) in f32, `[num_blocks, kv_heads, head_dim]`, at the index of the block
+    /// that holds it. Most heads put much of their attention on the first token (an "attention
+    /// sink") and its key lies far from the others, so rounding it costs more than any other
+    /// row; `kv_store` writes it for rows at position 0 and attention reads it instead of that
+    /// page row.
+    pub k_sink: Option<Tensor<B>>,
     /// 8-bit pages (required there): one scale per stored key row (one token of one kv head),
     /// `[num_blocks · kv_heads · block_size]` f32 in the pages' row order. `kv_store` sets it to
     /// the row's largest magnitude (after the shift) over the format's largest value (448 for

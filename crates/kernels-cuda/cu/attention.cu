@@ -1,6 +1,7 @@
 // The paged KV cache: stores and causal attention, with the layout and arithmetic of kernels-ref.
 // Pages are [num_blocks, kv_heads, block_size, d]: in the activation type T, or 8-bit codes (E4M3
-// or INT8) with one f32 scale per row (token x kv head) and keys stored minus a per-channel shift.
+// or INT8) with one f32 scale per row (token x kv head) and keys stored minus a per-channel shift;
+// position 0's key (the attention sink) is also kept unrounded in k_sink [num_blocks, kv_heads, d].
 // PAGE: 0 = T, 1 = E4M3, 2 = INT8.
 #include "common.cuh"
 
@@ -21,9 +22,9 @@ __device__ __forceinline__ float load_page(const typename Page<T, PAGE>::type* p
 // Writes the key and value heads of row blockIdx.x, kv head blockIdx.y, to slot slots[row].
 // blockDim.x >= d, a multiple of 32.
 template <typename T, int PAGE>
-__device__ void kv_store(const T* qkv, const u32* slots, typename Page<T, PAGE>::type* k_pages,
+__device__ void kv_store(const T* qkv, const u32* slots, const u32* positions, typename Page<T, PAGE>::type* k_pages,
                          typename Page<T, PAGE>::type* v_pages, float* k_scales, float* v_scales,
-                         const float* k_shift, u32 q_heads, u32 kv_heads, u32 d, u32 bs) {
+                         const float* k_shift, float* k_sink, u32 q_heads, u32 kv_heads, u32 d, u32 bs) {
     u32 row = blockIdx.x, h = blockIdx.y, c = threadIdx.x;
     u32 width = (q_heads + 2 * kv_heads) * d;
     u32 slot = slots[row];
@@ -38,6 +39,7 @@ __device__ void kv_store(const T* qkv, const u32* slots, typename Page<T, PAGE>:
             continue;
         }
         if (part == 0 && k_shift && c < d) v -= k_shift[h * d + c];
+        if (part == 0 && k_sink && positions[row] == 0 && c < d) k_sink[((size_t)(slot / bs) * kv_heads + h) * d + c] = v;
         float m = block_max(fabsf(v));
         float maxv = PAGE == 1 ? 448.f : 127.f;
         float s = (m > 0.f && m < TURBINE_INF) ? m / maxv : 1.f;
@@ -52,7 +54,8 @@ __device__ void kv_store(const T* qkv, const u32* slots, typename Page<T, PAGE>:
 template <typename T, int PAGE>
 __device__ void paged_attention(const T* qkv, const typename Page<T, PAGE>::type* k_pages,
                                 const typename Page<T, PAGE>::type* v_pages, const float* k_scales,
-                                const float* v_scales, const u32* seqs, u32 n_seqs, const u32* tables,
+                                const float* v_scales, const float* k_sink, const u32* seqs, u32 n_seqs,
+                                const u32* tables,
                                 u32 max_blocks, u32 q_heads, u32 kv_heads, u32 d, u32 bs, float scale, u32 window,
                                 float alibi, const float* slopes, T* out) {
     __shared__ float q[MAX_D];
@@ -86,7 +89,12 @@ __device__ void paged_attention(const T* qkv, const typename Page<T, PAGE>::type
             size_t r = base + (j - blk * bs);
             float ks = PAGE ? k_scales[r] : 1.f;
             float s = 0.f;
-            for (u32 c = lane; c < d; c += 32) s += q[c] * load_page<T, PAGE>(k_pages, r * d + c, ks);
+            if (PAGE && k_sink && j == 0) {
+                const float* kr = k_sink + ((size_t)table[0] * kv_heads + kh) * d;
+                for (u32 c = lane; c < d; c += 32) s += q[c] * kr[c];
+            } else {
+                for (u32 c = lane; c < d; c += 32) s += q[c] * load_page<T, PAGE>(k_pages, r * d + c, ks);
+            }
             s = warp_sum(s) * scale;
             if (slope != 0.f) s += slope * ((float)j - (float)pos);
             if (lane == 0) p[j - a] = s;
@@ -113,19 +121,20 @@ __device__ void paged_attention(const T* qkv, const typename Page<T, PAGE>::type
 }
 
 #define ATTN(N, T, PN, PAGE)                                                                                  \
-    extern "C" __global__ void kv_store_##N##_##PN(const T* qkv, const u32* slots,                            \
-                                                   Page<T, PAGE>::type* k_pages, Page<T, PAGE>::type* v_pages, \
-                                                   float* k_scales, float* v_scales, const float* k_shift,    \
-                                                   u32 q_heads, u32 kv_heads, u32 d, u32 bs) {                \
-        kv_store<T, PAGE>(qkv, slots, k_pages, v_pages, k_scales, v_scales, k_shift, q_heads, kv_heads, d, bs); \
+    extern "C" __global__ void kv_store_##N##_##PN(                                                           \
+        const T* qkv, const u32* slots, const u32* positions, Page<T, PAGE>::type* k_pages,                   \
+        Page<T, PAGE>::type* v_pages, float* k_scales, float* v_scales, const float* k_shift, float* k_sink,  \
+        u32 q_heads, u32 kv_heads, u32 d, u32 bs) {                                                           \
+        kv_store<T, PAGE>(qkv, slots, positions, k_pages, v_pages, k_scales, v_scales, k_shift, k_sink, q_heads, \
+                          kv_heads, d, bs);                                                                   \
     }                                                                                                         \
     extern "C" __global__ void paged_attention_##N##_##PN(                                                    \
         const T* qkv, const Page<T, PAGE>::type* k_pages, const Page<T, PAGE>::type* v_pages,                 \
-        const float* k_scales, const float* v_scales, const u32* seqs, u32 n_seqs, const u32* tables,         \
-        u32 max_blocks, u32 q_heads, u32 kv_heads, u32 d, u32 bs, float scale, u32 window, float alibi,       \
-        const float* slopes, T* out) {                                                                        \
-        paged_attention<T, PAGE>(qkv, k_pages, v_pages, k_scales, v_scales, seqs, n_seqs, tables, max_blocks, \
-                                 q_heads, kv_heads, d, bs, scale, window, alibi, slopes, out);                \
+        const float* k_scales, const float* v_scales, const float* k_sink, const u32* seqs, u32 n_seqs,       \
+        const u32* tables, u32 max_blocks, u32 q_heads, u32 kv_heads, u32 d, u32 bs, float scale, u32 window, \
+        float alibi, const float* slopes, T* out) {                                                           \
+        paged_attention<T, PAGE>(qkv, k_pages, v_pages, k_scales, v_scales, k_sink, seqs, n_seqs, tables,     \
+                                 max_blocks, q_heads, kv_heads, d, bs, scale, window, alibi, slopes, out);    \
     }
 #define ATTN_ALL(N, T) ATTN(N, T, same, 0) ATTN(N, T, e4m3, 1) ATTN(N, T, i8, 2)
 TURBINE_FOR_TYPES(ATTN_ALL)

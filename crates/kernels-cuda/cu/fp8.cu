@@ -1,11 +1,18 @@
 // FP8 E4M3 quantisation of activations for the W8A8 products (the arithmetic of kernels-ref's
-// emulation, `turbine_core::fp8`): x' = e4m3(x * smooth * (1 / s)) with s = amax(row) / 448 per
-// token, or one static s for every row. One block per row.
+// emulation, `turbine_core::fp8`): x' = e4m3((x - shift) * smooth * (1 / s)) with s = amax(row) / 448
+// per token, or one static s for every row. One block per row.
 #include "common.cuh"
 
+// Input channel c of a row as it is quantised: shifted, then smoothed (either may be absent).
 template <typename T>
-__device__ void quantize_rows(const T* x, const float* smooth, const float* static_scale, u8* out, float* scales,
-                              u32 cols) {
+__device__ __forceinline__ float prepared(const T* x, const float* shift, const float* smooth, size_t row, u32 c) {
+    float v = to_f(x[row + c]) - (shift ? shift[c] : 0.f);
+    return smooth ? v * smooth[c] : v;
+}
+
+template <typename T>
+__device__ void quantize_rows(const T* x, const float* shift, const float* smooth, const float* static_scale, u8* out,
+                              float* scales, u32 cols) {
     size_t row = (size_t)blockIdx.x * cols;
     float s;
     if (static_scale) {
@@ -13,7 +20,7 @@ __device__ void quantize_rows(const T* x, const float* smooth, const float* stat
     } else {
         float m = 0.f;
         for (u32 c = threadIdx.x; c < cols; c += blockDim.x) {
-            float v = to_f(x[row + c]) * (smooth ? smooth[c] : 1.f);
+            float v = prepared(x, shift, smooth, row, c);
             m = fmaxf(m, fabsf(v));
         }
         m = block_max(m);
@@ -21,16 +28,17 @@ __device__ void quantize_rows(const T* x, const float* smooth, const float* stat
     }
     float inv = 1.f / s;
     for (u32 c = threadIdx.x; c < cols; c += blockDim.x) {
-        float v = to_f(x[row + c]) * (smooth ? smooth[c] : 1.f);
+        float v = prepared(x, shift, smooth, row, c);
         out[row + c] = f32_to_e4m3(v * inv);
     }
     if (threadIdx.x == 0) scales[blockIdx.x] = s;
 }
 
 #define QUANT(N, T)                                                                                           \
-    extern "C" __global__ void fp8_quantize_rows_##N(const T* x, const float* smooth, const float* static_scale, \
-                                                     u8* out, float* scales, u32 cols) {                      \
-        quantize_rows<T>(x, smooth, static_scale, out, scales, cols);                                         \
+    extern "C" __global__ void fp8_quantize_rows_##N(const T* x, const float* shift, const float* smooth,      \
+                                                     const float* static_scale, u8* out, float* scales,       \
+                                                     u32 cols) {                                              \
+        quantize_rows<T>(x, shift, smooth, static_scale, out, scales, cols);                                  \
     }
 TURBINE_FOR_TYPES(QUANT)
 

@@ -113,7 +113,7 @@ impl Ops for Cuda {
             return Err(Error::Shape { op: OP, expected: [n, k].into(), got: w.shape().clone() });
         }
         out.expect_shape(OP, &[m, n])?;
-        for (t, len) in [(epi.bias, n), (epi.scale, n), (epi.smooth, k)] {
+        for (t, len) in [(epi.bias, n), (epi.scale, n), (epi.smooth, k), (epi.shift, k)] {
             if let Some(t) = t {
                 t.expect_shape(OP, &[len])?;
                 self.f32_only(OP, t)?;
@@ -121,6 +121,9 @@ impl Ops for Cuda {
         }
         if epi.smooth.is_some() && epi.quant_x.is_none() {
             return Err(Error::invalid(OP, "input smoothing without input quantisation"));
+        }
+        if epi.shift.is_some() && epi.quant_x.is_none() {
+            return Err(Error::invalid(OP, "an input shift without input quantisation"));
         }
         if m == 0 || n == 0 {
             return Ok(());
@@ -166,6 +169,7 @@ impl Ops for Cuda {
                 };
                 let args = [
                     Arg::Ptr(self.ptr(x)),
+                    Arg::Ptr(self.opt(epi.shift)),
                     Arg::Ptr(self.opt(epi.smooth)),
                     Arg::Ptr(fixed),
                     Arg::Ptr(codes),
@@ -325,21 +329,25 @@ impl Ops for Cuda {
         let t = qkv.rows();
         qkv.expect_shape(OP, &[t, l.width()])?;
         meta.slots.expect_shape(OP, &[t])?;
-        let kind = page_kind(OP, kv)?;
+        let kind = page_kind(OP, kv, l)?;
         if l.head_dim > 512 {
             return Err(Error::invalid(OP, format!("head_dim {} > 512", l.head_dim)));
         }
+        meta.positions.expect_shape(OP, &[t])?;
         if t == 0 {
             return Ok(());
         }
+        let sink = sink_ptr(self, kind, kv)?;
         let args = [
             Arg::Ptr(self.ptr(qkv)),
             Arg::Ptr(self.ptr(&meta.slots)),
+            Arg::Ptr(self.ptr(&meta.positions)),
             Arg::Ptr(self.ptr(&kv.k)),
             Arg::Ptr(self.ptr(&kv.v)),
             Arg::Ptr(self.opt(kv.k_scales.as_ref())),
             Arg::Ptr(self.opt(kv.v_scales.as_ref())),
             Arg::Ptr(self.opt(kv.k_shift.as_ref())),
+            Arg::Ptr(sink),
             Arg::U32(u32_of(OP, l.q_heads)?),
             Arg::U32(u32_of(OP, l.kv_heads)?),
             Arg::U32(u32_of(OP, l.head_dim)?),
@@ -366,7 +374,7 @@ impl Ops for Cuda {
         let t = qkv.rows();
         qkv.expect_shape(OP, &[t, l.width()])?;
         out.expect_shape(OP, &[t, l.q_heads * l.head_dim])?;
-        let kind = page_kind(OP, kv)?;
+        let kind = page_kind(OP, kv, l)?;
         if l.kv_heads == 0
             || l.q_heads % l.kv_heads != 0
             || l.head_dim > 512
@@ -389,6 +397,7 @@ impl Ops for Cuda {
             Arg::Ptr(self.ptr(&kv.v)),
             Arg::Ptr(self.opt(kv.k_scales.as_ref())),
             Arg::Ptr(self.opt(kv.v_scales.as_ref())),
+            Arg::Ptr(sink_ptr(self, kind, kv)?),
             Arg::Ptr(self.ptr(&meta.seqs)),
             Arg::U32(u32_of(OP, n_seqs)?),
             Arg::Ptr(self.ptr(&meta.block_tables)),
@@ -500,8 +509,26 @@ fn fp8_fallback_notice(why: &Error) {
     }
 }
 
+/// The device address of 8-bit pages' sink keys (0 when there are none or the pages are not
+/// 8-bit), checked to hold one key per block and kv head.
+fn sink_ptr(c: &Cuda, kind: &str, kv: &KvPages<Cuda>) -> Result<u64> {
+    match &kv.k_sink {
+        Some(s) if kind != "same" => {
+            match *kv.k.shape().dims() {
+                [blocks, heads, _, d] => s.expect_shape("paged_attention", &[blocks, heads, d])?,
+                _ => return Err(Error::invalid("paged_attention", "pages must be [blocks, kv_heads, block_size, d]")),
+            }
+            Ok(c.ptr(s))
+        }
+        _ => Ok(0),
+    }
+}
+
 /// The kernel suffix of a layer's pages: f32 (`same`), `e4m3` or `i8` (which need row scales).
-fn page_kind(op: &'static str, kv: &KvPages<Cuda>) -> Result<&'static str> {
+fn page_kind(op: &'static str, kv: &KvPages<Cuda>, l: QkvLayout) -> Result<&'static str> {
+    if let Some(t) = &kv.k_shift {
+        t.expect_shape(op, &[l.kv_heads * l.head_dim])?;
+    }
     if kv.k.dtype() != kv.v.dtype() {
         return Err(Error::invalid(op, format!("keys are {} but values are {}", kv.k.dtype(), kv.v.dtype())));
     }

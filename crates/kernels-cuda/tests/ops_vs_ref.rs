@@ -72,6 +72,7 @@ fn suite<B: Ops>(b: &B) -> Vec<Out> {
     let xt = up(b, &[m, k], &x);
     let bt = up(b, &[n], &bias);
     let smooth = up(b, &[k], &rand(k, 4, 1.0).iter().map(|v| 0.5 + v.abs()).collect::<Vec<_>>());
+    let shift = up(b, &[k], &rand(k, 7, 0.5));
     let static_scale = up(b, &[1], &[0.004]);
     for (dtype, tol) in
         [(DType::F32, 1e-5), (DType::BF16, 1e-2), (DType::F16, 4e-3), (DType::F8E4M3, 1e-5), (DType::I8, 1e-5)]
@@ -88,16 +89,22 @@ fn suite<B: Ops>(b: &B) -> Vec<Out> {
         b.matmul(&xt, &wt, epi, &mut out).unwrap();
         push(format!("matmul {dtype} bias silu accumulate"), get(b, &out), tol);
         if dtype == DType::F8E4M3 {
-            for (q, sm) in [
-                (XQuant::Fp8PerToken, None),
-                (XQuant::Fp8Static(&static_scale), None),
-                (XQuant::Fp8PerToken, Some(&smooth)),
+            for (q, sm, sh) in [
+                (XQuant::Fp8PerToken, None, None),
+                (XQuant::Fp8Static(&static_scale), None, None),
+                (XQuant::Fp8PerToken, Some(&smooth), None),
+                (XQuant::Fp8PerToken, Some(&smooth), Some(&shift)),
             ] {
                 let mut out = zeros(b, &[m, n]);
-                let epi = Epilogue { scale: sc.as_ref(), quant_x: Some(q), smooth: sm, ..Epilogue::none() };
+                let epi = Epilogue { scale: sc.as_ref(), quant_x: Some(q), smooth: sm, shift: sh, ..Epilogue::none() };
                 b.matmul(&xt, &wt, epi, &mut out).unwrap();
                 push(
-                    format!("matmul W8A8 static={} smooth={}", matches!(q, XQuant::Fp8Static(_)), sm.is_some()),
+                    format!(
+                        "matmul W8A8 static={} smooth={} shift={}",
+                        matches!(q, XQuant::Fp8Static(_)),
+                        sm.is_some(),
+                        sh.is_some()
+                    ),
                     get(b, &out),
                     1e-4,
                 );
@@ -195,6 +202,7 @@ fn suite<B: Ops>(b: &B) -> Vec<Out> {
             v: b.alloc(&shape.into(), dtype).unwrap(),
             block_size: bs,
             k_shift: eight.then(|| up(b, &[l.kv_heads * l.head_dim], &rand(l.kv_heads * l.head_dim, 17, 0.5))),
+            k_sink: eight.then(|| zeros(b, &[blocks, l.kv_heads, l.head_dim])),
             k_scales: eight.then(|| zeros(b, &[rows])),
             v_scales: eight.then(|| zeros(b, &[rows])),
         };

@@ -62,6 +62,7 @@ fn main() {
             v: f32t(&b, &shape, 3),
             block_size: bs,
             k_shift: None,
+            k_sink: None,
             k_scales: None,
             v_scales: None,
         };

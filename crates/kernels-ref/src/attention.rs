@@ -54,6 +54,25 @@ pub(crate) fn kv_store(qkv: &Tensor<Cpu>, l: QkvLayout, meta: &AttnMeta<Cpu>, kv
         None => None,
     };
     let rows = kv.k.capacity() / d.max(1);
+    if let Some(sink) = kv.k_sink.as_mut().filter(|_| kv.k.dtype() != DType::F32) {
+        // Position 0's keys, unrounded (after the shift).
+        let positions = u32s(&meta.positions, OP)?;
+        if positions.len() != t {
+            return Err(Error::invalid(OP, format!("{} positions for {t} tokens", positions.len())));
+        }
+        let sink = f32s_mut(sink, OP)?;
+        check_sink(OP, sink.len(), rows / bs.max(1) * d)?;
+        for ((row, &s), _) in q.chunks_exact(l.width()).zip(slots).zip(positions).filter(|(_, &p)| p == 0) {
+            let blk = s as usize / bs;
+            for h in 0..l.kv_heads {
+                let o = &mut sink[(blk * l.kv_heads + h) * d..][..d];
+                o.copy_from_slice(&row[qw + h * d..qw + (h + 1) * d]);
+                if let Some(sh) = &shift {
+                    o.iter_mut().zip(&sh[h * d..(h + 1) * d]).for_each(|(v, m)| *v -= m);
+                }
+            }
+        }
+    }
     let (ks, vs) = (row_scales(&mut kv.k_scales, rows)?, row_scales(&mut kv.v_scales, rows)?);
     for (pages, off, sh, rs) in [(&mut kv.k, qw, shift.as_deref(), ks), (&mut kv.v, qw + kvw, None, vs)] {
         let dtype = pages.dtype();
@@ -107,6 +126,14 @@ fn row_scales(t: &mut Option<Tensor<Cpu>>, rows: usize) -> Result<Option<&mut [f
         }
         None => Ok(None),
     }
+}
+
+/// A sink buffer of `have` values must cover `need` (one key per block and kv head).
+fn check_sink(op: &'static str, have: usize, need: usize) -> Result<()> {
+    if have < need {
+        return Err(Error::invalid(op, format!("a sink buffer of {have} values for {need} key values")));
+    }
+    Ok(())
 }
 
 /// 8-bit pages of `rows` rows need as many row scales.
@@ -200,6 +227,14 @@ pub(crate) fn paged_attention(
     }
     let (q, kc, vc) = (f32s(qkv, OP)?, kv_all(&kv.k, kv.k_scales.as_ref())?, kv_all(&kv.v, kv.v_scales.as_ref())?);
     let group = l.q_heads / l.kv_heads;
+    let sink = match (&kv.k_sink, kc) {
+        (Some(s), Pages::Bytes(..)) => {
+            let s = f32s(s, OP)?;
+            check_sink(OP, s.len(), num_blocks * kvw)?;
+            Some(s)
+        }
+        _ => None,
+    };
     if t == 0 {
         return Ok(());
     }
@@ -239,6 +274,9 @@ pub(crate) fn paged_attention(
                     let r0 = base / d;
                     decode_rows(&k[base..base + n * d], d, t, &ks[r0..r0 + n], &mut kbuf[..n * d]);
                     decode_rows(&v[base..base + n * d], d, t, &vs[r0..r0 + n], &mut vbuf[..n * d]);
+                    if let Some(sink) = sink.filter(|_| a == 0) {
+                        kbuf[..d].copy_from_slice(&sink[(phys * l.kv_heads + kh) * d..][..d]);
+                    }
                     (&*kbuf, &*vbuf)
                 }
                 _ => unreachable!("keys and values share a storage type (checked above)"),

@@ -156,8 +156,16 @@ pub(crate) fn matmul(x: &Tensor<Cpu>, w: &Tensor<Cpu>, epi: Epilogue<'_, Cpu>, o
         (Some(_), false) => return Err(Error::invalid(OP, "input smoothing without input quantisation")),
         (None, _) => None,
     };
+    let shift = match (epi.shift, epi.quant_x.is_some()) {
+        (Some(s), true) => {
+            s.expect_shape(OP, &[k])?;
+            Some(f32s(s, OP)?)
+        }
+        (Some(_), false) => return Err(Error::invalid(OP, "an input shift without input quantisation")),
+        (None, _) => None,
+    };
     let quantised = match epi.quant_x {
-        Some(q) => Some(quantise_rows(xs, m, k, q, smooth)?),
+        Some(q) => Some(quantise_rows(xs, m, k, q, InputPrep { shift, smooth })?),
         None => None,
     };
     let (xs, row_scale) = match &quantised {
@@ -200,14 +208,21 @@ pub(crate) fn matmul(x: &Tensor<Cpu>, w: &Tensor<Cpu>, epi: Epilogue<'_, Cpu>, o
     Ok(())
 }
 
-/// The rows of `x` (times `smooth` channel by channel, when given) as E4M3 values (unscaled, as
-/// f32) and each row's scale.
+/// What happens to an input row before it is quantised: `(x − shift) · smooth`, channel by channel.
+#[derive(Clone, Copy)]
+struct InputPrep<'a> {
+    shift: Option<&'a [f32]>,
+    smooth: Option<&'a [f32]>,
+}
+
+/// The rows of `x` (shifted and smoothed channel by channel, as `prep` says) as E4M3 values
+/// (unscaled, as f32) and each row's scale.
 fn quantise_rows(
     x: &[f32],
     m: usize,
     k: usize,
     q: XQuant<'_, Cpu>,
-    smooth: Option<&[f32]>,
+    prep: InputPrep<'_>,
 ) -> Result<(Vec<f32>, Vec<f32>)> {
     let fixed = match q {
         XQuant::Fp8PerToken => None,
@@ -218,14 +233,20 @@ fn quantise_rows(
     };
     let mut qx = vec![0.0; m * k];
     let mut sx = vec![0.0; m];
-    let mut smoothed = vec![0.0; if smooth.is_some() { k } else { 0 }];
+    let mut prepared = vec![0.0; if prep.shift.is_some() || prep.smooth.is_some() { k } else { 0 }];
     for ((row, out), s) in x.chunks_exact(k.max(1)).zip(qx.chunks_exact_mut(k.max(1))).zip(&mut sx) {
-        let row = match smooth {
-            Some(f) => {
-                smoothed.iter_mut().zip(row).zip(f).for_each(|((o, &v), &f)| *o = v * f);
-                &smoothed[..]
+        let row = match prep {
+            InputPrep { shift: None, smooth: None } => row,
+            InputPrep { shift, smooth } => {
+                prepared.copy_from_slice(row);
+                if let Some(mu) = shift {
+                    prepared.iter_mut().zip(mu).for_each(|(v, &mu)| *v -= mu);
+                }
+                if let Some(f) = smooth {
+                    prepared.iter_mut().zip(f).for_each(|(v, &f)| *v *= f);
+                }
+                &prepared[..]
             }
-            None => row,
         };
         *s = fixed.unwrap_or_else(|| scale_for(row.iter().fold(0f32, |a, v| a.max(v.abs())), E4M3_MAX));
         quantize_row_e4m3(row, *s, out);

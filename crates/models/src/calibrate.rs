@@ -29,6 +29,15 @@ pub struct InputStats {
     pub amax: f32,
     /// Largest magnitude of each input channel (`k` values).
     pub chan_amax: Vec<f32>,
+    /// Sum of each input channel over the tokens seen (`k` values).
+    pub chan_sum: Vec<f64>,
+}
+
+impl InputStats {
+    /// Mean of each input channel.
+    pub fn chan_mean(&self) -> Vec<f32> {
+        self.chan_sum.iter().map(|s| (s / self.tokens.max(1) as f64) as f32).collect()
+    }
 }
 
 /// Statistics of every projection input, by (layer, role).
@@ -88,8 +97,10 @@ impl<B: Ops> Observer<B> for Collector {
         let v = b.download(x)?.to_f32()?;
         let amax = v.iter().fold(0f32, |a, x| a.max(x.abs()));
         let mut chan = vec![0f32; k];
+        let mut sum = vec![0f64; k];
         for row in v.chunks_exact(k.max(1)) {
             chan.iter_mut().zip(row).for_each(|(c, x)| *c = c.max(x.abs()));
+            sum.iter_mut().zip(row).for_each(|(s, &x)| *s += f64::from(x));
         }
         if !self.gram {
             let mut map = self.inputs.lock().map_err(|_| ModelError::Config("calibration state poisoned".into()))?;
@@ -99,10 +110,12 @@ impl<B: Ops> Observer<B> for Collector {
                 gram: Vec::new(),
                 amax: 0.0,
                 chan_amax: vec![0.0; k],
+                chan_sum: vec![0.0; k],
             });
             e.tokens += t;
             e.amax = e.amax.max(amax);
             e.chan_amax.iter_mut().zip(&chan).for_each(|(a, &c)| *a = a.max(c));
+            e.chan_sum.iter_mut().zip(&sum).for_each(|(a, &c)| *a += c);
             return Ok(());
         }
         // XᵀX = (Xᵀ)(Xᵀ)ᵀ through the backend's product: Xᵀ is [k, t].
@@ -123,6 +136,7 @@ impl<B: Ops> Observer<B> for Collector {
             gram: vec![0.0; k * k],
             amax: 0.0,
             chan_amax: vec![0.0; k],
+            chan_sum: vec![0.0; k],
         });
         for (a, c) in e.gram.iter_mut().zip(&g) {
             *a += c;
@@ -130,6 +144,7 @@ impl<B: Ops> Observer<B> for Collector {
         e.tokens += t;
         e.amax = e.amax.max(amax);
         e.chan_amax.iter_mut().zip(&chan).for_each(|(a, &c)| *a = a.max(c));
+        e.chan_sum.iter_mut().zip(&sum).for_each(|(a, &c)| *a += c);
         Ok(())
     }
 }

@@ -125,6 +125,11 @@ pub fn export<B: Ops>(b: &B, dec: &Decoder<B>, src_dir: &Path, out: &Path, forma
                     "smoothed projections cannot be written in the FP8 checkpoint layout (it has no input smoothing factors); quantize without --smooth".into(),
                 ));
             }
+            if lin.shift.is_some() {
+                return Err(ModelError::Config(
+                    "centred projections cannot be written in the FP8 checkpoint layout (it has no input shifts); quantize without --center".into(),
+                ));
+            }
             static_inputs |= matches!(lin.quant_x, Some(ActQuant::Static(_)));
             write_parts(b, lin, &parts, &rows, &mut tensors)?;
             done.quantized += parts.len();

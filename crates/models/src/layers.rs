@@ -44,6 +44,9 @@ pub struct Linear<B: Ops> {
     /// With `quant_x`: per-input-channel multipliers `[inp]` (f32) applied to the input before
     /// it is quantised (SmoothQuant; the weight's columns carry the reciprocals).
     pub smooth: Option<Tensor<B>>,
+    /// With `quant_x`: per-input-channel values `[inp]` (f32) subtracted from the input before it
+    /// is quantised; the bias carries `w · shift` (computed from the unquantised weight).
+    pub shift: Option<Tensor<B>>,
 }
 
 /// FP8 quantisation of a projection's input.
@@ -57,7 +60,7 @@ pub enum ActQuant<B: Ops> {
 impl<B: Ops> Linear<B> {
     /// A plain layer (no scales, no input quantisation).
     pub fn new(w: Tensor<B>, b: Option<Tensor<B>>) -> Self {
-        Linear { w, b, scale: None, quant_x: None, smooth: None }
+        Linear { w, b, scale: None, quant_x: None, smooth: None, shift: None }
     }
 
     /// The product's epilogue: bias, scales and input quantisation of this layer.
@@ -70,6 +73,7 @@ impl<B: Ops> Linear<B> {
                 ActQuant::Static(s) => XQuant::Fp8Static(s),
             }),
             smooth: self.smooth.as_ref(),
+            shift: self.shift.as_ref(),
             ..Epilogue::none()
         }
     }
@@ -166,6 +170,7 @@ impl<B: Ops> Linear<B> {
             scale: Some(b.upload(&HostTensor::from_f32([n], &scales)?)?),
             quant_x,
             smooth: None,
+            shift: None,
         })
     }
 }
@@ -261,7 +266,8 @@ impl<B: Ops> Decoder<B> {
                 Some(ActQuant::Static(s)) => tb(s),
                 _ => 0,
             };
-            tb(&l.w) + l.b.as_ref().map_or(0, tb) + l.scale.as_ref().map_or(0, tb) + l.smooth.as_ref().map_or(0, tb) + q
+            let opt = |t: &Option<Tensor<B>>| t.as_ref().map_or(0, tb);
+            tb(&l.w) + opt(&l.b) + opt(&l.scale) + opt(&l.smooth) + opt(&l.shift) + q
         };
         let layers: usize = self
             .layers

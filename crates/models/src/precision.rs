@@ -170,6 +170,10 @@ pub struct Policy {
     /// `s[j] = amax(x[:, j])^α / amax(w[:, j])^(1 − α)` (calibrated) before it is quantised and the
     /// weight's column `j` multiplied by it, which moves activation outliers into the weights.
     pub smooth: Option<f32>,
+    /// `fp8`: subtract each input channel's calibrated mean before the input is quantised (the
+    /// weight times the means joins the bias, exactly), so that FP8's relative rounding error
+    /// applies to the deviations only.
+    pub center: bool,
 }
 
 impl Default for Policy {
@@ -182,6 +186,7 @@ impl Default for Policy {
             calib_tokens: 2048,
             static_inputs: false,
             smooth: None,
+            center: false,
         }
     }
 }
@@ -198,7 +203,7 @@ impl Policy {
 
     /// Whether applying the policy needs the model to run over calibration text first.
     pub fn needs_calibration(&self) -> bool {
-        self.format == Format::Fp8 && (self.static_inputs || self.smooth.is_some())
+        self.format == Format::Fp8 && (self.static_inputs || self.smooth.is_some() || self.center)
             || matches!(self.format, Format::Fp8 | Format::Fp8Weight | Format::Int8Weight)
                 && self.rounding == Rounding::Gptq
     }
@@ -239,12 +244,21 @@ impl Policy {
                     (true, None) => return Err(ModelError::Config("this policy needs a calibration run".into())),
                 };
                 let fmt = self.format_for(i, layers, role);
-                let gram = stats.filter(|_| self.rounding == Rounding::Gptq).map(|s| &s.gram[..]);
-                let smooth = match (fmt, self.smooth, stats) {
-                    (Format::Fp8, Some(alpha), Some(s)) => Some((alpha, &s.chan_amax[..])),
-                    _ => None,
+                let fp8_stats = stats.filter(|_| fmt == Format::Fp8);
+                let mean = fp8_stats.filter(|_| self.center).map(|s| s.chan_mean());
+                let gptq = stats.filter(|_| self.rounding == Rounding::Gptq);
+                // A centred product's weight multiplies x − mean: GPTQ weighs its errors by the
+                // covariance, Σ(x − μ)(x − μ)ᵀ = XᵀX − n·μμᵀ.
+                let centred_gram = gptq.zip(mean.as_deref()).map(|(s, mu)| {
+                    let n = s.tokens as f32;
+                    s.gram.iter().enumerate().map(|(i, &g)| g - n * mu[i / s.k] * mu[i % s.k]).collect::<Vec<_>>()
+                });
+                let prep = Prep {
+                    gram: centred_gram.as_deref().or(gptq.map(|s| &s.gram[..])),
+                    smooth: self.smooth.zip(fp8_stats).map(|(alpha, s)| (alpha, &s.chan_amax[..])),
+                    center: mean.as_deref(),
                 };
-                convert(b, lin, fmt, &parts, gram, smooth)?;
+                convert(b, lin, fmt, &parts, prep)?;
                 if let (Format::Fp8, true, Some(s)) = (fmt, self.static_inputs, stats) {
                     let scale = scale_for(s.amax, E4M3_MAX);
                     lin.quant_x = Some(ActQuant::Static(b.upload(&HostTensor::from_f32([1], &[scale])?)?));
@@ -274,19 +288,24 @@ impl Grid for RowGrid {
     }
 }
 
+/// What [`convert`] may use from a calibration run.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Prep<'a> {
+    /// The calibration inputs' `XᵀX` `[k, k]`: 8-bit weights are rounded with GPTQ (otherwise to
+    /// nearest).
+    pub gram: Option<&'a [f32]>,
+    /// `fp8` only: `α` and the calibration inputs' per-channel amax: the input channels are
+    /// smoothed ([`Policy::smooth`]).
+    pub smooth: Option<(f32, &'a [f32])>,
+    /// `fp8` only: the calibration inputs' per-channel mean: the input is centred before it is
+    /// quantised ([`Policy::center`]).
+    pub center: Option<&'a [f32]>,
+}
+
 /// Stores `lin`'s weight in `fmt`; `parts` are the row counts of the tensors fused into it (each
-/// gets its own per-tensor FP8 scale). With `gram` (the calibration inputs' `XᵀX`), 8-bit
-/// weights are rounded with GPTQ, otherwise to nearest. With `smooth` (`fp8` only: `α` and the
-/// calibration inputs' per-channel amax), the input channels are smoothed first
-/// ([`Policy::smooth`]).
-pub fn convert<B: Ops>(
-    b: &B,
-    lin: &mut Linear<B>,
-    fmt: Format,
-    parts: &[usize],
-    gram: Option<&[f32]>,
-    smooth: Option<(f32, &[f32])>,
-) -> Result<()> {
+/// gets its own per-tensor FP8 scale); `prep` says what calibration adds.
+pub fn convert<B: Ops>(b: &B, lin: &mut Linear<B>, fmt: Format, parts: &[usize], prep: Prep<'_>) -> Result<()> {
+    let Prep { gram, smooth, center } = prep;
     if fmt == Format::Auto {
         return Ok(());
     }
@@ -304,6 +323,11 @@ pub fn convert<B: Ops>(
     let mut w = vec![0f32; n * k];
     decode_f32(host.dtype(), host.bytes(), &mut w)?;
     let amax = |rows: &[f32]| rows.iter().fold(0f32, |a, v| a.max(v.abs()));
+    let center = center.filter(|_| fmt == Format::Fp8);
+    let bias = match center {
+        Some(mu) => Some(centred_bias(b, lin, &w, n, k, mu)?),
+        None => None,
+    };
     let factors = match smooth {
         Some((alpha, x_amax)) if fmt == Format::Fp8 => Some(smooth_factors(&w, n, k, alpha, x_amax)?),
         _ => None,
@@ -355,11 +379,31 @@ pub fn convert<B: Ops>(
         None => None,
     };
     lin.quant_x = (fmt == Format::Fp8).then_some(ActQuant::Dynamic);
+    if let Some((bias, mu)) = bias.zip(center) {
+        lin.b = Some(b.upload(&HostTensor::from_f32([n], &bias)?)?);
+        lin.shift = Some(b.upload(&HostTensor::from_f32([k], mu)?)?);
+    }
     lin.smooth = match factors {
         Some(s) => Some(b.upload(&HostTensor::from_f32([k], &s.iter().map(|s| 1.0 / s).collect::<Vec<_>>())?)?),
         None => None,
     };
     Ok(())
+}
+
+/// `lin`'s bias plus `w · mu` (`w` `[n, k]` unquantised): what a product whose input is centred
+/// by `mu` adds back.
+fn centred_bias<B: Ops>(b: &B, lin: &Linear<B>, w: &[f32], n: usize, k: usize, mu: &[f32]) -> Result<Vec<f32>> {
+    if mu.len() != k {
+        return Err(ModelError::Config(format!("{} calibrated input means for a {k}-column weight", mu.len())));
+    }
+    let mut bias = match &lin.b {
+        Some(t) => b.download(t)?.to_f32()?,
+        None => vec![0.0; n],
+    };
+    for (o, row) in bias.iter_mut().zip(w.chunks_exact(k.max(1))) {
+        *o += row.iter().zip(mu).map(|(&w, &m)| f64::from(w) * f64::from(m)).sum::<f64>() as f32;
+    }
+    Ok(bias)
 }
 
 /// SmoothQuant's per-input-channel factors `s[j] = x_amax[j]^α / w_amax[j]^(1 − α)` for a weight

@@ -49,12 +49,13 @@ impl CacheConfig {
         CacheConfig { block_size, num_blocks, kv_dtype: DType::F32 }
     }
 
-    /// Bytes one cached token takes across the layers of `spec` (keys, values and, for 8-bit
-    /// storage, their per-row scales).
-    pub fn bytes_per_token(spec: &ModelSpec, kv_dtype: DType) -> usize {
+    /// Bytes one block of `block_size` tokens takes across the layers of `spec`: keys, values
+    /// and, for 8-bit storage, their per-row scales and the block's place for an unrounded
+    /// first key ([`KvPages::k_sink`]).
+    pub fn bytes_per_block(spec: &ModelSpec, kv_dtype: DType, block_size: usize) -> usize {
         let row = kv_dtype.bytes_for(spec.head_dim).unwrap_or(spec.head_dim * 4);
-        let scale = if kv_dtype == DType::F32 { 0 } else { 4 };
-        spec.layers * 2 * spec.kv_heads * (row + scale)
+        let (scale, sink) = if kv_dtype == DType::F32 { (0, 0) } else { (4, 4 * spec.head_dim) };
+        spec.layers * spec.kv_heads * (2 * (row + scale) * block_size + sink)
     }
 }
 
@@ -130,8 +131,9 @@ impl<B: Ops> Runner<B> {
         let shape = Shape::from([cache.num_blocks, s.kv_heads, cache.block_size, s.head_dim]);
         let rows = Shape::from([cache.num_blocks * s.kv_heads * cache.block_size]);
         let eight_bit = cache.kv_dtype != DType::F32;
-        let row_scales = || -> Result<Option<Tensor<B>>> {
-            Ok(if eight_bit { Some(backend.alloc(&rows, DType::F32)?) } else { None })
+        let sinks = Shape::from([cache.num_blocks, s.kv_heads, s.head_dim]);
+        let eight_bit_f32 = |shape: &Shape| -> Result<Option<Tensor<B>>> {
+            Ok(if eight_bit { Some(backend.alloc(shape, DType::F32)?) } else { None })
         };
         let kv = (0..s.layers)
             .map(|_| {
@@ -140,8 +142,9 @@ impl<B: Ops> Runner<B> {
                     v: backend.alloc(&shape, cache.kv_dtype)?,
                     block_size: cache.block_size,
                     k_shift: None,
-                    k_scales: row_scales()?,
-                    v_scales: row_scales()?,
+                    k_sink: eight_bit_f32(&sinks)?,
+                    k_scales: eight_bit_f32(&rows)?,
+                    v_scales: eight_bit_f32(&rows)?,
                 })
             })
             .collect::<Result<Vec<_>>>()?;
@@ -163,19 +166,20 @@ impl<B: Ops> Runner<B> {
         &self.backend
     }
 
-    /// Sets each layer's key shift (`shifts[layer]`, `kv_heads · head_dim` values subtracted
-    /// from every key before it is stored in 8-bit pages; see [`KvPages::k_shift`]).
-    pub fn set_key_shifts(&mut self, shifts: &[Vec<f32>]) -> Result<()> {
+    /// Sets each layer's key shift from a calibration run (the mean key, `kv_heads · head_dim`
+    /// values subtracted from every key before it is stored in 8-bit pages; see
+    /// [`KvPages::k_shift`]).
+    pub fn set_key_shifts(&mut self, stats: &[crate::calibrate::KvStats]) -> Result<()> {
         let s = self.model.spec();
         let width = s.kv_heads * s.head_dim;
-        if shifts.len() != self.kv.len() || shifts.iter().any(|v| v.len() != width) {
+        if stats.len() != self.kv.len() || stats.iter().any(|s| s.k_mean.len() != width) {
             return Err(ModelError::Input(format!("key shifts must be {} layers of {width} values", self.kv.len())));
         }
-        if let Some(bad) = shifts.iter().flatten().find(|v| !v.is_finite()) {
+        if let Some(bad) = stats.iter().flat_map(|s| &s.k_mean).find(|v| !v.is_finite()) {
             return Err(ModelError::Input(format!("key shifts must be finite, got {bad}")));
         }
-        for (p, sh) in self.kv.iter_mut().zip(shifts) {
-            p.k_shift = Some(self.backend.upload(&HostTensor::from_f32([width], sh)?)?);
+        for (p, st) in self.kv.iter_mut().zip(stats) {
+            p.k_shift = Some(self.backend.upload(&HostTensor::from_f32([width], &st.k_mean)?)?);
         }
         Ok(())
     }

@@ -92,7 +92,7 @@ impl KvSize {
         }
         let num_blocks = match self.bytes {
             Some(b) => {
-                let per_block = CacheConfig::bytes_per_token(spec, self.dtype) * self.block_size;
+                let per_block = CacheConfig::bytes_per_block(spec, self.dtype, self.block_size);
                 let n = b / per_block.max(1);
                 if n == 0 {
                     bail!(
@@ -153,11 +153,11 @@ fn key_shifts<B: Ops + Clone>(
     b: &B,
     model: Box<dyn turbine_models::Model<B>>,
     tok: &TextTokenizer,
-) -> Result<(Box<dyn turbine_models::Model<B>>, Vec<Vec<f32>>)> {
+) -> Result<(Box<dyn turbine_models::Model<B>>, Vec<turbine_models::calibrate::KvStats>)> {
     let mut ids = tok.encode(turbine_models::calibrate::DEFAULT_TEXT, true)?;
     ids.truncate(KV_CALIB_TOKENS);
     let (model, c) = turbine_models::calibrate::calibrate(b, model, &ids, KV_CALIB_TOKENS, false)?;
-    Ok((model, c.kv.into_iter().map(|s| s.k_mean).collect()))
+    Ok((model, c.kv))
 }
 
 /// Tokens of calibration text behind the 8-bit KV cache's key shifts.

@@ -171,6 +171,7 @@ fn report(a: &EvalArgs, meta: &[(String, usize)], rows: &[EvalRow], speeds: &[Op
                 json!({
                     "format": label, "reference": i == 0, "weight_bytes": bytes, "ppl": r.ppl,
                     "ppl_change_pct": dppl(r), "mean_nll": r.mean_nll, "mean_kl": r.mean_kl, "max_kl": r.max_kl,
+                    "ppl_change_se_pct": 100.0 * r.dnll_se,
                     "top1_agreement": r.top1_agreement, "decode_tok_s": sp, "tokens": r.tokens,
                 })
             })
@@ -187,16 +188,17 @@ fn report(a: &EvalArgs, meta: &[(String, usize)], rows: &[EvalRow], speeds: &[Op
         a.reference.as_deref().or(a.model.as_deref()).unwrap_or(turbine_models::catalog::DEFAULT_MODEL),
         meta[0].0
     );
-    println!("| format | weights MB | ppl | Δppl | mean KL | top-1 agree | decode tok/s |");
+    println!("| format | weights MB | ppl | Δppl ± s.e. | mean KL | top-1 agree | decode tok/s |");
     println!("|---|---:|---:|---:|---:|---:|---:|");
     for (i, (((label, bytes), r), sp)) in meta.iter().zip(rows).zip(speeds).enumerate() {
         let name = if i == 0 { format!("{label} (reference)") } else { label.clone() };
         let speed = sp.map_or("-".to_string(), |s| format!("{s:.1}"));
         println!(
-            "| {name} | {:.1} | {:.4} | {:+.2}% | {:.5} | {:.2}% | {speed} |",
+            "| {name} | {:.1} | {:.4} | {:+.2}% ± {:.2} | {:.5} | {:.2}% | {speed} |",
             *bytes as f64 / 1e6,
             r.ppl,
             dppl(r),
+            100.0 * r.dnll_se,
             r.mean_kl,
             100.0 * r.top1_agreement
         );

@@ -145,6 +145,10 @@ pub struct PolicyArgs {
     /// amax(x_j)^α / amax(w_j)^(1-α) before quantisation, the weight's column multiplied by it).
     #[arg(long, value_name = "ALPHA")]
     pub smooth: Option<f32>,
+    /// fp8: subtract each input channel's calibrated mean before quantising (added back exactly
+    /// through the bias).
+    #[arg(long)]
+    pub center: bool,
     /// Calibration text (default: a bundled English text, not the evaluation text).
     #[arg(long)]
     pub calib: Option<std::path::PathBuf>,
@@ -170,6 +174,7 @@ impl PolicyArgs {
             calib_tokens: self.calib_tokens,
             static_inputs: self.static_inputs,
             smooth: self.smooth,
+            center: self.center,
             ..turbine_models::precision::Policy::parse(format, &self.keep)?
         })
     }
