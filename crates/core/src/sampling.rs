@@ -177,6 +177,105 @@ impl SeqSampler {
     }
 }
 
+/// How a device can sample a sequence's row without handing the whole row back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DevicePlan {
+    /// The most likely token ([`SeqSampler::plain_greedy`] or greedy with top log-probabilities).
+    Greedy,
+    /// From the row's largest `k` logits ([`RowSummary`]): top-k, top-p (unless the nucleus is
+    /// larger than `k` tokens, see [`SeqSampler::sample_summary`]).
+    Summary(usize),
+    /// Temperature over the whole vocabulary: the device walks the row's cumulative weights in
+    /// token order with the sequence's uniform number ([`SeqSampler::uniform`]), as the host
+    /// does; `k` largest logits are still needed for the top log-probabilities.
+    Cdf(usize),
+    /// Only the host can: penalties, or a top-k above what the device returns.
+    Host,
+}
+
+/// A row of logits as a device summarises it: its largest entries and sums over the row.
+#[derive(Debug, Clone, Copy)]
+pub struct RowSummary<'a> {
+    /// The largest logits as `(token, logit)`, largest first (ties: lower token first).
+    pub top: &'a [(u32, f32)],
+    /// `log Σ exp(logit)` over the row.
+    pub lse: f64,
+    /// `Σ exp((logit − max) / T)` over the row at the sequence's temperature.
+    pub mass: f64,
+}
+
+impl RowSummary<'_> {
+    /// The summary of a whole row on the host (what a device computes), keeping `k` entries.
+    pub fn of_row(row: &[f32], k: usize, temperature: f32) -> (Vec<(u32, f32)>, f64, f64) {
+        let top = top_n(row, k);
+        let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
+        let inv_t = if temperature > 0.0 { 1.0 / temperature as f64 } else { 1.0 };
+        let mass = row.iter().map(|&v| ((v as f64 - max) * inv_t).exp()).sum();
+        (top, log_sum_exp(row), mass)
+    }
+}
+
+impl SeqSampler {
+    /// How a device that can return up to `limit` of a row's largest logits samples this
+    /// sequence over a vocabulary of `vocab` tokens.
+    pub fn device_plan(&self, vocab: usize, limit: usize) -> DevicePlan {
+        let p = &self.params;
+        let shown = p.logprobs.max(1);
+        if self.penalised() || shown > limit {
+            return DevicePlan::Host;
+        }
+        if p.temperature == 0.0 || p.top_k == 1 {
+            return DevicePlan::Greedy;
+        }
+        match p.top_k {
+            k if k > 0 && k < vocab => {
+                if k <= limit {
+                    DevicePlan::Summary(k.max(shown))
+                } else {
+                    DevicePlan::Host
+                }
+            }
+            _ if p.top_p < 1.0 => DevicePlan::Summary(limit),
+            _ => DevicePlan::Cdf(shown),
+        }
+    }
+
+    /// The next uniform number of this sequence's stream (what a [`DevicePlan::Cdf`] draw uses,
+    /// as the host draw would).
+    pub fn uniform(&mut self) -> f64 {
+        self.rng.next_f64()
+    }
+
+    /// Samples from a device's summary of the row as the host would from the whole row (the same
+    /// candidates, weights and uniform number). `None` when the summary is too short for this
+    /// draw (a nucleus or min-p set beyond its tokens): nothing has changed then, and the whole
+    /// row must be sampled on the host.
+    pub fn sample_summary(&mut self, s: &RowSummary<'_>) -> Option<Sampled> {
+        let p = &self.params;
+        let id = if p.temperature == 0.0 || p.top_k == 1 {
+            s.top.first()?.0
+        } else {
+            let k = if p.top_k > 0 { p.top_k.min(s.top.len()) } else { s.top.len() };
+            let whole = p.top_k > 0 && p.top_k <= s.top.len();
+            let mut rng = self.rng.clone();
+            let id = draw_from(&s.top[..k], (!whole).then_some(s.mass), p, &mut rng)?;
+            self.rng = rng;
+            id
+        };
+        let logit = s.top.iter().find(|t| t.0 == id).map(|t| t.1)?;
+        Some(self.finish(id, logit, s))
+    }
+
+    /// Records a token a device chose ([`DevicePlan::Cdf`]) and reports it with the summary's
+    /// log-probabilities.
+    pub fn finish(&mut self, id: u32, logit: f32, s: &RowSummary<'_>) -> Sampled {
+        self.record(id);
+        let lp = |v: f32| (v as f64 - s.lse) as f32;
+        let top = s.top.iter().take(self.params.logprobs).map(|&(i, v)| (i, lp(v))).collect();
+        Sampled { id, logprob: lp(logit), top }
+    }
+}
+
 /// One sampled token.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Sampled {
@@ -246,7 +345,6 @@ fn sample_one(row: &[f32], s: &mut SeqSampler) -> Sampled {
 }
 
 fn draw(row: &[f32], p: &SamplingParams, rng: &mut Rng) -> u32 {
-    let inv_t = 1.0 / p.temperature as f64;
     // Candidates, most likely first: all tokens, or the top k.
     let cand: Vec<(u32, f32)> = if p.top_k > 0 && p.top_k < row.len() {
         top_n(row, p.top_k)
@@ -257,6 +355,14 @@ fn draw(row: &[f32], p: &SamplingParams, rng: &mut Rng) -> u32 {
         }
         all
     };
+    draw_from(&cand, None, p, rng).unwrap_or(cand[0].0)
+}
+
+/// Draws from `cand` (most likely first when top-p applies). `mass`: the candidates are the head
+/// of a longer sorted row whose weights sum to `mass` (`Σ exp((v − max) / T)`); `None` is
+/// returned when the draw needs tokens beyond them (the random stream has then advanced).
+fn draw_from(cand: &[(u32, f32)], mass: Option<f64>, p: &SamplingParams, rng: &mut Rng) -> Option<u32> {
+    let inv_t = 1.0 / p.temperature as f64;
     let max = cand.iter().map(|c| c.1).fold(f32::NEG_INFINITY, f32::max) as f64;
     let mut w: Vec<f64> = cand.iter().map(|c| ((c.1 as f64 - max) * inv_t).exp()).collect();
     if p.min_p > 0.0 {
@@ -267,29 +373,40 @@ fn draw(row: &[f32], p: &SamplingParams, rng: &mut Rng) -> u32 {
             }
         }
     }
-    let total: f64 = w.iter().sum();
+    let listed: f64 = w.iter().sum();
+    let total = match mass {
+        // The tokens beyond the list weigh nothing under min-p when the last listed one does not.
+        Some(_) if p.min_p > 0.0 && w.last().is_some_and(|&l| l == 0.0) => listed,
+        Some(_) if p.min_p > 0.0 || p.top_p >= 1.0 => return None,
+        Some(m) => m.max(listed),
+        None => listed,
+    };
     if p.top_p < 1.0 {
         // `cand` is sorted: keep the shortest prefix whose mass reaches top_p.
         let mut acc = 0.0;
-        let mut keep = w.len();
+        let mut keep = None;
         for (i, &wi) in w.iter().enumerate() {
             acc += wi / total;
             if acc >= p.top_p as f64 {
-                keep = i + 1;
+                keep = Some(i + 1);
                 break;
             }
         }
-        w.truncate(keep);
+        match (keep, mass) {
+            (Some(k), _) => w.truncate(k),
+            (None, Some(_)) if total > listed => return None,
+            (None, _) => {}
+        }
     }
     let total: f64 = w.iter().sum();
     let mut u = rng.next_f64() * total;
     for (i, &wi) in w.iter().enumerate() {
         if u < wi {
-            return cand[i].0;
+            return Some(cand[i].0);
         }
         u -= wi;
     }
-    cand[w.len() - 1].0
+    w.len().checked_sub(1).map(|i| cand[i].0)
 }
 
 #[cfg(test)]
@@ -383,6 +500,78 @@ mod tests {
         for _ in 0..50 {
             assert!(sample_rows(&row, 4, &mut [&mut s2]).unwrap()[0].id <= 1);
         }
+    }
+
+    /// A device that returns `limit` candidates and the row's sums (emulated here from the whole
+    /// row) samples what the host samples from the whole row, draw after draw, with the same
+    /// seed, falling back to the whole row exactly when the summary is too short.
+    #[test]
+    fn summaries_sample_as_the_whole_row_does() {
+        let mut rng = Rng::new(5);
+        let row: Vec<f32> = (0..300).map(|_| (rng.next_f64() * 8.0 - 4.0) as f32).collect();
+        let vocab = row.len();
+        let limit = 16;
+        let cases = [
+            (0.8, 5, 1.0, 0.0, 0),
+            (1.3, 12, 0.9, 0.0, 3),
+            (0.7, 0, 0.5, 0.0, 0),
+            (1.0, 0, 0.95, 0.0, 2),
+            (0.9, 0, 0.9, 0.3, 0),
+            (1.0, 0, 1.0, 0.0, 4),
+            (0.0, 0, 1.0, 0.0, 5),
+        ];
+        let mut fell_back = 0;
+        for (temperature, top_k, top_p, min_p, logprobs) in cases {
+            let params =
+                SamplingParams { temperature, top_k, top_p, min_p, logprobs, seed: Some(11), ..Default::default() };
+            let (mut host, mut dev) = (SeqSampler::new(params.clone()), SeqSampler::new(params));
+            let plan = dev.device_plan(vocab, limit);
+            for _ in 0..40 {
+                let want = sample_rows(&row, vocab, &mut [&mut host]).unwrap().remove(0);
+                let k = match plan {
+                    DevicePlan::Summary(k) | DevicePlan::Cdf(k) => k,
+                    DevicePlan::Greedy => logprobs.max(1),
+                    DevicePlan::Host => unreachable!("no penalties here"),
+                };
+                let (top, lse, mass) = RowSummary::of_row(&row, k, temperature);
+                let s = RowSummary { top: &top, lse, mass };
+                let got = match plan {
+                    DevicePlan::Cdf(_) => {
+                        // The device's walk over the cumulative weights in token order.
+                        let u = dev.uniform();
+                        let max = top[0].1 as f64;
+                        let w: Vec<f64> = row.iter().map(|&v| ((v as f64 - max) / temperature as f64).exp()).collect();
+                        let mut target = u * w.iter().sum::<f64>();
+                        let id = w.iter().position(|&wi| {
+                            let hit = target < wi;
+                            target -= wi;
+                            hit
+                        });
+                        let id = id.unwrap() as u32;
+                        dev.finish(id, row[id as usize], &s)
+                    }
+                    _ => match dev.sample_summary(&s) {
+                        Some(got) => got,
+                        None => {
+                            fell_back += 1;
+                            sample_rows(&row, vocab, &mut [&mut dev]).unwrap().remove(0)
+                        }
+                    },
+                };
+                assert_eq!(got.id, want.id, "{temperature} {top_k} {top_p} {min_p}");
+                assert!((got.logprob - want.logprob).abs() < 1e-5);
+                assert_eq!(
+                    got.top.iter().map(|t| t.0).collect::<Vec<_>>(),
+                    want.top.iter().map(|t| t.0).collect::<Vec<_>>()
+                );
+            }
+        }
+        // Top-p 0.95 over 300 spread logits needs more than 16 tokens: the host took over.
+        assert!(fell_back > 0);
+        let pen = SeqSampler::new(SamplingParams { temperature: 1.0, presence_penalty: 0.5, ..Default::default() });
+        assert_eq!(pen.device_plan(vocab, limit), DevicePlan::Host);
+        let big_k = SeqSampler::new(SamplingParams { temperature: 1.0, top_k: 100, ..Default::default() });
+        assert_eq!(big_k.device_plan(vocab, limit), DevicePlan::Host);
     }
 
     #[test]

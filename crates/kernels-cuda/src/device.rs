@@ -154,6 +154,16 @@ impl Cuda {
         self.inner.stream.clone_dtoh(&buf.slice(..bytes)).map_err(driver_err("copying from the device"))
     }
 
+    /// Copies `data` into scratch buffer `slot` (grown if needed) and returns its address.
+    pub(crate) fn write_slot(&self, slot: Slot, data: &[u8]) -> Result<u64> {
+        let p = self.slot(slot, data.len())?;
+        let mut s = self.inner.scratch.lock().map_err(|_| backend_err("scratch buffers poisoned"))?;
+        let buf = s[slot as usize].as_mut().ok_or_else(|| backend_err("scratch buffer missing"))?;
+        let mut view = buf.slice_mut(..data.len());
+        self.inner.stream.memcpy_htod(data, &mut view).map_err(driver_err("copying to the device"))?;
+        Ok(p)
+    }
+
     /// The device address of the ALiBi slopes of `heads` heads (f32), uploaded on first use.
     pub(crate) fn alibi_slopes(&self, heads: usize) -> Result<u64> {
         use cudarc::driver::DevicePtr;
@@ -266,12 +276,14 @@ pub(crate) enum Slot {
     RowScales,
     /// Widened 8-bit weights.
     Widened,
-    /// Greedy samples: ids, then log-probabilities.
+    /// Samples: greedy ids and log-probabilities, or candidates and row sums.
     Samples,
+    /// Per-row sampling parameters sent to the device.
+    SampleParams,
 }
 
 impl Slot {
-    const COUNT: usize = 6;
+    const COUNT: usize = 7;
 }
 
 /// `host` as f32 values.

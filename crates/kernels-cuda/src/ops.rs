@@ -16,7 +16,7 @@
 //! accumulation. Not yet run on a GPU.
 
 use cudarc::driver::{CudaSlice, DevicePtr, LaunchConfig, PushKernelArg};
-use turbine_core::sampling::{Sampled, SeqSampler};
+use turbine_core::sampling::{DevicePlan, RowSummary, Sampled, SeqSampler};
 use turbine_core::{
     Act, AttnMeta, AttnParams, Backend, DType, Epilogue, Error, KvPages, NormKind, Ops, QkvLayout, Resid, Result,
     RopeTable, Tensor, XQuant,
@@ -462,17 +462,137 @@ impl Ops for Cuda {
         self.launch("gather_rows_f32", (u32_of(OP, n)?, 1, 1), 256, &args)
     }
 
-    /// Greedy rows that want only their token's log-probability are sampled on the device (an
-    /// argmax and a log-sum-exp per row; 8 bytes per row come back instead of the logits);
-    /// anything else goes through the host sampler.
+    /// Sampled on the device wherever the host sampler's result can be reproduced from what the
+    /// device sends back (see [`DevicePlan`]): greedy rows that want only their token's
+    /// log-probability come back as 8 bytes (argmax and log-sum-exp); other rows as their
+    /// largest logits and sums (top-k, top-p, top log-probabilities), or as the token a
+    /// temperature walk over the whole row chose with the sequence's own uniform number. Rows
+    /// with penalties, or whose nucleus is larger than what came back, are sampled from the whole
+    /// row on the host.
     fn sample(&self, logits: &Tensor<Self>, seqs: &mut [&mut SeqSampler]) -> Result<Vec<Sampled>> {
         const OP: &str = "sample";
         let (n, vocab) = (logits.rows(), logits.cols());
-        if n != seqs.len() || !seqs.iter().all(|s| s.plain_greedy()) || n == 0 {
+        let limit = TOPK_MAX.min(vocab);
+        let plans: Vec<DevicePlan> = seqs.iter().map(|s| s.device_plan(vocab, limit)).collect();
+        if n != seqs.len() || n == 0 || plans.contains(&DevicePlan::Host) {
             let host = self.download(logits)?.to_f32()?;
             return turbine_core::sampling::sample_rows(&host, vocab, seqs);
         }
         self.f32_only(OP, logits)?;
+        if seqs.iter().all(|s| s.plain_greedy()) {
+            return self.sample_greedy(logits, seqs);
+        }
+        let k = plans
+            .iter()
+            .map(|p| match p {
+                DevicePlan::Summary(k) | DevicePlan::Cdf(k) => *k,
+                _ => 1,
+            })
+            .max()
+            .unwrap_or(1)
+            .clamp(1, limit);
+        // Parameters in: 1/T, min-p, the uniform number of each temperature walk.
+        let mut params = Vec::with_capacity(n * 12);
+        let mut uniform = vec![0f32; n];
+        for (i, (s, plan)) in seqs.iter_mut().zip(&plans).enumerate() {
+            let t = s.params.temperature;
+            params.extend_from_slice(&(if t > 0.0 { 1.0 / t } else { 1.0 }).to_le_bytes());
+            if matches!(plan, DevicePlan::Cdf(_)) {
+                uniform[i] = s.uniform() as f32;
+            }
+        }
+        params.extend(seqs.iter().flat_map(|s| s.params.min_p.to_le_bytes()));
+        params.extend(uniform.iter().flat_map(|u| u.to_le_bytes()));
+        let pp = self.write_slot(Slot::SampleParams, &params)?;
+        // Results out: candidate ids, their logits, row sums (3 per row), walked ids.
+        let (ids_b, vals_b, stats_b) = (n * k * 4, n * k * 4, n * 12);
+        let out = self.slot(Slot::Samples, ids_b + vals_b + stats_b + n * 4)?;
+        let (ids_p, vals_p, stats_p, walk_p) =
+            (out, out + ids_b as u64, out + (ids_b + vals_b) as u64, out + (ids_b + vals_b + stats_b) as u64);
+        let rows = u32_of(OP, n)?;
+        let args = [
+            Arg::Ptr(self.ptr(logits)),
+            Arg::U32(u32_of(OP, vocab)?),
+            Arg::U32(u32_of(OP, k)?),
+            Arg::Ptr(pp),
+            Arg::Ptr(ids_p),
+            Arg::Ptr(vals_p),
+            Arg::Ptr(stats_p),
+        ];
+        self.launch("topk_f32", (rows, 1, 1), 1024, &args)?;
+        if plans.iter().any(|p| matches!(p, DevicePlan::Cdf(_))) {
+            let args = [
+                Arg::Ptr(self.ptr(logits)),
+                Arg::U32(u32_of(OP, vocab)?),
+                Arg::Ptr(pp),
+                Arg::Ptr(pp + (n * 4) as u64),
+                Arg::Ptr(pp + (n * 8) as u64),
+                Arg::Ptr(stats_p),
+                Arg::Ptr(walk_p),
+            ];
+            self.launch("sample_cdf_f32", (rows, 1, 1), 1024, &args)?;
+        }
+        let bytes = self.read_slot(Slot::Samples, ids_b + vals_b + stats_b + n * 4)?;
+        let word = |at: usize| -> [u8; 4] { bytes[at..at + 4].try_into().expect("4 bytes") };
+        let mut host_rows: Option<Vec<f32>> = None;
+        let mut out = Vec::with_capacity(n);
+        for (i, (s, plan)) in seqs.iter_mut().zip(&plans).enumerate() {
+            let top: Vec<(u32, f32)> = (0..k)
+                .map(|j| {
+                    let at = (i * k + j) * 4;
+                    (u32::from_le_bytes(word(at)), f32::from_le_bytes(word(ids_b + at)))
+                })
+                .collect();
+            let stat = |j: usize| f64::from(f32::from_le_bytes(word(ids_b + vals_b + (i * 3 + j) * 4)));
+            let (max, sum, mass) = (stat(0), stat(1), stat(2));
+            let summary = RowSummary { top: &top, lse: max + sum.ln(), mass };
+            let got = match plan {
+                DevicePlan::Cdf(_) => {
+                    let id = u32::from_le_bytes(word(ids_b + vals_b + stats_b + i * 4));
+                    let logit = match top.iter().find(|t| t.0 == id) {
+                        Some(t) => t.1,
+                        None => self.logit_at(logits, i, id)?,
+                    };
+                    Some(s.finish(id, logit, &summary))
+                }
+                _ => s.sample_summary(&summary),
+            };
+            let got = match got {
+                Some(g) => g,
+                None => {
+                    // The nucleus is larger than the candidates: this row on the host.
+                    if host_rows.is_none() {
+                        host_rows = Some(self.download(logits)?.to_f32()?);
+                    }
+                    let row = &host_rows.as_deref().unwrap_or_default()[i * vocab..(i + 1) * vocab];
+                    turbine_core::sampling::sample_rows(row, vocab, &mut [&mut **s])?.remove(0)
+                }
+            };
+            out.push(got);
+        }
+        Ok(out)
+    }
+
+    fn softmax(&self, x: &mut Tensor<Self>) -> Result<()> {
+        const OP: &str = "softmax";
+        self.f32_only(OP, x)?;
+        if x.rows() == 0 {
+            return Ok(());
+        }
+        let args = [Arg::Ptr(self.ptr(x)), Arg::U32(u32_of(OP, x.cols())?)];
+        self.launch("softmax_f32", (u32_of(OP, x.rows())?, 1, 1), 256, &args)
+    }
+}
+
+/// The most candidates a device sampling step returns per row (`topk_f32`'s limit).
+const TOPK_MAX: usize = 1024;
+
+impl Cuda {
+    /// Greedy rows that want only their token's log-probability: an argmax and a log-sum-exp per
+    /// row on the device; 8 bytes per row come back instead of the logits.
+    fn sample_greedy(&self, logits: &Tensor<Self>, seqs: &mut [&mut SeqSampler]) -> Result<Vec<Sampled>> {
+        const OP: &str = "sample";
+        let (n, vocab) = (logits.rows(), logits.cols());
         // One buffer: the ids, then the log-probabilities; one copy back.
         let buf = self.slot(Slot::Samples, n * 8)?;
         let args =
@@ -490,14 +610,15 @@ impl Ops for Cuda {
         Ok(out)
     }
 
-    fn softmax(&self, x: &mut Tensor<Self>) -> Result<()> {
-        const OP: &str = "softmax";
-        self.f32_only(OP, x)?;
-        if x.rows() == 0 {
-            return Ok(());
-        }
-        let args = [Arg::Ptr(self.ptr(x)), Arg::U32(u32_of(OP, x.cols())?)];
-        self.launch("softmax_f32", (u32_of(OP, x.rows())?, 1, 1), 256, &args)
+    /// One logit, `logits[row, col]`, copied back.
+    fn logit_at(&self, logits: &Tensor<Self>, row: usize, col: u32) -> Result<f32> {
+        let at = (row * logits.cols() + col as usize) * 4;
+        let view = logits.buf().bytes().slice(at..at + 4);
+        let b = self
+            .stream()
+            .clone_dtoh(&view)
+            .map_err(|e| Error::Backend { backend: "cuda", msg: format!("copying a logit back: {e}") })?;
+        Ok(f32::from_le_bytes(b[..4].try_into().expect("4 bytes")))
     }
 }
 

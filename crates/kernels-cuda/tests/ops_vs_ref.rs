@@ -183,6 +183,40 @@ fn suite<B: Ops>(b: &B) -> Vec<Out> {
         push(format!("sample greedy={greedy} ids"), got.iter().map(|g| g.id as f32).collect(), 0.0);
         push(format!("sample greedy={greedy} logprobs"), got.iter().map(|g| g.logprob).collect(), 1e-5);
     }
+    // Every kind of draw in one batch, step after step with seeded streams: greedy with top
+    // log-probabilities, top-k, top-p (with min-p), temperature over the whole row (walked on the
+    // device), and a penalised row (the host's).
+    let kinds = [
+        SamplingParams { logprobs: 3, ..Default::default() },
+        SamplingParams { temperature: 0.9, top_k: 40, logprobs: 2, ..Default::default() },
+        SamplingParams { temperature: 0.7, top_p: 0.9, ..Default::default() },
+        SamplingParams { temperature: 0.5, top_p: 0.8, min_p: 0.05, ..Default::default() },
+        SamplingParams { temperature: 1.0, logprobs: 1, ..Default::default() },
+        SamplingParams { temperature: 1.2, min_p: 0.2, ..Default::default() },
+    ];
+    let logits = up(b, &[kinds.len(), 5000], &rand(kinds.len() * 5000, 21, 6.0));
+    for penalised in [false, true] {
+        let mut s: Vec<SeqSampler> = kinds
+            .iter()
+            .enumerate()
+            .map(|(i, p)| {
+                let presence_penalty = if penalised && i == 2 { 0.5 } else { 0.0 };
+                SeqSampler::new(SamplingParams { seed: Some(40 + i as u64), presence_penalty, ..p.clone() })
+            })
+            .collect();
+        let (mut ids, mut lps) = (Vec::new(), Vec::new());
+        for _ in 0..12 {
+            let mut refs: Vec<&mut SeqSampler> = s.iter_mut().collect();
+            for g in b.sample(&logits, &mut refs).unwrap() {
+                ids.push(g.id as f32);
+                ids.extend(g.top.iter().map(|t| t.0 as f32));
+                lps.push(g.logprob);
+                lps.extend(g.top.iter().map(|t| t.1));
+            }
+        }
+        push(format!("sample every kind penalised={penalised} ids"), ids, 0.0);
+        push(format!("sample every kind penalised={penalised} logprobs"), lps, 1e-5);
+    }
 
     // Paged KV cache: prefill of two sequences then a decode step, f32 and 8-bit pages,
     // GQA, a window, ALiBi.
