@@ -57,7 +57,7 @@ __device__ void paged_attention(const T* qkv, const typename Page<T, PAGE>::type
                                 const float* v_scales, const float* k_sink, const u32* seqs, u32 n_seqs,
                                 const u32* tables,
                                 u32 max_blocks, u32 q_heads, u32 kv_heads, u32 d, u32 bs, float scale, u32 window,
-                                float alibi, const float* slopes, T* out) {
+                                float alibi, const float* slopes, T* out, u32 flash) {
     __shared__ float q[MAX_D];
     __shared__ float p[MAX_BLOCK];
     u32 tok = blockIdx.x, h = blockIdx.y;
@@ -70,6 +70,8 @@ __device__ void paged_attention(const T* qkv, const typename Page<T, PAGE>::type
         if (seqs[mid * 3] <= tok) lo = mid; else hi = mid;
     }
     u32 start = seqs[lo * 3], len = seqs[lo * 3 + 1], ctx = seqs[lo * 3 + 2];
+    // Rows of multi-token sequences are the tiled kernel's when it runs too.
+    if (flash && len > 1) return;
     u32 pos = ctx - len + (tok - start);
     u32 first = window ? (pos + 1 > window ? pos + 1 - window : 0) : 0;
     const u32* table = tables + (size_t)lo * max_blocks;
@@ -120,6 +122,106 @@ __device__ void paged_attention(const T* qkv, const typename Page<T, PAGE>::type
     for (u32 c = threadIdx.x, i = 0; c < d; c += blockDim.x, i++) o[c] = from_f<T>(acc[i] / denom);
 }
 
+// Tiled ("flash") attention for the rows of multi-token sequences (prefill): block (tile, head)
+// takes FLASH_TQ consecutive query rows of one sequence, stages each KV page block once in shared
+// memory for all of them, and runs every row's online softmax over it. Each row sees the same
+// blocks, scores (lanes over the head dimension, warp sum), maxima and accumulation order as in
+// paged_attention, so a token's output does not depend on which kernel computed it.
+// blockDim.x = 128; d <= FLASH_MAX_D, bs <= FLASH_MAX_BS (the caller checks).
+#define FLASH_TQ 8
+#define FLASH_MAX_D 256
+#define FLASH_MAX_BS 16
+template <typename T, int PAGE>
+__device__ void flash_prefill(const T* qkv, const typename Page<T, PAGE>::type* k_pages,
+                              const typename Page<T, PAGE>::type* v_pages, const float* k_scales,
+                              const float* v_scales, const float* k_sink, const u32* seqs, u32 n_seqs,
+                              const u32* tables, u32 max_blocks, u32 q_heads, u32 kv_heads, u32 d, u32 bs,
+                              float scale, u32 window, float alibi, const float* slopes, T* out) {
+    __shared__ float qs[FLASH_TQ][FLASH_MAX_D];
+    __shared__ float ks[FLASH_MAX_BS][FLASH_MAX_D];
+    __shared__ float vs[FLASH_MAX_BS][FLASH_MAX_D];
+    __shared__ float ps[FLASH_TQ][FLASH_MAX_BS];
+    u32 h = blockIdx.y, kh = h / (q_heads / kv_heads);
+    u32 lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    // This block's tile: tiles are numbered sequence by sequence (multi-token ones only).
+    u32 s = 0, tiles = 0;
+    for (; s < n_seqs; s++) {
+        u32 len = seqs[s * 3 + 1];
+        u32 n = len > 1 ? (len + FLASH_TQ - 1) / FLASH_TQ : 0;
+        if (blockIdx.x < tiles + n) break;
+        tiles += n;
+    }
+    if (s == n_seqs) return;
+    u32 start = seqs[s * 3], len = seqs[s * 3 + 1], ctx = seqs[s * 3 + 2];
+    u32 r0 = (blockIdx.x - tiles) * FLASH_TQ;  // first row of the tile within the sequence
+    u32 rows = min((u32)FLASH_TQ, len - r0);
+    u32 pos0 = ctx - len + r0;  // position of the tile's first row
+    const u32* table = tables + (size_t)s * max_blocks;
+    u32 width = (q_heads + 2 * kv_heads) * d;
+    for (u32 i = threadIdx.x; i < rows * d; i += blockDim.x) {
+        u32 r = i / d, c = i % d;
+        qs[r][c] = to_f(qkv[(size_t)(start + r0 + r) * width + (size_t)h * d + c]);
+    }
+    // Thread (tr, sub): row tr of the tile, head dimensions sub + 16 i.
+    u32 tr = threadIdx.x / 16, sub = threadIdx.x % 16;
+    bool live = tr < rows;
+    u32 my_pos = pos0 + tr;
+    u32 my_first = window ? (my_pos + 1 > window ? my_pos + 1 - window : 0) : 0;
+    float acc[FLASH_MAX_D / 16];
+    for (int i = 0; i < FLASH_MAX_D / 16; i++) acc[i] = 0.f;
+    float m = -TURBINE_INF, denom = 0.f;
+    float slope = alibi != 0.f ? alibi * slopes[h] : 0.f;
+    u32 last = pos0 + rows - 1;
+    u32 first = window ? (pos0 + 1 > window ? pos0 + 1 - window : 0) : 0;
+    for (u32 blk = first / bs; blk <= last / bs; blk++) {
+        size_t base = ((size_t)table[blk] * kv_heads + kh) * bs;
+        u32 lo_j = blk * bs, hi_j = min((blk + 1) * bs, last + 1);
+        __syncthreads();
+        for (u32 i = threadIdx.x; i < (hi_j - lo_j) * d; i += blockDim.x) {
+            u32 j = i / d, c = i % d;
+            size_t r = base + j;
+            bool sink = PAGE && k_sink && lo_j + j == 0;
+            ks[j][c] = sink ? k_sink[((size_t)table[0] * kv_heads + kh) * d + c]
+                            : load_page<T, PAGE>(k_pages, r * d + c, PAGE ? k_scales[r] : 1.f);
+            vs[j][c] = load_page<T, PAGE>(v_pages, r * d + c, PAGE ? v_scales[r] : 1.f);
+        }
+        __syncthreads();
+        // Scores: warp w takes rows w, w + 4 of the tile.
+        for (u32 r = warp; r < rows; r += 4) {
+            u32 pos = pos0 + r;
+            u32 f = window ? (pos + 1 > window ? pos + 1 - window : 0) : 0;
+            u32 a = lo_j > f ? lo_j : f, b = min((blk + 1) * bs, pos + 1);
+            for (u32 j = a; j < b; j++) {
+                float sc = 0.f;
+                for (u32 c = lane; c < d; c += 32) sc += qs[r][c] * ks[j - lo_j][c];
+                sc = warp_sum(sc) * scale;
+                if (slope != 0.f) sc += slope * ((float)j - (float)pos);
+                if (lane == 0) ps[r][j - a] = sc;
+            }
+        }
+        __syncthreads();
+        if (live && blk >= my_first / bs && blk <= my_pos / bs) {
+            u32 a = lo_j > my_first ? lo_j : my_first, b = min((blk + 1) * bs, my_pos + 1);
+            float bmax = -TURBINE_INF;
+            for (u32 j = 0; j < b - a; j++) bmax = fmaxf(bmax, ps[tr][j]);
+            float m_new = fmaxf(m, bmax);
+            float corr = __expf(m - m_new);
+            denom *= corr;
+            for (int i = 0; i < FLASH_MAX_D / 16; i++) acc[i] *= corr;
+            for (u32 j = 0; j < b - a; j++) {
+                float e = __expf(ps[tr][j] - m_new);
+                denom += e;
+                for (u32 c = sub, i = 0; c < d; c += 16, i++) acc[i] += e * vs[a + j - lo_j][c];
+            }
+            m = m_new;
+        }
+    }
+    if (live) {
+        T* o = out + ((size_t)(start + r0 + tr) * q_heads + h) * d;
+        for (u32 c = sub, i = 0; c < d; c += 16, i++) o[c] = from_f<T>(acc[i] / denom);
+    }
+}
+
 #define ATTN(N, T, PN, PAGE)                                                                                  \
     extern "C" __global__ void kv_store_##N##_##PN(                                                           \
         const T* qkv, const u32* slots, const u32* positions, Page<T, PAGE>::type* k_pages,                   \
@@ -132,9 +234,17 @@ __device__ void paged_attention(const T* qkv, const typename Page<T, PAGE>::type
         const T* qkv, const Page<T, PAGE>::type* k_pages, const Page<T, PAGE>::type* v_pages,                 \
         const float* k_scales, const float* v_scales, const float* k_sink, const u32* seqs, u32 n_seqs,       \
         const u32* tables, u32 max_blocks, u32 q_heads, u32 kv_heads, u32 d, u32 bs, float scale, u32 window, \
-        float alibi, const float* slopes, T* out) {                                                           \
+        float alibi, const float* slopes, T* out, u32 flash) {                                                \
         paged_attention<T, PAGE>(qkv, k_pages, v_pages, k_scales, v_scales, k_sink, seqs, n_seqs, tables,     \
-                                 max_blocks, q_heads, kv_heads, d, bs, scale, window, alibi, slopes, out);    \
+                                 max_blocks, q_heads, kv_heads, d, bs, scale, window, alibi, slopes, out, flash); \
+    }                                                                                                         \
+    extern "C" __global__ void flash_prefill_##N##_##PN(                                                      \
+        const T* qkv, const Page<T, PAGE>::type* k_pages, const Page<T, PAGE>::type* v_pages,                 \
+        const float* k_scales, const float* v_scales, const float* k_sink, const u32* seqs, u32 n_seqs,       \
+        const u32* tables, u32 max_blocks, u32 q_heads, u32 kv_heads, u32 d, u32 bs, float scale, u32 window, \
+        float alibi, const float* slopes, T* out) {                                                           \
+        flash_prefill<T, PAGE>(qkv, k_pages, v_pages, k_scales, v_scales, k_sink, seqs, n_seqs, tables,       \
+                               max_blocks, q_heads, kv_heads, d, bs, scale, window, alibi, slopes, out);      \
     }
 #define ATTN_ALL(N, T) ATTN(N, T, same, 0) ATTN(N, T, e4m3, 1) ATTN(N, T, i8, 2)
 TURBINE_FOR_TYPES(ATTN_ALL)

@@ -412,7 +412,16 @@ impl Ops for Cuda {
             Arg::Ptr(slopes),
             Arg::Ptr(self.ptr(out)),
         ];
-        self.launch(&format!("paged_attention_f32_{kind}"), (u32_of(OP, t)?, u32_of(OP, l.q_heads)?, 1), 128, &args)
+        let heads = u32_of(OP, l.q_heads)?;
+        // Multi-token sequences (prefill) go to the tiled kernel where its shared tiles fit.
+        let flash = t > n_seqs && l.head_dim <= FLASH_MAX_D && kv.block_size <= FLASH_MAX_BS;
+        if flash {
+            let tiles = u32_of(OP, t.div_ceil(FLASH_TQ) + n_seqs)?;
+            self.launch(&format!("flash_prefill_f32_{kind}"), (tiles, heads, 1), 128, &args)?;
+        }
+        let mut args = args.to_vec();
+        args.push(Arg::U32(u32::from(flash)));
+        self.launch(&format!("paged_attention_f32_{kind}"), (u32_of(OP, t)?, heads, 1), 128, &args)
     }
 
     fn gated_act(&self, gate_up: &Tensor<Self>, act: Act, out: &mut Tensor<Self>) -> Result<()> {
@@ -583,6 +592,12 @@ impl Ops for Cuda {
         self.launch("softmax_f32", (u32_of(OP, x.rows())?, 1, 1), 256, &args)
     }
 }
+
+/// The tiled prefill kernel's rows per tile and largest head dimension and block size
+/// (`cu/attention.cu`).
+const FLASH_TQ: usize = 8;
+const FLASH_MAX_D: usize = 256;
+const FLASH_MAX_BS: usize = 16;
 
 /// The most candidates a device sampling step returns per row (`topk_f32`'s limit).
 const TOPK_MAX: usize = 1024;

@@ -271,9 +271,13 @@ fn suite<B: Ops>(b: &B) -> Vec<Out> {
             b.paged_attention(&q, l, &kv, &meta, &p, &mut out).unwrap();
             get(b, &out)
         };
+        // Prefill (the tiled kernel on CUDA), a step mixing a prefill chunk with a decode row,
+        // then decode (the row kernel).
         let prefill = step(0..8, 0..5, 18);
-        let decode = step(8..9, 5..6, 19);
+        let mixed = step(8..11, 5..6, 22);
+        let decode = step(11..12, 6..7, 19);
         push(format!("attention {dtype} window {window:?} alibi {alibi:?} prefill"), prefill, 1e-4);
+        push(format!("attention {dtype} window {window:?} alibi {alibi:?} mixed"), mixed, 1e-4);
         push(format!("attention {dtype} window {window:?} alibi {alibi:?} decode"), decode, 1e-4);
     }
     outs
