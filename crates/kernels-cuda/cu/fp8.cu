@@ -60,3 +60,34 @@ __device__ void dequant_rows(const u8* codes, const float* scales, T* out, u32 n
         dequant_rows<T>(codes, scales, out, n, k, int8);                                                      \
     }
 TURBINE_FOR_TYPES(DEQUANT)
+
+#define GEMV_MAX_M 8
+
+// Few-row products straight from 8-bit weights (decode): acc[i, j] = sum_c x[i, c] * code(w[j, c])
+// for m <= GEMV_MAX_M rows, each weight byte read once and decoded in registers (the epilogue
+// applies the weight scales). One warp per output column j, lanes over c in steps of 4 bytes
+// (k % 4 == 0); blockDim.x = 256.
+extern "C" __global__ void gemv_8bit_f32(const float* x, const u8* codes, float* acc, u32 m, u32 n, u32 k,
+                                         int int8) {
+    u32 warp = (blockIdx.x * blockDim.x + threadIdx.x) >> 5, lane = threadIdx.x & 31;
+    if (warp >= n) return;
+    const unsigned int* row = (const unsigned int*)(codes + (size_t)warp * k);
+    float sum[GEMV_MAX_M];
+    for (int i = 0; i < GEMV_MAX_M; i++) sum[i] = 0.f;
+    for (u32 q = lane; q < k / 4; q += 32) {
+        unsigned int packed = row[q];
+        float w[4];
+        for (int b = 0; b < 4; b++) {
+            u8 c = (u8)(packed >> (8 * b));
+            w[b] = int8 ? (float)(signed char)c : e4m3_to_f32(c);
+        }
+        for (u32 i = 0; i < m; i++) {
+            const float* xr = x + (size_t)i * k + 4 * q;
+            sum[i] += xr[0] * w[0] + xr[1] * w[1] + xr[2] * w[2] + xr[3] * w[3];
+        }
+    }
+    for (u32 i = 0; i < m; i++) {
+        float s = warp_sum(sum[i]);
+        if (lane == 0) acc[(size_t)i * n + warp] = s;
+    }
+}

@@ -10,7 +10,7 @@
 //! | f32 | f32 cuBLASLt |
 //! | f16, bf16 | input converted to the weights' type, 16-bit tensor cores, f32 accumulation |
 //! | FP8 E4M3 with `quant_x` (W8A8) | input quantised per token (or static scale, with smoothing), FP8 tensor cores on sm_89+; elsewhere both sides widened to bf16 (exact: E4M3 fits bf16) |
-//! | FP8 E4M3 or INT8, f32 input | weights widened to f32 on the fly, f32 product |
+//! | FP8 E4M3 or INT8, f32 input | up to 8 rows (decode): `gemv_8bit_f32` reads each weight byte once and decodes it in registers; more rows: weights widened to f32 on the fly, f32 product |
 //!
 //! then one epilogue kernel applies the input and weight scales, bias, activation and
 //! accumulation. Not yet run on a GPU.
@@ -152,6 +152,20 @@ impl Ops for Cuda {
                 let args = [Arg::Ptr(self.ptr(x)), Arg::Ptr(xs), Arg::U64((m * k) as u64)];
                 self.launch(name, (Self::stride_blocks(m * k), 1, 1), 256, &args)?;
                 blas.matmul(stream, xs, wt, self.ptr(w), wt, acc_p, (m, n, k))?;
+            }
+            (DType::F8E4M3 | DType::I8, None) if m <= GEMV_MAX_M && k % 4 == 0 => {
+                // Decode: each weight byte read once, decoded in registers.
+                let int8 = i32::from(w.dtype() == DType::I8);
+                let args = [
+                    Arg::Ptr(self.ptr(x)),
+                    Arg::Ptr(self.ptr(w)),
+                    Arg::Ptr(acc_p),
+                    Arg::U32(mu),
+                    Arg::U32(nu),
+                    Arg::U32(ku),
+                    Arg::I32(int8),
+                ];
+                self.launch("gemv_8bit_f32", (u32_of(OP, (n * 32).div_ceil(256))?, 1, 1), 256, &args)?;
             }
             (DType::F8E4M3 | DType::I8, None) => {
                 let wf = widen(DType::F32)?;
@@ -592,6 +606,9 @@ impl Ops for Cuda {
         self.launch("softmax_f32", (u32_of(OP, x.rows())?, 1, 1), 256, &args)
     }
 }
+
+/// The most rows `gemv_8bit_f32` multiplies (`cu/fp8.cu`).
+const GEMV_MAX_M: usize = 8;
 
 /// The tiled prefill kernel's rows per tile and largest head dimension and block size
 /// (`cu/attention.cu`).

@@ -112,6 +112,15 @@ fn suite<B: Ops>(b: &B) -> Vec<Out> {
         }
     }
 
+    // 8-bit weights with more rows than the decode kernel takes (widened, f32 product).
+    let x12 = up(b, &[12, k], &rand(12 * k, 23, 1.0));
+    for dtype in [DType::F8E4M3, DType::I8] {
+        let (wt, sc) = weight(b, dtype, &w, n, k);
+        let mut out = zeros(b, &[12, n]);
+        b.matmul(&x12, &wt, Epilogue { scale: sc.as_ref(), ..Epilogue::none() }, &mut out).unwrap();
+        push(format!("matmul {dtype} 12 rows"), get(b, &out), 1e-5);
+    }
+
     // Norms with the residual stream.
     let (t, h) = (6, 80);
     let xv = rand(t * h, 6, 2.0);
