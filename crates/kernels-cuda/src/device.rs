@@ -107,7 +107,21 @@ impl Cuda {
         };
         let blas = crate::gemm::Blas::new(ws_addr, ws_bytes)?;
         let caps = Caps {
-            weight_dtypes: vec![DType::F32, DType::F16, DType::BF16, DType::F8E4M3, DType::I8],
+            weight_dtypes: vec![
+                DType::F32,
+                DType::F16,
+                DType::BF16,
+                DType::F8E4M3,
+                DType::I8,
+                DType::Q8_0,
+                DType::Q4_0,
+                DType::Q4_1,
+                DType::Q5_0,
+                DType::Q5_1,
+                DType::Q4_K,
+                DType::Q5_K,
+                DType::Q6_K,
+            ],
             act_dtype: DType::F32,
             sm: Some(sm),
             fp8: sm >= 89,
@@ -385,8 +399,10 @@ mod tests {
         assert!(names.contains(&"norm_bf16".to_string()) && names.contains(&"head_norm_f32".to_string()), "{names:?}");
         let attn = SOURCES.iter().find(|s| s.name == "attention").unwrap();
         let names = kernel_names(attn.src);
-        assert_eq!(names.len(), 18, "{names:?}");
+        // kv_store, paged_attention and flash_prefill × three types × three page kinds.
+        assert_eq!(names.len(), 27, "{names:?}");
         assert!(names.contains(&"paged_attention_bf16_e4m3".to_string()));
+        assert!(names.contains(&"flash_prefill_f32_i8".to_string()));
         // Every source exports something.
         assert!(SOURCES.iter().all(|s| !kernel_names(s.src).is_empty()));
     }

@@ -167,6 +167,27 @@ impl Ops for Cuda {
                 ];
                 self.launch("gemv_8bit_f32", (u32_of(OP, (n * 32).div_ceil(256))?, 1, 1), 256, &args)?;
             }
+            (wt, None) if wt.is_quantized() => {
+                // GGUF blocks read in place: decoded in registers for a few rows, else widened.
+                let fmt = gguf_code(OP, wt)?;
+                if m <= GEMV_MAX_M {
+                    let args = [
+                        Arg::Ptr(self.ptr(x)),
+                        Arg::Ptr(self.ptr(w)),
+                        Arg::Ptr(acc_p),
+                        Arg::U32(mu),
+                        Arg::U32(nu),
+                        Arg::U32(ku),
+                        Arg::I32(fmt),
+                    ];
+                    self.launch("gemv_gguf_f32", (u32_of(OP, (n * 32).div_ceil(256))?, 1, 1), 256, &args)?;
+                } else {
+                    let wf = self.slot(Slot::Widened, n * k * 4)?;
+                    let args = [Arg::Ptr(self.ptr(w)), Arg::Ptr(wf), Arg::U32(nu), Arg::U32(ku), Arg::I32(fmt)];
+                    self.launch("dequant_gguf_f32", (Self::stride_blocks(n * k), 1, 1), 256, &args)?;
+                    blas.matmul(stream, self.ptr(x), DType::F32, wf, DType::F32, acc_p, (m, n, k))?;
+                }
+            }
             (DType::F8E4M3 | DType::I8, None) => {
                 let wf = widen(DType::F32)?;
                 blas.matmul(stream, self.ptr(x), DType::F32, wf, DType::F32, acc_p, (m, n, k))?;
@@ -607,7 +628,22 @@ impl Ops for Cuda {
     }
 }
 
-/// The most rows `gemv_8bit_f32` multiplies (`cu/fp8.cu`).
+/// The format code of a GGUF block type in `cu/gguf.cu`.
+fn gguf_code(op: &'static str, dtype: DType) -> Result<i32> {
+    Ok(match dtype {
+        DType::Q8_0 => 0,
+        DType::Q4_0 => 1,
+        DType::Q4_1 => 2,
+        DType::Q5_0 => 3,
+        DType::Q5_1 => 4,
+        DType::Q4_K => 5,
+        DType::Q5_K => 6,
+        DType::Q6_K => 7,
+        other => return Err(Error::Unsupported { op, dtype: other, backend: "cuda" }),
+    })
+}
+
+/// The most rows `gemv_8bit_f32` and `gemv_gguf_f32` multiply.
 const GEMV_MAX_M: usize = 8;
 
 /// The tiled prefill kernel's rows per tile and largest head dimension and block size

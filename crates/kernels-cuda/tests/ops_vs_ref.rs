@@ -33,6 +33,25 @@ fn get<B: Ops>(b: &B, t: &Tensor<B>) -> Vec<f32> {
     b.download(t).unwrap().to_f32().unwrap()
 }
 
+/// `values` values of GGUF `dtype` blocks: random bytes with small f16 scales (and mins).
+fn gguf_blocks(dtype: DType, values: usize, seed: u64) -> Vec<u8> {
+    let mut r = Rng::new(seed);
+    let bytes = dtype.bytes_for(values).unwrap();
+    let mut out: Vec<u8> = (0..bytes).map(|_| (r.next_u64() >> 56) as u8).collect();
+    let halves: &[usize] = match dtype {
+        DType::Q8_0 | DType::Q4_0 | DType::Q5_0 => &[0],
+        DType::Q6_K => &[208],
+        _ => &[0, 2],
+    };
+    for blk in out.chunks_exact_mut(dtype.block_bytes()) {
+        for &at in halves {
+            let v = half::f16::from_f32(0.002 + (r.next_u64() >> 40) as f32 / (1u64 << 24) as f32 * 0.01);
+            blk[at..at + 2].copy_from_slice(&v.to_le_bytes());
+        }
+    }
+    out
+}
+
 /// One result of the suite with its tolerance (relative to the largest magnitude of the case).
 struct Out {
     name: String,
@@ -119,6 +138,20 @@ fn suite<B: Ops>(b: &B) -> Vec<Out> {
         let mut out = zeros(b, &[12, n]);
         b.matmul(&x12, &wt, Epilogue { scale: sc.as_ref(), ..Epilogue::none() }, &mut out).unwrap();
         push(format!("matmul {dtype} 12 rows"), get(b, &out), 1e-5);
+    }
+
+    // GGUF blocks read in place: a few rows (decoded in registers) and many (widened).
+    let kq = 256;
+    for dtype in
+        [DType::Q8_0, DType::Q4_0, DType::Q4_1, DType::Q5_0, DType::Q5_1, DType::Q4_K, DType::Q5_K, DType::Q6_K]
+    {
+        let wt = b.upload_weight(&HostTensor::new([n, kq], dtype, gguf_blocks(dtype, n * kq, 30)).unwrap()).unwrap();
+        for m in [3, 12] {
+            let x = up(b, &[m, kq], &rand(m * kq, 31, 1.0));
+            let mut out = zeros(b, &[m, n]);
+            b.matmul(&x, &wt, Epilogue::bias(Some(&bt)), &mut out).unwrap();
+            push(format!("matmul {dtype} {m} rows"), get(b, &out), 1e-5);
+        }
     }
 
     // Norms with the residual stream.

@@ -43,6 +43,10 @@ impl Cpu {
             caps: Caps {
                 weight_dtypes: vec![
                     DType::F32,
+                    DType::F16,
+                    DType::BF16,
+                    DType::F8E4M3,
+                    DType::I8,
                     DType::Q8_0,
                     DType::Q4_0,
                     DType::Q4_1,

@@ -101,7 +101,7 @@ impl<B: Ops> Linear<B> {
         let eight = |d: DType| matches!(d, DType::F8E4M3 | DType::I8);
         if !hosts.iter().any(|h| eight(h.dtype())) {
             let wparts: Vec<(&str, &[usize])> = wk.iter().zip(&ws).map(|(k, s)| (k.as_str(), &s[..])).collect();
-            return Ok(Linear::new(w.fused(&wparts)?, bias));
+            return Ok(Linear::new(w.fused_weight(&wparts)?, bias));
         }
         let dtype = hosts[0].dtype();
         if let Some(h) = hosts.iter().position(|h| h.dtype() != dtype) {

@@ -119,6 +119,13 @@ impl<'a, B: Ops> Weights<'a, B> {
         self.upload(&stack(hosts)?)
     }
 
+    /// Like [`Weights::fused`], for a matrix-product weight: kept in its stored type where the
+    /// backend's products read it (f16/bf16, GGUF blocks; see `Backend::upload_weight`).
+    pub fn fused_weight(&self, parts: &[(&str, &[usize])]) -> Result<Tensor<B>> {
+        let hosts = parts.iter().map(|(k, s)| self.host(k, s)).collect::<Result<Vec<_>>>()?;
+        Ok(self.backend.upload_weight(&stack(hosts)?)?)
+    }
+
     /// Like [`Weights::fused`], but `None` when none of the parts exist (optional biases);
     /// an error when only some do.
     pub fn fused_opt(&self, parts: &[(&str, &[usize])]) -> Result<Option<Tensor<B>>> {
