@@ -140,6 +140,16 @@ out=$(cd "$out" && pwd)
 cc=$(nvidia-smi --query-gpu=compute_cap --format=csv,noheader 2>/dev/null | head -1 | tr -d '.')
 case "$cc" in 90) arch=sm_90a ;; 89) arch=sm_89 ;; *) arch=sm_80 ;; esac
 export TURBINE_CUDA_PTX="$here/ptx/$arch"
+# cuBLASLt is not carried (hundreds of MB): use the machine's, e.g. the one PyTorch's wheels
+# installed (nvidia/cu13/lib or nvidia/cublas/lib under site-packages), unless already found.
+if ! ldconfig -p 2>/dev/null | grep -q 'libcublasLt.so.13'; then
+  for sp in $(python3 -c 'import site; print(" ".join(site.getsitepackages()))' 2>/dev/null) \
+            /usr/local/lib/python3*/dist-packages /usr/lib/python3/dist-packages /usr/local/cuda/lib64; do
+    lib=$(find "$sp" -name 'libcublasLt.so.13*' 2>/dev/null | head -1)
+    if [ -n "$lib" ]; then export LD_LIBRARY_PATH="$(dirname "$lib")${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"; break; fi
+  done
+fi
+echo "cuBLASLt: $(ldconfig -p 2>/dev/null | grep -o 'libcublasLt.so.13[^ ]*' | head -1) LD_LIBRARY_PATH=${LD_LIBRARY_PATH:-}" | tee "$out/libs.log"
 work=${TMPDIR:-/tmp}/turbine-gpu-check
 mkdir -p "$work"
 export TURBINE_HOME="$work/home"
