@@ -34,9 +34,10 @@ pub struct EvalArgs {
     /// The reference's weight format.
     #[arg(long, default_value = "auto")]
     reference_dtype: String,
-    /// A UTF-8 text file to score.
+    /// A UTF-8 text file to score; repeatable (the files' tokens are scored one after another,
+    /// which narrows the uncertainty of Δppl).
     #[arg(long, group = "input")]
-    file: Option<std::path::PathBuf>,
+    file: Vec<std::path::PathBuf>,
     /// A file holding a JSON array of token ids.
     #[arg(long, group = "input")]
     ids_file: Option<std::path::PathBuf>,
@@ -97,13 +98,12 @@ pub fn run(a: EvalArgs) -> Result<()> {
         bail!("--dtype names no format");
     }
     let reference_format = Format::parse(&a.reference_dtype)?;
-    let path = a
-        .file
-        .as_ref()
-        .or(a.ids_file.as_ref())
-        .context("give the text: --file TEXT_FILE or --ids-file JSON_ARRAY_FILE")?;
-    if !path.is_file() {
-        bail!("{}: no such file", path.display());
+    let inputs: Vec<&std::path::PathBuf> = a.file.iter().chain(a.ids_file.as_ref()).collect();
+    if inputs.is_empty() {
+        bail!("give the text: --file TEXT_FILE or --ids-file JSON_ARRAY_FILE");
+    }
+    if let Some(p) = inputs.iter().find(|p| !p.is_file()) {
+        bail!("{}: no such file", p.display());
     }
     let ctx_cap = a.ctx.unwrap_or(2048).max(2);
     let ref_model = a.reference.as_deref().or(a.model.as_deref());
@@ -124,10 +124,15 @@ pub fn run(a: EvalArgs) -> Result<()> {
         let p = setup::model_path(a.model.as_deref())?;
         turbine_models::load_tokenizer(&p)?
     };
-    let mut ids = if let Some(f) = &a.file {
-        let text = std::fs::read_to_string(f).with_context(|| f.display().to_string())?;
-        tok.encode(&text, true)?
+    let mut ids = if !a.file.is_empty() {
+        let mut ids = Vec::new();
+        for f in &a.file {
+            let text = std::fs::read_to_string(f).with_context(|| f.display().to_string())?;
+            ids.extend(tok.encode(&text, true)?);
+        }
+        ids
     } else {
+        let path = inputs[0];
         let text = std::fs::read_to_string(path).with_context(|| path.display().to_string())?;
         serde_json::from_str::<Vec<u32>>(&text)
             .with_context(|| format!("{}: expected a JSON array of token ids", path.display()))?
