@@ -172,6 +172,7 @@ on_cuda="env TURBINE_TEST_BACKEND=cuda TURBINE_FIXTURES=$PWD/tests/fixtures"
 step golden-tiny $on_cuda "$here/bin/golden_tiny" --test-threads 1
 step engine $on_cuda "$here/bin/engine" --test-threads 1
 step batch-invariance $on_cuda "$here/bin/batch_invariance" --test-threads 1
+step batch-invariance-graphs env TURBINE_CUDA_GRAPHS=1 $on_cuda "$here/bin/batch_invariance" --test-threads 1
 step tiny-cpu "$t" generate -m "$tiny" --backend cpu --prompt-ids 1,2,3,4 --max-tokens 12 --temperature 0 --json
 step tiny-cuda "$t" generate -m "$tiny" --backend cuda --prompt-ids 1,2,3,4 --max-tokens 12 --temperature 0 --json
 if [ -f "$out/tiny-cpu.log" ] && [ -f "$out/tiny-cuda.log" ]; then
@@ -182,6 +183,7 @@ fi
 step gemm-and-copy "$here/bin/gpu_bench"
 step synth-1b "$t" synth-model --preset 1b --out "$work/m1b"
 step speed-1b-bf16 "$t" bench -m "$work/m1b" --backend cuda --dtype bf16 --workload speed --json
+step speed-1b-bf16-graphs env TURBINE_CUDA_GRAPHS=1 "$t" bench -m "$work/m1b" --backend cuda --dtype bf16 --workload speed --json
 step speed-1b-fp8 "$t" bench -m "$work/m1b" --backend cuda --dtype fp8 --workload speed --json
 step batch-1b-bf16 "$t" bench -m "$work/m1b" --backend cuda --dtype bf16 --workload batch --batch-sizes 1,16,64 --prompt-tokens 128 --gen-tokens 32 --json
 step compare-1b-bf16 "$t" bench -m "$work/m1b" --backend cuda --dtype bf16 --compare --requests 64 --json

@@ -15,6 +15,17 @@ pub struct Caps {
     pub fp8: bool,
 }
 
+/// What [`Backend::graph_begin`] decided for a step.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GraphStep {
+    /// Run the step's ops as usual.
+    Eager,
+    /// The ops are being recorded, not run: run them, then call [`Backend::graph_end`].
+    Capturing,
+    /// A recording of this step was replayed: its ops must not run again.
+    Replayed,
+}
+
 /// A device: owns buffers and moves data to and from the host.
 ///
 /// Buffers are opaque outside the backend; everything else sees [`Tensor`] handles.
@@ -52,4 +63,19 @@ pub trait Backend: Sized + Send + Sync + 'static {
 
     /// Waits for queued work.
     fn sync(&self) -> Result<()>;
+
+    /// Before a step whose ops, shapes and buffers are the same every time it has `key` (a decode
+    /// step of a given batch size): replays a recording of it, starts one, or says to run it as
+    /// usual. The step's inputs must already be written. Backends without recordings run
+    /// everything as usual (the default).
+    fn graph_begin(&self, _key: u64) -> Result<GraphStep> {
+        Ok(GraphStep::Eager)
+    }
+
+    /// Ends the recording [`Backend::graph_begin`] started and, when `ok` (the step's ops were
+    /// all queued), keeps and runs it; `false` if nothing ran, in which case the step must be
+    /// run as usual.
+    fn graph_end(&self, _key: u64, _ok: bool) -> Result<bool> {
+        Ok(false)
+    }
 }

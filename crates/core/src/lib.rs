@@ -20,7 +20,7 @@ pub mod shape;
 pub mod tensor;
 pub mod testing;
 
-pub use backend::{Backend, Caps};
+pub use backend::{Backend, Caps, GraphStep};
 pub use dtype::DType;
 pub use error::{Error, Result};
 pub use host::HostTensor;

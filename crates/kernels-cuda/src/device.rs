@@ -17,13 +17,23 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use cudarc::driver::{CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream};
-use turbine_core::{Backend, Caps, DType, Error, HostTensor, Result, Shape, Tensor};
+use turbine_core::{Backend, Caps, DType, Error, GraphStep, HostTensor, Result, Shape, Tensor};
+
+use crate::graphs::{Epoch, Graphs};
 
 use crate::sources::SOURCES;
 
 /// Device memory of one tensor: bytes, read as the tensor's dtype.
 pub struct CudaBuf {
     bytes: CudaSlice<u8>,
+    /// Bumped when this buffer is freed (recorded steps hold its address).
+    epoch: Epoch,
+}
+
+impl Drop for CudaBuf {
+    fn drop(&mut self) {
+        self.epoch.bump();
+    }
 }
 
 impl CudaBuf {
@@ -54,6 +64,10 @@ struct Inner {
     _workspace: CudaSlice<u8>,
     caps: Caps,
     name: String,
+    /// Bumped by every allocation and free (see [`crate::graphs`]).
+    epoch: Epoch,
+    /// Recorded decode steps.
+    graphs: Graphs,
 }
 
 /// The CUDA backend on one device (cheap to clone: the clones share the device).
@@ -139,6 +153,8 @@ impl Cuda {
             _workspace: workspace,
             caps,
             name,
+            epoch: Epoch::default(),
+            graphs: Graphs::new(),
         };
         Ok(Cuda { inner: Arc::new(inner) })
     }
@@ -186,6 +202,7 @@ impl Cuda {
             std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
             std::collections::hash_map::Entry::Vacant(e) => {
                 let bytes: Vec<u8> = turbine_core::alibi_slopes(heads).iter().flat_map(|v| v.to_le_bytes()).collect();
+                self.inner.epoch.bump();
                 e.insert(self.inner.stream.clone_htod(&bytes).map_err(driver_err("copying ALiBi slopes"))?)
             }
         };
@@ -207,6 +224,7 @@ impl Cuda {
             // Grow by powers of two so that slowly growing batches do not reallocate every step.
             let size = bytes.max(1).next_power_of_two();
             *cell = Some(self.inner.stream.alloc_zeros::<u8>(size).map_err(driver_err("allocating scratch"))?);
+            self.inner.epoch.bump();
         }
         let buf = cell.as_ref().ok_or_else(|| backend_err("scratch buffer missing"))?;
         let (p, _sync) = buf.device_ptr(&self.inner.stream);
@@ -315,7 +333,13 @@ impl Cuda {
             self.inner.stream.clone_htod(host.bytes()).map_err(driver_err("copying to the device"))?
         };
         let n = host.shape().numel();
-        Ok(Tensor::from_parts(CudaBuf { bytes }, host.shape().clone(), host.dtype(), n))
+        self.inner.epoch.bump();
+        Ok(Tensor::from_parts(
+            CudaBuf { bytes, epoch: self.inner.epoch.clone() },
+            host.shape().clone(),
+            host.dtype(),
+            n,
+        ))
     }
 }
 
@@ -339,7 +363,8 @@ impl Backend for Cuda {
         let n = shape.numel();
         let bytes =
             self.inner.stream.alloc_zeros::<u8>(byte_len(dtype, n)?.max(1)).map_err(driver_err("allocating"))?;
-        Ok(Tensor::from_parts(CudaBuf { bytes }, shape.clone(), dtype, n))
+        self.inner.epoch.bump();
+        Ok(Tensor::from_parts(CudaBuf { bytes, epoch: self.inner.epoch.clone() }, shape.clone(), dtype, n))
     }
 
     /// f32, u32 and 8-bit tensors go up as they are; f16, bf16 and GGUF blocks are widened to
@@ -385,6 +410,14 @@ impl Backend for Cuda {
 
     fn sync(&self) -> Result<()> {
         self.inner.stream.synchronize().map_err(driver_err("waiting for the device"))
+    }
+
+    fn graph_begin(&self, key: u64) -> Result<GraphStep> {
+        self.inner.graphs.begin(&self.inner.stream, &self.inner.epoch, key)
+    }
+
+    fn graph_end(&self, key: u64, ok: bool) -> Result<bool> {
+        self.inner.graphs.end(&self.inner.stream, &self.inner.epoch, key, ok)
     }
 }
 

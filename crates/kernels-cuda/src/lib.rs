@@ -8,6 +8,7 @@
 
 pub mod device;
 pub mod gemm;
+mod graphs;
 pub mod nvrtc;
 pub mod ops;
 pub mod sources;

@@ -2,7 +2,7 @@
 //! a `Box<dyn ModelRunner>` and never sees the backend type.
 
 use turbine_core::sampling::{Sampled, SeqSampler};
-use turbine_core::{AttnMeta, DType, HostTensor, KvPages, Ops, Shape, Tensor};
+use turbine_core::{AttnMeta, DType, GraphStep, HostTensor, KvPages, Ops, Shape, Tensor};
 
 use crate::model::{Model, ModelSpec, Step, Workspace};
 use crate::{ModelError, Result};
@@ -201,7 +201,9 @@ impl<B: Ops> Runner<B> {
         for v in [&mut h.ids, &mut h.positions, &mut h.slots, &mut h.seqs, &mut h.tables, &mut h.rows] {
             v.clear();
         }
-        let max_blocks = seqs.iter().map(|q| q.blocks.len()).max().unwrap_or(0).max(1);
+        // Block tables are padded to a power of two so that decode steps keep one shape for a
+        // while (recorded steps are keyed by it).
+        let max_blocks = seqs.iter().map(|q| q.blocks.len()).max().unwrap_or(0).max(1).next_power_of_two();
         for (i, q) in seqs.iter().enumerate() {
             let end = q.start + q.tokens.len();
             if q.tokens.is_empty() {
@@ -272,7 +274,24 @@ impl<B: Ops> ModelRunner for Runner<B> {
             return Err(ModelError::Input("empty step".into()));
         }
         self.stage(seqs)?;
-        self.model.forward(&self.backend, &self.step, &mut self.kv, &mut self.ws)
+        // A decode step (one token and its logits per sequence) has the same ops, shapes and
+        // buffers every time for a batch size and block-table width: the backend may record it
+        // once and replay it.
+        let decode = seqs.iter().all(|q| q.tokens.len() == 1 && q.logits == Logits::Last);
+        let key = (seqs.len() as u64) << 32 | self.step.meta.block_tables.cols() as u64;
+        match if decode { self.backend.graph_begin(key)? } else { GraphStep::Eager } {
+            GraphStep::Replayed => Ok(()),
+            GraphStep::Capturing => {
+                // Recorded, not run; if recording failed, run the step as usual.
+                let ran = self.model.forward(&self.backend, &self.step, &mut self.kv, &mut self.ws);
+                if self.backend.graph_end(key, ran.is_ok())? {
+                    Ok(())
+                } else {
+                    self.model.forward(&self.backend, &self.step, &mut self.kv, &mut self.ws)
+                }
+            }
+            GraphStep::Eager => self.model.forward(&self.backend, &self.step, &mut self.kv, &mut self.ws),
+        }
     }
 
     fn logits(&mut self) -> Result<Vec<f32>> {
