@@ -36,8 +36,7 @@ struct Acc {
     nll: f64,
     kl: f64,
     max_kl: f64,
-    /// Σ and Σ² of the per-token NLL difference from the reference.
-    dnll: f64,
+    /// Σ² of the per-token NLL difference from the reference (its Σ is `nll − nll_ref`).
     dnll2: f64,
     agree: usize,
     n: usize,
@@ -120,7 +119,6 @@ pub fn compare(
                         reference.push((lp, top, nll));
                     } else {
                         let (p, ref_top, ref_nll) = &reference[j];
-                        a.dnll += nll - ref_nll;
                         a.dnll2 += (nll - ref_nll).powi(2);
                         let kl: f64 = p.iter().zip(&lp).map(|(&lp_ref, &lq)| lp_ref.exp() * (lp_ref - lq)).sum();
                         a.kl += kl;
@@ -138,7 +136,8 @@ pub fn compare(
         .iter()
         .map(|a| {
             let n = a.n.max(1) as f64;
-            let var = (a.dnll2 / n - (a.dnll / n).powi(2)).max(0.0);
+            let mean_diff = (a.nll - acc[0].nll) / n;
+            let var = (a.dnll2 / n - mean_diff.powi(2)).max(0.0);
             EvalRow {
                 dnll_se: (var / (n - 1.0).max(1.0)).sqrt(),
                 tokens: a.n,

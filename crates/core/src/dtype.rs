@@ -42,6 +42,24 @@ pub enum DType {
 }
 
 impl DType {
+    /// Every storage type a matrix product can read its weights in: f32, f16, bf16, FP8 E4M3 and
+    /// INT8 (with per-row scales) and the GGUF block types.
+    pub const WEIGHT_TYPES: [DType; 13] = [
+        DType::F32,
+        DType::F16,
+        DType::BF16,
+        DType::F8E4M3,
+        DType::I8,
+        DType::Q8_0,
+        DType::Q4_0,
+        DType::Q4_1,
+        DType::Q5_0,
+        DType::Q5_1,
+        DType::Q4_K,
+        DType::Q5_K,
+        DType::Q6_K,
+    ];
+
     /// Values per storage block (1 for element types).
     pub const fn block_len(self) -> usize {
         match self {

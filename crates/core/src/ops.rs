@@ -63,6 +63,20 @@ impl<B: Backend> Epilogue<'_, B> {
     pub fn accumulate() -> Self {
         Epilogue { accumulate: true, ..Self::none() }
     }
+
+    /// Input smoothing and shifts act on the input as it is quantised: without `quant_x` they
+    /// are an error.
+    pub fn check_input_prep(&self, op: &'static str) -> Result<()> {
+        if self.quant_x.is_none() {
+            if self.smooth.is_some() {
+                return Err(crate::Error::invalid(op, "input smoothing without input quantisation"));
+            }
+            if self.shift.is_some() {
+                return Err(crate::Error::invalid(op, "an input shift without input quantisation"));
+            }
+        }
+        Ok(())
+    }
 }
 
 impl<'a, B: Backend> Epilogue<'a, B> {

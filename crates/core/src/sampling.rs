@@ -204,17 +204,6 @@ pub struct RowSummary<'a> {
     pub mass: f64,
 }
 
-impl RowSummary<'_> {
-    /// The summary of a whole row on the host (what a device computes), keeping `k` entries.
-    pub fn of_row(row: &[f32], k: usize, temperature: f32) -> (Vec<(u32, f32)>, f64, f64) {
-        let top = top_n(row, k);
-        let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
-        let inv_t = if temperature > 0.0 { 1.0 / temperature as f64 } else { 1.0 };
-        let mass = row.iter().map(|&v| ((v as f64 - max) * inv_t).exp()).sum();
-        (top, log_sum_exp(row), mass)
-    }
-}
-
 impl SeqSampler {
     /// How a device that can return up to `limit` of a row's largest logits samples this
     /// sequence over a vocabulary of `vocab` tokens.
@@ -502,6 +491,15 @@ mod tests {
         }
     }
 
+    /// What a device computes from a row: its `k` largest entries, log-sum-exp and weight sum at
+    /// `temperature`.
+    fn summarise(row: &[f32], k: usize, temperature: f32) -> (Vec<(u32, f32)>, f64, f64) {
+        let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
+        let inv_t = if temperature > 0.0 { 1.0 / temperature as f64 } else { 1.0 };
+        let mass = row.iter().map(|&v| ((v as f64 - max) * inv_t).exp()).sum();
+        (top_n(row, k), log_sum_exp(row), mass)
+    }
+
     /// A device that returns `limit` candidates and the row's sums (emulated here from the whole
     /// row) samples what the host samples from the whole row, draw after draw, with the same
     /// seed, falling back to the whole row exactly when the summary is too short.
@@ -533,7 +531,7 @@ mod tests {
                     DevicePlan::Greedy => logprobs.max(1),
                     DevicePlan::Host => unreachable!("no penalties here"),
                 };
-                let (top, lse, mass) = RowSummary::of_row(&row, k, temperature);
+                let (top, lse, mass) = summarise(&row, k, temperature);
                 let s = RowSummary { top: &top, lse, mass };
                 let got = match plan {
                     DevicePlan::Cdf(_) => {

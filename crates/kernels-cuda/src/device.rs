@@ -120,26 +120,8 @@ impl Cuda {
             p
         };
         let blas = crate::gemm::Blas::new(ws_addr, ws_bytes)?;
-        let caps = Caps {
-            weight_dtypes: vec![
-                DType::F32,
-                DType::F16,
-                DType::BF16,
-                DType::F8E4M3,
-                DType::I8,
-                DType::Q8_0,
-                DType::Q4_0,
-                DType::Q4_1,
-                DType::Q5_0,
-                DType::Q5_1,
-                DType::Q4_K,
-                DType::Q5_K,
-                DType::Q6_K,
-            ],
-            act_dtype: DType::F32,
-            sm: Some(sm),
-            fp8: sm >= 89,
-        };
+        let caps =
+            Caps { weight_dtypes: DType::WEIGHT_TYPES.to_vec(), act_dtype: DType::F32, sm: Some(sm), fp8: sm >= 89 };
         let scratch = std::sync::Mutex::new(Default::default());
         let slopes = std::sync::Mutex::new(HashMap::new());
         let inner = Inner {

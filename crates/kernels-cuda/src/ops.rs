@@ -119,12 +119,7 @@ impl Ops for Cuda {
                 self.f32_only(OP, t)?;
             }
         }
-        if epi.smooth.is_some() && epi.quant_x.is_none() {
-            return Err(Error::invalid(OP, "input smoothing without input quantisation"));
-        }
-        if epi.shift.is_some() && epi.quant_x.is_none() {
-            return Err(Error::invalid(OP, "an input shift without input quantisation"));
-        }
+        epi.check_input_prep(OP)?;
         if m == 0 || n == 0 {
             return Ok(());
         }
@@ -142,6 +137,20 @@ impl Ops for Cuda {
             self.launch(name, (Self::stride_blocks(n * k), 1, 1), 256, &args)?;
             Ok(buf)
         };
+        // Few rows (decode) from 8-bit or GGUF weights: one warp per output column, each weight
+        // byte read once and decoded in registers (`code`: the kernel's format flag).
+        let gemv = |name: &str, code: i32| -> Result<()> {
+            let args = [
+                Arg::Ptr(self.ptr(x)),
+                Arg::Ptr(self.ptr(w)),
+                Arg::Ptr(acc_p),
+                Arg::U32(mu),
+                Arg::U32(nu),
+                Arg::U32(ku),
+                Arg::I32(code),
+            ];
+            self.launch(name, (u32_of(OP, (n * 32).div_ceil(256))?, 1, 1), 256, &args)
+        };
         match (w.dtype(), epi.quant_x) {
             (DType::F32, None) => {
                 blas.matmul(stream, self.ptr(x), DType::F32, self.ptr(w), DType::F32, acc_p, (m, n, k))?
@@ -154,33 +163,13 @@ impl Ops for Cuda {
                 blas.matmul(stream, xs, wt, self.ptr(w), wt, acc_p, (m, n, k))?;
             }
             (DType::F8E4M3 | DType::I8, None) if m <= GEMV_MAX_M && k % 4 == 0 => {
-                // Decode: each weight byte read once, decoded in registers.
-                let int8 = i32::from(w.dtype() == DType::I8);
-                let args = [
-                    Arg::Ptr(self.ptr(x)),
-                    Arg::Ptr(self.ptr(w)),
-                    Arg::Ptr(acc_p),
-                    Arg::U32(mu),
-                    Arg::U32(nu),
-                    Arg::U32(ku),
-                    Arg::I32(int8),
-                ];
-                self.launch("gemv_8bit_f32", (u32_of(OP, (n * 32).div_ceil(256))?, 1, 1), 256, &args)?;
+                gemv("gemv_8bit_f32", i32::from(w.dtype() == DType::I8))?;
             }
             (wt, None) if wt.is_quantized() => {
                 // GGUF blocks read in place: decoded in registers for a few rows, else widened.
                 let fmt = gguf_code(OP, wt)?;
                 if m <= GEMV_MAX_M {
-                    let args = [
-                        Arg::Ptr(self.ptr(x)),
-                        Arg::Ptr(self.ptr(w)),
-                        Arg::Ptr(acc_p),
-                        Arg::U32(mu),
-                        Arg::U32(nu),
-                        Arg::U32(ku),
-                        Arg::I32(fmt),
-                    ];
-                    self.launch("gemv_gguf_f32", (u32_of(OP, (n * 32).div_ceil(256))?, 1, 1), 256, &args)?;
+                    gemv("gemv_gguf_f32", fmt)?;
                 } else {
                     let wf = self.slot(Slot::Widened, n * k * 4)?;
                     let args = [Arg::Ptr(self.ptr(w)), Arg::Ptr(wf), Arg::U32(nu), Arg::U32(ku), Arg::I32(fmt)];
@@ -550,9 +539,9 @@ impl Ops for Cuda {
         let pp = self.write_slot(Slot::SampleParams, &params)?;
         // Results out: candidate ids, their logits, row sums (3 per row), walked ids.
         let (ids_b, vals_b, stats_b) = (n * k * 4, n * k * 4, n * 12);
-        let out = self.slot(Slot::Samples, ids_b + vals_b + stats_b + n * 4)?;
+        let base = self.slot(Slot::Samples, ids_b + vals_b + stats_b + n * 4)?;
         let (ids_p, vals_p, stats_p, walk_p) =
-            (out, out + ids_b as u64, out + (ids_b + vals_b) as u64, out + (ids_b + vals_b + stats_b) as u64);
+            (base, base + ids_b as u64, base + (ids_b + vals_b) as u64, base + (ids_b + vals_b + stats_b) as u64);
         let rows = u32_of(OP, n)?;
         let args = [
             Arg::Ptr(self.ptr(logits)),
@@ -605,10 +594,11 @@ impl Ops for Cuda {
                 Some(g) => g,
                 None => {
                     // The nucleus is larger than the candidates: this row on the host.
-                    if host_rows.is_none() {
-                        host_rows = Some(self.download(logits)?.to_f32()?);
-                    }
-                    let row = &host_rows.as_deref().unwrap_or_default()[i * vocab..(i + 1) * vocab];
+                    let all = match &host_rows {
+                        Some(h) => h,
+                        None => host_rows.insert(self.download(logits)?.to_f32()?),
+                    };
+                    let row = &all[i * vocab..(i + 1) * vocab];
                     turbine_core::sampling::sample_rows(row, vocab, &mut [&mut **s])?.remove(0)
                 }
             };

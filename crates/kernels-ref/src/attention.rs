@@ -54,27 +54,22 @@ pub(crate) fn kv_store(qkv: &Tensor<Cpu>, l: QkvLayout, meta: &AttnMeta<Cpu>, kv
         None => None,
     };
     let rows = kv.k.capacity() / d.max(1);
-    if let Some(sink) = kv.k_sink.as_mut().filter(|_| kv.k.dtype() != DType::F32) {
-        // Position 0's keys, unrounded (after the shift).
-        let positions = u32s(&meta.positions, OP)?;
-        if positions.len() != t {
-            return Err(Error::invalid(OP, format!("{} positions for {t} tokens", positions.len())));
-        }
-        let sink = f32s_mut(sink, OP)?;
-        check_sink(OP, sink.len(), rows / bs.max(1) * d)?;
-        for ((row, &s), _) in q.chunks_exact(l.width()).zip(slots).zip(positions).filter(|(_, &p)| p == 0) {
-            let blk = s as usize / bs;
-            for h in 0..l.kv_heads {
-                let o = &mut sink[(blk * l.kv_heads + h) * d..][..d];
-                o.copy_from_slice(&row[qw + h * d..qw + (h + 1) * d]);
-                if let Some(sh) = &shift {
-                    o.iter_mut().zip(&sh[h * d..(h + 1) * d]).for_each(|(v, m)| *v -= m);
-                }
+    // 8-bit pages: position 0's keys are also kept unrounded (after the shift).
+    let first_keys = match kv.k_sink.as_mut().filter(|_| kv.k.dtype() != DType::F32) {
+        Some(sink) => {
+            let positions = u32s(&meta.positions, OP)?;
+            if positions.len() != t {
+                return Err(Error::invalid(OP, format!("{} positions for {t} tokens", positions.len())));
             }
+            let sink = f32s_mut(sink, OP)?;
+            check_sink(OP, sink.len(), rows / bs.max(1) * d)?;
+            Some((sink, positions))
         }
-    }
+        None => None,
+    };
     let (ks, vs) = (row_scales(&mut kv.k_scales, rows)?, row_scales(&mut kv.v_scales, rows)?);
-    for (pages, off, sh, rs) in [(&mut kv.k, qw, shift.as_deref(), ks), (&mut kv.v, qw + kvw, None, vs)] {
+    let sides = [(&mut kv.k, qw, shift.as_deref(), ks, first_keys), (&mut kv.v, qw + kvw, None, vs, None)];
+    for (pages, off, sh, rs, mut first) in sides {
         let dtype = pages.dtype();
         match pages.buf_mut() {
             crate::CpuBuf::F32(dst) => {
@@ -90,7 +85,7 @@ pub(crate) fn kv_store(qkv: &Tensor<Cpu>, l: QkvLayout, meta: &AttnMeta<Cpu>, kv
                 let rs = rs.ok_or_else(|| no_row_scales(OP, dtype))?;
                 let max = if dtype == DType::I8 { I8_MAX } else { E4M3_MAX };
                 let mut x = [0f32; MAX_HEAD_DIM];
-                for (row, &s) in q.chunks_exact(l.width()).zip(slots) {
+                for (ti, (row, &s)) in q.chunks_exact(l.width()).zip(slots).enumerate() {
                     let (blk, at) = (s as usize / bs, s as usize % bs);
                     for h in 0..l.kv_heads {
                         let r = (blk * l.kv_heads + h) * bs + at;
@@ -98,6 +93,9 @@ pub(crate) fn kv_store(qkv: &Tensor<Cpu>, l: QkvLayout, meta: &AttnMeta<Cpu>, kv
                         x.copy_from_slice(&row[off + h * d..off + (h + 1) * d]);
                         if let Some(sh) = sh {
                             x.iter_mut().zip(&sh[h * d..(h + 1) * d]).for_each(|(v, m)| *v -= m);
+                        }
+                        if let Some((sink, _)) = first.as_mut().filter(|(_, p)| p[ti] == 0) {
+                            sink[(blk * l.kv_heads + h) * d..][..d].copy_from_slice(x);
                         }
                         let scale = scale_for(x.iter().fold(0f32, |a, v| a.max(v.abs())), max);
                         rs[r] = scale;

@@ -39,28 +39,7 @@ impl Default for Cpu {
 impl Cpu {
     /// A CPU backend.
     pub fn new() -> Self {
-        Cpu {
-            caps: Caps {
-                weight_dtypes: vec![
-                    DType::F32,
-                    DType::F16,
-                    DType::BF16,
-                    DType::F8E4M3,
-                    DType::I8,
-                    DType::Q8_0,
-                    DType::Q4_0,
-                    DType::Q4_1,
-                    DType::Q5_0,
-                    DType::Q5_1,
-                    DType::Q4_K,
-                    DType::Q5_K,
-                    DType::Q6_K,
-                ],
-                act_dtype: DType::F32,
-                sm: None,
-                fp8: false,
-            },
-        }
+        Cpu { caps: Caps { weight_dtypes: DType::WEIGHT_TYPES.to_vec(), act_dtype: DType::F32, sm: None, fp8: false } }
     }
 
     /// Which SIMD path the kernels take on this machine (`"avx2+fma"` or `"scalar"`).

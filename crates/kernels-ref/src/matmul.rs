@@ -148,24 +148,10 @@ pub(crate) fn matmul(x: &Tensor<Cpu>, w: &Tensor<Cpu>, epi: Epilogue<'_, Cpu>, o
         }
         None => None,
     };
-    let smooth = match (epi.smooth, epi.quant_x.is_some()) {
-        (Some(s), true) => {
-            s.expect_shape(OP, &[k])?;
-            Some(f32s(s, OP)?)
-        }
-        (Some(_), false) => return Err(Error::invalid(OP, "input smoothing without input quantisation")),
-        (None, _) => None,
-    };
-    let shift = match (epi.shift, epi.quant_x.is_some()) {
-        (Some(s), true) => {
-            s.expect_shape(OP, &[k])?;
-            Some(f32s(s, OP)?)
-        }
-        (Some(_), false) => return Err(Error::invalid(OP, "an input shift without input quantisation")),
-        (None, _) => None,
-    };
+    epi.check_input_prep(OP)?;
+    let prep = InputPrep { shift: per_channel(epi.shift, k)?, smooth: per_channel(epi.smooth, k)? };
     let quantised = match epi.quant_x {
-        Some(q) => Some(quantise_rows(xs, m, k, q, InputPrep { shift, smooth })?),
+        Some(q) => Some(quantise_rows(xs, m, k, q, prep)?),
         None => None,
     };
     let (xs, row_scale) = match &quantised {
@@ -206,6 +192,15 @@ pub(crate) fn matmul(x: &Tensor<Cpu>, w: &Tensor<Cpu>, epi: Epilogue<'_, Cpu>, o
         CpuBuf::U32(_) => return Err(Error::Unsupported { op: OP, dtype: DType::U32, backend: "cpu" }),
     }
     Ok(())
+}
+
+/// A per-input-channel vector `[k]` of the epilogue, if given.
+fn per_channel(t: Option<&Tensor<Cpu>>, k: usize) -> Result<Option<&[f32]>> {
+    t.map(|t| {
+        t.expect_shape("matmul", &[k])?;
+        f32s(t, "matmul")
+    })
+    .transpose()
 }
 
 /// What happens to an input row before it is quantised: `(x − shift) · smooth`, channel by channel.

@@ -102,44 +102,32 @@ impl<B: Ops> Observer<B> for Collector {
             chan.iter_mut().zip(row).for_each(|(c, x)| *c = c.max(x.abs()));
             sum.iter_mut().zip(row).for_each(|(s, &x)| *s += f64::from(x));
         }
-        if !self.gram {
-            let mut map = self.inputs.lock().map_err(|_| ModelError::Config("calibration state poisoned".into()))?;
-            let e = map.entry((layer, role)).or_insert_with(|| InputStats {
-                k,
-                tokens: 0,
-                gram: Vec::new(),
-                amax: 0.0,
-                chan_amax: vec![0.0; k],
-                chan_sum: vec![0.0; k],
-            });
-            e.tokens += t;
-            e.amax = e.amax.max(amax);
-            e.chan_amax.iter_mut().zip(&chan).for_each(|(a, &c)| *a = a.max(c));
-            e.chan_sum.iter_mut().zip(&sum).for_each(|(a, &c)| *a += c);
-            return Ok(());
-        }
         // XᵀX = (Xᵀ)(Xᵀ)ᵀ through the backend's product: Xᵀ is [k, t].
-        let mut xt = vec![0f32; k * t];
-        for (r, row) in v.chunks_exact(k).enumerate() {
-            for (c, &val) in row.iter().enumerate() {
-                xt[c * t + r] = val;
+        let gram = if self.gram {
+            let mut xt = vec![0f32; k * t];
+            for (r, row) in v.chunks_exact(k).enumerate() {
+                for (c, &val) in row.iter().enumerate() {
+                    xt[c * t + r] = val;
+                }
             }
-        }
-        let xt = b.upload(&HostTensor::from_f32([k, t], &xt)?)?;
-        let mut g = b.alloc(&[k, k].into(), DType::F32)?;
-        b.matmul(&xt, &xt, Epilogue::none(), &mut g)?;
-        let g = b.download(&g)?.to_f32()?;
+            let xt = b.upload(&HostTensor::from_f32([k, t], &xt)?)?;
+            let mut g = b.alloc(&[k, k].into(), DType::F32)?;
+            b.matmul(&xt, &xt, Epilogue::none(), &mut g)?;
+            Some(b.download(&g)?.to_f32()?)
+        } else {
+            None
+        };
         let mut map = self.inputs.lock().map_err(|_| ModelError::Config("calibration state poisoned".into()))?;
         let e = map.entry((layer, role)).or_insert_with(|| InputStats {
             k,
             tokens: 0,
-            gram: vec![0.0; k * k],
+            gram: if self.gram { vec![0.0; k * k] } else { Vec::new() },
             amax: 0.0,
             chan_amax: vec![0.0; k],
             chan_sum: vec![0.0; k],
         });
-        for (a, c) in e.gram.iter_mut().zip(&g) {
-            *a += c;
+        if let Some(g) = gram {
+            e.gram.iter_mut().zip(&g).for_each(|(a, c)| *a += c);
         }
         e.tokens += t;
         e.amax = e.amax.max(amax);

@@ -251,6 +251,11 @@ impl<B: Ops> Runner<B> {
         Ok(())
     }
 
+    /// Queues the model's ops for the staged step.
+    fn forward(&mut self) -> Result<()> {
+        self.model.forward(&self.backend, &self.step, &mut self.kv, &mut self.ws)
+    }
+
     fn logits_tensor(&self) -> Result<&Tensor<B>> {
         self.ws.get("logits").ok_or_else(|| ModelError::Input("no step has produced logits yet".into()))
     }
@@ -283,14 +288,14 @@ impl<B: Ops> ModelRunner for Runner<B> {
             GraphStep::Replayed => Ok(()),
             GraphStep::Capturing => {
                 // Recorded, not run; if recording failed, run the step as usual.
-                let ran = self.model.forward(&self.backend, &self.step, &mut self.kv, &mut self.ws);
+                let ran = self.forward();
                 if self.backend.graph_end(key, ran.is_ok())? {
                     Ok(())
                 } else {
-                    self.model.forward(&self.backend, &self.step, &mut self.kv, &mut self.ws)
+                    self.forward()
                 }
             }
-            GraphStep::Eager => self.model.forward(&self.backend, &self.step, &mut self.kv, &mut self.ws),
+            GraphStep::Eager => self.forward(),
         }
     }
 
