@@ -415,6 +415,9 @@ impl Ops for Cuda {
             None => 0,
         };
         let n_seqs = meta.seqs.rows();
+        // Multi-token sequences (prefill) go to the tiled kernel where its shared tiles fit.
+        let flash = t > n_seqs && l.head_dim <= FLASH_MAX_D && kv.block_size <= FLASH_MAX_BS;
+        // The row kernel's arguments; the tiled kernel takes all but the last (`flash`).
         let args = [
             Arg::Ptr(self.ptr(qkv)),
             Arg::Ptr(self.ptr(&kv.k)),
@@ -435,16 +438,13 @@ impl Ops for Cuda {
             Arg::F32(p.alibi.unwrap_or(0.0)),
             Arg::Ptr(slopes),
             Arg::Ptr(self.ptr(out)),
+            Arg::U32(u32::from(flash)),
         ];
         let heads = u32_of(OP, l.q_heads)?;
-        // Multi-token sequences (prefill) go to the tiled kernel where its shared tiles fit.
-        let flash = t > n_seqs && l.head_dim <= FLASH_MAX_D && kv.block_size <= FLASH_MAX_BS;
         if flash {
             let tiles = u32_of(OP, t.div_ceil(FLASH_TQ) + n_seqs)?;
-            self.launch(&format!("flash_prefill_f32_{kind}"), (tiles, heads, 1), 128, &args)?;
+            self.launch(&format!("flash_prefill_f32_{kind}"), (tiles, heads, 1), 128, &args[..args.len() - 1])?;
         }
-        let mut args = args.to_vec();
-        args.push(Arg::U32(u32::from(flash)));
         self.launch(&format!("paged_attention_f32_{kind}"), (u32_of(OP, t)?, heads, 1), 128, &args)
     }
 
