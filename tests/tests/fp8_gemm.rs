@@ -3,7 +3,7 @@
 //! saturation), products summed in f64, then the scales, bias and activation.
 
 use turbine_core::testing::{assert_close, Tol};
-use turbine_core::{Backend, DType, Epilogue, HostTensor, Ops, Tensor, XQuant};
+use turbine_core::{Backend, DType, Epilogue, ExactCols, HostTensor, Ops, Tensor, XQuant};
 use turbine_kernels_ref::Cpu;
 
 fn rand(n: usize, seed: u64, amp: f32) -> Vec<f32> {
@@ -123,6 +123,70 @@ fn fp8_w8a8_matches_the_slow_emulation() {
     assert!(err.contains("smoothing"), "{err}");
     let err = b.matmul(&x, &w, Epilogue { shift: Some(&s), ..Epilogue::none() }, &mut out).unwrap_err().to_string();
     assert!(err.contains("shift"), "{err}");
+}
+
+/// Outlier channels taken exactly beside a W8A8 product: the quantised row (and its scale)
+/// leaves them out through a zero smoothing factor, their f32 weights add `x[c] · wx[j, t]`.
+#[test]
+fn exact_channels_join_the_fp8_product() {
+    let b = Cpu::new();
+    let table = e4m3_values();
+    let (m, k, n) = (5, 96, 12);
+    let mut x = rand(m * k, 11, 1.0);
+    for i in 0..m {
+        x[i * k + 3] = 60.0 + i as f32; // a massive channel, as in real models
+    }
+    let idx = [3u32, 40, 77];
+    let mut w = rand(n * k, 12, 0.2);
+    for j in 0..n {
+        for &c in &idx {
+            w[j * k + c as usize] = 0.0; // the quantised weight leaves the exact columns out
+        }
+    }
+    let wx = rand(n * idx.len(), 13, 0.2);
+    let bias = rand(n, 14, 0.5);
+    let (codes, scales, wv) = fp8_weights(&w, n, k, &table);
+    let wt = b.upload_weight(&HostTensor::new([n, k], DType::F8E4M3, codes).unwrap()).unwrap();
+    let mask: Vec<f32> = (0..k as u32).map(|c| if idx.contains(&c) { 0.0 } else { 1.0 }).collect();
+    let (xt, st, bt, mt) = (up(&b, &[m, k], &x), up(&b, &[n], &scales), up(&b, &[n], &bias), up(&b, &[k], &mask));
+    let it = b.upload(&HostTensor::from_u32([idx.len()], &idx).unwrap()).unwrap();
+    let wxt = up(&b, &[n, idx.len()], &wx);
+    let mut out = b.alloc(&[m, n].into(), DType::F32).unwrap();
+    let epi = Epilogue {
+        bias: Some(&bt),
+        scale: Some(&st),
+        quant_x: Some(XQuant::Fp8PerToken),
+        smooth: Some(&mt),
+        exact: Some(ExactCols { idx: &it, w: &wxt }),
+        ..Epilogue::none()
+    };
+    b.matmul(&xt, &wt, epi, &mut out).unwrap();
+    let got = b.download(&out).unwrap().to_f32().unwrap();
+    let mut want = vec![0.0; m * n];
+    for i in 0..m {
+        let row: Vec<f32> = x[i * k..(i + 1) * k].iter().zip(&mask).map(|(v, s)| v * s).collect();
+        let sx = row.iter().fold(0f32, |a, v| a.max(v.abs())) / 448.0;
+        assert!(sx < 4.0 / 448.0, "the outlier must not set the row's scale");
+        let qx: Vec<f64> = row.iter().map(|&v| slow_e4m3(v * (1.0 / sx), &table)).collect();
+        for j in 0..n {
+            let acc: f64 = (0..k).map(|t| qx[t] * wv[j * k + t]).sum();
+            let exact: f64 = idx
+                .iter()
+                .enumerate()
+                .map(|(t, &c)| f64::from(x[i * k + c as usize]) * f64::from(wx[j * idx.len() + t]))
+                .sum();
+            want[i * n + j] = (acc * f64::from(sx * scales[j]) + exact + f64::from(bias[j])) as f32;
+        }
+    }
+    assert_close(&got, &want, Tol { rel: 1e-5, abs: 1e-5 });
+    // A channel past the input, or weights of the wrong shape: errors that say so.
+    let bad = b.upload(&HostTensor::from_u32([1], &[k as u32]).unwrap()).unwrap();
+    let wx1 = up(&b, &[n, 1], &vec![0.0; n]);
+    let epi = Epilogue { exact: Some(ExactCols { idx: &bad, w: &wx1 }), ..Epilogue::none() };
+    let err = b.matmul(&xt, &wt, Epilogue { scale: Some(&st), ..epi }, &mut out).unwrap_err().to_string();
+    assert!(err.contains("exact channel 96"), "{err}");
+    let epi = Epilogue { scale: Some(&st), exact: Some(ExactCols { idx: &it, w: &wx1 }), ..Epilogue::none() };
+    assert!(b.matmul(&xt, &wt, epi, &mut out).is_err());
 }
 
 #[test]

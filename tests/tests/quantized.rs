@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use safetensors::tensor::{Dtype, TensorView};
 use turbine_core::fp8::{f32_to_e4m3, scale_for, E4M3_MAX};
-use turbine_core::HostTensor;
+use turbine_core::{Backend, HostTensor};
 use turbine_kernels_ref::Cpu;
 use turbine_models::precision::{Format, Policy};
 use turbine_models::{CacheConfig, Logits, ModelRunner, Runner, SeqStep};
@@ -41,7 +41,9 @@ fn quantize_then_load_gives_the_model_that_was_in_memory() {
         (Format::Int8Weight, vec![], false),
     ];
     for (fmt, keep, static_inputs) in cases {
-        let policy = Policy { static_inputs, calib_tokens: 256, ..Policy::parse(fmt.name(), &keep).unwrap() };
+        // Exported as `turbine quantize` does by default: without exact outlier channels.
+        let policy =
+            Policy { static_inputs, outliers: 0, calib_tokens: 256, ..Policy::parse(fmt.name(), &keep).unwrap() };
         let in_memory = turbine_models::load_with(&cpu, &tiny("llama-gqa"), &policy).unwrap();
         let dec = in_memory.model.decoder().unwrap();
         let out = temp(&format!("{}-{static_inputs}", fmt.name()));
@@ -199,10 +201,10 @@ fn smoothing_and_centring_keep_the_product_and_are_not_exported() {
     let cpu = Cpu::new();
     let load = |p: &Policy| turbine_models::load_with(&cpu, &tiny("llama-gqa"), p).unwrap();
     let reference = logits(load(&Policy::parse("f32", &[]).unwrap()));
-    let plain = logits(load(&Policy::parse("fp8", &[]).unwrap()));
+    let fp8 = Policy { outliers: 0, calib_tokens: 256, ..Policy::parse("fp8", &[]).unwrap() };
+    let plain = logits(load(&fp8));
     let dist = |a: &[f32]| a.iter().zip(&reference).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
     let scale = reference.iter().fold(0f32, |a, v| a.max(v.abs()));
-    let fp8 = Policy { calib_tokens: 256, ..Policy::parse("fp8", &[]).unwrap() };
     for (policy, flag) in [
         (Policy { smooth: Some(0.5), ..fp8.clone() }, "--smooth"),
         (Policy { center: true, ..fp8.clone() }, "--center"),
@@ -229,4 +231,57 @@ fn smoothing_and_centring_keep_the_product_and_are_not_exported() {
     let err =
         turbine_models::load_with(&cpu, &tiny("llama-gqa"), &bad).err().map(|e| e.to_string()).unwrap_or_default();
     assert!(err.contains("0..=1"), "{err}");
+    let bad = Policy { outliers: 100_000, calib_tokens: 256, ..Policy::parse("fp8", &[]).unwrap() };
+    let err =
+        turbine_models::load_with(&cpu, &tiny("llama-gqa"), &bad).err().map(|e| e.to_string()).unwrap_or_default();
+    assert!(err.contains("leave nothing to quantise"), "{err}");
+}
+
+/// Outlier channels: each 8-bit projection keeps its calibrated outlier input channels exact (f32
+/// weights beside the 8-bit ones, whose columns there are zero, and left out of the quantised
+/// input), alone and with centring, GPTQ and smoothing; the model stays close to the f32 one;
+/// the FP8 checkpoint layout cannot hold them.
+#[test]
+fn outlier_channels_are_multiplied_exactly() {
+    let cpu = Cpu::new();
+    let load = |p: &Policy| turbine_models::load_with(&cpu, &tiny("llama-gqa"), p).unwrap();
+    let reference = logits(load(&Policy::parse("f32", &[]).unwrap()));
+    let dist = |a: &[f32]| a.iter().zip(&reference).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
+    let scale = reference.iter().fold(0f32, |a, v| a.max(v.abs()));
+    let base = |f: &str| Policy { outliers: 4, calib_tokens: 256, ..Policy::parse(f, &[]).unwrap() };
+    let gptq = turbine_models::precision::Rounding::Gptq;
+    for policy in [
+        base("fp8"),
+        Policy { center: true, rounding: gptq, ..base("fp8") },
+        Policy { smooth: Some(0.5), ..base("fp8") },
+        Policy { rounding: gptq, ..base("int8-weight") },
+        base("fp8-weight"),
+    ] {
+        let what = format!("{policy:?}");
+        let plain = logits(load(&Policy { outliers: 0, ..policy.clone() }));
+        let changed = load(&policy);
+        let dec = changed.model.decoder().unwrap();
+        for lin in dec.layers.iter().flat_map(|l| [&l.qkv, &l.o, &l.up, &l.down]) {
+            let e = lin.exact.as_ref().expect("exact channels");
+            let idx = cpu.download(&e.idx).unwrap();
+            let idx: Vec<u32> = idx.bytes().chunks(4).map(|b| u32::from_le_bytes(b.try_into().unwrap())).collect();
+            assert_eq!(idx.len(), 4, "{what}");
+            assert_eq!(cpu.download(&e.w).unwrap().shape().dims(), &[lin.w.rows(), 4]);
+            let k = lin.w.cols();
+            let codes = cpu.download(&lin.w).unwrap();
+            assert!(codes.bytes().chunks(k).all(|row| idx.iter().all(|&c| row[c as usize] == 0)), "{what}");
+            if policy.format == Format::Fp8 {
+                let mask = cpu.download(lin.smooth.as_ref().unwrap()).unwrap().to_f32().unwrap();
+                assert!((0..k as u32).all(|c| (mask[c as usize] == 0.0) == idx.contains(&c)), "{what}");
+            } else {
+                assert!(lin.smooth.is_none() && lin.quant_x.is_none(), "{what}");
+            }
+        }
+        let out = temp("outliers");
+        let err =
+            turbine_models::export::export(&cpu, dec, &tiny("llama-gqa"), &out, policy.format).unwrap_err().to_string();
+        assert!(err.contains("--outliers 0"), "{err}");
+        let changed = logits(changed);
+        assert!(dist(&changed) < 3.0 * dist(&plain) + 1e-3 * scale, "{what}: {} vs {}", dist(&changed), dist(&plain));
+    }
 }

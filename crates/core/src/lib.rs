@@ -25,7 +25,8 @@ pub use dtype::DType;
 pub use error::{Error, Result};
 pub use host::HostTensor;
 pub use ops::{
-    alibi_slopes, Act, AttnMeta, AttnParams, Epilogue, KvPages, NormKind, Ops, QkvLayout, Resid, RopeTable, XQuant,
+    alibi_slopes, Act, AttnMeta, AttnParams, Epilogue, ExactCols, KvPages, NormKind, Ops, QkvLayout, Resid, RopeTable,
+    XQuant,
 };
 pub use shape::Shape;
 pub use tensor::Tensor;

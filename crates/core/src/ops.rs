@@ -20,6 +20,11 @@ use crate::{Backend, Result, Tensor};
 /// given (SmoothQuant: the weight's input columns were multiplied by the reciprocals when it was
 /// quantised), then quantised: `x'[i, k] = e4m3((x[i, k] − shift[k]) · smooth[k] · (1 / sx[i]))`.
 /// The product of the shift with the weight is the caller's to add back (as part of `bias`).
+///
+/// With `exact`, a few input channels are also multiplied exactly, in f32, from the unquantised
+/// input: `Σ_t x[i, idx[t]] · wx[j, t]` joins the sum before the bias (after the scales). The
+/// stored weight's columns `idx` are then zero (the caller's to arrange), and a `smooth` of zero
+/// on those channels keeps them out of the quantised row and its scale.
 pub struct Epilogue<'a, B: Backend> {
     /// Adds `bias[n]` to every row.
     pub bias: Option<&'a Tensor<B>>,
@@ -35,7 +40,25 @@ pub struct Epilogue<'a, B: Backend> {
     pub smooth: Option<&'a Tensor<B>>,
     /// With `quant_x`: per-input-channel values `[k]` (f32) subtracted before quantisation.
     pub shift: Option<&'a Tensor<B>>,
+    /// Input channels multiplied exactly beside the product (outlier channels).
+    pub exact: Option<ExactCols<'a, B>>,
 }
+
+/// Input channels whose products are taken in f32 from the unquantised input, beside an 8-bit
+/// product (LLM.int8()-style outlier decomposition with channels fixed by calibration).
+pub struct ExactCols<'a, B: Backend> {
+    /// The channels `[s]` (u32), each `< k`.
+    pub idx: &'a Tensor<B>,
+    /// Their weights `[n, s]` (f32): `w[j, t]` multiplies input channel `idx[t]` into output `j`.
+    pub w: &'a Tensor<B>,
+}
+
+impl<B: Backend> Clone for ExactCols<'_, B> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+impl<B: Backend> Copy for ExactCols<'_, B> {}
 
 /// How a matrix product's input rows are quantised before the products (W8A8): each row becomes
 /// `x' = e4m3(x / sx)` with its scale `sx` applied to the sums ([`crate::fp8`]).
@@ -56,7 +79,16 @@ impl<B: Backend> Copy for XQuant<'_, B> {}
 impl<B: Backend> Epilogue<'_, B> {
     /// Plain product.
     pub fn none() -> Self {
-        Epilogue { bias: None, act: None, accumulate: false, scale: None, quant_x: None, smooth: None, shift: None }
+        Epilogue {
+            bias: None,
+            act: None,
+            accumulate: false,
+            scale: None,
+            quant_x: None,
+            smooth: None,
+            shift: None,
+            exact: None,
+        }
     }
 
     /// `out += x · wᵀ`.
@@ -76,6 +108,22 @@ impl<B: Backend> Epilogue<'_, B> {
             }
         }
         Ok(())
+    }
+
+    /// Checks the exact channels' shapes and types against an `n`-column product; returns how
+    /// many there are (0 without).
+    pub fn check_exact(&self, op: &'static str, n: usize) -> Result<usize> {
+        let Some(e) = self.exact else { return Ok(0) };
+        let s = e.idx.shape().numel();
+        e.idx.expect_shape(op, &[s])?;
+        e.w.expect_shape(op, &[n, s])?;
+        if e.idx.dtype() != crate::DType::U32 || e.w.dtype() != crate::DType::F32 {
+            return Err(crate::Error::invalid(
+                op,
+                format!("exact channels need u32 indices and f32 weights, got {} and {}", e.idx.dtype(), e.w.dtype()),
+            ));
+        }
+        Ok(s)
     }
 }
 

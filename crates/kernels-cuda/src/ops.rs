@@ -120,6 +120,7 @@ impl Ops for Cuda {
             }
         }
         epi.check_input_prep(OP)?;
+        let exact_cols = epi.check_exact(OP, n)?;
         if m == 0 || n == 0 {
             return Ok(());
         }
@@ -227,6 +228,11 @@ impl Ops for Cuda {
             Arg::Ptr(row_scale.unwrap_or(0)),
             Arg::Ptr(self.opt(epi.scale)),
             Arg::Ptr(self.opt(epi.bias)),
+            Arg::Ptr(self.ptr(x)),
+            Arg::Ptr(epi.exact.map_or(0, |e| self.ptr(e.idx))),
+            Arg::Ptr(epi.exact.map_or(0, |e| self.ptr(e.w))),
+            Arg::U32(u32_of(OP, exact_cols)?),
+            Arg::U32(ku),
             Arg::I32(epi.act.map_or(-1, act_code)),
             Arg::I32(i32::from(epi.accumulate)),
             Arg::Ptr(self.ptr(out)),

@@ -6,8 +6,8 @@
 use turbine_core::fp8::{f32_to_e4m3, f32_to_i8, scale_for, E4M3_MAX, I8_MAX};
 use turbine_core::sampling::{Rng, SamplingParams, SeqSampler};
 use turbine_core::{
-    Act, AttnMeta, AttnParams, DType, Epilogue, HostTensor, KvPages, NormKind, Ops, QkvLayout, Resid, RopeTable,
-    Tensor, XQuant,
+    Act, AttnMeta, AttnParams, DType, Epilogue, ExactCols, HostTensor, KvPages, NormKind, Ops, QkvLayout, Resid,
+    RopeTable, Tensor, XQuant,
 };
 use turbine_kernels_cuda::Cuda;
 use turbine_kernels_ref::Cpu;
@@ -128,6 +128,30 @@ fn suite<B: Ops>(b: &B) -> Vec<Out> {
                     1e-4,
                 );
             }
+        }
+    }
+
+    // Outlier channels multiplied exactly beside a W8A8 product (zeroed by the smoothing).
+    {
+        let idx = [3u32, 17, 80];
+        let it = up_u32(b, &[idx.len()], &idx);
+        let wx = up(b, &[n, idx.len()], &rand(n * idx.len(), 8, 0.3));
+        let mask: Vec<f32> = (0..k as u32).map(|c| if idx.contains(&c) { 0.0 } else { 1.0 }).collect();
+        let mask = up(b, &[k], &mask);
+        let (wt, sc) = weight(b, DType::F8E4M3, &w, n, k);
+        for (m, q) in [(m, Some(XQuant::Fp8PerToken)), (12, Some(XQuant::Fp8PerToken)), (3, None)] {
+            let x = up(b, &[m, k], &rand(m * k, 9, 1.0));
+            let mut out = zeros(b, &[m, n]);
+            let epi = Epilogue {
+                bias: Some(&bt),
+                scale: sc.as_ref(),
+                quant_x: q,
+                smooth: q.map(|_| &mask),
+                exact: Some(ExactCols { idx: &it, w: &wx }),
+                ..Epilogue::none()
+            };
+            b.matmul(&x, &wt, epi, &mut out).unwrap();
+            push(format!("matmul FP8 {m} rows, 3 exact channels, quantised input {}", q.is_some()), get(b, &out), 1e-5);
         }
     }
 

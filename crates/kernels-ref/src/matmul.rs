@@ -12,7 +12,7 @@ use turbine_core::{Act, DType, Epilogue, Error, Result, Tensor, XQuant};
 
 use crate::act::apply;
 
-use crate::buffer::{f32s, f32s_mut, CpuBuf};
+use crate::buffer::{f32s, f32s_mut, u32s, CpuBuf};
 use crate::dequant::{dequant_into, fast_type, has_qtile, qtile};
 use crate::dot::tile;
 use crate::Cpu;
@@ -41,9 +41,29 @@ struct Job<'a> {
     /// Per-column weight scales.
     col_scale: Option<&'a [f32]>,
     bias: Option<&'a [f32]>,
+    /// Input channels multiplied exactly, from the unquantised input.
+    exact: Option<Exact<'a>>,
     act: Option<Act>,
     accumulate: bool,
     out: OutPtr,
+}
+
+/// The exact channels of a product ([`turbine_core::ExactCols`]) on the host.
+#[derive(Clone, Copy)]
+struct Exact<'a> {
+    /// The unquantised input `[m, k]`.
+    x: &'a [f32],
+    idx: &'a [u32],
+    /// `[n, s]`.
+    w: &'a [f32],
+}
+
+impl Exact<'_> {
+    /// `Σ_t x[i, idx[t]] · w[j, t]`, in channel order (the CUDA epilogue's order).
+    fn dot(&self, k: usize, i: usize, j: usize) -> f32 {
+        let (s, row) = (self.idx.len(), &self.x[i * k..]);
+        self.idx.iter().zip(&self.w[j * s..(j + 1) * s]).fold(0f32, |a, (&c, &w)| a + row[c as usize] * w)
+    }
 }
 
 impl Job<'_> {
@@ -109,6 +129,10 @@ impl Job<'_> {
                     // cuBLASLt's alpha = scale_a * scale_b, then alpha * sum.
                     (Some(rs), Some(cs)) => d * (rs[i0 + c] * cs[j]),
                 };
+                let d = match &self.exact {
+                    Some(e) => d + e.dot(self.k, i0 + c, j),
+                    None => d,
+                };
                 let val = match self.bias {
                     Some(b) => d + b[j],
                     None => d,
@@ -149,6 +173,16 @@ pub(crate) fn matmul(x: &Tensor<Cpu>, w: &Tensor<Cpu>, epi: Epilogue<'_, Cpu>, o
         None => None,
     };
     epi.check_input_prep(OP)?;
+    let exact = match epi.exact {
+        Some(e) if epi.check_exact(OP, n)? > 0 => {
+            let idx = u32s(e.idx, OP)?;
+            if let Some(&bad) = idx.iter().find(|&&c| c as usize >= k) {
+                return Err(Error::invalid(OP, format!("exact channel {bad} of a {k}-column input")));
+            }
+            Some(Exact { x: xs, idx, w: f32s(e.w, OP)? })
+        }
+        _ => None,
+    };
     let prep = InputPrep { shift: per_channel(epi.shift, k)?, smooth: per_channel(epi.smooth, k)? };
     let quantised = match epi.quant_x {
         Some(q) => Some(quantise_rows(xs, m, k, q, prep)?),
@@ -160,8 +194,19 @@ pub(crate) fn matmul(x: &Tensor<Cpu>, w: &Tensor<Cpu>, epi: Epilogue<'_, Cpu>, o
     };
     let dtype = w.dtype();
     let out_ptr = OutPtr(f32s_mut(out, OP)?.as_mut_ptr());
-    let job =
-        Job { x: xs, m, k, n, row_scale, col_scale, bias, act: epi.act, accumulate: epi.accumulate, out: out_ptr };
+    let job = Job {
+        x: xs,
+        m,
+        k,
+        n,
+        row_scale,
+        col_scale,
+        bias,
+        exact,
+        act: epi.act,
+        accumulate: epi.accumulate,
+        out: out_ptr,
+    };
     if m == 0 || n == 0 {
         return Ok(());
     }

@@ -31,12 +31,25 @@ pub struct InputStats {
     pub chan_amax: Vec<f32>,
     /// Sum of each input channel over the tokens seen (`k` values).
     pub chan_sum: Vec<f64>,
+    /// Sum of each input channel's squares over the tokens seen (`k` values).
+    pub chan_sq: Vec<f64>,
 }
 
 impl InputStats {
     /// Mean of each input channel.
     pub fn chan_mean(&self) -> Vec<f32> {
         self.chan_sum.iter().map(|s| (s / self.tokens.max(1) as f64) as f32).collect()
+    }
+
+    /// `Σ (x − mu)²` of each input channel over the tokens seen (`mu`: per channel, or zeros).
+    pub fn chan_energy(&self, mu: Option<&[f32]>) -> Vec<f64> {
+        let n = self.tokens as f64;
+        (0..self.k)
+            .map(|c| {
+                let m = mu.map_or(0.0, |m| f64::from(m[c]));
+                (self.chan_sq[c] - 2.0 * m * self.chan_sum[c] + n * m * m).max(0.0)
+            })
+            .collect()
     }
 }
 
@@ -98,9 +111,11 @@ impl<B: Ops> Observer<B> for Collector {
         let amax = v.iter().fold(0f32, |a, x| a.max(x.abs()));
         let mut chan = vec![0f32; k];
         let mut sum = vec![0f64; k];
+        let mut sq = vec![0f64; k];
         for row in v.chunks_exact(k.max(1)) {
             chan.iter_mut().zip(row).for_each(|(c, x)| *c = c.max(x.abs()));
             sum.iter_mut().zip(row).for_each(|(s, &x)| *s += f64::from(x));
+            sq.iter_mut().zip(row).for_each(|(s, &x)| *s += f64::from(x) * f64::from(x));
         }
         // XᵀX = (Xᵀ)(Xᵀ)ᵀ through the backend's product: Xᵀ is [k, t].
         let gram = if self.gram {
@@ -125,6 +140,7 @@ impl<B: Ops> Observer<B> for Collector {
             amax: 0.0,
             chan_amax: vec![0.0; k],
             chan_sum: vec![0.0; k],
+            chan_sq: vec![0.0; k],
         });
         if let Some(g) = gram {
             e.gram.iter_mut().zip(&g).for_each(|(a, c)| *a += c);
@@ -133,6 +149,7 @@ impl<B: Ops> Observer<B> for Collector {
         e.amax = e.amax.max(amax);
         e.chan_amax.iter_mut().zip(&chan).for_each(|(a, &c)| *a = a.max(c));
         e.chan_sum.iter_mut().zip(&sum).for_each(|(a, &c)| *a += c);
+        e.chan_sq.iter_mut().zip(&sq).for_each(|(a, &c)| *a += c);
         Ok(())
     }
 }

@@ -120,6 +120,11 @@ pub fn export<B: Ops>(b: &B, dec: &Decoder<B>, src_dir: &Path, out: &Path, forma
                 ignored.extend(parts.iter().cloned());
                 continue;
             }
+            if lin.exact.is_some() {
+                return Err(ModelError::Config(
+                    "projections with exact outlier channels cannot be written in the FP8 checkpoint layout; quantize with --outliers 0".into(),
+                ));
+            }
             if lin.smooth.is_some() {
                 return Err(ModelError::Config(
                     "smoothed projections cannot be written in the FP8 checkpoint layout (it has no input smoothing factors); quantize without --smooth".into(),

@@ -24,7 +24,10 @@ pub const DAMP: f64 = 0.1;
 
 /// Quantises `w` (`[n, k]` row-major; overwritten with the values of the codes) with the Gram
 /// matrix `gram` (`[k, k]`) of the calibration inputs; returns the codes.
-pub fn quantize(w: &mut [f32], n: usize, k: usize, gram: &[f32], grid: &dyn Grid) -> Result<Vec<u8>> {
+///
+/// Columns in `exact` are not rounded (their code is 0): they go last and take the error
+/// feedback of all the others, so that they leave with the values an exact product should use.
+pub fn quantize(w: &mut [f32], n: usize, k: usize, gram: &[f32], grid: &dyn Grid, exact: &[u32]) -> Result<Vec<u8>> {
     if w.len() != n * k || gram.len() != k * k {
         return Err(ModelError::Config(format!("GPTQ: {n}x{k} weight with a {}-value Gram matrix", gram.len())));
     }
@@ -40,14 +43,20 @@ pub fn quantize(w: &mut [f32], n: usize, k: usize, gram: &[f32], grid: &dyn Grid
     }
     // Columns with the largest inputs first ("act order"): their errors can still be
     // compensated by the many columns after them.
+    let mut is_exact = vec![false; k];
+    for &c in exact {
+        *is_exact.get_mut(c as usize).ok_or_else(|| ModelError::Config(format!("GPTQ: exact column {c} of {k}")))? =
+            true;
+    }
     let mut perm: Vec<usize> = (0..k).collect();
-    perm.sort_by(|&a, &b| h[b * k + b].total_cmp(&h[a * k + a]));
+    perm.sort_by(|&a, &b| is_exact[a].cmp(&is_exact[b]).then(h[b * k + b].total_cmp(&h[a * k + a])));
+    let rounded = is_exact.iter().filter(|&&e| !e).count();
     let hp: Vec<f64> = (0..k * k).map(|ij| h[perm[ij / k] * k + perm[ij % k]]).collect();
     let u = inverse_upper_cholesky(&hp, k)?;
     let mut codes = vec![0u8; n * k];
     w.par_chunks_mut(k.max(1)).zip(codes.par_chunks_mut(k.max(1))).enumerate().for_each(|(r, (orig, code))| {
         let mut row: Vec<f32> = perm.iter().map(|&p| orig[p]).collect();
-        for i in 0..k {
+        for i in 0..rounded {
             let (c, q) = grid.round(r, row[i]);
             code[perm[i]] = c;
             let e = (row[i] - q) / u[i * k + i];
@@ -195,9 +204,23 @@ mod tests {
         };
         let plain: Vec<f32> = w.iter().map(|&v| grid.round(0, v).1).collect();
         let mut g = w.clone();
-        let codes = quantize(&mut g, n, k, &gram, &grid).unwrap();
+        let codes = quantize(&mut g, n, k, &gram, &grid, &[]).unwrap();
         assert!(codes.iter().zip(&g).all(|(&c, &v)| (f32::from(c as i8) * 0.05 - v).abs() < 1e-6));
         let (e_plain, e_gptq) = (err(&plain), err(&g));
         assert!(e_gptq < 0.7 * e_plain, "GPTQ {e_gptq} vs plain {e_plain}");
+        // Two columns kept exact take the others' error feedback: off the grid, code 0, and a
+        // smaller output error still.
+        let mut g2 = w.clone();
+        let codes = quantize(&mut g2, n, k, &gram, &grid, &[5, 1]).unwrap();
+        for (i, (&c, &v)) in codes.iter().zip(&g2).enumerate() {
+            if i % k == 1 || i % k == 5 {
+                assert_eq!(c, 0);
+            } else {
+                assert!((f32::from(c as i8) * 0.05 - v).abs() < 1e-6);
+            }
+        }
+        let e_exact = err(&g2);
+        assert!(e_exact < e_gptq, "GPTQ with exact columns {e_exact} vs {e_gptq}");
+        assert!(quantize(&mut w.clone(), n, k, &gram, &grid, &[k as u32]).is_err());
     }
 }

@@ -4,7 +4,8 @@
 //! post-branch norms, rotary tables per layer, ALiBi, learned positions, embedding scale/norm.
 
 use turbine_core::{
-    Act, AttnParams, DType, Epilogue, HostTensor, KvPages, NormKind, Ops, QkvLayout, Resid, RopeTable, Tensor, XQuant,
+    Act, AttnParams, DType, Epilogue, ExactCols, HostTensor, KvPages, NormKind, Ops, QkvLayout, Resid, RopeTable,
+    Tensor, XQuant,
 };
 
 use crate::config::HfConfig;
@@ -47,6 +48,17 @@ pub struct Linear<B: Ops> {
     /// With `quant_x`: per-input-channel values `[inp]` (f32) subtracted from the input before it
     /// is quantised; the bias carries `w · shift` (computed from the unquantised weight).
     pub shift: Option<Tensor<B>>,
+    /// Input channels multiplied exactly in f32 beside the 8-bit product (their columns of `w`
+    /// are zero; with `quant_x`, `smooth` is zero on them).
+    pub exact: Option<ExactWeights<B>>,
+}
+
+/// A projection's outlier input channels and their f32 weights ([`turbine_core::ExactCols`]).
+pub struct ExactWeights<B: Ops> {
+    /// The channels `[s]` (u32).
+    pub idx: Tensor<B>,
+    /// Their weights `[out, s]` (f32).
+    pub w: Tensor<B>,
 }
 
 /// FP8 quantisation of a projection's input.
@@ -60,7 +72,7 @@ pub enum ActQuant<B: Ops> {
 impl<B: Ops> Linear<B> {
     /// A plain layer (no scales, no input quantisation).
     pub fn new(w: Tensor<B>, b: Option<Tensor<B>>) -> Self {
-        Linear { w, b, scale: None, quant_x: None, smooth: None, shift: None }
+        Linear { w, b, scale: None, quant_x: None, smooth: None, shift: None, exact: None }
     }
 
     /// The product's epilogue: bias, scales and input quantisation of this layer.
@@ -74,6 +86,7 @@ impl<B: Ops> Linear<B> {
             }),
             smooth: self.smooth.as_ref(),
             shift: self.shift.as_ref(),
+            exact: self.exact.as_ref().map(|e| ExactCols { idx: &e.idx, w: &e.w }),
             ..Epilogue::none()
         }
     }
@@ -171,6 +184,7 @@ impl<B: Ops> Linear<B> {
             quant_x,
             smooth: None,
             shift: None,
+            exact: None,
         })
     }
 }
@@ -267,7 +281,8 @@ impl<B: Ops> Decoder<B> {
                 _ => 0,
             };
             let opt = |t: &Option<Tensor<B>>| t.as_ref().map_or(0, tb);
-            tb(&l.w) + opt(&l.b) + opt(&l.scale) + opt(&l.smooth) + opt(&l.shift) + q
+            let exact = l.exact.as_ref().map_or(0, |e| tb(&e.idx) + tb(&e.w));
+            tb(&l.w) + opt(&l.b) + opt(&l.scale) + opt(&l.smooth) + opt(&l.shift) + exact + q
         };
         let layers: usize = self
             .layers

@@ -38,6 +38,17 @@ pub struct ModelSection {
     /// Projections that keep the checkpoint's precision (`qkv`, `o`, `up`, `down`, `layer:N`,
     /// `ROLE@N`).
     pub keep: Vec<String>,
+    /// 8-bit formats: input channels of each projection multiplied exactly in f32 (the
+    /// calibrated outliers); unset: the format's default (8 for `fp8`, else 0).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub outliers: Option<usize>,
+}
+
+impl ModelSection {
+    /// The precision policy of `dtype`, `keep` and `outliers`.
+    pub fn policy(&self) -> turbine_models::Result<turbine_models::precision::Policy> {
+        Ok(turbine_models::precision::Policy::parse(&self.dtype, &self.keep)?.with_outliers(self.outliers))
+    }
 }
 
 impl Default for ModelSection {
@@ -48,6 +59,7 @@ impl Default for ModelSection {
             backend: "cpu".into(),
             dtype: "auto".into(),
             keep: Vec::new(),
+            outliers: None,
         }
     }
 }
@@ -184,8 +196,7 @@ impl ServeConfig {
             anyhow::bail!("{msg}");
         }
         crate::setup::kv_dtype(&self.engine.kv_dtype).map_err(|e| anyhow::anyhow!("engine.kv_dtype: {e}"))?;
-        turbine_models::precision::Policy::parse(&self.model.dtype, &self.model.keep)
-            .map_err(|e| anyhow::anyhow!("model.dtype / model.keep: {e}"))?;
+        self.model.policy().map_err(|e| anyhow::anyhow!("model.dtype / model.keep: {e}"))?;
         if self.server.api_keys.iter().any(|k| k.is_empty()) {
             anyhow::bail!("server.api_keys: an API key must not be empty");
         }

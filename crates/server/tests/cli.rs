@@ -573,6 +573,8 @@ fn quantize_writes_a_checkpoint_that_runs_and_names_bad_input() {
         "fp8",
         "--keep",
         "down",
+        "--outliers",
+        "0",
         "--prompt-ids",
         "1,2,3",
         "--max-tokens",

@@ -67,6 +67,10 @@ pub struct ModelArgs {
     /// repeatable.
     #[arg(long)]
     pub keep: Vec<String>,
+    /// 8-bit formats: input channels of each projection multiplied exactly in f32 (the
+    /// calibrated outliers) [default: 8 for fp8, else 0].
+    #[arg(long)]
+    pub outliers: Option<usize>,
     /// KV cache storage: f32, fp8 (FP8 E4M3) or int8.
     #[arg(long, default_value = "f32")]
     pub kv_dtype: String,
@@ -81,7 +85,7 @@ impl ModelArgs {
 
     /// The precision policy of `--dtype` and `--keep`.
     pub fn policy(&self) -> anyhow::Result<turbine_models::precision::Policy> {
-        Ok(turbine_models::precision::Policy::parse(&self.dtype, &self.keep)?)
+        Ok(turbine_models::precision::Policy::parse(&self.dtype, &self.keep)?.with_outliers(self.outliers))
     }
 }
 
@@ -134,9 +138,10 @@ pub struct PolicyArgs {
     /// repeatable.
     #[arg(long)]
     pub keep: Vec<String>,
-    /// How 8-bit weights are rounded: nearest, or gptq (error feedback over the calibration text).
-    #[arg(long, default_value = "nearest")]
-    pub rounding: String,
+    /// How 8-bit weights are rounded: nearest, or gptq (error feedback over the calibration text)
+    /// [default: nearest].
+    #[arg(long)]
+    pub rounding: Option<String>,
     /// fp8: one calibrated input scale per projection (amax over the calibration text) instead
     /// of one per token.
     #[arg(long)]
@@ -149,6 +154,10 @@ pub struct PolicyArgs {
     /// through the bias).
     #[arg(long)]
     pub center: bool,
+    /// 8-bit formats: input channels of each projection multiplied exactly in f32 (the
+    /// calibrated outliers), the rest in 8 bits [default: 8 for fp8 (0 for quantize), else 0].
+    #[arg(long)]
+    pub outliers: Option<usize>,
     /// Calibration text (default: a bundled English text, not the evaluation text).
     #[arg(long)]
     pub calib: Option<std::path::PathBuf>,
@@ -168,14 +177,18 @@ impl PolicyArgs {
             ),
             None => None,
         };
+        let base = turbine_models::precision::Policy::parse(format, &self.keep)?;
         Ok(turbine_models::precision::Policy {
-            rounding: turbine_models::precision::Rounding::parse(&self.rounding)?,
+            rounding: match &self.rounding {
+                Some(r) => turbine_models::precision::Rounding::parse(r)?,
+                None => base.rounding,
+            },
             calib_text,
             calib_tokens: self.calib_tokens,
             static_inputs: self.static_inputs,
             smooth: self.smooth,
             center: self.center,
-            ..turbine_models::precision::Policy::parse(format, &self.keep)?
+            ..base.with_outliers(self.outliers)
         })
     }
 }

@@ -38,7 +38,11 @@ pub fn run(a: QuantizeArgs) -> Result<()> {
     if a.out.exists() && std::fs::read_dir(&a.out).map(|mut d| d.next().is_some()).unwrap_or(true) {
         bail!("{}: the output folder exists and is not empty", a.out.display());
     }
-    let policy = a.policy.policy(&a.to)?;
+    let mut policy = a.policy.policy(&a.to)?;
+    if a.policy.outliers.is_none() {
+        // The published layout has no place for exact outlier channels.
+        policy.outliers = 0;
+    }
     let cpu = Cpu::new();
     eprintln!("turbine quantize: loading {} and storing its projections as {}", path.display(), format.name());
     let m = turbine_models::load_with(&cpu, &path, &policy)?;

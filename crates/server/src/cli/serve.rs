@@ -34,6 +34,10 @@ pub struct ServeArgs {
     /// repeatable, added to the config file's.
     #[arg(long)]
     keep: Vec<String>,
+    /// 8-bit formats: exact outlier input channels per projection (overrides `[model] outliers`;
+    /// default: 8 for fp8, else 0).
+    #[arg(long)]
+    outliers: Option<usize>,
     /// Address to bind (default 127.0.0.1, loopback only).
     #[arg(long)]
     host: Option<String>,
@@ -91,6 +95,9 @@ impl ServeArgs {
         set(&mut c.model.backend, &self.backend);
         set(&mut c.model.dtype, &self.dtype);
         c.model.keep.extend(self.keep.iter().cloned());
+        if self.outliers.is_some() {
+            c.model.outliers = self.outliers;
+        }
         set(&mut c.server.host, &self.host);
         set(&mut c.server.port, &self.port);
         set(&mut c.server.drain_timeout_s, &self.drain_timeout);

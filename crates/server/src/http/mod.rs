@@ -58,7 +58,7 @@ impl AppState {
     pub fn load(cfg: &ServeConfig) -> anyhow::Result<Self> {
         cfg.validate()?;
         let model = Some(cfg.model.path.as_str());
-        let policy = turbine_models::precision::Policy::parse(&cfg.model.dtype, &cfg.model.keep)?;
+        let policy = cfg.model.policy()?;
         let l = crate::setup::load_runner_with(model, &cfg.model.backend, cfg.engine.kv(), &policy)?;
         let tok = Arc::new(l.tok);
         let cache = l.runner.cache();
