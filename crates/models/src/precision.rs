@@ -152,7 +152,7 @@ impl Rounding {
 
 /// Exact outlier input channels per projection in the default `fp8` policy: on SmolLM2 they
 /// lower the mean KL divergence from the f32 model by a third (README, "Precision").
-pub const FP8_OUTLIERS: usize = 8;
+pub const FP8_OUTLIERS: usize = 16;
 
 /// The precision policy.
 #[derive(Debug, Clone, PartialEq)]
@@ -216,6 +216,33 @@ impl Policy {
     /// The policy with `outliers` exact channels per projection if given (else as it is).
     pub fn with_outliers(self, outliers: Option<usize>) -> Policy {
         Policy { outliers: outliers.unwrap_or(self.outliers), ..self }
+    }
+
+    /// What the policy adds to its format, in words (`""` when nothing): e.g. `"16 exact
+    /// channels, gptq"`.
+    pub fn summary(&self) -> String {
+        let eight = matches!(self.format, Format::Fp8 | Format::Fp8Weight | Format::Int8Weight);
+        let fp8 = self.format == Format::Fp8;
+        let mut parts = Vec::new();
+        if eight && self.outliers > 0 {
+            parts.push(format!("{} exact channels", self.outliers));
+        }
+        if eight && self.rounding == Rounding::Gptq {
+            parts.push("gptq".into());
+        }
+        if fp8 && self.center {
+            parts.push("centred".into());
+        }
+        if let (true, Some(a)) = (fp8, self.smooth) {
+            parts.push(format!("smooth {a}"));
+        }
+        if fp8 && self.static_inputs {
+            parts.push("static inputs".into());
+        }
+        if !self.keep.is_empty() && self.format != Format::Auto {
+            parts.push(format!("{} exceptions", self.keep.len()));
+        }
+        parts.join(", ")
     }
 
     /// Whether applying the policy needs the model to run over calibration text first.

@@ -635,6 +635,8 @@ fn eval_reports_every_format_against_the_reference() {
     assert_eq!(rows.len(), 4);
     assert_eq!(rows[0]["reference"], true);
     assert_eq!(rows[1]["format"], "f32");
+    assert_eq!(rows[2]["format"], "fp8 (16 exact channels)");
+    assert_eq!(rows[3]["format"], "int8-weight");
     // f32 of an f32 checkpoint is the reference itself.
     assert_eq!(rows[1]["mean_kl"], 0.0);
     assert_eq!(rows[1]["top1_agreement"], 1.0);

@@ -69,6 +69,10 @@ struct Entry {
 
 fn load(model: Option<&str>, backend: &str, policy: &Policy, ctx: usize, kv: turbine_core::DType) -> Result<Entry> {
     let mut label = policy.format.name().to_string();
+    let summary = policy.summary();
+    if !summary.is_empty() {
+        label.push_str(&format!(" ({summary})"));
+    }
     match kv {
         turbine_core::DType::F8E4M3 => label.push_str(" + fp8 KV"),
         turbine_core::DType::I8 => label.push_str(" + int8 KV"),
