@@ -180,7 +180,8 @@ pub struct Policy {
     pub center: bool,
     /// 8-bit formats: input channels of each projection multiplied exactly in f32 beside the
     /// 8-bit product (LLM.int8()-style outlier decomposition). The channels are the ones with
-    /// the largest calibrated `Σ (x_j − shift_j)² · ‖w_{:,j}‖²`, the error they would add.
+    /// the largest calibrated `Σ (x_j − shift_j)² · ‖w_{:,j}‖²`, the error they would add; at
+    /// most a quarter of a projection's inputs.
     pub outliers: usize,
 }
 
@@ -485,17 +486,14 @@ pub fn convert<B: Ops>(b: &B, lin: &mut Linear<B>, fmt: Format, parts: &[usize],
     Ok(exact)
 }
 
-/// The `count` input channels (ascending) of a weight `w` `[n, k]` whose rounding would cost
+/// The `count` (at most `k / 4`) input channels (ascending) of a weight `w` `[n, k]` whose rounding would cost
 /// most: the largest `energy[j] · ‖w_{:,j}‖²`, `energy` being the calibrated `Σ (x_j − shift_j)²`.
 fn outlier_channels(w: &[f32], n: usize, k: usize, count: usize, energy: &[f64]) -> Result<Vec<u32>> {
     if energy.len() != k {
         return Err(ModelError::Config(format!("{} calibrated input channels for a {k}-column weight", energy.len())));
     }
-    if count >= k {
-        return Err(ModelError::Config(format!(
-            "{count} exact outlier channels of a {k}-channel input leave nothing to quantise; use fewer"
-        )));
-    }
+    // At most a quarter of the inputs: the product stays an 8-bit one on narrow layers.
+    let count = count.min(k / 4);
     let mut col = vec![0f64; k];
     for row in w.chunks_exact(k.max(1)).take(n) {
         col.iter_mut().zip(row).for_each(|(a, &v)| *a += f64::from(v) * f64::from(v));
@@ -581,8 +579,9 @@ mod tests {
         let w = [1.0, 0.0, 1.0, 10.0, 1.0, 0.0, 1.0, 10.0];
         let energy = [1.0, 1e6, 2.0, 0.5];
         assert_eq!(outlier_channels(&w, n, k, 1, &energy).unwrap(), vec![3]);
-        assert_eq!(outlier_channels(&w, n, k, 2, &energy).unwrap(), vec![2, 3]);
-        assert!(outlier_channels(&w, n, k, 4, &energy).unwrap_err().to_string().contains("nothing to quantise"));
+        assert_eq!(outlier_channels(&w, n, k, 4, &energy).unwrap(), vec![3], "a quarter of the inputs at most");
+        let (w8, e8) = ([w, w].concat(), [energy, energy].concat());
+        assert_eq!(outlier_channels(&w8, n, 2 * k, 2, &e8).unwrap(), vec![3, 7]);
         assert!(outlier_channels(&w, n, k, 1, &energy[..3]).is_err());
     }
 }
