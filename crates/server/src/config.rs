@@ -39,7 +39,7 @@ pub struct ModelSection {
     /// `ROLE@N`).
     pub keep: Vec<String>,
     /// 8-bit formats: input channels of each projection multiplied exactly in f32 (the
-    /// calibrated outliers); unset: the format's default (16 for `fp8`, else 0).
+    /// calibrated outliers); unset: the format's default (16 for `fp8` and `fp8-weight`, else 0).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub outliers: Option<usize>,
 }

@@ -186,9 +186,15 @@ async fn concurrent_streams_and_disconnects() {
     let body = json!({"prompt": prompts, "max_tokens": 240, "ignore_eos": true, "stream": true}).to_string();
     let req = format!("POST /v1/completions HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}", body.len());
     s.write_all(req.as_bytes()).await.unwrap();
-    let mut buf = [0u8; 512];
-    let n = s.read(&mut buf).await.unwrap();
-    assert!(n > 0);
+    // Read until the first token event: the choices are running then (the headers alone can
+    // come before the engine has admitted them).
+    let mut got = Vec::new();
+    while !String::from_utf8_lossy(&got).contains("data: {") {
+        let mut buf = [0u8; 512];
+        let n = s.read(&mut buf).await.unwrap();
+        assert!(n > 0, "the stream ended before its first token");
+        got.extend_from_slice(&buf[..n]);
+    }
     assert!(state1.engine.stats().await.unwrap().blocks_in_use > 0);
     drop(s);
     let mut freed = None;

@@ -68,7 +68,7 @@ pub struct ModelArgs {
     #[arg(long)]
     pub keep: Vec<String>,
     /// 8-bit formats: input channels of each projection multiplied exactly in f32 (the
-    /// calibrated outliers) [default: 16 for fp8, else 0].
+    /// calibrated outliers) [default: 16 for fp8 and fp8-weight, else 0].
     #[arg(long)]
     pub outliers: Option<usize>,
     /// KV cache storage: f32, fp8 (FP8 E4M3) or int8.
@@ -155,7 +155,7 @@ pub struct PolicyArgs {
     #[arg(long)]
     pub center: bool,
     /// 8-bit formats: input channels of each projection multiplied exactly in f32 (the
-    /// calibrated outliers), the rest in 8 bits [default: 16 for fp8 (0 for quantize), else 0].
+    /// calibrated outliers), the rest in 8 bits [default: 16 for fp8 and fp8-weight (0 for quantize), else 0].
     #[arg(long)]
     pub outliers: Option<usize>,
     /// Calibration text (default: a bundled English text, not the evaluation text).

@@ -35,7 +35,7 @@ pub struct ServeArgs {
     #[arg(long)]
     keep: Vec<String>,
     /// 8-bit formats: exact outlier input channels per projection (overrides `[model] outliers`;
-    /// default: 16 for fp8, else 0).
+    /// default: 16 for fp8 and fp8-weight, else 0).
     #[arg(long)]
     outliers: Option<usize>,
     /// Address to bind (default 127.0.0.1, loopback only).
