@@ -16,7 +16,9 @@
 //! | `int8-weight` | INT8, one scale per output channel | f32 |
 //!
 //! Scales map the largest magnitude to the format's largest value (448 for E4M3, 127 for INT8);
-//! see [`turbine_core::fp8`] for the rounding.
+//! see [`turbine_core::fp8`] for the rounding. By default `fp8` and `fp8-weight` also keep
+//! [`FP8_OUTLIERS`] input channels of every projection exact in f32 ([`Policy::outliers`]),
+//! chosen by a calibration run at load.
 
 use half::{bf16, f16};
 use turbine_core::fp8::{e4m3_table, f32_to_e4m3, f32_to_i8, scale_for, E4M3_MAX, I8_MAX};
