@@ -16,26 +16,48 @@ __device__ void convert_from_f32(const float* x, T* y, size_t n) {
     extern "C" __global__ void convert_from_f32_##N(const float* x, T* y, size_t n) { convert_from_f32<T>(x, y, n); }
 TURBINE_FOR_TYPES(CONVERT)
 
+// Exact channels held in registers per thread (more are read from memory).
+#define EXACT_REGS 32
+// Output rows per block: a thread keeps its column's scale, bias and exact weights across them.
+#define EPILOGUE_ROWS 16
+
+// One thread per output column of chunks of EPILOGUE_ROWS rows: grid (ceil(n / blockDim.x), up to
+// ceil(m / EPILOGUE_ROWS), the chunks strided over grid.y). A row's arithmetic does not depend on
+// m or on its chunk (batch invariance).
 extern "C" __global__ void epilogue_f32(const float* acc, const float* row_scale, const float* col_scale,
                                         const float* bias, const float* x, const u32* idx, const float* wx, u32 s,
                                         u32 k, int act, int accumulate, float* out, u32 m, u32 n) {
-    size_t total = (size_t)m * n;
-    for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < total; i += (size_t)gridDim.x * blockDim.x) {
-        size_t r = i / n, c = i % n;
+    u32 c = blockIdx.x * blockDim.x + threadIdx.x;
+    if (c >= n) return;
+    const bool in_regs = s <= EXACT_REGS;
+    float w[EXACT_REGS];
+#pragma unroll
+    for (u32 t = 0; t < EXACT_REGS; ++t) w[t] = (in_regs && t < s) ? wx[(size_t)c * s + t] : 0.f;
+    const float cs = col_scale ? col_scale[c] : 1.f;
+    const float b = bias ? bias[c] : 0.f;
+    for (size_t r0 = (size_t)blockIdx.y * EPILOGUE_ROWS; r0 < m; r0 += (size_t)gridDim.y * EPILOGUE_ROWS) {
+      for (u32 r = (u32)r0; r < min((size_t)m, r0 + EPILOGUE_ROWS); ++r) {
+        size_t i = (size_t)r * n + c;
         float v = acc[i];
-        if (row_scale && col_scale) v = __fmul_rn(v, __fmul_rn(row_scale[r], col_scale[c]));
+        if (row_scale && col_scale) v = __fmul_rn(v, __fmul_rn(row_scale[r], cs));
         else if (row_scale) v = __fmul_rn(v, row_scale[r]);
-        else if (col_scale) v = __fmul_rn(v, col_scale[c]);
+        else if (col_scale) v = __fmul_rn(v, cs);
         if (s) {
-            const float* xr = x + r * k;
-            const float* wr = wx + c * s;
+            const float* xr = x + (size_t)r * k;
             float e = 0.f;
-            for (u32 t = 0; t < s; ++t) e = __fadd_rn(e, __fmul_rn(xr[idx[t]], wr[t]));
+            if (in_regs) {
+#pragma unroll
+                for (u32 t = 0; t < EXACT_REGS; ++t)
+                    if (t < s) e = __fadd_rn(e, __fmul_rn(xr[idx[t]], w[t]));
+            } else {
+                for (u32 t = 0; t < s; ++t) e = __fadd_rn(e, __fmul_rn(xr[idx[t]], wx[(size_t)c * s + t]));
+            }
             v = __fadd_rn(v, e);
         }
-        if (bias) v = __fadd_rn(v, bias[c]);
+        if (bias) v = __fadd_rn(v, b);
         if (act >= 0) v = activate(v, act);
-        out[i] = accumulate ? out[i] + v : v;
+        out[i] = accumulate ? __fadd_rn(out[i], v) : v;
+      }
     }
 }
 

@@ -239,7 +239,9 @@ impl Ops for Cuda {
             Arg::U32(mu),
             Arg::U32(nu),
         ];
-        self.launch("epilogue_f32", (Self::stride_blocks(m * n), 1, 1), 256, &args)
+        // One thread per column, EPILOGUE_ROWS (16) rows per block (`cu/gemm.cu`).
+        let grid = (u32_of(OP, n.div_ceil(256))?, m.div_ceil(16).clamp(1, 65_535) as u32, 1);
+        self.launch("epilogue_f32", grid, 256, &args)
     }
 
     fn norm(
