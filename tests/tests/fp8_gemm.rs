@@ -364,19 +364,42 @@ fn eight_and_sixteen_bit_products_are_batch_invariant() {
             _ => {}
         }
         let w = b.upload_weight(&HostTensor::new([n, k], dtype, bytes).unwrap()).unwrap();
-        let many = {
-            let mut out = b.alloc(&[9, n].into(), DType::F32).unwrap();
-            b.matmul(&up(&b, &[9, k], &x), &w, Epilogue::none(), &mut out).unwrap();
-            b.download(&out).unwrap().to_f32().unwrap()
+        // W8A8 with per-token scales and exact outlier channels, too: still row by row.
+        let (idx, mask) = (
+            b.upload(&HostTensor::from_u32([2], &[5, 70]).unwrap()).unwrap(),
+            up(&b, &[k], &(0..k).map(|c| if c == 5 || c == 70 { 0.0 } else { 1.0 }).collect::<Vec<_>>()),
+        );
+        let (wx, scale) = (up(&b, &[n, 2], &rand(2 * n, 13, 0.3)), up(&b, &[n], &rand(n, 14, 0.01)));
+        let epi = |w8a8: bool| {
+            if w8a8 {
+                Epilogue {
+                    scale: Some(&scale),
+                    quant_x: Some(XQuant::Fp8PerToken),
+                    smooth: Some(&mask),
+                    exact: Some(ExactCols { idx: &idx, w: &wx }),
+                    ..Epilogue::none()
+                }
+            } else {
+                Epilogue::none()
+            }
         };
-        for i in 0..9 {
-            let mut out = b.alloc(&[1, n].into(), DType::F32).unwrap();
-            b.matmul(&up(&b, &[1, k], &x[i * k..(i + 1) * k]), &w, Epilogue::none(), &mut out).unwrap();
-            let one = b.download(&out).unwrap().to_f32().unwrap();
-            assert!(
-                one.iter().zip(&many[i * n..(i + 1) * n]).all(|(a, c)| a.to_bits() == c.to_bits()),
-                "{dtype} row {i}"
-            );
+        let cases: &[bool] = if dtype == DType::F8E4M3 { &[false, true] } else { &[false] };
+        for &w8a8 in cases {
+            let what = if w8a8 { "w8a8 + exact channels" } else { "plain" };
+            let many = {
+                let mut out = b.alloc(&[9, n].into(), DType::F32).unwrap();
+                b.matmul(&up(&b, &[9, k], &x), &w, epi(w8a8), &mut out).unwrap();
+                b.download(&out).unwrap().to_f32().unwrap()
+            };
+            for i in 0..9 {
+                let mut out = b.alloc(&[1, n].into(), DType::F32).unwrap();
+                b.matmul(&up(&b, &[1, k], &x[i * k..(i + 1) * k]), &w, epi(w8a8), &mut out).unwrap();
+                let one = b.download(&out).unwrap().to_f32().unwrap();
+                assert!(
+                    one.iter().zip(&many[i * n..(i + 1) * n]).all(|(a, c)| a.to_bits() == c.to_bits()),
+                    "{dtype} {what} row {i}"
+                );
+            }
         }
     }
 }
