@@ -96,9 +96,22 @@ impl<B: Backend> Epilogue<'_, B> {
         Epilogue { accumulate: true, ..Self::none() }
     }
 
-    /// Input smoothing and shifts act on the input as it is quantised: without `quant_x` they
-    /// are an error.
-    pub fn check_input_prep(&self, op: &'static str) -> Result<()> {
+    /// Checks a product `x [m, k] · wᵀ ([n, k]) → out [m, n]` with this epilogue: the shapes of
+    /// every part (`bias`, `scale` `[n]`; `smooth`, `shift` `[k]`; the exact channels), and that
+    /// smoothing and shifts come with input quantisation (they act on the input as it is
+    /// quantised). Returns how many exact channels there are (0 without). Element types are the
+    /// backend's to check.
+    pub fn check(&self, op: &'static str, x: &Tensor<B>, w: &Tensor<B>, out: &Tensor<B>) -> Result<usize> {
+        let (m, k, n) = (x.rows(), x.cols(), w.rows());
+        if w.cols() != k {
+            return Err(crate::Error::Shape { op, expected: [n, k].into(), got: w.shape().clone() });
+        }
+        out.expect_shape(op, &[m, n])?;
+        for (t, len) in [(self.bias, n), (self.scale, n), (self.smooth, k), (self.shift, k)] {
+            if let Some(t) = t {
+                t.expect_shape(op, &[len])?;
+            }
+        }
         if self.quant_x.is_none() {
             if self.smooth.is_some() {
                 return Err(crate::Error::invalid(op, "input smoothing without input quantisation"));
@@ -107,12 +120,6 @@ impl<B: Backend> Epilogue<'_, B> {
                 return Err(crate::Error::invalid(op, "an input shift without input quantisation"));
             }
         }
-        Ok(())
-    }
-
-    /// Checks the exact channels' shapes and types against an `n`-column product; returns how
-    /// many there are (0 without).
-    pub fn check_exact(&self, op: &'static str, n: usize) -> Result<usize> {
         let Some(e) = self.exact else { return Ok(0) };
         let s = e.idx.shape().numel();
         e.idx.expect_shape(op, &[s])?;

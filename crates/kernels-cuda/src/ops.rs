@@ -106,21 +106,11 @@ impl Ops for Cuda {
         out: &mut Tensor<Self>,
     ) -> Result<()> {
         const OP: &str = "matmul";
+        let exact_cols = epi.check(OP, x, w, out)?;
         let (m, k, n) = (x.rows(), x.cols(), w.rows());
-        self.f32_only(OP, x)?;
-        self.f32_only(OP, out)?;
-        if w.cols() != k {
-            return Err(Error::Shape { op: OP, expected: [n, k].into(), got: w.shape().clone() });
+        for t in [Some(x), Some(&*out), epi.bias, epi.scale, epi.smooth, epi.shift].into_iter().flatten() {
+            self.f32_only(OP, t)?;
         }
-        out.expect_shape(OP, &[m, n])?;
-        for (t, len) in [(epi.bias, n), (epi.scale, n), (epi.smooth, k), (epi.shift, k)] {
-            if let Some(t) = t {
-                t.expect_shape(OP, &[len])?;
-                self.f32_only(OP, t)?;
-            }
-        }
-        epi.check_input_prep(OP)?;
-        let exact_cols = epi.check_exact(OP, n)?;
         if m == 0 || n == 0 {
             return Ok(());
         }

@@ -151,30 +151,12 @@ impl Job<'_> {
 
 pub(crate) fn matmul(x: &Tensor<Cpu>, w: &Tensor<Cpu>, epi: Epilogue<'_, Cpu>, out: &mut Tensor<Cpu>) -> Result<()> {
     const OP: &str = "matmul";
-    let (m, k) = (x.rows(), x.cols());
-    let n = w.rows();
-    if w.cols() != k {
-        return Err(Error::Shape { op: OP, expected: [n, k].into(), got: w.shape().clone() });
-    }
-    out.expect_shape(OP, &[m, n])?;
+    let exact_cols = epi.check(OP, x, w, out)?;
+    let (m, k, n) = (x.rows(), x.cols(), w.rows());
     let xs = f32s(x, OP)?;
-    let bias = match epi.bias {
-        Some(b) => {
-            b.expect_shape(OP, &[n])?;
-            Some(f32s(b, OP)?)
-        }
-        None => None,
-    };
-    let col_scale = match epi.scale {
-        Some(sc) => {
-            sc.expect_shape(OP, &[n])?;
-            Some(f32s(sc, OP)?)
-        }
-        None => None,
-    };
-    epi.check_input_prep(OP)?;
+    let (bias, col_scale) = (opt_f32s(epi.bias)?, opt_f32s(epi.scale)?);
     let exact = match epi.exact {
-        Some(e) if epi.check_exact(OP, n)? > 0 => {
+        Some(e) if exact_cols > 0 => {
             let idx = u32s(e.idx, OP)?;
             if let Some(&bad) = idx.iter().find(|&&c| c as usize >= k) {
                 return Err(Error::invalid(OP, format!("exact channel {bad} of a {k}-column input")));
@@ -183,7 +165,7 @@ pub(crate) fn matmul(x: &Tensor<Cpu>, w: &Tensor<Cpu>, epi: Epilogue<'_, Cpu>, o
         }
         _ => None,
     };
-    let prep = InputPrep { shift: per_channel(epi.shift, k)?, smooth: per_channel(epi.smooth, k)? };
+    let prep = InputPrep { shift: opt_f32s(epi.shift)?, smooth: opt_f32s(epi.smooth)? };
     let quantised = match epi.quant_x {
         Some(q) => Some(quantise_rows(xs, m, k, q, prep)?),
         None => None,
@@ -239,13 +221,9 @@ pub(crate) fn matmul(x: &Tensor<Cpu>, w: &Tensor<Cpu>, epi: Epilogue<'_, Cpu>, o
     Ok(())
 }
 
-/// A per-input-channel vector `[k]` of the epilogue, if given.
-fn per_channel(t: Option<&Tensor<Cpu>>, k: usize) -> Result<Option<&[f32]>> {
-    t.map(|t| {
-        t.expect_shape("matmul", &[k])?;
-        f32s(t, "matmul")
-    })
-    .transpose()
+/// An optional f32 vector of the epilogue.
+fn opt_f32s(t: Option<&Tensor<Cpu>>) -> Result<Option<&[f32]>> {
+    t.map(|t| f32s(t, "matmul")).transpose()
 }
 
 /// What happens to an input row before it is quantised: `(x − shift) · smooth`, channel by channel.

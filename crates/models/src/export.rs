@@ -88,7 +88,7 @@ pub struct Exported {
 /// Writes `dec` (loaded from the Hugging Face folder `src_dir` and quantised as `format` says)
 /// to `out`.
 pub fn export<B: Ops>(b: &B, dec: &Decoder<B>, src_dir: &Path, out: &Path, format: Format) -> Result<Exported> {
-    if !matches!(format, Format::Fp8 | Format::Fp8Weight | Format::Int8Weight) {
+    if !format.is_eight_bit() {
         return Err(ModelError::Config(format!(
             "turbine quantize writes fp8, fp8-weight or int8-weight checkpoints, not {}",
             format.name()

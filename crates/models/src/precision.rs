@@ -69,6 +69,11 @@ impl Format {
         })
     }
 
+    /// Whether the weights are stored in 8 bits (`fp8`, `fp8-weight`, `int8-weight`).
+    pub fn is_eight_bit(self) -> bool {
+        matches!(self, Format::Fp8 | Format::Fp8Weight | Format::Int8Weight)
+    }
+
     /// The name.
     pub fn name(self) -> &'static str {
         Self::ALL.iter().find(|(_, f)| *f == self).map_or("auto", |(n, _)| n)
@@ -224,8 +229,7 @@ impl Policy {
     /// What the policy adds to its format, in words (`""` when nothing): e.g. `"16 exact
     /// channels, gptq"`.
     pub fn summary(&self) -> String {
-        let eight = matches!(self.format, Format::Fp8 | Format::Fp8Weight | Format::Int8Weight);
-        let fp8 = self.format == Format::Fp8;
+        let (eight, fp8) = (self.format.is_eight_bit(), self.format == Format::Fp8);
         let mut parts = Vec::new();
         if eight && self.outliers > 0 {
             parts.push(format!("{} exact channels", self.outliers));
@@ -251,8 +255,7 @@ impl Policy {
     /// Whether applying the policy needs the model to run over calibration text first.
     pub fn needs_calibration(&self) -> bool {
         self.format == Format::Fp8 && (self.static_inputs || self.smooth.is_some() || self.center)
-            || matches!(self.format, Format::Fp8 | Format::Fp8Weight | Format::Int8Weight)
-                && (self.rounding == Rounding::Gptq || self.outliers > 0)
+            || self.format.is_eight_bit() && (self.rounding == Rounding::Gptq || self.outliers > 0)
     }
 
     /// The format of `role` in `layer` (of `layers`).
@@ -384,9 +387,8 @@ pub fn convert<B: Ops>(b: &B, lin: &mut Linear<B>, fmt: Format, parts: &[usize],
     decode_f32(host.dtype(), host.bytes(), &mut w)?;
     let amax = |rows: &[f32]| rows.iter().fold(0f32, |a, v| a.max(v.abs()));
     let center = center.filter(|_| fmt == Format::Fp8);
-    let eight = matches!(fmt, Format::Fp8 | Format::Fp8Weight | Format::Int8Weight);
     let exact = match outliers {
-        Some((count, energy)) if eight && count > 0 => outlier_channels(&w, n, k, count, energy)?,
+        Some((count, energy)) if fmt.is_eight_bit() && count > 0 => outlier_channels(&w, n, k, count, energy)?,
         _ => Vec::new(),
     };
     let mut bias = match center {
@@ -415,11 +417,6 @@ pub fn convert<B: Ops>(b: &B, lin: &mut Linear<B>, fmt: Format, parts: &[usize],
             row.iter_mut().zip(s).for_each(|(v, s)| *v *= s);
         }
     }
-    // The 8-bit grid's scales leave the exact columns out.
-    let mut rest = w.clone();
-    for row in rest.chunks_exact_mut(k.max(1)) {
-        exact.iter().for_each(|&c| row[c as usize] = 0.0);
-    }
     let (dtype, bytes, scales): (DType, Vec<u8>, Option<Vec<f32>>) = match fmt {
         Format::Auto => unreachable!("returned above"),
         Format::F32 => (DType::F32, w.iter().flat_map(|v| v.to_le_bytes()).collect(), None),
@@ -427,6 +424,16 @@ pub fn convert<B: Ops>(b: &B, lin: &mut Linear<B>, fmt: Format, parts: &[usize],
         Format::BF16 => (DType::BF16, w.iter().flat_map(|&v| bf16::from_f32(v).to_le_bytes()).collect(), None),
         Format::Fp8 | Format::Fp8Weight | Format::Int8Weight => {
             let fp8 = fmt != Format::Int8Weight;
+            // The 8-bit grid (its scales, plain rounding) leaves the exact columns out.
+            let rest = if exact.is_empty() {
+                std::borrow::Cow::Borrowed(&w[..])
+            } else {
+                let mut r = w.clone();
+                for row in r.chunks_exact_mut(k.max(1)) {
+                    exact.iter().for_each(|&c| row[c as usize] = 0.0);
+                }
+                std::borrow::Cow::Owned(r)
+            };
             let mut scales = Vec::with_capacity(n);
             if fp8 {
                 let mut r0 = 0;

@@ -115,15 +115,18 @@ impl<'a, B: Ops> Weights<'a, B> {
     /// Several matrices stacked along rows into one (fused QKV or gate/up projections). Parts of
     /// different storage types are widened to f32 first. 1-D parts (biases) are stacked too.
     pub fn fused(&self, parts: &[(&str, &[usize])]) -> Result<Tensor<B>> {
-        let hosts = parts.iter().map(|(k, s)| self.host(k, s)).collect::<Result<Vec<_>>>()?;
-        self.upload(&stack(hosts)?)
+        self.upload(&self.stacked(parts)?)
     }
 
     /// Like [`Weights::fused`], for a matrix-product weight: kept in its stored type where the
     /// backend's products read it (f16/bf16, GGUF blocks; see `Backend::upload_weight`).
     pub fn fused_weight(&self, parts: &[(&str, &[usize])]) -> Result<Tensor<B>> {
-        let hosts = parts.iter().map(|(k, s)| self.host(k, s)).collect::<Result<Vec<_>>>()?;
-        Ok(self.backend.upload_weight(&stack(hosts)?)?)
+        Ok(self.backend.upload_weight(&self.stacked(parts)?)?)
+    }
+
+    /// The parts stacked on the host.
+    fn stacked(&self, parts: &[(&str, &[usize])]) -> Result<HostTensor<'a>> {
+        stack(parts.iter().map(|(k, s)| self.host(k, s)).collect::<Result<Vec<_>>>()?)
     }
 
     /// Like [`Weights::fused`], but `None` when none of the parts exist (optional biases);

@@ -131,7 +131,8 @@ type OnBackend = (Box<dyn ModelRunner>, TextTokenizer, Vec<u32>, usize);
 /// Loads the model at `path` on backend `b` with its KV cache (and, for 8-bit KV pages, the key
 /// shifts from a calibration run).
 fn load_on<B: Ops + Clone>(b: B, path: &std::path::Path, kv: KvSize, policy: &Policy) -> Result<OnBackend> {
-    if policy.needs_calibration() {
+    let calibrating = policy.needs_calibration();
+    if calibrating {
         eprintln!(
             "turbine: {} ({}) runs the model over up to {} calibration tokens at load",
             policy.format.name(),
@@ -141,7 +142,7 @@ fn load_on<B: Ops + Clone>(b: B, path: &std::path::Path, kv: KvSize, policy: &Po
     }
     let t0 = std::time::Instant::now();
     let m = turbine_models::load_with(&b, path, policy)?;
-    if policy.needs_calibration() {
+    if calibrating {
         eprintln!("turbine: loaded and quantised in {:.1} s", t0.elapsed().as_secs_f64());
     }
     let cache = kv.config(m.model.spec())?;

@@ -25,7 +25,7 @@ pub struct QuantizeArgs {
 
 pub fn run(a: QuantizeArgs) -> Result<()> {
     let format = Format::parse(&a.to)?;
-    if !matches!(format, Format::Fp8 | Format::Fp8Weight | Format::Int8Weight) {
+    if !format.is_eight_bit() {
         bail!("--to {} is not a quantised format; use fp8, fp8-weight or int8-weight", a.to);
     }
     let path = turbine_server::setup::model_path(Some(&a.model))?;
