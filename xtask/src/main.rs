@@ -4,6 +4,9 @@
 //! - `ci`: format check, clippy with warnings denied, every test.
 //! - `kernels`: compiles every CUDA kernel with NVRTC and ptxas for sm_80, sm_89 and sm_90a and
 //!   reports registers and spills (fetches the pinned NVRTC/header/ptxas wheels with pip once).
+//! - `emu [TEST ARGS]`: builds the CUDA emulator (the kernels as C++ on CPU fibers, stand-ins for
+//!   the driver and cuBLASLt) and runs the CUDA suites on it (`--backend cuda` without a GPU);
+//!   `emu --build` only builds it and prints the environment that selects it.
 //! - `gpu-check --prepare DIR`: builds and packs what a GPU machine runs (`bash DIR/run.sh
 //!   REPORT_DIR` there); `gpu-check REPORT_DIR` prepares and runs it here.
 //! - `gen-fixtures --python PY [NAME ...]`: regenerates the tiny variant checkpoints and their
@@ -14,6 +17,7 @@ use std::process::Command;
 
 use anyhow::{bail, Context, Result};
 
+mod emu;
 mod gpu_check;
 mod kernels;
 
@@ -96,13 +100,17 @@ fn main() -> Result<()> {
         }
         Some("gen-fixtures") => gen_fixtures(&args[1..]),
         Some("kernels") => kernels::run(),
+        Some("emu") if args.get(1).is_some_and(|a| a == "--build") => emu::build().map(|lib| {
+            println!("LD_LIBRARY_PATH={} TURBINE_CUDA_PTX=target/kernels/sm_90a", lib.display());
+        }),
+        Some("emu") => emu::run(&args[1..]),
         Some("gpu-check") => match args.get(1).map(String::as_str) {
             Some("--prepare") => gpu_check::prepare(std::path::Path::new(args.get(2).context("--prepare needs a folder")?)),
             Some(report) => gpu_check::prepare_and_run(std::path::Path::new(report)),
             None => bail!("usage: cargo xtask gpu-check (--prepare DIR | REPORT_DIR)"),
         },
         _ => bail!(
-            "usage: cargo xtask <golden [--backend cpu|cuda] | ci | kernels | gpu-check (--prepare DIR | REPORT_DIR) | gen-fixtures --python PY [NAME ...]>"
+            "usage: cargo xtask <golden [--backend cpu|cuda] | ci | kernels | emu [--build | TEST ARGS] | gpu-check (--prepare DIR | REPORT_DIR) | gen-fixtures --python PY [NAME ...]>"
         ),
     }
 }

@@ -241,6 +241,10 @@ impl SeqSampler {
     /// row must be sampled on the host.
     pub fn sample_summary(&mut self, s: &RowSummary<'_>) -> Option<Sampled> {
         let p = &self.params;
+        if s.top.len() < p.logprobs {
+            // Too few candidates to list the alternatives asked for.
+            return None;
+        }
         let id = if p.temperature == 0.0 || p.top_k == 1 {
             s.top.first()?.0
         } else {
@@ -570,6 +574,12 @@ mod tests {
         assert_eq!(pen.device_plan(vocab, limit), DevicePlan::Host);
         let big_k = SeqSampler::new(SamplingParams { temperature: 1.0, top_k: 100, ..Default::default() });
         assert_eq!(big_k.device_plan(vocab, limit), DevicePlan::Host);
+        // A greedy row asking for 3 alternatives from a summary of 1 candidate: nothing drawn.
+        let mut three = SeqSampler::new(SamplingParams { logprobs: 3, ..Default::default() });
+        let (top, lse, mass) = summarise(&row, 1, 0.0);
+        assert!(three.sample_summary(&RowSummary { top: &top, lse, mass }).is_none());
+        let (top, lse, mass) = summarise(&row, 3, 0.0);
+        assert_eq!(three.sample_summary(&RowSummary { top: &top, lse, mass }).unwrap().top.len(), 3);
     }
 
     #[test]

@@ -37,18 +37,35 @@ __device__ void argmax_row(const T* logits, u32 vocab, u32* out) {
     extern "C" __global__ void argmax_##N(const T* logits, u32 vocab, u32* out) { argmax_row<T>(logits, vocab, out); }
 TURBINE_FOR_TYPES(ARGMAX)
 
-// Greedy sampling with the chosen token's log-probability, one block per row (blockDim 1024):
-// ids[r] = argmax (lowest index on ties), logprob[r] = max - log(sum(exp(row))).
-extern "C" __global__ void argmax_logprob_f32(const float* logits, u32 vocab, u32* ids, float* logprob) {
+// A row's sums from its largest logit m: *s = sum(exp(v - m)), *st = sum(exp((v - m) * it)).
+// Every sampling kernel takes them from here (blockDim 1024), so a row's log-probabilities are
+// the same bits whichever kernel sampled it.
+__device__ void row_sums(const float* r, u32 vocab, float m, float it, float* s_out, float* st_out) {
+    float s = 0.f, st = 0.f;
+    for (u32 c = threadIdx.x; c < vocab; c += blockDim.x) {
+        float d = r[c] - m;
+        s += expf(d);
+        st += expf(d * it);
+    }
+    *s_out = block_sum(s);
+    *st_out = block_sum(st);
+}
+
+// Greedy sampling, one block per row (blockDim 1024): ids[r] = argmax (lowest index on ties),
+// stats[3r..3r+3] = (max, sum exp(v - max), sum exp(v - max)) for the log-probabilities.
+extern "C" __global__ void argmax_logprob_f32(const float* logits, u32 vocab, u32* ids, float* stats) {
     argmax_row<float>(logits, vocab, ids);
     const float* r = logits + (size_t)blockIdx.x * vocab;
     float m = -TURBINE_INF;
     for (u32 c = threadIdx.x; c < vocab; c += blockDim.x) m = fmaxf(m, r[c]);
     m = block_max(m);
-    float s = 0.f;
-    for (u32 c = threadIdx.x; c < vocab; c += blockDim.x) s += expf(r[c] - m);
-    s = block_sum(s);
-    if (threadIdx.x == 0) logprob[blockIdx.x] = -logf(s);
+    float s, st;
+    row_sums(r, vocab, m, 1.f, &s, &st);
+    if (threadIdx.x == 0) {
+        stats[blockIdx.x * 3] = m;
+        stats[blockIdx.x * 3 + 1] = s;
+        stats[blockIdx.x * 3 + 2] = st;
+    }
 }
 
 // Order-preserving unsigned keys of f32 values (larger value, larger key); NaN is the smallest.
@@ -176,15 +193,8 @@ extern "C" __global__ void topk_f32(const float* logits, u32 vocab, u32 k, const
     }
     // The row's sums.
     float m = r[ci[0]];
-    float it = inv_t[blockIdx.x];
-    float s = 0.f, st = 0.f;
-    for (u32 c = tid; c < vocab; c += blockDim.x) {
-        float d = r[c] - m;
-        s += expf(d);
-        st += expf(d * it);
-    }
-    s = block_sum(s);
-    st = block_sum(st);
+    float s, st;
+    row_sums(r, vocab, m, inv_t[blockIdx.x], &s, &st);
     if (tid == 0) {
         stats[blockIdx.x * 3] = m;
         stats[blockIdx.x * 3 + 1] = s;

@@ -10,7 +10,8 @@
 //! `NAME.ptx` files `cargo xtask kernels` writes for one architecture (`target/kernels/sm_90a`),
 //! so that a machine without NVRTC can run binaries built elsewhere.
 //!
-//! Status: written and compile-checked here; no GPU has run any of it yet.
+//! Status: compile-checked, and run under the CPU emulator (`cargo xtask emu`); no GPU has run
+//! any of it yet.
 
 use std::collections::HashMap;
 use std::path::PathBuf;

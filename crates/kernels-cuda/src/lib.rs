@@ -3,7 +3,9 @@
 //! (`cu/`) with their NVRTC compilation (`cargo xtask kernels` compile-checks them for sm_80,
 //! sm_89 and sm_90a), the device layer ([`Cuda`]: memory and kernel modules behind `Backend`) and
 //! `Ops` over the kernels and cuBLASLt; `--backend cuda` uses it. Nothing here has run on a GPU
-//! yet: it is compile-checked only (the op suite in `tests/` is what a GPU machine runs first).
+//! yet: it is compile-checked, and runs on the CPU under the emulator in `emu/` (`cargo xtask
+//! emu`: the kernels as C++ on fibers, stand-ins for the driver and cuBLASLt), where the op,
+//! golden, engine and batch-invariance suites pass.
 #![warn(missing_docs)]
 
 pub mod device;

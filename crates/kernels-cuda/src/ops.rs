@@ -13,7 +13,7 @@
 //! | FP8 E4M3 or INT8, f32 input | up to 8 rows (decode): `gemv_8bit_f32` reads each weight byte once and decodes it in registers; more rows: weights widened to f32 on the fly, f32 product |
 //!
 //! then one epilogue kernel applies the input and weight scales, bias, activation and
-//! accumulation. Not yet run on a GPU.
+//! accumulation. Not yet run on a GPU (run under the CPU emulator, `cargo xtask emu`).
 
 use cudarc::driver::{CudaSlice, DevicePtr, LaunchConfig, PushKernelArg};
 use turbine_core::sampling::{DevicePlan, RowSummary, Sampled, SeqSampler};
@@ -494,115 +494,45 @@ impl Ops for Cuda {
     }
 
     /// Sampled on the device wherever the host sampler's result can be reproduced from what the
-    /// device sends back (see [`DevicePlan`]): greedy rows that want only their token's
-    /// log-probability come back as 8 bytes (argmax and log-sum-exp); other rows as their
-    /// largest logits and sums (top-k, top-p, top log-probabilities), or as the token a
-    /// temperature walk over the whole row chose with the sequence's own uniform number. Rows
-    /// with penalties, or whose nucleus is larger than what came back, are sampled from the whole
-    /// row on the host.
+    /// device sends back (see [`DevicePlan`]): greedy rows that want no alternatives come back
+    /// as 12 bytes (argmax, max and the sum of exponentials); other rows as their largest logits
+    /// and sums (top-k, top-p, top log-probabilities), or as the token a temperature walk over
+    /// the whole row chose with the sequence's own uniform number. Rows with penalties, or whose
+    /// nucleus is larger than what came back, are sampled from their whole row on the host.
+    ///
+    /// Which way a row goes depends on its own parameters only, and both device ways compute a
+    /// row's sums with the same code, so a sequence's tokens and log-probabilities do not depend
+    /// on what it is batched with.
     fn sample(&self, logits: &Tensor<Self>, seqs: &mut [&mut SeqSampler]) -> Result<Vec<Sampled>> {
         const OP: &str = "sample";
         let (n, vocab) = (logits.rows(), logits.cols());
         let limit = TOPK_MAX.min(vocab);
         let plans: Vec<DevicePlan> = seqs.iter().map(|s| s.device_plan(vocab, limit)).collect();
-        if n != seqs.len() || n == 0 || plans.contains(&DevicePlan::Host) {
+        if n != seqs.len() || n == 0 || plans.iter().all(|p| *p == DevicePlan::Host) {
             let host = self.download(logits)?.to_f32()?;
             return turbine_core::sampling::sample_rows(&host, vocab, seqs);
         }
         self.f32_only(OP, logits)?;
-        if seqs.iter().all(|s| s.plain_greedy()) {
-            return self.sample_greedy(logits, seqs);
-        }
-        let k = plans
-            .iter()
-            .map(|p| match p {
-                DevicePlan::Summary(k) | DevicePlan::Cdf(k) => *k,
-                _ => 1,
-            })
-            .max()
-            .unwrap_or(1)
-            .clamp(1, limit);
-        // Parameters in: 1/T, min-p, the uniform number of each temperature walk.
-        let mut params = Vec::with_capacity(n * 12);
-        let mut uniform = vec![0f32; n];
-        for (i, (s, plan)) in seqs.iter_mut().zip(&plans).enumerate() {
-            let t = s.params.temperature;
-            params.extend_from_slice(&(if t > 0.0 { 1.0 / t } else { 1.0 }).to_le_bytes());
-            if matches!(plan, DevicePlan::Cdf(_)) {
-                uniform[i] = s.uniform() as f32;
-            }
-        }
-        params.extend(seqs.iter().flat_map(|s| s.params.min_p.to_le_bytes()));
-        params.extend(uniform.iter().flat_map(|u| u.to_le_bytes()));
-        let pp = self.write_slot(Slot::SampleParams, &params)?;
-        // Results out: candidate ids, their logits, row sums (3 per row), walked ids.
-        let (ids_b, vals_b, stats_b) = (n * k * 4, n * k * 4, n * 12);
-        let base = self.slot(Slot::Samples, ids_b + vals_b + stats_b + n * 4)?;
-        let (ids_p, vals_p, stats_p, walk_p) =
-            (base, base + ids_b as u64, base + (ids_b + vals_b) as u64, base + (ids_b + vals_b + stats_b) as u64);
-        let rows = u32_of(OP, n)?;
-        let args = [
-            Arg::Ptr(self.ptr(logits)),
-            Arg::U32(u32_of(OP, vocab)?),
-            Arg::U32(u32_of(OP, k)?),
-            Arg::Ptr(pp),
-            Arg::Ptr(ids_p),
-            Arg::Ptr(vals_p),
-            Arg::Ptr(stats_p),
-        ];
-        self.launch("topk_f32", (rows, 1, 1), 1024, &args)?;
-        if plans.iter().any(|p| matches!(p, DevicePlan::Cdf(_))) {
-            let args = [
-                Arg::Ptr(self.ptr(logits)),
-                Arg::U32(u32_of(OP, vocab)?),
-                Arg::Ptr(pp),
-                Arg::Ptr(pp + (n * 4) as u64),
-                Arg::Ptr(pp + (n * 8) as u64),
-                Arg::Ptr(stats_p),
-                Arg::Ptr(walk_p),
-            ];
-            self.launch("sample_cdf_f32", (rows, 1, 1), 1024, &args)?;
-        }
-        let bytes = self.read_slot(Slot::Samples, ids_b + vals_b + stats_b + n * 4)?;
-        let word = |at: usize| -> [u8; 4] { bytes[at..at + 4].try_into().expect("4 bytes") };
+        let mut got: Vec<Option<Sampled>> =
+            if seqs.iter().zip(&plans).all(|(s, p)| *p == DevicePlan::Host || s.plain_greedy()) {
+                self.sample_greedy(logits, seqs, &plans)?
+            } else {
+                self.sample_summaries(logits, seqs, &plans)?
+            };
+        // What the device could not do, from the rows themselves.
         let mut host_rows: Option<Vec<f32>> = None;
-        let mut out = Vec::with_capacity(n);
-        for (i, (s, plan)) in seqs.iter_mut().zip(&plans).enumerate() {
-            let top: Vec<(u32, f32)> = (0..k)
-                .map(|j| {
-                    let at = (i * k + j) * 4;
-                    (u32::from_le_bytes(word(at)), f32::from_le_bytes(word(ids_b + at)))
-                })
-                .collect();
-            let stat = |j: usize| f64::from(f32::from_le_bytes(word(ids_b + vals_b + (i * 3 + j) * 4)));
-            let (max, sum, mass) = (stat(0), stat(1), stat(2));
-            let summary = RowSummary { top: &top, lse: max + sum.ln(), mass };
-            let got = match plan {
-                DevicePlan::Cdf(_) => {
-                    let id = u32::from_le_bytes(word(ids_b + vals_b + stats_b + i * 4));
-                    let logit = match top.iter().find(|t| t.0 == id) {
-                        Some(t) => t.1,
-                        None => self.logit_at(logits, i, id)?,
-                    };
-                    Some(s.finish(id, logit, &summary))
-                }
-                _ => s.sample_summary(&summary),
+        for (i, s) in seqs.iter_mut().enumerate() {
+            if got[i].is_some() {
+                continue;
+            }
+            let all = match &host_rows {
+                Some(h) => h,
+                None => host_rows.insert(self.download(logits)?.to_f32()?),
             };
-            let got = match got {
-                Some(g) => g,
-                None => {
-                    // The nucleus is larger than the candidates: this row on the host.
-                    let all = match &host_rows {
-                        Some(h) => h,
-                        None => host_rows.insert(self.download(logits)?.to_f32()?),
-                    };
-                    let row = &all[i * vocab..(i + 1) * vocab];
-                    turbine_core::sampling::sample_rows(row, vocab, &mut [&mut **s])?.remove(0)
-                }
-            };
-            out.push(got);
+            let row = &all[i * vocab..(i + 1) * vocab];
+            got[i] = Some(turbine_core::sampling::sample_rows(row, vocab, &mut [&mut **s])?.remove(0));
         }
-        Ok(out)
+        Ok(got.into_iter().map(|g| g.expect("every row sampled")).collect())
     }
 
     fn softmax(&self, x: &mut Tensor<Self>) -> Result<()> {
@@ -644,24 +574,133 @@ const FLASH_MAX_BS: usize = 16;
 const TOPK_MAX: usize = 1024;
 
 impl Cuda {
-    /// Greedy rows that want only their token's log-probability: an argmax and a log-sum-exp per
-    /// row on the device; 8 bytes per row come back instead of the logits.
-    fn sample_greedy(&self, logits: &Tensor<Self>, seqs: &mut [&mut SeqSampler]) -> Result<Vec<Sampled>> {
+    /// Greedy rows that want no alternatives (rows planned for the host are left `None`): an
+    /// argmax and the row's sums per row on the device; 12 bytes per row come back instead of
+    /// the logits.
+    fn sample_greedy(
+        &self,
+        logits: &Tensor<Self>,
+        seqs: &mut [&mut SeqSampler],
+        plans: &[DevicePlan],
+    ) -> Result<Vec<Option<Sampled>>> {
         const OP: &str = "sample";
         let (n, vocab) = (logits.rows(), logits.cols());
-        // One buffer: the ids, then the log-probabilities; one copy back.
-        let buf = self.slot(Slot::Samples, n * 8)?;
+        // One buffer: the ids, then (max, sum, unused) per row; one copy back.
+        let buf = self.slot(Slot::Samples, n * 16)?;
         let args =
             [Arg::Ptr(self.ptr(logits)), Arg::U32(u32_of(OP, vocab)?), Arg::Ptr(buf), Arg::Ptr(buf + (n * 4) as u64)];
         self.launch("argmax_logprob_f32", (u32_of(OP, n)?, 1, 1), 1024, &args)?;
-        let bytes = self.read_slot(Slot::Samples, n * 8)?;
-        let (ids, lp) = bytes.split_at(n * 4);
+        let bytes = self.read_slot(Slot::Samples, n * 16)?;
+        let word = |at: usize| -> [u8; 4] { bytes[at..at + 4].try_into().expect("4 bytes") };
         let mut out = Vec::with_capacity(n);
-        for (i, s) in seqs.iter_mut().enumerate() {
-            let id = u32::from_le_bytes(ids[i * 4..i * 4 + 4].try_into().expect("4 bytes"));
-            let logprob = f32::from_le_bytes(lp[i * 4..i * 4 + 4].try_into().expect("4 bytes"));
-            s.record(id);
-            out.push(Sampled { id, logprob, top: Vec::new() });
+        for (i, (s, plan)) in seqs.iter_mut().zip(plans).enumerate() {
+            if *plan == DevicePlan::Host {
+                out.push(None);
+                continue;
+            }
+            let id = u32::from_le_bytes(word(i * 4));
+            let stat = |j: usize| f32::from_le_bytes(word(n * 4 + (i * 3 + j) * 4));
+            let (max, sum) = (stat(0), stat(1));
+            let top = [(id, max)];
+            let summary = RowSummary { top: &top, lse: f64::from(max) + f64::from(sum).ln(), mass: f64::from(sum) };
+            out.push(Some(s.finish(id, max, &summary)));
+        }
+        Ok(out)
+    }
+
+    /// Every other row the device can sample: each row's largest logits and sums (`topk_f32`),
+    /// and for temperature walks over the whole row the chosen token (`sample_cdf_f32`). `None`
+    /// for rows planned for the host, or whose nucleus is larger than what came back.
+    fn sample_summaries(
+        &self,
+        logits: &Tensor<Self>,
+        seqs: &mut [&mut SeqSampler],
+        plans: &[DevicePlan],
+    ) -> Result<Vec<Option<Sampled>>> {
+        const OP: &str = "sample";
+        let (n, vocab) = (logits.rows(), logits.cols());
+        let limit = TOPK_MAX.min(vocab);
+        let k = seqs
+            .iter()
+            .zip(plans)
+            .map(|(s, p)| match p {
+                DevicePlan::Summary(k) | DevicePlan::Cdf(k) => *k,
+                // Greedy rows still list their top log-probabilities.
+                DevicePlan::Greedy => s.params.logprobs.max(1),
+                DevicePlan::Host => 1,
+            })
+            .max()
+            .unwrap_or(1)
+            .clamp(1, limit);
+        // Parameters in: 1/T, min-p, the uniform number of each temperature walk.
+        let mut params = Vec::with_capacity(n * 12);
+        let mut uniform = vec![0f32; n];
+        for (i, (s, plan)) in seqs.iter_mut().zip(plans).enumerate() {
+            let t = s.params.temperature;
+            params.extend_from_slice(&(if t > 0.0 { 1.0 / t } else { 1.0 }).to_le_bytes());
+            if matches!(plan, DevicePlan::Cdf(_)) {
+                uniform[i] = s.uniform() as f32;
+            }
+        }
+        params.extend(seqs.iter().flat_map(|s| s.params.min_p.to_le_bytes()));
+        params.extend(uniform.iter().flat_map(|u| u.to_le_bytes()));
+        let pp = self.write_slot(Slot::SampleParams, &params)?;
+        // Results out: candidate ids, their logits, row sums (3 per row), walked ids.
+        let (ids_b, vals_b, stats_b) = (n * k * 4, n * k * 4, n * 12);
+        let base = self.slot(Slot::Samples, ids_b + vals_b + stats_b + n * 4)?;
+        let (ids_p, vals_p, stats_p, walk_p) =
+            (base, base + ids_b as u64, base + (ids_b + vals_b) as u64, base + (ids_b + vals_b + stats_b) as u64);
+        let rows = u32_of(OP, n)?;
+        let args = [
+            Arg::Ptr(self.ptr(logits)),
+            Arg::U32(u32_of(OP, vocab)?),
+            Arg::U32(u32_of(OP, k)?),
+            Arg::Ptr(pp),
+            Arg::Ptr(ids_p),
+            Arg::Ptr(vals_p),
+            Arg::Ptr(stats_p),
+        ];
+        self.launch("topk_f32", (rows, 1, 1), 1024, &args)?;
+        if plans.iter().any(|p| matches!(p, DevicePlan::Cdf(_))) {
+            let args = [
+                Arg::Ptr(self.ptr(logits)),
+                Arg::U32(u32_of(OP, vocab)?),
+                Arg::Ptr(pp),
+                Arg::Ptr(pp + (n * 4) as u64),
+                Arg::Ptr(pp + (n * 8) as u64),
+                Arg::Ptr(stats_p),
+                Arg::Ptr(walk_p),
+            ];
+            self.launch("sample_cdf_f32", (rows, 1, 1), 1024, &args)?;
+        }
+        let bytes = self.read_slot(Slot::Samples, ids_b + vals_b + stats_b + n * 4)?;
+        let word = |at: usize| -> [u8; 4] { bytes[at..at + 4].try_into().expect("4 bytes") };
+        let mut out = Vec::with_capacity(n);
+        for (i, (s, plan)) in seqs.iter_mut().zip(plans).enumerate() {
+            if *plan == DevicePlan::Host {
+                out.push(None);
+                continue;
+            }
+            let top: Vec<(u32, f32)> = (0..k)
+                .map(|j| {
+                    let at = (i * k + j) * 4;
+                    (u32::from_le_bytes(word(at)), f32::from_le_bytes(word(ids_b + at)))
+                })
+                .collect();
+            let stat = |j: usize| f64::from(f32::from_le_bytes(word(ids_b + vals_b + (i * 3 + j) * 4)));
+            let (max, sum, mass) = (stat(0), stat(1), stat(2));
+            let summary = RowSummary { top: &top, lse: max + sum.ln(), mass };
+            out.push(match plan {
+                DevicePlan::Cdf(_) => {
+                    let id = u32::from_le_bytes(word(ids_b + vals_b + stats_b + i * 4));
+                    let logit = match top.iter().find(|t| t.0 == id) {
+                        Some(t) => t.1,
+                        None => self.logit_at(logits, i, id)?,
+                    };
+                    Some(s.finish(id, logit, &summary))
+                }
+                _ => s.sample_summary(&summary),
+            });
         }
         Ok(out)
     }

@@ -1,0 +1,3 @@
+// Emulator stand-in for CUDA's cuda_fp8.h: everything is in emu.h.
+#pragma once
+#include "../emu.h"
