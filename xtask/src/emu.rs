@@ -8,7 +8,7 @@
 //! and `--backend cuda` runs unchanged: the same launches, argument lists, buffer sizes, kernel
 //! bodies and graph recordings as on a GPU. The task then runs the correctness half of
 //! `gpu-check` (op suite, golden suite, engine, batch invariance with and without recorded
-//! steps, a tiny model end to end against the CPU's greedy ids).
+//! steps, whole models under every precision policy against the CPU).
 //!
 //! What it cannot show: speed, the GPU's own arithmetic (`__expf` and `rsqrtf` are exact here,
 //! approximate there), races between blocks, and NVIDIA's cuBLASLt (a plain loop stands in).
@@ -194,10 +194,105 @@ pub fn run(filter: &[String]) -> Result<()> {
     let bi = ["test", "--release", "-p", "turbine-tests", "--test", "batch_invariance"];
     step("batch-invariance", &bi, &on_cuda)?;
     step("batch-invariance-graphs", &bi, &[on_cuda[0], ("TURBINE_CUDA_GRAPHS", "1")])?;
+    let vs_cpu = ["test", "--release", "-p", "turbine-tests", "--test", "cuda_vs_cpu"];
+    step("cuda-vs-cpu", &vs_cpu, &[])?;
+    // An Ampere part: no FP8 products, so W8A8 takes the exact bf16 fallback.
+    let ops = ["test", "--release", "-p", "turbine-kernels-cuda", "--test", "ops_vs_ref"];
+    step("ops sm_80", &ops, &[("TURBINE_EMU_SM", "80")])?;
+    step("cuda-vs-cpu sm_80", &vs_cpu, &[("TURBINE_EMU_SM", "80")])?;
+    // Threads and blocks in reverse order: a missing barrier shows as a wrong result.
+    let reverse = [("TURBINE_EMU_ORDER", "reverse")];
+    step("ops reverse", &ops, &reverse)?;
+    step("cuda-vs-cpu reverse", &vs_cpu, &reverse)?;
+    step("batch-invariance reverse", &bi, &[on_cuda[0], reverse[0]])?;
+    if let Err(e) = cli_checks(&root, &lib, &ptx) {
+        eprintln!("xtask: emu cli: {e:#}");
+        failed.push("cli".into());
+    }
     if failed.is_empty() {
         eprintln!("xtask: emu: every CUDA suite passed on the emulator");
         Ok(())
     } else {
         bail!("on the emulator, these failed: {}", failed.join(", "))
     }
+}
+
+/// One HTTP/1.1 request to `127.0.0.1:port`; the status code and body.
+fn http(port: u16, method: &str, path: &str, body: &str) -> Result<(u16, String)> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port))?;
+    s.set_read_timeout(Some(std::time::Duration::from_secs(120)))?;
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nhost: localhost\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    )?;
+    let mut text = String::new();
+    s.read_to_string(&mut text)?;
+    let code = text.split(' ').nth(1).and_then(|c| c.parse().ok()).context("no HTTP status")?;
+    Ok((code, text.split("\r\n\r\n").nth(1).unwrap_or("").to_string()))
+}
+
+/// The CLI on `--backend cuda`: `generate` gives the CPU's greedy ids on a tiny model, and
+/// `serve` answers a completion.
+fn cli_checks(root: &Path, lib: &Path, ptx: &Path) -> Result<()> {
+    let status =
+        Command::new(env!("CARGO")).args(["build", "--release", "--bin", "turbine"]).current_dir(root).status()?;
+    if !status.success() {
+        bail!("building turbine failed");
+    }
+    let turbine = root.join("target/release/turbine");
+    let model = root.join("tests/fixtures/tiny/llama-gqa");
+    let ids = |backend: &str| -> Result<String> {
+        let mut cmd = Command::new(&turbine);
+        cmd.arg("generate").arg("-m").arg(&model);
+        cmd.args([
+            "--backend",
+            backend,
+            "--prompt-ids",
+            "1,2,3,4",
+            "--max-tokens",
+            "12",
+            "--temperature",
+            "0",
+            "--json",
+        ]);
+        env(&mut cmd, lib, ptx);
+        let out = cmd.output()?;
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        if !out.status.success() {
+            bail!("generate on {backend} failed: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        text.split("\"ids\":").nth(1).and_then(|r| r.split(']').next()).map(|r| format!("{r}]")).context("no ids")
+    };
+    let (cpu, cuda) = (ids("cpu")?, ids("cuda")?);
+    if cpu != cuda {
+        bail!("generate: greedy ids on cuda {cuda}, on cpu {cpu}");
+    }
+    eprintln!("xtask: emu cli: generate --backend cuda gives the CPU's greedy ids {cuda}");
+    let port = 18_000 + (std::process::id() % 1000) as u16;
+    let mut cmd = Command::new(&turbine);
+    cmd.arg("serve").arg("-m").arg(&model).args(["--backend", "cuda", "--port", &port.to_string()]);
+    env(&mut cmd, lib, ptx);
+    let mut server = cmd.spawn()?;
+    let result = (|| -> Result<()> {
+        let start = std::time::Instant::now();
+        while !matches!(http(port, "GET", "/ready", ""), Ok((200, _))) {
+            if start.elapsed().as_secs() > 120 {
+                bail!("serve --backend cuda was not ready after 120 s");
+            }
+            std::thread::sleep(std::time::Duration::from_millis(200));
+        }
+        let body =
+            r#"{"model":"llama-gqa","prompt":"Hello","max_tokens":6,"temperature":0.7,"top_p":0.9,"logprobs":2}"#;
+        let (code, text) = http(port, "POST", "/v1/completions", body)?;
+        if code != 200 || !text.contains("\"choices\"") || !text.contains("\"top_logprobs\"") {
+            bail!("serve --backend cuda answered {code}: {text}");
+        }
+        eprintln!("xtask: emu cli: serve --backend cuda answered a completion");
+        Ok(())
+    })();
+    let _ = server.kill();
+    let _ = server.wait();
+    result
 }

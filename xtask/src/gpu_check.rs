@@ -5,7 +5,8 @@
 //! sm_90a, strips the binaries and writes `DIR/run.sh`. On the GPU machine (no toolchain, no
 //! network), `bash DIR/run.sh REPORT_DIR` runs, from the repository root: the op suite against
 //! kernels-ref, the tiny golden suite (every architecture against transformers), the engine's
-//! suite (preemption, prefix cache, cancellation…) and the batch-invariance suite on CUDA, a tiny
+//! suite (preemption, prefix cache, cancellation…) and the batch-invariance suite on CUDA, whole
+//! models under every precision policy and KV format against the CPU (`cuda_vs_cpu`), a tiny
 //! model end to end on `--backend cuda` against the CPU's greedy ids, a
 //! device-to-device copy bandwidth and cuBLASLt TFLOP/s (bf16, f16, FP8 at M = 16, 256, 4096), a
 //! synthetic 1B Llama's prefill and decode speed (bf16 and fp8 weights), in-flight against
@@ -70,7 +71,7 @@ pub fn prepare(dir: &Path) -> Result<()> {
     eprintln!("xtask: building the CUDA op suite");
     let exes = executables(false, &["-p", "turbine-kernels-cuda", "--test", "ops_vs_ref"])?;
     copy_stripped(&exes[0], &dir.join("bin/ops_vs_ref"))?;
-    for suite in ["golden_tiny", "engine", "batch_invariance"] {
+    for suite in ["golden_tiny", "engine", "batch_invariance", "cuda_vs_cpu"] {
         eprintln!("xtask: building the {suite} suite");
         let exes = executables(false, &["-p", "turbine-tests", "--test", suite])?;
         copy_stripped(&exes[0], &dir.join("bin").join(suite))?;
@@ -173,6 +174,7 @@ step golden-tiny $on_cuda "$here/bin/golden_tiny" --test-threads 1
 step engine $on_cuda "$here/bin/engine" --test-threads 1
 step batch-invariance $on_cuda "$here/bin/batch_invariance" --test-threads 1
 step batch-invariance-graphs env TURBINE_CUDA_GRAPHS=1 $on_cuda "$here/bin/batch_invariance" --test-threads 1
+step cuda-vs-cpu env TURBINE_FIXTURES=$PWD/tests/fixtures "$here/bin/cuda_vs_cpu" --test-threads 1 --nocapture
 step tiny-cpu "$t" generate -m "$tiny" --backend cpu --prompt-ids 1,2,3,4 --max-tokens 12 --temperature 0 --json
 step tiny-cuda "$t" generate -m "$tiny" --backend cuda --prompt-ids 1,2,3,4 --max-tokens 12 --temperature 0 --json
 if [ -f "$out/tiny-cpu.log" ] && [ -f "$out/tiny-cuda.log" ]; then

@@ -4,8 +4,8 @@
 //
 // It keeps cuBLASLt's documented rules that the backend must respect: f32 compute and scale
 // types only; FP8 (E4M3) products only in the "TN" form (A transposed, B not) with leading
-// dimensions a multiple of 16, and with an FP8 A and B; otherwise no algorithm is found
-// (CUBLAS_STATUS_NOT_SUPPORTED), as on a GPU. Each output is one f32 sum in k order, so the
+// dimensions a multiple of 16, with an FP8 A and B, on sm_89 or newer; otherwise no algorithm
+// is found (CUBLAS_STATUS_NOT_SUPPORTED), as on a GPU. Each output is one f32 sum in k order, so the
 // product is batch invariant here whatever a GPU's kernels are.
 #include <cmath>
 #include <cstdint>
@@ -62,6 +62,7 @@ const char* unsupported(const Desc& d, const Layout& a, const Layout& b, const L
     if (c.type != R_32F || dl.type != R_32F) return "outputs other than f32";
     bool fp8a = a.type == R_8F_E4M3, fp8b = b.type == R_8F_E4M3;
     if (fp8a != fp8b) return "one FP8 input";
+    if (fp8a && emu::emulated_sm() < 89) return "FP8 before sm_89";
     if (fp8a && (!d.trans_a || d.trans_b)) return "FP8 outside the TN form";
     if (fp8a && (a.ld % 16 || b.ld % 16)) return "FP8 with leading dimensions not a multiple of 16";
     if (!fp8a && a.type != b.type) return "mixed input types";

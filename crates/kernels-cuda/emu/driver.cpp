@@ -2,8 +2,8 @@
 // memory in host memory and work run at once on the calling thread. Built as libcuda.so.1.
 //
 // Modelled on the documented behaviour the backend depends on: one device (sm_90, the
-// capabilities of a Hopper part, no memory pools), synchronous streams, events that only time,
-// stream capture in thread-local mode (allocation, freeing and synchronisation are refused while
+// capabilities of a Hopper part, or TURBINE_EMU_SM; no memory pools), synchronous streams,
+// events that only time, stream capture in thread-local mode (allocation, freeing and synchronisation are refused while
 // capturing and spoil the capture, as the driver does), graphs replayed in order.
 #include <atomic>
 #include <chrono>
@@ -145,8 +145,8 @@ API CUresult cuDeviceGetAttribute(int* v, int attr, CUdevice) {
         case 8: *v = 49152; break;  // shared memory per block
         case 10: *v = 32; break;  // warp size
         case 16: *v = 132; break;  // multiprocessors
-        case 75: *v = 9; break;  // compute capability major
-        case 76: *v = 0; break;  // compute capability minor
+        case 75: *v = emu::emulated_sm() / 10; break;  // compute capability major
+        case 76: *v = emu::emulated_sm() % 10; break;  // compute capability minor
         default: *v = 0;
     }
     return CUDA_SUCCESS;

@@ -288,6 +288,17 @@ bool launch(const Kernel* k, uint3 grid, uint3 block, void** params, std::string
     return true;
 }
 
+/// The compute capability reported: 90 (Hopper), or TURBINE_EMU_SM (e.g. 80, an Ampere part
+/// without FP8 products).
+int emulated_sm() {
+    static const int sm = [] {
+        const char* v = getenv("TURBINE_EMU_SM");
+        int n = v ? atoi(v) : 90;
+        return n >= 50 && n < 200 ? n : 90;
+    }();
+    return sm;
+}
+
 // ---------------------------------------------------------------------------------------------
 // Kernels by name.
 

@@ -11,6 +11,9 @@ namespace emu {
 /// whose threads cannot finish (see `run_block`).
 bool launch(const Kernel* k, uint3 grid, uint3 block, void** params, std::string* err);
 
+/// The compute capability the device reports (`major * 10 + minor`): 90, or TURBINE_EMU_SM.
+int emulated_sm();
+
 /// A registered kernel by exported name, or null.
 const Kernel* find_kernel(const std::string& name);
 
