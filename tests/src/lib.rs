@@ -12,6 +12,7 @@ use turbine_batcher::{Generator, Request};
 use turbine_core::sampling::SamplingParams;
 use turbine_core::Ops;
 use turbine_kernels_ref::Cpu;
+use turbine_models::precision::Policy;
 use turbine_models::tokenizer::TextTokenizer;
 use turbine_models::{CacheConfig, Logits, ModelRunner, Runner, SeqStep};
 
@@ -60,9 +61,23 @@ pub fn load(path: &Path, ctx: usize) -> Result<Loaded> {
 /// A model with a cache of `blocks` blocks of 16 tokens, on the backend [`load`] uses, with its
 /// tokenizer and EOS ids.
 pub fn load_runner(path: &Path, blocks: usize) -> Result<(Box<dyn ModelRunner>, TextTokenizer, Vec<u32>)> {
+    load_runner_with(path, blocks, &Policy::parse("auto", &[])?)
+}
+
+/// [`load`] with the projections stored as `policy` says (calibrating first where it needs to).
+pub fn load_with(path: &Path, ctx: usize, policy: &Policy) -> Result<Loaded> {
+    let (runner, tok, eos) = load_runner_with(path, ctx.div_ceil(16), policy)?;
+    Ok(Loaded { gen: Generator::new(runner), tok, eos })
+}
+
+fn load_runner_with(
+    path: &Path,
+    blocks: usize,
+    policy: &Policy,
+) -> Result<(Box<dyn ModelRunner>, TextTokenizer, Vec<u32>)> {
     match std::env::var("TURBINE_TEST_BACKEND").as_deref() {
-        Err(_) | Ok("cpu") => load_on(Cpu::new(), path, blocks),
-        Ok("cuda") => load_on(turbine_kernels_cuda::Cuda::new(0)?, path, blocks),
+        Err(_) | Ok("cpu") => load_on(Cpu::new(), path, blocks, policy),
+        Ok("cuda") => load_on(turbine_kernels_cuda::Cuda::new(0)?, path, blocks, policy),
         Ok(other) => anyhow::bail!("TURBINE_TEST_BACKEND={other:?}: use cpu or cuda"),
     }
 }
@@ -71,8 +86,9 @@ fn load_on<B: Ops + Clone>(
     b: B,
     path: &Path,
     blocks: usize,
+    policy: &Policy,
 ) -> Result<(Box<dyn ModelRunner>, TextTokenizer, Vec<u32>)> {
-    let m = turbine_models::load(&b, path)?;
+    let m = turbine_models::load_with(&b, path, policy)?;
     let runner = Runner::new(b, m.model, CacheConfig::f32(16, blocks))?;
     Ok((Box::new(runner), m.tokenizer, m.eos))
 }

@@ -1,6 +1,8 @@
 //! A sequence's logits do not depend on how its prompt was chunked or on what else shares the
-//! step: checked bitwise on the tiny Llama and Mistral (sliding window) checkpoints.
+//! step: checked bitwise on the tiny Llama and Mistral (sliding window) checkpoints, and on the
+//! Llama under every weight format (16-bit, FP8 W8A8 with exact channels, 8-bit weight-only).
 
+use turbine_models::precision::Policy;
 use turbine_models::{Logits, SeqStep};
 use turbine_tests::*;
 
@@ -23,7 +25,14 @@ fn chunked(m: &mut Loaded, prompt: &[u32], chunks: &[usize]) -> Vec<f32> {
 }
 
 fn check(case: &str) {
-    let mut m = load(&fixtures().join("tiny").join(case), 256).unwrap();
+    check_with(case, "auto");
+}
+
+fn check_with(case: &str, format: &str) {
+    let policy = turbine_models::precision::Policy { calib_tokens: 256, ..Policy::parse(format, &[]).unwrap() };
+    let mut m = load_with(&fixtures().join("tiny").join(case), 256, &policy).unwrap();
+    let case = format!("{case} as {format}");
+    let case = case.as_str();
     let prompt: Vec<u32> = (0..40).map(|i| (i * 37 + 11) % 500 + 1).collect();
     let whole = chunked(&mut m, &prompt, &[40]);
     assert_eq!(bits(&whole), bits(&chunked(&mut m, &prompt, &[7, 1, 20, 12])), "{case}: chunked prefill");
@@ -59,4 +68,11 @@ fn llama_logits_are_batch_invariant() {
 #[test]
 fn mistral_logits_are_batch_invariant() {
     check("mistral-window");
+}
+
+#[test]
+fn every_weight_format_is_batch_invariant() {
+    for format in ["bf16", "f16", "fp8", "fp8-weight", "int8-weight"] {
+        check_with("llama-gqa", format);
+    }
 }

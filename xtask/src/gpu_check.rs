@@ -187,6 +187,9 @@ step synth-1b "$t" synth-model --preset 1b --out "$work/m1b"
 step speed-1b-bf16 "$t" bench -m "$work/m1b" --backend cuda --dtype bf16 --workload speed --json
 step speed-1b-bf16-graphs env TURBINE_CUDA_GRAPHS=1 "$t" bench -m "$work/m1b" --backend cuda --dtype bf16 --workload speed --json
 step speed-1b-fp8 "$t" bench -m "$work/m1b" --backend cuda --dtype fp8 --workload speed --json
+step speed-1b-bf16-fast-products env TURBINE_CUDA_PRODUCTS=fast "$t" bench -m "$work/m1b" --backend cuda --dtype bf16 --workload speed --json
+step speed-1b-fp8-fast-products env TURBINE_CUDA_PRODUCTS=fast "$t" bench -m "$work/m1b" --backend cuda --dtype fp8 --workload speed --json
+step batch-invariance-fast-products env TURBINE_CUDA_PRODUCTS=fast $on_cuda "$here/bin/batch_invariance" --test-threads 1
 step batch-1b-bf16 "$t" bench -m "$work/m1b" --backend cuda --dtype bf16 --workload batch --batch-sizes 1,16,64 --prompt-tokens 128 --gen-tokens 32 --json
 step compare-1b-bf16 "$t" bench -m "$work/m1b" --backend cuda --dtype bf16 --compare --requests 64 --json
 {

@@ -61,33 +61,56 @@ __device__ void dequant_rows(const u8* codes, const float* scales, T* out, u32 n
     }
 TURBINE_FOR_TYPES(DEQUANT)
 
-#define GEMV_MAX_M 8
+#define GEMV_ROWS 8
 
-// Few-row products straight from 8-bit weights (decode): acc[i, j] = sum_c x[i, c] * code(w[j, c])
-// for m <= GEMV_MAX_M rows, each weight byte read once and decoded in registers (the epilogue
-// applies the weight scales). One warp per output column j, lanes over c in steps of 4 bytes
-// (k % 4 == 0); blockDim.x = 256.
-extern "C" __global__ void gemv_8bit_f32(const float* x, const u8* codes, float* acc, u32 m, u32 n, u32 k,
-                                         int int8) {
+// Products straight from 8-bit weights: acc[i, j] = sum_c x[i, c] * code(w[j, c]), each weight
+// byte decoded in registers (the epilogue applies the scales). One warp per output column j,
+// lanes over c in steps of 4 bytes (k % 4 == 0), GEMV_ROWS rows at a time (blockIdx.y strides
+// over the row tiles); blockDim.x = 256. A row's sum is the same sequence of fused multiply-adds
+// (lane l takes c = 4l, 4l + 128, ... in order) and the same warp reduction whatever m is and
+// whichever tile it falls in, so the product is batch invariant. XCODES: x is E4M3 codes (W8A8,
+// the row scales applied in the epilogue) instead of f32.
+template <bool XCODES>
+__device__ void gemv_8bit(const void* xv, const u8* codes, float* acc, u32 m, u32 n, u32 k, int int8) {
     u32 warp = (blockIdx.x * blockDim.x + threadIdx.x) >> 5, lane = threadIdx.x & 31;
     if (warp >= n) return;
     const unsigned int* row = (const unsigned int*)(codes + (size_t)warp * k);
-    float sum[GEMV_MAX_M];
-    for (int i = 0; i < GEMV_MAX_M; i++) sum[i] = 0.f;
-    for (u32 q = lane; q < k / 4; q += 32) {
-        unsigned int packed = row[q];
-        float w[4];
-        for (int b = 0; b < 4; b++) {
-            u8 c = (u8)(packed >> (8 * b));
-            w[b] = int8 ? (float)(signed char)c : e4m3_to_f32(c);
+    for (size_t r0 = (size_t)blockIdx.y * GEMV_ROWS; r0 < m; r0 += (size_t)gridDim.y * GEMV_ROWS) {
+        u32 rows = (u32)min((size_t)GEMV_ROWS, (size_t)m - r0);
+        float sum[GEMV_ROWS];
+        for (int i = 0; i < GEMV_ROWS; i++) sum[i] = 0.f;
+        for (u32 q = lane; q < k / 4; q += 32) {
+            unsigned int packed = row[q];
+            float w[4];
+            for (int b = 0; b < 4; b++) {
+                u8 c = (u8)(packed >> (8 * b));
+                w[b] = int8 ? (float)(signed char)c : e4m3_to_f32(c);
+            }
+            for (u32 i = 0; i < rows; i++) {
+                float xs[4];
+                if (XCODES) {
+                    unsigned int xp = ((const unsigned int*)((const u8*)xv + (r0 + i) * k))[q];
+                    for (int b = 0; b < 4; b++) xs[b] = e4m3_to_f32((u8)(xp >> (8 * b)));
+                } else {
+                    const float* xr = (const float*)xv + (r0 + i) * k + 4 * q;
+                    for (int b = 0; b < 4; b++) xs[b] = xr[b];
+                }
+                for (int b = 0; b < 4; b++) sum[i] = __fmaf_rn(xs[b], w[b], sum[i]);
+            }
         }
-        for (u32 i = 0; i < m; i++) {
-            const float* xr = x + (size_t)i * k + 4 * q;
-            sum[i] += xr[0] * w[0] + xr[1] * w[1] + xr[2] * w[2] + xr[3] * w[3];
+        for (u32 i = 0; i < rows; i++) {
+            float s = warp_sum(sum[i]);
+            if (lane == 0) acc[(r0 + i) * n + warp] = s;
         }
     }
-    for (u32 i = 0; i < m; i++) {
-        float s = warp_sum(sum[i]);
-        if (lane == 0) acc[(size_t)i * n + warp] = s;
-    }
+}
+
+extern "C" __global__ void gemv_8bit_f32(const float* x, const u8* codes, float* acc, u32 m, u32 n, u32 k,
+                                         int int8) {
+    gemv_8bit<false>(x, codes, acc, m, n, k, int8);
+}
+
+// W8A8: x is the E4M3 codes of the quantised input rows, w E4M3 weights.
+extern "C" __global__ void gemv_w8a8_f32(const u8* x, const u8* codes, float* acc, u32 m, u32 n, u32 k) {
+    gemv_8bit<true>(x, codes, acc, m, n, k, 0);
 }

@@ -16,6 +16,43 @@ __device__ void convert_from_f32(const float* x, T* y, size_t n) {
     extern "C" __global__ void convert_from_f32_##N(const float* x, T* y, size_t n) { convert_from_f32<T>(x, y, n); }
 TURBINE_FOR_TYPES(CONVERT)
 
+#define GEMV_FLOAT_ROWS 8
+
+// Weight element c of row r: wtype 0 f32, 1 f16, 2 bf16.
+__device__ __forceinline__ float weight_at(const void* w, int wtype, size_t i) {
+    if (wtype == 1) return __half2float(((const __half*)w)[i]);
+    if (wtype == 2) return __bfloat162float(((const __nv_bfloat16*)w)[i]);
+    return ((const float*)w)[i];
+}
+
+// acc[i, j] = sum_c x[i, c] * w[j, c] for f32, f16 or bf16 weights, with the order of the
+// 8-bit products: one warp per output column, lane l takes c = 4l .. 4l + 3, then 4l + 128 ..,
+// each a fused multiply-add in c order, then the warp reduction; GEMV_FLOAT_ROWS rows at a time
+// (blockIdx.y strides over the row tiles); blockDim.x = 256, k % 4 == 0. A row's sum does not
+// depend on m: the batch-invariant product for every row count.
+extern "C" __global__ void gemv_float_f32(const float* x, const void* w, float* acc, u32 m, u32 n, u32 k,
+                                          int wtype) {
+    u32 col = (blockIdx.x * blockDim.x + threadIdx.x) >> 5, lane = threadIdx.x & 31;
+    if (col >= n) return;
+    for (size_t r0 = (size_t)blockIdx.y * GEMV_FLOAT_ROWS; r0 < m; r0 += (size_t)gridDim.y * GEMV_FLOAT_ROWS) {
+        u32 rows = (u32)min((size_t)GEMV_FLOAT_ROWS, (size_t)m - r0);
+        float sum[GEMV_FLOAT_ROWS];
+        for (int i = 0; i < GEMV_FLOAT_ROWS; i++) sum[i] = 0.f;
+        for (u32 q = lane; q < k / 4; q += 32) {
+            float v[4];
+            for (int b = 0; b < 4; b++) v[b] = weight_at(w, wtype, (size_t)col * k + 4 * q + b);
+            for (u32 i = 0; i < rows; i++) {
+                const float* xr = x + (r0 + i) * k + 4 * q;
+                for (int b = 0; b < 4; b++) sum[i] = __fmaf_rn(xr[b], v[b], sum[i]);
+            }
+        }
+        for (u32 i = 0; i < rows; i++) {
+            float s = warp_sum(sum[i]);
+            if (lane == 0) acc[(r0 + i) * n + col] = s;
+        }
+    }
+}
+
 // Exact channels held in registers per thread (more are read from memory).
 #define EXACT_REGS 32
 // Output rows per block: a thread keeps its column's scale, bias and exact weights across them.

@@ -69,6 +69,10 @@ struct Inner {
     epoch: Epoch,
     /// Recorded decode steps.
     graphs: Graphs,
+    /// Every product through the kernels whose per-row sums do not depend on the row count
+    /// (`TURBINE_CUDA_PRODUCTS=invariant`, the default), or products of more than a few rows on
+    /// cuBLASLt (`fast`: tensor cores, but a row's bits then depend on its batch).
+    invariant: bool,
 }
 
 /// The CUDA backend on one device (cheap to clone: the clones share the device).
@@ -99,6 +103,13 @@ impl Cuda {
         if sm < 80 {
             return Err(backend_err(format!("{name} is sm_{sm}; the CUDA backend needs sm_80 (Ampere) or newer")));
         }
+        let invariant = match std::env::var("TURBINE_CUDA_PRODUCTS").as_deref() {
+            Err(_) | Ok("invariant") => true,
+            Ok("fast") => false,
+            Ok(other) => {
+                return Err(backend_err(format!("TURBINE_CUDA_PRODUCTS={other:?}: use invariant or fast")));
+            }
+        };
         let stream = ctx.default_stream();
         let mut modules = Vec::new();
         let mut functions = HashMap::new();
@@ -138,8 +149,14 @@ impl Cuda {
             name,
             epoch: Epoch::default(),
             graphs: Graphs::new(),
+            invariant,
         };
         Ok(Cuda { inner: Arc::new(inner) })
+    }
+
+    /// Whether every product is batch invariant (see `TURBINE_CUDA_PRODUCTS` in the README).
+    pub fn invariant_products(&self) -> bool {
+        self.inner.invariant
     }
 
     /// The device's name.

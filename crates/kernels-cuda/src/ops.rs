@@ -3,14 +3,20 @@
 //!
 //! Activations are f32 in this first version, as on the CPU, so that models run unchanged and
 //! the numbers can be compared with the oracle op by op; the products read their weights as
-//! stored:
+//! stored. By default (`TURBINE_CUDA_PRODUCTS=invariant`) every product runs on this crate's
+//! `gemv_*` kernels, whose per-row sums are the same operations whatever the number of rows, so
+//! a sequence's logits do not depend on its batch (as on the CPU); one warp per output column,
+//! weights decoded in registers (f32, f16, bf16, E4M3, INT8, GGUF blocks; for W8A8 the input's
+//! E4M3 codes too). With `TURBINE_CUDA_PRODUCTS=fast`, products of more than 8 rows go to
+//! cuBLASLt instead (tensor cores; cuBLASLt's kernel choice depends on the row count, so a row's
+//! bits then depend on its batch):
 //!
-//! | weights | product |
+//! | weights | product of more than 8 rows with `fast` |
 //! |---|---|
 //! | f32 | f32 cuBLASLt |
 //! | f16, bf16 | input converted to the weights' type, 16-bit tensor cores, f32 accumulation |
 //! | FP8 E4M3 with `quant_x` (W8A8) | input quantised per token (or static scale, with smoothing), FP8 tensor cores on sm_89+; elsewhere both sides widened to bf16 (exact: E4M3 fits bf16) |
-//! | FP8 E4M3 or INT8, f32 input | up to 8 rows (decode): `gemv_8bit_f32` reads each weight byte once and decodes it in registers; more rows: weights widened to f32 on the fly, f32 product |
+//! | FP8 E4M3, INT8, GGUF blocks, f32 input | weights widened to f32 on the fly, f32 product |
 //!
 //! then one epilogue kernel applies the input and weight scales, bias, activation and
 //! accumulation. Not yet run on a GPU (run under the CPU emulator, `cargo xtask emu`).
@@ -128,8 +134,11 @@ impl Ops for Cuda {
             self.launch(name, (Self::stride_blocks(n * k), 1, 1), 256, &args)?;
             Ok(buf)
         };
-        // Few rows (decode) from 8-bit or GGUF weights: one warp per output column, each weight
-        // byte read once and decoded in registers (`code`: the kernel's format flag).
+        // The kernels' products: one warp per output column, each weight read once per tile of 8
+        // rows and decoded in registers (`code`: the kernel's format flag); a row's sum does not
+        // depend on m. Every product when batch invariance is asked for (the default); else
+        // those of a few rows (decode), where they beat cuBLASLt.
+        let gemv_grid = (u32_of(OP, (n * 32).div_ceil(256))?, m.div_ceil(GEMV_ROWS).clamp(1, 65_535) as u32, 1);
         let gemv = |name: &str, code: i32| -> Result<()> {
             let args = [
                 Arg::Ptr(self.ptr(x)),
@@ -140,9 +149,18 @@ impl Ops for Cuda {
                 Arg::U32(ku),
                 Arg::I32(code),
             ];
-            self.launch(name, (u32_of(OP, (n * 32).div_ceil(256))?, 1, 1), 256, &args)
+            self.launch(name, gemv_grid, 256, &args)
         };
+        let kernel_product = (self.invariant_products() || m <= GEMV_ROWS) && k % 4 == 0;
         match (w.dtype(), epi.quant_x) {
+            (wt @ (DType::F32 | DType::F16 | DType::BF16), None) if kernel_product => {
+                let code = match wt {
+                    DType::F16 => 1,
+                    DType::BF16 => 2,
+                    _ => 0,
+                };
+                gemv("gemv_float_f32", code)?;
+            }
             (DType::F32, None) => {
                 blas.matmul(stream, self.ptr(x), DType::F32, self.ptr(w), DType::F32, acc_p, (m, n, k))?
             }
@@ -153,13 +171,13 @@ impl Ops for Cuda {
                 self.launch(name, (Self::stride_blocks(m * k), 1, 1), 256, &args)?;
                 blas.matmul(stream, xs, wt, self.ptr(w), wt, acc_p, (m, n, k))?;
             }
-            (DType::F8E4M3 | DType::I8, None) if m <= GEMV_MAX_M && k % 4 == 0 => {
+            (DType::F8E4M3 | DType::I8, None) if kernel_product => {
                 gemv("gemv_8bit_f32", i32::from(w.dtype() == DType::I8))?;
             }
             (wt, None) if wt.is_quantized() => {
-                // GGUF blocks read in place: decoded in registers for a few rows, else widened.
+                // GGUF blocks read in place: decoded in registers, or widened for cuBLASLt.
                 let fmt = gguf_code(OP, wt)?;
-                if m <= GEMV_MAX_M {
+                if self.invariant_products() || m <= GEMV_ROWS {
                     gemv("gemv_gguf_f32", fmt)?;
                 } else {
                     let wf = self.slot(Slot::Widened, n * k * 4)?;
@@ -192,21 +210,35 @@ impl Ops for Cuda {
                     Arg::U32(ku),
                 ];
                 self.launch("fp8_quantize_rows_f32", (mu, 1, 1), 256, &args)?;
-                let native = if self.caps().fp8 {
-                    blas.matmul(stream, codes, DType::F8E4M3, self.ptr(w), DType::F8E4M3, acc_p, (m, n, k))
+                if kernel_product {
+                    let args = [
+                        Arg::Ptr(codes),
+                        Arg::Ptr(self.ptr(w)),
+                        Arg::Ptr(acc_p),
+                        Arg::U32(mu),
+                        Arg::U32(nu),
+                        Arg::U32(ku),
+                    ];
+                    self.launch("gemv_w8a8_f32", gemv_grid, 256, &args)?;
+                    row_scale = Some(rs);
                 } else {
-                    Err(Error::Backend { backend: "cuda", msg: "this GPU has no FP8 tensor cores".into() })
-                };
-                if let Err(e) = native {
-                    // Both sides as bf16 (exact: E4M3 values fit bf16), same products.
-                    fp8_fallback_notice(&e);
-                    let xs = self.slot(Slot::Input16, m * k * 2)?;
-                    let args = [Arg::Ptr(codes), Arg::Ptr(0), Arg::Ptr(xs), Arg::U32(mu), Arg::U32(ku), Arg::I32(0)];
-                    self.launch("dequant_rows_bf16", (Self::stride_blocks(m * k), 1, 1), 256, &args)?;
-                    let wb = widen(DType::BF16)?;
-                    blas.matmul(stream, xs, DType::BF16, wb, DType::BF16, acc_p, (m, n, k))?;
+                    let native = if self.caps().fp8 {
+                        blas.matmul(stream, codes, DType::F8E4M3, self.ptr(w), DType::F8E4M3, acc_p, (m, n, k))
+                    } else {
+                        Err(Error::Backend { backend: "cuda", msg: "this GPU has no FP8 tensor cores".into() })
+                    };
+                    if let Err(e) = native {
+                        // Both sides as bf16 (exact: E4M3 values fit bf16), same products.
+                        fp8_fallback_notice(&e);
+                        let xs = self.slot(Slot::Input16, m * k * 2)?;
+                        let args =
+                            [Arg::Ptr(codes), Arg::Ptr(0), Arg::Ptr(xs), Arg::U32(mu), Arg::U32(ku), Arg::I32(0)];
+                        self.launch("dequant_rows_bf16", (Self::stride_blocks(m * k), 1, 1), 256, &args)?;
+                        let wb = widen(DType::BF16)?;
+                        blas.matmul(stream, xs, DType::BF16, wb, DType::BF16, acc_p, (m, n, k))?;
+                    }
+                    row_scale = Some(rs);
                 }
-                row_scale = Some(rs);
             }
             (dtype, Some(_)) => {
                 return Err(Error::invalid(OP, format!("FP8 input quantisation needs FP8 weights, not {dtype}")))
@@ -561,8 +593,9 @@ fn gguf_code(op: &'static str, dtype: DType) -> Result<i32> {
     })
 }
 
-/// The most rows `gemv_8bit_f32` and `gemv_gguf_f32` multiply.
-const GEMV_MAX_M: usize = 8;
+/// Rows per tile of the `gemv_*` kernels; with `TURBINE_CUDA_PRODUCTS=fast`, the most rows they
+/// multiply (more go to cuBLASLt).
+const GEMV_ROWS: usize = 8;
 
 /// The tiled prefill kernel's rows per tile and largest head dimension and block size
 /// (`cu/attention.cu`).
