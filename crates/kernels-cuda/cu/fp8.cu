@@ -92,8 +92,8 @@ __device__ void gemv_8bit(const void* xv, const u8* codes, float* acc, u32 m, u3
                     unsigned int xp = ((const unsigned int*)((const u8*)xv + (r0 + i) * k))[q];
                     for (int b = 0; b < 4; b++) xs[b] = e4m3_to_f32((u8)(xp >> (8 * b)));
                 } else {
-                    const float* xr = (const float*)xv + (r0 + i) * k + 4 * q;
-                    for (int b = 0; b < 4; b++) xs[b] = xr[b];
+                    float4 f = ((const float4*)((const float*)xv + (r0 + i) * k))[q];
+                    xs[0] = f.x, xs[1] = f.y, xs[2] = f.z, xs[3] = f.w;
                 }
                 for (int b = 0; b < 4; b++) sum[i] = __fmaf_rn(xs[b], w[b], sum[i]);
             }

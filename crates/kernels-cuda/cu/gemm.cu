@@ -18,13 +18,6 @@ TURBINE_FOR_TYPES(CONVERT)
 
 #define GEMV_FLOAT_ROWS 8
 
-// Weight element c of row r: wtype 0 f32, 1 f16, 2 bf16.
-__device__ __forceinline__ float weight_at(const void* w, int wtype, size_t i) {
-    if (wtype == 1) return __half2float(((const __half*)w)[i]);
-    if (wtype == 2) return __bfloat162float(((const __nv_bfloat16*)w)[i]);
-    return ((const float*)w)[i];
-}
-
 // acc[i, j] = sum_c x[i, c] * w[j, c] for f32, f16 or bf16 weights, with the order of the
 // 8-bit products: one warp per output column, lane l takes c = 4l .. 4l + 3, then 4l + 128 ..,
 // each a fused multiply-add in c order, then the warp reduction; GEMV_FLOAT_ROWS rows at a time
@@ -39,11 +32,25 @@ extern "C" __global__ void gemv_float_f32(const float* x, const void* w, float* 
         float sum[GEMV_FLOAT_ROWS];
         for (int i = 0; i < GEMV_FLOAT_ROWS; i++) sum[i] = 0.f;
         for (u32 q = lane; q < k / 4; q += 32) {
+            // Four weights in one 8-byte (16-bit) or 16-byte (f32) load; rows start aligned
+            // (k % 4 == 0, buffers 256-byte aligned).
             float v[4];
-            for (int b = 0; b < 4; b++) v[b] = weight_at(w, wtype, (size_t)col * k + 4 * q + b);
+            if (wtype == 0) {
+                float4 f = ((const float4*)((const float*)w + (size_t)col * k))[q];
+                v[0] = f.x, v[1] = f.y, v[2] = f.z, v[3] = f.w;
+            } else {
+                uint2 u = ((const uint2*)((const unsigned short*)w + (size_t)col * k))[q];
+                unsigned short h[4] = {(unsigned short)(u.x & 0xffff), (unsigned short)(u.x >> 16),
+                                       (unsigned short)(u.y & 0xffff), (unsigned short)(u.y >> 16)};
+                for (int b = 0; b < 4; b++)
+                    v[b] = wtype == 1 ? __half2float(__ushort_as_half(h[b])) : __uint_as_float((unsigned)h[b] << 16);
+            }
             for (u32 i = 0; i < rows; i++) {
-                const float* xr = x + (r0 + i) * k + 4 * q;
-                for (int b = 0; b < 4; b++) sum[i] = __fmaf_rn(xr[b], v[b], sum[i]);
+                float4 xv = ((const float4*)(x + (r0 + i) * k))[q];
+                sum[i] = __fmaf_rn(xv.x, v[0], sum[i]);
+                sum[i] = __fmaf_rn(xv.y, v[1], sum[i]);
+                sum[i] = __fmaf_rn(xv.z, v[2], sum[i]);
+                sum[i] = __fmaf_rn(xv.w, v[3], sum[i]);
             }
         }
         for (u32 i = 0; i < rows; i++) {

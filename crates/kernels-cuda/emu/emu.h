@@ -29,6 +29,14 @@ struct uint3 {
     unsigned x, y, z;
 };
 typedef uint3 dim3;
+// The vector types' alignment is CUDA's, so that UBSan reports a vector load from an address a
+// GPU would fault on.
+struct alignas(8) uint2 {
+    unsigned x, y;
+};
+struct alignas(16) float4 {
+    float x, y, z, w;
+};
 
 namespace emu {
 
