@@ -175,6 +175,17 @@ pub fn run() -> Result<()> {
             rows.extend(fns.into_iter().map(|f| (real, src.name, f)));
         }
     }
+    // Registers per kernel and architecture, for the CUDA emulator's launch limits
+    // (`registers.txt` beside the PTX: "NAME COUNT" lines).
+    for &(_, real) in ARCHS {
+        let text: String = rows
+            .iter()
+            .filter(|(a, _, _)| *a == real)
+            .map(|(_, _, f)| format!("{} {}\n", f.function, f.registers))
+            .collect();
+        let path = out_root.join(real).join("registers.txt");
+        std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
+    }
     println!("| arch | file | kernel | registers | spill stores | spill loads |");
     println!("|---|---|---|---:|---:|---:|");
     for (arch, file, f) in &rows {

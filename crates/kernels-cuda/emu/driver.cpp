@@ -11,6 +11,7 @@
 #include <cstdio>
 #include <cstring>
 #include <functional>
+#include <map>
 #include <memory>
 #include <string>
 #include <vector>
@@ -30,6 +31,7 @@ enum : CUresult {
     CUDA_ERROR_INVALID_IMAGE = 200,
     CUDA_ERROR_INVALID_HANDLE = 400,
     CUDA_ERROR_NOT_FOUND = 500,
+    CUDA_ERROR_LAUNCH_OUT_OF_RESOURCES = 701,
     CUDA_ERROR_LAUNCH_FAILED = 719,
     CUDA_ERROR_NOT_SUPPORTED = 801,
     CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED = 900,
@@ -282,6 +284,34 @@ API CUresult cuModuleUnload(Handle m) {
     delete static_cast<Module*>(m);
     return CUDA_SUCCESS;
 }
+/// Registers per thread of each kernel, from `registers.txt` beside the PTX (written by `cargo
+/// xtask kernels` from ptxas' report), if there is one.
+static const std::map<std::string, unsigned>& registers() {
+    static const std::map<std::string, unsigned> regs = [] {
+        std::map<std::string, unsigned> m;
+        const char* dir = getenv("TURBINE_CUDA_PTX");
+        if (!dir) return m;
+        FILE* f = fopen((std::string(dir) + "/registers.txt").c_str(), "r");
+        if (!f) return m;
+        char name[256];
+        unsigned n;
+        while (fscanf(f, "%255s %u", name, &n) == 2) m[name] = n;
+        fclose(f);
+        return m;
+    }();
+    return regs;
+}
+
+/// The most threads a block of `k` may have: 1024, or fewer when its registers (allocated in
+/// units of 8 per thread) would exceed the 65,536 of a multiprocessor, as a GPU refuses.
+static unsigned max_threads(const emu::Kernel* k) {
+    auto it = registers().find(k->name);
+    if (it == registers().end() || it->second == 0) return 1024;
+    unsigned per_thread = (it->second + 7) / 8 * 8;
+    unsigned limit = 65536 / per_thread / 32 * 32;
+    return limit < 1024 ? limit : 1024;
+}
+
 API CUresult cuModuleGetFunction(Handle* f, Handle m, const char* name) {
     const std::string& ptx = static_cast<Module*>(m)->ptx;
     const std::string entry = std::string(".entry ") + name + "(";
@@ -301,8 +331,14 @@ API CUresult cuModuleGetFunction(Handle* f, Handle m, const char* name) {
     *f = const_cast<emu::Kernel*>(k);
     return CUDA_SUCCESS;
 }
-API CUresult cuFuncGetAttribute(int* v, int, Handle) {
-    *v = 0;
+API CUresult cuFuncGetAttribute(int* v, int attr, Handle f) {
+    const emu::Kernel* k = static_cast<const emu::Kernel*>(f);
+    auto it = registers().find(k->name);
+    switch (attr) {
+        case 0: *v = (int)max_threads(k); break;  // MAX_THREADS_PER_BLOCK
+        case 4: *v = it == registers().end() ? 0 : (int)it->second; break;  // NUM_REGS
+        default: *v = 0;
+    }
     return CUDA_SUCCESS;
 }
 API CUresult cuFuncSetAttribute(Handle, int, int) { return CUDA_SUCCESS; }
@@ -316,6 +352,11 @@ API CUresult cuLaunchKernel(Handle f, unsigned gx, unsigned gy, unsigned gz, uns
         fprintf(stderr, "turbine emulator: %s launched with %u bytes of dynamic shared memory (not emulated)\n",
                 k->name, shared);
         return CUDA_ERROR_NOT_SUPPORTED;
+    }
+    if ((unsigned long)bx * by * bz > max_threads(k)) {
+        fprintf(stderr, "turbine emulator: %s launched with %u threads a block, but its registers allow %u\n",
+                k->name, bx * by * bz, max_threads(k));
+        return CUDA_ERROR_LAUNCH_OUT_OF_RESOURCES;
     }
     uint3 grid{gx, gy, gz}, block{bx, by, bz};
     auto run = [k, grid, block](void** p) -> CUresult {
@@ -393,6 +434,7 @@ API CUresult cuGetErrorName(CUresult e, const char** s) {
         case CUDA_ERROR_INVALID_DEVICE: *s = "CUDA_ERROR_INVALID_DEVICE"; break;
         case CUDA_ERROR_INVALID_IMAGE: *s = "CUDA_ERROR_INVALID_IMAGE"; break;
         case CUDA_ERROR_NOT_FOUND: *s = "CUDA_ERROR_NOT_FOUND"; break;
+        case CUDA_ERROR_LAUNCH_OUT_OF_RESOURCES: *s = "CUDA_ERROR_LAUNCH_OUT_OF_RESOURCES"; break;
         case CUDA_ERROR_LAUNCH_FAILED: *s = "CUDA_ERROR_LAUNCH_FAILED"; break;
         case CUDA_ERROR_NOT_SUPPORTED: *s = "CUDA_ERROR_NOT_SUPPORTED"; break;
         case CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED: *s = "CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED"; break;

@@ -162,49 +162,57 @@ static bool reverse_order() {
 
 /// Runs one block to completion. False (with `s.error`) when its threads cannot all finish: a
 /// barrier or warp operation some threads never reach, or a warp operation after lanes returned.
+///
+/// Warp by warp: a warp's lanes run until each waits at `__syncthreads` or has returned, their
+/// warp operations released as soon as all 32 lanes have arrived; once every warp is there, the
+/// block barrier is released.
 static bool run_block(Sched& s) {
     const unsigned n = s.threads;
     const bool rev = reverse_order();
     for (unsigned i = 0; i < n; i++) fiber_reset(s.fibers[i]);
+    const unsigned warps = (n + 31) / 32;
     for (;;) {
-        for (unsigned j = 0; j < n; j++) {
-            Fiber& f = s.fibers[rev ? n - 1 - j : j];
-            if (f.state != State::Run) continue;
-            tl.cur = &f;
-            tl.tid = f.tid;
-            emu_switch(&s.sched_sp, f.sp);
+        for (unsigned jw = 0; jw < warps; jw++) {
+            const unsigned w = rev ? warps - 1 - jw : jw;
+            const unsigned lo = w * 32, hi = (w + 1) * 32 < n ? (w + 1) * 32 : n;
+            for (;;) {
+                for (unsigned j = lo; j < hi; j++) {
+                    Fiber& f = s.fibers[rev ? hi - 1 - (j - lo) : j];
+                    if (f.state != State::Run) continue;
+                    tl.cur = &f;
+                    tl.tid = f.tid;
+                    emu_switch(&s.sched_sp, f.sp);
+                }
+                unsigned waiting = 0, done = 0;
+                for (unsigned i = lo; i < hi; i++) {
+                    waiting += s.fibers[i].state == State::Warp;
+                    done += s.fibers[i].state == State::Done;
+                }
+                if (!waiting) break;  // at the block barrier or finished
+                tl.cur = nullptr;
+                if (waiting + done != hi - lo) {
+                    s.error = "deadlock: some lanes of warp " + std::to_string(w) +
+                              " wait in a warp operation while others wait at __syncthreads";
+                    return false;
+                }
+                if (done || hi - lo != 32) {
+                    s.error = "a full-warp shuffle or vote in warp " + std::to_string(w) + " with " +
+                              std::to_string(32 - waiting) + " of its 32 lanes absent (returned early or no such thread)";
+                    return false;
+                }
+                for (unsigned i = lo; i < hi; i++) s.fibers[i].state = State::Run;
+            }
         }
         tl.cur = nullptr;
-        // Every thread is now waiting (block barrier or warp operation) or done.
-        bool released = false, all_done = true, any_warp = false;
-        for (unsigned w = 0; w * 32 < n; w++) {
-            unsigned hi = (w + 1) * 32 < n ? (w + 1) * 32 : n;
-            unsigned waiting = 0, done = 0;
-            for (unsigned i = w * 32; i < hi; i++) {
-                waiting += s.fibers[i].state == State::Warp;
-                done += s.fibers[i].state == State::Done;
+        // Every thread now waits at the block barrier or has returned.
+        bool any = false;
+        for (unsigned i = 0; i < n; i++) {
+            if (s.fibers[i].state == State::Block) {
+                s.fibers[i].state = State::Run;
+                any = true;
             }
-            if (done != hi - w * 32) all_done = false;
-            if (!waiting) continue;
-            any_warp = true;
-            if (waiting + done != hi - w * 32) continue;  // lanes of this warp wait at the block barrier
-            if (done || hi - w * 32 != 32) {
-                s.error = "a full-warp shuffle or vote in warp " + std::to_string(w) + " with " +
-                          std::to_string(32 - waiting) + " of its 32 lanes absent (returned early or no such thread)";
-                return false;
-            }
-            for (unsigned i = w * 32; i < hi; i++) s.fibers[i].state = State::Run;
-            released = true;
         }
-        if (released) continue;
-        if (all_done) return true;
-        if (any_warp) {
-            s.error = "deadlock: some lanes wait in a warp operation while others of their warp wait at __syncthreads";
-            return false;
-        }
-        // Only block barriers (and finished threads) remain: release them together.
-        for (unsigned i = 0; i < n; i++)
-            if (s.fibers[i].state == State::Block) s.fibers[i].state = State::Run;
+        if (!any) return true;
     }
 }
 
