@@ -72,6 +72,17 @@ template <typename Op> __device__ float block_reduce(float v) {
 __device__ float block_sum(float v) { return block_reduce<SumOp>(v); }
 __device__ float block_max(float v) { return block_reduce<MaxOp>(v); }
 
+// The products' kernels (gemv_* in fp8.cu, gemm.cu, gguf.cu): one warp per output column,
+// GEMV_ROWS rows per tile (ops.rs' GEMV_ROWS). Stores the warp's sums of the tile's rows
+// r0 .. r0 + rows for column col of acc [m, n]; every lane of the warp must call it.
+#define GEMV_ROWS 8
+__device__ __forceinline__ void gemv_store(const float* sum, u32 rows, size_t r0, u32 n, u32 col, float* acc) {
+    for (u32 i = 0; i < rows; i++) {
+        float s = warp_sum(sum[i]);
+        if ((threadIdx.x & 31) == 0) acc[(r0 + i) * n + col] = s;
+    }
+}
+
 // Activations: 0 SiLU, 1 GELU (tanh approximation), 2 GELU (erf), 3 ReLU.
 __device__ __forceinline__ float activate(float x, int act) {
     switch (act) {

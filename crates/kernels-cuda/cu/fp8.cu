@@ -61,8 +61,6 @@ __device__ void dequant_rows(const u8* codes, const float* scales, T* out, u32 n
     }
 TURBINE_FOR_TYPES(DEQUANT)
 
-#define GEMV_ROWS 8
-
 // Products straight from 8-bit weights: acc[i, j] = sum_c x[i, c] * code(w[j, c]), each weight
 // byte decoded in registers (the epilogue applies the scales). One warp per output column j,
 // lanes over c in steps of 4 bytes (k % 4 == 0), GEMV_ROWS rows at a time (blockIdx.y strides
@@ -98,10 +96,7 @@ __device__ void gemv_8bit(const void* xv, const u8* codes, float* acc, u32 m, u3
                 for (int b = 0; b < 4; b++) sum[i] = __fmaf_rn(xs[b], w[b], sum[i]);
             }
         }
-        for (u32 i = 0; i < rows; i++) {
-            float s = warp_sum(sum[i]);
-            if (lane == 0) acc[(r0 + i) * n + warp] = s;
-        }
+        gemv_store(sum, rows, r0, n, warp, acc);
     }
 }
 

@@ -16,21 +16,19 @@ __device__ void convert_from_f32(const float* x, T* y, size_t n) {
     extern "C" __global__ void convert_from_f32_##N(const float* x, T* y, size_t n) { convert_from_f32<T>(x, y, n); }
 TURBINE_FOR_TYPES(CONVERT)
 
-#define GEMV_FLOAT_ROWS 8
-
 // acc[i, j] = sum_c x[i, c] * w[j, c] for f32, f16 or bf16 weights, with the order of the
 // 8-bit products: one warp per output column, lane l takes c = 4l .. 4l + 3, then 4l + 128 ..,
-// each a fused multiply-add in c order, then the warp reduction; GEMV_FLOAT_ROWS rows at a time
+// each a fused multiply-add in c order, then the warp reduction; GEMV_ROWS rows at a time
 // (blockIdx.y strides over the row tiles); blockDim.x = 256, k % 4 == 0. A row's sum does not
 // depend on m: the batch-invariant product for every row count.
 extern "C" __global__ void gemv_float_f32(const float* x, const void* w, float* acc, u32 m, u32 n, u32 k,
                                           int wtype) {
     u32 col = (blockIdx.x * blockDim.x + threadIdx.x) >> 5, lane = threadIdx.x & 31;
     if (col >= n) return;
-    for (size_t r0 = (size_t)blockIdx.y * GEMV_FLOAT_ROWS; r0 < m; r0 += (size_t)gridDim.y * GEMV_FLOAT_ROWS) {
-        u32 rows = (u32)min((size_t)GEMV_FLOAT_ROWS, (size_t)m - r0);
-        float sum[GEMV_FLOAT_ROWS];
-        for (int i = 0; i < GEMV_FLOAT_ROWS; i++) sum[i] = 0.f;
+    for (size_t r0 = (size_t)blockIdx.y * GEMV_ROWS; r0 < m; r0 += (size_t)gridDim.y * GEMV_ROWS) {
+        u32 rows = (u32)min((size_t)GEMV_ROWS, (size_t)m - r0);
+        float sum[GEMV_ROWS];
+        for (int i = 0; i < GEMV_ROWS; i++) sum[i] = 0.f;
         for (u32 q = lane; q < k / 4; q += 32) {
             // Four weights in one 8-byte (16-bit) or 16-byte (f32) load; rows start aligned
             // (k % 4 == 0, buffers 256-byte aligned).
@@ -53,10 +51,7 @@ extern "C" __global__ void gemv_float_f32(const float* x, const void* w, float* 
                 sum[i] = __fmaf_rn(xv.w, v[3], sum[i]);
             }
         }
-        for (u32 i = 0; i < rows; i++) {
-            float s = warp_sum(sum[i]);
-            if (lane == 0) acc[(r0 + i) * n + col] = s;
-        }
+        gemv_store(sum, rows, r0, n, col, acc);
     }
 }
 

@@ -90,27 +90,22 @@ __device__ __forceinline__ float gguf_at(const u8* w, int fmt, u32 k, u32 r, u32
     return gguf_value(row + (size_t)(c / bl) * block_bytes(fmt), fmt, c % bl);
 }
 
-#define GGUF_GEMV_ROWS 8
-
 // Products straight from the blocks: acc[i, j] = sum_c x[i, c] * w[j, c], each block byte read
 // once per output column and row tile. One warp per column, lanes over the values (lane l takes
-// c = l, l + 32, ... in order), GGUF_GEMV_ROWS rows at a time (blockIdx.y strides over the row
+// c = l, l + 32, ... in order), GEMV_ROWS rows at a time (blockIdx.y strides over the row
 // tiles); blockDim.x = 256. A row's sum does not depend on m (batch invariance).
 extern "C" __global__ void gemv_gguf_f32(const float* x, const u8* w, float* acc, u32 m, u32 n, u32 k, int fmt) {
     u32 col = (blockIdx.x * blockDim.x + threadIdx.x) >> 5, lane = threadIdx.x & 31;
     if (col >= n) return;
-    for (size_t r0 = (size_t)blockIdx.y * GGUF_GEMV_ROWS; r0 < m; r0 += (size_t)gridDim.y * GGUF_GEMV_ROWS) {
-        u32 rows = (u32)min((size_t)GGUF_GEMV_ROWS, (size_t)m - r0);
-        float sum[GGUF_GEMV_ROWS];
-        for (int i = 0; i < GGUF_GEMV_ROWS; i++) sum[i] = 0.f;
+    for (size_t r0 = (size_t)blockIdx.y * GEMV_ROWS; r0 < m; r0 += (size_t)gridDim.y * GEMV_ROWS) {
+        u32 rows = (u32)min((size_t)GEMV_ROWS, (size_t)m - r0);
+        float sum[GEMV_ROWS];
+        for (int i = 0; i < GEMV_ROWS; i++) sum[i] = 0.f;
         for (u32 c = lane; c < k; c += 32) {
             float v = gguf_at(w, fmt, k, col, c);
             for (u32 i = 0; i < rows; i++) sum[i] = __fmaf_rn(x[(r0 + i) * k + c], v, sum[i]);
         }
-        for (u32 i = 0; i < rows; i++) {
-            float s = warp_sum(sum[i]);
-            if (lane == 0) acc[(r0 + i) * n + col] = s;
-        }
+        gemv_store(sum, rows, r0, n, col, acc);
     }
 }
 

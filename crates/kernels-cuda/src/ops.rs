@@ -624,18 +624,16 @@ impl Cuda {
             [Arg::Ptr(self.ptr(logits)), Arg::U32(u32_of(OP, vocab)?), Arg::Ptr(buf), Arg::Ptr(buf + (n * 4) as u64)];
         self.launch("argmax_logprob_f32", (u32_of(OP, n)?, 1, 1), 1024, &args)?;
         let bytes = self.read_slot(Slot::Samples, n * 16)?;
-        let word = |at: usize| -> [u8; 4] { bytes[at..at + 4].try_into().expect("4 bytes") };
         let mut out = Vec::with_capacity(n);
         for (i, (s, plan)) in seqs.iter_mut().zip(plans).enumerate() {
             if *plan == DevicePlan::Host {
                 out.push(None);
                 continue;
             }
-            let id = u32::from_le_bytes(word(i * 4));
-            let stat = |j: usize| f32::from_le_bytes(word(n * 4 + (i * 3 + j) * 4));
-            let (max, sum) = (stat(0), stat(1));
+            let id = u32_at(&bytes, i * 4);
+            let (max, sum) = (f32_at(&bytes, n * 4 + i * 12), f32_at(&bytes, n * 4 + i * 12 + 4));
             let top = [(id, max)];
-            let summary = RowSummary { top: &top, lse: f64::from(max) + f64::from(sum).ln(), mass: f64::from(sum) };
+            let summary = RowSummary { top: &top, lse: row_lse(max, sum), mass: f64::from(sum) };
             out.push(Some(s.finish(id, max, &summary)));
         }
         Ok(out)
@@ -707,7 +705,6 @@ impl Cuda {
             self.launch("sample_cdf_f32", (rows, 1, 1), 1024, &args)?;
         }
         let bytes = self.read_slot(Slot::Samples, ids_b + vals_b + stats_b + n * 4)?;
-        let word = |at: usize| -> [u8; 4] { bytes[at..at + 4].try_into().expect("4 bytes") };
         let mut out = Vec::with_capacity(n);
         for (i, (s, plan)) in seqs.iter_mut().zip(plans).enumerate() {
             if *plan == DevicePlan::Host {
@@ -717,15 +714,14 @@ impl Cuda {
             let top: Vec<(u32, f32)> = (0..k)
                 .map(|j| {
                     let at = (i * k + j) * 4;
-                    (u32::from_le_bytes(word(at)), f32::from_le_bytes(word(ids_b + at)))
+                    (u32_at(&bytes, at), f32_at(&bytes, ids_b + at))
                 })
                 .collect();
-            let stat = |j: usize| f64::from(f32::from_le_bytes(word(ids_b + vals_b + (i * 3 + j) * 4)));
-            let (max, sum, mass) = (stat(0), stat(1), stat(2));
-            let summary = RowSummary { top: &top, lse: max + sum.ln(), mass };
+            let stat = |j: usize| f32_at(&bytes, ids_b + vals_b + (i * 3 + j) * 4);
+            let summary = RowSummary { top: &top, lse: row_lse(stat(0), stat(1)), mass: f64::from(stat(2)) };
             out.push(match plan {
                 DevicePlan::Cdf(_) => {
-                    let id = u32::from_le_bytes(word(ids_b + vals_b + stats_b + i * 4));
+                    let id = u32_at(&bytes, ids_b + vals_b + stats_b + i * 4);
                     let logit = match top.iter().find(|t| t.0 == id) {
                         Some(t) => t.1,
                         None => self.logit_at(logits, i, id)?,
@@ -748,6 +744,23 @@ impl Cuda {
             .map_err(|e| Error::Backend { backend: "cuda", msg: format!("copying a logit back: {e}") })?;
         Ok(f32::from_le_bytes(b[..4].try_into().expect("4 bytes")))
     }
+}
+
+/// The little-endian u32 at byte `at` of what a sampling kernel sent back.
+fn u32_at(bytes: &[u8], at: usize) -> u32 {
+    u32::from_le_bytes(bytes[at..at + 4].try_into().expect("4 bytes"))
+}
+
+/// The little-endian f32 at byte `at` of what a sampling kernel sent back.
+fn f32_at(bytes: &[u8], at: usize) -> f32 {
+    f32::from_bits(u32_at(bytes, at))
+}
+
+/// `log Σ exp(logit)` of a row from its largest logit and `Σ exp(logit − max)` (`row_sums` in
+/// `cu/sample.cu`): one formula for every device sampling path, so a row's log-probabilities
+/// are the same bits whichever path sampled it.
+fn row_lse(max: f32, sum: f32) -> f64 {
+    f64::from(max) + f64::from(sum).ln()
 }
 
 /// Says once per process that FP8 products run as bf16 products here, and why.
