@@ -70,14 +70,30 @@ pub fn load_with(path: &Path, ctx: usize, policy: &Policy) -> Result<Loaded> {
     Ok(Loaded { gen: Generator::new(runner), tok, eos })
 }
 
+/// [`load`], with the embedding tables widened to f32 after loading (as they were stored before
+/// 16-bit and GGUF tables were kept as the checkpoint has them): the reference for those tables.
+pub fn load_widened_tables(path: &Path, ctx: usize) -> Result<Loaded> {
+    let (runner, tok, eos) = load_runner_on(path, ctx.div_ceil(16), &Policy::parse("auto", &[])?, true)?;
+    Ok(Loaded { gen: Generator::new(runner), tok, eos })
+}
+
 fn load_runner_with(
     path: &Path,
     blocks: usize,
     policy: &Policy,
 ) -> Result<(Box<dyn ModelRunner>, TextTokenizer, Vec<u32>)> {
+    load_runner_on(path, blocks, policy, false)
+}
+
+fn load_runner_on(
+    path: &Path,
+    blocks: usize,
+    policy: &Policy,
+    widen: bool,
+) -> Result<(Box<dyn ModelRunner>, TextTokenizer, Vec<u32>)> {
     match std::env::var("TURBINE_TEST_BACKEND").as_deref() {
-        Err(_) | Ok("cpu") => load_on(Cpu::new(), path, blocks, policy),
-        Ok("cuda") => load_on(turbine_kernels_cuda::Cuda::new(0)?, path, blocks, policy),
+        Err(_) | Ok("cpu") => load_on(Cpu::new(), path, blocks, policy, widen),
+        Ok("cuda") => load_on(turbine_kernels_cuda::Cuda::new(0)?, path, blocks, policy, widen),
         Ok(other) => anyhow::bail!("TURBINE_TEST_BACKEND={other:?}: use cpu or cuda"),
     }
 }
@@ -87,8 +103,17 @@ fn load_on<B: Ops + Clone>(
     path: &Path,
     blocks: usize,
     policy: &Policy,
+    widen: bool,
 ) -> Result<(Box<dyn ModelRunner>, TextTokenizer, Vec<u32>)> {
-    let m = turbine_models::load_with(&b, path, policy)?;
+    let mut m = turbine_models::load_with(&b, path, policy)?;
+    if widen {
+        let d = m.model.decoder_mut().context("no generic decoder to edit")?;
+        // `upload` widens f16/bf16 (and, on CUDA, GGUF blocks) to f32.
+        d.embed = b.upload(&b.download(&d.embed)?)?;
+        if let Some(pe) = &d.pos_embed {
+            d.pos_embed = Some(b.upload(&b.download(pe)?)?);
+        }
+    }
     let runner = Runner::new(b, m.model, CacheConfig::f32(16, blocks))?;
     Ok((Box::new(runner), m.tokenizer, m.eos))
 }

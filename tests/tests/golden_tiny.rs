@@ -1,6 +1,7 @@
 //! Golden tests of the Llama family against transformers references (tiny random-weight
 //! checkpoints, `fixtures/tiny/*`): greedy ids, first-step log-probabilities, perplexity.
 
+use turbine_core::DType;
 use turbine_tests::*;
 
 const NEAR_TIE: f64 = 1e-3;
@@ -138,6 +139,33 @@ fn half_precision_checkpoints_load() {
         let tol = if dtype == safetensors::Dtype::F16 { 0.01 } else { 0.05 };
         assert!(worst <= tol, "{dtype:?}: first-step logprob error {worst}");
         let _ = std::fs::remove_dir_all(&dst);
+    }
+}
+
+/// 16-bit embedding tables stay as the checkpoint stores them (the lookup and a tied LM head
+/// read 2 bytes a value) and give exactly the logits of the same table widened to f32: tied
+/// heads (Qwen2, GPT-2 with its position table, Gemma 3 with its embedding scale) and an untied
+/// one (Llama).
+#[test]
+fn half_precision_tables_match_widened_ones() {
+    for name in ["qwen2-bias", "gpt2", "gemma3-local-global", "llama-gqa"] {
+        let src = fixtures().join("tiny").join(name);
+        let g = read_json(&src.join("golden.json")).unwrap();
+        let prompt = ids(&g["cases"][0]["prompt_ids"]);
+        for dtype in [safetensors::Dtype::F16, safetensors::Dtype::BF16] {
+            let dst = std::env::temp_dir().join(format!("turbine-tables-{name}-{dtype:?}-{}", std::process::id()));
+            reshard(&src, &dst, dtype, 1).unwrap();
+            let cpu = turbine_kernels_ref::Cpu::new();
+            let m = turbine_models::load_with(&cpu, &dst, &turbine_models::precision::Policy::default()).unwrap();
+            let d = m.model.decoder().unwrap();
+            let stored = if dtype == safetensors::Dtype::F16 { DType::F16 } else { DType::BF16 };
+            assert_eq!(d.embed.dtype(), stored, "{name} {dtype:?}");
+            assert!(d.pos_embed.as_ref().is_none_or(|p| p.dtype() == stored), "{name} {dtype:?}");
+            let got = first_step_logits(&mut load(&dst, 256).unwrap(), &prompt).unwrap();
+            let want = first_step_logits(&mut load_widened_tables(&dst, 256).unwrap(), &prompt).unwrap();
+            assert_eq!(got, want, "{name} {dtype:?}");
+            let _ = std::fs::remove_dir_all(&dst);
+        }
     }
 }
 

@@ -10,7 +10,8 @@
 //! model end to end on `--backend cuda` against the CPU's greedy ids, a
 //! device-to-device copy bandwidth and cuBLASLt TFLOP/s (bf16, f16, FP8 at M = 16, 256, 4096), a
 //! synthetic 1B Llama's prefill and decode speed (bf16 and fp8 weights), in-flight against
-//! static batching, and writes `REPORT_DIR/report.md` (plus every log). `cargo xtask gpu-check
+//! static batching, and writes `REPORT_DIR/report.md` and `report.json` (the issue's speed
+//! targets judged by `xtask gpu-report`, plus every log). `cargo xtask gpu-check
 //! REPORT_DIR` does both on a machine that has a GPU and a toolchain.
 
 use std::path::{Path, PathBuf};
@@ -76,6 +77,8 @@ pub fn prepare(dir: &Path) -> Result<()> {
         let exes = executables(false, &["-p", "turbine-tests", "--test", suite])?;
         copy_stripped(&exes[0], &dir.join("bin").join(suite))?;
     }
+    // This very program writes the report's targets there (`xtask gpu-report`).
+    copy_stripped(&std::env::current_exe().context("locating the xtask binary")?, &dir.join("bin/xtask"))?;
     let exes = executables(true, &["-p", "turbine-kernels-cuda", "--bench", "gpu"])?;
     copy_stripped(&exes[0], &dir.join("bin/gpu_bench"))?;
     eprintln!("xtask: compiling the kernels to PTX");
@@ -138,6 +141,8 @@ out=${1:?usage: run.sh REPORT_DIR}
 mkdir -p "$out"
 out=$(cd "$out" && pwd)
 : > "$out/summary.md"
+: > "$out/steps.tsv"
+nvidia-smi --query-gpu=name,driver_version,memory.total,compute_cap --format=csv,noheader > "$out/device.txt" 2>&1
 cc=$(nvidia-smi --query-gpu=compute_cap --format=csv,noheader 2>/dev/null | head -1 | tr -d '.')
 case "$cc" in 90) arch=sm_90a ;; 89) arch=sm_89 ;; *) arch=sm_80 ;; esac
 export TURBINE_CUDA_PTX="$here/ptx/$arch"
@@ -163,7 +168,9 @@ step() {
   echo "== $name: $*"
   timeout 240 "$@" > "$out/$name.log" 2>&1
   local rc=$?
-  echo "| $name | $([ $rc = 0 ] && echo pass || echo "FAIL (exit $rc)") | $(( $(date +%s) - t0 )) s |" >> "$out/summary.md"
+  local secs=$(( $(date +%s) - t0 ))
+  echo "| $name | $([ $rc = 0 ] && echo pass || echo "FAIL (exit $rc)") | $secs s |" >> "$out/summary.md"
+  printf '%s\t%s\t%s\n' "$name" "$rc" "$secs" >> "$out/steps.tsv"
   [ $rc = 0 ] || status=1
 }
 t=$here/bin/turbine
@@ -182,7 +189,7 @@ if [ -f "$out/tiny-cpu.log" ] && [ -f "$out/tiny-cuda.log" ]; then
   if [ -n "$a" ] && [ "$a" = "$b" ]; then echo "| tiny greedy ids equal | pass | |" >> "$out/summary.md";
   else echo "| tiny greedy ids equal | FAIL (cpu $a, cuda $b) | |" >> "$out/summary.md"; status=1; fi
 fi
-step gemm-and-copy "$here/bin/gpu_bench"
+step gemm-and-copy "$here/bin/gpu_bench" --json
 step synth-1b "$t" synth-model --preset 1b --out "$work/m1b"
 step speed-1b-bf16 "$t" bench -m "$work/m1b" --backend cuda --dtype bf16 --workload speed --json
 step speed-1b-bf16-graphs env TURBINE_CUDA_GRAPHS=1 "$t" bench -m "$work/m1b" --backend cuda --dtype bf16 --workload speed --json
@@ -192,10 +199,14 @@ step speed-1b-fp8-fast-products env TURBINE_CUDA_PRODUCTS=fast "$t" bench -m "$w
 step batch-invariance-fast-products env TURBINE_CUDA_PRODUCTS=fast $on_cuda "$here/bin/batch_invariance" --test-threads 1
 step batch-1b-bf16 "$t" bench -m "$work/m1b" --backend cuda --dtype bf16 --workload batch --batch-sizes 1,16,64 --prompt-tokens 128 --gen-tokens 32 --json
 step compare-1b-bf16 "$t" bench -m "$work/m1b" --backend cuda --dtype bf16 --compare --requests 64 --json
+# The issue's speed targets (report.json, targets.md); a missed target is reported, not a failure.
+"$here/bin/xtask" gpu-report "$out" > "$out/gpu-report.log" 2>&1 || { echo "| gpu-report | FAIL | |" >> "$out/summary.md"; status=1; }
 {
   echo "# Turbine gpu-check"
   echo
   nvidia-smi --query-gpu=name,driver_version,memory.total,compute_cap --format=csv 2>&1
+  echo
+  cat "$out/targets.md" 2>/dev/null
   echo
   echo "| step | result | time |"
   echo "|---|---|---|"

@@ -9,6 +9,8 @@
 //!   `emu --build` only builds it and prints the environment that selects it.
 //! - `gpu-check --prepare DIR`: builds and packs what a GPU machine runs (`bash DIR/run.sh
 //!   REPORT_DIR` there); `gpu-check REPORT_DIR` prepares and runs it here.
+//! - `gpu-report REPORT_DIR`: the speed targets from a gpu-check run's logs, written as
+//!   `report.json` and `targets.md` (run.sh calls it last, from the carried xtask binary).
 //! - `gen-fixtures --python PY [NAME ...]`: regenerates the tiny variant checkpoints and their
 //!   transformers references under `tests/fixtures/variants` (PY must have torch, transformers and
 //!   tokenizers: `python3 -m venv .venv-gen && .venv-gen/bin/pip install torch transformers`).
@@ -19,6 +21,7 @@ use anyhow::{bail, Context, Result};
 
 mod emu;
 mod gpu_check;
+mod gpu_report;
 mod kernels;
 
 const GOLDEN_SUITES: &[&str] = &["golden_tiny", "golden_real"];
@@ -109,8 +112,14 @@ fn main() -> Result<()> {
             Some(report) => gpu_check::prepare_and_run(std::path::Path::new(report)),
             None => bail!("usage: cargo xtask gpu-check (--prepare DIR | REPORT_DIR)"),
         },
+        Some("gpu-report") => {
+            let dir = std::path::Path::new(args.get(1).context("usage: cargo xtask gpu-report REPORT_DIR")?);
+            let t = gpu_report::write(dir)?;
+            println!("{}", gpu_report::markdown(&t));
+            Ok(())
+        }
         _ => bail!(
-            "usage: cargo xtask <golden [--backend cpu|cuda] | ci | kernels | emu [--build | TEST ARGS] | gpu-check (--prepare DIR | REPORT_DIR) | gen-fixtures --python PY [NAME ...]>"
+            "usage: cargo xtask <golden [--backend cpu|cuda] | ci | kernels | emu [--build | TEST ARGS] | gpu-check (--prepare DIR | REPORT_DIR) | gpu-report REPORT_DIR | gen-fixtures --python PY [NAME ...]>"
         ),
     }
 }

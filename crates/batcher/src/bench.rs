@@ -121,6 +121,9 @@ pub struct Report {
     pub preemptions: u64,
     /// Prompt tokens served from the prefix cache.
     pub prefix_cache_hit_tokens: u64,
+    /// Engine steps (forward passes) taken. Where a step's time hardly depends on its batch
+    /// (a GPU decoding a small model), throughput ratios between modes follow their step counts.
+    pub steps: usize,
 }
 
 #[derive(Default)]
@@ -147,6 +150,7 @@ pub fn run(
     let total: usize = reqs.iter().map(|r| r.max_tokens).sum();
     let mut tracks: HashMap<RequestId, Track> = HashMap::new();
     let (mut util_weighted, mut util_time) = (0.0, 0.0);
+    let mut steps = 0usize;
     let t0 = Instant::now();
     let groups: Vec<&[BenchRequest]> = match mode {
         Mode::Inflight => vec![reqs],
@@ -174,6 +178,7 @@ pub fn run(
         while core.has_work() {
             let ts = Instant::now();
             let events = core.step()?;
+            steps += 1;
             let st = core.stats();
             let dt = ts.elapsed().as_secs_f64();
             let cap = (st.blocks_in_use * core.block_size()) as f64;
@@ -217,6 +222,7 @@ pub fn run(
         kv_block_utilization: if util_time > 0.0 { util_weighted / util_time } else { 0.0 },
         preemptions: st.preemptions,
         prefix_cache_hit_tokens: st.prefix_cache_hit_tokens,
+        steps,
     })
 }
 

@@ -26,6 +26,12 @@ pub fn compile_ptx(src: &KernelSource, arch: &'static str, include: &[PathBuf]) 
     let opts = cudarc::nvrtc::CompileOptions {
         arch: Some(arch),
         include_paths: include.iter().map(|p| p.display().to_string()).collect(),
+        // No contraction of `a * b + c` into a fused multiply-add: the kernels say where they
+        // fuse (`__fmaf_rn`), so their arithmetic is the same in every kernel that shares a
+        // formula (the decode and prefill attention kernels, for batch invariance), the same as
+        // the CPU backend's where they follow it, and the same as the emulator's (which compiles
+        // them with -ffp-contract=off). NVRTC contracts by default.
+        fmad: Some(false),
         options: vec!["--std=c++17".into(), "-default-device".into()],
         name: Some(format!("{}.cu", src.name)),
         ..Default::default()

@@ -504,7 +504,7 @@ impl Ops for Cuda {
         out: &mut Tensor<Self>,
     ) -> Result<()> {
         const OP: &str = "gather_rows";
-        self.f32_only(OP, src)?;
+        self.f32_only(OP, out)?;
         let (n, cols) = (ids.shape().numel(), src.cols());
         out.expect_shape(OP, &[n, cols])?;
         // Ids are checked where they are made, on the host (the runner refuses token ids outside
@@ -513,7 +513,7 @@ impl Ops for Cuda {
         if n == 0 {
             return Ok(());
         }
-        let args = [
+        let mut args = vec![
             Arg::Ptr(self.ptr(src)),
             Arg::Ptr(self.ptr(ids)),
             Arg::F32(scale),
@@ -522,7 +522,18 @@ impl Ops for Cuda {
             Arg::U32(u32_of(OP, src.rows())?),
             Arg::U32(u32_of(OP, cols)?),
         ];
-        self.launch("gather_rows_f32", (u32_of(OP, n)?, 1, 1), 256, &args)
+        // The table as stored: f32, f16/bf16 (embeddings kept as the checkpoint has them) or
+        // GGUF blocks.
+        let kernel = match src.dtype() {
+            DType::F32 => "gather_rows_f32",
+            DType::F16 => "gather_rows_f16",
+            DType::BF16 => "gather_rows_bf16",
+            d => {
+                args.push(Arg::I32(gguf_code(OP, d)?));
+                "gather_gguf_f32"
+            }
+        };
+        self.launch(kernel, (u32_of(OP, n)?, 1, 1), 256, &args)
     }
 
     /// Sampled on the device wherever the host sampler's result can be reproduced from what the

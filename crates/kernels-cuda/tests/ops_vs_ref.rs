@@ -235,6 +235,24 @@ fn suite<B: Ops>(b: &B) -> Vec<Out> {
     let mut out = up(b, &[4, h], &rand(4 * h, 15, 1.0));
     b.gather_rows(&table_rows, &up_u32(b, &[4], &[29, 0, 7, 7]), 1.5, true, &mut out).unwrap();
     push("gather accumulate".into(), get(b, &out), 1e-6);
+    // Embedding tables kept as the checkpoint stores them: f16/bf16 and GGUF blocks, decoded
+    // exactly (rows of 256 values, a whole number of blocks of every type).
+    let ids = up_u32(b, &[4], &[29, 0, 7, 7]);
+    for dtype in [DType::F16, DType::BF16] {
+        let (t16, _) = weight(b, dtype, &rand(30 * 256, 17, 1.0), 30, 256);
+        let mut out = zeros(b, &[4, 256]);
+        b.gather_rows(&t16, &ids, 0.5, false, &mut out).unwrap();
+        push(format!("gather from {dtype}"), get(b, &out), 0.0);
+    }
+    for dtype in
+        [DType::Q8_0, DType::Q4_0, DType::Q4_1, DType::Q5_0, DType::Q5_1, DType::Q4_K, DType::Q5_K, DType::Q6_K]
+    {
+        let tq =
+            b.upload_weight(&HostTensor::new([30, 256], dtype, gguf_blocks(dtype, 30 * 256, 18)).unwrap()).unwrap();
+        let mut out = up(b, &[4, 256], &rand(4 * 256, 19, 0.01));
+        b.gather_rows(&tq, &ids, 1.0, true, &mut out).unwrap();
+        push(format!("gather from {dtype} accumulate"), get(b, &out), 1e-6);
+    }
     let mut sm = up(b, &[3, 500], &rand(1500, 16, 8.0));
     b.softmax(&mut sm).unwrap();
     push("softmax".into(), get(b, &sm), 1e-5);

@@ -55,8 +55,13 @@ pub(crate) fn gather_rows(
         return Err(Error::invalid(OP, format!("row {bad} out of range for {rows} rows")));
     }
     let dtype = src.dtype();
+    // 8-bit values mean nothing without their scales, which a table does not carry.
+    if matches!(dtype, DType::F8E4M3 | DType::I8) {
+        return Err(Error::Unsupported { op: OP, dtype, backend: "cpu" });
+    }
     let os = f32s_mut(out, OP)?;
-    let mut row = vec![0.0f32; if dtype.is_quantized() { cols } else { 0 }];
+    // Tables kept as stored (f16/bf16, GGUF blocks) are decoded a row at a time.
+    let mut row = vec![0.0f32; if matches!(src.buf(), CpuBuf::Blocks(_)) { cols } else { 0 }];
     for (o, &i) in os.chunks_exact_mut(cols.max(1)).zip(ids) {
         let r: &[f32] = match src.buf() {
             CpuBuf::F32(v) => &v[i as usize * cols..][..cols],

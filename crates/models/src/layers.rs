@@ -307,6 +307,16 @@ impl<B: Ops> Decoder<B> {
             + self.lm_head.as_ref().map_or(0, lin)
     }
 
+    /// Bytes of weights one decode step of a single sequence reads: every weight except the
+    /// rows of the embedding tables it does not look up (the whole token table when it is also
+    /// the LM head). Batch-1 decode speed is bounded by this over the memory bandwidth.
+    pub fn decode_read_bytes(&self) -> usize {
+        use crate::precision::tensor_bytes as tb;
+        let unread = |t: &Tensor<B>| tb(t) - tb(t) / t.rows().max(1);
+        let table = if self.lm_head.is_some() { unread(&self.embed) } else { 0 };
+        self.weight_bytes() - table - self.pos_embed.as_ref().map_or(0, unread)
+    }
+
     fn layout(&self) -> QkvLayout {
         let s = &self.spec;
         QkvLayout { q_heads: s.q_heads, kv_heads: s.kv_heads, head_dim: s.head_dim }

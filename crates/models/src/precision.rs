@@ -4,7 +4,7 @@
 //! A [`Policy`] names a [`Format`] for the large projections of every block (the fused QKV, the
 //! attention output, the MLP up (gate and up) and down projections) and a list of exceptions that
 //! keep the checkpoint's own precision (by role, by layer, or both). Everything else stays as
-//! loaded: the token embeddings and the LM head (f32, or the GGUF blocks they came in), norms,
+//! loaded: the token embeddings and the LM head (f16/bf16 or GGUF blocks as stored, else f32), norms,
 //! biases, and the attention arithmetic (f32 scores and softmax).
 //!
 //! | format | weights | input of the product |

@@ -1,6 +1,6 @@
 //! Shape-checked access to a checkpoint's tensors, and upload to a backend.
 
-use turbine_core::{HostTensor, Ops, Tensor};
+use turbine_core::{DType, HostTensor, Ops, Tensor};
 
 use crate::source::WeightSource;
 use crate::{ModelError, Result};
@@ -90,6 +90,21 @@ impl<'a, B: Ops> Weights<'a, B> {
     /// The tensor `key`, uploaded.
     pub fn get(&self, key: &str, shape: &[usize]) -> Result<Tensor<B>> {
         self.upload(&self.host(key, shape)?)
+    }
+
+    /// The embedding table `key` (token or position embeddings, `[rows, hidden]`): f16, bf16
+    /// and GGUF blocks stay as stored (`upload_weight`), so the table takes the checkpoint's bytes
+    /// and a tied LM head's product reads them, not a widened f32 copy (twice the bytes of a
+    /// 16-bit table, each decode step); a lookup decodes the rows it gathers. Other types as
+    /// [`Weights::get`].
+    pub fn table(&self, key: &str, shape: &[usize]) -> Result<Tensor<B>> {
+        let t = self.host(key, shape)?;
+        let d = t.dtype();
+        if matches!(d, DType::F16 | DType::BF16) || d.is_quantized() {
+            Ok(self.backend.upload_weight(&t)?)
+        } else {
+            self.upload(&t)
+        }
     }
 
     /// The tensor `key`, uploaded, if present.

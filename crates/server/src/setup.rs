@@ -27,6 +27,8 @@ pub struct Session {
     pub path: PathBuf,
     /// Load time in milliseconds.
     pub load_ms: f64,
+    /// Bytes of weights one decode step of a single sequence reads.
+    pub decode_read_bytes: usize,
 }
 
 /// Resolves `--model` to a file or folder, pulling a known model on first use (and saying so).
@@ -55,6 +57,9 @@ pub struct Loaded {
     pub load_ms: f64,
     /// Bytes of weights in memory.
     pub weight_bytes: usize,
+    /// Bytes of weights one decode step of a single sequence reads (see
+    /// `Decoder::decode_read_bytes`).
+    pub decode_read_bytes: usize,
 }
 
 /// The KV cache storage named `name`: `f32` or `fp8` (FP8 E4M3, a quarter of the bytes).
@@ -117,16 +122,18 @@ pub fn load_runner(model: Option<&str>, backend: &str, kv: KvSize) -> Result<Loa
 pub fn load_runner_with(model: Option<&str>, backend: &str, kv: KvSize, policy: &Policy) -> Result<Loaded> {
     let path = model_path(model)?;
     let t0 = Instant::now();
-    let (runner, tok, eos, weight_bytes) = match backend {
+    let (runner, tok, eos, (weight_bytes, decode_read_bytes)) = match backend {
         "cpu" => load_on(Cpu::new(), &path, kv, policy)?,
         "cuda" => load_on(cuda_backend()?, &path, kv, policy)?,
         other => bail!("unknown backend {other:?}; available: cpu, cuda"),
     };
-    Ok(Loaded { runner, tok, eos, path, load_ms: t0.elapsed().as_secs_f64() * 1e3, weight_bytes })
+    let load_ms = t0.elapsed().as_secs_f64() * 1e3;
+    Ok(Loaded { runner, tok, eos, path, load_ms, weight_bytes, decode_read_bytes })
 }
 
-/// What [`load_on`] gives back: the runner, tokenizer, EOS ids and bytes of weights.
-type OnBackend = (Box<dyn ModelRunner>, TextTokenizer, Vec<u32>, usize);
+/// What [`load_on`] gives back: the runner, tokenizer, EOS ids, and bytes of weights (in memory,
+/// read by one decode step).
+type OnBackend = (Box<dyn ModelRunner>, TextTokenizer, Vec<u32>, (usize, usize));
 
 /// Loads the model at `path` on backend `b` with its KV cache (and, for 8-bit KV pages, the key
 /// shifts from a calibration run).
@@ -146,7 +153,7 @@ fn load_on<B: Ops + Clone>(b: B, path: &std::path::Path, kv: KvSize, policy: &Po
         eprintln!("turbine: loaded and quantised in {:.1} s", t0.elapsed().as_secs_f64());
     }
     let cache = kv.config(m.model.spec())?;
-    let bytes = m.model.decoder().map_or(0, |d| d.weight_bytes());
+    let bytes = m.model.decoder().map_or((0, 0), |d| (d.weight_bytes(), d.decode_read_bytes()));
     let (model, shifts) = if cache.kv_dtype != turbine_core::DType::F32 {
         key_shifts(&b, m.model, &m.tokenizer)?
     } else {
@@ -180,7 +187,14 @@ const KV_CALIB_TOKENS: usize = 512;
 /// context is the smaller of that and the model's own; cache pages are only touched when used).
 pub fn load(model: Option<&str>, backend: &str, kv: KvSize, policy: &Policy) -> Result<Session> {
     let l = load_runner_with(model, backend, kv, policy)?;
-    Ok(Session { gen: Generator::new(l.runner), tok: l.tok, eos: l.eos, path: l.path, load_ms: l.load_ms })
+    Ok(Session {
+        gen: Generator::new(l.runner),
+        tok: l.tok,
+        eos: l.eos,
+        path: l.path,
+        load_ms: l.load_ms,
+        decode_read_bytes: l.decode_read_bytes,
+    })
 }
 
 /// The CUDA backend on device 0, or why there is none.

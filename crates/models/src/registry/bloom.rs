@@ -81,7 +81,7 @@ impl<B: Ops> Architecture<B> for Bloom<B> {
                 alibi: Some(1.0),
                 embed_scale: 1.0,
             },
-            embed: w.get("transformer.word_embeddings.weight", &[vocab, h])?,
+            embed: w.table("transformer.word_embeddings.weight", &[vocab, h])?,
             pos_embed: None,
             embed_norm: Some(Norm::load(w, "transformer.word_embeddings_layernorm", h)?),
             layers: blocks,

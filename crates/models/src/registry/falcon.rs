@@ -118,7 +118,7 @@ impl<B: Ops> Architecture<B> for Falcon<B> {
                 alibi: alibi.then_some(scale),
                 embed_scale: 1.0,
             },
-            embed: w.get("transformer.word_embeddings.weight", &[vocab, h])?,
+            embed: w.table("transformer.word_embeddings.weight", &[vocab, h])?,
             pos_embed: None,
             embed_norm: None,
             layers,

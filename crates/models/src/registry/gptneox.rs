@@ -65,7 +65,7 @@ impl<B: Ops> Architecture<B> for GptNeoX<B> {
                 alibi: None,
                 embed_scale: 1.0,
             },
-            embed: w.get("gpt_neox.embed_in.weight", &[s.vocab, h])?,
+            embed: w.table("gpt_neox.embed_in.weight", &[s.vocab, h])?,
             pos_embed: None,
             embed_norm: None,
             layers,

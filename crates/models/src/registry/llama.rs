@@ -120,7 +120,7 @@ pub(crate) fn build<B: Ops>(c: &CommonConfig, w: &Weights<'_, B>, st: &Style) ->
             alibi: None,
             embed_scale: st.embed_scale,
         },
-        embed: w.get("model.embed_tokens.weight", &[s.vocab, h])?,
+        embed: w.table("model.embed_tokens.weight", &[s.vocab, h])?,
         pos_embed: None,
         embed_norm: None,
         layers,

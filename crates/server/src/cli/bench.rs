@@ -65,7 +65,7 @@ fn report_json(r: &Report) -> Value {
         "output_tokens": r.output_tokens, "wall_s": r.wall_s, "output_tok_s": r.output_tok_s,
         "total_tok_s": r.total_tok_s, "ttft_ms": p(&r.ttft_ms), "tpot_ms": p(&r.tpot_ms),
         "kv_block_utilization": r.kv_block_utilization, "preemptions": r.preemptions,
-        "prefix_cache_hit_tokens": r.prefix_cache_hit_tokens,
+        "prefix_cache_hit_tokens": r.prefix_cache_hit_tokens, "steps": r.steps,
     })
 }
 

@@ -64,20 +64,27 @@ pub fn run(model: &ModelArgs, a: &SpeedArgs, json: bool) -> Result<()> {
         let (_, decode) = measure(tokens(d.max(1)), a.gen_tokens)?;
         rows.push((d, decode));
     }
+    // The rate at which decode reads the weights (KV reads not counted): at batch 1 it is
+    // bounded by the memory bandwidth.
+    let bytes = s.decode_read_bytes;
+    let gb_s = |tok_s: f64| bytes as f64 * tok_s / 1e9;
     if json {
-        let r: Vec<_> = rows.iter().map(|(d, t)| json!({"context": d, "decode_tok_s": t})).collect();
+        let r: Vec<_> =
+            rows.iter().map(|&(d, t)| json!({"context": d, "decode_tok_s": t, "weight_gb_s": gb_s(t)})).collect();
         println!(
             "{}",
-            json!({"model": s.path, "backend": model.backend, "prefill_tokens": a.prompt_tokens, "prefill_tok_s": prefill, "decode": r})
+            json!({"model": s.path, "backend": model.backend, "prefill_tokens": a.prompt_tokens,
+                   "prefill_tok_s": prefill, "decode_read_bytes": bytes, "decode": r})
         );
     } else {
         println!("model    {}", s.path.display());
         println!("backend  {}", model.backend);
         println!("prefill  {prefill:>8.1} tok/s  ({} prompt tokens)", a.prompt_tokens);
-        println!("| context | decode tok/s |");
-        println!("|--------:|-------------:|");
+        println!("weights  {:.1} MB read per decode step", bytes as f64 / 1e6);
+        println!("| context | decode tok/s | weights GB/s |");
+        println!("|--------:|-------------:|-------------:|");
         for (d, t) in rows {
-            println!("| {d:>7} | {t:>12.1} |");
+            println!("| {d:>7} | {t:>12.1} | {:>12.2} |", gb_s(t));
         }
         eprintln!("turbine bench: done in {:.1} s", t0.elapsed().as_secs_f64());
     }
