@@ -74,12 +74,21 @@ __device__ float block_max(float v) { return block_reduce<MaxOp>(v); }
 
 // The products' kernels (gemv_* in fp8.cu, gemm.cu, gguf.cu): one warp per output column,
 // GEMV_ROWS rows per tile (ops.rs' GEMV_ROWS). Stores the warp's sums of the tile's rows
-// r0 .. r0 + rows for column col of acc [m, n]; every lane of the warp must call it.
+// r0 .. r0 + rows for column col of out [m, n]; every lane of the warp must call it.
+// With null col_scale and bias and accumulate 0 the raw sums are stored (epilogue_f32 then
+// finishes them); otherwise the plain epilogue is applied here, with epilogue_f32's operations in
+// its order: out = [out +] (sum [* col_scale[col]] [+ bias[col]]) — one launch fewer a product.
 #define GEMV_ROWS 8
-__device__ __forceinline__ void gemv_store(const float* sum, u32 rows, size_t r0, u32 n, u32 col, float* acc) {
+__device__ __forceinline__ void gemv_store(const float* sum, u32 rows, size_t r0, u32 n, u32 col, float* out,
+                                           const float* col_scale, const float* bias, int accumulate) {
     for (u32 i = 0; i < rows; i++) {
-        float s = warp_sum(sum[i]);
-        if ((threadIdx.x & 31) == 0) acc[(r0 + i) * n + col] = s;
+        float v = warp_sum(sum[i]);
+        if ((threadIdx.x & 31) == 0) {
+            size_t at = (r0 + i) * n + col;
+            if (col_scale) v = __fmul_rn(v, col_scale[col]);
+            if (bias) v = __fadd_rn(v, bias[col]);
+            out[at] = accumulate ? __fadd_rn(out[at], v) : v;
+        }
     }
 }
 

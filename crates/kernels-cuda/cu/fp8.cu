@@ -69,7 +69,8 @@ TURBINE_FOR_TYPES(DEQUANT)
 // whichever tile it falls in, so the product is batch invariant. XCODES: x is E4M3 codes (W8A8,
 // the row scales applied in the epilogue) instead of f32.
 template <bool XCODES>
-__device__ void gemv_8bit(const void* xv, const u8* codes, float* acc, u32 m, u32 n, u32 k, int int8) {
+__device__ void gemv_8bit(const void* xv, const u8* codes, float* acc, u32 m, u32 n, u32 k, int int8,
+                          const float* col_scale, const float* bias, int accumulate) {
     u32 warp = (blockIdx.x * blockDim.x + threadIdx.x) >> 5, lane = threadIdx.x & 31;
     if (warp >= n) return;
     const unsigned int* row = (const unsigned int*)(codes + (size_t)warp * k);
@@ -96,16 +97,18 @@ __device__ void gemv_8bit(const void* xv, const u8* codes, float* acc, u32 m, u3
                 for (int b = 0; b < 4; b++) sum[i] = __fmaf_rn(xs[b], w[b], sum[i]);
             }
         }
-        gemv_store(sum, rows, r0, n, warp, acc);
+        gemv_store(sum, rows, r0, n, warp, acc, col_scale, bias, accumulate);
     }
 }
 
+// col_scale, bias, accumulate: see gemv_store (all three off for raw sums).
 extern "C" __global__ void gemv_8bit_f32(const float* x, const u8* codes, float* acc, u32 m, u32 n, u32 k,
-                                         int int8) {
-    gemv_8bit<false>(x, codes, acc, m, n, k, int8);
+                                         int int8, const float* col_scale, const float* bias, int accumulate) {
+    gemv_8bit<false>(x, codes, acc, m, n, k, int8, col_scale, bias, accumulate);
 }
 
-// W8A8: x is the E4M3 codes of the quantised input rows, w E4M3 weights.
+// W8A8: x is the E4M3 codes of the quantised input rows, w E4M3 weights; raw sums (the row
+// scales are the epilogue's).
 extern "C" __global__ void gemv_w8a8_f32(const u8* x, const u8* codes, float* acc, u32 m, u32 n, u32 k) {
-    gemv_8bit<true>(x, codes, acc, m, n, k, 0);
+    gemv_8bit<true>(x, codes, acc, m, n, k, 0, nullptr, nullptr, 0);
 }

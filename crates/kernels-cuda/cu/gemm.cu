@@ -20,9 +20,10 @@ TURBINE_FOR_TYPES(CONVERT)
 // 8-bit products: one warp per output column, lane l takes c = 4l .. 4l + 3, then 4l + 128 ..,
 // each a fused multiply-add in c order, then the warp reduction; GEMV_ROWS rows at a time
 // (blockIdx.y strides over the row tiles); blockDim.x = 256, k % 4 == 0. A row's sum does not
-// depend on m: the batch-invariant product for every row count.
+// depend on m: the batch-invariant product for every row count. col_scale, bias, accumulate:
+// see gemv_store (all three off for raw sums).
 extern "C" __global__ void gemv_float_f32(const float* x, const void* w, float* acc, u32 m, u32 n, u32 k,
-                                          int wtype) {
+                                          int wtype, const float* col_scale, const float* bias, int accumulate) {
     u32 col = (blockIdx.x * blockDim.x + threadIdx.x) >> 5, lane = threadIdx.x & 31;
     if (col >= n) return;
     for (size_t r0 = (size_t)blockIdx.y * GEMV_ROWS; r0 < m; r0 += (size_t)gridDim.y * GEMV_ROWS) {
@@ -51,7 +52,7 @@ extern "C" __global__ void gemv_float_f32(const float* x, const void* w, float* 
                 sum[i] = __fmaf_rn(xv.w, v[3], sum[i]);
             }
         }
-        gemv_store(sum, rows, r0, n, col, acc);
+        gemv_store(sum, rows, r0, n, col, acc, col_scale, bias, accumulate);
     }
 }
 

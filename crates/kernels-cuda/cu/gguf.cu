@@ -93,8 +93,10 @@ __device__ __forceinline__ float gguf_at(const u8* w, int fmt, u32 k, u32 r, u32
 // Products straight from the blocks: acc[i, j] = sum_c x[i, c] * w[j, c], each block byte read
 // once per output column and row tile. One warp per column, lanes over the values (lane l takes
 // c = l, l + 32, ... in order), GEMV_ROWS rows at a time (blockIdx.y strides over the row
-// tiles); blockDim.x = 256. A row's sum does not depend on m (batch invariance).
-extern "C" __global__ void gemv_gguf_f32(const float* x, const u8* w, float* acc, u32 m, u32 n, u32 k, int fmt) {
+// tiles); blockDim.x = 256. A row's sum does not depend on m (batch invariance). col_scale,
+// bias, accumulate: see gemv_store.
+extern "C" __global__ void gemv_gguf_f32(const float* x, const u8* w, float* acc, u32 m, u32 n, u32 k, int fmt,
+                                         const float* col_scale, const float* bias, int accumulate) {
     u32 col = (blockIdx.x * blockDim.x + threadIdx.x) >> 5, lane = threadIdx.x & 31;
     if (col >= n) return;
     for (size_t r0 = (size_t)blockIdx.y * GEMV_ROWS; r0 < m; r0 += (size_t)gridDim.y * GEMV_ROWS) {
@@ -105,7 +107,7 @@ extern "C" __global__ void gemv_gguf_f32(const float* x, const u8* w, float* acc
             float v = gguf_at(w, fmt, k, col, c);
             for (u32 i = 0; i < rows; i++) sum[i] = __fmaf_rn(x[(r0 + i) * k + c], v, sum[i]);
         }
-        gemv_store(sum, rows, r0, n, col, acc);
+        gemv_store(sum, rows, r0, n, col, acc, col_scale, bias, accumulate);
     }
 }
 

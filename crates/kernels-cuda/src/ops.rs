@@ -139,16 +139,30 @@ impl Ops for Cuda {
         // depend on m. Every product when batch invariance is asked for (the default); else
         // those of a few rows (decode), where they beat cuBLASLt.
         let gemv_grid = (u32_of(OP, (n * 32).div_ceil(256))?, m.div_ceil(GEMV_ROWS).clamp(1, 65_535) as u32, 1);
-        let gemv = |name: &str, code: i32| -> Result<()> {
+        // These kernels finish a plain epilogue (column scales, bias, accumulation) themselves,
+        // with the epilogue kernel's operations: one launch a product instead of two.
+        let plain = epi.act.is_none() && exact_cols == 0;
+        let mut finished = false;
+        let out_p = self.ptr(out);
+        let mut gemv = |name: &str, code: i32| -> Result<()> {
+            let (dst, scale, bias, accumulate) = if plain {
+                (out_p, self.opt(epi.scale), self.opt(epi.bias), i32::from(epi.accumulate))
+            } else {
+                (acc_p, 0, 0, 0)
+            };
             let args = [
                 Arg::Ptr(self.ptr(x)),
                 Arg::Ptr(self.ptr(w)),
-                Arg::Ptr(acc_p),
+                Arg::Ptr(dst),
                 Arg::U32(mu),
                 Arg::U32(nu),
                 Arg::U32(ku),
                 Arg::I32(code),
+                Arg::Ptr(scale),
+                Arg::Ptr(bias),
+                Arg::I32(accumulate),
             ];
+            finished = plain;
             self.launch(name, gemv_grid, 256, &args)
         };
         let kernel_product = (self.invariant_products() || m <= GEMV_ROWS) && k % 4 == 0;
@@ -244,6 +258,9 @@ impl Ops for Cuda {
                 return Err(Error::invalid(OP, format!("FP8 input quantisation needs FP8 weights, not {dtype}")))
             }
             (dtype, None) => return Err(Error::Unsupported { op: OP, dtype, backend: "cuda" }),
+        }
+        if finished {
+            return Ok(());
         }
         let args = [
             Arg::Ptr(acc_p),

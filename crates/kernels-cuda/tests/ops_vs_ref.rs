@@ -107,6 +107,15 @@ fn suite<B: Ops>(b: &B) -> Vec<Out> {
         };
         b.matmul(&xt, &wt, epi, &mut out).unwrap();
         push(format!("matmul {dtype} bias silu accumulate"), get(b, &out), tol);
+        // A plain epilogue (scales, bias, accumulation; CUDA's product kernels finish it
+        // themselves), at decode and prefill row counts.
+        for rows in [m, 12] {
+            let xr = up(b, &[rows, k], &rand(rows * k, 24, 1.0));
+            let mut out = up(b, &[rows, n], &rand(rows * n, 25, 1.0));
+            let epi = Epilogue { bias: Some(&bt), accumulate: true, scale: sc.as_ref(), ..Epilogue::none() };
+            b.matmul(&xr, &wt, epi, &mut out).unwrap();
+            push(format!("matmul {dtype} {rows} rows bias accumulate"), get(b, &out), tol);
+        }
         if dtype == DType::F8E4M3 {
             for (q, sm, sh) in [
                 (XQuant::Fp8PerToken, None, None),
