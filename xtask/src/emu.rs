@@ -217,22 +217,6 @@ pub fn run(filter: &[String]) -> Result<()> {
     }
 }
 
-/// One HTTP/1.1 request to `127.0.0.1:port`; the status code and body.
-fn http(port: u16, method: &str, path: &str, body: &str) -> Result<(u16, String)> {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port))?;
-    s.set_read_timeout(Some(std::time::Duration::from_secs(120)))?;
-    write!(
-        s,
-        "{method} {path} HTTP/1.1\r\nhost: localhost\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
-        body.len()
-    )?;
-    let mut text = String::new();
-    s.read_to_string(&mut text)?;
-    let code = text.split(' ').nth(1).and_then(|c| c.parse().ok()).context("no HTTP status")?;
-    Ok((code, text.split("\r\n\r\n").nth(1).unwrap_or("").to_string()))
-}
-
 /// The CLI on `--backend cuda`: `generate` gives the CPU's greedy ids on a tiny model, and
 /// `serve` answers a completion.
 fn cli_checks(root: &Path, lib: &Path, ptx: &Path) -> Result<()> {
@@ -270,29 +254,7 @@ fn cli_checks(root: &Path, lib: &Path, ptx: &Path) -> Result<()> {
         bail!("generate: greedy ids on cuda {cuda}, on cpu {cpu}");
     }
     eprintln!("xtask: emu cli: generate --backend cuda gives the CPU's greedy ids {cuda}");
-    let port = 18_000 + (std::process::id() % 1000) as u16;
-    let mut cmd = Command::new(&turbine);
-    cmd.arg("serve").arg("-m").arg(&model).args(["--backend", "cuda", "--port", &port.to_string()]);
-    env(&mut cmd, lib, ptx);
-    let mut server = cmd.spawn()?;
-    let result = (|| -> Result<()> {
-        let start = std::time::Instant::now();
-        while !matches!(http(port, "GET", "/ready", ""), Ok((200, _))) {
-            if start.elapsed().as_secs() > 120 {
-                bail!("serve --backend cuda was not ready after 120 s");
-            }
-            std::thread::sleep(std::time::Duration::from_millis(200));
-        }
-        let body =
-            r#"{"model":"llama-gqa","prompt":"Hello","max_tokens":6,"temperature":0.7,"top_p":0.9,"logprobs":2}"#;
-        let (code, text) = http(port, "POST", "/v1/completions", body)?;
-        if code != 200 || !text.contains("\"choices\"") || !text.contains("\"top_logprobs\"") {
-            bail!("serve --backend cuda answered {code}: {text}");
-        }
-        eprintln!("xtask: emu cli: serve --backend cuda answered a completion");
-        Ok(())
-    })();
-    let _ = server.kill();
-    let _ = server.wait();
-    result
+    crate::serve_check::run(&turbine, &model, &|cmd| env(cmd, lib, ptx))?;
+    eprintln!("xtask: emu cli: serve --backend cuda answered a completion");
+    Ok(())
 }

@@ -7,7 +7,8 @@
 //! kernels-ref, the tiny golden suite (every architecture against transformers), the engine's
 //! suite (preemption, prefix cache, cancellation…) and the batch-invariance suite on CUDA, whole
 //! models under every precision policy and KV format against the CPU (`cuda_vs_cpu`), a tiny
-//! model end to end on `--backend cuda` against the CPU's greedy ids, a
+//! model end to end on `--backend cuda` against the CPU's greedy ids and served on `--backend
+//! cuda` (a completion over HTTP), a
 //! device-to-device copy bandwidth and cuBLASLt TFLOP/s (bf16, f16, FP8 at M = 16, 256, 4096), a
 //! synthetic 1B Llama's prefill and decode speed (bf16 and fp8 weights), in-flight against
 //! static batching, and writes `REPORT_DIR/report.md` and `report.json` (the speed
@@ -189,6 +190,7 @@ if [ -f "$out/tiny-cpu.log" ] && [ -f "$out/tiny-cuda.log" ]; then
   if [ -n "$a" ] && [ "$a" = "$b" ]; then echo "| tiny greedy ids equal | pass | |" >> "$out/summary.md";
   else echo "| tiny greedy ids equal | FAIL (cpu $a, cuda $b) | |" >> "$out/summary.md"; status=1; fi
 fi
+step serve-tiny-cuda "$here/bin/xtask" serve-check "$t" "$tiny"
 step gemm-and-copy "$here/bin/gpu_bench" --json
 step synth-1b "$t" synth-model --preset 1b --out "$work/m1b"
 step speed-1b-bf16 "$t" bench -m "$work/m1b" --backend cuda --dtype bf16 --workload speed --json

@@ -11,6 +11,8 @@
 //!   REPORT_DIR` there); `gpu-check REPORT_DIR` prepares and runs it here.
 //! - `gpu-report REPORT_DIR`: the speed targets from a gpu-check run's logs, written as
 //!   `report.json` and `targets.md` (run.sh calls it last, from the carried xtask binary).
+//! - `serve-check TURBINE MODEL`: `TURBINE serve -m MODEL --backend cuda` must answer a
+//!   completion (run.sh runs it on the GPU machine, from the carried xtask binary).
 //! - `gen-fixtures --python PY [NAME ...]`: regenerates the tiny variant checkpoints and their
 //!   transformers references under `tests/fixtures/variants` (PY must have torch, transformers and
 //!   tokenizers: `python3 -m venv .venv-gen && .venv-gen/bin/pip install torch transformers`).
@@ -23,6 +25,7 @@ mod emu;
 mod gpu_check;
 mod gpu_report;
 mod kernels;
+mod serve_check;
 
 const GOLDEN_SUITES: &[&str] = &["golden_tiny", "golden_real"];
 
@@ -112,6 +115,12 @@ fn main() -> Result<()> {
             Some(report) => gpu_check::prepare_and_run(std::path::Path::new(report)),
             None => bail!("usage: cargo xtask gpu-check (--prepare DIR | REPORT_DIR)"),
         },
+        Some("serve-check") => match (args.get(1), args.get(2)) {
+            (Some(turbine), Some(model)) => {
+                serve_check::run(std::path::Path::new(turbine), std::path::Path::new(model), &|_| {})
+            }
+            _ => bail!("usage: cargo xtask serve-check TURBINE MODEL"),
+        },
         Some("gpu-report") => {
             let dir = std::path::Path::new(args.get(1).context("usage: cargo xtask gpu-report REPORT_DIR")?);
             let t = gpu_report::write(dir)?;
@@ -119,7 +128,7 @@ fn main() -> Result<()> {
             Ok(())
         }
         _ => bail!(
-            "usage: cargo xtask <golden [--backend cpu|cuda] | ci | kernels | emu [--build | TEST ARGS] | gpu-check (--prepare DIR | REPORT_DIR) | gpu-report REPORT_DIR | gen-fixtures --python PY [NAME ...]>"
+            "usage: cargo xtask <golden [--backend cpu|cuda] | ci | kernels | emu [--build | TEST ARGS] | gpu-check (--prepare DIR | REPORT_DIR) | gpu-report REPORT_DIR | serve-check TURBINE MODEL | gen-fixtures --python PY [NAME ...]>"
         ),
     }
 }

@@ -79,6 +79,9 @@ __device__ float block_max(float v) { return block_reduce<MaxOp>(v); }
 // finishes them); otherwise the plain epilogue is applied here, with epilogue_f32's operations in
 // its order: out = [out +] (sum [* col_scale[col]] [+ bias[col]]) — one launch fewer a product.
 #define GEMV_ROWS 8
+// Weight loads each lane of a product kernel issues before using them (memory-level parallelism:
+// a decode product is bound by how many bytes are in flight, not by arithmetic).
+#define GEMV_UNROLL 4
 __device__ __forceinline__ void gemv_store(const float* sum, u32 rows, size_t r0, u32 n, u32 col, float* out,
                                            const float* col_scale, const float* bias, int accumulate) {
     for (u32 i = 0; i < rows; i++) {

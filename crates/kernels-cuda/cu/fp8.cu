@@ -78,23 +78,32 @@ __device__ void gemv_8bit(const void* xv, const u8* codes, float* acc, u32 m, u3
         u32 rows = (u32)min((size_t)GEMV_ROWS, (size_t)m - r0);
         float sum[GEMV_ROWS];
         for (int i = 0; i < GEMV_ROWS; i++) sum[i] = 0.f;
-        for (u32 q = lane; q < k / 4; q += 32) {
-            unsigned int packed = row[q];
-            float w[4];
-            for (int b = 0; b < 4; b++) {
-                u8 c = (u8)(packed >> (8 * b));
-                w[b] = int8 ? (float)(signed char)c : e4m3_to_f32(c);
-            }
-            for (u32 i = 0; i < rows; i++) {
-                float xs[4];
-                if (XCODES) {
-                    unsigned int xp = ((const unsigned int*)((const u8*)xv + (r0 + i) * k))[q];
-                    for (int b = 0; b < 4; b++) xs[b] = e4m3_to_f32((u8)(xp >> (8 * b)));
-                } else {
-                    float4 f = ((const float4*)((const float*)xv + (r0 + i) * k))[q];
-                    xs[0] = f.x, xs[1] = f.y, xs[2] = f.z, xs[3] = f.w;
+        const u32 kq = k / 4;
+        for (u32 q0 = lane; q0 < kq; q0 += 32 * GEMV_UNROLL) {
+            // GEMV_UNROLL 4-byte loads in flight before any is used; q still in increasing order.
+            unsigned int packed[GEMV_UNROLL];
+#pragma unroll
+            for (int u = 0; u < GEMV_UNROLL; u++) packed[u] = q0 + 32 * u < kq ? row[q0 + 32 * u] : 0u;
+#pragma unroll
+            for (int u = 0; u < GEMV_UNROLL; u++) {
+                u32 q = q0 + 32 * u;
+                if (q >= kq) break;
+                float w[4];
+                for (int b = 0; b < 4; b++) {
+                    u8 c = (u8)(packed[u] >> (8 * b));
+                    w[b] = int8 ? (float)(signed char)c : e4m3_to_f32(c);
                 }
-                for (int b = 0; b < 4; b++) sum[i] = __fmaf_rn(xs[b], w[b], sum[i]);
+                for (u32 i = 0; i < rows; i++) {
+                    float xs[4];
+                    if (XCODES) {
+                        unsigned int xp = ((const unsigned int*)((const u8*)xv + (r0 + i) * k))[q];
+                        for (int b = 0; b < 4; b++) xs[b] = e4m3_to_f32((u8)(xp >> (8 * b)));
+                    } else {
+                        float4 f = ((const float4*)((const float*)xv + (r0 + i) * k))[q];
+                        xs[0] = f.x, xs[1] = f.y, xs[2] = f.z, xs[3] = f.w;
+                    }
+                    for (int b = 0; b < 4; b++) sum[i] = __fmaf_rn(xs[b], w[b], sum[i]);
+                }
             }
         }
         gemv_store(sum, rows, r0, n, warp, acc, col_scale, bias, accumulate);

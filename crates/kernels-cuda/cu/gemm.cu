@@ -26,30 +26,42 @@ extern "C" __global__ void gemv_float_f32(const float* x, const void* w, float* 
                                           int wtype, const float* col_scale, const float* bias, int accumulate) {
     u32 col = (blockIdx.x * blockDim.x + threadIdx.x) >> 5, lane = threadIdx.x & 31;
     if (col >= n) return;
+    const u32 kq = k / 4;
     for (size_t r0 = (size_t)blockIdx.y * GEMV_ROWS; r0 < m; r0 += (size_t)gridDim.y * GEMV_ROWS) {
         u32 rows = (u32)min((size_t)GEMV_ROWS, (size_t)m - r0);
         float sum[GEMV_ROWS];
         for (int i = 0; i < GEMV_ROWS; i++) sum[i] = 0.f;
-        for (u32 q = lane; q < k / 4; q += 32) {
-            // Four weights in one 8-byte (16-bit) or 16-byte (f32) load; rows start aligned
-            // (k % 4 == 0, buffers 256-byte aligned).
-            float v[4];
-            if (wtype == 0) {
-                float4 f = ((const float4*)((const float*)w + (size_t)col * k))[q];
-                v[0] = f.x, v[1] = f.y, v[2] = f.z, v[3] = f.w;
-            } else {
-                uint2 u = ((const uint2*)((const unsigned short*)w + (size_t)col * k))[q];
-                unsigned short h[4] = {(unsigned short)(u.x & 0xffff), (unsigned short)(u.x >> 16),
-                                       (unsigned short)(u.y & 0xffff), (unsigned short)(u.y >> 16)};
-                for (int b = 0; b < 4; b++)
-                    v[b] = wtype == 1 ? __half2float(__ushort_as_half(h[b])) : __uint_as_float((unsigned)h[b] << 16);
+        for (u32 q0 = lane; q0 < kq; q0 += 32 * GEMV_UNROLL) {
+            // GEMV_UNROLL loads of four weights each (one 8-byte (16-bit) or 16-byte (f32) load;
+            // rows start aligned: k % 4 == 0, buffers 256-byte aligned) issued before any is used,
+            // so a warp keeps several in flight; the sums below still take q in increasing order.
+            float v[GEMV_UNROLL][4];
+#pragma unroll
+            for (int u = 0; u < GEMV_UNROLL; u++) {
+                u32 q = q0 + 32 * u;
+                if (q >= kq) break;
+                if (wtype == 0) {
+                    float4 f = ((const float4*)((const float*)w + (size_t)col * k))[q];
+                    v[u][0] = f.x, v[u][1] = f.y, v[u][2] = f.z, v[u][3] = f.w;
+                } else {
+                    uint2 p = ((const uint2*)((const unsigned short*)w + (size_t)col * k))[q];
+                    unsigned short h[4] = {(unsigned short)(p.x & 0xffff), (unsigned short)(p.x >> 16),
+                                           (unsigned short)(p.y & 0xffff), (unsigned short)(p.y >> 16)};
+                    for (int b = 0; b < 4; b++)
+                        v[u][b] = wtype == 1 ? __half2float(__ushort_as_half(h[b])) : __uint_as_float((unsigned)h[b] << 16);
+                }
             }
-            for (u32 i = 0; i < rows; i++) {
-                float4 xv = ((const float4*)(x + (r0 + i) * k))[q];
-                sum[i] = __fmaf_rn(xv.x, v[0], sum[i]);
-                sum[i] = __fmaf_rn(xv.y, v[1], sum[i]);
-                sum[i] = __fmaf_rn(xv.z, v[2], sum[i]);
-                sum[i] = __fmaf_rn(xv.w, v[3], sum[i]);
+#pragma unroll
+            for (int u = 0; u < GEMV_UNROLL; u++) {
+                u32 q = q0 + 32 * u;
+                if (q >= kq) break;
+                for (u32 i = 0; i < rows; i++) {
+                    float4 xv = ((const float4*)(x + (r0 + i) * k))[q];
+                    sum[i] = __fmaf_rn(xv.x, v[u][0], sum[i]);
+                    sum[i] = __fmaf_rn(xv.y, v[u][1], sum[i]);
+                    sum[i] = __fmaf_rn(xv.z, v[u][2], sum[i]);
+                    sum[i] = __fmaf_rn(xv.w, v[u][3], sum[i]);
+                }
             }
         }
         gemv_store(sum, rows, r0, n, col, acc, col_scale, bias, accumulate);

@@ -140,6 +140,24 @@ fn suite<B: Ops>(b: &B) -> Vec<Out> {
         }
     }
 
+    // Long rows (k = 1000: each lane's loads in several batches of GEMV_UNROLL, the last one
+    // partial) for every element type, with 3 and 12 rows.
+    {
+        let (kl, nl) = (1000, 24);
+        let wl = rand(nl * kl, 26, 0.1);
+        for (dtype, tol) in
+            [(DType::F32, 1e-5), (DType::BF16, 1e-2), (DType::F16, 4e-3), (DType::F8E4M3, 1e-5), (DType::I8, 1e-5)]
+        {
+            let (wt, sc) = weight(b, dtype, &wl, nl, kl);
+            for rows in [3, 12] {
+                let xr = up(b, &[rows, kl], &rand(rows * kl, 27, 1.0));
+                let mut out = zeros(b, &[rows, nl]);
+                b.matmul(&xr, &wt, Epilogue { scale: sc.as_ref(), ..Epilogue::none() }, &mut out).unwrap();
+                push(format!("matmul {dtype} {rows} rows k={kl}"), get(b, &out), tol);
+            }
+        }
+    }
+
     // Outlier channels multiplied exactly beside a W8A8 product (zeroed by the smoothing).
     {
         let idx = [3u32, 17, 80];
