@@ -103,9 +103,21 @@ extern "C" __global__ void gemv_gguf_f32(const float* x, const u8* w, float* acc
         u32 rows = (u32)min((size_t)GEMV_ROWS, (size_t)m - r0);
         float sum[GEMV_ROWS];
         for (int i = 0; i < GEMV_ROWS; i++) sum[i] = 0.f;
-        for (u32 c = lane; c < k; c += 32) {
-            float v = gguf_at(w, fmt, k, col, c);
-            for (u32 i = 0; i < rows; i++) sum[i] = __fmaf_rn(x[(r0 + i) * k + c], v, sum[i]);
+        for (u32 c0 = lane; c0 < k; c0 += 32 * GEMV_UNROLL) {
+            // GEMV_UNROLL values (from as many blocks or block parts) decoded before any is used,
+            // so their loads are in flight together; c still in increasing order.
+            float v[GEMV_UNROLL];
+#pragma unroll
+            for (int u = 0; u < GEMV_UNROLL; u++) {
+                u32 c = c0 + 32 * u;
+                v[u] = c < k ? gguf_at(w, fmt, k, col, c) : 0.f;
+            }
+#pragma unroll
+            for (int u = 0; u < GEMV_UNROLL; u++) {
+                u32 c = c0 + 32 * u;
+                if (c >= k) break;
+                for (u32 i = 0; i < rows; i++) sum[i] = __fmaf_rn(x[(r0 + i) * k + c], v[u], sum[i]);
+            }
         }
         gemv_store(sum, rows, r0, n, col, acc, col_scale, bias, accumulate);
     }

@@ -191,7 +191,8 @@ impl Ops for Cuda {
             (wt, None) if wt.is_quantized() => {
                 // GGUF blocks read in place: decoded in registers, or widened for cuBLASLt.
                 let fmt = gguf_code(OP, wt)?;
-                if self.invariant_products() || m <= GEMV_ROWS {
+                // (GGUF rows are whole blocks of 32 or 256 values, so k % 4 == 0.)
+                if kernel_product {
                     gemv("gemv_gguf_f32", fmt)?;
                 } else {
                     let wf = self.slot(Slot::Widened, n * k * 4)?;
