@@ -205,6 +205,21 @@ pub fn run(filter: &[String]) -> Result<()> {
     step("ops reverse", &ops, &reverse)?;
     step("cuda-vs-cpu reverse", &vs_cpu, &reverse)?;
     step("batch-invariance reverse", &bi, &[on_cuda[0], reverse[0]])?;
+    if filter.is_empty() {
+        // A real model's shapes (SmolLM2: 30 layers, GQA 9:3, a 49,152-token GGUF Q4_1 table that
+        // is also the head) against transformers: greedy ids and the first step's logits.
+        let real = [
+            "test",
+            "--release",
+            "-p",
+            "turbine-tests",
+            "--test",
+            "golden_real",
+            "--",
+            "smollm2_greedy_and_first_step_logprobs",
+        ];
+        step("golden-real smollm2", &real, &on_cuda)?;
+    }
     if let Err(e) = cli_checks(&root, &lib, &ptx) {
         eprintln!("xtask: emu cli: {e:#}");
         failed.push("cli".into());
