@@ -61,12 +61,12 @@ pub fn load(path: &Path, ctx: usize) -> Result<Loaded> {
 /// A model with a cache of `blocks` blocks of 16 tokens, on the backend [`load`] uses, with its
 /// tokenizer and EOS ids.
 pub fn load_runner(path: &Path, blocks: usize) -> Result<(Box<dyn ModelRunner>, TextTokenizer, Vec<u32>)> {
-    load_runner_with(path, blocks, &Policy::parse("auto", &[])?)
+    load_runner_on(path, blocks, &Policy::parse("auto", &[])?, false)
 }
 
 /// [`load`] with the projections stored as `policy` says (calibrating first where it needs to).
 pub fn load_with(path: &Path, ctx: usize, policy: &Policy) -> Result<Loaded> {
-    let (runner, tok, eos) = load_runner_with(path, ctx.div_ceil(16), policy)?;
+    let (runner, tok, eos) = load_runner_on(path, ctx.div_ceil(16), policy, false)?;
     Ok(Loaded { gen: Generator::new(runner), tok, eos })
 }
 
@@ -75,14 +75,6 @@ pub fn load_with(path: &Path, ctx: usize, policy: &Policy) -> Result<Loaded> {
 pub fn load_widened_tables(path: &Path, ctx: usize) -> Result<Loaded> {
     let (runner, tok, eos) = load_runner_on(path, ctx.div_ceil(16), &Policy::parse("auto", &[])?, true)?;
     Ok(Loaded { gen: Generator::new(runner), tok, eos })
-}
-
-fn load_runner_with(
-    path: &Path,
-    blocks: usize,
-    policy: &Policy,
-) -> Result<(Box<dyn ModelRunner>, TextTokenizer, Vec<u32>)> {
-    load_runner_on(path, blocks, policy, false)
 }
 
 fn load_runner_on(

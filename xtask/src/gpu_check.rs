@@ -206,7 +206,8 @@ step compare-1b-bf16 "$t" bench -m "$work/m1b" --backend cuda --dtype bf16 --com
 {
   echo "# Turbine gpu-check"
   echo
-  nvidia-smi --query-gpu=name,driver_version,memory.total,compute_cap --format=csv 2>&1
+  echo "name, driver_version, memory.total, compute_cap"
+  cat "$out/device.txt"
   echo
   cat "$out/targets.md" 2>/dev/null
   echo

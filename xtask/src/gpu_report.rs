@@ -142,8 +142,9 @@ pub fn markdown(targets: &[Target]) -> String {
 pub fn write(dir: &Path) -> Result<Vec<Target>> {
     const SPEED: [&str; 3] = ["speed-1b-bf16", "speed-1b-bf16-graphs", "speed-1b-bf16-fast-products"];
     let t = targets(dir, &SPEED);
+    let steps = steps(dir);
     let mut logs = serde_json::Map::new();
-    for step in steps(dir) {
+    for step in &steps {
         let name = step["step"].as_str().unwrap_or_default().to_string();
         if let Some(v) = read_json(dir, &name) {
             logs.insert(name, v);
@@ -151,7 +152,7 @@ pub fn write(dir: &Path) -> Result<Vec<Target>> {
     }
     let report = json!({
         "device": std::fs::read_to_string(dir.join("device.txt")).unwrap_or_default().trim(),
-        "steps": steps(dir),
+        "steps": steps,
         "measurements": logs,
         "targets": t.iter().map(|t| json!({
             "name": t.name, "value": t.value, "target": t.target, "met": t.met(), "source": t.source,

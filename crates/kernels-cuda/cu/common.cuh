@@ -95,6 +95,21 @@ __device__ __forceinline__ void gemv_store(const float* sum, u32 rows, size_t r0
     }
 }
 
+// Row i of an embedding lookup (one block per output row): out[i] (+)= src[ids[i]] * scale, f32
+// out, `value(id, c)` decoding column c of table row id. Rows past src_rows are left as they are
+// (ids are validated on the host; the table is never read out of bounds).
+template <typename Value>
+__device__ __forceinline__ void gather_row(const u32* ids, float scale, int accumulate, float* out, u32 src_rows,
+                                           u32 cols, Value value) {
+    u32 i = blockIdx.x, id = ids[i];
+    float* o = out + (size_t)i * cols;
+    if (id >= src_rows) return;
+    for (u32 c = threadIdx.x; c < cols; c += blockDim.x) {
+        float v = value(id, c) * scale;
+        o[c] = accumulate ? o[c] + v : v;
+    }
+}
+
 // Activations: 0 SiLU, 1 GELU (tanh approximation), 2 GELU (erf), 3 ReLU.
 __device__ __forceinline__ float activate(float x, int act) {
     switch (act) {

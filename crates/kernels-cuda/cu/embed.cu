@@ -6,15 +6,8 @@
 template <typename T>
 __device__ void gather_rows(const T* src, const u32* ids, float scale, int accumulate, float* out, u32 src_rows,
                             u32 cols) {
-    u32 i = blockIdx.x;
-    u32 id = ids[i];
-    float* o = out + (size_t)i * cols;
-    if (id >= src_rows) return;  // validated on the host; never read out of bounds
-    const T* s = src + (size_t)id * cols;
-    for (u32 c = threadIdx.x; c < cols; c += blockDim.x) {
-        float v = to_f(s[c]) * scale;
-        o[c] = accumulate ? o[c] + v : v;
-    }
+    gather_row(ids, scale, accumulate, out, src_rows, cols,
+               [=](u32 id, u32 c) { return to_f(src[(size_t)id * cols + c]); });
 }
 
 #define GATHER(N, T)                                                                                          \

@@ -134,11 +134,5 @@ extern "C" __global__ void dequant_gguf_f32(const u8* w, float* out, u32 n, u32 
 // (f32 out), the values decoded as the products decode them. One block per output row.
 extern "C" __global__ void gather_gguf_f32(const u8* src, const u32* ids, float scale, int accumulate, float* out,
                                            u32 src_rows, u32 cols, int fmt) {
-    u32 i = blockIdx.x, id = ids[i];
-    float* o = out + (size_t)i * cols;
-    if (id >= src_rows) return;  // validated on the host; never read out of bounds
-    for (u32 c = threadIdx.x; c < cols; c += blockDim.x) {
-        float v = gguf_at(src, fmt, cols, id, c) * scale;
-        o[c] = accumulate ? o[c] + v : v;
-    }
+    gather_row(ids, scale, accumulate, out, src_rows, cols, [=](u32 id, u32 c) { return gguf_at(src, fmt, cols, id, c); });
 }

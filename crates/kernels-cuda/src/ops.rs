@@ -139,13 +139,14 @@ impl Ops for Cuda {
         // depend on m. Every product when batch invariance is asked for (the default); else
         // those of a few rows (decode), where they beat cuBLASLt.
         let gemv_grid = (u32_of(OP, (n * 32).div_ceil(256))?, m.div_ceil(GEMV_ROWS).clamp(1, 65_535) as u32, 1);
-        // These kernels finish a plain epilogue (column scales, bias, accumulation) themselves,
-        // with the epilogue kernel's operations: one launch a product instead of two.
-        let plain = epi.act.is_none() && exact_cols == 0;
-        let mut finished = false;
+        let kernel_product = (self.invariant_products() || m <= GEMV_ROWS) && k % 4 == 0;
+        // The product kernels (every product below that is not W8A8 when `kernel_product`)
+        // finish a plain epilogue (column scales, bias, accumulation) themselves, with the
+        // epilogue kernel's operations: one launch a product instead of two.
+        let fused = kernel_product && epi.quant_x.is_none() && epi.act.is_none() && exact_cols == 0;
         let out_p = self.ptr(out);
-        let mut gemv = |name: &str, code: i32| -> Result<()> {
-            let (dst, scale, bias, accumulate) = if plain {
+        let gemv = |name: &str, code: i32| -> Result<()> {
+            let (dst, scale, bias, accumulate) = if fused {
                 (out_p, self.opt(epi.scale), self.opt(epi.bias), i32::from(epi.accumulate))
             } else {
                 (acc_p, 0, 0, 0)
@@ -162,10 +163,8 @@ impl Ops for Cuda {
                 Arg::Ptr(bias),
                 Arg::I32(accumulate),
             ];
-            finished = plain;
             self.launch(name, gemv_grid, 256, &args)
         };
-        let kernel_product = (self.invariant_products() || m <= GEMV_ROWS) && k % 4 == 0;
         match (w.dtype(), epi.quant_x) {
             (wt @ (DType::F32 | DType::F16 | DType::BF16), None) if kernel_product => {
                 let code = match wt {
@@ -260,7 +259,7 @@ impl Ops for Cuda {
             }
             (dtype, None) => return Err(Error::Unsupported { op: OP, dtype, backend: "cuda" }),
         }
-        if finished {
+        if fused {
             return Ok(());
         }
         let args = [
