@@ -376,6 +376,35 @@ fn matmul_activation_epilogue_and_post_norm_residual() {
 }
 
 #[test]
+fn gated_matmul_is_the_product_then_gated_act() {
+    let b = Cpu::new();
+    let (k, f) = (40, 9);
+    let (w, bias) = (rand(2 * f * k, 6), rand(2 * f, 7));
+    let (wt, bt) = (up(&b, &[2 * f, k], &w), up(&b, &[2 * f], &bias));
+    for (m, act) in [(1, Act::Silu), (3, Act::GeluTanh), (7, Act::Gelu), (2, Act::Relu)] {
+        let xt = up(&b, &[m, k], &rand(m * k, 8));
+        let mut full = zeros(&b, &[m, 2 * f]);
+        b.matmul(&xt, &wt, Epilogue::bias(Some(&bt)), &mut full).unwrap();
+        let mut want = zeros(&b, &[m, f]);
+        b.gated_act(&full, act, &mut want).unwrap();
+        let mut got = zeros(&b, &[m, f]);
+        b.matmul(&xt, &wt, Epilogue { act: Some(act), gated: true, ..Epilogue::bias(Some(&bt)) }, &mut got).unwrap();
+        assert_eq!(down(&b, &got), down(&b, &want), "{m} rows, {act:?}");
+    }
+    // Misuse is an error naming the problem, not a panic.
+    let xt = up(&b, &[2, k], &rand(2 * k, 9));
+    let gated = Epilogue { act: Some(Act::Silu), gated: true, ..Epilogue::none() };
+    let mut out = zeros(&b, &[2, f]);
+    let odd = up(&b, &[2 * f - 1, k], &w[..(2 * f - 1) * k]);
+    let err = |r: turbine_core::Result<()>| r.unwrap_err().to_string();
+    assert!(err(b.matmul(&xt, &odd, Epilogue { ..gated }, &mut out)).contains("even width"));
+    assert!(err(b.matmul(&xt, &wt, Epilogue { act: None, ..gated }, &mut out)).contains("without an activation"));
+    assert!(err(b.matmul(&xt, &wt, Epilogue { accumulate: true, ..gated }, &mut out)).contains("accumulate"));
+    let mut wide = zeros(&b, &[2, 2 * f]);
+    assert!(err(b.matmul(&xt, &wt, gated, &mut wide)).contains("shape"));
+}
+
+#[test]
 fn head_norm_normalises_each_query_and_key_head() {
     let b = Cpu::new();
     let l = QkvLayout { q_heads: 4, kv_heads: 2, head_dim: 8 };

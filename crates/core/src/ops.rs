@@ -25,11 +25,19 @@ use crate::{Backend, Result, Tensor};
 /// input: `Σ_t x[i, idx[t]] · wx[j, t]` joins the sum before the bias (after the scales). The
 /// stored weight's columns `idx` are then zero (the caller's to arrange), and a `smooth` of zero
 /// on those channels keeps them out of the quantised row and its scale.
+///
+/// With `gated` (a gated MLP's `act(gate) · up` fused with its product), the weight stacks the
+/// gate rows over the up rows (`[2f, k]`, the fused `gate_up` projection), everything above but
+/// the activation applies to that whole `[m, 2f]` product `p` (`bias`, `scale` are `[2f]`), and
+/// `out [m, f]` gets `act(p[i, j]) · p[i, f + j]` (the order of [`Ops::gated_act`]).
 pub struct Epilogue<'a, B: Backend> {
     /// Adds `bias[n]` to every row.
     pub bias: Option<&'a Tensor<B>>,
-    /// Applies an activation element-wise.
+    /// Applies an activation element-wise (with `gated`, to the gate half only).
     pub act: Option<Act>,
+    /// The output is `act(gate) · up` of the two halves of the product (needs `act`; not with
+    /// `accumulate`).
+    pub gated: bool,
     /// Adds the result to `out` instead of overwriting it (fused residual add).
     pub accumulate: bool,
     /// Per-output-column weight scales `[n]` (f32), for FP8 and INT8 weights.
@@ -82,6 +90,7 @@ impl<B: Backend> Epilogue<'_, B> {
         Epilogue {
             bias: None,
             act: None,
+            gated: false,
             accumulate: false,
             scale: None,
             quant_x: None,
@@ -97,16 +106,28 @@ impl<B: Backend> Epilogue<'_, B> {
     }
 
     /// Checks a product `x [m, k] · wᵀ ([n, k]) → out [m, n]` with this epilogue: the shapes of
-    /// every part (`bias`, `scale` `[n]`; `smooth`, `shift` `[k]`; the exact channels), and that
-    /// smoothing and shifts come with input quantisation (they act on the input as it is
-    /// quantised). Returns how many exact channels there are (0 without). Element types are the
-    /// backend's to check.
+    /// every part (`bias`, `scale` `[n]`; `smooth`, `shift` `[k]`; the exact channels; `out`
+    /// `[m, n / 2]` when `gated`), that smoothing and shifts come with input quantisation (they act
+    /// on the input as it is quantised), and that a gated product has an activation, an even `n`
+    /// and no accumulation. Returns how many exact channels there are (0 without). Element types
+    /// are the backend's to check.
     pub fn check(&self, op: &'static str, x: &Tensor<B>, w: &Tensor<B>, out: &Tensor<B>) -> Result<usize> {
         let (m, k, n) = (x.rows(), x.cols(), w.rows());
         if w.cols() != k {
             return Err(crate::Error::Shape { op, expected: [n, k].into(), got: w.shape().clone() });
         }
-        out.expect_shape(op, &[m, n])?;
+        if self.gated {
+            if self.act.is_none() {
+                return Err(crate::Error::invalid(op, "a gated product without an activation"));
+            }
+            if self.accumulate {
+                return Err(crate::Error::invalid(op, "a gated product cannot accumulate into its output"));
+            }
+            if n % 2 != 0 {
+                return Err(crate::Error::invalid(op, format!("a gated product needs an even width, got {n} rows")));
+            }
+        }
+        out.expect_shape(op, &[m, if self.gated { n / 2 } else { n }])?;
         for (t, len) in [(self.bias, n), (self.scale, n), (self.smooth, k), (self.shift, k)] {
             if let Some(t) = t {
                 t.expect_shape(op, &[len])?;

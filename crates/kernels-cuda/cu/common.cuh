@@ -72,25 +72,78 @@ template <typename Op> __device__ float block_reduce(float v) {
 __device__ float block_sum(float v) { return block_reduce<SumOp>(v); }
 __device__ float block_max(float v) { return block_reduce<MaxOp>(v); }
 
+// Activations: 0 SiLU, 1 GELU (tanh approximation), 2 GELU (erf), 3 ReLU.
+__device__ __forceinline__ float activate(float x, int act) {
+    switch (act) {
+        case 0: return x / (1.f + __expf(-x));
+        case 1: {
+            const float k = 0.7978845608028654f;  // sqrt(2 / pi)
+            return 0.5f * x * (1.f + tanhf(k * (x + 0.044715f * x * x * x)));
+        }
+        case 2: return 0.5f * x * (1.f + erff(x * 0.7071067811865476f));
+        default: return fmaxf(x, 0.f);
+    }
+}
+
 // The products' kernels (gemv_* in fp8.cu, gemm.cu, gguf.cu): one warp per output column,
-// GEMV_ROWS rows per tile (ops.rs' GEMV_ROWS). Stores the warp's sums of the tile's rows
-// r0 .. r0 + rows for column col of out [m, n]; every lane of the warp must call it.
-// With null col_scale and bias and accumulate 0 the raw sums are stored (epilogue_f32 then
-// finishes them); otherwise the plain epilogue is applied here, with epilogue_f32's operations in
-// its order: out = [out +] (sum [* col_scale[col]] [+ bias[col]]) — one launch fewer a product.
+// GEMV_ROWS rows per tile (ops.rs' GEMV_ROWS).
 #define GEMV_ROWS 8
 // Weight loads each lane of a product kernel issues before using them (memory-level parallelism:
 // a decode product is bound by how many bytes are in flight, not by arithmetic).
 #define GEMV_UNROLL 4
+
+// The plain epilogue of a product's column c, with epilogue_f32's operations in its order:
+// v [* col_scale[c]] [+ bias[c]].
+__device__ __forceinline__ float gemv_finish(float v, u32 c, const float* col_scale, const float* bias) {
+    if (col_scale) v = __fmul_rn(v, col_scale[c]);
+    if (bias) v = __fadd_rn(v, bias[c]);
+    return v;
+}
+
+// Stores the warp's sums of the tile's rows r0 .. r0 + rows for column col of out [m, n]; every
+// lane of the warp must call it. With null col_scale and bias and accumulate 0 the raw sums are
+// stored (epilogue_f32 then finishes them); otherwise the plain epilogue is applied here:
+// out = [out +] gemv_finish(sum) — one launch fewer a product.
 __device__ __forceinline__ void gemv_store(const float* sum, u32 rows, size_t r0, u32 n, u32 col, float* out,
                                            const float* col_scale, const float* bias, int accumulate) {
     for (u32 i = 0; i < rows; i++) {
         float v = warp_sum(sum[i]);
         if ((threadIdx.x & 31) == 0) {
             size_t at = (r0 + i) * n + col;
-            if (col_scale) v = __fmul_rn(v, col_scale[col]);
-            if (bias) v = __fadd_rn(v, bias[col]);
+            v = gemv_finish(v, col, col_scale, bias);
             out[at] = accumulate ? __fadd_rn(out[at], v) : v;
+        }
+    }
+}
+
+// The row tiles of a product kernel for its warp's output column of out [m, n] (blockIdx.y
+// strides over the tiles). `sums(wrow, r0, rows, sum)` leaves in sum[0 .. rows) the lane's partial
+// sums of weight row wrow with input rows r0 .. r0 + rows, starting from zero.
+// Plain: out[r, col] = gemv_store of weight row col. GATED (gate: an activation code): the
+// weights stack gate rows [0, n) over up rows [n, 2n) and col_scale, bias are [2n];
+// out[r, col] = activate(gemv_finish(gate sum), gate) * gemv_finish(up sum), what gated_act
+// makes of the finished [m, 2n] product (accumulate is ignored). A template parameter, so that
+// the plain kernels keep their registers (and occupancy). The lanes of a warp return together.
+template <bool GATED, typename Sums>
+__device__ __forceinline__ void gemv_tiles(u32 m, u32 n, float* out, const float* col_scale, const float* bias,
+                                           int accumulate, int gate, Sums sums) {
+    u32 col = (blockIdx.x * blockDim.x + threadIdx.x) >> 5;
+    if (col >= n) return;
+    for (size_t r0 = (size_t)blockIdx.y * GEMV_ROWS; r0 < m; r0 += (size_t)gridDim.y * GEMV_ROWS) {
+        u32 rows = (u32)min((size_t)GEMV_ROWS, (size_t)m - r0);
+        float sum[GEMV_ROWS];
+        sums(col, r0, rows, sum);
+        if (!GATED) {
+            gemv_store(sum, rows, r0, n, col, out, col_scale, bias, accumulate);
+            continue;
+        }
+        float up[GEMV_ROWS];
+        sums(n + col, r0, rows, up);
+        for (u32 i = 0; i < rows; i++) {
+            float g = warp_sum(sum[i]), u = warp_sum(up[i]);
+            if ((threadIdx.x & 31) == 0)
+                out[(r0 + i) * n + col] =
+                    activate(gemv_finish(g, col, col_scale, bias), gate) * gemv_finish(u, n + col, col_scale, bias);
         }
     }
 }
@@ -107,19 +160,6 @@ __device__ __forceinline__ void gather_row(const u32* ids, float scale, int accu
     for (u32 c = threadIdx.x; c < cols; c += blockDim.x) {
         float v = value(id, c) * scale;
         o[c] = accumulate ? o[c] + v : v;
-    }
-}
-
-// Activations: 0 SiLU, 1 GELU (tanh approximation), 2 GELU (erf), 3 ReLU.
-__device__ __forceinline__ float activate(float x, int act) {
-    switch (act) {
-        case 0: return x / (1.f + __expf(-x));
-        case 1: {
-            const float k = 0.7978845608028654f;  // sqrt(2 / pi)
-            return 0.5f * x * (1.f + tanhf(k * (x + 0.044715f * x * x * x)));
-        }
-        case 2: return 0.5f * x * (1.f + erff(x * 0.7071067811865476f));
-        default: return fmaxf(x, 0.f);
     }
 }
 

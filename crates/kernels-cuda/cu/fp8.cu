@@ -68,17 +68,13 @@ TURBINE_FOR_TYPES(DEQUANT)
 // (lane l takes c = 4l, 4l + 128, ... in order) and the same warp reduction whatever m is and
 // whichever tile it falls in, so the product is batch invariant. XCODES: x is E4M3 codes (W8A8,
 // the row scales applied in the epilogue) instead of f32.
-template <bool XCODES>
+template <bool XCODES, bool GATED>
 __device__ void gemv_8bit(const void* xv, const u8* codes, float* acc, u32 m, u32 n, u32 k, int int8,
-                          const float* col_scale, const float* bias, int accumulate) {
-    u32 warp = (blockIdx.x * blockDim.x + threadIdx.x) >> 5, lane = threadIdx.x & 31;
-    if (warp >= n) return;
-    const unsigned int* row = (const unsigned int*)(codes + (size_t)warp * k);
-    for (size_t r0 = (size_t)blockIdx.y * GEMV_ROWS; r0 < m; r0 += (size_t)gridDim.y * GEMV_ROWS) {
-        u32 rows = (u32)min((size_t)GEMV_ROWS, (size_t)m - r0);
-        float sum[GEMV_ROWS];
+                          const float* col_scale, const float* bias, int accumulate, int gate) {
+    const u32 kq = k / 4, lane = threadIdx.x & 31;
+    gemv_tiles<GATED>(m, n, acc, col_scale, bias, accumulate, gate, [&](u32 wrow, size_t r0, u32 rows, float* sum) {
+        const unsigned int* row = (const unsigned int*)(codes + (size_t)wrow * k);
         for (int i = 0; i < GEMV_ROWS; i++) sum[i] = 0.f;
-        const u32 kq = k / 4;
         for (u32 q0 = lane; q0 < kq; q0 += 32 * GEMV_UNROLL) {
             // GEMV_UNROLL 4-byte loads in flight before any is used; q still in increasing order.
             unsigned int packed[GEMV_UNROLL];
@@ -106,18 +102,22 @@ __device__ void gemv_8bit(const void* xv, const u8* codes, float* acc, u32 m, u3
                 }
             }
         }
-        gemv_store(sum, rows, r0, n, warp, acc, col_scale, bias, accumulate);
-    }
+    });
 }
 
-// col_scale, bias, accumulate: see gemv_store (all three off for raw sums).
-extern "C" __global__ void gemv_8bit_f32(const float* x, const u8* codes, float* acc, u32 m, u32 n, u32 k,
-                                         int int8, const float* col_scale, const float* bias, int accumulate) {
-    gemv_8bit<false>(x, codes, acc, m, n, k, int8, col_scale, bias, accumulate);
+// col_scale, bias, accumulate, gate: see gemv_tiles (off for raw sums). gemv_8bit_f32: plain;
+// gemv_8bit_gated_f32: out = act(gate) * up.
+extern "C" __global__ void gemv_8bit_f32(const float* x, const u8* codes, float* acc, u32 m, u32 n, u32 k, int int8,
+                                         const float* col_scale, const float* bias, int accumulate, int gate) {
+    gemv_8bit<false, false>(x, codes, acc, m, n, k, int8, col_scale, bias, accumulate, gate);
+}
+extern "C" __global__ void gemv_8bit_gated_f32(const float* x, const u8* codes, float* acc, u32 m, u32 n, u32 k, int int8,
+                                               const float* col_scale, const float* bias, int accumulate, int gate) {
+    gemv_8bit<false, true>(x, codes, acc, m, n, k, int8, col_scale, bias, accumulate, gate);
 }
 
 // W8A8: x is the E4M3 codes of the quantised input rows, w E4M3 weights; raw sums (the row
 // scales are the epilogue's).
 extern "C" __global__ void gemv_w8a8_f32(const u8* x, const u8* codes, float* acc, u32 m, u32 n, u32 k) {
-    gemv_8bit<true>(x, codes, acc, m, n, k, 0, nullptr, nullptr, 0);
+    gemv_8bit<true, false>(x, codes, acc, m, n, k, 0, nullptr, nullptr, 0, -1);
 }

@@ -20,16 +20,13 @@ TURBINE_FOR_TYPES(CONVERT)
 // 8-bit products: one warp per output column, lane l takes c = 4l .. 4l + 3, then 4l + 128 ..,
 // each a fused multiply-add in c order, then the warp reduction; GEMV_ROWS rows at a time
 // (blockIdx.y strides over the row tiles); blockDim.x = 256, k % 4 == 0. A row's sum does not
-// depend on m: the batch-invariant product for every row count. col_scale, bias, accumulate:
-// see gemv_store (all three off for raw sums).
-extern "C" __global__ void gemv_float_f32(const float* x, const void* w, float* acc, u32 m, u32 n, u32 k,
-                                          int wtype, const float* col_scale, const float* bias, int accumulate) {
-    u32 col = (blockIdx.x * blockDim.x + threadIdx.x) >> 5, lane = threadIdx.x & 31;
-    if (col >= n) return;
-    const u32 kq = k / 4;
-    for (size_t r0 = (size_t)blockIdx.y * GEMV_ROWS; r0 < m; r0 += (size_t)gridDim.y * GEMV_ROWS) {
-        u32 rows = (u32)min((size_t)GEMV_ROWS, (size_t)m - r0);
-        float sum[GEMV_ROWS];
+// depend on m: the batch-invariant product for every row count. col_scale, bias, accumulate,
+// gate: see gemv_tiles (n: the output's columns; off for raw sums).
+template <bool GATED>
+__device__ void gemv_float(const float* x, const void* w, float* acc, u32 m, u32 n, u32 k, int wtype,
+                           const float* col_scale, const float* bias, int accumulate, int gate) {
+    const u32 kq = k / 4, lane = threadIdx.x & 31;
+    gemv_tiles<GATED>(m, n, acc, col_scale, bias, accumulate, gate, [&](u32 wrow, size_t r0, u32 rows, float* sum) {
         for (int i = 0; i < GEMV_ROWS; i++) sum[i] = 0.f;
         for (u32 q0 = lane; q0 < kq; q0 += 32 * GEMV_UNROLL) {
             // GEMV_UNROLL loads of four weights each (one 8-byte (16-bit) or 16-byte (f32) load;
@@ -41,10 +38,10 @@ extern "C" __global__ void gemv_float_f32(const float* x, const void* w, float* 
                 u32 q = q0 + 32 * u;
                 if (q >= kq) break;
                 if (wtype == 0) {
-                    float4 f = ((const float4*)((const float*)w + (size_t)col * k))[q];
+                    float4 f = ((const float4*)((const float*)w + (size_t)wrow * k))[q];
                     v[u][0] = f.x, v[u][1] = f.y, v[u][2] = f.z, v[u][3] = f.w;
                 } else {
-                    uint2 p = ((const uint2*)((const unsigned short*)w + (size_t)col * k))[q];
+                    uint2 p = ((const uint2*)((const unsigned short*)w + (size_t)wrow * k))[q];
                     unsigned short h[4] = {(unsigned short)(p.x & 0xffff), (unsigned short)(p.x >> 16),
                                            (unsigned short)(p.y & 0xffff), (unsigned short)(p.y >> 16)};
                     for (int b = 0; b < 4; b++)
@@ -64,8 +61,17 @@ extern "C" __global__ void gemv_float_f32(const float* x, const void* w, float* 
                 }
             }
         }
-        gemv_store(sum, rows, r0, n, col, acc, col_scale, bias, accumulate);
-    }
+    });
+}
+
+// gemv_float_f32: plain; gemv_float_gated_f32: out = act(gate) * up (see gemv_tiles).
+extern "C" __global__ void gemv_float_f32(const float* x, const void* w, float* acc, u32 m, u32 n, u32 k, int wtype,
+                                          const float* col_scale, const float* bias, int accumulate, int gate) {
+    gemv_float<false>(x, w, acc, m, n, k, wtype, col_scale, bias, accumulate, gate);
+}
+extern "C" __global__ void gemv_float_gated_f32(const float* x, const void* w, float* acc, u32 m, u32 n, u32 k, int wtype,
+                                                const float* col_scale, const float* bias, int accumulate, int gate) {
+    gemv_float<true>(x, w, acc, m, n, k, wtype, col_scale, bias, accumulate, gate);
 }
 
 // Exact channels held in registers per thread (more are read from memory).

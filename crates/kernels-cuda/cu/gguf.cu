@@ -94,14 +94,12 @@ __device__ __forceinline__ float gguf_at(const u8* w, int fmt, u32 k, u32 r, u32
 // once per output column and row tile. One warp per column, lanes over the values (lane l takes
 // c = l, l + 32, ... in order), GEMV_ROWS rows at a time (blockIdx.y strides over the row
 // tiles); blockDim.x = 256. A row's sum does not depend on m (batch invariance). col_scale,
-// bias, accumulate: see gemv_store.
-extern "C" __global__ void gemv_gguf_f32(const float* x, const u8* w, float* acc, u32 m, u32 n, u32 k, int fmt,
-                                         const float* col_scale, const float* bias, int accumulate) {
-    u32 col = (blockIdx.x * blockDim.x + threadIdx.x) >> 5, lane = threadIdx.x & 31;
-    if (col >= n) return;
-    for (size_t r0 = (size_t)blockIdx.y * GEMV_ROWS; r0 < m; r0 += (size_t)gridDim.y * GEMV_ROWS) {
-        u32 rows = (u32)min((size_t)GEMV_ROWS, (size_t)m - r0);
-        float sum[GEMV_ROWS];
+// bias, accumulate, gate: see gemv_tiles.
+template <bool GATED>
+__device__ void gemv_gguf(const float* x, const u8* w, float* acc, u32 m, u32 n, u32 k, int fmt,
+                          const float* col_scale, const float* bias, int accumulate, int gate) {
+    const u32 lane = threadIdx.x & 31;
+    gemv_tiles<GATED>(m, n, acc, col_scale, bias, accumulate, gate, [&](u32 wrow, size_t r0, u32 rows, float* sum) {
         for (int i = 0; i < GEMV_ROWS; i++) sum[i] = 0.f;
         for (u32 c0 = lane; c0 < k; c0 += 32 * GEMV_UNROLL) {
             // GEMV_UNROLL values (from as many blocks or block parts) decoded before any is used,
@@ -110,7 +108,7 @@ extern "C" __global__ void gemv_gguf_f32(const float* x, const u8* w, float* acc
 #pragma unroll
             for (int u = 0; u < GEMV_UNROLL; u++) {
                 u32 c = c0 + 32 * u;
-                v[u] = c < k ? gguf_at(w, fmt, k, col, c) : 0.f;
+                v[u] = c < k ? gguf_at(w, fmt, k, wrow, c) : 0.f;
             }
 #pragma unroll
             for (int u = 0; u < GEMV_UNROLL; u++) {
@@ -119,8 +117,17 @@ extern "C" __global__ void gemv_gguf_f32(const float* x, const u8* w, float* acc
                 for (u32 i = 0; i < rows; i++) sum[i] = __fmaf_rn(x[(r0 + i) * k + c], v[u], sum[i]);
             }
         }
-        gemv_store(sum, rows, r0, n, col, acc, col_scale, bias, accumulate);
-    }
+    });
+}
+
+// gemv_gguf_f32: plain; gemv_gguf_gated_f32: out = act(gate) * up.
+extern "C" __global__ void gemv_gguf_f32(const float* x, const u8* w, float* acc, u32 m, u32 n, u32 k, int fmt,
+                                         const float* col_scale, const float* bias, int accumulate, int gate) {
+    gemv_gguf<false>(x, w, acc, m, n, k, fmt, col_scale, bias, accumulate, gate);
+}
+extern "C" __global__ void gemv_gguf_gated_f32(const float* x, const u8* w, float* acc, u32 m, u32 n, u32 k, int fmt,
+                                               const float* col_scale, const float* bias, int accumulate, int gate) {
+    gemv_gguf<true>(x, w, acc, m, n, k, fmt, col_scale, bias, accumulate, gate);
 }
 
 // The whole matrix as f32 (for products of many rows, which then run on cuBLASLt).

@@ -312,10 +312,12 @@ pub(crate) enum Slot {
     Samples,
     /// Per-row sampling parameters sent to the device.
     SampleParams,
+    /// A gated product's whole `[m, 2f]` output before `act(gate) * up`, where no kernel fuses it.
+    Gated,
 }
 
 impl Slot {
-    const COUNT: usize = 7;
+    const COUNT: usize = 8;
 }
 
 /// `host` as f32 values.

@@ -101,6 +101,17 @@ impl Cuda {
     fn f32_only(&self, op: &'static str, t: &Tensor<Cuda>) -> Result<()> {
         t.expect_dtype(op, DType::F32, "cuda")
     }
+
+    /// `out[t, j] = act(gate_up[t, j]) * gate_up[t, f + j]` for `t < rows`, `j < f` (f32).
+    fn gate_halves(&self, gate_up: u64, out: u64, rows: usize, f: usize, act: i32) -> Result<()> {
+        const OP: &str = "gated_act";
+        if rows * f == 0 {
+            return Ok(());
+        }
+        let args =
+            [Arg::Ptr(gate_up), Arg::Ptr(out), Arg::U32(u32_of(OP, rows)?), Arg::U32(u32_of(OP, f)?), Arg::I32(act)];
+        self.launch("gated_act_f32", (Self::stride_blocks(rows * f), 1, 1), 256, &args)
+    }
 }
 
 impl Ops for Cuda {
@@ -138,32 +149,47 @@ impl Ops for Cuda {
         // rows and decoded in registers (`code`: the kernel's format flag); a row's sum does not
         // depend on m. Every product when batch invariance is asked for (the default); else
         // those of a few rows (decode), where they beat cuBLASLt.
-        let gemv_grid = (u32_of(OP, (n * 32).div_ceil(256))?, m.div_ceil(GEMV_ROWS).clamp(1, 65_535) as u32, 1);
+        let gemv_grid = |cols: usize| -> Result<(u32, u32, u32)> {
+            Ok((u32_of(OP, (cols * 32).div_ceil(256))?, m.div_ceil(GEMV_ROWS).clamp(1, 65_535) as u32, 1))
+        };
         let kernel_product = (self.invariant_products() || m <= GEMV_ROWS) && k % 4 == 0;
+        // A gated product's activation code: its output is act(gate) * up of the two halves.
+        let gate = epi.act.filter(|_| epi.gated).map(act_code);
         // The product kernels (every product below that is not W8A8 when `kernel_product`)
-        // finish a plain epilogue (column scales, bias, accumulation) themselves, with the
-        // epilogue kernel's operations: one launch a product instead of two.
-        let fused = kernel_product && epi.quant_x.is_none() && epi.act.is_none() && exact_cols == 0;
+        // finish a plain or gated epilogue (column scales, bias, accumulation, act(gate) * up)
+        // themselves, with the operations of the epilogue and gated_act kernels: one launch a
+        // product instead of two or three.
+        let fused = kernel_product && epi.quant_x.is_none() && (epi.act.is_none() || gate.is_some()) && exact_cols == 0;
+        // Otherwise a gated product is finished in a scratch [m, n], then gated.
+        let gated_p = match gate {
+            Some(_) if !fused => Some(self.slot(Slot::Gated, m * n * 4)?),
+            _ => None,
+        };
         let out_p = self.ptr(out);
-        let gemv = |name: &str, code: i32| -> Result<()> {
+        // `names`: the plain kernel and its gated twin.
+        let gemv = |names: [&str; 2], code: i32| -> Result<()> {
+            let gated = fused && gate.is_some();
             let (dst, scale, bias, accumulate) = if fused {
                 (out_p, self.opt(epi.scale), self.opt(epi.bias), i32::from(epi.accumulate))
             } else {
                 (acc_p, 0, 0, 0)
             };
+            // The kernel's output columns: a fused gated product writes half the weight rows.
+            let cols = if gated { n / 2 } else { n };
             let args = [
                 Arg::Ptr(self.ptr(x)),
                 Arg::Ptr(self.ptr(w)),
                 Arg::Ptr(dst),
                 Arg::U32(mu),
-                Arg::U32(nu),
+                Arg::U32(u32_of(OP, cols)?),
                 Arg::U32(ku),
                 Arg::I32(code),
                 Arg::Ptr(scale),
                 Arg::Ptr(bias),
                 Arg::I32(accumulate),
+                Arg::I32(gate.filter(|_| gated).unwrap_or(-1)),
             ];
-            self.launch(name, gemv_grid, 256, &args)
+            self.launch(names[usize::from(gated)], gemv_grid(cols)?, 256, &args)
         };
         match (w.dtype(), epi.quant_x) {
             (wt @ (DType::F32 | DType::F16 | DType::BF16), None) if kernel_product => {
@@ -172,7 +198,7 @@ impl Ops for Cuda {
                     DType::BF16 => 2,
                     _ => 0,
                 };
-                gemv("gemv_float_f32", code)?;
+                gemv(["gemv_float_f32", "gemv_float_gated_f32"], code)?;
             }
             (DType::F32, None) => {
                 blas.matmul(stream, self.ptr(x), DType::F32, self.ptr(w), DType::F32, acc_p, (m, n, k))?
@@ -185,14 +211,14 @@ impl Ops for Cuda {
                 blas.matmul(stream, xs, wt, self.ptr(w), wt, acc_p, (m, n, k))?;
             }
             (DType::F8E4M3 | DType::I8, None) if kernel_product => {
-                gemv("gemv_8bit_f32", i32::from(w.dtype() == DType::I8))?;
+                gemv(["gemv_8bit_f32", "gemv_8bit_gated_f32"], i32::from(w.dtype() == DType::I8))?;
             }
             (wt, None) if wt.is_quantized() => {
                 // GGUF blocks read in place: decoded in registers, or widened for cuBLASLt.
                 let fmt = gguf_code(OP, wt)?;
                 // (GGUF rows are whole blocks of 32 or 256 values, so k % 4 == 0.)
                 if kernel_product {
-                    gemv("gemv_gguf_f32", fmt)?;
+                    gemv(["gemv_gguf_f32", "gemv_gguf_gated_f32"], fmt)?;
                 } else {
                     let wf = self.slot(Slot::Widened, n * k * 4)?;
                     let args = [Arg::Ptr(self.ptr(w)), Arg::Ptr(wf), Arg::U32(nu), Arg::U32(ku), Arg::I32(fmt)];
@@ -233,7 +259,7 @@ impl Ops for Cuda {
                         Arg::U32(nu),
                         Arg::U32(ku),
                     ];
-                    self.launch("gemv_w8a8_f32", gemv_grid, 256, &args)?;
+                    self.launch("gemv_w8a8_f32", gemv_grid(n)?, 256, &args)?;
                     row_scale = Some(rs);
                 } else {
                     let native = if self.caps().fp8 {
@@ -272,15 +298,19 @@ impl Ops for Cuda {
             Arg::Ptr(epi.exact.map_or(0, |e| self.ptr(e.w))),
             Arg::U32(u32_of(OP, exact_cols)?),
             Arg::U32(ku),
-            Arg::I32(epi.act.map_or(-1, act_code)),
+            Arg::I32(if gate.is_some() { -1 } else { epi.act.map_or(-1, act_code) }),
             Arg::I32(i32::from(epi.accumulate)),
-            Arg::Ptr(self.ptr(out)),
+            Arg::Ptr(gated_p.unwrap_or(out_p)),
             Arg::U32(mu),
             Arg::U32(nu),
         ];
         // One thread per column, EPILOGUE_ROWS (16) rows per block (`cu/gemm.cu`).
         let grid = (u32_of(OP, n.div_ceil(256))?, m.div_ceil(16).clamp(1, 65_535) as u32, 1);
-        self.launch("epilogue_f32", grid, 256, &args)
+        self.launch("epilogue_f32", grid, 256, &args)?;
+        match (gated_p, gate) {
+            (Some(p), Some(code)) => self.gate_halves(p, out_p, m, n / 2, code),
+            _ => Ok(()),
+        }
     }
 
     fn norm(
@@ -496,20 +526,9 @@ impl Ops for Cuda {
     }
 
     fn gated_act(&self, gate_up: &Tensor<Self>, act: Act, out: &mut Tensor<Self>) -> Result<()> {
-        const OP: &str = "gated_act";
         let (t, f) = (out.rows(), out.cols());
-        gate_up.expect_shape(OP, &[t, 2 * f])?;
-        if t * f == 0 {
-            return Ok(());
-        }
-        let args = [
-            Arg::Ptr(self.ptr(gate_up)),
-            Arg::Ptr(self.ptr(out)),
-            Arg::U32(u32_of(OP, t)?),
-            Arg::U32(u32_of(OP, f)?),
-            Arg::I32(act_code(act)),
-        ];
-        self.launch("gated_act_f32", (Self::stride_blocks(t * f), 1, 1), 256, &args)
+        gate_up.expect_shape("gated_act", &[t, 2 * f])?;
+        self.gate_halves(self.ptr(gate_up), self.ptr(out), t, f, act_code(act))
     }
 
     fn gather_rows(

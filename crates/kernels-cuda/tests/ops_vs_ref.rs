@@ -116,6 +116,15 @@ fn suite<B: Ops>(b: &B) -> Vec<Out> {
             b.matmul(&xr, &wt, epi, &mut out).unwrap();
             push(format!("matmul {dtype} {rows} rows bias accumulate"), get(b, &out), tol);
         }
+        // Gated (act(gate) * up of the two stacked halves, with scales and bias first; CUDA's
+        // product kernels fuse it), at decode and prefill row counts.
+        for (rows, act) in [(1, Act::Silu), (m, Act::GeluTanh), (12, Act::Gelu)] {
+            let xr = up(b, &[rows, k], &rand(rows * k, 28, 1.0));
+            let mut out = zeros(b, &[rows, n / 2]);
+            let epi = Epilogue { bias: Some(&bt), act: Some(act), gated: true, scale: sc.as_ref(), ..Epilogue::none() };
+            b.matmul(&xr, &wt, epi, &mut out).unwrap();
+            push(format!("matmul {dtype} {rows} rows gated {act:?}"), get(b, &out), tol);
+        }
         if dtype == DType::F8E4M3 {
             for (q, sm, sh) in [
                 (XQuant::Fp8PerToken, None, None),
@@ -137,6 +146,17 @@ fn suite<B: Ops>(b: &B) -> Vec<Out> {
                     1e-4,
                 );
             }
+            // W8A8 and gated: CUDA finishes the whole product, then gates it.
+            let mut out = zeros(b, &[m, n / 2]);
+            let epi = Epilogue {
+                scale: sc.as_ref(),
+                quant_x: Some(XQuant::Fp8PerToken),
+                act: Some(Act::Silu),
+                gated: true,
+                ..Epilogue::none()
+            };
+            b.matmul(&xt, &wt, epi, &mut out).unwrap();
+            push("matmul W8A8 gated".into(), get(b, &out), 1e-4);
         }
     }
 
@@ -202,6 +222,10 @@ fn suite<B: Ops>(b: &B) -> Vec<Out> {
             let mut out = zeros(b, &[m, n]);
             b.matmul(&x, &wt, Epilogue::bias(Some(&bt)), &mut out).unwrap();
             push(format!("matmul {dtype} {m} rows"), get(b, &out), 1e-5);
+            let mut out = zeros(b, &[m, n / 2]);
+            let epi = Epilogue { act: Some(Act::Silu), gated: true, ..Epilogue::bias(Some(&bt)) };
+            b.matmul(&x, &wt, epi, &mut out).unwrap();
+            push(format!("matmul {dtype} {m} rows gated"), get(b, &out), 1e-5);
         }
     }
 

@@ -30,14 +30,18 @@ pub(crate) fn gated_act(gate_up: &Tensor<Cpu>, act: Act, out: &mut Tensor<Cpu>) 
     }
     let f = f2 / 2;
     out.expect_shape(OP, &[t, f])?;
-    let gu = f32s(gate_up, OP)?;
-    f32s_mut(out, OP)?.par_chunks_mut(f.max(1)).zip(gu.par_chunks(f2.max(1))).for_each(|(o, row)| {
+    gate_rows(f32s(gate_up, OP)?, f, act, f32s_mut(out, OP)?);
+    Ok(())
+}
+
+/// `out[t, j] = act(gate_up[t, j]) * gate_up[t, f + j]` over rows of `2f` values in, `f` out.
+pub(crate) fn gate_rows(gate_up: &[f32], f: usize, act: Act, out: &mut [f32]) {
+    out.par_chunks_mut(f.max(1)).zip(gate_up.par_chunks(2 * f.max(1))).for_each(|(o, row)| {
         let (g, u) = row.split_at(f);
         for ((o, &g), &u) in o.iter_mut().zip(g).zip(u) {
             *o = apply(act, g) * u;
         }
     });
-    Ok(())
 }
 
 pub(crate) fn gather_rows(

@@ -10,7 +10,7 @@ use rayon::prelude::*;
 use turbine_core::fp8::{quantize_row_e4m3, scale_for, E4M3_MAX};
 use turbine_core::{Act, DType, Epilogue, Error, Result, Tensor, XQuant};
 
-use crate::act::apply;
+use crate::act::{apply, gate_rows};
 
 use crate::buffer::{f32s, f32s_mut, u32s, CpuBuf};
 use crate::dequant::{dequant_into, fast_type, has_qtile, qtile};
@@ -150,8 +150,31 @@ impl Job<'_> {
 }
 
 pub(crate) fn matmul(x: &Tensor<Cpu>, w: &Tensor<Cpu>, epi: Epilogue<'_, Cpu>, out: &mut Tensor<Cpu>) -> Result<()> {
-    const OP: &str = "matmul";
     let exact_cols = epi.check(OP, x, w, out)?;
+    match (epi.gated, epi.act) {
+        (true, Some(act)) => {
+            // The whole [m, 2f] product first, then act(gate) * up: the unfused ops' arithmetic.
+            let n = w.rows();
+            let mut full = vec![0.0; x.rows() * n];
+            product(x, w, &epi, None, exact_cols, &mut full)?;
+            gate_rows(&full, n / 2, act, f32s_mut(out, OP)?);
+            Ok(())
+        }
+        _ => product(x, w, &epi, epi.act, exact_cols, f32s_mut(out, OP)?),
+    }
+}
+
+const OP: &str = "matmul";
+
+/// `out [m, n] (+)= act(…)` of a checked product (`epi` but for its activation, which is `act`).
+fn product(
+    x: &Tensor<Cpu>,
+    w: &Tensor<Cpu>,
+    epi: &Epilogue<'_, Cpu>,
+    act: Option<Act>,
+    exact_cols: usize,
+    out: &mut [f32],
+) -> Result<()> {
     let (m, k, n) = (x.rows(), x.cols(), w.rows());
     let xs = f32s(x, OP)?;
     let (bias, col_scale) = (opt_f32s(epi.bias)?, opt_f32s(epi.scale)?);
@@ -175,20 +198,8 @@ pub(crate) fn matmul(x: &Tensor<Cpu>, w: &Tensor<Cpu>, epi: Epilogue<'_, Cpu>, o
         None => (xs, None),
     };
     let dtype = w.dtype();
-    let out_ptr = OutPtr(f32s_mut(out, OP)?.as_mut_ptr());
-    let job = Job {
-        x: xs,
-        m,
-        k,
-        n,
-        row_scale,
-        col_scale,
-        bias,
-        exact,
-        act: epi.act,
-        accumulate: epi.accumulate,
-        out: out_ptr,
-    };
+    let out_ptr = OutPtr(out[..m * n].as_mut_ptr());
+    let job = Job { x: xs, m, k, n, row_scale, col_scale, bias, exact, act, accumulate: epi.accumulate, out: out_ptr };
     if m == 0 || n == 0 {
         return Ok(());
     }

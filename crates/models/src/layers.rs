@@ -350,7 +350,6 @@ impl<B: Ops> Decoder<B> {
         for (i, (layer, pages)) in self.layers.iter().zip(kv.iter_mut()).enumerate() {
             let f = layer.down.w.cols();
             let mut hid = ws.take(b, "mlp_hidden", t, f)?;
-            let mut gu = ws.take(b, "gate_up", t, if o.gated { 2 * f } else { 0 })?;
             let norm = |n: &Norm<B>, src: &Tensor<B>, dst: &mut Tensor<B>| {
                 b.norm(src, &n.w, n.b.as_ref(), o.norm, Resid::None, dst)
             };
@@ -390,17 +389,12 @@ impl<B: Ops> Decoder<B> {
                 &xn
             };
             observe(i, Role::Up, mlp_in)?;
-            if o.gated {
-                b.matmul(mlp_in, &layer.up.w, layer.up.epilogue(), &mut gu)?;
-                b.gated_act(&gu, o.act, &mut hid)?;
-            } else {
-                let epi = Epilogue { act: Some(o.act), ..layer.up.epilogue() };
-                b.matmul(mlp_in, &layer.up.w, epi, &mut hid)?;
-            }
+            // Gated: the stacked gate/up product gives act(gate) * up directly.
+            let epi = Epilogue { act: Some(o.act), gated: o.gated, ..layer.up.epilogue() };
+            b.matmul(mlp_in, &layer.up.w, epi, &mut hid)?;
             observe(i, Role::Down, &hid)?;
             self.branch_out(b, &hid, &layer.down, layer.post_mlp_norm.as_ref(), &mut x, &mut tmp, &mut tmp2)?;
             ws.put("mlp_hidden", hid);
-            ws.put("gate_up", gu);
         }
         let r = step.logit_rows.shape().numel();
         let mut last = ws.take(b, "last", r, h)?;
