@@ -357,6 +357,21 @@ pub trait Ops: Backend {
     /// Writes the key and value heads of `qkv` to the cache at `meta.slots`.
     fn kv_store(&self, qkv: &Tensor<Self>, l: QkvLayout, meta: &AttnMeta<Self>, kv: &mut KvPages<Self>) -> Result<()>;
 
+    /// [`Ops::rope`] by `meta.positions`, then [`Ops::kv_store`]: the rotated keys and the values
+    /// go to the cache, and `qkv` is left rotated. Backends may do both in one pass (CUDA: one
+    /// launch, as TensorRT-LLM's QKV preprocessing); the result is that of the two ops.
+    fn rope_store(
+        &self,
+        qkv: &mut Tensor<Self>,
+        table: &RopeTable<Self>,
+        l: QkvLayout,
+        meta: &AttnMeta<Self>,
+        kv: &mut KvPages<Self>,
+    ) -> Result<()> {
+        self.rope(qkv, &meta.positions, table, l)?;
+        self.kv_store(qkv, l, meta, kv)
+    }
+
     /// Causal attention of the query heads of `qkv` over the paged cache (which already holds this
     /// step's keys). `out` is `[t, q_heads * head_dim]`. For every query, keys are visited block by
     /// block in position order with the same online-softmax update, so the result does not depend

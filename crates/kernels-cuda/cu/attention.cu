@@ -19,13 +19,14 @@ __device__ __forceinline__ float load_page(const typename Page<T, PAGE>::type* p
     return (float)(signed char)((const u8*)p)[i] * scale;
 }
 
-// Writes the key and value heads of row blockIdx.x, kv head blockIdx.y, to slot slots[row].
-// blockDim.x >= d, a multiple of 32.
+// Writes the key and value heads of row `row`, kv head h, to slot slots[row]. Every thread of the
+// block calls it (block reductions); blockDim.x >= d, a multiple of 32.
 template <typename T, int PAGE>
-__device__ void kv_store(const T* qkv, const u32* slots, const u32* positions, typename Page<T, PAGE>::type* k_pages,
-                         typename Page<T, PAGE>::type* v_pages, float* k_scales, float* v_scales,
-                         const float* k_shift, float* k_sink, u32 q_heads, u32 kv_heads, u32 d, u32 bs) {
-    u32 row = blockIdx.x, h = blockIdx.y, c = threadIdx.x;
+__device__ void kv_store_head(const T* qkv, u32 row, u32 h, const u32* slots, const u32* positions,
+                              typename Page<T, PAGE>::type* k_pages, typename Page<T, PAGE>::type* v_pages,
+                              float* k_scales, float* v_scales, const float* k_shift, float* k_sink, u32 q_heads,
+                              u32 kv_heads, u32 d, u32 bs) {
+    u32 c = threadIdx.x;
     u32 width = (q_heads + 2 * kv_heads) * d;
     u32 slot = slots[row];
     size_t r = ((size_t)(slot / bs) * kv_heads + h) * bs + slot % bs;
@@ -46,6 +47,25 @@ __device__ void kv_store(const T* qkv, const u32* slots, const u32* positions, t
         if (c < d) dst[c] = PAGE == 1 ? f32_to_e4m3(v * (1.f / s)) : (u8)f32_to_i8(v, s);
         if (c == 0) (part == 0 ? k_scales : v_scales)[r] = s;
     }
+}
+
+// Rotary embedding and KV store in one launch (grid (rows, q_heads + kv_heads), blockDim.x >= d):
+// block (row, h) rotates head h of the row in place (a query head, or key head h - q_heads, which
+// it then stores with value head h - q_heads), with rope_head and kv_store_head: the results of
+// rope then kv_store. half_rot 0: no rotation.
+template <typename T, int PAGE>
+__device__ void rope_kv_store(T* qkv, const u32* slots, const u32* positions, const float* cos_t,
+                              const float* sin_t, u32 half_rot, typename Page<T, PAGE>::type* k_pages,
+                              typename Page<T, PAGE>::type* v_pages, float* k_scales, float* v_scales,
+                              const float* k_shift, float* k_sink, u32 q_heads, u32 kv_heads, u32 d, u32 bs) {
+    u32 row = blockIdx.x, h = blockIdx.y;
+    T* x = qkv + (size_t)row * (q_heads + 2 * kv_heads) * d + (size_t)h * d;
+    const size_t at = (size_t)positions[row] * half_rot;
+    rope_head(x, cos_t + at, sin_t + at, half_rot);
+    if (h < q_heads) return;  // the whole block: h is the block's
+    __syncthreads();          // the rotated key, written by other threads, is read below
+    kv_store_head<T, PAGE>(qkv, row, h - q_heads, slots, positions, k_pages, v_pages, k_scales, v_scales, k_shift,
+                           k_sink, q_heads, kv_heads, d, bs);
 }
 
 // Causal attention of query row blockIdx.x, head blockIdx.y over the cache. seqs is [n_seqs, 3]
@@ -227,8 +247,15 @@ __device__ void flash_prefill(const T* qkv, const typename Page<T, PAGE>::type* 
         const T* qkv, const u32* slots, const u32* positions, Page<T, PAGE>::type* k_pages,                   \
         Page<T, PAGE>::type* v_pages, float* k_scales, float* v_scales, const float* k_shift, float* k_sink,  \
         u32 q_heads, u32 kv_heads, u32 d, u32 bs) {                                                           \
-        kv_store<T, PAGE>(qkv, slots, positions, k_pages, v_pages, k_scales, v_scales, k_shift, k_sink, q_heads, \
-                          kv_heads, d, bs);                                                                   \
+        kv_store_head<T, PAGE>(qkv, blockIdx.x, blockIdx.y, slots, positions, k_pages, v_pages, k_scales,       \
+                               v_scales, k_shift, k_sink, q_heads, kv_heads, d, bs);                          \
+    }                                                                                                         \
+    extern "C" __global__ void rope_kv_store_##N##_##PN(                                                      \
+        T* qkv, const u32* slots, const u32* positions, const float* cos_t, const float* sin_t, u32 half_rot,  \
+        Page<T, PAGE>::type* k_pages, Page<T, PAGE>::type* v_pages, float* k_scales, float* v_scales,         \
+        const float* k_shift, float* k_sink, u32 q_heads, u32 kv_heads, u32 d, u32 bs) {                      \
+        rope_kv_store<T, PAGE>(qkv, slots, positions, cos_t, sin_t, half_rot, k_pages, v_pages, k_scales,     \
+                               v_scales, k_shift, k_sink, q_heads, kv_heads, d, bs);                          \
     }                                                                                                         \
     extern "C" __global__ void paged_attention_##N##_##PN(                                                    \
         const T* qkv, const Page<T, PAGE>::type* k_pages, const Page<T, PAGE>::type* v_pages,                 \

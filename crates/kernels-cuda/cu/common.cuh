@@ -148,6 +148,18 @@ __device__ __forceinline__ void gemv_tiles(u32 m, u32 n, float* out, const float
     }
 }
 
+// Rotary embedding of one head x in place: rotate-half (NeoX) pairs (i, i + half_rot), c and s
+// the cos/sin rows [half_rot] of its position; threads over the pairs (rope.cu and the fused
+// rope_kv_store in attention.cu share it, so both rotate alike).
+template <typename T>
+__device__ __forceinline__ void rope_head(T* x, const float* c, const float* s, u32 half_rot) {
+    for (u32 i = threadIdx.x; i < half_rot; i += blockDim.x) {
+        float a = to_f(x[i]), b = to_f(x[i + half_rot]);
+        x[i] = from_f<T>(a * c[i] - b * s[i]);
+        x[i + half_rot] = from_f<T>(b * c[i] + a * s[i]);
+    }
+}
+
 // Row i of an embedding lookup (one block per output row): out[i] (+)= src[ids[i]] * scale, f32
 // out, `value(id, c)` decoding column c of table row id. Rows past src_rows are left as they are
 // (ids are validated on the host; the table is never read out of bounds).

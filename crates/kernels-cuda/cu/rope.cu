@@ -10,13 +10,7 @@ __device__ void rope(T* qkv, const u32* pos, const float* cos_t, const float* si
     u32 row = blockIdx.x, h = blockIdx.y;
     u32 half_rot = rot / 2;
     T* x = qkv + (size_t)row * (q_heads + 2 * kv_heads) * d + (size_t)h * d;
-    const float* c = cos_t + (size_t)pos[row] * half_rot;
-    const float* s = sin_t + (size_t)pos[row] * half_rot;
-    for (u32 i = threadIdx.x; i < half_rot; i += blockDim.x) {
-        float a = to_f(x[i]), b = to_f(x[i + half_rot]);
-        x[i] = from_f<T>(a * c[i] - b * s[i]);
-        x[i + half_rot] = from_f<T>(b * c[i] + a * s[i]);
-    }
+    rope_head(x, cos_t + (size_t)pos[row] * half_rot, sin_t + (size_t)pos[row] * half_rot, half_rot);
 }
 
 #define ROPE(N, T)                                                                                            \

@@ -434,8 +434,10 @@ mod tests {
         assert!(names.contains(&"norm_bf16".to_string()) && names.contains(&"head_norm_f32".to_string()), "{names:?}");
         let attn = SOURCES.iter().find(|s| s.name == "attention").unwrap();
         let names = kernel_names(attn.src);
-        // kv_store, paged_attention and flash_prefill × three types × three page kinds.
-        assert_eq!(names.len(), 27, "{names:?}");
+        // kv_store, rope_kv_store, paged_attention and flash_prefill × three types × three page
+        // kinds.
+        assert_eq!(names.len(), 36, "{names:?}");
+        assert!(names.contains(&"rope_kv_store_f16_same".to_string()));
         assert!(names.contains(&"paged_attention_bf16_e4m3".to_string()));
         assert!(names.contains(&"flash_prefill_f32_i8".to_string()));
         // Every source exports something.

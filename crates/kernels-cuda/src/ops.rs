@@ -102,6 +102,54 @@ impl Cuda {
         t.expect_dtype(op, DType::F32, "cuda")
     }
 
+    /// Checks a KV store and launches it: `kv_store_f32_{kind}` (grid: rows × kv heads), or with
+    /// `rope` (checked by the caller) `rope_kv_store_f32_{kind}`, which rotates every query and
+    /// key head first (grid: rows × all heads).
+    fn store_kv(
+        &self,
+        op: &'static str,
+        qkv: &Tensor<Cuda>,
+        l: QkvLayout,
+        meta: &AttnMeta<Cuda>,
+        kv: &mut KvPages<Cuda>,
+        rope: Option<&RopeTable<Cuda>>,
+    ) -> Result<()> {
+        let t = qkv.rows();
+        qkv.expect_shape(op, &[t, l.width()])?;
+        meta.slots.expect_shape(op, &[t])?;
+        let kind = page_kind(op, kv, l)?;
+        if l.head_dim > 512 {
+            return Err(Error::invalid(op, format!("head_dim {} > 512", l.head_dim)));
+        }
+        meta.positions.expect_shape(op, &[t])?;
+        if t == 0 {
+            return Ok(());
+        }
+        let sink = sink_ptr(self, kind, kv)?;
+        let mut args =
+            vec![Arg::Ptr(self.ptr(qkv)), Arg::Ptr(self.ptr(&meta.slots)), Arg::Ptr(self.ptr(&meta.positions))];
+        if let Some(r) = rope {
+            args.extend([Arg::Ptr(self.ptr(&r.cos)), Arg::Ptr(self.ptr(&r.sin)), Arg::U32(u32_of(op, r.rot_dim / 2)?)]);
+        }
+        args.extend([
+            Arg::Ptr(self.ptr(&kv.k)),
+            Arg::Ptr(self.ptr(&kv.v)),
+            Arg::Ptr(self.opt(kv.k_scales.as_ref())),
+            Arg::Ptr(self.opt(kv.v_scales.as_ref())),
+            Arg::Ptr(self.opt(kv.k_shift.as_ref())),
+            Arg::Ptr(sink),
+            Arg::U32(u32_of(op, l.q_heads)?),
+            Arg::U32(u32_of(op, l.kv_heads)?),
+            Arg::U32(u32_of(op, l.head_dim)?),
+            Arg::U32(u32_of(op, kv.block_size)?),
+        ]);
+        let (name, heads) = match rope {
+            Some(_) => (format!("rope_kv_store_f32_{kind}"), l.q_heads + l.kv_heads),
+            None => (format!("kv_store_f32_{kind}"), l.kv_heads),
+        };
+        self.launch(&name, (u32_of(op, t)?, u32_of(op, heads)?, 1), threads(l.head_dim), &args)
+    }
+
     /// `out[t, j] = act(gate_up[t, j]) * gate_up[t, f + j]` for `t < rows`, `j < f` (f32).
     fn gate_halves(&self, gate_up: u64, out: u64, rows: usize, f: usize, act: i32) -> Result<()> {
         const OP: &str = "gated_act";
@@ -399,16 +447,8 @@ impl Ops for Cuda {
 
     fn rope(&self, qkv: &mut Tensor<Self>, pos: &Tensor<Self>, table: &RopeTable<Self>, l: QkvLayout) -> Result<()> {
         const OP: &str = "rope";
+        let half = rope_check(OP, qkv, pos, table, l)?;
         let t = qkv.rows();
-        qkv.expect_shape(OP, &[t, l.width()])?;
-        pos.expect_shape(OP, &[t])?;
-        let half = table.rot_dim / 2;
-        if table.rot_dim % 2 != 0 || table.rot_dim > l.head_dim || table.cos.cols() != half {
-            return Err(Error::invalid(
-                OP,
-                format!("rotary tables of {} columns for rot_dim {}", table.cos.cols(), table.rot_dim),
-            ));
-        }
         if t == 0 || half == 0 {
             return Ok(());
         }
@@ -426,40 +466,22 @@ impl Ops for Cuda {
     }
 
     fn kv_store(&self, qkv: &Tensor<Self>, l: QkvLayout, meta: &AttnMeta<Self>, kv: &mut KvPages<Self>) -> Result<()> {
-        const OP: &str = "kv_store";
-        let t = qkv.rows();
-        qkv.expect_shape(OP, &[t, l.width()])?;
-        meta.slots.expect_shape(OP, &[t])?;
-        let kind = page_kind(OP, kv, l)?;
-        if l.head_dim > 512 {
-            return Err(Error::invalid(OP, format!("head_dim {} > 512", l.head_dim)));
-        }
-        meta.positions.expect_shape(OP, &[t])?;
-        if t == 0 {
-            return Ok(());
-        }
-        let sink = sink_ptr(self, kind, kv)?;
-        let args = [
-            Arg::Ptr(self.ptr(qkv)),
-            Arg::Ptr(self.ptr(&meta.slots)),
-            Arg::Ptr(self.ptr(&meta.positions)),
-            Arg::Ptr(self.ptr(&kv.k)),
-            Arg::Ptr(self.ptr(&kv.v)),
-            Arg::Ptr(self.opt(kv.k_scales.as_ref())),
-            Arg::Ptr(self.opt(kv.v_scales.as_ref())),
-            Arg::Ptr(self.opt(kv.k_shift.as_ref())),
-            Arg::Ptr(sink),
-            Arg::U32(u32_of(OP, l.q_heads)?),
-            Arg::U32(u32_of(OP, l.kv_heads)?),
-            Arg::U32(u32_of(OP, l.head_dim)?),
-            Arg::U32(u32_of(OP, kv.block_size)?),
-        ];
-        self.launch(
-            &format!("kv_store_f32_{kind}"),
-            (u32_of(OP, t)?, u32_of(OP, l.kv_heads)?, 1),
-            threads(l.head_dim),
-            &args,
-        )
+        self.store_kv("kv_store", qkv, l, meta, kv, None)
+    }
+
+    /// One launch (`rope_kv_store_*`): each block rotates one head of a row and, for a key head,
+    /// stores it and its value head, with the two ops' device code.
+    fn rope_store(
+        &self,
+        qkv: &mut Tensor<Self>,
+        table: &RopeTable<Self>,
+        l: QkvLayout,
+        meta: &AttnMeta<Self>,
+        kv: &mut KvPages<Self>,
+    ) -> Result<()> {
+        const OP: &str = "rope_store";
+        rope_check(OP, qkv, &meta.positions, table, l)?;
+        self.store_kv(OP, qkv, l, meta, kv, Some(table))
     }
 
     fn paged_attention(
@@ -626,6 +648,27 @@ impl Ops for Cuda {
 }
 
 /// The format code of a GGUF block type in `cu/gguf.cu`.
+/// Checks a rotation of `qkv` by `pos` with `table`; returns the rotated pairs per head.
+fn rope_check(
+    op: &'static str,
+    qkv: &Tensor<Cuda>,
+    pos: &Tensor<Cuda>,
+    table: &RopeTable<Cuda>,
+    l: QkvLayout,
+) -> Result<usize> {
+    let t = qkv.rows();
+    qkv.expect_shape(op, &[t, l.width()])?;
+    pos.expect_shape(op, &[t])?;
+    let half = table.rot_dim / 2;
+    if table.rot_dim % 2 != 0 || table.rot_dim > l.head_dim || table.cos.cols() != half {
+        return Err(Error::invalid(
+            op,
+            format!("rotary tables of {} columns for rot_dim {}", table.cos.cols(), table.rot_dim),
+        ));
+    }
+    Ok(half)
+}
+
 fn gguf_code(op: &'static str, dtype: DType) -> Result<i32> {
     Ok(match dtype {
         DType::Q8_0 => 0,

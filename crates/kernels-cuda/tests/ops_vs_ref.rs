@@ -354,13 +354,14 @@ fn suite<B: Ops>(b: &B) -> Vec<Out> {
     }
 
     // Paged KV cache: prefill of two sequences then a decode step, f32 and 8-bit pages,
-    // GQA, a window, ALiBi.
-    for (dtype, window, alibi) in [
-        (DType::F32, None, None),
-        (DType::F32, Some(5), None),
-        (DType::F32, None, Some(1.0)),
-        (DType::F8E4M3, None, None),
-        (DType::I8, Some(7), None),
+    // GQA, a window, ALiBi; keys stored plain or rotated on the way (rope_store: one launch on
+    // CUDA, rope then kv_store on the CPU).
+    for (dtype, window, alibi, rotary) in [
+        (DType::F32, None, None, false),
+        (DType::F32, Some(5), None, true),
+        (DType::F32, None, Some(1.0), false),
+        (DType::F8E4M3, None, None, true),
+        (DType::I8, Some(7), None, true),
     ] {
         let (bs, blocks) = (4, 12);
         let shape = [blocks, l.kv_heads, bs, l.head_dim];
@@ -381,7 +382,7 @@ fn suite<B: Ops>(b: &B) -> Vec<Out> {
         let slot = |bl: &[u32], pos: usize| bl[pos / bs] * bs as u32 + (pos % bs) as u32;
         let mut step = |rows_a: std::ops::Range<usize>, rows_b: std::ops::Range<usize>, seed: u64| {
             let n = rows_a.len() + rows_b.len();
-            let q = up(b, &[n, l.width()], &rand(n * l.width(), seed, 1.0));
+            let mut q = up(b, &[n, l.width()], &rand(n * l.width(), seed, 1.0));
             let mut slots: Vec<u32> = rows_a.clone().map(|p| slot(&ta, p)).collect();
             slots.extend(rows_b.clone().map(|p| slot(&tb, p)));
             let meta = AttnMeta {
@@ -401,19 +402,27 @@ fn suite<B: Ops>(b: &B) -> Vec<Out> {
                 positions: up_u32(b, &[n], &rows_a.clone().chain(rows_b.clone()).map(|p| p as u32).collect::<Vec<_>>()),
                 slots: up_u32(b, &[n], &slots),
             };
-            b.kv_store(&q, l, &meta, &mut kv).unwrap();
+            if rotary {
+                b.rope_store(&mut q, &table, l, &meta, &mut kv).unwrap();
+            } else {
+                b.kv_store(&q, l, &meta, &mut kv).unwrap();
+            }
             let mut out = zeros(b, &[n, l.q_heads * l.head_dim]);
             b.paged_attention(&q, l, &kv, &meta, &p, &mut out).unwrap();
-            get(b, &out)
+            [get(b, &q), get(b, &out)]
         };
         // Prefill (the tiled kernel on CUDA), a step mixing a prefill chunk with a decode row,
         // then decode (the row kernel).
-        let prefill = step(0..8, 0..5, 18);
-        let mixed = step(8..11, 5..6, 22);
-        let decode = step(11..12, 6..7, 19);
-        push(format!("attention {dtype} window {window:?} alibi {alibi:?} prefill"), prefill, 1e-4);
-        push(format!("attention {dtype} window {window:?} alibi {alibi:?} mixed"), mixed, 1e-4);
-        push(format!("attention {dtype} window {window:?} alibi {alibi:?} decode"), decode, 1e-4);
+        for (name, rows_a, rows_b, seed) in
+            [("prefill", 0..8, 0..5, 18), ("mixed", 8..11, 5..6, 22), ("decode", 11..12, 6..7, 19)]
+        {
+            let [q, out] = step(rows_a, rows_b, seed);
+            let case = format!("{dtype} window {window:?} alibi {alibi:?} rotary {rotary} {name}");
+            if rotary {
+                push(format!("rope_store {case} qkv"), q, 1e-5);
+            }
+            push(format!("attention {case}"), out, 1e-4);
+        }
     }
     outs
 }

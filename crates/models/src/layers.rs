@@ -363,13 +363,13 @@ impl<B: Ops> Decoder<B> {
             if let Some((wq, wk)) = &layer.qk_norm {
                 b.head_norm(&mut qkv, l, wq, wk, o.norm)?;
             }
-            if let Some(r) = layer.rope {
-                b.rope(&mut qkv, &step.meta.positions, &self.ropes[r], l)?;
+            match layer.rope {
+                Some(r) => b.rope_store(&mut qkv, &self.ropes[r], l, &step.meta, pages)?,
+                None => b.kv_store(&qkv, l, &step.meta, pages)?,
             }
             if let Some(obs) = &self.observer {
                 obs.qkv(b, i, &qkv)?;
             }
-            b.kv_store(&qkv, l, &step.meta, pages)?;
             let p = AttnParams { scale: o.attn_scale, window: layer.window, alibi: o.alibi };
             b.paged_attention(&qkv, l, pages, &step.meta, &p, &mut attn)?;
             observe(i, Role::AttnOut, &attn)?;
