@@ -111,14 +111,15 @@ pub fn targets(dir: &Path, speed: &[&str]) -> Vec<Target> {
     vec![decode, gemm, inflight]
 }
 
-/// The steps `run.sh` recorded in `steps.tsv` (name, exit status, seconds).
+/// The steps `run.sh` recorded in `steps.tsv` (name, exit status, seconds; exit -1: skipped,
+/// the time budget spent).
 fn steps(dir: &Path) -> Vec<Value> {
     let text = std::fs::read_to_string(dir.join("steps.tsv")).unwrap_or_default();
     text.lines()
         .filter_map(|l| {
             let mut f = l.split('\t');
             let (name, rc, secs) = (f.next()?, f.next()?.parse::<i64>().ok()?, f.next()?.parse::<u64>().ok()?);
-            Some(json!({"step": name, "exit": rc, "pass": rc == 0, "seconds": secs}))
+            Some(json!({"step": name, "exit": rc, "pass": rc == 0, "skipped": rc < 0, "seconds": secs}))
         })
         .collect()
 }
@@ -182,7 +183,11 @@ mod tests {
     #[test]
     fn targets_are_read_from_the_logs() {
         let d = dir_with(&[
-            ("steps.tsv", "gemm-and-copy\t0\t12\nspeed-1b-bf16\t0\t30\nspeed-1b-bf16-graphs\t0\t28\ncompare-1b-bf16\t1\t60\n"),
+            (
+                "steps.tsv",
+                "gemm-and-copy\t0\t12\nspeed-1b-bf16\t0\t30\nspeed-1b-bf16-graphs\t0\t28\ncompare-1b-bf16\t1\t60\n\
+                 batch-1b-bf16\t-1\t0\n",
+            ),
             (
                 "gemm-and-copy.log",
                 "warming up\n{\"device\":\"H100\",\"copy_gb_s\":3000,\"gemm\":[\
@@ -212,8 +217,11 @@ mod tests {
         assert_eq!(t[2].value, Some(2.4));
         assert!(t[2].source.contains("3.00x the steps"), "{}", t[2].source);
         let report: Value = serde_json::from_str(&std::fs::read_to_string(d.join("report.json")).unwrap()).unwrap();
-        assert_eq!(report["steps"].as_array().unwrap().len(), 4);
+        assert_eq!(report["steps"].as_array().unwrap().len(), 5);
         assert_eq!(report["steps"][3]["pass"], false);
+        assert_eq!(report["steps"][3]["skipped"], false);
+        // Exit -1: run.sh skipped the step, its time budget spent.
+        assert_eq!(report["steps"][4]["skipped"], true);
         assert_eq!(report["measurements"]["gemm-and-copy"]["copy_gb_s"], 3000);
         assert_eq!(report["targets"][2]["met"], true);
         let md = std::fs::read_to_string(d.join("targets.md")).unwrap();
