@@ -58,6 +58,16 @@ pub trait Backend: Sized + Send + Sync + 'static {
     /// dtypes differ. This is how per-step inputs reach the device without allocating.
     fn write(&self, dst: &mut Tensor<Self>, host: &HostTensor<'_>) -> Result<()>;
 
+    /// [`Backend::write`] for several tensors at once (a step's inputs), with the same checks.
+    /// A backend may pack them into one host-to-device transfer; the default writes them one by
+    /// one.
+    fn write_many(&self, writes: &mut [(&mut Tensor<Self>, HostTensor<'_>)]) -> Result<()> {
+        for (dst, host) in writes.iter_mut() {
+            self.write(dst, host)?;
+        }
+        Ok(())
+    }
+
     /// Copies a tensor back to the host.
     fn download(&self, t: &Tensor<Self>) -> Result<HostTensor<'static>>;
 

@@ -42,7 +42,7 @@ namespace {
 
 /// What happened, printed at exit when TURBINE_EMU_STATS=1.
 struct Stats {
-    std::atomic<unsigned long> launches{0}, recorded{0}, replays{0}, spoiled{0}, refused{0};
+    std::atomic<unsigned long> launches{0}, uploads{0}, recorded{0}, replays{0}, spoiled{0}, refused{0};
     Stats() {
         const char* v = getenv("TURBINE_EMU_STATS");
         if (v && std::string(v) == "1") atexit([] { stats().print(); });
@@ -50,9 +50,9 @@ struct Stats {
     static Stats& stats();
     void print() {
         fprintf(stderr,
-                "turbine emulator: %lu kernel launches, %lu graphs recorded, %lu replays, %lu captures spoiled, "
-                "%lu calls refused while capturing\n",
-                launches.load(), recorded.load(), replays.load(), spoiled.load(), refused.load());
+                "turbine emulator: %lu kernel launches, %lu host-to-device copies, %lu graphs recorded, %lu replays, "
+                "%lu captures spoiled, %lu calls refused while capturing\n",
+                launches.load(), uploads.load(), recorded.load(), replays.load(), spoiled.load(), refused.load());
     }
 };
 Stats& Stats::stats() {
@@ -97,6 +97,7 @@ CUresult copy(void* dst, const void* src, size_t n, bool dst_device, bool src_de
         fprintf(stderr, "turbine emulator: a copy of %zu bytes outside device memory (%p <- %p)\n", n, dst, src);
         return CUDA_ERROR_INVALID_VALUE;
     }
+    if (dst_device && !src_device) stats.uploads++;
     if (emu::capturing()) {
         emu::record([=] { memcpy(dst, src, n); });
         return CUDA_SUCCESS;

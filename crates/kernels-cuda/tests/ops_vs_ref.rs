@@ -304,6 +304,23 @@ fn suite<B: Ops>(b: &B) -> Vec<Out> {
         b.gather_rows(&tq, &ids, 1.0, true, &mut out).unwrap();
         push(format!("gather from {dtype} accumulate"), get(b, &out), 1e-6);
     }
+    // A step's inputs written at once (CUDA: one packed transfer), reshaped, one of them empty;
+    // a value too many is refused before anything is written.
+    let mut dsts = [zeros(b, &[9]), zeros(b, &[2, 3]), zeros(b, &[4])];
+    let vals = [rand(7, 32, 1.0), rand(6, 33, 1.0)];
+    {
+        let host = |shape: &[usize], v: &[f32]| HostTensor::from_f32(shape, v).unwrap();
+        let [d0, d1, d2] = &mut dsts;
+        let mut too_many = [(&mut *d2, host(&[5], &vals[0][..5]))];
+        let err = b.write_many(&mut too_many).unwrap_err().to_string();
+        assert!(err.contains("capacity"), "{err}");
+        let mut writes = [(d0, host(&[7], &vals[0])), (d1, host(&[3, 2], &vals[1])), (d2, host(&[0], &[]))];
+        b.write_many(&mut writes).unwrap();
+    }
+    assert_eq!(dsts[2].shape().numel(), 0);
+    for (i, d) in dsts[..2].iter().enumerate() {
+        push(format!("write_many {i} as {:?}", d.shape()), get(b, d), 0.0);
+    }
     let mut sm = up(b, &[3, 500], &rand(1500, 16, 8.0));
     b.softmax(&mut sm).unwrap();
     push("softmax".into(), get(b, &sm), 1e-5);

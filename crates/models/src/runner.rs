@@ -96,19 +96,8 @@ struct HostStep {
     seqs: Vec<u32>,
     tables: Vec<u32>,
     rows: Vec<u32>,
-    /// Little-endian bytes of the vector being written.
+    /// Little-endian bytes of all of the above, one after the other.
     bytes: Vec<u8>,
-}
-
-/// Writes `data` into `dst` through the reused byte buffer `bytes`, growing `dst` if needed.
-fn put<B: Ops>(b: &B, dst: &mut Tensor<B>, bytes: &mut Vec<u8>, shape: Shape, data: &[u32]) -> Result<()> {
-    bytes.clear();
-    bytes.extend(data.iter().flat_map(|v| v.to_le_bytes()));
-    let host = HostTensor::new(shape.clone(), DType::U32, &bytes[..])?;
-    if dst.capacity() < shape.numel() {
-        *dst = b.alloc(&shape, DType::U32)?;
-    }
-    Ok(b.write(dst, &host)?)
 }
 
 fn u32_tensor<B: Ops>(b: &B, shape: impl Into<Shape>) -> Result<Tensor<B>> {
@@ -241,13 +230,36 @@ impl<B: Ops> Runner<B> {
             }
         }
         let (b, n, t) = (&self.backend, seqs.len(), h.ids.len());
-        let (st, bytes) = (&mut self.step, &mut h.bytes);
-        put(b, &mut st.ids, bytes, [t].into(), &h.ids)?;
-        put(b, &mut st.meta.positions, bytes, [t].into(), &h.positions)?;
-        put(b, &mut st.meta.slots, bytes, [t].into(), &h.slots)?;
-        put(b, &mut st.meta.seqs, bytes, [n, 3].into(), &h.seqs)?;
-        put(b, &mut st.meta.block_tables, bytes, [n, max_blocks].into(), &h.tables)?;
-        put(b, &mut st.logit_rows, bytes, [h.rows.len()].into(), &h.rows)?;
+        // Every input as little-endian bytes in one buffer, written with one call (one transfer
+        // where the backend packs them).
+        let data: [&[u32]; 6] = [&h.ids, &h.positions, &h.slots, &h.seqs, &h.tables, &h.rows];
+        let shapes: [Shape; 6] =
+            [[t].into(), [t].into(), [t].into(), [n, 3].into(), [n, max_blocks].into(), [h.rows.len()].into()];
+        h.bytes.clear();
+        let mut ends = [0; 6];
+        for (end, d) in ends.iter_mut().zip(data) {
+            h.bytes.extend(d.iter().flat_map(|v| v.to_le_bytes()));
+            *end = h.bytes.len();
+        }
+        let st = &mut self.step;
+        let dsts = [
+            &mut st.ids,
+            &mut st.meta.positions,
+            &mut st.meta.slots,
+            &mut st.meta.seqs,
+            &mut st.meta.block_tables,
+            &mut st.logit_rows,
+        ];
+        let mut writes = Vec::with_capacity(dsts.len());
+        let mut start = 0;
+        for ((dst, shape), end) in dsts.into_iter().zip(shapes).zip(ends) {
+            if dst.capacity() < shape.numel() {
+                *dst = b.alloc(&shape, DType::U32)?;
+            }
+            writes.push((dst, HostTensor::new(shape, DType::U32, &h.bytes[start..end])?));
+            start = end;
+        }
+        b.write_many(&mut writes)?;
         Ok(())
     }
 
