@@ -103,8 +103,8 @@ impl Cuda {
     }
 
     /// Checks a KV store and launches it: `kv_store_f32_{kind}` (grid: rows × kv heads), or with
-    /// `rope` (checked by the caller) `rope_kv_store_f32_{kind}`, which rotates every query and
-    /// key head first (grid: rows × all heads).
+    /// `rope` `rope_kv_store_f32_{kind}`, which rotates every query and key head first by
+    /// `meta.positions` (grid: rows × all heads).
     fn store_kv(
         &self,
         op: &'static str,
@@ -115,7 +115,10 @@ impl Cuda {
         rope: Option<&RopeTable<Cuda>>,
     ) -> Result<()> {
         let t = qkv.rows();
-        qkv.expect_shape(op, &[t, l.width()])?;
+        match rope {
+            Some(r) => rope_check(op, qkv, &meta.positions, r, l).map(drop)?,
+            None => qkv.expect_shape(op, &[t, l.width()])?,
+        }
         meta.slots.expect_shape(op, &[t])?;
         let kind = page_kind(op, kv, l)?;
         if l.head_dim > 512 {
@@ -208,7 +211,9 @@ impl Ops for Cuda {
         // themselves, with the operations of the epilogue and gated_act kernels: one launch a
         // product instead of two or three.
         let fused = kernel_product && epi.quant_x.is_none() && (epi.act.is_none() || gate.is_some()) && exact_cols == 0;
-        // Otherwise a gated product is finished in a scratch [m, n], then gated.
+        // The gate a product kernel applies itself; otherwise a gated product is finished in a
+        // scratch [m, n], then gated.
+        let kernel_gate = gate.filter(|_| fused);
         let gated_p = match gate {
             Some(_) if !fused => Some(self.slot(Slot::Gated, m * n * 4)?),
             _ => None,
@@ -216,14 +221,13 @@ impl Ops for Cuda {
         let out_p = self.ptr(out);
         // `names`: the plain kernel and its gated twin.
         let gemv = |names: [&str; 2], code: i32| -> Result<()> {
-            let gated = fused && gate.is_some();
             let (dst, scale, bias, accumulate) = if fused {
                 (out_p, self.opt(epi.scale), self.opt(epi.bias), i32::from(epi.accumulate))
             } else {
                 (acc_p, 0, 0, 0)
             };
             // The kernel's output columns: a fused gated product writes half the weight rows.
-            let cols = if gated { n / 2 } else { n };
+            let cols = if kernel_gate.is_some() { n / 2 } else { n };
             let args = [
                 Arg::Ptr(self.ptr(x)),
                 Arg::Ptr(self.ptr(w)),
@@ -235,9 +239,9 @@ impl Ops for Cuda {
                 Arg::Ptr(scale),
                 Arg::Ptr(bias),
                 Arg::I32(accumulate),
-                Arg::I32(gate.filter(|_| gated).unwrap_or(-1)),
+                Arg::I32(kernel_gate.unwrap_or(-1)),
             ];
-            self.launch(names[usize::from(gated)], gemv_grid(cols)?, 256, &args)
+            self.launch(names[usize::from(kernel_gate.is_some())], gemv_grid(cols)?, 256, &args)
         };
         match (w.dtype(), epi.quant_x) {
             (wt @ (DType::F32 | DType::F16 | DType::BF16), None) if kernel_product => {
@@ -479,9 +483,7 @@ impl Ops for Cuda {
         meta: &AttnMeta<Self>,
         kv: &mut KvPages<Self>,
     ) -> Result<()> {
-        const OP: &str = "rope_store";
-        rope_check(OP, qkv, &meta.positions, table, l)?;
-        self.store_kv(OP, qkv, l, meta, kv, Some(table))
+        self.store_kv("rope_store", qkv, l, meta, kv, Some(table))
     }
 
     fn paged_attention(
@@ -647,7 +649,6 @@ impl Ops for Cuda {
     }
 }
 
-/// The format code of a GGUF block type in `cu/gguf.cu`.
 /// Checks a rotation of `qkv` by `pos` with `table`; returns the rotated pairs per head.
 fn rope_check(
     op: &'static str,
@@ -669,6 +670,7 @@ fn rope_check(
     Ok(half)
 }
 
+/// The format code of a GGUF block type in `cu/gguf.cu`.
 fn gguf_code(op: &'static str, dtype: DType) -> Result<i32> {
     Ok(match dtype {
         DType::Q8_0 => 0,
