@@ -187,16 +187,15 @@ pub fn run(filter: &[String]) -> Result<()> {
         Ok(())
     };
     let on_cuda = [("TURBINE_TEST_BACKEND", "cuda")];
-    step("kernels-cuda", &["test", "--release", "--no-fail-fast", "-p", "turbine-kernels-cuda"], &[])?;
-    let suites =
-        ["test", "--release", "--no-fail-fast", "-p", "turbine-tests", "--test", "golden_tiny", "--test", "engine"];
-    step("golden-tiny+engine", &suites, &on_cuda)?;
+    step("kernels-cuda unit tests", &["test", "--release", "-p", "turbine-kernels-cuda", "--lib"], &[])?;
+    // Every suite the GPU check runs, in the same configurations.
+    for s in crate::suites::SUITES {
+        step(s.name, &["test", "--release", "-p", s.package, "--test", s.test], &s.all_env())?;
+    }
+    // Then the emulator's own variations: the sm_80 code paths, and threads and blocks in
+    // reverse order.
     let bi = ["test", "--release", "-p", "turbine-tests", "--test", "batch_invariance"];
-    step("batch-invariance", &bi, &on_cuda)?;
-    step("batch-invariance-graphs", &bi, &[on_cuda[0], ("TURBINE_CUDA_GRAPHS", "1")])?;
     let vs_cpu = ["test", "--release", "-p", "turbine-tests", "--test", "cuda_vs_cpu"];
-    step("cuda-vs-cpu", &vs_cpu, &[])?;
-    // An Ampere part: no FP8 products, so W8A8 takes the exact bf16 fallback.
     let ops = ["test", "--release", "-p", "turbine-kernels-cuda", "--test", "ops_vs_ref"];
     step("ops sm_80", &ops, &[("TURBINE_EMU_SM", "80")])?;
     step("cuda-vs-cpu sm_80", &vs_cpu, &[("TURBINE_EMU_SM", "80")])?;

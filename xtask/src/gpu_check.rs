@@ -6,13 +6,16 @@
 //! network), `bash DIR/run.sh REPORT_DIR` runs, from the repository root: the op suite against
 //! kernels-ref, the tiny golden suite (every architecture against transformers), the engine's
 //! suite (preemption, prefix cache, cancellation…) and the batch-invariance suite on CUDA, whole
-//! models under every precision policy and KV format against the CPU (`cuda_vs_cpu`), a tiny
+//! models under every precision policy and KV format against the CPU (`cuda_vs_cpu`; it and the
+//! op suite again with cuBLASLt's products, `TURBINE_CUDA_PRODUCTS=fast`: the suites are listed
+//! in `suites.rs`, which `cargo xtask emu` runs too), a tiny
 //! model end to end on `--backend cuda` against the CPU's greedy ids and served on `--backend
 //! cuda` (a completion over HTTP), a
 //! device-to-device copy bandwidth and cuBLASLt TFLOP/s (bf16, f16, FP8 at M = 16, 256, 4096), a
 //! synthetic 1B Llama's prefill and decode speed (bf16 and fp8 weights), in-flight against
 //! static batching, and writes `REPORT_DIR/report.md` and `report.json` (the issue's speed
-//! targets judged by `xtask gpu-report`, plus every log). `cargo xtask gpu-check
+//! targets judged by `xtask gpu-report`, the end of every log), with every whole log in
+//! `logs.tar.gz`: six files, within what the device tool brings back (eight). `cargo xtask gpu-check
 //! REPORT_DIR` does both on a machine that has a GPU and a toolchain.
 
 use std::path::{Path, PathBuf};
@@ -70,13 +73,10 @@ pub fn prepare(dir: &Path) -> Result<()> {
     eprintln!("xtask: building the release turbine");
     run(Command::new(env!("CARGO")).args(["build", "--release", "--bin", "turbine"]).current_dir(&root))?;
     copy_stripped(&root.join("target/release/turbine"), &dir.join("bin/turbine"))?;
-    eprintln!("xtask: building the CUDA op suite");
-    let exes = executables(false, &["-p", "turbine-kernels-cuda", "--test", "ops_vs_ref"])?;
-    copy_stripped(&exes[0], &dir.join("bin/ops_vs_ref"))?;
-    for suite in ["golden_tiny", "engine", "batch_invariance", "cuda_vs_cpu"] {
-        eprintln!("xtask: building the {suite} suite");
-        let exes = executables(false, &["-p", "turbine-tests", "--test", suite])?;
-        copy_stripped(&exes[0], &dir.join("bin").join(suite))?;
+    for (package, test) in crate::suites::executables() {
+        eprintln!("xtask: building the {test} suite");
+        let exes = executables(false, &["-p", package, "--test", test])?;
+        copy_stripped(&exes[0], &dir.join("bin").join(test))?;
     }
     // This very program writes the report's targets there (`xtask gpu-report`).
     copy_stripped(&std::env::current_exe().context("locating the xtask binary")?, &dir.join("bin/xtask"))?;
@@ -94,7 +94,7 @@ pub fn prepare(dir: &Path) -> Result<()> {
             }
         }
     }
-    std::fs::write(dir.join("run.sh"), RUN_SH).context("writing run.sh")?;
+    std::fs::write(dir.join("run.sh"), run_sh()).context("writing run.sh")?;
     let mut total = 0u64;
     for e in walk(dir)? {
         total += std::fs::metadata(&e)?.len();
@@ -132,16 +132,26 @@ pub fn prepare_and_run(report: &Path) -> Result<()> {
     Ok(())
 }
 
-/// The script the GPU machine runs (from the repository root).
+/// The script the GPU machine runs, with the suites of [`crate::suites::SUITES`] in place.
+fn run_sh() -> String {
+    let suites: Vec<String> = crate::suites::SUITES.iter().map(|s| s.run_sh_line()).collect();
+    RUN_SH.replace("@SUITES@\n", &(suites.join("\n") + "\n"))
+}
+
+/// `run.sh`'s text; `@SUITES@` stands for the correctness suites' lines.
 const RUN_SH: &str = r###"#!/usr/bin/env bash
 # Turbine gpu-check: run from the repository root on a GPU machine.
 #   bash target/gpu-check/run.sh REPORT_DIR
+# REPORT_DIR gets six files: report.md (device, targets, steps, then the end of every log),
+# report.json, targets.md, steps.tsv, device.txt and logs.tar.gz (every step's whole log). Standard
+# output ends with the summary and the end of each failed step's log.
 set -u
 here=$(cd "$(dirname "$0")" && pwd)
 out=${1:?usage: run.sh REPORT_DIR}
-mkdir -p "$out"
+mkdir -p "$out/logs"
 out=$(cd "$out" && pwd)
-: > "$out/summary.md"
+logs=$out/logs
+: > "$logs/summary.md"
 : > "$out/steps.tsv"
 nvidia-smi --query-gpu=name,driver_version,memory.total,compute_cap --format=csv,noheader > "$out/device.txt" 2>&1
 cc=$(nvidia-smi --query-gpu=compute_cap --format=csv,noheader 2>/dev/null | head -1 | tr -d '.')
@@ -151,18 +161,20 @@ export TURBINE_CUDA_PTX="$here/ptx/$arch"
 # installed (nvidia/cu13/lib or nvidia/cublas/lib under site-packages), unless already found.
 if ! ldconfig -p 2>/dev/null | grep -q 'libcublasLt.so.13'; then
   for sp in $(python3 -c 'import site; print(" ".join(site.getsitepackages()))' 2>/dev/null) \
-            /usr/local/lib/python3*/dist-packages /usr/lib/python3/dist-packages /usr/local/cuda/lib64; do
+            /opt/*/.venv/lib/python3*/site-packages /usr/local/lib/python3*/dist-packages \
+            /usr/lib/python3/dist-packages /usr/local/cuda/lib64; do
     lib=$(find "$sp" -name 'libcublasLt.so.13*' 2>/dev/null | head -1)
     if [ -n "$lib" ]; then export LD_LIBRARY_PATH="$(dirname "$lib")${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"; break; fi
   done
 fi
-echo "cuBLASLt: $(ldconfig -p 2>/dev/null | grep -o 'libcublasLt.so.13[^ ]*' | head -1) LD_LIBRARY_PATH=${LD_LIBRARY_PATH:-}" | tee "$out/libs.log"
+echo "cuBLASLt: $(ldconfig -p 2>/dev/null | grep -o 'libcublasLt.so.13[^ ]*' | head -1) LD_LIBRARY_PATH=${LD_LIBRARY_PATH:-}" | tee "$logs/libs.log"
 work=${TMPDIR:-/tmp}/turbine-gpu-check
 mkdir -p "$work"
 export TURBINE_HOME="$work/home"
 # The op suite must run here, not skip.
 export TURBINE_REQUIRE_GPU=1
 status=0
+failed=""
 # A time budget for the whole check (the issue: inside 10 minutes; the device tool stops a command
 # at 600 s, and the report is written last): a step gets at most 240 s and what is left of the
 # budget less 30 s for the report; a step that no longer fits is recorded as skipped (exit -1).
@@ -173,49 +185,43 @@ step() {
   local t0=$(date +%s)
   local left=$(( deadline - t0 - 30 ))
   if [ $left -lt 10 ]; then
-    echo "| $name | SKIPPED (the ${budget} s budget is spent) | |" >> "$out/summary.md"
+    echo "| $name | SKIPPED (the ${budget} s budget is spent) | |" >> "$logs/summary.md"
     printf '%s\t%s\t%s\n' "$name" -1 0 >> "$out/steps.tsv"
     status=1
     return
   fi
   echo "== $name: $*"
-  timeout $(( left < 240 ? left : 240 )) "$@" > "$out/$name.log" 2>&1
+  timeout $(( left < 240 ? left : 240 )) "$@" > "$logs/$name.log" 2>&1
   local rc=$?
   local secs=$(( $(date +%s) - t0 ))
-  echo "| $name | $([ $rc = 0 ] && echo pass || echo "FAIL (exit $rc)") | $secs s |" >> "$out/summary.md"
+  echo "| $name | $([ $rc = 0 ] && echo pass || echo "FAIL (exit $rc)") | $secs s |" >> "$logs/summary.md"
   printf '%s\t%s\t%s\n' "$name" "$rc" "$secs" >> "$out/steps.tsv"
-  [ $rc = 0 ] || status=1
+  [ $rc = 0 ] || { status=1; failed="$failed $name"; }
 }
 t=$here/bin/turbine
 tiny=tests/fixtures/tiny/llama-gqa
-step ops "$here/bin/ops_vs_ref" --nocapture --test-threads 1
-on_cuda="env TURBINE_TEST_BACKEND=cuda TURBINE_FIXTURES=$PWD/tests/fixtures"
-step golden-tiny $on_cuda "$here/bin/golden_tiny" --test-threads 1
-step engine $on_cuda "$here/bin/engine" --test-threads 1
-step batch-invariance $on_cuda "$here/bin/batch_invariance" --test-threads 1
-step batch-invariance-graphs env TURBINE_CUDA_GRAPHS=1 $on_cuda "$here/bin/batch_invariance" --test-threads 1
-step cuda-vs-cpu env TURBINE_FIXTURES=$PWD/tests/fixtures "$here/bin/cuda_vs_cpu" --test-threads 1 --nocapture
+@SUITES@
 step tiny-cpu "$t" generate -m "$tiny" --backend cpu --prompt-ids 1,2,3,4 --max-tokens 12 --temperature 0 --json
 step tiny-cuda "$t" generate -m "$tiny" --backend cuda --prompt-ids 1,2,3,4 --max-tokens 12 --temperature 0 --json
-if [ -f "$out/tiny-cpu.log" ] && [ -f "$out/tiny-cuda.log" ]; then
-  a=$(grep -o '"ids":\[[0-9,]*\]' "$out/tiny-cpu.log"); b=$(grep -o '"ids":\[[0-9,]*\]' "$out/tiny-cuda.log")
-  if [ -n "$a" ] && [ "$a" = "$b" ]; then echo "| tiny greedy ids equal | pass | |" >> "$out/summary.md";
-  else echo "| tiny greedy ids equal | FAIL (cpu $a, cuda $b) | |" >> "$out/summary.md"; status=1; fi
+if [ -f "$logs/tiny-cpu.log" ] && [ -f "$logs/tiny-cuda.log" ]; then
+  a=$(grep -o '"ids":\[[0-9,]*\]' "$logs/tiny-cpu.log"); b=$(grep -o '"ids":\[[0-9,]*\]' "$logs/tiny-cuda.log")
+  if [ -n "$a" ] && [ "$a" = "$b" ]; then echo "| tiny greedy ids equal | pass | |" >> "$logs/summary.md";
+  else echo "| tiny greedy ids equal | FAIL (cpu $a, cuda $b) | |" >> "$logs/summary.md"; status=1; fi
 fi
 step serve-tiny-cuda "$here/bin/xtask" serve-check "$t" "$tiny"
+# The measurements the targets need first, then the rest.
 step gemm-and-copy "$here/bin/gpu_bench" --json
 step synth-1b "$t" synth-model --preset 1b --out "$work/m1b"
 step speed-1b-bf16 "$t" bench -m "$work/m1b" --backend cuda --dtype bf16 --workload speed --json
 step speed-1b-bf16-graphs env TURBINE_CUDA_GRAPHS=1 "$t" bench -m "$work/m1b" --backend cuda --dtype bf16 --workload speed --json
+step compare-1b-bf16 "$t" bench -m "$work/m1b" --backend cuda --dtype bf16 --compare --requests 64 --json
+step batch-1b-bf16 "$t" bench -m "$work/m1b" --backend cuda --dtype bf16 --workload batch --batch-sizes 1,16,64 --prompt-tokens 128 --gen-tokens 32 --json
 step speed-1b-fp8 "$t" bench -m "$work/m1b" --backend cuda --dtype fp8 --workload speed --json
 step speed-1b-bf16-fast-products env TURBINE_CUDA_PRODUCTS=fast "$t" bench -m "$work/m1b" --backend cuda --dtype bf16 --workload speed --json
 step speed-1b-fp8-fast-products env TURBINE_CUDA_PRODUCTS=fast "$t" bench -m "$work/m1b" --backend cuda --dtype fp8 --workload speed --json
-step batch-invariance-fast-products env TURBINE_CUDA_PRODUCTS=fast $on_cuda "$here/bin/batch_invariance" --test-threads 1
-step batch-1b-bf16 "$t" bench -m "$work/m1b" --backend cuda --dtype bf16 --workload batch --batch-sizes 1,16,64 --prompt-tokens 128 --gen-tokens 32 --json
-step compare-1b-bf16 "$t" bench -m "$work/m1b" --backend cuda --dtype bf16 --compare --requests 64 --json
 # The issue's speed targets (report.json, targets.md); a missed target is reported, not a failure.
-"$here/bin/xtask" gpu-report "$out" > "$out/gpu-report.log" 2>&1 || { echo "| gpu-report | FAIL | |" >> "$out/summary.md"; status=1; }
-{
+"$here/bin/xtask" gpu-report "$out" > "$logs/gpu-report.log" 2>&1 || { echo "| gpu-report | FAIL | |" >> "$logs/summary.md"; status=1; }
+summary() {
   echo "# Turbine gpu-check"
   echo
   echo "name, driver_version, memory.total, compute_cap"
@@ -225,11 +231,18 @@ step compare-1b-bf16 "$t" bench -m "$work/m1b" --backend cuda --dtype bf16 --com
   echo
   echo "| step | result | time |"
   echo "|---|---|---|"
-  cat "$out/summary.md"
-  for f in "$out"/*.log; do
+  cat "$logs/summary.md"
+}
+{
+  summary
+  for f in "$logs"/*.log; do
     echo; echo "## $(basename "$f" .log)"; echo '```'; tail -40 "$f"; echo '```'
   done
 } > "$out/report.md"
-cat "$out/report.md"
+summary
+for name in $failed; do
+  echo; echo "## $name: the end of its log"; tail -12 "$logs/$name.log" | cut -c1-240
+done | head -c 7000
+tar -czf "$out/logs.tar.gz" -C "$out" logs && rm -rf "$logs"
 exit $status
 "###;

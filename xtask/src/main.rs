@@ -26,6 +26,7 @@ mod gpu_check;
 mod gpu_report;
 mod kernels;
 mod serve_check;
+mod suites;
 
 const GOLDEN_SUITES: &[&str] = &["golden_tiny", "golden_real"];
 

@@ -1,6 +1,8 @@
 //! GPU rooflines and products: device-to-device copy bandwidth, and cuBLASLt TFLOP/s for bf16,
-//! f16 and FP8 E4M3 at M = 16, 256, 4096 (N = K = 4096, an 8B model's square projection).
-//! `cargo bench -p turbine-kernels-cuda --bench gpu [-- --json]`; without a GPU it says why.
+//! f16 and FP8 E4M3 (f32 accumulation, as the backend runs it, and fast accumulation) at
+//! M = 16, 256, 4096 (N = K = 4096, an 8B model's square projection), on random operands.
+//! `cargo bench -p turbine-kernels-cuda --bench gpu [-- --json] [--quick]` (`--quick`: N = K = 256
+//! and a 16 MiB copy, to check the bench itself); without a GPU it says why.
 
 use std::time::Instant;
 
@@ -31,6 +33,22 @@ fn time(cuda: &Cuda, mut f: impl FnMut()) -> f64 {
     t0.elapsed().as_secs_f64() / f64::from(n)
 }
 
+/// `count` values of `dtype` drawn uniformly from [-1, 1), as the bytes of that type.
+fn random_bytes(dtype: DType, count: usize, seed: u64) -> Vec<u8> {
+    let mut rng = turbine_core::sampling::Rng::new(seed);
+    let mut out = Vec::with_capacity(count * 2);
+    for _ in 0..count {
+        let v = (rng.next_f64() * 2.0 - 1.0) as f32;
+        match dtype {
+            DType::BF16 => out.extend_from_slice(&half::bf16::from_f32(v).to_le_bytes()),
+            DType::F16 => out.extend_from_slice(&half::f16::from_f32(v).to_le_bytes()),
+            // E4M3 codes of magnitude below 1 (exponent field < 7), either sign: never NaN.
+            _ => out.push(((rng.next_f64() * 56.0) as u8) | if v < 0.0 { 0x80 } else { 0 }),
+        }
+    }
+    out
+}
+
 fn main() {
     let json = std::env::args().any(|a| a == "--json");
     let cuda = match Cuda::new(0) {
@@ -46,7 +64,7 @@ fn main() {
     };
     let stream = cuda.stream().clone();
     // Copy bandwidth: 1 GiB, read and written (2 GiB moved per copy).
-    let bytes = 1usize << 30;
+    let bytes = if std::env::args().any(|a| a == "--quick") { 1usize << 24 } else { 1 << 30 };
     let src = stream.alloc_zeros::<u8>(bytes).expect("alloc");
     let mut dst = stream.alloc_zeros::<u8>(bytes).expect("alloc");
     let s = time(&cuda, || stream.memcpy_dtod(&src, &mut dst).expect("copy"));
@@ -54,22 +72,33 @@ fn main() {
     drop((src, dst));
 
     let blas = cuda.blas();
-    let (n, k) = (4096usize, 4096usize);
+    // `--quick`: small products, to check the bench itself (e.g. on the emulator).
+    let quick = std::env::args().any(|a| a == "--quick");
+    let (n, k, ms) = if quick { (256usize, 256usize, vec![16usize, 64]) } else { (4096, 4096, vec![16, 256, 4096]) };
     let mut rows = Vec::new();
-    for dtype in [DType::BF16, DType::F16, DType::F8E4M3] {
+    // (label, type, FP8 fast accumulation): the backend's FP8 products accumulate in f32; the
+    // fast-accumulation row is what that mode would give.
+    let cases = [
+        ("bf16", DType::BF16, false),
+        ("f16", DType::F16, false),
+        ("f8e4m3", DType::F8E4M3, false),
+        ("f8e4m3-fast-accum", DType::F8E4M3, true),
+    ];
+    for (label, dtype, fast_accum) in cases {
         if dtype == DType::F8E4M3 && !turbine_core::Backend::caps(&cuda).fp8 {
             continue;
         }
-        let el = if dtype == DType::F8E4M3 { 1 } else { 2 };
-        for m in [16usize, 256, 4096] {
-            let x = stream.alloc_zeros::<u8>(m * k * el).expect("alloc");
-            let w = stream.alloc_zeros::<u8>(n * k * el).expect("alloc");
+        // Random operands: the tensor cores draw less power, and run faster, on zeros.
+        let w = stream.clone_htod(&random_bytes(dtype, n * k, 1)).expect("upload");
+        for &m in &ms {
+            let x = stream.clone_htod(&random_bytes(dtype, m * k, 2)).expect("upload");
             let d = stream.alloc_zeros::<u8>(m * n * 4).expect("alloc");
             let (xp, wp, dp) = (addr(&cuda, &x), addr(&cuda, &w), addr(&cuda, &d));
             let raw = cuda.stream().cu_stream() as _;
-            let s = time(&cuda, || blas.matmul(raw, xp, dtype, wp, dtype, dp, (m, n, k)).expect("matmul"));
+            let s =
+                time(&cuda, || blas.matmul_with(raw, xp, dtype, wp, dtype, dp, (m, n, k), fast_accum).expect("matmul"));
             let tflops = 2.0 * (m * n * k) as f64 / s / 1e12;
-            rows.push((dtype, m, tflops, s * 1e6));
+            rows.push((label, m, tflops, s * 1e6));
         }
     }
     if json {

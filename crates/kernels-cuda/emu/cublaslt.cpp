@@ -105,6 +105,9 @@ API Status cublasLtMatmulDescDestroy(void* d) {
 }
 API Status cublasLtMatmulDescSetAttribute(void* d, int attr, const void* buf, size_t size) {
     Desc* desc = static_cast<Desc*>(d);
+    // FAST_ACCUM (an int8_t): FP8 partial sums kept in the tensor cores' precision. Accepted; the
+    // stand-in always accumulates in f32.
+    if (attr == 25) return size == 1 ? OK : INVALID_VALUE;
     int32_t v = 0;
     if (size != sizeof v) return INVALID_VALUE;
     memcpy(&v, buf, sizeof v);

@@ -67,7 +67,8 @@ impl Blas {
     }
 
     /// `d[m, n] (f32) = a · bᵀ` for row-major `x` `[m, k]` of type `xt` at `x` and `w` `[n, k]` of
-    /// type `wt` at `w`, queued on `stream`.
+    /// type `wt` at `w`, queued on `stream`, accumulated in f32 (FP8 products too: cuBLASLt
+    /// promotes the tensor cores' partial sums to f32 regularly).
     #[allow(clippy::too_many_arguments)]
     pub fn matmul(
         &self,
@@ -77,7 +78,25 @@ impl Blas {
         w: u64,
         wt: DType,
         d: u64,
+        dims: (usize, usize, usize),
+    ) -> Result<()> {
+        self.matmul_with(stream, x, xt, w, wt, d, dims, false)
+    }
+
+    /// [`Blas::matmul`], with cuBLASLt's FP8 fast accumulation when `fp8_fast_accum` (FP8 inputs
+    /// only: the tensor cores' partial sums are never promoted to f32, faster on Ada and Hopper
+    /// and less accurate; the backend does not use it, `gpu_bench` measures it).
+    #[allow(clippy::too_many_arguments)]
+    pub fn matmul_with(
+        &self,
+        stream: sys::cudaStream_t,
+        x: u64,
+        xt: DType,
+        w: u64,
+        wt: DType,
+        d: u64,
         (m, n, k): (usize, usize, usize),
+        fp8_fast_accum: bool,
     ) -> Result<()> {
         let (m, n, k) = (m as u64, n as u64, k as u64);
         let fp8 = wt == DType::F8E4M3;
@@ -105,6 +124,19 @@ impl Blas {
                     size_of::<i32>(),
                 )
                 .map_err(|e| err("transpose", e))?;
+            }
+            if fp8 && fp8_fast_accum {
+                let on: i8 = 1;
+                // SAFETY: `desc` is live; the attribute is an int8_t as cuBLASLt documents.
+                unsafe {
+                    lt::set_matmul_desc_attribute(
+                        desc,
+                        sys::cublasLtMatmulDescAttributes_t::CUBLASLT_MATMUL_DESC_FAST_ACCUM,
+                        (&on) as *const i8 as *const c_void,
+                        size_of::<i8>(),
+                    )
+                    .map_err(|e| err("fast accumulation", e))?;
+                }
             }
             let pref = lt::create_matmul_pref().map_err(|e| err("preference", e))?;
             let bytes = self.workspace_bytes as u64;
