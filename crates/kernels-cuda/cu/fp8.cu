@@ -63,10 +63,11 @@ TURBINE_FOR_TYPES(DEQUANT)
 
 // Products straight from 8-bit weights: acc[i, j] = sum_c x[i, c] * code(w[j, c]), each weight
 // byte decoded in registers (the epilogue applies the scales). One warp per output column j,
-// lanes over c in steps of 4 bytes (k % 4 == 0), GEMV_ROWS rows at a time (blockIdx.y strides
-// over the row tiles); blockDim.x = 256. A row's sum is the same sequence of fused multiply-adds
-// (lane l takes c = 4l, 4l + 128, ... in order) and the same warp reduction whatever m is and
-// whichever tile it falls in, so the product is batch invariant. XCODES: x is E4M3 codes (W8A8,
+// lanes over c in chunks of 16 bytes (k % 16 == 0) or 4 (k % 4 == 0), GEMV_ROWS rows at a time
+// (blockIdx.y strides over the row tiles); blockDim.x = 256. A row's sum is the same sequence of
+// fused multiply-adds (lane l takes c = 16l .. 16l + 15, 16l + 512, ... or c = 4l, 4l + 128, ...
+// in order; the chunk chosen by k alone) and the same warp reduction whatever m is and whichever
+// tile it falls in, so the product is batch invariant. XCODES: x is E4M3 codes (W8A8,
 // the row scales applied in the epilogue) instead of f32.
 template <bool XCODES, bool GATED>
 __device__ void gemv_8bit(const void* xv, const u8* codes, float* acc, u32 m, u32 n, u32 k, int int8,
@@ -75,6 +76,49 @@ __device__ void gemv_8bit(const void* xv, const u8* codes, float* acc, u32 m, u3
     gemv_tiles<GATED>(m, n, acc, col_scale, bias, accumulate, gate, [&](u32 wrow, size_t r0, u32 rows, float* sum) {
         const unsigned int* row = (const unsigned int*)(codes + (size_t)wrow * k);
         for (int i = 0; i < GEMV_ROWS; i++) sum[i] = 0.f;
+        if (k % 16 == 0) {
+            // Rows of a multiple of 16 codes: 16-byte loads of 16 codes, kept packed until used,
+            // so each lane has GEMV_UNROLL x 16 bytes in flight (four times the 4-byte path's).
+            // Chosen by k alone: a row's sum is the same operations whatever m.
+            const uint4* wide = (const uint4*)row;
+            const u32 kc = k / 16;
+            for (u32 c0 = lane; c0 < kc; c0 += 32 * GEMV_UNROLL) {
+                uint4 raw[GEMV_UNROLL];
+#pragma unroll
+                for (int u = 0; u < GEMV_UNROLL; u++) {
+                    u32 c = c0 + 32 * u;
+                    if (c < kc) raw[u] = wide[c];
+                    else raw[u].x = raw[u].y = raw[u].z = raw[u].w = 0u;
+                }
+#pragma unroll
+                for (int u = 0; u < GEMV_UNROLL; u++) {
+                    u32 c = c0 + 32 * u;
+                    if (c >= kc) break;
+                    const unsigned int words[4] = {raw[u].x, raw[u].y, raw[u].z, raw[u].w};
+                    for (int part = 0; part < 4; part++) {
+                        float w[4];
+                        for (int b = 0; b < 4; b++) {
+                            u8 code = (u8)(words[part] >> (8 * b));
+                            w[b] = int8 ? (float)(signed char)code : e4m3_to_f32(code);
+                        }
+                        // Four weights at k offset 4q, as the 4-byte path takes them.
+                        u32 q = 4 * c + part;
+                        for (u32 i = 0; i < rows; i++) {
+                            float xs[4];
+                            if (XCODES) {
+                                unsigned int xp = ((const unsigned int*)((const u8*)xv + (r0 + i) * k))[q];
+                                for (int b = 0; b < 4; b++) xs[b] = e4m3_to_f32((u8)(xp >> (8 * b)));
+                            } else {
+                                float4 f = ((const float4*)((const float*)xv + (r0 + i) * k))[q];
+                                xs[0] = f.x, xs[1] = f.y, xs[2] = f.z, xs[3] = f.w;
+                            }
+                            for (int b = 0; b < 4; b++) sum[i] = __fmaf_rn(xs[b], w[b], sum[i]);
+                        }
+                    }
+                }
+            }
+            return;
+        }
         for (u32 q0 = lane; q0 < kq; q0 += 32 * GEMV_UNROLL) {
             // GEMV_UNROLL 4-byte loads in flight before any is used; q still in increasing order.
             unsigned int packed[GEMV_UNROLL];

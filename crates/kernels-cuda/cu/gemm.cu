@@ -16,18 +16,94 @@ __device__ void convert_from_f32(const float* x, T* y, size_t n) {
     extern "C" __global__ void convert_from_f32_##N(const float* x, T* y, size_t n) { convert_from_f32<T>(x, y, n); }
 TURBINE_FOR_TYPES(CONVERT)
 
-// acc[i, j] = sum_c x[i, c] * w[j, c] for f32, f16 or bf16 weights, with the order of the
-// 8-bit products: one warp per output column, lane l takes c = 4l .. 4l + 3, then 4l + 128 ..,
-// each a fused multiply-add in c order, then the warp reduction; GEMV_ROWS rows at a time
-// (blockIdx.y strides over the row tiles); blockDim.x = 256, k % 4 == 0. A row's sum does not
-// depend on m: the batch-invariant product for every row count. col_scale, bias, accumulate,
-// gate: see gemv_tiles (n: the output's columns; off for raw sums).
+// sum[i] += x[r0 + i, 8c .. 8c + 8) . v for i < rows: eight fused multiply-adds in k order.
+__device__ __forceinline__ void chunk_fma(float* sum, u32 rows, const float* x, size_t r0, u32 k, u32 c,
+                                          const float* v) {
+    for (u32 i = 0; i < rows; i++) {
+        const float4* xr = (const float4*)(x + (r0 + i) * k) + 2 * (size_t)c;
+        float4 lo = xr[0], hi = xr[1];
+        sum[i] = __fmaf_rn(lo.x, v[0], sum[i]);
+        sum[i] = __fmaf_rn(lo.y, v[1], sum[i]);
+        sum[i] = __fmaf_rn(lo.z, v[2], sum[i]);
+        sum[i] = __fmaf_rn(lo.w, v[3], sum[i]);
+        sum[i] = __fmaf_rn(hi.x, v[4], sum[i]);
+        sum[i] = __fmaf_rn(hi.y, v[5], sum[i]);
+        sum[i] = __fmaf_rn(hi.z, v[6], sum[i]);
+        sum[i] = __fmaf_rn(hi.w, v[7], sum[i]);
+    }
+}
+
+// acc[i, j] = sum_c x[i, c] * w[j, c] for f32, f16 or bf16 weights: one warp per output column;
+// with k % 8 == 0 lane l takes c = 8l .. 8l + 7, then 8l + 256 .., else c = 4l .. 4l + 3, then
+// 4l + 128 .., each a fused multiply-add in c order, then the warp reduction; GEMV_ROWS rows at a
+// time (blockIdx.y strides over the row tiles); blockDim.x = 256, k % 4 == 0. A row's sum does
+// not depend on m, nor on the weights' storage type: the batch-invariant product for every row
+// count. col_scale, bias, accumulate, gate: see gemv_tiles (n: the output's columns; off for raw
+// sums).
 template <bool GATED>
 __device__ void gemv_float(const float* x, const void* w, float* acc, u32 m, u32 n, u32 k, int wtype,
                            const float* col_scale, const float* bias, int accumulate, int gate) {
     const u32 kq = k / 4, lane = threadIdx.x & 31;
     gemv_tiles<GATED>(m, n, acc, col_scale, bias, accumulate, gate, [&](u32 wrow, size_t r0, u32 rows, float* sum) {
         for (int i = 0; i < GEMV_ROWS; i++) sum[i] = 0.f;
+        if (k % 8 == 0) {
+            // Rows of a multiple of 8 values: lane l takes the chunks of 8 values c = l, l + 32, ...
+            // in order, each 8 fused multiply-adds in k order (chunk_fma). 16-bit weights: one
+            // 16-byte load a chunk, kept packed until used, GEMV_UNROLL chunks in flight; f32:
+            // two, GEMV_UNROLL / 2 chunks in flight (the same bytes). The same operations for
+            // every storage type (a 16-bit table gives the logits of its f32 widening) and, chosen
+            // by k alone, whatever m.
+            const u32 kc = k / 8;
+            if (wtype == 0) {
+                const float4* row = (const float4*)((const float*)w + (size_t)wrow * k);
+                for (u32 c0 = lane; c0 < kc; c0 += 32 * (GEMV_UNROLL / 2)) {
+                    float4 raw[GEMV_UNROLL / 2][2];
+#pragma unroll
+                    for (int u = 0; u < GEMV_UNROLL / 2; u++) {
+                        u32 c = c0 + 32 * u;
+                        if (c < kc) {
+                            raw[u][0] = row[2 * (size_t)c];
+                            raw[u][1] = row[2 * (size_t)c + 1];
+                        } else {
+                            raw[u][0].x = raw[u][0].y = raw[u][0].z = raw[u][0].w = 0.f;
+                            raw[u][1] = raw[u][0];
+                        }
+                    }
+#pragma unroll
+                    for (int u = 0; u < GEMV_UNROLL / 2; u++) {
+                        u32 c = c0 + 32 * u;
+                        if (c >= kc) break;
+                        const float v[8] = {raw[u][0].x, raw[u][0].y, raw[u][0].z, raw[u][0].w,
+                                            raw[u][1].x, raw[u][1].y, raw[u][1].z, raw[u][1].w};
+                        chunk_fma(sum, rows, x, r0, k, c, v);
+                    }
+                }
+                return;
+            }
+            const uint4* row = (const uint4*)((const unsigned short*)w + (size_t)wrow * k);
+            for (u32 c0 = lane; c0 < kc; c0 += 32 * GEMV_UNROLL) {
+                uint4 raw[GEMV_UNROLL];
+#pragma unroll
+                for (int u = 0; u < GEMV_UNROLL; u++) {
+                    u32 c = c0 + 32 * u;
+                    if (c < kc) raw[u] = row[c];
+                    else raw[u].x = raw[u].y = raw[u].z = raw[u].w = 0u;
+                }
+#pragma unroll
+                for (int u = 0; u < GEMV_UNROLL; u++) {
+                    u32 c = c0 + 32 * u;
+                    if (c >= kc) break;
+                    const unsigned int words[4] = {raw[u].x, raw[u].y, raw[u].z, raw[u].w};
+                    float v[8];
+                    for (int b = 0; b < 8; b++) {
+                        unsigned short h = (unsigned short)(words[b >> 1] >> (16 * (b & 1)));
+                        v[b] = wtype == 1 ? __half2float(__ushort_as_half(h)) : __uint_as_float((unsigned)h << 16);
+                    }
+                    chunk_fma(sum, rows, x, r0, k, c, v);
+                }
+            }
+            return;
+        }
         for (u32 q0 = lane; q0 < kq; q0 += 32 * GEMV_UNROLL) {
             // GEMV_UNROLL loads of four weights each (one 8-byte (16-bit) or 16-byte (f32) load;
             // rows start aligned: k % 4 == 0, buffers 256-byte aligned) issued before any is used,

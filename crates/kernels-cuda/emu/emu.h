@@ -37,6 +37,9 @@ struct alignas(8) uint2 {
 struct alignas(16) float4 {
     float x, y, z, w;
 };
+struct alignas(16) uint4 {
+    unsigned x, y, z, w;
+};
 
 namespace emu {
 

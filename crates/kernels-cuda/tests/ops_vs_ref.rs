@@ -160,10 +160,12 @@ fn suite<B: Ops>(b: &B) -> Vec<Out> {
         }
     }
 
-    // Long rows (k = 1000: each lane's loads in several batches of GEMV_UNROLL, the last one
-    // partial) for every element type, with 3 and 12 rows.
-    {
-        let (kl, nl) = (1000, 24);
+    // Long rows (each lane's loads in several batches of GEMV_UNROLL, the last one partial) for
+    // every element type, with 3 and 12 rows. The kernels load 16 bytes at a time where a row's
+    // bytes are a multiple of 16, else 4 values: k = 3200 takes the wide loads for 8-bit and
+    // 16-bit weights, 1000 for 16-bit only, 1004 for neither.
+    for kl in [1000, 3200, 1004] {
+        let nl = 24;
         let wl = rand(nl * kl, 26, 0.1);
         for (dtype, tol) in
             [(DType::F32, 1e-5), (DType::BF16, 1e-2), (DType::F16, 4e-3), (DType::F8E4M3, 1e-5), (DType::I8, 1e-5)]
@@ -174,6 +176,14 @@ fn suite<B: Ops>(b: &B) -> Vec<Out> {
                 let mut out = zeros(b, &[rows, nl]);
                 b.matmul(&xr, &wt, Epilogue { scale: sc.as_ref(), ..Epilogue::none() }, &mut out).unwrap();
                 push(format!("matmul {dtype} {rows} rows k={kl}"), get(b, &out), tol);
+                if dtype == DType::F8E4M3 {
+                    // W8A8: the input's E4M3 codes are read as the weights are.
+                    let mut out = zeros(b, &[rows, nl]);
+                    let q = Some(XQuant::Fp8PerToken);
+                    b.matmul(&xr, &wt, Epilogue { scale: sc.as_ref(), quant_x: q, ..Epilogue::none() }, &mut out)
+                        .unwrap();
+                    push(format!("matmul W8A8 {rows} rows k={kl}"), get(b, &out), 1e-4);
+                }
             }
         }
     }
