@@ -1,8 +1,9 @@
 //! `cargo xtask gpu-check`: everything a GPU machine should run, prepared here and run there.
 //!
 //! `cargo xtask gpu-check --prepare DIR` builds (on this machine, which has the toolchain) the
-//! release `turbine`, the CUDA op-suite test executable and the kernels' PTX for sm_80, sm_89 and
-//! sm_90a, strips the binaries and writes `DIR/run.sh`. On the GPU machine (no toolchain, no
+//! release `turbine`, the suites' test executables and the kernels' PTX for sm_80, sm_89 and
+//! sm_90a, strips the binaries, compresses them into `DIR/pack.tar.gz` (the device tool carries
+//! 64 MiB in all, tracked files included; it says how much travels) and writes `DIR/run.sh`. On the GPU machine (no toolchain, no
 //! network), `bash DIR/run.sh REPORT_DIR` runs, from the repository root: the op suite against
 //! kernels-ref, the tiny golden suite (every architecture against transformers), the engine's
 //! suite (preemption, prefix cache, cancellation…) and the batch-invariance suite on CUDA, whole
@@ -66,26 +67,36 @@ fn copy_stripped(from: &Path, to: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Builds and packs everything into `dir`.
+/// What the device tool carries at most: the working tree and the carried paths together.
+const CARRY_LIMIT: u64 = 64 << 20;
+
+/// Builds and packs everything into `dir`: `run.sh` and `pack.tar.gz` (the stripped binaries
+/// under `bin/`, the PTX under `ptx/ARCH/`).
 pub fn prepare(dir: &Path) -> Result<()> {
     let root = root()?;
-    std::fs::create_dir_all(dir.join("bin")).with_context(|| format!("creating {}", dir.display()))?;
+    let stage = dir.join("stage");
+    // A clean folder: nothing left from an earlier layout travels.
+    if dir.exists() {
+        std::fs::remove_dir_all(dir).with_context(|| format!("clearing {}", dir.display()))?;
+    }
+    let bin = stage.join("bin");
+    std::fs::create_dir_all(&bin).with_context(|| format!("creating {}", bin.display()))?;
     eprintln!("xtask: building the release turbine");
     run(Command::new(env!("CARGO")).args(["build", "--release", "--bin", "turbine"]).current_dir(&root))?;
-    copy_stripped(&root.join("target/release/turbine"), &dir.join("bin/turbine"))?;
+    copy_stripped(&root.join("target/release/turbine"), &bin.join("turbine"))?;
     for (package, test) in crate::suites::executables() {
         eprintln!("xtask: building the {test} suite");
         let exes = executables(false, &["-p", package, "--test", test])?;
-        copy_stripped(&exes[0], &dir.join("bin").join(test))?;
+        copy_stripped(&exes[0], &bin.join(test))?;
     }
     // This very program writes the report's targets there (`xtask gpu-report`).
-    copy_stripped(&std::env::current_exe().context("locating the xtask binary")?, &dir.join("bin/xtask"))?;
+    copy_stripped(&std::env::current_exe().context("locating the xtask binary")?, &bin.join("xtask"))?;
     let exes = executables(true, &["-p", "turbine-kernels-cuda", "--bench", "gpu"])?;
-    copy_stripped(&exes[0], &dir.join("bin/gpu_bench"))?;
+    copy_stripped(&exes[0], &bin.join("gpu_bench"))?;
     eprintln!("xtask: compiling the kernels to PTX");
     run(Command::new(env!("CARGO")).args(["xtask", "kernels"]).current_dir(&root))?;
     for arch in ["sm_80", "sm_89", "sm_90a"] {
-        let (from, to) = (root.join("target/kernels").join(arch), dir.join("ptx").join(arch));
+        let (from, to) = (root.join("target/kernels").join(arch), stage.join("ptx").join(arch));
         std::fs::create_dir_all(&to)?;
         for e in std::fs::read_dir(&from).with_context(|| format!("reading {}", from.display()))? {
             let p = e?.path();
@@ -94,18 +105,47 @@ pub fn prepare(dir: &Path) -> Result<()> {
             }
         }
     }
+    let unpacked: u64 = walk(&stage)?.iter().filter_map(|p| std::fs::metadata(p).ok()).map(|m| m.len()).sum();
+    eprintln!("xtask: compressing {:.1} MiB of binaries and PTX", mib(unpacked));
+    run(Command::new("tar").arg("-czf").arg(dir.join("pack.tar.gz")).arg("-C").arg(&stage).args(["bin", "ptx"]))?;
+    std::fs::remove_dir_all(&stage)?;
     std::fs::write(dir.join("run.sh"), run_sh()).context("writing run.sh")?;
-    let mut total = 0u64;
-    for e in walk(dir)? {
-        total += std::fs::metadata(&e)?.len();
-    }
+    let pack: u64 = walk(dir)?.iter().filter_map(|p| std::fs::metadata(p).ok()).map(|m| m.len()).sum();
+    let tree = tracked_bytes(&root)?;
     println!(
-        "{}: {:.1} MiB; on the GPU machine, from the repository root: bash {}/run.sh REPORT_DIR",
+        "{}: {:.1} MiB; with the {:.1} MiB of tracked files, {:.1} MiB of the device tool's {} travel.\n\
+         On the GPU machine, from the repository root: bash {}/run.sh REPORT_DIR",
         dir.display(),
-        total as f64 / (1 << 20) as f64,
+        mib(pack),
+        mib(tree),
+        mib(pack + tree),
+        CARRY_LIMIT >> 20,
         dir.display()
     );
+    if pack + tree > CARRY_LIMIT {
+        bail!(
+            "the pack and the tracked files come to {:.1} MiB, over the {} MiB the device tool carries",
+            mib(pack + tree),
+            CARRY_LIMIT >> 20
+        );
+    }
     Ok(())
+}
+
+fn mib(bytes: u64) -> f64 {
+    bytes as f64 / (1u64 << 20) as f64
+}
+
+/// The bytes of the files git tracks (what travels to the GPU machine beside the pack).
+fn tracked_bytes(root: &Path) -> Result<u64> {
+    let out = run(Command::new("git").args(["ls-files", "-z"]).current_dir(root))?;
+    Ok(out
+        .stdout
+        .split(|&b| b == 0)
+        .filter(|p| !p.is_empty())
+        .filter_map(|p| std::fs::metadata(root.join(String::from_utf8_lossy(p).as_ref())).ok())
+        .map(|m| m.len())
+        .sum())
 }
 
 fn walk(dir: &Path) -> Result<Vec<PathBuf>> {
@@ -153,10 +193,19 @@ out=$(cd "$out" && pwd)
 logs=$out/logs
 : > "$logs/summary.md"
 : > "$out/steps.tsv"
+work=${TMPDIR:-/tmp}/turbine-gpu-check
+# The binaries and PTX travel compressed (what the device tool carries is limited to 64 MiB).
+pack=$work/pack
+rm -rf "$pack" && mkdir -p "$pack"
+if ! tar -xzf "$here/pack.tar.gz" -C "$pack"; then
+  echo "run.sh: cannot unpack $here/pack.tar.gz" | tee "$out/report.md"
+  exit 2
+fi
+bin=$pack/bin
 nvidia-smi --query-gpu=name,driver_version,memory.total,compute_cap --format=csv,noheader > "$out/device.txt" 2>&1
 cc=$(nvidia-smi --query-gpu=compute_cap --format=csv,noheader 2>/dev/null | head -1 | tr -d '.')
 case "$cc" in 90) arch=sm_90a ;; 89) arch=sm_89 ;; *) arch=sm_80 ;; esac
-export TURBINE_CUDA_PTX="$here/ptx/$arch"
+export TURBINE_CUDA_PTX="$pack/ptx/$arch"
 # cuBLASLt is not carried (hundreds of MB): use the machine's, e.g. the one PyTorch's wheels
 # installed (nvidia/cu13/lib or nvidia/cublas/lib under site-packages), unless already found.
 if ! ldconfig -p 2>/dev/null | grep -q 'libcublasLt.so.13'; then
@@ -168,8 +217,6 @@ if ! ldconfig -p 2>/dev/null | grep -q 'libcublasLt.so.13'; then
   done
 fi
 echo "cuBLASLt: $(ldconfig -p 2>/dev/null | grep -o 'libcublasLt.so.13[^ ]*' | head -1) LD_LIBRARY_PATH=${LD_LIBRARY_PATH:-}" | tee "$logs/libs.log"
-work=${TMPDIR:-/tmp}/turbine-gpu-check
-mkdir -p "$work"
 export TURBINE_HOME="$work/home"
 # The op suite must run here, not skip.
 export TURBINE_REQUIRE_GPU=1
@@ -198,7 +245,7 @@ step() {
   printf '%s\t%s\t%s\n' "$name" "$rc" "$secs" >> "$out/steps.tsv"
   [ $rc = 0 ] || { status=1; failed="$failed $name"; }
 }
-t=$here/bin/turbine
+t=$bin/turbine
 tiny=tests/fixtures/tiny/llama-gqa
 @SUITES@
 step tiny-cpu "$t" generate -m "$tiny" --backend cpu --prompt-ids 1,2,3,4 --max-tokens 12 --temperature 0 --json
@@ -208,9 +255,9 @@ if [ -f "$logs/tiny-cpu.log" ] && [ -f "$logs/tiny-cuda.log" ]; then
   if [ -n "$a" ] && [ "$a" = "$b" ]; then echo "| tiny greedy ids equal | pass | |" >> "$logs/summary.md";
   else echo "| tiny greedy ids equal | FAIL (cpu $a, cuda $b) | |" >> "$logs/summary.md"; status=1; fi
 fi
-step serve-tiny-cuda "$here/bin/xtask" serve-check "$t" "$tiny"
+step serve-tiny-cuda "$bin/xtask" serve-check "$t" "$tiny"
 # The measurements the targets need first, then the rest.
-step gemm-and-copy "$here/bin/gpu_bench" --json
+step gemm-and-copy "$bin/gpu_bench" --json
 step synth-1b "$t" synth-model --preset 1b --out "$work/m1b"
 step speed-1b-bf16 "$t" bench -m "$work/m1b" --backend cuda --dtype bf16 --workload speed --json
 step speed-1b-bf16-graphs env TURBINE_CUDA_GRAPHS=1 "$t" bench -m "$work/m1b" --backend cuda --dtype bf16 --workload speed --json
@@ -220,7 +267,7 @@ step speed-1b-fp8 "$t" bench -m "$work/m1b" --backend cuda --dtype fp8 --workloa
 step speed-1b-bf16-fast-products env TURBINE_CUDA_PRODUCTS=fast "$t" bench -m "$work/m1b" --backend cuda --dtype bf16 --workload speed --json
 step speed-1b-fp8-fast-products env TURBINE_CUDA_PRODUCTS=fast "$t" bench -m "$work/m1b" --backend cuda --dtype fp8 --workload speed --json
 # The issue's speed targets (report.json, targets.md); a missed target is reported, not a failure.
-"$here/bin/xtask" gpu-report "$out" > "$logs/gpu-report.log" 2>&1 || { echo "| gpu-report | FAIL | |" >> "$logs/summary.md"; status=1; }
+"$bin/xtask" gpu-report "$out" > "$logs/gpu-report.log" 2>&1 || { echo "| gpu-report | FAIL | |" >> "$logs/summary.md"; status=1; }
 summary() {
   echo "# Turbine gpu-check"
   echo

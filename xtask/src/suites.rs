@@ -69,11 +69,11 @@ impl Suite {
         env
     }
 
-    /// The `run.sh` line that runs this suite from the carried executable in `$here/bin`.
+    /// The `run.sh` line that runs this suite from the carried executable in `$bin`.
     pub fn run_sh_line(&self) -> String {
         let env: String = self.all_env().iter().map(|(k, v)| format!(" {k}={v}")).collect();
         format!(
-            "step {} env TURBINE_FIXTURES=\"$PWD/tests/fixtures\"{env} \"$here/bin/{}\" --test-threads 1 --nocapture",
+            "step {} env TURBINE_FIXTURES=\"$PWD/tests/fixtures\"{env} \"$bin/{}\" --test-threads 1 --nocapture",
             self.name, self.test
         )
     }
@@ -108,7 +108,7 @@ mod tests {
         assert_eq!(
             s.run_sh_line(),
             "step batch-invariance-graphs env TURBINE_FIXTURES=\"$PWD/tests/fixtures\" TURBINE_CUDA_GRAPHS=1 \
-             TURBINE_TEST_BACKEND=cuda \"$here/bin/batch_invariance\" --test-threads 1 --nocapture"
+             TURBINE_TEST_BACKEND=cuda \"$bin/batch_invariance\" --test-threads 1 --nocapture"
         );
         assert_eq!(executables().len(), 5);
     }
