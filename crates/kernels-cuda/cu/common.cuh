@@ -92,6 +92,23 @@ __device__ __forceinline__ float activate(float x, int act) {
 // a decode product is bound by how many bytes are in flight, not by arithmetic).
 #define GEMV_UNROLL 4
 
+// sum[i] += x[r0 + i, 8c .. 8c + 8) . v for i < rows: eight fused multiply-adds in k order.
+__device__ __forceinline__ void chunk_fma(float* sum, u32 rows, const float* x, size_t r0, u32 k, u32 c,
+                                          const float* v) {
+    for (u32 i = 0; i < rows; i++) {
+        const float4* xr = (const float4*)(x + (r0 + i) * k) + 2 * (size_t)c;
+        float4 lo = xr[0], hi = xr[1];
+        sum[i] = __fmaf_rn(lo.x, v[0], sum[i]);
+        sum[i] = __fmaf_rn(lo.y, v[1], sum[i]);
+        sum[i] = __fmaf_rn(lo.z, v[2], sum[i]);
+        sum[i] = __fmaf_rn(lo.w, v[3], sum[i]);
+        sum[i] = __fmaf_rn(hi.x, v[4], sum[i]);
+        sum[i] = __fmaf_rn(hi.y, v[5], sum[i]);
+        sum[i] = __fmaf_rn(hi.z, v[6], sum[i]);
+        sum[i] = __fmaf_rn(hi.w, v[7], sum[i]);
+    }
+}
+
 // The plain epilogue of a product's column c, with epilogue_f32's operations in its order:
 // v [* col_scale[c]] [+ bias[c]].
 __device__ __forceinline__ float gemv_finish(float v, u32 c, const float* col_scale, const float* bias) {

@@ -16,23 +16,6 @@ __device__ void convert_from_f32(const float* x, T* y, size_t n) {
     extern "C" __global__ void convert_from_f32_##N(const float* x, T* y, size_t n) { convert_from_f32<T>(x, y, n); }
 TURBINE_FOR_TYPES(CONVERT)
 
-// sum[i] += x[r0 + i, 8c .. 8c + 8) . v for i < rows: eight fused multiply-adds in k order.
-__device__ __forceinline__ void chunk_fma(float* sum, u32 rows, const float* x, size_t r0, u32 k, u32 c,
-                                          const float* v) {
-    for (u32 i = 0; i < rows; i++) {
-        const float4* xr = (const float4*)(x + (r0 + i) * k) + 2 * (size_t)c;
-        float4 lo = xr[0], hi = xr[1];
-        sum[i] = __fmaf_rn(lo.x, v[0], sum[i]);
-        sum[i] = __fmaf_rn(lo.y, v[1], sum[i]);
-        sum[i] = __fmaf_rn(lo.z, v[2], sum[i]);
-        sum[i] = __fmaf_rn(lo.w, v[3], sum[i]);
-        sum[i] = __fmaf_rn(hi.x, v[4], sum[i]);
-        sum[i] = __fmaf_rn(hi.y, v[5], sum[i]);
-        sum[i] = __fmaf_rn(hi.z, v[6], sum[i]);
-        sum[i] = __fmaf_rn(hi.w, v[7], sum[i]);
-    }
-}
-
 // acc[i, j] = sum_c x[i, c] * w[j, c] for f32, f16 or bf16 weights: one warp per output column;
 // with k % 8 == 0 lane l takes c = 8l .. 8l + 7, then 8l + 256 .., else c = 4l .. 4l + 3, then
 // 4l + 128 .., each a fused multiply-add in c order, then the warp reduction; GEMV_ROWS rows at a

@@ -454,18 +454,62 @@ fn suite<B: Ops>(b: &B) -> Vec<Out> {
     outs
 }
 
+/// The CUDA backend, or `None` after saying why there is none (gpu-check sets
+/// `TURBINE_REQUIRE_GPU`: there, no GPU is a failure, not a skip).
+fn cuda_or_skip(what: &str) -> Option<Cuda> {
+    match Cuda::new(0) {
+        Ok(c) => Some(c),
+        Err(e) => {
+            assert!(std::env::var_os("TURBINE_REQUIRE_GPU").is_none(), "TURBINE_REQUIRE_GPU is set but: {e}");
+            println!("skipped: {what} needs a GPU ({e})");
+            assert!(e.to_string().contains("cuda"), "{e}");
+            None
+        }
+    }
+}
+
+/// Products of weights stored as 16-bit floats or GGUF blocks give exactly the bits of the same
+/// weights widened to f32 (a checkpoint's storage changes the bytes read, never the arithmetic),
+/// with 1 to 12 rows, on the CPU and on CUDA (under `TURBINE_CUDA_PRODUCTS=fast`, only for the
+/// rows its own kernels take).
+#[test]
+fn stored_weights_multiply_as_their_f32_widening() {
+    fn check<B: Ops>(b: &B, name: &str, max_rows: usize) {
+        let (n, k) = (24, 512);
+        let w = rand(n * k, 40, 0.3);
+        let mut stored: Vec<(DType, Vec<u8>)> = vec![
+            (DType::F16, w.iter().flat_map(|&v| half::f16::from_f32(v).to_le_bytes()).collect()),
+            (DType::BF16, w.iter().flat_map(|&v| half::bf16::from_f32(v).to_le_bytes()).collect()),
+        ];
+        for dtype in
+            [DType::Q8_0, DType::Q4_0, DType::Q4_1, DType::Q5_0, DType::Q5_1, DType::Q4_K, DType::Q5_K, DType::Q6_K]
+        {
+            stored.push((dtype, gguf_blocks(dtype, n * k, 41)));
+        }
+        for (dtype, bytes) in stored {
+            let host = HostTensor::new([n, k], dtype, bytes).unwrap();
+            let wide = b.upload_weight(&HostTensor::from_f32([n, k], &host.to_f32().unwrap()).unwrap()).unwrap();
+            let narrow = b.upload_weight(&host).unwrap();
+            for m in [1, 3, 8, 12].into_iter().filter(|&m| m <= max_rows) {
+                let x = up(b, &[m, k], &rand(m * k, 42, 1.0));
+                let (mut a, mut c) = (zeros(b, &[m, n]), zeros(b, &[m, n]));
+                b.matmul(&x, &narrow, Epilogue::none(), &mut a).unwrap();
+                b.matmul(&x, &wide, Epilogue::none(), &mut c).unwrap();
+                let bits = |t: &Tensor<B>| get(b, t).iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+                assert_eq!(bits(&a), bits(&c), "{name}: {dtype} weights, {m} rows");
+            }
+        }
+    }
+    check(&Cpu::new(), "cpu", 12);
+    if let Some(cuda) = cuda_or_skip("the CUDA half of this test") {
+        let rows = if cuda.invariant_products() { 12 } else { 8 };
+        check(&cuda, "cuda", rows);
+    }
+}
+
 #[test]
 fn every_op_matches_kernels_ref() {
-    let cuda = match Cuda::new(0) {
-        Ok(c) => c,
-        Err(e) => {
-            // gpu-check sets this: there, no GPU is a failure, not a skip.
-            assert!(std::env::var_os("TURBINE_REQUIRE_GPU").is_none(), "TURBINE_REQUIRE_GPU is set but: {e}");
-            println!("skipped: the CUDA op suite needs a GPU ({e})");
-            assert!(e.to_string().contains("cuda"), "{e}");
-            return;
-        }
-    };
+    let Some(cuda) = cuda_or_skip("the CUDA op suite") else { return };
     let want = suite(&Cpu::new());
     let got = suite(&cuda);
     let mut failures = Vec::new();
