@@ -105,12 +105,12 @@ pub fn prepare(dir: &Path) -> Result<()> {
             }
         }
     }
-    let unpacked: u64 = walk(&stage)?.iter().filter_map(|p| std::fs::metadata(p).ok()).map(|m| m.len()).sum();
+    let unpacked = bytes_under(&stage)?;
     eprintln!("xtask: compressing {:.1} MiB of binaries and PTX", mib(unpacked));
     run(Command::new("tar").arg("-czf").arg(dir.join("pack.tar.gz")).arg("-C").arg(&stage).args(["bin", "ptx"]))?;
     std::fs::remove_dir_all(&stage)?;
     std::fs::write(dir.join("run.sh"), run_sh()).context("writing run.sh")?;
-    let pack: u64 = walk(dir)?.iter().filter_map(|p| std::fs::metadata(p).ok()).map(|m| m.len()).sum();
+    let pack = bytes_under(dir)?;
     let tree = tracked_bytes(&root)?;
     println!(
         "{}: {:.1} MiB; with the {:.1} MiB of tracked files, {:.1} MiB of the device tool's {} travel.\n\
@@ -146,6 +146,11 @@ fn tracked_bytes(root: &Path) -> Result<u64> {
         .filter_map(|p| std::fs::metadata(root.join(String::from_utf8_lossy(p).as_ref())).ok())
         .map(|m| m.len())
         .sum())
+}
+
+/// The bytes of the files under `dir`.
+fn bytes_under(dir: &Path) -> Result<u64> {
+    Ok(walk(dir)?.iter().filter_map(|p| std::fs::metadata(p).ok()).map(|m| m.len()).sum())
 }
 
 fn walk(dir: &Path) -> Result<Vec<PathBuf>> {

@@ -92,6 +92,17 @@ __device__ __forceinline__ float activate(float x, int act) {
 // a decode product is bound by how many bytes are in flight, not by arithmetic).
 #define GEMV_UNROLL 4
 
+// The 16-byte chunks c0, c0 + 32, ..., c0 + 32 (GEMV_UNROLL - 1) of a row of kc chunks, loaded
+// together so that they are in flight at once; chunks past the row read as zero.
+__device__ __forceinline__ void load_chunks(const uint4* row, u32 c0, u32 kc, uint4 (&raw)[GEMV_UNROLL]) {
+#pragma unroll
+    for (int u = 0; u < GEMV_UNROLL; u++) {
+        u32 c = c0 + 32 * u;
+        if (c < kc) raw[u] = row[c];
+        else raw[u].x = raw[u].y = raw[u].z = raw[u].w = 0u;
+    }
+}
+
 // sum[i] += x[r0 + i, 8c .. 8c + 8) . v for i < rows: eight fused multiply-adds in k order.
 __device__ __forceinline__ void chunk_fma(float* sum, u32 rows, const float* x, size_t r0, u32 k, u32 c,
                                           const float* v) {

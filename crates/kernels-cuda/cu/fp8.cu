@@ -69,6 +69,29 @@ TURBINE_FOR_TYPES(DEQUANT)
 // in order; the chunk chosen by k alone) and the same warp reduction whatever m is and whichever
 // tile it falls in, so the product is batch invariant. XCODES: x is E4M3 codes (W8A8,
 // the row scales applied in the epilogue) instead of f32.
+// sum[i] += x[r0 + i, 4q .. 4q + 4) . the four 8-bit weights in `word` (E4M3, or INT8 when int8)
+// for i < rows: four fused multiply-adds in k order. XCODES: x is E4M3 codes, else f32.
+template <bool XCODES>
+__device__ __forceinline__ void word_fma(float* sum, u32 rows, const void* xv, size_t r0, u32 k, u32 q,
+                                         unsigned int word, int int8) {
+    float w[4];
+    for (int b = 0; b < 4; b++) {
+        u8 c = (u8)(word >> (8 * b));
+        w[b] = int8 ? (float)(signed char)c : e4m3_to_f32(c);
+    }
+    for (u32 i = 0; i < rows; i++) {
+        float xs[4];
+        if (XCODES) {
+            unsigned int xp = ((const unsigned int*)((const u8*)xv + (r0 + i) * k))[q];
+            for (int b = 0; b < 4; b++) xs[b] = e4m3_to_f32((u8)(xp >> (8 * b)));
+        } else {
+            float4 f = ((const float4*)((const float*)xv + (r0 + i) * k))[q];
+            xs[0] = f.x, xs[1] = f.y, xs[2] = f.z, xs[3] = f.w;
+        }
+        for (int b = 0; b < 4; b++) sum[i] = __fmaf_rn(xs[b], w[b], sum[i]);
+    }
+}
+
 template <bool XCODES, bool GATED>
 __device__ void gemv_8bit(const void* xv, const u8* codes, float* acc, u32 m, u32 n, u32 k, int int8,
                           const float* col_scale, const float* bias, int accumulate, int gate) {
@@ -84,37 +107,16 @@ __device__ void gemv_8bit(const void* xv, const u8* codes, float* acc, u32 m, u3
             const u32 kc = k / 16;
             for (u32 c0 = lane; c0 < kc; c0 += 32 * GEMV_UNROLL) {
                 uint4 raw[GEMV_UNROLL];
-#pragma unroll
-                for (int u = 0; u < GEMV_UNROLL; u++) {
-                    u32 c = c0 + 32 * u;
-                    if (c < kc) raw[u] = wide[c];
-                    else raw[u].x = raw[u].y = raw[u].z = raw[u].w = 0u;
-                }
+                load_chunks(wide, c0, kc, raw);
 #pragma unroll
                 for (int u = 0; u < GEMV_UNROLL; u++) {
                     u32 c = c0 + 32 * u;
                     if (c >= kc) break;
-                    const unsigned int words[4] = {raw[u].x, raw[u].y, raw[u].z, raw[u].w};
-                    for (int part = 0; part < 4; part++) {
-                        float w[4];
-                        for (int b = 0; b < 4; b++) {
-                            u8 code = (u8)(words[part] >> (8 * b));
-                            w[b] = int8 ? (float)(signed char)code : e4m3_to_f32(code);
-                        }
-                        // Four weights at k offset 4q, as the 4-byte path takes them.
-                        u32 q = 4 * c + part;
-                        for (u32 i = 0; i < rows; i++) {
-                            float xs[4];
-                            if (XCODES) {
-                                unsigned int xp = ((const unsigned int*)((const u8*)xv + (r0 + i) * k))[q];
-                                for (int b = 0; b < 4; b++) xs[b] = e4m3_to_f32((u8)(xp >> (8 * b)));
-                            } else {
-                                float4 f = ((const float4*)((const float*)xv + (r0 + i) * k))[q];
-                                xs[0] = f.x, xs[1] = f.y, xs[2] = f.z, xs[3] = f.w;
-                            }
-                            for (int b = 0; b < 4; b++) sum[i] = __fmaf_rn(xs[b], w[b], sum[i]);
-                        }
-                    }
+                    // Four words, each four weights at k offset 4q, as the 4-byte path takes them.
+                    word_fma<XCODES>(sum, rows, xv, r0, k, 4 * c, raw[u].x, int8);
+                    word_fma<XCODES>(sum, rows, xv, r0, k, 4 * c + 1, raw[u].y, int8);
+                    word_fma<XCODES>(sum, rows, xv, r0, k, 4 * c + 2, raw[u].z, int8);
+                    word_fma<XCODES>(sum, rows, xv, r0, k, 4 * c + 3, raw[u].w, int8);
                 }
             }
             return;
@@ -128,22 +130,7 @@ __device__ void gemv_8bit(const void* xv, const u8* codes, float* acc, u32 m, u3
             for (int u = 0; u < GEMV_UNROLL; u++) {
                 u32 q = q0 + 32 * u;
                 if (q >= kq) break;
-                float w[4];
-                for (int b = 0; b < 4; b++) {
-                    u8 c = (u8)(packed[u] >> (8 * b));
-                    w[b] = int8 ? (float)(signed char)c : e4m3_to_f32(c);
-                }
-                for (u32 i = 0; i < rows; i++) {
-                    float xs[4];
-                    if (XCODES) {
-                        unsigned int xp = ((const unsigned int*)((const u8*)xv + (r0 + i) * k))[q];
-                        for (int b = 0; b < 4; b++) xs[b] = e4m3_to_f32((u8)(xp >> (8 * b)));
-                    } else {
-                        float4 f = ((const float4*)((const float*)xv + (r0 + i) * k))[q];
-                        xs[0] = f.x, xs[1] = f.y, xs[2] = f.z, xs[3] = f.w;
-                    }
-                    for (int b = 0; b < 4; b++) sum[i] = __fmaf_rn(xs[b], w[b], sum[i]);
-                }
+                word_fma<XCODES>(sum, rows, xv, r0, k, q, packed[u], int8);
             }
         }
     });

@@ -66,12 +66,7 @@ __device__ void gemv_float(const float* x, const void* w, float* acc, u32 m, u32
             const uint4* row = (const uint4*)((const unsigned short*)w + (size_t)wrow * k);
             for (u32 c0 = lane; c0 < kc; c0 += 32 * GEMV_UNROLL) {
                 uint4 raw[GEMV_UNROLL];
-#pragma unroll
-                for (int u = 0; u < GEMV_UNROLL; u++) {
-                    u32 c = c0 + 32 * u;
-                    if (c < kc) raw[u] = row[c];
-                    else raw[u].x = raw[u].y = raw[u].z = raw[u].w = 0u;
-                }
+                load_chunks(row, c0, kc, raw);
 #pragma unroll
                 for (int u = 0; u < GEMV_UNROLL; u++) {
                     u32 c = c0 + 32 * u;

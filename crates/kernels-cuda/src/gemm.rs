@@ -39,6 +39,21 @@ fn data_type(d: DType) -> Result<sys::cudaDataType> {
     })
 }
 
+/// Sets attribute `attr` of matmul descriptor `desc` to `value` (`what` names it in an error).
+///
+/// # Safety
+/// `desc` must be live, and `T` the type cuBLASLt documents for `attr`.
+unsafe fn set_desc<T>(
+    desc: sys::cublasLtMatmulDesc_t,
+    attr: sys::cublasLtMatmulDescAttributes_t,
+    value: &T,
+    what: &str,
+) -> Result<()> {
+    // SAFETY: the caller's promise; `value` is readable for size_of::<T>() bytes.
+    unsafe { lt::set_matmul_desc_attribute(desc, attr, (value as *const T).cast::<c_void>(), size_of::<T>()) }
+        .map_err(|e| err(what, e))
+}
+
 /// Destroys what it holds when dropped.
 struct Layouts(Vec<sys::cublasLtMatrixLayout_t>);
 
@@ -114,29 +129,12 @@ impl Blas {
         let compute = sys::cublasComputeType_t::CUBLAS_COMPUTE_32F;
         let desc = lt::create_matmul_desc(compute, sys::cudaDataType::CUDA_R_32F).map_err(|e| err("descriptor", e))?;
         let result = (|| {
-            let trans: i32 = 1;
-            // SAFETY: `desc` is live; the attribute is an i32 as cuBLASLt documents.
-            unsafe {
-                lt::set_matmul_desc_attribute(
-                    desc,
-                    sys::cublasLtMatmulDescAttributes_t::CUBLASLT_MATMUL_DESC_TRANSA,
-                    (&trans) as *const i32 as *const c_void,
-                    size_of::<i32>(),
-                )
-                .map_err(|e| err("transpose", e))?;
-            }
+            use sys::cublasLtMatmulDescAttributes_t as Attr;
+            // SAFETY (both): `desc` is live; each value has the type cuBLASLt documents for its
+            // attribute (TRANSA: i32; FAST_ACCUM: int8_t).
+            unsafe { set_desc(desc, Attr::CUBLASLT_MATMUL_DESC_TRANSA, &1i32, "transpose")? };
             if fp8 && fp8_fast_accum {
-                let on: i8 = 1;
-                // SAFETY: `desc` is live; the attribute is an int8_t as cuBLASLt documents.
-                unsafe {
-                    lt::set_matmul_desc_attribute(
-                        desc,
-                        sys::cublasLtMatmulDescAttributes_t::CUBLASLT_MATMUL_DESC_FAST_ACCUM,
-                        (&on) as *const i8 as *const c_void,
-                        size_of::<i8>(),
-                    )
-                    .map_err(|e| err("fast accumulation", e))?;
-                }
+                unsafe { set_desc(desc, Attr::CUBLASLT_MATMUL_DESC_FAST_ACCUM, &1i8, "fast accumulation")? };
             }
             let pref = lt::create_matmul_pref().map_err(|e| err("preference", e))?;
             let bytes = self.workspace_bytes as u64;
