@@ -55,6 +55,10 @@ fn run<B: Ops + Clone>(b: B, case: &str, policy: &Policy, kv: DType) -> Outcome 
     (logits, ids, margins)
 }
 
+/// Tolerance of a W8A8 model's logits when its products run on FP8 tensor cores
+/// (`TURBINE_CUDA_PRODUCTS=fast`).
+const FP8_MMA_TOL: f32 = 1e-1;
+
 #[test]
 fn every_policy_and_cache_format_matches_the_cpu() {
     let cuda = match Cuda::new(0) {
@@ -89,6 +93,11 @@ fn every_policy_and_cache_format_matches_the_cpu() {
     ];
     let mut failures = Vec::new();
     for (case, name, p, kv, tol) in cases {
+        // W8A8 under fast products runs on FP8 tensor cores, whose sums differ from the CPU's f32
+        // sums by about 1e-4 (the op suite's FP8_MMA_TOL): each layer then rounds a few more
+        // activations to the other E4M3 neighbour (6% apart). Seen on an H200 (2026-12-04):
+        // relative logit errors of 3e-2 to 5.6e-2 over the four fp8 policies here.
+        let tol = if name == "fp8" && !cuda.invariant_products() { tol.max(FP8_MMA_TOL) } else { tol };
         let label = format!("{case} {name} ({}) KV {kv}", p.summary());
         let (want, want_ids, margins) = run(Cpu::new(), case, &p, kv);
         let (got, got_ids, _) = run(cuda.clone(), case, &p, kv);

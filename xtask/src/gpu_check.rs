@@ -12,9 +12,12 @@
 //! in `suites.rs`, which `cargo xtask emu` runs too), a tiny
 //! model end to end on `--backend cuda` against the CPU's greedy ids and served on `--backend
 //! cuda` (a completion over HTTP), a
-//! device-to-device copy bandwidth and cuBLASLt TFLOP/s (bf16, f16, FP8 at M = 16, 256, 4096), a
-//! synthetic 1B Llama's prefill and decode speed (bf16 and fp8 weights), in-flight against
-//! static batching, and writes `REPORT_DIR/report.md` and `report.json` (the speed
+//! device-to-device copy bandwidth and cuBLASLt TFLOP/s (bf16, f16, FP8 at M = 16, 256, 4096),
+//! then synthetic checkpoints of Llama 3.2 1B and Llama 3.1 8B shapes: prefill of 2,048 tokens
+//! and batch-1 decode (bf16 and fp8), the mixed workload in-flight against static batching at
+//! `--max-batch 64`, PyTorch and transformers on the same checkpoints in the same run
+//! (`bench/gpu/anchors.py`), and the kernel times of a 1B request step by step (Nsight Compute,
+//! `bench/gpu/profile.sh`). It writes `REPORT_DIR/report.md` and `report.json` (the issue's
 //! targets judged by `xtask gpu-report`, the end of every log), with every whole log in
 //! `logs.tar.gz`: six files, within what the device tool brings back (eight). `cargo xtask gpu-check
 //! REPORT_DIR` does both on a machine that has a GPU and a toolchain.
@@ -95,8 +98,9 @@ pub fn prepare(dir: &Path) -> Result<()> {
     copy_stripped(&exes[0], &bin.join("gpu_bench"))?;
     eprintln!("xtask: compiling the kernels to PTX");
     run(Command::new(env!("CARGO")).args(["xtask", "kernels"]).current_dir(&root))?;
-    for arch in ["sm_80", "sm_89", "sm_90a"] {
-        let (from, to) = (root.join("target/kernels").join(arch), stage.join("ptx").join(arch));
+    let variants = crate::kernels::VARIANTS.iter().map(|(name, _)| format!("sm_90a-{name}"));
+    for arch in ["sm_80", "sm_89", "sm_90a"].map(String::from).into_iter().chain(variants) {
+        let (from, to) = (root.join("target/kernels").join(&arch), stage.join("ptx").join(&arch));
         std::fs::create_dir_all(&to)?;
         for e in std::fs::read_dir(&from).with_context(|| format!("reading {}", from.display()))? {
             let p = e?.path();
@@ -233,22 +237,27 @@ failed=""
 # step that no longer fits is recorded as skipped (exit -1).
 budget=${TURBINE_GPU_CHECK_SECONDS:-540}
 deadline=$(( $(date +%s) + budget ))
+# step [--cap=SECONDS] NAME COMMAND...: runs COMMAND, its output in logs/NAME.log; steps.tsv gets
+# the name, exit status, seconds and the command (its paths as this script names them).
 step() {
+  local cap=240
+  case $1 in --cap=*) cap=${1#--cap=}; shift ;; esac
   local name=$1; shift
   local t0=$(date +%s)
   local left=$(( deadline - t0 - 30 ))
+  local cmd=$(printf '%s ' "$@" | sed "s#$bin/##g; s#$work/##g")
   if [ $left -lt 10 ]; then
     echo "| $name | SKIPPED (the ${budget} s budget is spent) | |" >> "$logs/summary.md"
-    printf '%s\t%s\t%s\n' "$name" -1 0 >> "$out/steps.tsv"
+    printf '%s\t%s\t%s\t%s\n' "$name" -1 0 "$cmd" >> "$out/steps.tsv"
     status=1
     return
   fi
   echo "== $name: $*"
-  timeout -k 10 $(( left < 240 ? left : 240 )) "$@" > "$logs/$name.log" 2>&1
+  timeout -k 10 $(( left < cap ? left : cap )) "$@" > "$logs/$name.log" 2>&1
   local rc=$?
   local secs=$(( $(date +%s) - t0 ))
   echo "| $name | $([ $rc = 0 ] && echo pass || echo "FAIL (exit $rc)") | $secs s |" >> "$logs/summary.md"
-  printf '%s\t%s\t%s\n' "$name" "$rc" "$secs" >> "$out/steps.tsv"
+  printf '%s\t%s\t%s\t%s\n' "$name" "$rc" "$secs" "$cmd" >> "$out/steps.tsv"
   [ $rc = 0 ] || { status=1; failed="$failed $name"; }
 }
 t=$bin/turbine
@@ -262,18 +271,31 @@ if [ -f "$logs/tiny-cpu.log" ] && [ -f "$logs/tiny-cuda.log" ]; then
   else echo "| tiny greedy ids equal | FAIL (cpu $a, cuda $b) | |" >> "$logs/summary.md"; status=1; fi
 fi
 step serve-tiny-cuda "$bin/xtask" serve-check "$t" "$tiny"
-# The measurements the targets need first, then the rest.
+# The measurements the targets need first, then the rest. Anchors (PyTorch, transformers) run
+# in the same run, on the same checkpoints (bench/gpu/anchors.py).
 step gemm-and-copy "$bin/gpu_bench" --json
 step synth-1b "$t" synth-model --preset 1b --out "$work/m1b"
-step speed-1b-bf16 "$t" bench -m "$work/m1b" --backend cuda --dtype bf16 --workload speed --json
-step speed-1b-bf16-graphs env TURBINE_CUDA_GRAPHS=1 "$t" bench -m "$work/m1b" --backend cuda --dtype bf16 --workload speed --json
-step compare-1b-bf16 "$t" bench -m "$work/m1b" --backend cuda --dtype bf16 --compare --requests 64 --json
+speed="--workload speed --prompt-tokens 2048 --depths 16,1000 --reps 2 --json"
+step speed-1b-bf16 "$t" bench -m "$work/m1b" --backend cuda --dtype bf16 $speed
+step anchors-1b python3 bench/gpu/anchors.py --model "$work/m1b" --static --requests 64 --batch 64
+step compare-1b-bf16 "$t" bench -m "$work/m1b" --backend cuda --dtype bf16 --compare --requests 64 --max-batch 64 --json
+step speed-1b-fp8 "$t" bench -m "$work/m1b" --backend cuda --dtype fp8 $speed
+step --cap=90 profile-1b bash bench/gpu/profile.sh "$t" "$work/m1b" "$logs"
 step batch-1b-bf16 "$t" bench -m "$work/m1b" --backend cuda --dtype bf16 --workload batch --batch-sizes 1,16,64 --prompt-tokens 128 --gen-tokens 32 --json
-step speed-1b-fp8 "$t" bench -m "$work/m1b" --backend cuda --dtype fp8 --workload speed --json
-step speed-1b-bf16-fast-products env TURBINE_CUDA_PRODUCTS=fast "$t" bench -m "$work/m1b" --backend cuda --dtype bf16 --workload speed --json
-step speed-1b-fp8-fast-products env TURBINE_CUDA_PRODUCTS=fast "$t" bench -m "$work/m1b" --backend cuda --dtype fp8 --workload speed --json
+step speed-1b-bf16-fast-products env TURBINE_CUDA_PRODUCTS=fast "$t" bench -m "$work/m1b" --backend cuda --dtype bf16 $speed
+# Tuning variants of the kernels (`xtask kernels`' VARIANTS, PTX in ptx/$arch-NAME): each must
+# give the default's bits, then its speed beside speed-1b-bf16's.
+for v in "$pack/ptx/$arch"-*; do
+  [ -d "$v" ] || continue
+  name=${v##*/$arch-}
+  step same-bits-$name bash bench/gpu/same-bits.sh "$t" "$work/m1b" "$TURBINE_CUDA_PTX" "$v"
+  step speed-1b-bf16-$name env TURBINE_CUDA_PTX="$v" "$t" bench -m "$work/m1b" --backend cuda --dtype bf16 $speed
+done
+step synth-8b "$t" synth-model --preset 8b --out "$work/m8b"
+step speed-8b-bf16 "$t" bench -m "$work/m8b" --backend cuda --dtype bf16 $speed
+step anchors-8b python3 bench/gpu/anchors.py --model "$work/m8b"
 # The issue's speed targets (report.json, targets.md); a missed target is reported, not a failure.
-"$bin/xtask" gpu-report "$out" > "$logs/gpu-report.log" 2>&1 || { echo "| gpu-report | FAIL | |" >> "$logs/summary.md"; status=1; }
+TURBINE_GPU_CHECK_DATE=$(date -u +%Y-%m-%dT%H:%MZ) "$bin/xtask" gpu-report "$out" > "$logs/gpu-report.log" 2>&1 || { echo "| gpu-report | FAIL | |" >> "$logs/summary.md"; status=1; }
 summary() {
   echo "# Turbine gpu-check"
   echo

@@ -1,25 +1,23 @@
-//! `xtask gpu-report REPORT_DIR`: the targets of the CUDA issue, read from the logs `run.sh`
-//! leaves in `REPORT_DIR/logs` (with `steps.tsv` and `device.txt` beside them), written as `report.json` (every step and measurement) and `targets.md`
-//! (a table `run.sh` puts at the top of `report.md`).
+//! `xtask gpu-report REPORT_DIR`: the GPU issue's targets, read from the logs `run.sh` leaves in
+//! `REPORT_DIR/logs` (with `steps.tsv` and `device.txt` beside them), written as `report.json`
+//! (device, driver, date, every target with the command behind it, every step, every
+//! measurement) and `targets.md` (a table `run.sh` puts at the top of `report.md`).
 //!
-//! The targets (H100 figures; the report says which device ran):
-//! - batch-1 decode reads its weights at ≥ 80% of the measured device-to-device copy bandwidth
-//!   (weight bytes one decode step reads × tokens/s, from `turbine bench --workload speed`, at
-//!   the shallowest context measured; every configuration run is listed, the best is judged);
-//! - FP8 E4M3 GEMM ≥ 1.6× FP16 TFLOP/s at M = 4096 (`gpu_bench`);
-//! - in-flight batching ≥ 2× static batching in output tokens/s (`turbine bench --compare`).
+//! Each target compares a Turbine figure with a reference measured in the same run: the copy
+//! bandwidth (`gpu_bench`), or PyTorch and transformers on the same checkpoint
+//! (`bench/gpu/anchors.py`), on synthetic checkpoints of Llama 3.2 1B and Llama 3.1 8B shapes:
+//! - batch-1 decode: weight bytes read per step × tokens/s ≥ 80% of the copy bandwidth, and
+//!   ≥ 3× transformers `generate`'s tokens/s (1B and 8B);
+//! - prefill of 2,048 tokens: TFLOP/s (2 × block parameters × tokens ÷ time) ≥ 0.5× PyTorch's
+//!   bf16 products of the same shapes (1B and 8B);
+//! - the mixed workload at `--max-batch 64`: in-flight ≥ 2× static batching, and ≥ 5×
+//!   transformers `generate` in static batches of 64 (1B);
+//! - FP8 (`--dtype fp8`): prefill ≥ 1.5× and batch-1 decode ≥ 1.6× bf16 (1B).
 
 use std::path::Path;
 
 use anyhow::{Context, Result};
 use serde_json::{json, Value};
-
-/// Decode bandwidth as a fraction of the copy bandwidth.
-pub const DECODE_BW_TARGET: f64 = 0.8;
-/// FP8 over FP16 GEMM TFLOP/s at M = 4096.
-pub const FP8_GEMM_TARGET: f64 = 1.6;
-/// In-flight over static output tokens/s.
-pub const INFLIGHT_TARGET: f64 = 2.0;
 
 /// The last line of `text` that parses as a JSON object (the logs mix progress lines and JSON).
 fn last_json(text: &str) -> Option<Value> {
@@ -30,140 +28,305 @@ fn read_json(dir: &Path, step: &str) -> Option<Value> {
     last_json(&std::fs::read_to_string(dir.join("logs").join(format!("{step}.log"))).ok()?)
 }
 
-/// One target: its value (if it was measured), the threshold, and where the value came from.
+/// One target: Turbine's figure over a reference, against a threshold.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Target {
-    /// What is measured.
-    pub name: &'static str,
-    /// The measured value, or `None` when its steps did not produce one.
-    pub value: Option<f64>,
-    /// The threshold (`value >= target` meets it).
+    /// What is compared.
+    pub name: String,
+    /// Turbine's figure (in `unit`), if measured.
+    pub ours: Option<f64>,
+    /// The reference figure, if measured.
+    pub reference: Option<f64>,
+    /// The unit of both figures.
+    pub unit: &'static str,
+    /// What the reference is.
+    pub against: &'static str,
+    /// The threshold on `ours / reference`.
     pub target: f64,
-    /// The step (configuration) the value came from, or why there is none.
-    pub source: String,
+    /// The steps (and their commands) the figures came from.
+    pub how: String,
 }
 
 impl Target {
-    /// Whether the value was measured and reaches the threshold.
-    pub fn met(&self) -> bool {
-        self.value.is_some_and(|v| v >= self.target)
-    }
-}
-
-/// Decode bandwidth fraction of one `--workload speed` result: the shallowest context's
-/// `decode_tok_s` × `decode_read_bytes` over the copy bandwidth.
-fn decode_fraction(speed: &Value, copy_gb_s: f64) -> Option<f64> {
-    let bytes = speed["decode_read_bytes"].as_f64()?;
-    let rows = speed["decode"].as_array()?;
-    let first = rows.iter().min_by_key(|r| r["context"].as_u64().unwrap_or(u64::MAX))?;
-    let tok_s = first["decode_tok_s"].as_f64()?;
-    (copy_gb_s > 0.0).then(|| bytes * tok_s / (copy_gb_s * 1e9))
-}
-
-fn gemm_tflops(bench: &Value, dtype: &str, m: u64) -> Option<f64> {
-    bench["gemm"].as_array()?.iter().find(|r| r["dtype"] == dtype && r["m"].as_u64() == Some(m))?["tflops"].as_f64()
-}
-
-/// The three targets from the logs in `dir` (`speed` names the bf16 decode steps to judge).
-pub fn targets(dir: &Path, speed: &[&str]) -> Vec<Target> {
-    let bench = read_json(dir, "gemm-and-copy");
-    let copy = bench.as_ref().and_then(|b| b["copy_gb_s"].as_f64());
-    let mut decode = Target {
-        name: "batch-1 decode bandwidth / copy bandwidth",
-        value: None,
-        target: DECODE_BW_TARGET,
-        source: "no speed or copy measurement".into(),
-    };
-    if let Some(copy) = copy {
-        for step in speed {
-            let Some(f) = read_json(dir, step).and_then(|s| decode_fraction(&s, copy)) else { continue };
-            if decode.value.is_none_or(|v| f > v) {
-                decode.value = Some(f);
-                decode.source = format!("{step} (copy {copy:.0} GB/s)");
-            }
+    /// `ours / reference`, when both were measured.
+    pub fn value(&self) -> Option<f64> {
+        match (self.ours, self.reference) {
+            (Some(a), Some(b)) if b > 0.0 => Some(a / b),
+            _ => None,
         }
     }
-    // Judged on the FP8 product the backend runs (f32 accumulation); fast accumulation is shown.
-    let at_4096 = |d: &str| bench.as_ref().and_then(|b| gemm_tflops(b, d, 4096));
-    let (f8, f16, fast) = (at_4096("f8e4m3"), at_4096("f16"), at_4096("f8e4m3-fast-accum"));
-    let gemm = Target {
-        name: "FP8 / FP16 GEMM TFLOP/s at M = 4096",
-        value: f8.zip(f16).map(|(a, b)| a / b),
-        target: FP8_GEMM_TARGET,
-        source: match (f8, f16) {
-            (Some(a), Some(b)) => {
-                let fast = fast.map_or(String::new(), |f| format!("; FP8 fast accumulation {f:.0}, {:.2}x", f / b));
-                format!("gemm-and-copy ({a:.0} / {b:.0} TFLOP/s{fast})")
-            }
-            _ => "gemm-and-copy has no FP8 and FP16 rows at M = 4096".into(),
-        },
-    };
-    let compare = read_json(dir, "compare-1b-bf16");
-    // The step counts say how much of the ratio is batching alone (equal step times).
-    let steps = compare.as_ref().and_then(|c| Some((c["static"]["steps"].as_f64()?, c["inflight"]["steps"].as_f64()?)));
-    let inflight = Target {
-        name: "in-flight / static output tokens/s",
-        value: compare.as_ref().and_then(|c| c["inflight_over_static"].as_f64()),
-        target: INFLIGHT_TARGET,
-        source: match steps {
-            Some((s, i)) if i > 0.0 => format!("compare-1b-bf16 (static takes {:.2}x the steps)", s / i),
-            _ => "compare-1b-bf16".into(),
-        },
-    };
-    vec![decode, gemm, inflight]
+
+    /// Whether the ratio was measured and reaches the threshold.
+    pub fn met(&self) -> bool {
+        self.value().is_some_and(|v| v >= self.target)
+    }
 }
 
-/// The steps `run.sh` recorded in `steps.tsv` (name, exit status, seconds; exit -1: skipped,
-/// the time budget spent).
-fn steps(dir: &Path) -> Vec<Value> {
-    let text = std::fs::read_to_string(dir.join("steps.tsv")).unwrap_or_default();
-    text.lines()
-        .filter_map(|l| {
-            let mut f = l.split('\t');
-            let (name, rc, secs) = (f.next()?, f.next()?.parse::<i64>().ok()?, f.next()?.parse::<u64>().ok()?);
-            Some(json!({"step": name, "exit": rc, "pass": rc == 0, "skipped": rc < 0, "seconds": secs}))
-        })
-        .collect()
+/// The step names, exit statuses, seconds and commands in `steps.tsv`.
+struct Steps(Vec<(String, i64, u64, String)>);
+
+impl Steps {
+    fn read(dir: &Path) -> Steps {
+        let text = std::fs::read_to_string(dir.join("steps.tsv")).unwrap_or_default();
+        Steps(
+            text.lines()
+                .filter_map(|l| {
+                    let mut f = l.split('\t');
+                    let name = f.next()?.to_string();
+                    let rc = f.next()?.parse().ok()?;
+                    let secs = f.next()?.parse().ok()?;
+                    Some((name, rc, secs, f.next().unwrap_or_default().trim().to_string()))
+                })
+                .collect(),
+        )
+    }
+
+    /// `step: command` for each of `names` (the command run.sh recorded, if any).
+    fn how(&self, names: &[&str]) -> String {
+        let one = |n: &&str| match self.0.iter().find(|s| s.0 == *n) {
+            Some((_, _, _, cmd)) if !cmd.is_empty() => format!("{n}: `{cmd}`"),
+            _ => format!("{n}: not run"),
+        };
+        names.iter().map(one).collect::<Vec<_>>().join("; ")
+    }
+}
+
+/// The figures the targets read, from the logs in `dir`.
+struct Logs<'a> {
+    dir: &'a Path,
+}
+
+impl Logs<'_> {
+    fn get(&self, step: &str) -> Option<Value> {
+        read_json(self.dir, step)
+    }
+
+    /// Copy bandwidth (GB/s, bytes read + written) from `gpu_bench`.
+    fn copy(&self) -> Option<f64> {
+        self.get("gemm-and-copy")?["copy_gb_s"].as_f64()
+    }
+
+    /// A `--workload speed` run's decode tokens/s at its shallowest context.
+    fn decode_tok_s(&self, step: &str) -> Option<f64> {
+        let s = self.get(step)?;
+        let first = s["decode"].as_array()?.iter().min_by_key(|r| r["context"].as_u64().unwrap_or(u64::MAX))?.clone();
+        first["decode_tok_s"].as_f64()
+    }
+
+    /// Weight GB/s of a speed run's batch-1 decode (bytes read per step × tokens/s).
+    fn decode_gb_s(&self, step: &str) -> Option<f64> {
+        Some(self.get(step)?["decode_read_bytes"].as_f64()? * self.decode_tok_s(step)? / 1e9)
+    }
+
+    fn prefill_tok_s(&self, step: &str) -> Option<f64> {
+        self.get(step)?["prefill_tok_s"].as_f64()
+    }
+
+    /// Block parameters of a checkpoint (from its anchors run).
+    fn block_params(&self, anchors: &str) -> Option<f64> {
+        self.get(anchors)?["products"]["block_params"].as_f64()
+    }
+}
+
+/// The targets from the logs in `dir`.
+pub fn targets(dir: &Path) -> Vec<Target> {
+    let logs = Logs { dir };
+    let steps = Steps::read(dir);
+    let mut t = Vec::new();
+    let copy = logs.copy();
+    for size in ["1b", "8b"] {
+        let (speed, anchors) = (format!("speed-{size}-bf16"), format!("anchors-{size}"));
+        let model = size.to_uppercase();
+        t.push(Target {
+            name: format!("{model} batch-1 decode, weight bandwidth"),
+            ours: logs.decode_gb_s(&speed),
+            reference: copy,
+            unit: "GB/s",
+            against: "device-to-device copy",
+            target: 0.8,
+            how: steps.how(&[&speed, "gemm-and-copy"]),
+        });
+        t.push(Target {
+            name: format!("{model} batch-1 decode"),
+            ours: logs.decode_tok_s(&speed),
+            reference: logs.get(&anchors).and_then(|a| a["hf"]["decode_b1_tok_s"].as_f64()),
+            unit: "tok/s",
+            against: "transformers generate",
+            target: 3.0,
+            how: steps.how(&[&speed, &anchors]),
+        });
+        let tflops = |tok_s: Option<f64>| Some(2.0 * logs.block_params(&anchors)? * tok_s? / 1e12);
+        t.push(Target {
+            name: format!("{model} prefill of 2048 tokens"),
+            ours: tflops(logs.prefill_tok_s(&speed)),
+            reference: logs.get(&anchors).and_then(|a| a["products"]["bf16_tflops"].as_f64()),
+            unit: "TFLOP/s",
+            against: "PyTorch bf16 products, same shapes",
+            target: 0.5,
+            how: steps.how(&[&speed, &anchors]),
+        });
+    }
+    let compare = logs.get("compare-1b-bf16");
+    let figure = |mode: &str| compare.as_ref().and_then(|c| c[mode]["output_tok_s"].as_f64());
+    t.push(Target {
+        name: "1B mixed workload, max batch 64: in-flight over static".into(),
+        ours: figure("inflight"),
+        reference: figure("static"),
+        unit: "output tok/s",
+        against: "Turbine, static batches",
+        target: 2.0,
+        how: steps.how(&["compare-1b-bf16"]),
+    });
+    t.push(Target {
+        name: "1B mixed workload, max batch 64: in-flight".into(),
+        ours: figure("inflight"),
+        reference: logs.get("anchors-1b").and_then(|a| a["hf"]["static_output_tok_s"].as_f64()),
+        unit: "output tok/s",
+        against: "transformers generate, static batches of 64",
+        target: 5.0,
+        how: steps.how(&["compare-1b-bf16", "anchors-1b"]),
+    });
+    t.push(Target {
+        name: "1B prefill of 2048 tokens, fp8 over bf16".into(),
+        ours: logs.prefill_tok_s("speed-1b-fp8"),
+        reference: logs.prefill_tok_s("speed-1b-bf16"),
+        unit: "tok/s",
+        against: "Turbine bf16",
+        target: 1.5,
+        how: steps.how(&["speed-1b-fp8", "speed-1b-bf16"]),
+    });
+    t.push(Target {
+        name: "1B batch-1 decode, fp8 over bf16".into(),
+        ours: logs.decode_tok_s("speed-1b-fp8"),
+        reference: logs.decode_tok_s("speed-1b-bf16"),
+        unit: "tok/s",
+        against: "Turbine bf16",
+        target: 1.6,
+        how: steps.how(&["speed-1b-fp8", "speed-1b-bf16"]),
+    });
+    t
+}
+
+/// A figure with its unit, or "not measured".
+fn fig(v: Option<f64>, unit: &str) -> String {
+    match v {
+        Some(v) if v >= 100.0 => format!("{v:.0} {unit}"),
+        Some(v) => format!("{v:.1} {unit}"),
+        None => "not measured".into(),
+    }
 }
 
 /// The targets as a Markdown table.
 pub fn markdown(targets: &[Target]) -> String {
     let met = targets.iter().filter(|t| t.met()).count();
     let mut s = format!(
-        "## Targets: {met} of {} met\n\n| target | measured | needed | from |\n|---|---:|---:|---|\n",
+        "## Targets: {met} of {} met\n\n| target | Turbine | reference | ratio | needed | |\n|---|---:|---:|---:|---:|---|\n",
         targets.len()
     );
     for t in targets {
-        let v = t.value.map_or("not measured".to_string(), |v| format!("{v:.2}"));
+        let ratio = t.value().map_or("-".to_string(), |v| format!("{v:.2}"));
         let mark = if t.met() { "met" } else { "MISSED" };
-        s += &format!("| {} | {v} ({mark}) | ≥ {:.2} | {} |\n", t.name, t.target, t.source);
+        s += &format!(
+            "| {} | {} | {} ({}) | {ratio} | ≥ {:.2} | {mark} |\n",
+            t.name,
+            fig(t.ours, t.unit),
+            fig(t.reference, t.unit),
+            t.against,
+            t.target
+        );
+    }
+    s += "\nCommands (paths relative to the unpacked pack):\n\n";
+    for t in targets {
+        s += &format!("- {}: {}\n", t.name, t.how);
     }
     s
 }
 
-/// Writes `report.json` and `targets.md` into `dir`; returns the targets.
+/// The kernel variants run.sh timed (`speed-1b-bf16-NAME` beside `speed-1b-bf16`, with their
+/// `same-bits-NAME` check) as a Markdown table: decode tok/s at each context and prefill tok/s,
+/// each with its ratio to the default.
+fn variants_markdown(dir: &Path, steps: &Steps) -> String {
+    let logs = Logs { dir };
+    let Some(base) = logs.get("speed-1b-bf16") else { return String::new() };
+    let figures = |v: &Value| -> Vec<(String, f64)> {
+        let mut f: Vec<(String, f64)> = v["decode"]
+            .as_array()
+            .map(|rows| {
+                rows.iter()
+                    .filter_map(|r| {
+                        Some((format!("decode at {}", r["context"].as_u64()?), r["decode_tok_s"].as_f64()?))
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        f.extend(v["prefill_tok_s"].as_f64().map(|p| ("prefill".to_string(), p)));
+        f
+    };
+    let base_f = figures(&base);
+    let mut s = String::new();
+    for (name, ..) in &steps.0 {
+        let Some(variant) = name.strip_prefix("speed-1b-bf16-").filter(|v| *v != "fast-products") else { continue };
+        let same = steps.0.iter().find(|st| st.0 == format!("same-bits-{variant}")).map_or("not checked", |st| {
+            if st.1 == 0 {
+                "same bits"
+            } else {
+                "DIFFERENT BITS"
+            }
+        });
+        let Some(v) = logs.get(name) else { continue };
+        if s.is_empty() {
+            s += "\n## Kernel variants (1B bf16, tok/s; ratio to the default)\n\n| variant | bits |";
+            for (what, _) in &base_f {
+                s += &format!(" {what} |");
+            }
+            s += "\n|---|---|";
+            s += &"---:|".repeat(base_f.len());
+            s += "\n";
+        }
+        s += &format!("| {variant} | {same} |");
+        for (what, b) in &base_f {
+            match figures(&v).iter().find(|(w, _)| w == what) {
+                Some((_, x)) if *b > 0.0 => s += &format!(" {x:.0} ({:.2}x) |", x / b),
+                _ => s += " - |",
+            }
+        }
+        s += "\n";
+    }
+    s
+}
+
+/// Writes `report.json` and `targets.md` into `dir`; returns the targets. The date is
+/// `TURBINE_GPU_CHECK_DATE` (run.sh sets it).
 pub fn write(dir: &Path) -> Result<Vec<Target>> {
-    const SPEED: [&str; 3] = ["speed-1b-bf16", "speed-1b-bf16-graphs", "speed-1b-bf16-fast-products"];
-    let t = targets(dir, &SPEED);
-    let steps = steps(dir);
+    let t = targets(dir);
+    let steps = Steps::read(dir);
     let mut logs = serde_json::Map::new();
-    for step in &steps {
-        let name = step["step"].as_str().unwrap_or_default().to_string();
-        if let Some(v) = read_json(dir, &name) {
-            logs.insert(name, v);
+    for (name, ..) in &steps.0 {
+        if let Some(v) = read_json(dir, name) {
+            logs.insert(name.clone(), v);
         }
     }
+    // device.txt: nvidia-smi's "name, driver_version, memory.total, compute_cap".
+    let device = std::fs::read_to_string(dir.join("device.txt")).unwrap_or_default();
+    let fields: Vec<&str> = device.lines().next().unwrap_or_default().split(',').map(str::trim).collect();
     let report = json!({
-        "device": std::fs::read_to_string(dir.join("device.txt")).unwrap_or_default().trim(),
-        "steps": steps,
-        "measurements": logs,
+        "device": fields.first().copied().unwrap_or_default(),
+        "driver": fields.get(1).copied().unwrap_or_default(),
+        "memory": fields.get(2).copied().unwrap_or_default(),
+        "compute_capability": fields.get(3).copied().unwrap_or_default(),
+        "date": std::env::var("TURBINE_GPU_CHECK_DATE").unwrap_or_else(|_| "unknown".into()),
         "targets": t.iter().map(|t| json!({
-            "name": t.name, "value": t.value, "target": t.target, "met": t.met(), "source": t.source,
+            "name": t.name, "value": t.value(), "target": t.target, "met": t.met(), "how": t.how,
+            "turbine": t.ours, "reference": t.reference, "unit": t.unit, "against": t.against,
         })).collect::<Vec<_>>(),
+        "steps": steps.0.iter().map(|(name, rc, secs, cmd)| json!({
+            "name": name, "passed": *rc == 0, "skipped": *rc < 0, "exit": rc, "seconds": secs, "command": cmd,
+        })).collect::<Vec<_>>(),
+        "measurements": logs,
     });
     let text = serde_json::to_string_pretty(&report).context("encoding the report")?;
     std::fs::write(dir.join("report.json"), text).with_context(|| format!("writing {}/report.json", dir.display()))?;
-    std::fs::write(dir.join("targets.md"), markdown(&t))
+    std::fs::write(dir.join("targets.md"), markdown(&t) + &variants_markdown(dir, &steps))
         .with_context(|| format!("writing {}/targets.md", dir.display()))?;
     Ok(t)
 }
@@ -184,53 +347,79 @@ mod tests {
         d
     }
 
+    fn target<'a>(t: &'a [Target], name: &str) -> &'a Target {
+        t.iter().find(|t| t.name == name).unwrap_or_else(|| panic!("no target {name:?} in {t:?}"))
+    }
+
     #[test]
     fn targets_are_read_from_the_logs() {
         let d = dir_with(&[
+            ("device.txt", "NVIDIA H200, 580.159.04, 143771 MiB, 9.0\n"),
             (
                 "steps.tsv",
-                "gemm-and-copy\t0\t12\nspeed-1b-bf16\t0\t30\nspeed-1b-bf16-graphs\t0\t28\ncompare-1b-bf16\t1\t60\n\
-                 batch-1b-bf16\t-1\t0\n",
+                "gemm-and-copy\t0\t12\tgpu_bench --json\nspeed-1b-bf16\t0\t30\tturbine bench -m m1b\n\
+                 anchors-1b\t0\t60\tpython3 bench/gpu/anchors.py --model m1b --static\n\
+                 compare-1b-bf16\t1\t60\tturbine bench --compare\nspeed-1b-fp8\t0\t40\tturbine bench --dtype fp8\n\
+                 speed-8b-bf16\t-1\t0\tturbine bench -m m8b\nsame-bits-gemv-unroll8\t0\t5\tbash same-bits.sh\n\
+                 speed-1b-bf16-gemv-unroll8\t0\t20\tturbine bench\n",
             ),
-            (
-                "gemm-and-copy.log",
-                "warming up\n{\"device\":\"H100\",\"copy_gb_s\":3000,\"gemm\":[\
-                 {\"dtype\":\"f16\",\"m\":4096,\"tflops\":600.0},{\"dtype\":\"f8e4m3\",\"m\":4096,\"tflops\":1100.0},\
-                 {\"dtype\":\"f8e4m3-fast-accum\",\"m\":4096,\"tflops\":1320.0},{\"dtype\":\"f8e4m3\",\"m\":16,\"tflops\":20.0}]}\n",
-            ),
-            // 2.5 GB a token: 800 tok/s is 2000 GB/s (2/3 of the copy), 1000 tok/s is 2500 GB/s.
+            ("gemm-and-copy.log", "warming up\n{\"device\":\"H100\",\"copy_gb_s\":3000,\"gemm\":[]}\n"),
+            // 2.5 GB a token: 960 tok/s at the shallowest context is 2400 GB/s, 0.8 of the copy.
             (
                 "speed-1b-bf16.log",
-                "turbine bench: decode\n{\"decode_read_bytes\":2.5e9,\"decode\":[{\"context\":256,\"decode_tok_s\":900},{\"context\":16,\"decode_tok_s\":800}]}\n",
+                "turbine bench: decode\n{\"decode_read_bytes\":2.5e9,\"prefill_tok_s\":50000,\
+                 \"decode\":[{\"context\":1000,\"decode_tok_s\":500},{\"context\":16,\"decode_tok_s\":960}]}\n",
             ),
             (
-                "speed-1b-bf16-graphs.log",
-                "{\"decode_read_bytes\":2.5e9,\"decode\":[{\"context\":16,\"decode_tok_s\":1000}]}\n",
+                "speed-1b-bf16-gemv-unroll8.log",
+                "{\"decode_read_bytes\":2.5e9,\"prefill_tok_s\":50000,\
+                 \"decode\":[{\"context\":16,\"decode_tok_s\":1200},{\"context\":1000,\"decode_tok_s\":500}]}\n",
+            ),
+            (
+                "speed-1b-fp8.log",
+                "{\"decode_read_bytes\":1.5e9,\"prefill_tok_s\":70000,\"decode\":[{\"context\":16,\"decode_tok_s\":1600}]}\n",
+            ),
+            (
+                "anchors-1b.log",
+                "| anchor | value |\n{\"products\":{\"block_params\":1e9,\"bf16_tflops\":700},\
+                 \"hf\":{\"decode_b1_tok_s\":80,\"static_output_tok_s\":130}}\n",
             ),
             (
                 "compare-1b-bf16.log",
-                "{\"inflight_over_static\":2.4,\"inflight\":{\"steps\":500},\"static\":{\"steps\":1500}}\n",
+                "{\"inflight_over_static\":2.4,\"inflight\":{\"output_tok_s\":1200},\"static\":{\"output_tok_s\":500}}\n",
             ),
         ]);
+        std::env::set_var("TURBINE_GPU_CHECK_DATE", "2026-12-04T15:00Z");
         let t = write(&d).unwrap();
-        assert!((t[0].value.unwrap() - 2500.0 / 3000.0).abs() < 1e-9, "{t:?}");
-        assert!(t[0].source.starts_with("speed-1b-bf16-graphs"), "{}", t[0].source);
-        assert!(t[0].met());
-        assert!((t[1].value.unwrap() - 1100.0 / 600.0).abs() < 1e-9);
-        assert!(t[1].met());
-        assert!(t[1].source.contains("fast accumulation 1320, 2.20x"), "{}", t[1].source);
-        assert_eq!(t[2].value, Some(2.4));
-        assert!(t[2].source.contains("3.00x the steps"), "{}", t[2].source);
+        let bw = target(&t, "1B batch-1 decode, weight bandwidth");
+        assert!((bw.value().unwrap() - 0.8).abs() < 1e-9 && bw.met(), "{bw:?}");
+        assert!(bw.how.contains("speed-1b-bf16: `turbine bench -m m1b`"), "{}", bw.how);
+        assert!((target(&t, "1B batch-1 decode").value().unwrap() - 12.0).abs() < 1e-9);
+        // 2 x 1e9 x 50000 = 100 TFLOP/s against 700.
+        let pf = target(&t, "1B prefill of 2048 tokens");
+        assert!((pf.ours.unwrap() - 100.0).abs() < 1e-9 && !pf.met(), "{pf:?}");
+        assert!(
+            (target(&t, "1B mixed workload, max batch 64: in-flight over static").value().unwrap() - 2.4).abs() < 1e-9
+        );
+        assert!(target(&t, "1B mixed workload, max batch 64: in-flight").met());
+        assert!((target(&t, "1B prefill of 2048 tokens, fp8 over bf16").value().unwrap() - 1.4).abs() < 1e-9);
+        assert!(target(&t, "1B batch-1 decode, fp8 over bf16").met());
+        // Skipped and missing steps: not measured, so missed.
+        let eight = target(&t, "8B batch-1 decode");
+        assert!(eight.value().is_none() && !eight.met());
         let report: Value = serde_json::from_str(&std::fs::read_to_string(d.join("report.json")).unwrap()).unwrap();
-        assert_eq!(report["steps"].as_array().unwrap().len(), 5);
-        assert_eq!(report["steps"][3]["pass"], false);
-        assert_eq!(report["steps"][3]["skipped"], false);
-        // Exit -1: run.sh skipped the step, its time budget spent.
-        assert_eq!(report["steps"][4]["skipped"], true);
+        assert_eq!(report["device"], "NVIDIA H200");
+        assert_eq!(report["driver"], "580.159.04");
+        assert_eq!(report["date"], "2026-12-04T15:00Z");
+        assert_eq!(report["steps"].as_array().unwrap().len(), 8);
+        assert_eq!(report["steps"][3]["passed"], false);
+        assert_eq!(report["steps"][5]["skipped"], true);
         assert_eq!(report["measurements"]["gemm-and-copy"]["copy_gb_s"], 3000);
-        assert_eq!(report["targets"][2]["met"], true);
+        assert_eq!(report["targets"][0]["met"], true);
+        assert!(report["targets"][0]["how"].as_str().unwrap().contains("gpu_bench --json"));
         let md = std::fs::read_to_string(d.join("targets.md")).unwrap();
-        assert!(md.contains("3 of 3 met"), "{md}");
+        assert!(md.contains("5 of 10 met"), "{md}");
+        assert!(md.contains("| gemv-unroll8 | same bits | 500 (1.00x) | 1200 (1.25x) | 50000 (1.00x) |"), "{md}");
         std::fs::remove_dir_all(&d).unwrap();
     }
 
@@ -238,9 +427,9 @@ mod tests {
     fn missing_measurements_are_reported_as_missed() {
         let d = dir_with(&[("gemm-and-copy.log", "gpu bench: no usable GPU here\n")]);
         let t = write(&d).unwrap();
-        assert!(t.iter().all(|t| t.value.is_none() && !t.met()), "{t:?}");
+        assert!(t.iter().all(|t| t.value().is_none() && !t.met()), "{t:?}");
         let md = std::fs::read_to_string(d.join("targets.md")).unwrap();
-        assert!(md.contains("0 of 3 met") && md.contains("not measured"), "{md}");
+        assert!(md.contains("0 of 10 met") && md.contains("not measured"), "{md}");
         std::fs::remove_dir_all(&d).unwrap();
     }
 }

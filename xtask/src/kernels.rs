@@ -1,17 +1,24 @@
 //! `cargo xtask kernels`: compiles every CUDA kernel with NVRTC for compute_80, compute_89 and
-//! compute_90a, assembles each with ptxas for sm_80, sm_89 and sm_90a, and reports registers and
-//! spills; any error fails the task. NVRTC, the CUDA headers and ptxas come from pinned wheels
+//! compute_90a, assembles each with ptxas for sm_80, sm_89 and sm_90a (and the sm_90a tuning
+//! [`VARIANTS`]), and reports registers and spills; any error fails the task. NVRTC, the CUDA headers and ptxas come from pinned wheels
 //! (fetched with pip once, cached under `$TURBINE_HOME/cuda-wheels`); no CUDA toolkit is needed.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use anyhow::{bail, Context, Result};
-use turbine_kernels_cuda::nvrtc::{compile_ptx, ARCHS};
+use turbine_kernels_cuda::nvrtc::{compile_ptx_with, ARCHS};
 use turbine_kernels_cuda::sources::SOURCES;
 
 /// The wheels, pinned to CUDA 13.0 (NVRTC 13.5 writes PTX that ptxas 13.0 and driver 580 reject).
 const WHEELS: &[&str] = &["nvidia-cuda-nvrtc==13.0.88", "nvidia-cuda-runtime==13.0.96", "nvidia-cuda-nvcc==13.0.88"];
+
+/// Tuning variants, compiled for sm_90a into `target/kernels/sm_90a-NAME` with the given
+/// definitions of the knobs the kernel files leave open (`#ifndef`): the GPU check times each
+/// beside the default in the same run (`TURBINE_CUDA_PTX` pointing at the variant's folder).
+/// Each knob changes how many loads are in flight, never the operations or their order, so a
+/// variant gives the default's bits.
+pub const VARIANTS: &[(&str, &[&str])] = &[("gemv-unroll8", &["GEMV_UNROLL=8"]), ("attn-keys16", &["ATTN_KEYS=16"])];
 
 /// Set in the re-executed process, so that it does not re-execute again.
 const REEXEC: &str = "TURBINE_XTASK_KERNELS_LD";
@@ -135,17 +142,21 @@ pub fn run() -> Result<()> {
     let out_root = root.join("target").join("kernels");
     let ptxas = tree.join("bin").join("ptxas");
     let include = [tree.join("include")];
-    let mut rows = Vec::new();
+    let mut rows: Vec<(String, &str, Assembled)> = Vec::new();
     let mut failures = Vec::new();
-    for &(virt, real) in ARCHS {
-        let dir = out_root.join(real);
+    // The architectures, then the tuning variants (sm_90a only), each in its own folder.
+    let mut builds: Vec<(&str, &str, String, &[&str])> =
+        ARCHS.iter().map(|&(virt, real)| (virt, real, real.to_string(), &[][..])).collect();
+    builds.extend(VARIANTS.iter().map(|&(name, defines)| ("compute_90a", "sm_90a", format!("sm_90a-{name}"), defines)));
+    for (virt, real, folder, defines) in builds {
+        let dir = out_root.join(&folder);
         std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
         for src in SOURCES {
             let t0 = std::time::Instant::now();
-            let ptx = match compile_ptx(src, virt, &include) {
+            let ptx = match compile_ptx_with(src, virt, &include, defines) {
                 Ok(p) => p,
                 Err(e) => {
-                    failures.push(format!("NVRTC {}.cu {virt}: {e}", src.name));
+                    failures.push(format!("NVRTC {}.cu {folder}: {e}", src.name));
                     continue;
                 }
             };
@@ -161,29 +172,27 @@ pub fn run() -> Result<()> {
                 .with_context(|| format!("running {}", ptxas.display()))?;
             let log = String::from_utf8_lossy(&o.stderr).to_string() + &String::from_utf8_lossy(&o.stdout);
             if !o.status.success() {
-                failures.push(format!("ptxas {}.ptx {real}:\n{log}", src.name));
+                failures.push(format!("ptxas {}.ptx {folder}:\n{log}", src.name));
                 continue;
             }
             let fns = parse_ptxas(&log);
             eprintln!(
                 "xtask: {:>9} {:<10} {} kernels, {:.0} ms",
-                real,
+                folder,
                 src.name,
                 fns.len(),
                 t0.elapsed().as_secs_f64() * 1e3
             );
-            rows.extend(fns.into_iter().map(|f| (real, src.name, f)));
+            rows.extend(fns.into_iter().map(|f| (folder.clone(), src.name, f)));
         }
-    }
-    // Registers per kernel and architecture, for the CUDA emulator's launch limits
-    // (`registers.txt` beside the PTX: "NAME COUNT" lines).
-    for &(_, real) in ARCHS {
+        // Registers per kernel, for the CUDA emulator's launch limits (`registers.txt` beside
+        // the PTX: "NAME COUNT" lines).
         let text: String = rows
             .iter()
-            .filter(|(a, _, _)| *a == real)
+            .filter(|(a, _, _)| *a == folder)
             .map(|(_, _, f)| format!("{} {}\n", f.function, f.registers))
             .collect();
-        let path = out_root.join(real).join("registers.txt");
+        let path = dir.join("registers.txt");
         std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
     }
     println!("| arch | file | kernel | registers | spill stores | spill loads |");
@@ -193,9 +202,10 @@ pub fn run() -> Result<()> {
     }
     let spills = rows.iter().filter(|(_, _, f)| f.spill_stores + f.spill_loads > 0).count();
     println!(
-        "{} kernels assembled for each of {} architectures into {}; {spills} of them spill registers",
-        rows.len() / ARCHS.len().max(1),
+        "{} kernels assembled for each of {} architectures and {} sm_90a variants into {}; {spills} of them spill registers",
+        rows.len() / (ARCHS.len() + VARIANTS.len()).max(1),
         ARCHS.len(),
+        VARIANTS.len(),
         out_root.display()
     );
     if !failures.is_empty() {

@@ -71,6 +71,17 @@ __device__ void rope_kv_store(T* qkv, const u32* slots, const u32* positions, co
 // Causal attention of query row blockIdx.x, head blockIdx.y over the cache. seqs is [n_seqs, 3]
 // (first row, rows, context after the step), tables [n_seqs, max_blocks]. Keys are visited block
 // by block in position order with an online softmax, as kernels-ref does. blockDim.x = 128.
+//
+// The context is taken ATTN_CHUNK positions (whole KV blocks) at a time, in two phases: first
+// every score of the chunk (they do not depend on one another: each warp takes ATTN_KEYS keys at
+// once, so a lane has ATTN_KEYS x d / 32 loads in flight instead of d / 32), then the online
+// softmax walks the chunk's KV blocks in order, as before. A score is the same operations in the
+// same order as before (lanes over the head dimension, in order, then warp_sum), and so is the
+// walk: the output's bits do not change, and flash_prefill still gives the same bits for a row.
+#define ATTN_CHUNK 1024
+#ifndef ATTN_KEYS  // a tuning knob: any value gives the same bits (`xtask kernels` builds 16 too)
+#define ATTN_KEYS 8
+#endif
 template <typename T, int PAGE>
 __device__ void paged_attention(const T* qkv, const typename Page<T, PAGE>::type* k_pages,
                                 const typename Page<T, PAGE>::type* v_pages, const float* k_scales,
@@ -79,7 +90,7 @@ __device__ void paged_attention(const T* qkv, const typename Page<T, PAGE>::type
                                 u32 max_blocks, u32 q_heads, u32 kv_heads, u32 d, u32 bs, float scale, u32 window,
                                 float alibi, const float* slopes, T* out, u32 flash) {
     __shared__ float q[MAX_D];
-    __shared__ float p[MAX_BLOCK];
+    __shared__ float p[ATTN_CHUNK];
     u32 tok = blockIdx.x, h = blockIdx.y;
     u32 kh = h / (q_heads / kv_heads);
     u32 lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
@@ -102,44 +113,75 @@ __device__ void paged_attention(const T* qkv, const typename Page<T, PAGE>::type
     for (int i = 0; i < MAX_D / 128; i++) acc[i] = 0.f;
     float m = -TURBINE_INF, denom = 0.f;
     float slope = alibi != 0.f ? alibi * slopes[h] : 0.f;
-    for (u32 blk = first / bs; blk <= pos / bs; blk++) {
-        u32 a = blk * bs > first ? blk * bs : first;
-        u32 b = (blk + 1) * bs < pos + 1 ? (blk + 1) * bs : pos + 1;
-        size_t base = ((size_t)table[blk] * kv_heads + kh) * bs;
-        // Scores: one warp per key, lanes over the head dimension.
-        for (u32 j = a + warp; j < b; j += warps) {
-            size_t r = base + (j - blk * bs);
-            float ks = PAGE ? k_scales[r] : 1.f;
-            float s = 0.f;
-            if (PAGE && k_sink && j == 0) {
-                const float* kr = k_sink + ((size_t)table[0] * kv_heads + kh) * d;
-                for (u32 c = lane; c < d; c += 32) s += q[c] * kr[c];
-            } else {
-                for (u32 c = lane; c < d; c += 32) s += q[c] * load_page<T, PAGE>(k_pages, r * d + c, ks);
+    const u32 chunk_blocks = ATTN_CHUNK / bs;  // bs <= MAX_BLOCK (the caller checks): at least 4
+    for (u32 blk0 = first / bs; blk0 <= pos / bs; blk0 += chunk_blocks) {
+        u32 blk1 = min(blk0 + chunk_blocks - 1, pos / bs);
+        u32 cs = max(blk0 * bs, first), ce = min((blk1 + 1) * bs, pos + 1);  // positions [cs, ce)
+        // Scores: warp w takes keys cs + ATTN_KEYS w .. (+ ATTN_KEYS - 1), then 4 x ATTN_KEYS on.
+        for (u32 j0 = cs + warp * ATTN_KEYS; j0 < ce; j0 += warps * ATTN_KEYS) {
+            float s[ATTN_KEYS];
+#pragma unroll
+            for (int g = 0; g < ATTN_KEYS; g++) {
+                u32 j = j0 + g;
+                s[g] = 0.f;
+                if (j >= ce) continue;
+                size_t r = ((size_t)table[j / bs] * kv_heads + kh) * bs + j % bs;
+                if (PAGE && k_sink && j == 0) {
+                    const float* kr = k_sink + ((size_t)table[0] * kv_heads + kh) * d;
+                    for (u32 c = lane; c < d; c += 32) s[g] += q[c] * kr[c];
+                } else {
+                    float ks = PAGE ? k_scales[r] : 1.f;
+#pragma unroll
+                    for (u32 i = 0; i < MAX_D / 32; i++) {
+                        u32 c = lane + 32 * i;
+                        if (c < d) s[g] += q[c] * load_page<T, PAGE>(k_pages, r * d + c, ks);
+                    }
+                }
             }
-            s = warp_sum(s) * scale;
-            if (slope != 0.f) s += slope * ((float)j - (float)pos);
-            if (lane == 0) p[j - a] = s;
+#pragma unroll
+            for (int g = 0; g < ATTN_KEYS; g++) {
+                u32 j = j0 + g;
+                if (j >= ce) break;  // j0 is the warp's: every lane leaves together
+                float sc = warp_sum(s[g]) * scale;
+                if (slope != 0.f) sc += slope * ((float)j - (float)pos);
+                if (lane == 0) p[j - cs] = sc;
+            }
         }
         __syncthreads();
-        float bmax = -TURBINE_INF;
-        for (u32 j = 0; j < b - a; j++) bmax = fmaxf(bmax, p[j]);
-        float m_new = fmaxf(m, bmax);
-        float corr = __expf(m - m_new);
-        denom *= corr;
-        for (int i = 0; i < MAX_D / 128; i++) acc[i] *= corr;
-        for (u32 j = 0; j < b - a; j++) {
-            float e = __expf(p[j] - m_new);
-            denom += e;
-            size_t r = base + (a + j - blk * bs);
-            float vs = PAGE ? v_scales[r] : 1.f;
-            for (u32 c = threadIdx.x, i = 0; c < d; c += blockDim.x, i++) acc[i] += e * load_page<T, PAGE>(v_pages, r * d + c, vs);
+        for (u32 blk = blk0; blk <= blk1; blk++) {
+            u32 a = blk * bs > first ? blk * bs : first;
+            u32 b = (blk + 1) * bs < pos + 1 ? (blk + 1) * bs : pos + 1;
+            size_t base = ((size_t)table[blk] * kv_heads + kh) * bs;
+            const float* pb = p + (a - cs);
+            float bmax = -TURBINE_INF;
+            for (u32 j = 0; j < b - a; j++) bmax = fmaxf(bmax, pb[j]);
+            float m_new = fmaxf(m, bmax);
+            float corr = __expf(m - m_new);
+            denom *= corr;
+            for (int i = 0; i < MAX_D / 128; i++) acc[i] *= corr;
+#pragma unroll 8
+            for (u32 j = 0; j < b - a; j++) {
+                float e = __expf(pb[j] - m_new);
+                denom += e;
+                size_t r = base + (a + j - blk * bs);
+                float vs = PAGE ? v_scales[r] : 1.f;
+                // (Indexed by compile-time constants: acc stays in registers.)
+#pragma unroll
+                for (u32 i = 0; i < MAX_D / 128; i++) {
+                    u32 c = threadIdx.x + blockDim.x * i;
+                    if (c < d) acc[i] += e * load_page<T, PAGE>(v_pages, r * d + c, vs);
+                }
+            }
+            m = m_new;
         }
-        m = m_new;
-        __syncthreads();
+        __syncthreads();  // the next chunk's scores overwrite p
     }
     T* o = out + ((size_t)tok * q_heads + h) * d;
-    for (u32 c = threadIdx.x, i = 0; c < d; c += blockDim.x, i++) o[c] = from_f<T>(acc[i] / denom);
+#pragma unroll
+    for (u32 i = 0; i < MAX_D / 128; i++) {
+        u32 c = threadIdx.x + blockDim.x * i;
+        if (c < d) o[c] = from_f<T>(acc[i] / denom);
+    }
 }
 
 // Tiled ("flash") attention for the rows of multi-token sequences (prefill): block (tile, head)

@@ -89,8 +89,12 @@ __device__ __forceinline__ float activate(float x, int act) {
 // GEMV_ROWS rows per tile (ops.rs' GEMV_ROWS).
 #define GEMV_ROWS 8
 // Weight loads each lane of a product kernel issues before using them (memory-level parallelism:
-// a decode product is bound by how many bytes are in flight, not by arithmetic).
+// a decode product is bound by how many bytes are in flight, not by arithmetic). A lane still
+// takes its chunks in increasing order, so any even value gives the same sums; `xtask kernels`
+// builds a variant with 8 for the GPU check to time.
+#ifndef GEMV_UNROLL
 #define GEMV_UNROLL 4
+#endif
 
 // The 16-byte chunks c0, c0 + 32, ..., c0 + 32 (GEMV_UNROLL - 1) of a row of kc chunks, loaded
 // together so that they are in flight at once; chunks past the row read as zero.

@@ -40,15 +40,19 @@ TURBINE_FOR_TYPES(ARGMAX)
 // A row's sums from its largest logit m: *s = sum(exp(v - m)), *st = sum(exp((v - m) * it)).
 // Every sampling kernel takes them from here (blockDim 1024), so a row's log-probabilities are
 // the same bits whichever kernel sampled it.
+// At it = 1 (greedy, temperature 1) the second sum is the first, term by term (d * 1 = d), so it
+// is not computed twice: the same bits at half the exponentials.
 __device__ void row_sums(const float* r, u32 vocab, float m, float it, float* s_out, float* st_out) {
     float s = 0.f, st = 0.f;
+    bool same = it == 1.f;
     for (u32 c = threadIdx.x; c < vocab; c += blockDim.x) {
         float d = r[c] - m;
-        s += expf(d);
-        st += expf(d * it);
+        float e = expf(d);
+        s += e;
+        st += same ? e : expf(d * it);
     }
     *s_out = block_sum(s);
-    *st_out = block_sum(st);
+    *st_out = same ? *s_out : block_sum(st);
 }
 
 // Greedy sampling, one block per row (blockDim 1024): ids[r] = argmax (lowest index on ties),

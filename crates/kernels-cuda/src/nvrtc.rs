@@ -19,6 +19,17 @@ pub fn nvrtc_present() -> bool {
 /// Compiles `src` to PTX for `arch` (e.g. `compute_90a`), with the CUDA headers
 /// (`cuda_fp16.h`, `cuda_bf16.h`, `cuda_fp8.h`) found under `include`.
 pub fn compile_ptx(src: &KernelSource, arch: &'static str, include: &[PathBuf]) -> Result<String> {
+    compile_ptx_with(src, arch, include, &[])
+}
+
+/// [`compile_ptx`] with preprocessor definitions (`NAME=VALUE`): the tuning knobs the kernel
+/// files leave open with `#ifndef` (`GEMV_UNROLL`, `ATTN_KEYS`), for variants timed side by side.
+pub fn compile_ptx_with(
+    src: &KernelSource,
+    arch: &'static str,
+    include: &[PathBuf],
+    defines: &[&str],
+) -> Result<String> {
     let err = |msg: String| Error::Backend { backend: "cuda", msg };
     if !nvrtc_present() {
         return Err(err("NVRTC (libnvrtc.so.13) cannot be loaded; put it on LD_LIBRARY_PATH".into()));
@@ -32,7 +43,10 @@ pub fn compile_ptx(src: &KernelSource, arch: &'static str, include: &[PathBuf]) 
         // the CPU backend's where they follow it, and the same as the emulator's (which compiles
         // them with -ffp-contract=off). NVRTC contracts by default.
         fmad: Some(false),
-        options: vec!["--std=c++17".into(), "-default-device".into()],
+        options: ["--std=c++17".to_string(), "-default-device".to_string()]
+            .into_iter()
+            .chain(defines.iter().map(|d| format!("-D{d}")))
+            .collect(),
         name: Some(format!("{}.cu", src.name)),
         ..Default::default()
     };

@@ -57,7 +57,21 @@ struct Out {
     name: String,
     values: Vec<f32>,
     tol: f32,
+    /// A W8A8 product of more rows than the decode kernels take: under
+    /// `TURBINE_CUDA_PRODUCTS=fast` it runs on FP8 tensor cores (cuBLASLt), judged within
+    /// [`FP8_MMA_TOL`].
+    fp8_mma: bool,
 }
+
+/// Tolerance of a product on FP8 tensor cores against the CPU's exact f32 sum of the same E4M3
+/// products. Hopper's FP8 MMA keeps fewer bits than f32 while it adds a k-block's products
+/// (cuBLASLt's f32 accumulation mode promotes between blocks, not inside them): on an H200
+/// (2026-12-04) the error was 1.1e-4 (k = 3200, 12 rows) and 1.6e-4 (k = 96, 12 rows, exact
+/// channels beside it), where the emulator, which adds in f32, gives 1e-7.
+const FP8_MMA_TOL: f32 = 1e-3;
+
+/// Rows above which a fast product leaves the decode kernels (`GEMV_ROWS` in `src/ops.rs`).
+const GEMV_ROWS: usize = 8;
 
 fn weight<B: Ops>(b: &B, dtype: DType, w: &[f32], n: usize, k: usize) -> (Tensor<B>, Option<Tensor<B>>) {
     let (bytes, scales): (Vec<u8>, Option<Vec<f32>>) = match dtype {
@@ -80,8 +94,13 @@ fn weight<B: Ops>(b: &B, dtype: DType, w: &[f32], n: usize, k: usize) -> (Tensor
 
 /// Runs every op on `b` and returns the named results.
 fn suite<B: Ops>(b: &B) -> Vec<Out> {
-    let mut outs = Vec::new();
-    let mut push = |name: String, values: Vec<f32>, tol: f32| outs.push(Out { name, values, tol });
+    let outs = std::cell::RefCell::new(Vec::new());
+    let push =
+        |name: String, values: Vec<f32>, tol: f32| outs.borrow_mut().push(Out { name, values, tol, fp8_mma: false });
+    // A W8A8 product of `rows` rows.
+    let push_w8a8 = |name: String, values: Vec<f32>, tol: f32, rows: usize| {
+        outs.borrow_mut().push(Out { name, values, tol, fp8_mma: rows > GEMV_ROWS })
+    };
 
     // Products: every weight type, with the epilogue's parts.
     let (m, k, n) = (5, 96, 40);
@@ -135,7 +154,7 @@ fn suite<B: Ops>(b: &B) -> Vec<Out> {
                 let mut out = zeros(b, &[m, n]);
                 let epi = Epilogue { scale: sc.as_ref(), quant_x: Some(q), smooth: sm, shift: sh, ..Epilogue::none() };
                 b.matmul(&xt, &wt, epi, &mut out).unwrap();
-                push(
+                push_w8a8(
                     format!(
                         "matmul W8A8 static={} smooth={} shift={}",
                         matches!(q, XQuant::Fp8Static(_)),
@@ -144,6 +163,7 @@ fn suite<B: Ops>(b: &B) -> Vec<Out> {
                     ),
                     get(b, &out),
                     1e-4,
+                    m,
                 );
             }
             // W8A8 and gated: CUDA finishes the whole product, then gates it.
@@ -156,7 +176,7 @@ fn suite<B: Ops>(b: &B) -> Vec<Out> {
                 ..Epilogue::none()
             };
             b.matmul(&xt, &wt, epi, &mut out).unwrap();
-            push("matmul W8A8 gated".into(), get(b, &out), 1e-4);
+            push_w8a8("matmul W8A8 gated".into(), get(b, &out), 1e-4, m);
         }
     }
 
@@ -182,7 +202,7 @@ fn suite<B: Ops>(b: &B) -> Vec<Out> {
                     let q = Some(XQuant::Fp8PerToken);
                     b.matmul(&xr, &wt, Epilogue { scale: sc.as_ref(), quant_x: q, ..Epilogue::none() }, &mut out)
                         .unwrap();
-                    push(format!("matmul W8A8 {rows} rows k={kl}"), get(b, &out), 1e-4);
+                    push_w8a8(format!("matmul W8A8 {rows} rows k={kl}"), get(b, &out), 1e-4, rows);
                 }
             }
         }
@@ -208,7 +228,12 @@ fn suite<B: Ops>(b: &B) -> Vec<Out> {
                 ..Epilogue::none()
             };
             b.matmul(&x, &wt, epi, &mut out).unwrap();
-            push(format!("matmul FP8 {m} rows, 3 exact channels, quantised input {}", q.is_some()), get(b, &out), 1e-5);
+            let name = format!("matmul FP8 {m} rows, 3 exact channels, quantised input {}", q.is_some());
+            if q.is_some() {
+                push_w8a8(name, get(b, &out), 1e-5, m);
+            } else {
+                push(name, get(b, &out), 1e-5);
+            }
         }
     }
 
@@ -451,7 +476,7 @@ fn suite<B: Ops>(b: &B) -> Vec<Out> {
             push(format!("attention {case}"), out, 1e-4);
         }
     }
-    outs
+    outs.into_inner()
 }
 
 /// The CUDA backend, or `None` after saying why there is none (gpu-check sets
@@ -516,9 +541,10 @@ fn every_op_matches_kernels_ref() {
     for (w, g) in want.iter().zip(&got) {
         let scale = w.values.iter().fold(1e-6f32, |a, v| a.max(v.abs()));
         let err = w.values.iter().zip(&g.values).fold(0f32, |a, (x, y)| a.max((x - y).abs())) / scale;
-        println!("{:<55} max error {err:.2e} (tolerance {:.0e})", w.name, w.tol);
-        if err.is_nan() || err > w.tol || w.values.len() != g.values.len() {
-            failures.push(format!("{}: {err:.2e} > {:.0e}", w.name, w.tol));
+        let tol = if w.fp8_mma && !cuda.invariant_products() { w.tol.max(FP8_MMA_TOL) } else { w.tol };
+        println!("{:<55} max error {err:.2e} (tolerance {tol:.0e})", w.name);
+        if err.is_nan() || err > tol || w.values.len() != g.values.len() {
+            failures.push(format!("{}: {err:.2e} > {tol:.0e}", w.name));
         }
     }
     assert!(failures.is_empty(), "{failures:#?}");
@@ -531,5 +557,76 @@ fn the_suite_runs_on_the_cpu() {
     assert!(outs.len() > 20);
     for o in &outs {
         assert!(!o.values.is_empty() && o.values.iter().all(|v| v.is_finite()), "{}", o.name);
+    }
+}
+
+/// Attention over a long context (more positions than the decode kernel scores at once, with
+/// and without a window that starts inside a KV block): the last row of a prefill chunk (the
+/// tiled kernel on CUDA) and the same row as a decode step (the row kernel) give the same bits,
+/// as a sequence recomputed after preemption needs, and both match kernels-ref.
+#[test]
+fn long_context_decode_matches_its_prefill_row_bitwise() {
+    fn run<B: Ops>(b: &B, dtype: DType, window: Option<usize>) -> (Vec<f32>, Vec<f32>) {
+        let l = QkvLayout { q_heads: 4, kv_heads: 2, head_dim: 64 };
+        let (n, bs): (usize, usize) = (1100, 16);
+        let blocks = n.div_ceil(bs) + 1;
+        let shape = [blocks, l.kv_heads, bs, l.head_dim];
+        let eight = dtype != DType::F32;
+        let rows = blocks * l.kv_heads * bs;
+        let mut kv = KvPages {
+            k: b.alloc(&shape.into(), dtype).unwrap(),
+            v: b.alloc(&shape.into(), dtype).unwrap(),
+            block_size: bs,
+            k_shift: eight.then(|| up(b, &[l.kv_heads * l.head_dim], &rand(l.kv_heads * l.head_dim, 51, 0.5))),
+            k_sink: eight.then(|| zeros(b, &[blocks, l.kv_heads, l.head_dim])),
+            k_scales: eight.then(|| zeros(b, &[rows])),
+            v_scales: eight.then(|| zeros(b, &[rows])),
+        };
+        let p = AttnParams { scale: 0.125, window, alibi: None };
+        // Blocks in reverse order: the table, not the position, finds a block.
+        let table: Vec<u32> = (0..blocks as u32).rev().collect();
+        let slot = |pos: usize| table[pos / bs] * bs as u32 + (pos % bs) as u32;
+        let all = rand(n * l.width(), 52, 1.0);
+        let meta = |first: usize, rows: usize| AttnMeta {
+            seqs: up_u32(b, &[1, 3], &[0, rows as u32, (first + rows) as u32]),
+            block_tables: up_u32(b, &[1, blocks], &table),
+            positions: up_u32(b, &[rows], &(first..first + rows).map(|p| p as u32).collect::<Vec<_>>()),
+            slots: up_u32(b, &[rows], &(first..first + rows).map(slot).collect::<Vec<_>>()),
+        };
+        let hd = l.q_heads * l.head_dim;
+        // The cache of the first n - 8 rows, then a prefill chunk of the last 8 rows (the tiled
+        // kernel on CUDA); the last row's output.
+        let head = n - 8;
+        let m = meta(0, head);
+        b.kv_store(&up(b, &[head, l.width()], &all[..head * l.width()]), l, &m, &mut kv).unwrap();
+        let q = up(b, &[8, l.width()], &all[head * l.width()..]);
+        let m = meta(head, 8);
+        b.kv_store(&q, l, &m, &mut kv).unwrap();
+        let mut out = zeros(b, &[8, hd]);
+        b.paged_attention(&q, l, &kv, &m, &p, &mut out).unwrap();
+        let prefill_last = get(b, &out)[7 * hd..].to_vec();
+        // The same row again as a one-row (decode) step over the cache the prefill wrote.
+        let q1 = up(b, &[1, l.width()], &all[(n - 1) * l.width()..]);
+        let m1 = meta(n - 1, 1);
+        b.kv_store(&q1, l, &m1, &mut kv).unwrap();
+        let mut out1 = zeros(b, &[1, hd]);
+        b.paged_attention(&q1, l, &kv, &m1, &p, &mut out1).unwrap();
+        (prefill_last, get(b, &out1))
+    }
+    let cuda = cuda_or_skip("the CUDA half of this test");
+    for dtype in [DType::F32, DType::F8E4M3] {
+        for window in [None, Some(1030)] {
+            let case = format!("{dtype} window {window:?}");
+            let (cpu_prefill, cpu_decode) = run(&Cpu::new(), dtype, window);
+            assert_eq!(cpu_prefill, cpu_decode, "cpu: {case}");
+            let Some(cuda) = &cuda else { continue };
+            let (prefill, decode) = run(cuda, dtype, window);
+            let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&prefill), bits(&decode), "cuda: {case}: the decode row differs from its prefill row");
+            let scale = cpu_decode.iter().fold(1e-6f32, |a, v| a.max(v.abs()));
+            let err = cpu_decode.iter().zip(&decode).fold(0f32, |a, (x, y)| a.max((x - y).abs())) / scale;
+            println!("long-context attention {case}: max error against the CPU {err:.2e}");
+            assert!(err < 1e-4, "cuda: {case}: {err:.2e} against the CPU");
+        }
     }
 }
