@@ -92,6 +92,23 @@ fn weight<B: Ops>(b: &B, dtype: DType, w: &[f32], n: usize, k: usize) -> (Tensor
     (t, scales.map(|s| up(b, &[n], &s)))
 }
 
+/// An empty paged KV cache of `blocks` blocks of `bs` positions in `dtype` (8-bit pages with a
+/// random key shift from `seed`, a sink and row scales).
+fn pages<B: Ops>(b: &B, dtype: DType, l: QkvLayout, blocks: usize, bs: usize, seed: u64) -> KvPages<B> {
+    let shape = [blocks, l.kv_heads, bs, l.head_dim];
+    let eight = dtype != DType::F32;
+    let rows = blocks * l.kv_heads * bs;
+    KvPages {
+        k: b.alloc(&shape.into(), dtype).unwrap(),
+        v: b.alloc(&shape.into(), dtype).unwrap(),
+        block_size: bs,
+        k_shift: eight.then(|| up(b, &[l.kv_heads * l.head_dim], &rand(l.kv_heads * l.head_dim, seed, 0.5))),
+        k_sink: eight.then(|| zeros(b, &[blocks, l.kv_heads, l.head_dim])),
+        k_scales: eight.then(|| zeros(b, &[rows])),
+        v_scales: eight.then(|| zeros(b, &[rows])),
+    }
+}
+
 /// Runs every op on `b` and returns the named results.
 fn suite<B: Ops>(b: &B) -> Vec<Out> {
     let outs = std::cell::RefCell::new(Vec::new());
@@ -415,19 +432,8 @@ fn suite<B: Ops>(b: &B) -> Vec<Out> {
         (DType::F8E4M3, None, None, true),
         (DType::I8, Some(7), None, true),
     ] {
-        let (bs, blocks) = (4, 12);
-        let shape = [blocks, l.kv_heads, bs, l.head_dim];
-        let eight = dtype != DType::F32;
-        let rows = blocks * l.kv_heads * bs;
-        let mut kv = KvPages {
-            k: b.alloc(&shape.into(), dtype).unwrap(),
-            v: b.alloc(&shape.into(), dtype).unwrap(),
-            block_size: bs,
-            k_shift: eight.then(|| up(b, &[l.kv_heads * l.head_dim], &rand(l.kv_heads * l.head_dim, 17, 0.5))),
-            k_sink: eight.then(|| zeros(b, &[blocks, l.kv_heads, l.head_dim])),
-            k_scales: eight.then(|| zeros(b, &[rows])),
-            v_scales: eight.then(|| zeros(b, &[rows])),
-        };
+        let bs = 4;
+        let mut kv = pages(b, dtype, l, 12, bs, 17);
         let p = AttnParams { scale: 0.2, window, alibi };
         // Sequence A: 9 tokens in blocks 3, 0, 5; B: 6 tokens in blocks 1, 7.
         let (ta, tb) = (vec![3u32, 0, 5], vec![1u32, 7, 0]);
@@ -570,18 +576,7 @@ fn long_context_decode_matches_its_prefill_row_bitwise() {
         let l = QkvLayout { q_heads: 4, kv_heads: 2, head_dim: 64 };
         let (n, bs): (usize, usize) = (1100, 16);
         let blocks = n.div_ceil(bs) + 1;
-        let shape = [blocks, l.kv_heads, bs, l.head_dim];
-        let eight = dtype != DType::F32;
-        let rows = blocks * l.kv_heads * bs;
-        let mut kv = KvPages {
-            k: b.alloc(&shape.into(), dtype).unwrap(),
-            v: b.alloc(&shape.into(), dtype).unwrap(),
-            block_size: bs,
-            k_shift: eight.then(|| up(b, &[l.kv_heads * l.head_dim], &rand(l.kv_heads * l.head_dim, 51, 0.5))),
-            k_sink: eight.then(|| zeros(b, &[blocks, l.kv_heads, l.head_dim])),
-            k_scales: eight.then(|| zeros(b, &[rows])),
-            v_scales: eight.then(|| zeros(b, &[rows])),
-        };
+        let mut kv = pages(b, dtype, l, blocks, bs, 51);
         let p = AttnParams { scale: 0.125, window, alibi: None };
         // Blocks in reverse order: the table, not the position, finds a block.
         let table: Vec<u32> = (0..blocks as u32).rev().collect();

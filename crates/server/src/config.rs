@@ -131,11 +131,28 @@ pub struct ServerSection {
     pub api_keys: Vec<String>,
     /// Seconds that running requests get to finish after SIGINT/SIGTERM; then they are cancelled.
     pub drain_timeout_s: f64,
+    /// Seconds a client has to send a whole request header, counted from the moment the server
+    /// waits for it: from the connection's start, and between keep-alive requests (so it is also
+    /// the keep-alive idle timeout). The connection is closed when it runs out.
+    pub header_timeout_s: f64,
+    /// Seconds a request body may take beyond what `body_min_rate` allows for the bytes received
+    /// so far; past that the request gets 408 and the connection is closed.
+    pub body_timeout_s: f64,
+    /// Slowest body transfer accepted, in bytes per second (after `body_timeout_s` of grace).
+    pub body_min_rate: f64,
 }
 
 impl Default for ServerSection {
     fn default() -> Self {
-        ServerSection { host: "127.0.0.1".into(), port: 8000, api_keys: Vec::new(), drain_timeout_s: 30.0 }
+        ServerSection {
+            host: "127.0.0.1".into(),
+            port: 8000,
+            api_keys: Vec::new(),
+            drain_timeout_s: 30.0,
+            header_timeout_s: 30.0,
+            body_timeout_s: 30.0,
+            body_min_rate: 1024.0,
+        }
     }
 }
 
@@ -151,7 +168,9 @@ pub struct Limits {
     pub max_tokens: usize,
     /// Longest prompt in tokens (0: up to the context).
     pub max_prompt_tokens: usize,
-    /// Most open client connections; more wait to be accepted.
+    /// Most open client connections. When all are open, a new client takes the place of the
+    /// connection idle the longest (no request in flight); it waits only while every connection
+    /// has a request in flight.
     pub max_connections: usize,
 }
 
@@ -178,7 +197,8 @@ impl ServeConfig {
     /// Checks the values together; the message names the key.
     pub fn validate(&self) -> anyhow::Result<()> {
         let e = &self.engine;
-        let checks: [(bool, &str); 9] = [
+        let positive = |v: f64| v.is_finite() && v > 0.0;
+        let checks: [(bool, &str); 12] = [
             (e.max_batch >= 1, "engine.max_batch must be at least 1"),
             (e.max_num_tokens >= 1, "engine.max_num_tokens must be at least 1"),
             (e.block_size >= 1, "engine.block_size must be at least 1"),
@@ -191,6 +211,9 @@ impl ServeConfig {
                 self.server.drain_timeout_s.is_finite() && self.server.drain_timeout_s >= 0.0,
                 "server.drain_timeout_s must be a number of seconds >= 0",
             ),
+            (positive(self.server.header_timeout_s), "server.header_timeout_s must be a number of seconds > 0"),
+            (positive(self.server.body_timeout_s), "server.body_timeout_s must be a number of seconds > 0"),
+            (positive(self.server.body_min_rate), "server.body_min_rate must be a number of bytes per second > 0"),
         ];
         if let Some((_, msg)) = checks.iter().find(|(ok, _)| !ok) {
             anyhow::bail!("{msg}");

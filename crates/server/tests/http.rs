@@ -7,7 +7,7 @@ use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use turbine_server::config::ServeConfig;
-use turbine_server::http::{service, AppState, LimitedListener, Server};
+use turbine_server::http::{serve_connections, service, AppState, Server, Slots};
 
 fn fixture(case: &str) -> String {
     format!("{}/../../tests/fixtures/tiny/{case}", env!("CARGO_MANIFEST_DIR"))
@@ -40,10 +40,19 @@ async fn start_cfg(c: ServeConfig) -> (String, Arc<AppState>) {
 }
 
 async fn listen(server: Arc<Server>) -> String {
+    listen_max(server, 64).await
+}
+
+/// Serves `server` on a free loopback port with at most `max` connections.
+async fn listen_max(server: Arc<Server>, max: usize) -> String {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap().to_string();
     let app = service(server);
-    tokio::spawn(async move { axum::serve(LimitedListener::new(listener, 64), app).await.unwrap() });
+    let (keep, stop) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        let _keep = keep;
+        serve_connections(listener, app, Slots::new(max), Duration::from_secs(30), stop, Duration::from_secs(1)).await
+    });
     addr
 }
 
@@ -490,26 +499,38 @@ async fn drain_timeout_cancels_what_is_left_and_answers_everyone() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn connections_beyond_the_limit_wait_for_a_free_slot() {
+async fn a_new_client_takes_an_idle_slot_and_waits_only_for_busy_ones() {
     let c = config(&fixture("llama-gqa"));
     let state = tokio::task::spawn_blocking(move || AppState::load(&c)).await.unwrap().unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap().to_string();
-    let app = service(Server::ready(Arc::new(state)));
-    tokio::spawn(async move { axum::serve(LimitedListener::new(listener, 1), app).await.unwrap() });
+    let addr = listen_max(Server::ready(Arc::new(state)), 1).await;
     let get = b"GET /v1/models HTTP/1.1\r\nHost: t\r\n\r\n";
-    // The first client holds the only slot with a keep-alive connection.
+    let mut buf = [0u8; 4096];
+    // The first client holds the only slot with an idle keep-alive connection…
     let mut a = TcpStream::connect(&addr).await.unwrap();
     a.write_all(get).await.unwrap();
-    let mut buf = [0u8; 1024];
     assert!(a.read(&mut buf).await.unwrap() > 0);
-    // The second is not served while the first stays connected…
+    // …which a second client takes: the first is closed, the second served at once.
     let mut b = TcpStream::connect(&addr).await.unwrap();
     b.write_all(get).await.unwrap();
-    let waited = tokio::time::timeout(Duration::from_millis(300), b.read(&mut buf)).await;
-    assert!(waited.is_err(), "a connection beyond the limit was served");
-    // …and is as soon as the first goes away.
-    drop(a);
-    let n = tokio::time::timeout(Duration::from_secs(5), b.read(&mut buf)).await.expect("served after the slot freed");
+    let n = tokio::time::timeout(Duration::from_secs(5), b.read(&mut buf)).await.expect("served at once").unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+    let closed = tokio::time::timeout(Duration::from_secs(5), a.read(&mut buf)).await.expect("the idle one was closed");
+    assert!(matches!(closed, Ok(0) | Err(_)), "{closed:?}");
+    // A connection with a request in flight keeps its slot: a third client waits for it.
+    let body = json!({"prompt": [1, 2], "max_tokens": 200, "ignore_eos": true, "stream": true}).to_string();
+    let long = format!(
+        "POST /v1/completions HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    drop(b);
+    let mut d = TcpStream::connect(&addr).await.unwrap();
+    d.write_all(long.as_bytes()).await.unwrap();
+    assert!(d.read(&mut buf).await.unwrap() > 0, "the stream started");
+    let mut e = TcpStream::connect(&addr).await.unwrap();
+    e.write_all(get).await.unwrap();
+    let waited = tokio::time::timeout(Duration::from_millis(300), e.read(&mut buf)).await;
+    assert!(waited.is_err(), "a busy connection gave its slot away");
+    drop(d);
+    let n = tokio::time::timeout(Duration::from_secs(5), e.read(&mut buf)).await.expect("served once the slot freed");
     assert!(String::from_utf8_lossy(&buf[..n.unwrap()]).starts_with("HTTP/1.1 200"));
 }

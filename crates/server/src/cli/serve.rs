@@ -50,6 +50,15 @@ pub struct ServeArgs {
     /// Seconds running requests get to finish after SIGINT/SIGTERM (default 30).
     #[arg(long)]
     drain_timeout: Option<f64>,
+    /// Seconds a client has to send a request header, also between keep-alive requests (default 30).
+    #[arg(long)]
+    header_timeout: Option<f64>,
+    /// Seconds of grace for a request body beyond --body-min-rate (default 30; then 408).
+    #[arg(long)]
+    body_timeout: Option<f64>,
+    /// Slowest request body accepted, bytes per second (default 1024).
+    #[arg(long)]
+    body_min_rate: Option<f64>,
     #[command(flatten)]
     engine: EngineArgs,
     /// KV cache storage: f32, fp8 (FP8 E4M3) or int8 (about 3.8 times the tokens in the same bytes)
@@ -71,7 +80,7 @@ pub struct ServeArgs {
     /// Longest prompt in tokens (default 0: up to the context).
     #[arg(long)]
     limit_prompt_tokens: Option<usize>,
-    /// Most open client connections (default 1024).
+    /// Most open client connections (default 1024; the longest-idle one gives way to a new client).
     #[arg(long)]
     max_connections: Option<usize>,
 }
@@ -101,6 +110,9 @@ impl ServeArgs {
         set(&mut c.server.host, &self.host);
         set(&mut c.server.port, &self.port);
         set(&mut c.server.drain_timeout_s, &self.drain_timeout);
+        set(&mut c.server.header_timeout_s, &self.header_timeout);
+        set(&mut c.server.body_timeout_s, &self.body_timeout);
+        set(&mut c.server.body_min_rate, &self.body_min_rate);
         c.server.api_keys.extend(self.api_key.iter().cloned());
         if let Ok(k) = std::env::var("TURBINE_API_KEY") {
             if !k.is_empty() {

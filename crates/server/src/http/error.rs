@@ -20,12 +20,15 @@ pub struct ApiError {
     pub param: Option<String>,
     /// Seconds after which the client may try again (`Retry-After`).
     pub retry_after: Option<u32>,
+    /// Close the connection after this answer (`Connection: close`): the rest of the request
+    /// cannot be trusted to arrive or to be read.
+    pub close: bool,
 }
 
 impl ApiError {
     /// An error with a status and a type.
     pub fn new(status: StatusCode, kind: &'static str, message: impl Into<String>) -> Self {
-        ApiError { status, message: message.into(), kind, param: None, retry_after: None }
+        ApiError { status, message: message.into(), kind, param: None, retry_after: None, close: false }
     }
 
     /// 400 naming a field.
@@ -41,6 +44,23 @@ impl ApiError {
     /// 503: not serving now (loading, shutting down); try again after `secs`.
     pub fn unavailable(message: impl Into<String>, secs: u32) -> Self {
         ApiError { retry_after: Some(secs), ..Self::new(StatusCode::SERVICE_UNAVAILABLE, "server_error", message) }
+    }
+
+    /// 413: the body is over `limit` bytes (the connection is closed: the rest is not read).
+    pub fn too_large(limit: usize) -> Self {
+        ApiError {
+            close: true,
+            ..Self::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "invalid_request_error",
+                format!("the request body is over the limit of {limit} bytes (limits.max_body_bytes)"),
+            )
+        }
+    }
+
+    /// 408: the body arrived too slowly (the connection is closed).
+    pub fn body_timeout(message: impl Into<String>) -> Self {
+        ApiError { close: true, ..Self::new(StatusCode::REQUEST_TIMEOUT, "invalid_request_error", message) }
     }
 
     /// 500: our fault, never the client's.
@@ -70,6 +90,9 @@ impl IntoResponse for ApiError {
         let mut resp = (self.status, Json(body)).into_response();
         if let Some(s) = self.retry_after {
             resp.headers_mut().insert(header::RETRY_AFTER, s.into());
+        }
+        if self.close {
+            resp.headers_mut().insert(header::CONNECTION, header::HeaderValue::from_static("close"));
         }
         resp
     }

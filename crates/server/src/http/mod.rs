@@ -27,7 +27,7 @@ use turbine_models::tokenizer::TextTokenizer;
 
 use crate::config::{Limits, ServeConfig};
 pub use error::ApiError;
-pub use listener::LimitedListener;
+pub use listener::{serve_connections, Slots};
 pub use run::serve;
 
 /// What every handler shares.
@@ -50,6 +50,17 @@ pub struct AppState {
     pub limits: Limits,
     /// Counters for `/metrics`.
     pub metrics: metrics::Metrics,
+    /// How slowly a request body may arrive.
+    pub body_pace: BodyPace,
+}
+
+/// How slowly a request body may arrive: after `grace`, at `min_rate` bytes per second on average.
+#[derive(Debug, Clone, Copy)]
+pub struct BodyPace {
+    /// Time allowed beyond what `min_rate` allows for the bytes received.
+    pub grace: std::time::Duration,
+    /// Bytes per second.
+    pub min_rate: f64,
 }
 
 impl AppState {
@@ -82,6 +93,10 @@ impl AppState {
             api_keys: cfg.server.api_keys.clone(),
             limits: cfg.limits.clone(),
             metrics: Default::default(),
+            body_pace: BodyPace {
+                grace: std::time::Duration::from_secs_f64(cfg.server.body_timeout_s),
+                min_rate: cfg.server.body_min_rate,
+            },
         })
     }
 }
@@ -159,7 +174,12 @@ impl Server {
 /// The whole HTTP service: `/health` (liveness, always 200), `/ready` (200 only while serving),
 /// and the API of [`router`] once the model has loaded.
 pub fn service(server: Arc<Server>) -> Router {
-    Router::new().route("/health", get(health)).route("/ready", get(ready)).fallback(forward).with_state(server)
+    Router::new()
+        .route("/health", get(health))
+        .route("/ready", get(ready))
+        .fallback(forward)
+        .method_not_allowed_fallback(method_not_allowed)
+        .with_state(server)
 }
 
 async fn health(State(s): State<Arc<Server>>) -> Response {
@@ -214,12 +234,14 @@ async fn auth(State(s): State<Arc<AppState>>, req: Request, next: Next) -> Respo
     if s.api_keys.is_empty() || req.uri().path() == "/metrics" {
         return next.run(req).await;
     }
+    // The scheme is case-insensitive (RFC 9110 §11.1); the key is not.
     let given = req
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .unwrap_or("");
+        .and_then(|v| v.split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map_or("", |(_, key)| key.trim_start());
     // Check every key, so the time does not tell which one matched.
     let ok = s.api_keys.iter().fold(false, |acc, k| same(k.as_bytes(), given.as_bytes()) | acc);
     if ok {
@@ -227,6 +249,60 @@ async fn auth(State(s): State<Arc<AppState>>, req: Request, next: Next) -> Respo
     } else {
         ApiError::new(StatusCode::UNAUTHORIZED, "authentication_error", "missing or invalid API key").into_response()
     }
+}
+
+/// Reads the whole request body before the handlers see it. A declared `Content-Length` over
+/// `limits.max_body_bytes` is answered 413 at once, a body that grows over it 413 as soon as it
+/// does; a body slower than [`BodyPace`] allows (its grace plus its bytes at the minimum rate)
+/// 408. Both close the connection.
+async fn read_body(State(s): State<Arc<AppState>>, req: Request, next: Next) -> Response {
+    use http_body_util::BodyExt;
+    let limit = s.limits.max_body_bytes;
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return ApiError::too_large(limit).into_response();
+    }
+    let (parts, mut body) = req.into_parts();
+    let start = tokio::time::Instant::now();
+    let mut bytes = Vec::with_capacity(declared.unwrap_or(0) as usize);
+    loop {
+        let allowed = s.body_pace.grace + std::time::Duration::from_secs_f64(bytes.len() as f64 / s.body_pace.min_rate);
+        let frame = match tokio::time::timeout_at(start + allowed, body.frame()).await {
+            Err(_) => {
+                return ApiError::body_timeout(format!(
+                    "the request body arrived too slowly ({} bytes in {:.0} s; server.body_timeout_s and \
+                     server.body_min_rate)",
+                    bytes.len(),
+                    start.elapsed().as_secs_f64()
+                ))
+                .into_response()
+            }
+            Ok(None) => break,
+            Ok(Some(Err(e))) => {
+                return ApiError::bad_request(format!("cannot read the request body: {e}")).into_response()
+            }
+            Ok(Some(Ok(f))) => f,
+        };
+        if let Ok(data) = frame.into_data() {
+            if bytes.len() + data.len() > limit {
+                return ApiError::too_large(limit).into_response();
+            }
+            bytes.extend_from_slice(&data);
+        }
+    }
+    next.run(Request::from_parts(parts, axum::body::Body::from(bytes))).await
+}
+
+async fn method_not_allowed(req: Request) -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "invalid_request_error",
+        format!("{} is not allowed on {}", req.method(), req.uri().path()),
+    )
 }
 
 /// The API routes over a loaded model (without `/health` and `/ready`, which [`service`] adds).
@@ -239,7 +315,9 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/detokenize", post(handlers::detokenize))
         .route("/metrics", get(handlers::metrics))
         .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(state.limits.max_body_bytes))
+        .layer(middleware::from_fn_with_state(state.clone(), read_body))
         .layer(middleware::from_fn_with_state(state.clone(), auth))
         .layer(middleware::from_fn_with_state(state.clone(), count))
         .with_state(state)

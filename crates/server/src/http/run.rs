@@ -1,22 +1,24 @@
 //! The server's life: load behind an open port, serve, drain on shutdown.
 
-use std::future::{Future, IntoFuture};
-use std::sync::{Arc, Mutex};
+use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
 use tokio::net::TcpListener;
 
-use super::{service, AppState, LimitedListener, Server};
+use super::listener::until;
+use super::{serve_connections, service, AppState, Server, Slots};
 use crate::config::ServeConfig;
 
 /// Serves `cfg`'s model on `listener` until `shutdown` completes (or the model fails to load).
 ///
 /// The listener answers at once: `/health` is 200 from the start and `/ready` turns 200 when the
-/// model has loaded (the API answers 503 with `Retry-After` until then). After `shutdown`, no new
-/// connection is accepted and new generation requests get 503; running requests have
-/// `server.drain_timeout_s` to finish, then they are cancelled (each still gets its answer, cut
-/// short, with finish reason `cancelled`). Returns once every connection has closed.
+/// model has loaded (the API answers 503 with `Retry-After` until then). After `shutdown`, new
+/// generation requests get 503 and `/ready` 503 (connections are still accepted, so probes get
+/// their answer); running requests have `server.drain_timeout_s` to finish, then they are
+/// cancelled (each still gets its answer, cut short, with finish reason `cancelled`). Once no
+/// request is in flight the server stops accepting, closes its connections and returns.
 pub async fn serve(
     cfg: ServeConfig,
     listener: TcpListener,
@@ -33,51 +35,43 @@ pub async fn serve(
             Ok(())
         })
     };
-    let failure: Arc<Mutex<Option<anyhow::Error>>> = Arc::default();
-    let (drain_tx, drain_rx) = tokio::sync::oneshot::channel::<()>();
-    let stop = {
-        let (server, failure) = (server.clone(), failure.clone());
-        async move {
-            let failed = async {
-                match load.await {
-                    Ok(Ok(())) => std::future::pending().await,
-                    Ok(Err(e)) => e,
-                    Err(e) => anyhow::anyhow!("loading the model stopped: {e}"),
-                }
-            };
-            tokio::select! {
-                _ = shutdown => eprintln!("turbine: shutting down; letting running requests finish"),
-                e = failed => *failure.lock().unwrap_or_else(|p| p.into_inner()) = Some(e),
-            }
-            server.drain();
-            let _ = drain_tx.send(());
+    let slots = Slots::new(cfg.limits.max_connections);
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let http = tokio::spawn(serve_connections(
+        listener,
+        service(server.clone()),
+        slots.clone(),
+        Duration::from_secs_f64(cfg.server.header_timeout_s),
+        stop_rx,
+        Duration::from_secs(5),
+    ));
+    let failed = async {
+        match load.await {
+            Ok(Ok(())) => std::future::pending().await,
+            Ok(Err(e)) => e,
+            Err(e) => anyhow::anyhow!("loading the model stopped: {e}"),
         }
     };
-    let http = axum::serve(LimitedListener::new(listener, cfg.limits.max_connections), service(server.clone()))
-        .with_graceful_shutdown(stop)
-        .into_future();
-    tokio::pin!(http);
-    let drain = Duration::from_secs_f64(cfg.server.drain_timeout_s);
-    let deadline = async {
-        if drain_rx.await.is_err() {
-            std::future::pending::<()>().await;
-        }
-        tokio::time::sleep(drain).await;
-    };
+    let mut failure = None;
     tokio::select! {
-        r = &mut http => r.context("server error")?,
-        _ = deadline => {
-            if let Some(s) = server.state() {
-                eprintln!("turbine: drain timeout ({drain:?}) reached; cancelling the requests still running");
-                s.engine.cancel_all();
-            }
-            // The cancelled requests' answers go out; then stop waiting for slow clients.
-            if tokio::time::timeout(Duration::from_secs(5), &mut http).await.is_err() {
-                eprintln!("turbine: some connections did not close; exiting anyway");
-            }
+        _ = shutdown => eprintln!("turbine: shutting down; letting running requests finish"),
+        e = failed => failure = Some(e),
+    }
+    server.drain();
+    let drain = Duration::from_secs_f64(cfg.server.drain_timeout_s);
+    if tokio::time::timeout(drain, until(|| slots.in_flight() == 0)).await.is_err() {
+        if let Some(s) = server.state() {
+            eprintln!("turbine: drain timeout ({drain:?}) reached; cancelling the requests still running");
+            s.engine.cancel_all();
+        }
+        // The cancelled requests' answers go out; then stop waiting for slow clients.
+        if tokio::time::timeout(Duration::from_secs(5), until(|| slots.in_flight() == 0)).await.is_err() {
+            eprintln!("turbine: some requests did not finish; closing their connections");
         }
     }
-    if let Some(e) = failure.lock().unwrap_or_else(|p| p.into_inner()).take() {
+    let _ = stop_tx.send(true);
+    http.await.context("the connection loop stopped")?;
+    if let Some(e) = failure {
         return Err(e.context("the model could not be loaded"));
     }
     eprintln!("turbine: stopped");
