@@ -30,6 +30,6 @@ pub mod tokenizer;
 pub mod weights;
 
 pub use error::{ModelError, Result};
-pub use loader::{load, load_tokenizer, load_with, Loaded};
+pub use loader::{load, load_for_context, load_tokenizer, load_with, Loaded};
 pub use model::{Model, ModelSpec};
 pub use runner::{CacheConfig, Logits, ModelRunner, Runner, SeqStep};

@@ -27,13 +27,25 @@ pub struct Loaded<B: Ops> {
 
 /// Loads a model folder (`config.json`, safetensors, `tokenizer.json`) or a `.gguf` file.
 pub fn load<B: Ops>(backend: &B, path: &Path) -> Result<Loaded<B>> {
-    load_raw(backend, path)
+    load_raw(backend, path, None)
 }
 
 /// [`load`], then stores the projections as `policy` says (running the model over the
 /// calibration text first when the policy needs it).
 pub fn load_with<B: Ops + Clone>(backend: &B, path: &Path, policy: &Policy) -> Result<Loaded<B>> {
-    let mut l = load_raw(backend, path)?;
+    load_for_context(backend, path, policy, None)
+}
+
+/// [`load_with`] for a model that will run at most `max_context` positions (its KV cache's
+/// size, when known): its usable context is the smaller of that and its config's, and its
+/// position tables are built for that, not for whatever the config says.
+pub fn load_for_context<B: Ops + Clone>(
+    backend: &B,
+    path: &Path,
+    policy: &Policy,
+    max_context: Option<usize>,
+) -> Result<Loaded<B>> {
+    let mut l = load_raw(backend, path, max_context)?;
     if policy.format == crate::precision::Format::Auto {
         return Ok(l);
     }
@@ -71,15 +83,16 @@ pub fn load_with<B: Ops + Clone>(backend: &B, path: &Path, policy: &Policy) -> R
 /// Fewest calibration tokens accepted.
 pub const MIN_CALIB_TOKENS: usize = 64;
 
-fn load_raw<B: Ops>(backend: &B, path: &Path) -> Result<Loaded<B>> {
+fn load_raw<B: Ops>(backend: &B, path: &Path, max_context: Option<usize>) -> Result<Loaded<B>> {
     if !path.exists() {
         return Err(ModelError::NotFound(path.to_path_buf()));
     }
-    if path.is_dir() {
-        load_dir(backend, path)
-    } else {
-        load_gguf(backend, path)
+    let mut l =
+        if path.is_dir() { load_dir(backend, path, max_context)? } else { load_gguf(backend, path, max_context)? };
+    if let (Some(c), Some(d)) = (max_context, l.model.decoder_mut()) {
+        d.spec.max_positions = d.spec.max_positions.min(c);
     }
+    Ok(l)
 }
 
 /// Loads only the tokenizer of a model folder or `.gguf` file.
@@ -94,7 +107,7 @@ pub fn load_tokenizer(path: &Path) -> Result<TextTokenizer> {
     }
 }
 
-fn load_dir<B: Ops>(backend: &B, dir: &Path) -> Result<Loaded<B>> {
+fn load_dir<B: Ops>(backend: &B, dir: &Path, max_context: Option<usize>) -> Result<Loaded<B>> {
     let cfg_path = dir.join("config.json");
     if !cfg_path.exists() {
         return Err(ModelError::NoConfig(dir.to_path_buf()));
@@ -106,6 +119,7 @@ fn load_dir<B: Ops>(backend: &B, dir: &Path) -> Result<Loaded<B>> {
     let src = SafetensorsSource::open_dir(dir)?;
     let mut w = Weights::new(&src, backend);
     w.fp8_inputs = crate::weights::Fp8Inputs::from_config(&cfg.0)?;
+    w.max_context = max_context;
     let model = registry::build(&cfg, &w)?;
     let mut eos = model.spec().eos.clone();
     let gen = dir.join("generation_config.json");
@@ -116,7 +130,7 @@ fn load_dir<B: Ops>(backend: &B, dir: &Path) -> Result<Loaded<B>> {
     finish(model, tokenizer, eos, dir)
 }
 
-fn load_gguf<B: Ops>(backend: &B, path: &Path) -> Result<Loaded<B>> {
+fn load_gguf<B: Ops>(backend: &B, path: &Path, max_context: Option<usize>) -> Result<Loaded<B>> {
     let file = GgufFile::open(path)?;
     let cfg = config::from_gguf(&file)?;
     registry::check(&cfg).map_err(|e| match e {
@@ -127,7 +141,9 @@ fn load_gguf<B: Ops>(backend: &B, path: &Path) -> Result<Loaded<B>> {
     })?;
     let tokenizer = TextTokenizer::from_gguf(&file)?;
     let src = GgufSource::new(file)?;
-    let model = registry::build(&cfg, &Weights::new(&src, backend))?;
+    let mut w = Weights::new(&src, backend);
+    w.max_context = max_context;
+    let model = registry::build(&cfg, &w)?;
     let eos = model.spec().eos.clone();
     finish(model, tokenizer, eos, path)
 }

@@ -185,6 +185,11 @@ impl RopeSpec {
         }
     }
 
+    /// Bytes of [`RopeSpec::table`] per position (cos and sin, f32).
+    pub fn table_bytes_per_position(&self) -> usize {
+        self.rot_dim / 2 * 2 * 4
+    }
+
     /// Uploads `[positions, rot_dim / 2]` cos and sin tables.
     pub fn table<B: Ops>(&self, b: &B, positions: usize) -> Result<RopeTable<B>> {
         let inv = self.inv_freq();

@@ -11,7 +11,13 @@ pub struct Weights<'a, B: Ops> {
     backend: &'a B,
     /// How a checkpoint's FP8 projections quantise their inputs.
     pub fp8_inputs: Fp8Inputs,
+    /// The longest context the model will be run at, if the caller knows it (its KV cache):
+    /// position tables are built for that many positions, not the config's.
+    pub max_context: Option<usize>,
 }
+
+/// Largest position table (rotary cos and sin) built from a config's context length.
+pub const MAX_TABLE_BYTES: usize = 4 << 30;
 
 /// What an FP8 checkpoint says about the inputs of its projections (`quantization_config`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -51,7 +57,23 @@ impl Fp8Inputs {
 impl<'a, B: Ops> Weights<'a, B> {
     /// Wraps a source and a backend.
     pub fn new(src: &'a dyn WeightSource, backend: &'a B) -> Self {
-        Weights { src, backend, fp8_inputs: Fp8Inputs::default() }
+        Weights { src, backend, fp8_inputs: Fp8Inputs::default(), max_context: None }
+    }
+
+    /// Positions a table of the model's positions needs: the config's `model_max`, or fewer when
+    /// the context is bounded. Refuses a table over [`MAX_TABLE_BYTES`] (a config value such as
+    /// `max_position_embeddings: 1e9` with no bound given) instead of allocating it.
+    pub fn table_positions(&self, model_max: usize, bytes_per_position: usize) -> Result<usize> {
+        let n = self.max_context.map_or(model_max, |c| c.min(model_max));
+        let bytes = n.saturating_mul(bytes_per_position);
+        if bytes > MAX_TABLE_BYTES {
+            return Err(ModelError::Config(format!(
+                "max_position_embeddings (or the GGUF context_length) is {model_max}: a position table of \
+                 {:.1} GB; give the context to use (generate --ctx-size, serve engine.kv_tokens)",
+                bytes as f64 / 1e9
+            )));
+        }
+        Ok(n)
     }
 
     /// The host tensor `key` whatever its shape, if present.

@@ -148,7 +148,10 @@ fn load_on<B: Ops + Clone>(b: B, path: &std::path::Path, kv: KvSize, policy: &Po
         );
     }
     let t0 = std::time::Instant::now();
-    let m = turbine_models::load_with(&b, path, policy)?;
+    // The cache's size in tokens, when given as tokens, bounds the context (and the position
+    // tables built for it).
+    let context = kv.bytes.is_none().then_some(kv.tokens);
+    let m = turbine_models::load_for_context(&b, path, policy, context)?;
     if calibrating {
         eprintln!("turbine: loaded and quantised in {:.1} s", t0.elapsed().as_secs_f64());
     }

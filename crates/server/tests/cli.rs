@@ -699,3 +699,26 @@ fn bench_batch_workload_reports_each_size() {
         .all(|r| r["decode_tok_s"].as_f64().unwrap() > 0.0 && r["prefill_tok_s"].as_f64().unwrap() > 0.0));
     fails_with(&turbine(&["bench", "-m", m, "--workload", "batch", "--batch-sizes", "0"]), "batch-sizes");
 }
+
+/// A config claiming a context of 1e9 positions: tables are built for the context used (the
+/// cache's size), so `generate` runs as with the real config; with no bound on the context (a
+/// KV budget in bytes) the table would take 64 GB and loading says so instead of aborting.
+#[test]
+fn a_huge_configured_context_is_bounded_by_the_context_used() {
+    let m = copy_tiny("llama-gqa", "huge-context");
+    let cfg = std::fs::read_to_string(m.join("config.json")).unwrap();
+    let cfg = cfg.replace("\"max_position_embeddings\": 256", "\"max_position_embeddings\": 1000000000");
+    assert!(cfg.contains("1000000000"));
+    std::fs::write(m.join("config.json"), cfg).unwrap();
+    let args = ["--prompt-ids", "1,2,3,4", "--max-tokens", "6", "--temperature", "0", "--json"];
+    let run = |model: &Path, ctx: &str| {
+        let out =
+            turbine(&[&["generate", "--model", model.to_str().unwrap(), "--ctx-size", ctx][..], &args[..]].concat());
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        json(&out)["ids"].clone()
+    };
+    assert_eq!(run(&m, "128"), run(&tiny("llama-gqa"), "128"));
+    let out = turbine(&["serve", "--model", m.to_str().unwrap(), "--port", "0", "--kv-bytes", "1000000"]);
+    fails_with(&out, "max_position_embeddings");
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+}

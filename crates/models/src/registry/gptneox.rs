@@ -71,7 +71,10 @@ impl<B: Ops> Architecture<B> for GptNeoX<B> {
             layers,
             final_norm: Norm::load(w, "gpt_neox.final_layer_norm", h)?,
             lm_head,
-            ropes: vec![c.rope.table(w.backend(), s.max_positions)?],
+            ropes: vec![c.rope.table(
+                w.backend(),
+                w.table_positions(s.max_positions, c.rope.table_bytes_per_position())?,
+            )?],
             observer: None,
             spec: c.spec,
         }))
