@@ -115,6 +115,72 @@ impl HfConfig {
         }
     }
 
+    /// Checks every value that feeds the model's arithmetic, where present: sizes and counts at
+    /// least 1, epsilons, rotary bases, scaling factors, score scales and soft caps finite and
+    /// greater than 0. A config that breaks one loads into a meaningless model (NaN, or every
+    /// logit equal), so it is refused with the key and the value named.
+    pub fn validate_values(&self) -> Result<()> {
+        const COUNTS: [&str; 9] = [
+            "hidden_size",
+            "num_hidden_layers",
+            "num_attention_heads",
+            "num_key_value_heads",
+            "intermediate_size",
+            "vocab_size",
+            "max_position_embeddings",
+            "sliding_window",
+            "head_dim",
+        ];
+        for key in COUNTS {
+            if let Some(v) = self.get(key) {
+                if v.as_u64().is_none_or(|n| n == 0) {
+                    return Err(ModelError::Config(format!("{key} is {v}; it must be an integer of at least 1")));
+                }
+            }
+        }
+        const POSITIVE: [&str; 9] = [
+            "rms_norm_eps",
+            "layer_norm_eps",
+            "layer_norm_epsilon",
+            "rope_theta",
+            "rotary_emb_base",
+            "query_pre_attn_scalar",
+            "attn_logit_softcapping",
+            "final_logit_softcapping",
+            "partial_rotary_factor",
+        ];
+        let positive = |name: &str, v: &Json| -> Result<()> {
+            match v.as_f64() {
+                Some(x) if x.is_finite() && x > 0.0 => Ok(()),
+                _ => Err(ModelError::Config(format!("{name} is {v}; it must be a finite number greater than 0"))),
+            }
+        };
+        for key in POSITIVE {
+            if let Some(v) = self.get(key) {
+                positive(key, v)?;
+            }
+        }
+        // Rotary parameters: transformers 4's rope_scaling, 5's rope_parameters (one object, or
+        // one per layer type, as Gemma 3 writes them).
+        for outer in ["rope_scaling", "rope_parameters"] {
+            let Some(obj) = self.get(outer).and_then(Json::as_object) else { continue };
+            let mut objs: Vec<(String, &Map<String, Json>)> = vec![(outer.to_string(), obj)];
+            for (k, v) in obj {
+                if let Some(inner) = v.as_object() {
+                    objs.push((format!("{outer}.{k}"), inner));
+                }
+            }
+            for (name, o) in objs {
+                for key in ["rope_theta", "factor", "partial_rotary_factor", "attention_factor"] {
+                    if let Some(v) = o.get(key).filter(|v| !v.is_null()) {
+                        positive(&format!("{name}.{key}"), v)?;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// The rope scaling object (`rope_scaling` in transformers 4, `rope_parameters` in 5), if it
     /// asks for anything but the default rotary embedding.
     pub fn rope_scaling(&self) -> Option<&Map<String, Json>> {
@@ -277,6 +343,43 @@ pub fn from_gguf(f: &GgufFile) -> Result<HfConfig> {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn values_that_feed_the_arithmetic_are_checked() {
+        let base = json!({
+            "architectures": ["LlamaForCausalLM"], "hidden_size": 64, "num_hidden_layers": 2,
+            "num_attention_heads": 4, "vocab_size": 100, "rms_norm_eps": 1e-6, "rope_theta": 10000.0,
+            "sliding_window": null, "rope_scaling": {"rope_type": "llama3", "factor": 8.0}
+        });
+        assert!(HfConfig(base.clone()).validate_values().is_ok());
+        let cases = [
+            ("rope_theta", json!(0.0)),
+            ("rope_theta", json!(-1.0)),
+            ("rms_norm_eps", json!(0.0)),
+            ("layer_norm_eps", json!(-1e-5)),
+            ("sliding_window", json!(0)),
+            ("query_pre_attn_scalar", json!(0)),
+            ("num_hidden_layers", json!(0)),
+            ("vocab_size", json!(-3)),
+            ("final_logit_softcapping", json!(0.0)),
+        ];
+        for (key, bad) in cases {
+            let mut v = base.clone();
+            v[key] = bad.clone();
+            let e = HfConfig(v).validate_values().expect_err(key).to_string();
+            assert!(e.contains(key) && e.contains(&bad.to_string()), "{key}: {e}");
+        }
+        let mut v = base.clone();
+        v["rope_scaling"]["factor"] = json!(-2.0);
+        let e = HfConfig(v).validate_values().unwrap_err().to_string();
+        assert!(e.contains("rope_scaling.factor") && e.contains("-2"), "{e}");
+        // transformers 5: per layer type (Gemma 3).
+        let mut v = base;
+        v["rope_parameters"] = json!({"full_attention": {"rope_type": "default", "rope_theta": 0.0}});
+        let e = HfConfig(v).validate_values().unwrap_err().to_string();
+        assert!(e.contains("rope_parameters.full_attention.rope_theta"), "{e}");
+    }
+
     use super::*;
 
     #[test]

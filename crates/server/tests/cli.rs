@@ -722,3 +722,23 @@ fn a_huge_configured_context_is_bounded_by_the_context_used() {
     fails_with(&out, "max_position_embeddings");
     assert_eq!(out.status.code(), Some(1), "{out:?}");
 }
+
+/// Config values that would make the model meaningless are refused at load, naming the key
+/// (they used to load and answer token 0 with a null log-probability).
+#[test]
+fn numerically_meaningless_configs_are_refused() {
+    for (key, from, to) in [
+        ("rope_theta", "\"rope_theta\": 10000.0", "\"rope_theta\": 0.0"),
+        ("rope_theta", "\"rope_theta\": 10000.0", "\"rope_theta\": -10000.0"),
+        ("rms_norm_eps", "\"rms_norm_eps\": 1e-06", "\"rms_norm_eps\": 0.0"),
+        ("sliding_window", "\"rope_theta\": 10000.0", "\"rope_theta\": 10000.0, \"sliding_window\": 0"),
+    ] {
+        let m = copy_tiny("llama-gqa", &format!("bad-{key}"));
+        let cfg = std::fs::read_to_string(m.join("config.json")).unwrap();
+        assert!(cfg.contains(from), "{from}");
+        std::fs::write(m.join("config.json"), cfg.replace(from, to)).unwrap();
+        let out = turbine(&["generate", "--model", m.to_str().unwrap(), "--prompt-ids", "1,2", "--max-tokens", "2"]);
+        fails_with(&out, key);
+        assert_eq!(out.status.code(), Some(1), "{key}: {out:?}");
+    }
+}

@@ -19,11 +19,13 @@ macro_rules! registry {
             names
         }
 
-        /// Fails with [`ModelError::UnknownArch`] unless the config's architecture is supported.
+        /// Fails with [`ModelError::UnknownArch`] unless the config's architecture is supported, and
+        /// with [`ModelError::Config`] when a value that feeds the arithmetic is unsound
+        /// ([`HfConfig::validate_values`]).
         pub fn check(cfg: &HfConfig) -> Result<()> {
             let arch = cfg.arch()?;
             if supported().contains(&arch) {
-                Ok(())
+                cfg.validate_values()
             } else {
                 Err(ModelError::UnknownArch { name: arch.to_string(), supported: supported().join(", ") })
             }
