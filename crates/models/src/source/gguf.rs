@@ -168,8 +168,35 @@ fn ggml_type_name(t: u32) -> String {
     NAMES.get(t as usize).map_or_else(|| format!("ggml type {t}"), |n| format!("{n} (ggml type {t})"))
 }
 
+/// GGUF writers lay tensors out one after another, each padded to the alignment: two that overlap,
+/// or a gap of a whole alignment unit or more between one and the next, mean that a tensor's
+/// offset, type or shape is not the one its bytes were written with (a Q4_1 tensor relabelled
+/// Q4_0 leaves such a gap; the other way round, an overlap). `layout`: (offset, bytes, name).
+fn check_layout(path: &Path, layout: &mut [(usize, usize, String)], align: usize) -> Result<()> {
+    layout.sort();
+    for pair in layout.windows(2) {
+        let ((a_off, a_len, a), (b_off, _, b)) = (&pair[0], &pair[1]);
+        let a_end = a_off + a_len;
+        if a_end > *b_off {
+            return Err(ModelError::corrupt(path, format!("tensors {a} and {b} overlap")));
+        }
+        if b_off - a_end >= align {
+            return Err(ModelError::corrupt(
+                path,
+                format!(
+                    "tensor {a} takes {a_len} bytes but {b} starts {} bytes after its start: {a}'s type or \
+                     shape disagrees with the file's layout",
+                    b_off - a_off
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
 impl GgufFile {
-    /// Opens and validates a GGUF file: header, metadata, and that every tensor lies inside it.
+    /// Opens and validates a GGUF file: header, metadata, and that every tensor lies inside it,
+    /// aligned, named once, and sized as its type and shape say (no overlap, no gap).
     pub fn open(path: &Path) -> Result<Self> {
         let f = File::open(path).map_err(|e| ModelError::io(path, e))?;
         // SAFETY: read-only mapping; the file is assumed not to change while mapped.
@@ -210,7 +237,18 @@ impl GgufFile {
         let align = meta.get("general.alignment").and_then(Value::as_u64).unwrap_or(32).max(1) as usize;
         let data_start = c.pos.div_ceil(align) * align;
         let mut tensors = HashMap::new();
+        // (offset, bytes, name) of the tensors whose size is known, for the layout checks below.
+        let mut layout = Vec::new();
         for (name, dims, dtype, offset) in infos {
+            if tensors.contains_key(&name) {
+                return Err(ModelError::corrupt(path, format!("tensor {name} is listed twice")));
+            }
+            if offset % align != 0 {
+                return Err(ModelError::corrupt(
+                    path,
+                    format!("tensor {name} starts at offset {offset}, not a multiple of general.alignment ({align})"),
+                ));
+            }
             let numel = dims.iter().try_fold(1usize, |a, &d| a.checked_mul(d));
             let len = match (&dtype, numel) {
                 (Ok(dt), Some(n)) => dt
@@ -226,8 +264,12 @@ impl GgufFile {
                     format!("tensor {name} ends past the end of the file ({} bytes): truncated?", map.len()),
                 ));
             }
+            if dtype.is_ok() {
+                layout.push((offset, len, name.clone()));
+            }
             tensors.insert(name, TensorInfo { dims, dtype, offset: data_start + offset, len });
         }
+        check_layout(path, &mut layout, align)?;
         Ok(GgufFile { path: path.to_path_buf(), map, meta, tensors })
     }
 
@@ -305,6 +347,53 @@ impl WeightSource for GgufSource {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A GGUF v3 file with no metadata and 1-D tensors (name, values, ggml type, offset), with
+    /// `data` bytes of tensor data.
+    fn gguf(tensors: &[(&str, u64, u32, u64)], data: usize) -> Vec<u8> {
+        let mut b = b"GGUF".to_vec();
+        b.extend(3u32.to_le_bytes());
+        b.extend((tensors.len() as u64).to_le_bytes());
+        b.extend(0u64.to_le_bytes());
+        for &(name, n, ty, off) in tensors {
+            b.extend((name.len() as u64).to_le_bytes());
+            b.extend(name.as_bytes());
+            b.extend(1u32.to_le_bytes());
+            b.extend(n.to_le_bytes());
+            b.extend(ty.to_le_bytes());
+            b.extend(off.to_le_bytes());
+        }
+        b.resize(b.len().div_ceil(32) * 32 + data, 0);
+        b
+    }
+
+    fn open(bytes: &[u8], tag: &str) -> Result<GgufFile> {
+        let path = std::env::temp_dir().join(format!("turbine-layout-{}-{tag}.gguf", std::process::id()));
+        std::fs::write(&path, bytes).unwrap();
+        let f = GgufFile::open(&path);
+        let _ = std::fs::remove_file(&path);
+        f
+    }
+
+    #[test]
+    fn tensor_layouts_are_checked() {
+        // F32 = 0, Q4_0 = 2 (18 bytes a block of 32), Q4_1 = 3 (20 bytes).
+        let ok = gguf(&[("a", 8, 0, 0), ("b", 1024, 3, 32), ("c", 8, 0, 672)], 704);
+        assert!(open(&ok, "ok").is_ok());
+        let bad = |t: &[(&str, u64, u32, u64)], tag: &str| open(&gguf(t, 704), tag).err().unwrap().to_string();
+        let e = bad(&[("a", 8, 0, 3), ("b", 1024, 3, 35)], "misaligned");
+        assert!(e.contains("tensor a starts at offset 3") && e.contains("alignment"), "{e}");
+        let e = bad(&[("a", 8, 0, 0), ("b", 1024, 3, 32), ("c", 8, 0, 64)], "overlap");
+        assert!(e.contains("tensors b and c overlap"), "{e}");
+        let e = bad(&[("a", 8, 0, 0), ("a", 8, 0, 32)], "twice");
+        assert!(e.contains("tensor a is listed twice"), "{e}");
+        // b relabelled from Q4_1 (640 bytes) to Q4_0 (576): a gap before c.
+        let e = bad(&[("a", 8, 0, 0), ("b", 1024, 2, 32), ("c", 8, 0, 672)], "relabelled");
+        assert!(e.contains("tensor b takes 576 bytes") && e.contains("disagrees"), "{e}");
+        // The other way round: an overlap.
+        let e = bad(&[("a", 8, 0, 0), ("b", 1024, 3, 32), ("c", 8, 0, 640)], "grown");
+        assert!(e.contains("overlap"), "{e}");
+    }
 
     #[test]
     fn unsupported_tensor_types_are_named() {
