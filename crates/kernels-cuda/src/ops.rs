@@ -687,7 +687,7 @@ fn gguf_code(op: &'static str, dtype: DType) -> Result<i32> {
 
 /// Rows per tile of the `gemv_*` kernels; with `TURBINE_CUDA_PRODUCTS=fast`, the most rows they
 /// multiply (more go to cuBLASLt).
-const GEMV_ROWS: usize = 8;
+pub const GEMV_ROWS: usize = 8;
 
 /// The tiled prefill kernel's rows per tile and largest head dimension and block size
 /// (`cu/attention.cu`).

@@ -9,6 +9,7 @@ use turbine_core::{
     Act, AttnMeta, AttnParams, DType, Epilogue, ExactCols, HostTensor, KvPages, NormKind, Ops, QkvLayout, Resid,
     RopeTable, Tensor, XQuant,
 };
+use turbine_kernels_cuda::ops::GEMV_ROWS;
 use turbine_kernels_cuda::Cuda;
 use turbine_kernels_ref::Cpu;
 
@@ -69,9 +70,6 @@ struct Out {
 /// (2026-12-04) the error was 1.1e-4 (k = 3200, 12 rows) and 1.6e-4 (k = 96, 12 rows, exact
 /// channels beside it), where the emulator, which adds in f32, gives 1e-7.
 const FP8_MMA_TOL: f32 = 1e-3;
-
-/// Rows above which a fast product leaves the decode kernels (`GEMV_ROWS` in `src/ops.rs`).
-const GEMV_ROWS: usize = 8;
 
 fn weight<B: Ops>(b: &B, dtype: DType, w: &[f32], n: usize, k: usize) -> (Tensor<B>, Option<Tensor<B>>) {
     let (bytes, scales): (Vec<u8>, Option<Vec<f32>>) = match dtype {

@@ -185,9 +185,12 @@ impl RopeSpec {
         }
     }
 
-    /// Bytes of [`RopeSpec::table`] per position (cos and sin, f32).
-    pub fn table_bytes_per_position(&self) -> usize {
-        self.rot_dim / 2 * 2 * 4
+    /// [`RopeSpec::table`] for a model of `max_positions` loaded through `w`: as many positions
+    /// as the context used needs ([`Weights::table_positions`]).
+    pub fn table_for<B: Ops>(&self, w: &crate::weights::Weights<'_, B>, max_positions: usize) -> Result<RopeTable<B>> {
+        // cos and sin, f32, rot_dim / 2 of each a position.
+        let positions = w.table_positions(max_positions, self.rot_dim * 4)?;
+        self.table(w.backend(), positions)
     }
 
     /// Uploads `[positions, rot_dim / 2]` cos and sin tables.

@@ -106,12 +106,7 @@ impl<B: Ops> Architecture<B> for Falcon<B> {
         let tied = cfg.opt_bool("tie_word_embeddings")?.unwrap_or(true);
         let scale = 1.0 / (d as f32).sqrt();
         let ropes =
-            if alibi {
-                Vec::new()
-            } else {
-                let r = RopeSpec::from_hf(cfg, d)?;
-                vec![r.table(w.backend(), w.table_positions(spec.max_positions, r.table_bytes_per_position())?)?]
-            };
+            if alibi { Vec::new() } else { vec![RopeSpec::from_hf(cfg, d)?.table_for(w, spec.max_positions)?] };
         Ok(Falcon(Decoder {
             opts: DecoderOpts {
                 norm: NormKind::Layer { eps: cfg.opt_f64("layer_norm_epsilon")?.unwrap_or(1e-5) as f32 },

@@ -71,10 +71,7 @@ impl<B: Ops> Architecture<B> for GptNeoX<B> {
             layers,
             final_norm: Norm::load(w, "gpt_neox.final_layer_norm", h)?,
             lm_head,
-            ropes: vec![c.rope.table(
-                w.backend(),
-                w.table_positions(s.max_positions, c.rope.table_bytes_per_position())?,
-            )?],
+            ropes: vec![c.rope.table_for(w, s.max_positions)?],
             observer: None,
             spec: c.spec,
         }))

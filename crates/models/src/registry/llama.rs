@@ -108,11 +108,7 @@ pub(crate) fn build<B: Ops>(c: &CommonConfig, w: &Weights<'_, B>, st: &Style) ->
         })
         .collect::<Result<Vec<_>>>()?;
     let lm_head = if c.tied { None } else { Some(Linear::load(w, "lm_head", s.vocab, h)?) };
-    let ropes = st
-        .ropes
-        .iter()
-        .map(|r| r.table(w.backend(), w.table_positions(s.max_positions, r.table_bytes_per_position())?))
-        .collect::<Result<Vec<_>>>()?;
+    let ropes = st.ropes.iter().map(|r| r.table_for(w, s.max_positions)).collect::<Result<Vec<_>>>()?;
     Ok(Decoder {
         spec: s.clone(),
         opts: DecoderOpts {

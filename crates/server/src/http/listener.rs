@@ -7,9 +7,8 @@
 //! order) only while every open connection has a request in flight. So clients that connect and
 //! send nothing, or too slowly, cannot keep others out, and the header timeout closes them anyway.
 
-use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -93,8 +92,7 @@ pub struct Slot {
     busy: AtomicUsize,
     /// When `busy` last fell to 0 (or the connection opened), in ms since the pool's start.
     idle_since_ms: AtomicU64,
-    /// Set when the pool gave this connection's slot away.
-    evicted: AtomicBool,
+    /// Told when the pool gives this connection's slot away.
     evict: Notify,
 }
 
@@ -158,16 +156,13 @@ impl Slots {
                         .min_by_key(|(_, s)| s.idle_since_ms.load(Ordering::SeqCst))
                         .map(|(i, _)| i);
                     if let Some(i) = idle {
-                        let old = open.swap_remove(i);
-                        old.evicted.store(true, Ordering::SeqCst);
-                        old.evict.notify_one();
+                        open.swap_remove(i).evict.notify_one();
                     }
                 }
                 if open.len() < self.max {
                     let slot = Arc::new(Slot {
                         busy: AtomicUsize::new(0),
                         idle_since_ms: AtomicU64::new(self.epoch.elapsed().as_millis() as u64),
-                        evicted: AtomicBool::new(false),
                         evict: Notify::new(),
                     });
                     open.push(slot.clone());
@@ -187,11 +182,6 @@ impl Slots {
     /// Requests in flight on all open connections.
     pub fn in_flight(&self) -> usize {
         self.open.lock().unwrap_or_else(|p| p.into_inner()).iter().map(|s| s.busy.load(Ordering::SeqCst)).sum()
-    }
-
-    /// Open connections.
-    pub fn open(&self) -> usize {
-        self.open.lock().unwrap_or_else(|p| p.into_inner()).len()
     }
 }
 
@@ -216,7 +206,7 @@ pub async fn serve_connections(
             _ = stop.wait_for(|s| *s) => break,
             a = listener.accept() => a,
         };
-        let (stream, _peer): (_, SocketAddr) = match accepted {
+        let (stream, _) = match accepted {
             Ok(a) => a,
             Err(e) => {
                 // Out of file descriptors and the like: wait a little rather than spin.
@@ -252,18 +242,18 @@ pub async fn serve_connections(
         let (alive, mut stop) = (alive_tx.clone(), stop.clone());
         tokio::spawn(async move {
             tokio::pin!(conn);
-            let mut closing = false;
-            loop {
+            // Evicted or the server stopping: finish the request in flight, then close.
+            let close = async {
                 tokio::select! {
-                    _ = conn.as_mut() => break,
-                    _ = held.slot.evict.notified(), if !closing => {
-                        closing = true;
-                        conn.as_mut().graceful_shutdown();
-                    }
-                    _ = stop.wait_for(|s| *s), if !closing => {
-                        closing = true;
-                        conn.as_mut().graceful_shutdown();
-                    }
+                    _ = held.slot.evict.notified() => {}
+                    _ = stop.wait_for(|s| *s) => {}
+                }
+            };
+            tokio::select! {
+                _ = conn.as_mut() => {}
+                _ = close => {
+                    conn.as_mut().graceful_shutdown();
+                    let _ = conn.as_mut().await;
                 }
             }
             drop(held);
