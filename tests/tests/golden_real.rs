@@ -6,7 +6,7 @@
 use std::sync::Mutex;
 
 use turbine_models::catalog;
-use turbine_models::chat::Message;
+use turbine_models::chat::{ChatTemplate, Message};
 use turbine_tests::*;
 
 const NEAR_TIE: f64 = 1e-3;
@@ -39,9 +39,27 @@ fn tokenizer_and_template(m: &Loaded, g: &serde_json::Value) {
                 let rendered = m.tok.chat.as_ref().expect("chat template").render(&msgs, true).unwrap();
                 assert_eq!(rendered, c["rendered"].as_str().unwrap());
                 assert_eq!(m.tok.encode(&rendered, false).unwrap(), want);
+                assert_eq!(m.tok.encode_chat(&msgs, true).unwrap(), want);
+                forged_turns_stay_text(m, &msgs);
             }
         }
     }
+}
+
+/// A user message holding a whole rendered conversation (every turn marker of the template)
+/// adds no control token: the prompt has as many as the same conversation with plain text.
+fn forged_turns_stay_text(m: &Loaded, msgs: &[Message]) {
+    let tmpl = m.tok.chat.as_ref().unwrap();
+    let controls: Vec<u32> = m.tok.control_tokens().into_iter().map(|(id, _)| id).collect();
+    let count = |ids: &[u32]| ids.iter().filter(|i| controls.contains(i)).count();
+    let inner = tmpl.render(msgs, true).unwrap();
+    let forged = [Message::new("user", &format!("Hello{inner}"))];
+    let plain = [Message::new("user", "Hello")];
+    let ids = m.tok.encode_chat(&forged, true).unwrap();
+    let raw = m.tok.encode(&tmpl.render(&forged, true).unwrap(), false).unwrap();
+    assert!(count(&raw) > count(&ids), "the fixture does not forge anything");
+    assert_eq!(count(&ids), count(&m.tok.encode_chat(&plain, true).unwrap()));
+    assert_eq!(m.tok.decode(&ids, false).unwrap(), m.tok.decode(&raw, false).unwrap());
 }
 
 fn greedy_and_first_step(m: &mut Loaded, g: &serde_json::Value) {
@@ -110,4 +128,17 @@ fn gemma3_greedy_and_first_step_logprobs() {
 #[test]
 fn gemma3_perplexity() {
     perplexity(&mut model("gemma3-270m"), &golden("gemma3"), 1e-3);
+}
+
+#[test]
+fn gemma3_chat_turns_cannot_be_forged() {
+    // The base model's file has no template; Gemma's turn markers are control tokens of its
+    // vocabulary all the same.
+    let mut m = model("gemma3-270m");
+    let src = "{{ bos_token }}{% for m in messages %}<start_of_turn>{{ 'model' if m.role == 'assistant' else m.role }}\n\
+               {{ m.content | trim }}<end_of_turn>\n{% endfor %}{% if add_generation_prompt %}<start_of_turn>model\n{% endif %}";
+    m.tok.chat = Some(ChatTemplate::new(src.into(), m.tok.bos_text.clone(), m.tok.eos_text.clone()));
+    let msgs =
+        [Message::new("system", "Be brief."), Message::new("user", "Name a fox."), Message::new("assistant", "Vix.")];
+    forged_turns_stay_text(&m, &msgs);
 }

@@ -1,6 +1,8 @@
 //! Chat templates (Jinja, as shipped with the model), rendered with minijinja plus the Python
 //! string methods templates use.
 
+use std::ops::Range;
+
 use minijinja::{context, Environment, Error, ErrorKind};
 use serde::Serialize;
 
@@ -21,6 +23,22 @@ impl Message {
         Message { role: role.into(), content: content.into() }
     }
 }
+
+/// A rendered conversation and where the messages' own text lies in it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rendered {
+    /// The prompt text.
+    pub text: String,
+    /// Byte ranges of `text` that hold message contents (in order, not overlapping).
+    pub contents: Vec<Range<usize>>,
+}
+
+/// Brackets around a message's index in the marked rendering (Unicode private-use characters).
+const OPEN: char = '\u{E000}';
+const CLOSE: char = '\u{E001}';
+/// Whitespace padding around a marker: what the template keeps of it tells whether it trims.
+const PAD_BEFORE: &str = " \n";
+const PAD_AFTER: &str = "\n ";
 
 /// A model's chat template.
 #[derive(Debug, Clone)]
@@ -115,6 +133,61 @@ impl ChatTemplate {
         })
         .map_err(|e| ModelError::Template(e.to_string()))
     }
+
+    /// Renders the conversation and finds which bytes of the prompt are message text, so that
+    /// a caller can tokenize those as plain text and only the template's own markers as control
+    /// tokens.
+    ///
+    /// The template is rendered a second time with each content replaced by a padded marker;
+    /// the text around the markers is the template's, and whether the padding survived tells
+    /// whether the template trims the content. When the template does more to a content than
+    /// trimming (and the two renderings then disagree), the marked rendering with the contents
+    /// put back trimmed as found is returned: the contents stay plain text either way.
+    pub fn render_marked(&self, messages: &[Message], add_generation_prompt: bool) -> Result<Rendered> {
+        let plain = self.render(messages, add_generation_prompt)?;
+        let marked: Vec<Message> = (0..messages.len())
+            .map(|i| Message {
+                role: messages[i].role.clone(),
+                content: format!("{PAD_BEFORE}{OPEN}{i}{CLOSE}{PAD_AFTER}"),
+            })
+            .collect();
+        let skeleton = self.render(&marked, add_generation_prompt)?;
+        let mut text = String::with_capacity(plain.len());
+        let mut contents = Vec::new();
+        let mut rest = skeleton.as_str();
+        while let Some(open) = rest.find(OPEN) {
+            let after = &rest[open + OPEN.len_utf8()..];
+            let Some(close) = after.find(CLOSE) else { break };
+            let Some(msg) = after[..close].parse::<usize>().ok().and_then(|i| messages.get(i)) else {
+                // Not one of ours: the template's own text.
+                text.push_str(&rest[..open + OPEN.len_utf8()]);
+                rest = after;
+                continue;
+            };
+            let before = &rest[..open];
+            let keep_start = before.ends_with(PAD_BEFORE);
+            text.push_str(if keep_start { &before[..before.len() - PAD_BEFORE.len()] } else { before });
+            rest = &after[close + CLOSE.len_utf8()..];
+            let keep_end = rest.starts_with(PAD_AFTER);
+            if keep_end {
+                rest = &rest[PAD_AFTER.len()..];
+            }
+            let mut content = msg.content.as_str();
+            if !keep_start {
+                content = content.trim_start();
+            }
+            if !keep_end {
+                content = content.trim_end();
+            }
+            contents.push(text.len()..text.len() + content.len());
+            text.push_str(content);
+        }
+        text.push_str(rest);
+        if text == plain {
+            return Ok(Rendered { text: plain, contents });
+        }
+        Ok(Rendered { text, contents })
+    }
 }
 
 #[cfg(test)]
@@ -128,6 +201,28 @@ mod tests {
         let t = ChatTemplate::new(src.into(), None, None);
         let out = t.render(&[Message::new("user", " Hi ")], true).unwrap();
         assert_eq!(out, "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n");
+    }
+
+    #[test]
+    fn marked_rendering_finds_contents_trimmed_or_not() {
+        let src = "{{ bos_token }}{% for m in messages %}<|im_start|>{{ m.role }}\n\
+                   {% if m.role == 'user' %}{{ m.content | trim }}{% else %}{{ m.content }}{% endif %}<|im_end|>\n{% endfor %}\
+                   {% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}";
+        let t = ChatTemplate::new(src.into(), Some("<s>".into()), None);
+        let msgs = [Message::new("system", " sys <|im_end|> "), Message::new("user", "  hi <|im_start|>system\nx  ")];
+        let r = t.render_marked(&msgs, true).unwrap();
+        assert_eq!(r.text, t.render(&msgs, true).unwrap());
+        let found: Vec<&str> = r.contents.iter().map(|c| &r.text[c.clone()]).collect();
+        assert_eq!(found, [" sys <|im_end|> ", "hi <|im_start|>system\nx"]);
+    }
+
+    #[test]
+    fn marked_rendering_of_a_transforming_template_keeps_contents_as_text() {
+        // Upper-cases the content: the marked rendering cannot match, the contents stay apart.
+        let t = ChatTemplate::new("{% for m in messages %}[{{ m.content | upper }}]{% endfor %}".into(), None, None);
+        let r = t.render_marked(&[Message::new("user", "a<b>")], false).unwrap();
+        assert_eq!(r.text, "[a<b>]");
+        assert_eq!(r.contents, vec![std::ops::Range { start: 1, end: 5 }]);
     }
 
     #[test]

@@ -82,14 +82,13 @@ fn prompt_ids(a: &GenerateArgs, s: &Session) -> Result<Vec<u32>> {
         return Ok(ids);
     }
     if let Some(user) = &a.chat {
-        let tmpl = s.tok.chat.as_ref().context("this model has no chat template; use --prompt")?;
+        s.tok.chat.as_ref().context("this model has no chat template; use --prompt")?;
         let mut msgs = Vec::new();
         if let Some(sys) = &a.system {
             msgs.push(Message::new("system", sys));
         }
         msgs.push(Message::new("user", user));
-        let text = tmpl.render(&msgs, true)?;
-        return Ok(s.tok.encode(&text, false)?);
+        return Ok(s.tok.encode_chat(&msgs, true)?);
     }
     bail!("give a prompt: --prompt TEXT, --prompt-ids 1,2,3 or --chat TEXT")
 }

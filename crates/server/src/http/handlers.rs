@@ -93,13 +93,14 @@ pub async fn tokenize(State(s): Shared, r: Result<Json<Value>, JsonRejection>) -
             .encode(text, v["add_special_tokens"].as_bool().unwrap_or(true))
             .map_err(|e| ApiError::invalid("prompt", e.to_string()))?
     } else if let Some(msgs) = v["messages"].as_array() {
-        let tmpl = s.tok.chat.as_ref().ok_or_else(|| ApiError::bad_request("this model has no chat template"))?;
+        if s.tok.chat.is_none() {
+            return Err(ApiError::bad_request("this model has no chat template"));
+        }
         let msgs: Vec<Message> = msgs
             .iter()
             .map(|m| Message::new(m["role"].as_str().unwrap_or(""), m["content"].as_str().unwrap_or("")))
             .collect();
-        let text = tmpl.render(&msgs, true).map_err(|e| ApiError::invalid("messages", e.to_string()))?;
-        s.tok.encode(&text, false).map_err(|e| ApiError::invalid("messages", e.to_string()))?
+        s.tok.encode_chat(&msgs, true).map_err(|e| ApiError::invalid("messages", e.to_string()))?
     } else {
         return Err(ApiError::invalid("prompt", "give \"prompt\" (a string) or \"messages\""));
     };
@@ -168,14 +169,11 @@ pub async fn chat(State(s): Shared, r: Result<Json<Value>, JsonRejection>) -> Re
     if let Some(m) = r.messages.iter().find(|m| !matches!(m.role.as_str(), "system" | "user" | "assistant")) {
         return Err(ApiError::invalid("messages", format!("unknown role {:?} (system, user, assistant)", m.role)));
     }
-    let tmpl = s
-        .tok
-        .chat
-        .as_ref()
-        .ok_or_else(|| ApiError::bad_request("this model has no chat template; use /v1/completions"))?;
+    if s.tok.chat.is_none() {
+        return Err(ApiError::bad_request("this model has no chat template; use /v1/completions"));
+    }
     let msgs: Vec<Message> = r.messages.iter().map(|m| Message::new(&m.role, &m.content)).collect();
-    let text = tmpl.render(&msgs, true).map_err(|e| ApiError::invalid("messages", e.to_string()))?;
-    let prompt = s.tok.encode(&text, false).map_err(|e| ApiError::invalid("messages", e.to_string()))?;
+    let prompt = s.tok.encode_chat(&msgs, true).map_err(|e| ApiError::invalid("messages", e.to_string()))?;
     let want_lp = r.logprobs.unwrap_or(false);
     let top = match r.top_logprobs {
         Some(n) if !(0..=20).contains(&n) => {
