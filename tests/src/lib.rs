@@ -194,3 +194,33 @@ pub fn reshard(src: &Path, dst: &Path, dtype: safetensors::Dtype, shards: usize)
     std::fs::write(dst.join("model.safetensors.index.json"), index.to_string())?;
     Ok(())
 }
+
+/// Copies a tiny HF folder (f32 weights) with row `token` of `embed` (the token embedding
+/// table, `[vocab, hidden]`) set to `value`: a prompt holding that token drives the model to
+/// NaN or infinity while other prompts are unaffected (for the numerics guard's tests).
+pub fn poison_token(src: &Path, dst: &Path, embed: &str, token: usize, value: f32) -> Result<()> {
+    use safetensors::tensor::TensorView;
+    std::fs::create_dir_all(dst)?;
+    for f in ["config.json", "tokenizer.json"] {
+        std::fs::copy(src.join(f), dst.join(f))?;
+    }
+    let bytes = std::fs::read(src.join("model.safetensors"))?;
+    let st = safetensors::SafeTensors::deserialize(&bytes)?;
+    let mut data: Vec<(String, safetensors::Dtype, Vec<usize>, Vec<u8>)> = Vec::new();
+    for (name, t) in st.tensors() {
+        let mut raw = t.data().to_vec();
+        if name == embed {
+            anyhow::ensure!(t.dtype() == safetensors::Dtype::F32, "{embed} is not f32");
+            let hidden = t.shape()[1];
+            for v in raw[token * hidden * 4..(token + 1) * hidden * 4].chunks_exact_mut(4) {
+                v.copy_from_slice(&value.to_le_bytes());
+            }
+        }
+        data.push((name, t.dtype(), t.shape().to_vec(), raw));
+    }
+    anyhow::ensure!(data.iter().any(|d| d.0 == embed), "no tensor {embed}");
+    let views: Vec<(String, TensorView<'_>)> =
+        data.iter().map(|(n, d, s, r)| Ok((n.clone(), TensorView::new(*d, s.clone(), r)?))).collect::<Result<_>>()?;
+    safetensors::serialize_to_file(views, None, &dst.join("model.safetensors"))?;
+    Ok(())
+}

@@ -155,6 +155,57 @@ fn prefix_cache_reuses_full_blocks() {
     assert_eq!(bits(&fresh[0]), bits(&(toks, FinishReason::Length)));
 }
 
+/// Issue 19: a request whose logits turn NaN ends with finish reason `error` and a message
+/// instead of a token; the request batched with it runs exactly as it does alone.
+#[test]
+fn non_finite_logits_end_only_their_request() {
+    const POISON: usize = 511; // outside the test prompts' ids (1..=500)
+    for (value, what) in [(f32::NAN, "nan"), (f32::INFINITY, "inf")] {
+        let dir = std::env::temp_dir().join(format!("turbine-poison-{what}-{}", std::process::id()));
+        turbine_tests::poison_token(
+            &fixtures().join("tiny/llama-gqa"),
+            &dir,
+            "model.embed_tokens.weight",
+            POISON,
+            value,
+        )
+        .unwrap();
+        let at = |blocks| {
+            let (runner, _, _) = turbine_tests::load_runner(&dir, blocks).unwrap();
+            EngineCore::new(runner, EngineConfig::default())
+        };
+        let mut rng = Rng::new(5);
+        let clean = greedy(prompt(&mut rng, 30), 12);
+        let mut bad = greedy(prompt(&mut rng, 20), 12);
+        bad.prompt[7] = POISON as u32;
+        let alone = run(&mut at(64), std::slice::from_ref(&clean));
+        assert_eq!(alone[0].1, FinishReason::Length);
+
+        let mut core = at(64);
+        let (c, b) = (core.add(clean.clone()).unwrap(), core.add(bad.clone()).unwrap());
+        let (mut clean_toks, mut outcome) = (Vec::new(), None);
+        while core.has_work() {
+            for (id, ev) in core.step().unwrap() {
+                match (id, ev) {
+                    (i, Event::Token { token, .. }) if i == c => clean_toks.push(token),
+                    (i, Event::Token { .. }) if i == b => panic!("{what}: a token from non-finite logits"),
+                    (i, Event::Finished { reason, usage, error, .. }) if i == b => {
+                        outcome = Some((reason, usage, error))
+                    }
+                    (_, Event::Error(m)) => panic!("{m}"),
+                    _ => {}
+                }
+            }
+        }
+        let (reason, usage, error) = outcome.expect("the poisoned request finished");
+        assert_eq!((reason, usage.completion_tokens), (FinishReason::Error, 0), "{what}");
+        assert!(error.unwrap().contains("non-finite logits"), "{what}");
+        assert_eq!(bits(&(clean_toks, FinishReason::Length)), bits(&alone[0]), "{what}: the other request changed");
+        assert_eq!(core.stats().blocks_in_use, 0);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
+
 #[test]
 fn cancellation_frees_blocks_at_once() {
     let mut core = engine("llama-gqa", 64, EngineConfig::default());
@@ -198,7 +249,9 @@ fn stress_three_hundred_requests() {
         match reason {
             FinishReason::Stop => assert!(!r.ignore_eos && r.stop_ids.contains(&toks.last().unwrap().id)),
             FinishReason::Length => assert_eq!(toks.len(), r.max_tokens),
-            FinishReason::Cancelled => panic!("nobody cancelled"),
+            FinishReason::Cancelled | FinishReason::Error => {
+                panic!("nobody cancelled and the weights are finite: {reason:?}")
+            }
         }
     }
 }

@@ -183,10 +183,10 @@ impl EngineCore {
             let i = self.waiting.iter().position(|s| s.id == id)?;
             self.waiting.remove(i)?
         };
-        Some(self.finish(seq, FinishReason::Cancelled))
+        Some(self.finish(seq, FinishReason::Cancelled, None))
     }
 
-    fn finish(&mut self, seq: Seq, reason: FinishReason) -> Event {
+    fn finish(&mut self, seq: Seq, reason: FinishReason, error: Option<String>) -> Event {
         self.kv.release(&seq.blocks);
         let usage = Usage {
             prompt_tokens: seq.prompt_len,
@@ -200,7 +200,7 @@ impl EngineCore {
             }
             _ => String::new(),
         };
-        Event::Finished { text, reason, usage }
+        Event::Finished { text, reason, usage, error }
     }
 
     /// The text a new token releases, and whether a stop string matched (the text then ends
@@ -368,6 +368,12 @@ impl EngineCore {
         let mut events = Vec::new();
         let mut done = Vec::new();
         for (&i, tok) in sampling.iter().zip(sampled) {
+            if !tok.logprob.is_finite() {
+                // NaN or infinite logits: the token means nothing; this request ends here and
+                // the others of the step, whose rows are their own, go on.
+                done.push((i, FinishReason::Error));
+                continue;
+            }
             let id = tok.id;
             self.running[i].tokens.push(id);
             let (text, stopped) = self.text_delta(i);
@@ -387,7 +393,8 @@ impl EngineCore {
         for &(i, r) in done.iter().rev() {
             let seq = self.running.remove(i);
             let id = seq.id;
-            let ev = self.finish(seq, r);
+            let error = (r == FinishReason::Error).then(|| crate::generate::non_finite(seq.generated()));
+            let ev = self.finish(seq, r, error);
             events.push((id, ev));
         }
         Ok(events)

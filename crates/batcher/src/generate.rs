@@ -21,15 +21,18 @@ pub enum FinishReason {
     Stop,
     /// The request was cancelled.
     Cancelled,
+    /// The model failed for this request (its logits were not finite); the event says why.
+    Error,
 }
 
 impl FinishReason {
-    /// `"length"` or `"stop"`, as in the OpenAI API.
+    /// `"length"`, `"stop"`, `"cancelled"` or `"error"`, as the OpenAI API spells reasons.
     pub fn as_str(self) -> &'static str {
         match self {
             FinishReason::Length => "length",
             FinishReason::Stop => "stop",
             FinishReason::Cancelled => "cancelled",
+            FinishReason::Error => "error",
         }
     }
 }
@@ -152,7 +155,7 @@ impl Generator {
             self.runner.step(&[SeqStep { tokens: &req.prompt[start..end], start, blocks: blocks.ids(), logits }])?;
             start = end;
         }
-        let mut tok = self.runner.sample(&mut [&mut sampler])?.remove(0);
+        let mut tok = finite(self.runner.sample(&mut [&mut sampler])?.remove(0), 0)?;
         timings.prefill_ms = t0.elapsed().as_secs_f64() * 1e3;
         let t1 = Instant::now();
         let mut out = Vec::with_capacity(req.max_tokens.min(ctx - n));
@@ -169,10 +172,28 @@ impl Generator {
             }
             blocks.reserve(pos + 1)?;
             self.runner.step(&[SeqStep { tokens: &[id], start: pos, blocks: blocks.ids(), logits: Logits::Last }])?;
-            tok = self.runner.sample(&mut [&mut sampler])?.remove(0);
+            tok = finite(self.runner.sample(&mut [&mut sampler])?.remove(0), out.len())?;
         };
         timings.decode_ms = t1.elapsed().as_secs_f64() * 1e3;
         timings.decode_tokens = out.len() - 1;
         Ok(GenOutput { tokens: out, finish, timings })
     }
+}
+
+/// The token, or the error of a step whose logits were not finite (a NaN or an infinity makes
+/// the log-probability of every token NaN; see [`non_finite`]).
+fn finite(tok: Generated, index: usize) -> Result<Generated> {
+    if tok.logprob.is_finite() {
+        Ok(tok)
+    } else {
+        Err(EngineError::NonFinite(non_finite(index)))
+    }
+}
+
+/// The message of a request stopped at output token `index` by non-finite logits.
+pub fn non_finite(index: usize) -> String {
+    format!(
+        "the model produced non-finite logits (NaN or infinity) for output token {index}; the request was stopped \
+         (the weights or the numerics of this model and precision overflow on this input)"
+    )
 }

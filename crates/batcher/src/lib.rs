@@ -41,6 +41,9 @@ pub enum EngineError {
         /// Blocks available.
         free: usize,
     },
+    /// A step's logits were not finite (NaN or infinity).
+    #[error("{0}")]
+    NonFinite(String),
     /// The model failed.
     #[error(transparent)]
     Model(#[from] turbine_models::ModelError),

@@ -56,6 +56,8 @@ pub enum Event {
         reason: FinishReason,
         /// Token counts.
         usage: Usage,
+        /// What went wrong, when `reason` is [`FinishReason::Error`].
+        error: Option<String>,
     },
     /// The model failed; the request is over.
     Error(String),

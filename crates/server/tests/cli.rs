@@ -742,3 +742,17 @@ fn numerically_meaningless_configs_are_refused() {
         assert_eq!(out.status.code(), Some(1), "{key}: {out:?}");
     }
 }
+
+/// Issue 19: logits that turn NaN stop `generate` with an error naming the problem (exit 1),
+/// never a silent token 0.
+#[test]
+fn non_finite_logits_are_an_error() {
+    let dir = std::env::temp_dir().join(format!("turbine-cli-poison-{}", std::process::id()));
+    turbine_tests::poison_token(&tiny("llama-gqa"), &dir, "model.embed_tokens.weight", 511, f32::NAN).unwrap();
+    let model = dir.to_str().unwrap();
+    let out = turbine(&["generate", "--model", model, "--prompt-ids", "5,511,9", "--max-tokens", "4", "--json"]);
+    fails_with(&out, "non-finite logits");
+    let ok = turbine(&["generate", "--model", model, "--prompt-ids", "5,6,9", "--max-tokens", "4", "--json"]);
+    assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
+    let _ = std::fs::remove_dir_all(&dir);
+}

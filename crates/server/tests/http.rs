@@ -298,6 +298,49 @@ fn chat_fixture() -> String {
     dir.to_string_lossy().into_owned()
 }
 
+/// Issue 19: a choice whose logits turn NaN ends with finish reason `error` and the error beside
+/// it; the other choices of the request are answered as usual, streamed or not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn non_finite_logits_end_their_choice_with_an_error() {
+    let dir = std::env::temp_dir().join(format!("turbine-http-poison-{}", std::process::id()));
+    turbine_tests::poison_token(
+        std::path::Path::new(&fixture("llama-gqa")),
+        &dir,
+        "model.embed_tokens.weight",
+        511,
+        f32::NAN,
+    )
+    .unwrap();
+    let (addr, _) = start(dir.to_str().unwrap()).await;
+    let req = json!({"prompt": [[5, 6, 9], [5, 511, 9]], "max_tokens": 4, "temperature": 0, "ignore_eos": true});
+    let (st, b) = call(&addr, "POST", "/v1/completions", &req.to_string()).await;
+    assert_eq!(st, 200, "{b}");
+    let v: Value = serde_json::from_str(&b).unwrap();
+    let (good, bad) = (&v["choices"][0], &v["choices"][1]);
+    assert_eq!((good["finish_reason"].as_str(), good.get("error")), (Some("length"), None), "{b}");
+    assert_eq!(bad["finish_reason"], "error", "{b}");
+    assert_eq!(bad["text"], "", "{b}");
+    assert!(bad["error"]["message"].as_str().unwrap().contains("non-finite logits"), "{b}");
+    assert_eq!(v["usage"]["completion_tokens"], 4);
+
+    let mut sreq = req.clone();
+    sreq["stream"] = json!(true);
+    let (_, b) = call(&addr, "POST", "/v1/completions", &sreq.to_string()).await;
+    let ev = events(&b);
+    assert_eq!(ev.last().unwrap(), "[DONE]");
+    let last: Vec<Value> = ev[..ev.len() - 1]
+        .iter()
+        .map(|e| serde_json::from_str::<Value>(e).unwrap())
+        .filter(|c| !c["choices"][0]["finish_reason"].is_null())
+        .map(|c| c["choices"][0].clone())
+        .collect();
+    let bad = last.iter().find(|c| c["index"] == 1).unwrap();
+    assert_eq!(bad["finish_reason"], "error");
+    assert!(bad["error"]["message"].as_str().unwrap().contains("non-finite logits"));
+    assert_eq!(last.iter().find(|c| c["index"] == 0).unwrap()["finish_reason"], "length");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// The chat fixture whose tokenizer also knows ChatML's markers as control tokens (ids past the
 /// model's vocabulary: for `/tokenize` only).
 fn chatml_fixture() -> String {

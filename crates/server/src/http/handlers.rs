@@ -233,12 +233,20 @@ fn logprobs_json(s: &AppState, kind: Kind, toks: &[Generated], offset: &mut usiz
     }
 }
 
+/// A choice's whole output: text, tokens, why it ended (and the error, for `error`), usage.
+type Collected = (String, Vec<Generated>, FinishReason, Option<String>, Usage);
+
+/// A choice that ended in an error carries it, in OpenAI's error shape, beside its finish
+/// reason `error`.
+fn with_error(mut choice: Value, error: Option<String>) -> Value {
+    if let Some(m) = error {
+        choice["error"] = json!({"message": m, "type": "server_error", "param": null, "code": "non_finite_logits"});
+    }
+    choice
+}
+
 /// One choice's whole output; its timings go to the metrics (`t0`: submission).
-async fn collect(
-    s: &AppState,
-    events: &mut RequestStream,
-    t0: Instant,
-) -> Result<(String, Vec<Generated>, FinishReason, Usage), ApiError> {
+async fn collect(s: &AppState, events: &mut RequestStream, t0: Instant) -> Result<Collected, ApiError> {
     let (mut text, mut toks, mut first) = (String::new(), Vec::new(), None);
     loop {
         match events.next().await {
@@ -247,10 +255,10 @@ async fn collect(
                 text.push_str(&t);
                 toks.push(token);
             }
-            Some(Event::Finished { text: t, reason, usage }) => {
+            Some(Event::Finished { text: t, reason, usage, error }) => {
                 text.push_str(&t);
                 s.metrics.choice(usage.prompt_tokens, usage.completion_tokens, first, t0.elapsed().as_secs_f64());
-                return Ok((text, toks, reason, usage));
+                return Ok((text, toks, reason, error, usage));
             }
             Some(Event::Error(m)) => return Err(ApiError::internal(m)),
             None => return Err(ApiError::from(turbine_batcher::SubmitError::ShutDown)),
@@ -307,17 +315,18 @@ async fn forward(
                     ),
                 }
             }
-            Event::Finished { text, reason, usage } => {
+            Event::Finished { text, reason, usage, error } => {
                 st.metrics.choice(usage.prompt_tokens, usage.completion_tokens, first, t0.elapsed().as_secs_f64());
                 let last = match kind {
                     Kind::Completion => {
-                        chunk(json!({"index": index, "text": text, "logprobs": null, "finish_reason": reason.as_str()}))
+                        json!({"index": index, "text": text, "logprobs": null, "finish_reason": reason.as_str()})
                     }
                     Kind::Chat { .. } => {
                         let delta = if text.is_empty() { json!({}) } else { json!({"content": text}) };
-                        chunk(json!({"index": index, "delta": delta, "finish_reason": reason.as_str()}))
+                        json!({"index": index, "delta": delta, "finish_reason": reason.as_str()})
                     }
                 };
+                let last = chunk(with_error(last, error));
                 tx.send(last).ok()?;
                 return Some(usage);
             }
@@ -365,15 +374,18 @@ async fn run(
         let mut choices = Vec::new();
         let mut completion = 0;
         for (index, events) in streams.iter_mut().enumerate() {
-            let (text, toks, reason, usage) = collect(&s, events, t0).await?;
+            let (text, toks, reason, error, usage) = collect(&s, events, t0).await?;
             completion += usage.completion_tokens;
             let lp = if logprobs { logprobs_json(&s, kind, &toks, &mut 0) } else { Value::Null };
-            choices.push(match kind {
-                Kind::Completion => json!({"index": index, "text": text, "logprobs": lp, "finish_reason": reason.as_str()}),
+            let choice = match kind {
+                Kind::Completion => {
+                    json!({"index": index, "text": text, "logprobs": lp, "finish_reason": reason.as_str()})
+                }
                 Kind::Chat { .. } => {
                     json!({"index": index, "message": {"role": "assistant", "content": text}, "logprobs": lp, "finish_reason": reason.as_str()})
                 }
-            });
+            };
+            choices.push(with_error(choice, error));
         }
         let body = json!({"id": id, "object": object, "created": created, "model": s.model, "choices": choices, "usage": usage_of(completion)});
         return Ok(Json(body).into_response());
