@@ -379,6 +379,7 @@ impl EngineCore {
             let (text, stopped) = self.text_delta(i);
             let s = &mut self.running[i];
             events.push((s.id, Event::Token { token: tok, text }));
+            self.stats.generated_tokens += 1;
             let reason = if stopped || (!s.ignore_eos && s.stop_ids.contains(&id)) {
                 Some(FinishReason::Stop)
             } else if s.generated() >= s.max_tokens || s.tokens.len() >= max_len {

@@ -127,6 +127,8 @@ pub struct Stats {
     pub preemptions: u64,
     /// Prompt tokens served from the prefix cache.
     pub prefix_cache_hit_tokens: u64,
+    /// Tokens generated and handed out, those of requests cancelled later included.
+    pub generated_tokens: u64,
     /// KV blocks referenced now.
     pub blocks_in_use: usize,
     /// Tokens whose keys and values the running requests hold now.

@@ -219,6 +219,13 @@ async fn concurrent_streams_and_disconnects() {
     assert!(steps < 8 * 240, "the choices ran to the end ({steps} steps): the disconnect did not cancel them");
     let (_, m) = call(&addr1, "GET", "/metrics", "").await;
     assert!(m.contains("turbine_kv_blocks_in_use 0"), "{m}");
+    // The tokens the cancelled choices did generate are counted (issue 19).
+    let generated: u64 = m
+        .lines()
+        .find_map(|l| l.strip_prefix("turbine_generated_tokens_total "))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("{m}"));
+    assert!(generated >= 1, "{m}");
     let (st, m) = call(&addr, "GET", "/metrics", "").await;
     assert_eq!(st, 200);
     for needle in [

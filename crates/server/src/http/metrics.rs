@@ -55,7 +55,6 @@ const PER_TOKEN: &[f64] = &[0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 
 pub struct Metrics {
     requests: Mutex<BTreeMap<(String, u16), u64>>,
     prompt_tokens: AtomicU64,
-    generated_tokens: AtomicU64,
     ttft: Histogram,
     tpot: Histogram,
     e2e: Histogram,
@@ -66,7 +65,6 @@ impl Default for Metrics {
         Metrics {
             requests: Mutex::new(BTreeMap::new()),
             prompt_tokens: AtomicU64::new(0),
-            generated_tokens: AtomicU64::new(0),
             ttft: Histogram::new(LATENCY),
             tpot: Histogram::new(PER_TOKEN),
             e2e: Histogram::new(LATENCY),
@@ -84,7 +82,6 @@ impl Metrics {
     /// Records one finished choice: its token counts and timings (seconds from submission).
     pub fn choice(&self, prompt_tokens: usize, generated: usize, first_token: Option<f64>, end: f64) {
         self.prompt_tokens.fetch_add(prompt_tokens as u64, Ordering::Relaxed);
-        self.generated_tokens.fetch_add(generated as u64, Ordering::Relaxed);
         if let Some(f) = first_token {
             self.ttft.observe(f);
             if generated > 1 {
@@ -107,7 +104,11 @@ impl Metrics {
                 "Prompt tokens of finished choices.",
                 self.prompt_tokens.load(Ordering::Relaxed),
             ),
-            ("turbine_generated_tokens_total", "Generated tokens.", self.generated_tokens.load(Ordering::Relaxed)),
+            (
+                "turbine_generated_tokens_total",
+                "Generated tokens, those of cancelled requests included.",
+                s.generated_tokens,
+            ),
             ("turbine_preemptions_total", "Requests preempted for KV memory.", s.preemptions),
             (
                 "turbine_prefix_cache_hit_tokens_total",
