@@ -127,7 +127,9 @@ fn permute(t: &HostTensor<'_>, heads: usize) -> Result<HostTensor<'static>> {
 
 /// Converts a tiny HF Llama-family folder into a GGUF file (`arch` = `llama` or `qwen2`).
 pub fn convert(dir: &Path, arch: &str, out: &Path) -> Result<()> {
-    let cfg: Json = serde_json::from_str(&std::fs::read_to_string(dir.join("config.json"))?)?;
+    let cfg_text = std::fs::read_to_string(dir.join("config.json"))?;
+    let cfg: Json = serde_json::from_str(&cfg_text)?;
+    let hf = turbine_models::config::HfConfig::parse(&cfg_text)?;
     let tok: Json = serde_json::from_str(&std::fs::read_to_string(dir.join("tokenizer.json"))?)?;
     let u = |k: &str| cfg[k].as_u64().with_context(|| format!("config {k}")).map(|v| v as u32);
     let (heads, kv_heads, layers) = (u("num_attention_heads")?, u("num_key_value_heads")?, u("num_hidden_layers")?);
@@ -160,7 +162,7 @@ pub fn convert(dir: &Path, arch: &str, out: &Path) -> Result<()> {
         (k("feed_forward_length"), Meta::U32(u("intermediate_size")?)),
         (k("attention.head_count"), Meta::U32(heads)),
         (k("attention.head_count_kv"), Meta::U32(kv_heads)),
-        (k("rope.freq_base"), Meta::F32(cfg["rope_theta"].as_f64().unwrap_or(10000.0) as f32)),
+        (k("rope.freq_base"), Meta::F32(hf.rope_theta(10000.0)? as f32)),
         (k("attention.layer_norm_rms_epsilon"), Meta::F32(cfg["rms_norm_eps"].as_f64().unwrap_or(1e-6) as f32)),
         ("tokenizer.ggml.model".into(), Meta::Str("gpt2".into())),
         ("tokenizer.ggml.pre".into(), Meta::Str("gpt-2".into())),
@@ -174,9 +176,31 @@ pub fn convert(dir: &Path, arch: &str, out: &Path) -> Result<()> {
         ("tokenizer.ggml.eos_token_id".into(), Meta::U32(u("eos_token_id")?)),
         ("tokenizer.ggml.add_bos_token".into(), Meta::Bool(false)),
     ];
+    let mut meta = meta;
+    let head_dim = match cfg["head_dim"].as_u64() {
+        Some(d) => {
+            meta.push((k("attention.key_length"), Meta::U32(d as u32)));
+            meta.push((k("attention.value_length"), Meta::U32(d as u32)));
+            d as usize
+        }
+        None => u("hidden_size")? as usize / heads as usize,
+    };
+    let mut tensors = Vec::new();
+    // Llama 3.x rope scaling: llama.cpp's converter stores each frequency's divisor as the
+    // `rope_freqs` tensor (the plain inverse frequency over the scaled one), not as metadata.
+    let rope = turbine_models::rope::RopeSpec::from_hf(&hf, head_dim)?;
+    if matches!(rope.scaling, turbine_models::rope::RopeScaling::Llama3 { .. }) {
+        let plain = turbine_models::rope::RopeSpec { scaling: turbine_models::rope::RopeScaling::None, ..rope.clone() };
+        let factors: Vec<f32> = plain.inv_freq().iter().zip(rope.inv_freq()).map(|(p, s)| p / s).collect();
+        tensors.push(("rope_freqs.weight".to_string(), HostTensor::from_f32([factors.len()], &factors)?));
+    }
     let src = SafetensorsSource::open_dir(dir)?;
     let mut names = vec!["model.embed_tokens.weight".to_string(), "model.norm.weight".into(), "lm_head.weight".into()];
-    for i in 0..layers {
+    // Every layer the checkpoint holds, as llama.cpp's converter writes every tensor (the
+    // metadata's block_count comes from the config).
+    let stored =
+        (0..).take_while(|i| src.get(&format!("model.layers.{i}.input_layernorm.weight")).is_ok_and(|t| t.is_some()));
+    for i in stored.collect::<Vec<u32>>() {
         for m in ["input_layernorm", "post_attention_layernorm", "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"] {
             names.push(format!("model.layers.{i}.{m}.weight"));
         }
@@ -186,7 +210,6 @@ pub fn convert(dir: &Path, arch: &str, out: &Path) -> Result<()> {
             }
         }
     }
-    let mut tensors = Vec::new();
     for n in names {
         let Some(t) = src.get(&n)? else { continue };
         let g = gguf_name(arch, &n).with_context(|| format!("no GGUF name for {n}"))?;

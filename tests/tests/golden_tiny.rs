@@ -13,10 +13,15 @@ fn golden(case: &str) {
 
 /// The same checks on a GGUF file converted from the fixture as llama.cpp converts it.
 fn golden_gguf(case: &str, arch: &str) {
-    let dir = fixtures().join("tiny").join(case);
+    golden_gguf_of(&fixtures().join("tiny").join(case), arch);
+}
+
+fn golden_gguf_of(dir: &std::path::Path, arch: &str) {
+    let case = dir.file_name().unwrap().to_string_lossy().into_owned();
+    let case = case.as_str();
     let out = std::env::temp_dir().join(format!("turbine-golden-{}-{case}.gguf", std::process::id()));
-    turbine_tests::gguf::convert(&dir, arch, &out).unwrap();
-    check(&dir, &out, case);
+    turbine_tests::gguf::convert(dir, arch, &out).unwrap();
+    check(dir, &out, case);
     let _ = std::fs::remove_file(&out);
 }
 
@@ -260,4 +265,38 @@ fn gguf_falcon_from_llama_cpp() {
 #[test]
 fn gguf_gptneox_from_llama_cpp() {
     llama_cpp_gguf("gptneox-partial-rope");
+}
+
+/// Llama 3.x rope scaling in a GGUF file lives in the `rope_freqs` tensor (issue 19 found it
+/// unread): the converted file must match transformers as the folder does.
+#[test]
+fn llama3_rope_scaling_from_gguf_rope_freqs() {
+    golden_gguf_of(&fixtures().join("variants").join("llama-mha-headdim"), "llama");
+}
+
+/// Issue 19: a checkpoint with more layers than its config says (here: the config cut to one
+/// of two layers) is refused, naming the unread tensors, as a folder and as GGUF; allowing
+/// unused weights loads it.
+#[test]
+fn extra_layers_are_refused_not_cut() {
+    let src = fixtures().join("tiny").join("llama-gqa");
+    let dir = std::env::temp_dir().join(format!("turbine-extra-layers-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    for f in ["model.safetensors", "tokenizer.json"] {
+        std::fs::copy(src.join(f), dir.join(f)).unwrap();
+    }
+    let mut cfg = read_json(&src.join("config.json")).unwrap();
+    cfg["num_hidden_layers"] = 1.into();
+    std::fs::write(dir.join("config.json"), cfg.to_string()).unwrap();
+    let gguf = dir.join("cut.gguf");
+    turbine_tests::gguf::convert(&dir, "llama", &gguf).unwrap();
+    let allow = turbine_models::precision::Policy { allow_unused_weights: true, ..Default::default() };
+    for (path, unread) in [(&dir, "model.layers.1.input_layernorm.weight"), (&gguf, "blk.1.attn_k.weight")] {
+        let e = load(path, 64).err().expect("a checkpoint with unused layers loads").to_string();
+        assert!(e.contains("architecture does not use") && e.contains(unread), "{e}");
+        assert!(e.contains("--allow-unused-weights"), "{e}");
+        let mut m = load_with(path, 64, &allow).unwrap();
+        assert_eq!(greedy(&mut m, &[1, 2, 3], 3).unwrap().len(), 3);
+    }
+    let _ = std::fs::remove_dir_all(&dir);
 }

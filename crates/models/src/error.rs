@@ -58,6 +58,20 @@ pub enum ModelError {
         /// Shape in the file.
         got: String,
     },
+    /// The checkpoint holds tensors the architecture does not read.
+    #[error(
+        "the checkpoint holds {count} tensors the {arch} architecture does not use ({names}): it does not match \
+         its config (more layers than num_hidden_layers? another architecture's modules?); \
+         --allow-unused-weights loads it anyway"
+    )]
+    UnusedWeights {
+        /// The architecture built.
+        arch: String,
+        /// How many tensors went unread.
+        count: usize,
+        /// The first few of their names.
+        names: String,
+    },
     /// The tokenizer could not be built or used.
     #[error("tokenizer: {0}")]
     Tokenizer(String),

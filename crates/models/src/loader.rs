@@ -9,6 +9,7 @@ use crate::model::Model;
 use crate::precision::Policy;
 use crate::source::gguf::{GgufFile, GgufSource};
 use crate::source::safetensors::SafetensorsSource;
+use crate::source::Tracked;
 use crate::tokenizer::TextTokenizer;
 use crate::weights::Weights;
 use crate::{registry, ModelError, Result};
@@ -26,8 +27,10 @@ pub struct Loaded<B: Ops> {
 }
 
 /// Loads a model folder (`config.json`, safetensors, `tokenizer.json`) or a `.gguf` file.
+/// A checkpoint holding tensors its architecture does not read is refused
+/// ([`ModelError::UnusedWeights`]); [`load_with`] with `Policy::allow_unused_weights` loads it.
 pub fn load<B: Ops>(backend: &B, path: &Path) -> Result<Loaded<B>> {
-    load_raw(backend, path, None)
+    load_raw(backend, path, None, false)
 }
 
 /// [`load`], then stores the projections as `policy` says (running the model over the
@@ -45,7 +48,7 @@ pub fn load_for_context<B: Ops + Clone>(
     policy: &Policy,
     max_context: Option<usize>,
 ) -> Result<Loaded<B>> {
-    let mut l = load_raw(backend, path, max_context)?;
+    let mut l = load_raw(backend, path, max_context, policy.allow_unused_weights)?;
     if policy.format == crate::precision::Format::Auto {
         return Ok(l);
     }
@@ -83,12 +86,15 @@ pub fn load_for_context<B: Ops + Clone>(
 /// Fewest calibration tokens accepted.
 pub const MIN_CALIB_TOKENS: usize = 64;
 
-fn load_raw<B: Ops>(backend: &B, path: &Path, max_context: Option<usize>) -> Result<Loaded<B>> {
+fn load_raw<B: Ops>(backend: &B, path: &Path, max_context: Option<usize>, allow_unused: bool) -> Result<Loaded<B>> {
     if !path.exists() {
         return Err(ModelError::NotFound(path.to_path_buf()));
     }
-    let mut l =
-        if path.is_dir() { load_dir(backend, path, max_context)? } else { load_gguf(backend, path, max_context)? };
+    let mut l = if path.is_dir() {
+        load_dir(backend, path, max_context, allow_unused)?
+    } else {
+        load_gguf(backend, path, max_context, allow_unused)?
+    };
     if let (Some(c), Some(d)) = (max_context, l.model.decoder_mut()) {
         d.spec.max_positions = d.spec.max_positions.min(c);
     }
@@ -107,7 +113,7 @@ pub fn load_tokenizer(path: &Path) -> Result<TextTokenizer> {
     }
 }
 
-fn load_dir<B: Ops>(backend: &B, dir: &Path, max_context: Option<usize>) -> Result<Loaded<B>> {
+fn load_dir<B: Ops>(backend: &B, dir: &Path, max_context: Option<usize>, allow_unused: bool) -> Result<Loaded<B>> {
     let cfg_path = dir.join("config.json");
     if !cfg_path.exists() {
         return Err(ModelError::NoConfig(dir.to_path_buf()));
@@ -116,11 +122,12 @@ fn load_dir<B: Ops>(backend: &B, dir: &Path, max_context: Option<usize>) -> Resu
     let cfg = HfConfig::parse(&text)?;
     registry::check(&cfg)?;
     let tokenizer = TextTokenizer::from_hf_dir(dir)?;
-    let src = SafetensorsSource::open_dir(dir)?;
+    let src = Tracked::new(SafetensorsSource::open_dir(dir)?);
     let mut w = Weights::new(&src, backend);
     w.fp8_inputs = crate::weights::Fp8Inputs::from_config(&cfg.0)?;
     w.max_context = max_context;
     let model = registry::build(&cfg, &w)?;
+    src.check_unused(&model.spec().arch, allow_unused)?;
     let mut eos = model.spec().eos.clone();
     let gen = dir.join("generation_config.json");
     if let Ok(t) = std::fs::read_to_string(&gen) {
@@ -130,7 +137,7 @@ fn load_dir<B: Ops>(backend: &B, dir: &Path, max_context: Option<usize>) -> Resu
     finish(model, tokenizer, eos, dir)
 }
 
-fn load_gguf<B: Ops>(backend: &B, path: &Path, max_context: Option<usize>) -> Result<Loaded<B>> {
+fn load_gguf<B: Ops>(backend: &B, path: &Path, max_context: Option<usize>, allow_unused: bool) -> Result<Loaded<B>> {
     let file = GgufFile::open(path)?;
     let cfg = config::from_gguf(&file)?;
     registry::check(&cfg).map_err(|e| match e {
@@ -140,10 +147,11 @@ fn load_gguf<B: Ops>(backend: &B, path: &Path, max_context: Option<usize>) -> Re
         other => other,
     })?;
     let tokenizer = TextTokenizer::from_gguf(&file)?;
-    let src = GgufSource::new(file)?;
+    let src = Tracked::new(GgufSource::new(file)?);
     let mut w = Weights::new(&src, backend);
     w.max_context = max_context;
     let model = registry::build(&cfg, &w)?;
+    src.check_unused(&model.spec().arch, allow_unused)?;
     let eos = model.spec().eos.clone();
     finish(model, tokenizer, eos, path)
 }

@@ -190,6 +190,9 @@ pub struct Policy {
     /// the largest calibrated `Σ (x_j − shift_j)² · ‖w_{:,j}‖²`, the error they would add; at
     /// most a quarter of a projection's inputs.
     pub outliers: usize,
+    /// Load a checkpoint even if it holds tensors the architecture does not read (they are
+    /// ignored, with a note); by default such a checkpoint is refused, naming them.
+    pub allow_unused_weights: bool,
 }
 
 impl Default for Policy {
@@ -204,6 +207,7 @@ impl Default for Policy {
             smooth: None,
             center: false,
             outliers: 0,
+            allow_unused_weights: false,
         }
     }
 }

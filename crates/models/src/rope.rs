@@ -6,6 +6,11 @@ use turbine_core::{HostTensor, Ops, RopeTable};
 use crate::config::HfConfig;
 use crate::{ModelError, Result};
 
+/// Per-frequency divisors of the inverse frequencies, `[rot_dim / 2]` f32, under the name a
+/// GGUF file's `rope_freqs.weight` is read as (llama.cpp's converter stores Llama 3.x's rope
+/// scaling there, not in the metadata).
+pub const FREQ_FACTORS: &str = "model.rope_freqs.weight";
+
 /// How positions map to angles.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RopeSpec {
@@ -186,16 +191,43 @@ impl RopeSpec {
     }
 
     /// [`RopeSpec::table`] for a model of `max_positions` loaded through `w`: as many positions
-    /// as the context used needs ([`Weights::table_positions`]).
+    /// as the context used needs ([`Weights::table_positions`]). A checkpoint's per-frequency
+    /// divisors ([`FREQ_FACTORS`], llama.cpp's `rope_freqs` tensor, where its converter puts
+    /// Llama 3.x's rope scaling) divide the inverse frequencies.
     pub fn table_for<B: Ops>(&self, w: &crate::weights::Weights<'_, B>, max_positions: usize) -> Result<RopeTable<B>> {
         // cos and sin, f32, rot_dim / 2 of each a position.
         let positions = w.table_positions(max_positions, self.rot_dim * 4)?;
-        self.table(w.backend(), positions)
+        let factors = match w.raw(FREQ_FACTORS)? {
+            Some(t) if t.shape().dims() == [self.rot_dim / 2] => Some(t.to_f32()?),
+            Some(t) => {
+                return Err(ModelError::WeightShape {
+                    key: FREQ_FACTORS.into(),
+                    expected: format!("[{}]", self.rot_dim / 2),
+                    got: t.shape().to_string(),
+                })
+            }
+            None => None,
+        };
+        if let Some(f) = factors.iter().flatten().find(|f| !(f.is_finite() && **f > 0.0)) {
+            return Err(ModelError::Config(format!(
+                "{FREQ_FACTORS} holds {f}: rotary divisors must be finite and > 0"
+            )));
+        }
+        self.table_scaled(w.backend(), positions, factors.as_deref())
     }
 
     /// Uploads `[positions, rot_dim / 2]` cos and sin tables.
     pub fn table<B: Ops>(&self, b: &B, positions: usize) -> Result<RopeTable<B>> {
-        let inv = self.inv_freq();
+        self.table_scaled(b, positions, None)
+    }
+
+    fn table_scaled<B: Ops>(&self, b: &B, positions: usize, divisors: Option<&[f32]>) -> Result<RopeTable<B>> {
+        let mut inv = self.inv_freq();
+        if let Some(d) = divisors {
+            for (f, d) in inv.iter_mut().zip(d) {
+                *f /= d;
+            }
+        }
         let att = self.attention_factor();
         let half = inv.len();
         let mut cos = Vec::with_capacity(positions * half);

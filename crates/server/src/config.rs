@@ -42,12 +42,19 @@ pub struct ModelSection {
     /// calibrated outliers); unset: the format's default (16 for `fp8` and `fp8-weight`, else 0).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub outliers: Option<usize>,
+    /// Load a checkpoint that holds tensors the architecture does not use (they are ignored);
+    /// by default such a checkpoint is refused, naming them.
+    pub allow_unused_weights: bool,
 }
 
 impl ModelSection {
-    /// The precision policy of `dtype`, `keep` and `outliers`.
+    /// The precision policy of `dtype`, `keep` and `outliers`, and whether unused tensors are
+    /// allowed.
     pub fn policy(&self) -> turbine_models::Result<turbine_models::precision::Policy> {
-        Ok(turbine_models::precision::Policy::parse(&self.dtype, &self.keep)?.with_outliers(self.outliers))
+        Ok(turbine_models::precision::Policy {
+            allow_unused_weights: self.allow_unused_weights,
+            ..turbine_models::precision::Policy::parse(&self.dtype, &self.keep)?.with_outliers(self.outliers)
+        })
     }
 }
 
@@ -60,6 +67,7 @@ impl Default for ModelSection {
             dtype: "auto".into(),
             keep: Vec::new(),
             outliers: None,
+            allow_unused_weights: false,
         }
     }
 }

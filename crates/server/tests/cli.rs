@@ -756,3 +756,25 @@ fn non_finite_logits_are_an_error() {
     assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Issue 19: a checkpoint with more layers than its config is refused with the tensors named;
+/// `--allow-unused-weights` loads it.
+#[test]
+fn unused_weights_are_refused_unless_allowed() {
+    let dir = std::env::temp_dir().join(format!("turbine-cli-unused-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    for f in ["model.safetensors", "tokenizer.json"] {
+        std::fs::copy(tiny("llama-gqa").join(f), dir.join(f)).unwrap();
+    }
+    let mut cfg: Value =
+        serde_json::from_str(&std::fs::read_to_string(tiny("llama-gqa").join("config.json")).unwrap()).unwrap();
+    cfg["num_hidden_layers"] = 1.into();
+    std::fs::write(dir.join("config.json"), cfg.to_string()).unwrap();
+    let model = dir.to_str().unwrap();
+    let args = ["generate", "--model", model, "--prompt-ids", "5,6", "--max-tokens", "2", "--json"];
+    fails_with(&turbine(&args), "model.layers.1.");
+    let ok = turbine(&[&args[..], &["--allow-unused-weights"]].concat());
+    assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
+    assert!(String::from_utf8_lossy(&ok.stderr).contains("ignoring 9 tensors"));
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -290,6 +290,11 @@ impl GgufFile {
             .ok_or_else(|| ModelError::corrupt(&self.path, "no general.architecture"))
     }
 
+    /// Every tensor's GGUF name.
+    pub fn tensor_names(&self) -> Vec<String> {
+        self.tensors.keys().cloned().collect()
+    }
+
     /// Whether a tensor with this GGUF name exists.
     pub fn has_tensor(&self, name: &str) -> bool {
         self.tensors.contains_key(name)
@@ -337,6 +342,14 @@ impl GgufSource {
 }
 
 impl WeightSource for GgufSource {
+    fn stored_names(&self) -> Vec<String> {
+        self.file.tensor_names()
+    }
+
+    fn stored_name(&self, name: &str) -> Option<String> {
+        gguf_name(&self.arch, name)
+    }
+
     fn get(&self, name: &str) -> Result<Option<HostTensor<'_>>> {
         let Some(g) = gguf_name(&self.arch, name) else { return Ok(None) };
         let Some(t) = self.file.tensor(&g)? else { return Ok(None) };

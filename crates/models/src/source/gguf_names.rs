@@ -28,8 +28,13 @@ struct Scheme {
     modules: Pairs,
 }
 
-const LLAMA_FIXED: Pairs =
-    &[("model.embed_tokens", "token_embd"), ("model.norm", "output_norm"), ("lm_head", "output")];
+const LLAMA_FIXED: Pairs = &[
+    ("model.embed_tokens", "token_embd"),
+    ("model.norm", "output_norm"),
+    ("lm_head", "output"),
+    // Not a transformers tensor: llama.cpp's per-frequency rotary divisors (`rope::FREQ_FACTORS`).
+    ("model.rope_freqs", "rope_freqs"),
+];
 const LLAMA_MODULES: Pairs = &[
     ("input_layernorm", "attn_norm"),
     ("post_attention_layernorm", "ffn_norm"),

@@ -88,6 +88,10 @@ impl SafetensorsSource {
 }
 
 impl WeightSource for SafetensorsSource {
+    fn stored_names(&self) -> Vec<String> {
+        self.index.keys().cloned().collect()
+    }
+
     fn get(&self, name: &str) -> Result<Option<HostTensor<'_>>> {
         let Some(&i) = self.index.get(name) else { return Ok(None) };
         let shard = &self.shards[i];

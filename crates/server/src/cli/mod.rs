@@ -74,6 +74,10 @@ pub struct ModelArgs {
     /// KV cache storage: f32, fp8 (FP8 E4M3) or int8.
     #[arg(long, default_value = "f32")]
     pub kv_dtype: String,
+    /// Load a checkpoint that holds tensors the architecture does not use (ignoring them);
+    /// without it such a checkpoint is refused, naming them.
+    #[arg(long)]
+    pub allow_unused_weights: bool,
 }
 
 impl ModelArgs {
@@ -85,7 +89,10 @@ impl ModelArgs {
 
     /// The precision policy of `--dtype` and `--keep`.
     pub fn policy(&self) -> anyhow::Result<turbine_models::precision::Policy> {
-        Ok(turbine_models::precision::Policy::parse(&self.dtype, &self.keep)?.with_outliers(self.outliers))
+        Ok(turbine_models::precision::Policy {
+            allow_unused_weights: self.allow_unused_weights,
+            ..turbine_models::precision::Policy::parse(&self.dtype, &self.keep)?.with_outliers(self.outliers)
+        })
     }
 }
 

@@ -38,6 +38,9 @@ pub struct ServeArgs {
     /// default: 16 for fp8 and fp8-weight, else 0).
     #[arg(long)]
     outliers: Option<usize>,
+    /// Load a checkpoint that holds tensors the architecture does not use (ignoring them).
+    #[arg(long)]
+    allow_unused_weights: bool,
     /// Address to bind (default 127.0.0.1, loopback only).
     #[arg(long)]
     host: Option<String>,
@@ -107,6 +110,7 @@ impl ServeArgs {
         if self.outliers.is_some() {
             c.model.outliers = self.outliers;
         }
+        c.model.allow_unused_weights |= self.allow_unused_weights;
         set(&mut c.server.host, &self.host);
         set(&mut c.server.port, &self.port);
         set(&mut c.server.drain_timeout_s, &self.drain_timeout);
