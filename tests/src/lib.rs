@@ -3,6 +3,7 @@
 //! rules.
 
 pub mod gguf;
+pub mod mutate;
 
 use std::path::{Path, PathBuf};
 

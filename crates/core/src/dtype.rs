@@ -96,12 +96,13 @@ impl DType {
         !matches!(self, DType::U32)
     }
 
-    /// Bytes needed for `n` values, or `None` when `n` is not a whole number of blocks.
+    /// Bytes needed for `n` values, or `None` when `n` is not a whole number of blocks or the
+    /// size does not fit a `usize`.
     pub const fn bytes_for(self, n: usize) -> Option<usize> {
         if n % self.block_len() != 0 {
             None
         } else {
-            Some(n / self.block_len() * self.block_bytes())
+            (n / self.block_len()).checked_mul(self.block_bytes())
         }
     }
 

@@ -136,6 +136,18 @@ impl HfConfig {
                 if v.as_u64().is_none_or(|n| n == 0) {
                     return Err(ModelError::Config(format!("{key} is {v}; it must be an integer of at least 1")));
                 }
+                // Per-layer settings are allocated from the count before any weight is read;
+                // sizes far beyond any model's would only fail later, at a weight's shape.
+                let max = match key {
+                    "num_hidden_layers" => Some(1u64 << 16),
+                    "max_position_embeddings" | "sliding_window" => None,
+                    _ => Some(1 << 24),
+                };
+                if let (Some(max), Some(n)) = (max, v.as_u64()) {
+                    if n > max {
+                        return Err(ModelError::Config(format!("{key} is {n}; it must be at most {max}")));
+                    }
+                }
             }
         }
         const POSITIVE: [&str; 9] = [
@@ -362,6 +374,9 @@ mod tests {
             ("num_hidden_layers", json!(0)),
             ("vocab_size", json!(-3)),
             ("final_logit_softcapping", json!(0.0)),
+            // Found by the mutation tests: a per-layer table of 2^32 entries aborted the load.
+            ("num_hidden_layers", json!(4_294_967_296u64)),
+            ("hidden_size", json!(1u64 << 40)),
         ];
         for (key, bad) in cases {
             let mut v = base.clone();

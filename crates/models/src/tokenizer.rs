@@ -39,6 +39,19 @@ fn tok_err(e: impl std::fmt::Display) -> ModelError {
     ModelError::Tokenizer(e.to_string())
 }
 
+/// Runs a call into the tokenizers library, turning a panic (some malformed `tokenizer.json`
+/// files make it index out of bounds instead of returning an error) into an error naming `what`.
+fn guarded<T>(what: &str, f: impl FnOnce() -> Result<T>) -> Result<T> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).unwrap_or_else(|p| {
+        let msg = p
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| p.downcast_ref::<&str>().copied())
+            .unwrap_or("a panic");
+        Err(ModelError::Tokenizer(format!("{what}: the tokenizer library failed on this tokenizer ({msg})")))
+    })
+}
+
 /// Regexes of llama.cpp's pre-tokenizer types, for the ones that are not plain GPT-2.
 const LLAMA3_RE: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 const QWEN2_RE: &str =
@@ -82,8 +95,9 @@ impl TextTokenizer {
         if !path.exists() {
             return Err(ModelError::Tokenizer(format!("{} not found", path.display())));
         }
-        let inner =
-            Tokenizer::from_file(&path).map_err(|e| ModelError::Tokenizer(format!("{}: {e}", path.display())))?;
+        let inner = guarded(&path.display().to_string(), || {
+            Tokenizer::from_file(&path).map_err(|e| ModelError::Tokenizer(format!("{}: {e}", path.display())))
+        })?;
         let cfg_path = dir.join("tokenizer_config.json");
         let cfg: Json = match std::fs::read_to_string(&cfg_path) {
             Ok(t) => {
@@ -237,7 +251,7 @@ impl TextTokenizer {
             return self.encode(&tmpl.render(messages, add_generation_prompt)?, false);
         }
         let r = tmpl.render_marked(messages, add_generation_prompt)?;
-        let enc = self.inner.encode(r.text.as_str(), false).map_err(tok_err)?;
+        let enc = guarded("encode", || self.inner.encode(r.text.as_str(), false).map_err(tok_err))?;
         let in_content = |(a, b): (usize, usize)| r.contents.iter().any(|c| a < c.end && c.start < b);
         let mut ids = Vec::with_capacity(enc.len());
         let mut done = 0;
@@ -247,13 +261,15 @@ impl TextTokenizer {
             }
             // A marker of the template's own: the text before it is encoded as text.
             if done < span.0 {
-                ids.extend(self.plain.encode(&r.text[done..span.0], false).map_err(tok_err)?.get_ids());
+                let piece = &r.text[done..span.0];
+                ids.extend(guarded("encode", || self.plain.encode(piece, false).map_err(tok_err))?.get_ids());
             }
             ids.push(id);
             done = span.1.max(done);
         }
         if done < r.text.len() {
-            ids.extend(self.plain.encode(&r.text[done..], false).map_err(tok_err)?.get_ids());
+            let rest = &r.text[done..];
+            ids.extend(guarded("encode", || self.plain.encode(rest, false).map_err(tok_err))?.get_ids());
         }
         Ok(ids)
     }
@@ -261,7 +277,7 @@ impl TextTokenizer {
     /// Encodes text. With `special`, adds the model's beginning-of-sequence token where it wants
     /// one; special tokens written in the text are always recognised.
     pub fn encode(&self, text: &str, special: bool) -> Result<Vec<u32>> {
-        let enc = self.inner.encode(text, special).map_err(tok_err)?;
+        let enc = guarded("encode", || self.inner.encode(text, special).map_err(tok_err))?;
         let mut ids = enc.get_ids().to_vec();
         if let (true, Some(bos)) = (special, self.add_bos) {
             if ids.first() != Some(&bos) {
@@ -273,7 +289,7 @@ impl TextTokenizer {
 
     /// Decodes ids to text; `skip_special` drops special tokens.
     pub fn decode(&self, ids: &[u32], skip_special: bool) -> Result<String> {
-        self.inner.decode(ids, skip_special).map_err(tok_err)
+        guarded("decode", || self.inner.decode(ids, skip_special).map_err(tok_err))
     }
 
     /// Vocabulary size including added tokens.

@@ -249,14 +249,21 @@ impl GgufFile {
                     format!("tensor {name} starts at offset {offset}, not a multiple of general.alignment ({align})"),
                 ));
             }
-            let numel = dims.iter().try_fold(1usize, |a, &d| a.checked_mul(d));
-            let len = match (&dtype, numel) {
-                (Ok(dt), Some(n)) => dt
-                    .bytes_for(*dims.last().unwrap_or(&1))
-                    .map(|row| row * (n / dims.last().copied().unwrap_or(1).max(1))),
-                _ => Some(0),
-            }
-            .ok_or_else(|| ModelError::corrupt(path, format!("tensor {name}: rows are not whole blocks")))?;
+            let numel = dims
+                .iter()
+                .try_fold(1usize, |a, &d| a.checked_mul(d))
+                .ok_or_else(|| ModelError::corrupt(path, format!("tensor {name}: shape {dims:?} is too large")))?;
+            let len = match &dtype {
+                Ok(dt) => {
+                    let row = dt.bytes_for(*dims.last().unwrap_or(&1)).ok_or_else(|| {
+                        ModelError::corrupt(path, format!("tensor {name}: rows are not whole blocks"))
+                    })?;
+                    row.checked_mul(numel / dims.last().copied().unwrap_or(1).max(1)).ok_or_else(|| {
+                        ModelError::corrupt(path, format!("tensor {name}: shape {dims:?} is too large"))
+                    })?
+                }
+                Err(_) => 0,
+            };
             let end = data_start.checked_add(offset).and_then(|s| s.checked_add(len));
             if end.is_none_or(|e| e > map.len()) {
                 return Err(ModelError::corrupt(
