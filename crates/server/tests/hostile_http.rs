@@ -122,6 +122,28 @@ fn partial_headers_and_idle_keep_alive_are_closed_after_the_header_timeout() {
     assert!(t0.elapsed() < Duration::from_secs(4));
 }
 
+/// Slowloris: connections that trickle a header hold no slot against new clients, and the one
+/// whose slot is given away is closed within a moment, not at the (default, 30 s) header timeout,
+/// so they cannot pile up either.
+#[test]
+fn evicted_half_header_connections_are_closed_at_once() {
+    let s = serve(&["--max-connections", "4"]);
+    let mut slow: Vec<TcpStream> = (0..4)
+        .map(|i| {
+            let mut c = TcpStream::connect(&s.addr).unwrap();
+            c.write_all(format!("GET /health HTTP/1.1\r\nHost: t\r\nX-Slow-{i}: ").as_bytes()).unwrap();
+            std::thread::sleep(Duration::from_millis(50));
+            c
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(200));
+    let t0 = Instant::now();
+    let (st, resp) = request(&s.addr, "GET /health HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n");
+    assert_eq!(st, 200, "{resp}");
+    // The first, idle the longest, gave its slot to that client.
+    assert!(closed_within(&mut slow[0], Duration::from_secs(3)), "evicted, still open after {:?}", t0.elapsed());
+}
+
 #[test]
 fn a_trickled_body_gets_408_and_a_huge_declared_body_413_at_once() {
     let s = serve(&["--body-timeout", "1", "--body-min-rate", "1000", "--max-body-bytes", "65536"]);

@@ -4,8 +4,9 @@
 //! trickles a request header, and between keep-alive requests. When all slots are taken, a new
 //! client takes the slot of the connection idle the longest, which is closed (gracefully: a
 //! request that starts in that instant still gets its answer); the client waits (accepted, in
-//! order) only while every open connection has a request in flight. So clients that connect and
-//! send nothing, or too slowly, cannot keep others out, and the header timeout closes them anyway.
+//! order) only while every open connection has a request in flight. An evicted connection still
+//! trickling a header is dropped after [`EVICT_GRACE`]. So clients that connect and send nothing,
+//! or too slowly, cannot keep others out nor pile up, and the header timeout closes them anyway.
 
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -28,6 +29,10 @@ use tower::ServiceExt;
 /// to [`LINGER`] before closing. A client that was still sending a body the server refused (413,
 /// 408) then reads its answer instead of a connection reset.
 struct Lingering(Option<TcpStream>);
+
+/// How long an evicted connection (or any, when the server stops) may take to finish a request
+/// header it has started before it is dropped.
+const EVICT_GRACE: Duration = Duration::from_millis(250);
 
 /// How long a closed connection keeps reading what its client still sends.
 const LINGER: Duration = Duration::from_secs(2);
@@ -253,7 +258,19 @@ pub async fn serve_connections(
                 _ = conn.as_mut() => {}
                 _ = close => {
                     conn.as_mut().graceful_shutdown();
-                    let _ = conn.as_mut().await;
+                    // hyper closes a connection waiting for its next request at once, but one
+                    // half-way through a header (slowloris) only at the header timeout: with no
+                    // request in flight after a moment, it is dropped instead.
+                    loop {
+                        tokio::select! {
+                            _ = conn.as_mut() => break,
+                            _ = tokio::time::sleep(EVICT_GRACE) => {
+                                if held.slot.busy.load(Ordering::SeqCst) == 0 {
+                                    break;
+                                }
+                            }
+                        }
+                    }
                 }
             }
             drop(held);
