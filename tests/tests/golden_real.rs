@@ -142,3 +142,30 @@ fn gemma3_chat_turns_cannot_be_forged() {
         [Message::new("system", "Be brief."), Message::new("user", "Name a fox."), Message::new("assistant", "Vix.")];
     forged_turns_stay_text(&m, &msgs);
 }
+
+/// The engine's incremental detokenization (`TextStream`) gives, token by token, exactly the
+/// text of decoding the whole output, on a byte-level (SmolLM2) and a SentencePiece (Gemma 3)
+/// tokenizer: encoded text with multi-byte characters and spaces, and random ids.
+#[test]
+fn streamed_text_equals_whole_decoding_on_real_tokenizers() {
+    use turbine_batcher::TextStream;
+    use turbine_core::sampling::Rng;
+    for name in ["smollm2-135m-instruct", "gemma3-270m"] {
+        let m = model(name);
+        let decode = |ids: &[u32]| m.tok.decode(ids, true).unwrap();
+        let text = "Héllo wörld — 日本語の文 🙂🦊 a  b\n\n  code: fn x() { 1 + 2 }\tend. Ünïcödé ñ ß";
+        let mut cases = vec![m.tok.encode(text, false).unwrap()];
+        let mut rng = Rng::new(9);
+        let vocab = m.tok.vocab_size() as u64;
+        cases.extend((0..4).map(|_| (0..400).map(|_| (rng.next_u64() % vocab) as u32).collect::<Vec<u32>>()));
+        for (k, ids) in cases.iter().enumerate() {
+            let mut s = TextStream::default();
+            let mut streamed = String::new();
+            for n in 1..=ids.len() {
+                streamed.push_str(s.update(&decode, &ids[..n], false));
+            }
+            streamed.push_str(s.update(&decode, ids, true));
+            assert_eq!(streamed, decode(ids), "{name} case {k}");
+        }
+    }
+}

@@ -9,6 +9,7 @@ use std::collections::VecDeque;
 use turbine_core::sampling::SeqSampler;
 use turbine_models::{Logits, ModelRunner, SeqStep};
 
+use crate::detok::{Detokenizer, TextStream};
 use crate::generate::FinishReason;
 use crate::kv::{block_hash, BlockManager};
 use crate::request::{EngineConfig, Event, Request, RequestId, Stats, SubmitError, Usage};
@@ -31,6 +32,8 @@ struct Seq {
     ignore_eos: bool,
     stop_ids: Vec<u32>,
     stop: Vec<String>,
+    /// The output text, decoded incrementally.
+    text: TextStream,
     /// Bytes of the output text already sent.
     sent: usize,
 }
@@ -40,9 +43,6 @@ impl Seq {
         self.tokens.len() - self.prompt_len
     }
 }
-
-/// Turns generated ids into text (special tokens skipped), for stop strings and text deltas.
-pub type Detokenizer = Box<dyn Fn(&[u32]) -> String + Send>;
 
 /// The scheduler, the block manager and the model runner, stepped by the caller.
 pub struct EngineCore {
@@ -169,6 +169,7 @@ impl EngineCore {
             ignore_eos: req.ignore_eos,
             stop_ids: req.stop_ids,
             stop: req.stop,
+            text: TextStream::default(),
             sent: 0,
         });
         Ok(id)
@@ -193,10 +194,13 @@ impl EngineCore {
             completion_tokens: seq.generated(),
             cached_tokens: seq.cached_tokens,
         };
+        let mut seq = seq;
         let text = match &self.detok {
             // A stop string ends the text where it starts; that cut was made when it matched.
             Some(d) if reason != FinishReason::Stop || seq.stop.is_empty() => {
-                d(&seq.tokens[seq.prompt_len..]).get(seq.sent..).unwrap_or_default().to_string()
+                // What the stream still holds back (an incomplete character) is released now.
+                seq.text.update(d, &seq.tokens[seq.prompt_len..], true);
+                seq.text.text().get(seq.sent..).unwrap_or_default().to_string()
             }
             _ => String::new(),
         };
@@ -209,7 +213,8 @@ impl EngineCore {
     fn text_delta(&mut self, i: usize) -> (String, bool) {
         let Some(d) = &self.detok else { return (String::new(), false) };
         let s = &mut self.running[i];
-        let text = d(&s.tokens[s.prompt_len..]);
+        s.text.update(d, &s.tokens[s.prompt_len..], false);
+        let text = s.text.text();
         let from = s.sent.min(text.len());
         let longest = s.stop.iter().map(String::len).max().unwrap_or(0);
         // A new match ends in the new text; start early enough to see it whole.
@@ -224,10 +229,7 @@ impl EngineCore {
             s.sent = end;
             return (delta, true);
         }
-        let mut end = text.len();
-        if text.ends_with('\u{fffd}') {
-            end -= '\u{fffd}'.len_utf8();
-        }
+        let end = text.len();
         // Hold back the longest end of the text that starts a stop string.
         let hold = s
             .stop

@@ -3,6 +3,8 @@
 //! - [`engine`]: the asynchronous engine API (`submit` → a stream of events, `cancel`, `stats`);
 //!   one thread owns the [`core::EngineCore`]: in-flight batching over the paged KV cache
 //!   ([`kv`]) with prefix caching and preemption.
+//! - [`detok`]: incremental detokenization ([`TextStream`]): text deltas whose cost does not grow
+//!   with the output.
 //! - [`blocks`]: the KV block pool of the single-request [`generate::Generator`].
 //! - [`generate`]: one request from prompt to finish (chunked prefill, then decode steps).
 //! - [`score`]: log-likelihood and perplexity of a token sequence, in windows.
@@ -12,6 +14,7 @@
 pub mod bench;
 pub mod blocks;
 pub mod core;
+pub mod detok;
 pub mod engine;
 pub mod eval;
 pub mod generate;
@@ -21,6 +24,7 @@ pub mod score;
 
 pub use blocks::{BlockPool, SeqBlocks};
 pub use core::EngineCore;
+pub use detok::{Detokenizer, TextStream};
 pub use engine::{Engine, RequestStream};
 pub use generate::{FinishReason, GenOutput, Generated, Generator, Timings};
 pub use request::{EngineConfig, Event, Request, RequestId, Stats, SubmitError, Usage};

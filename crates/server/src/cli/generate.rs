@@ -5,7 +5,7 @@ use std::io::Write;
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use serde_json::json;
-use turbine_batcher::{GenOutput, Request};
+use turbine_batcher::{GenOutput, Request, TextStream};
 use turbine_core::sampling::SamplingParams;
 use turbine_models::chat::Message;
 use turbine_models::tokenizer::TextTokenizer;
@@ -93,24 +93,24 @@ fn prompt_ids(a: &GenerateArgs, s: &Session) -> Result<Vec<u32>> {
     bail!("give a prompt: --prompt TEXT, --prompt-ids 1,2,3 or --chat TEXT")
 }
 
-/// Streams decoded text, holding back incomplete UTF-8 sequences.
+/// Streams decoded text incrementally ([`TextStream`]: the cost of a token does not grow with
+/// the output), holding back incomplete UTF-8 sequences.
 struct Streamer<'a> {
     tok: &'a TextTokenizer,
     ids: Vec<u32>,
-    shown: usize,
+    text: TextStream,
 }
 
 impl Streamer<'_> {
     fn push(&mut self, id: u32) -> Result<()> {
         self.ids.push(id);
-        let text = self.tok.decode(&self.ids, true)?;
-        if text.ends_with('\u{fffd}') || text.len() < self.shown || !text.is_char_boundary(self.shown) {
-            return Ok(());
+        let tok = self.tok;
+        let delta = self.text.update(&|ids: &[u32]| tok.decode(ids, true).unwrap_or_default(), &self.ids, false);
+        if !delta.is_empty() {
+            let mut out = std::io::stdout().lock();
+            out.write_all(delta.as_bytes())?;
+            out.flush()?;
         }
-        let mut out = std::io::stdout().lock();
-        out.write_all(&text.as_bytes()[self.shown..])?;
-        out.flush()?;
-        self.shown = text.len();
         Ok(())
     }
 }
@@ -150,7 +150,7 @@ pub fn run(a: GenerateArgs) -> Result<()> {
     let out = if a.json {
         s.gen.generate(&req, &mut |_| {})?
     } else {
-        let mut st = Streamer { tok: &s.tok, ids: Vec::new(), shown: 0 };
+        let mut st = Streamer { tok: &s.tok, ids: Vec::new(), text: TextStream::default() };
         let mut err = None;
         let out = s.gen.generate(&req, &mut |t| {
             if err.is_none() {
