@@ -6,8 +6,8 @@
 
 use std::collections::VecDeque;
 
+use turbine_core::runner::{Logits, ModelRunner, SeqStep};
 use turbine_core::sampling::SeqSampler;
-use turbine_models::{Logits, ModelRunner, SeqStep};
 
 use crate::detok::{Detokenizer, TextStream};
 use crate::generate::FinishReason;

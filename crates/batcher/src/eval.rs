@@ -5,8 +5,8 @@
 //! Every model scores the same windows in lockstep, chunk by chunk, so the reference's
 //! distributions are never all held at once.
 
+use turbine_core::runner::{Logits, SeqStep};
 use turbine_core::sampling::log_sum_exp;
-use turbine_models::{Logits, SeqStep};
 
 use crate::generate::Generator;
 use crate::{EngineError, Result};

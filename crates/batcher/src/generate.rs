@@ -2,8 +2,8 @@
 
 use std::time::Instant;
 
+use turbine_core::runner::{Logits, ModelRunner, SeqStep};
 use turbine_core::sampling::{Sampled, SeqSampler};
-use turbine_models::{Logits, ModelRunner, SeqStep};
 
 use crate::blocks::BlockPool;
 use crate::request::Request;

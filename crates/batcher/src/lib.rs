@@ -50,7 +50,7 @@ pub enum EngineError {
     NonFinite(String),
     /// The model failed.
     #[error(transparent)]
-    Model(#[from] turbine_models::ModelError),
+    Model(#[from] turbine_core::Error),
 }
 
 /// Result alias for this crate.

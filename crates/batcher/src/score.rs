@@ -1,7 +1,7 @@
 //! Log-likelihood of a token sequence and its perplexity, scored in windows.
 
+use turbine_core::runner::{Logits, SeqStep};
 use turbine_core::sampling::log_sum_exp;
-use turbine_models::{Logits, SeqStep};
 
 use crate::generate::Generator;
 use crate::{EngineError, Result};

@@ -15,6 +15,7 @@ pub mod fp8;
 pub mod host;
 pub mod ops;
 pub mod quant;
+pub mod runner;
 pub mod sampling;
 pub mod shape;
 pub mod tensor;
@@ -28,5 +29,6 @@ pub use ops::{
     alibi_slopes, Act, AttnMeta, AttnParams, Epilogue, ExactCols, KvPages, NormKind, Ops, QkvLayout, Resid, RopeTable,
     XQuant,
 };
+pub use runner::{CacheConfig, Logits, ModelRunner, ModelSpec, SeqStep};
 pub use shape::Shape;
 pub use tensor::Tensor;

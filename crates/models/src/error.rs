@@ -98,3 +98,14 @@ impl ModelError {
         ModelError::Corrupt { path: path.into(), msg: msg.into() }
     }
 }
+
+/// A model error as the runner interface reports it ([`turbine_core::runner::ModelRunner`]):
+/// kernel-layer errors as they are, the others with their message.
+impl From<ModelError> for turbine_core::Error {
+    fn from(e: ModelError) -> Self {
+        match e {
+            ModelError::Core(c) => c,
+            other => turbine_core::Error::Invalid { op: "model", msg: other.to_string() },
+        }
+    }
+}

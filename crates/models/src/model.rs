@@ -8,30 +8,7 @@ use crate::config::HfConfig;
 use crate::weights::Weights;
 use crate::Result;
 
-/// What the engine needs to know about any model, whatever its architecture.
-#[derive(Debug, Clone, PartialEq)]
-pub struct ModelSpec {
-    /// The architecture name (as in `config.json`).
-    pub arch: String,
-    /// Residual stream width.
-    pub hidden: usize,
-    /// Decoder layers.
-    pub layers: usize,
-    /// Query heads.
-    pub q_heads: usize,
-    /// Key/value heads.
-    pub kv_heads: usize,
-    /// Head dimension.
-    pub head_dim: usize,
-    /// Vocabulary size (rows of the LM head).
-    pub vocab: usize,
-    /// Longest context the model supports.
-    pub max_positions: usize,
-    /// Beginning-of-sequence id.
-    pub bos: Option<u32>,
-    /// End-of-sequence ids.
-    pub eos: Vec<u32>,
-}
+pub use turbine_core::runner::ModelSpec;
 
 /// One step of a packed batch, on the device.
 ///

@@ -7,74 +7,7 @@ use turbine_core::{AttnMeta, DType, GraphStep, HostTensor, KvPages, Ops, Shape, 
 use crate::model::{Model, ModelSpec, Step, Workspace};
 use crate::{ModelError, Result};
 
-/// Which logits a sequence wants from a step.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Logits {
-    /// None (a prompt chunk that is not the last).
-    None,
-    /// The last token's.
-    Last,
-    /// Every token's (scoring, perplexity).
-    All,
-}
-
-/// One sequence's part of a step.
-#[derive(Debug, Clone, Copy)]
-pub struct SeqStep<'a> {
-    /// New tokens, in order.
-    pub tokens: &'a [u32],
-    /// Tokens of this sequence already in the cache (the position of `tokens[0]`).
-    pub start: usize,
-    /// The sequence's block table; must cover `start + tokens.len()` tokens.
-    pub blocks: &'a [u32],
-    /// Which logits to compute.
-    pub logits: Logits,
-}
-
-/// Geometry of the paged KV cache.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct CacheConfig {
-    /// Tokens per block.
-    pub block_size: usize,
-    /// Blocks in the pool.
-    pub num_blocks: usize,
-    /// Storage of keys and values: `F32`, or `I8` / `F8E4M3` (one byte a value plus one f32
-    /// scale per token and kv head, see [`KvPages::k_scales`]).
-    pub kv_dtype: DType,
-}
-
-impl CacheConfig {
-    /// `num_blocks` f32 blocks of `block_size` tokens.
-    pub fn f32(block_size: usize, num_blocks: usize) -> Self {
-        CacheConfig { block_size, num_blocks, kv_dtype: DType::F32 }
-    }
-
-    /// Bytes one block of `block_size` tokens takes across the layers of `spec`: keys, values
-    /// and, for 8-bit storage, their per-row scales and the block's place for an unrounded
-    /// first key ([`KvPages::k_sink`]).
-    pub fn bytes_per_block(spec: &ModelSpec, kv_dtype: DType, block_size: usize) -> usize {
-        let row = kv_dtype.bytes_for(spec.head_dim).unwrap_or(spec.head_dim * 4);
-        let (scale, sink) = if kv_dtype == DType::F32 { (0, 0) } else { (4, 4 * spec.head_dim) };
-        spec.layers * spec.kv_heads * (2 * (row + scale) * block_size + sink)
-    }
-}
-
-/// A model on a device with its KV cache, behind an object-safe interface.
-pub trait ModelRunner: Send {
-    /// The model's spec.
-    fn spec(&self) -> &ModelSpec;
-    /// The backend's name.
-    fn backend(&self) -> &'static str;
-    /// The KV cache geometry.
-    fn cache(&self) -> CacheConfig;
-    /// Runs one packed step. Logits of the requested rows, in sequence order, stay on the device
-    /// for [`ModelRunner::logits`] or [`ModelRunner::sample`].
-    fn step(&mut self, seqs: &[SeqStep<'_>]) -> Result<()>;
-    /// The last step's logits, `[rows, vocab]` row-major.
-    fn logits(&mut self) -> Result<Vec<f32>>;
-    /// Samples one token per logit row of the last step, row `i` with `samplers[i]`.
-    fn sample(&mut self, samplers: &mut [&mut SeqSampler]) -> Result<Vec<Sampled>>;
-}
+pub use turbine_core::runner::{CacheConfig, Logits, ModelRunner, SeqStep};
 
 /// The [`ModelRunner`] of a backend `B`.
 pub struct Runner<B: Ops> {
@@ -273,20 +206,8 @@ impl<B: Ops> Runner<B> {
     }
 }
 
-impl<B: Ops> ModelRunner for Runner<B> {
-    fn spec(&self) -> &ModelSpec {
-        self.model.spec()
-    }
-
-    fn backend(&self) -> &'static str {
-        self.backend.name()
-    }
-
-    fn cache(&self) -> CacheConfig {
-        self.cache
-    }
-
-    fn step(&mut self, seqs: &[SeqStep<'_>]) -> Result<()> {
+impl<B: Ops> Runner<B> {
+    fn run_step(&mut self, seqs: &[SeqStep<'_>]) -> Result<()> {
         if seqs.is_empty() {
             return Err(ModelError::Input("empty step".into()));
         }
@@ -311,15 +232,41 @@ impl<B: Ops> ModelRunner for Runner<B> {
         }
     }
 
-    fn logits(&mut self) -> Result<Vec<f32>> {
+    fn read_logits(&mut self) -> Result<Vec<f32>> {
         Ok(self.backend.download(self.logits_tensor()?)?.to_f32()?)
     }
 
-    fn sample(&mut self, samplers: &mut [&mut SeqSampler]) -> Result<Vec<Sampled>> {
+    fn sample_logits(&mut self, samplers: &mut [&mut SeqSampler]) -> Result<Vec<Sampled>> {
         let logits = self.logits_tensor()?;
         if logits.rows() != samplers.len() {
             return Err(ModelError::Input(format!("{} samplers for {} logit rows", samplers.len(), logits.rows())));
         }
         Ok(self.backend.sample(logits, samplers)?)
+    }
+}
+
+impl<B: Ops> ModelRunner for Runner<B> {
+    fn spec(&self) -> &ModelSpec {
+        self.model.spec()
+    }
+
+    fn backend(&self) -> &'static str {
+        self.backend.name()
+    }
+
+    fn cache(&self) -> CacheConfig {
+        self.cache
+    }
+
+    fn step(&mut self, seqs: &[SeqStep<'_>]) -> turbine_core::Result<()> {
+        Ok(self.run_step(seqs)?)
+    }
+
+    fn logits(&mut self) -> turbine_core::Result<Vec<f32>> {
+        Ok(self.read_logits()?)
+    }
+
+    fn sample(&mut self, samplers: &mut [&mut SeqSampler]) -> turbine_core::Result<Vec<Sampled>> {
+        Ok(self.sample_logits(samplers)?)
     }
 }
