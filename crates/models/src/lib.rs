@@ -4,13 +4,19 @@
 //!   GGUF file to a [`model::Model`] plus its [`tokenizer::TextTokenizer`].
 //! - [`registry`]: the supported architectures; each lives in one file (`llama.rs`, …).
 //! - [`runner`]: a model with its paged KV cache behind the object-safe [`runner::ModelRunner`].
-//! - [`catalog`]: models known by name and `pull`.
+//! - [`catalog`]: models known by name and `pull` (feature `catalog`).
+//!
+//! Features (both default): `tokenizer` (tokenizers, chat templates, calibration by text,
+//! synthetic checkpoints) and `catalog`. With neither, the crate is the architectures and the
+//! safetensors and GGUF loaders.
 //!
 //! Everything is generic over `B: turbine_core::Ops` and never names a backend.
 #![warn(missing_docs)]
 
 pub mod calibrate;
+#[cfg(feature = "catalog")]
 pub mod catalog;
+#[cfg(feature = "tokenizer")]
 pub mod chat;
 pub mod config;
 mod error;
@@ -24,12 +30,17 @@ pub mod registry;
 pub mod rope;
 pub mod runner;
 pub mod source;
+#[cfg(feature = "tokenizer")]
 mod spm;
+#[cfg(feature = "tokenizer")]
 pub mod synth;
+#[cfg(feature = "tokenizer")]
 pub mod tokenizer;
 pub mod weights;
 
 pub use error::{ModelError, Result};
-pub use loader::{load, load_for_context, load_tokenizer, load_with, Loaded};
+#[cfg(feature = "tokenizer")]
+pub use loader::load_tokenizer;
+pub use loader::{load, load_for_context, load_with, Loaded};
 pub use model::{Model, ModelSpec};
 pub use runner::{CacheConfig, Logits, ModelRunner, Runner, SeqStep};

@@ -10,6 +10,7 @@ use crate::precision::Policy;
 use crate::source::gguf::{GgufFile, GgufSource};
 use crate::source::safetensors::SafetensorsSource;
 use crate::source::Tracked;
+#[cfg(feature = "tokenizer")]
 use crate::tokenizer::TextTokenizer;
 use crate::weights::Weights;
 use crate::{registry, ModelError, Result};
@@ -18,7 +19,8 @@ use crate::{registry, ModelError, Result};
 pub struct Loaded<B: Ops> {
     /// The model.
     pub model: Box<dyn Model<B>>,
-    /// The tokenizer.
+    /// The tokenizer (feature `tokenizer`).
+    #[cfg(feature = "tokenizer")]
     pub tokenizer: TextTokenizer,
     /// Every id that ends generation (config, generation config and tokenizer together).
     pub eos: Vec<u32>,
@@ -53,8 +55,7 @@ pub fn load_for_context<B: Ops + Clone>(
         return Ok(l);
     }
     let calib = if policy.needs_calibration() {
-        let text = policy.calib_text.as_deref().unwrap_or(crate::calibrate::DEFAULT_TEXT);
-        let mut ids = l.tokenizer.encode(text, true)?;
+        let mut ids = calibration_ids(&l, policy)?;
         ids.truncate(policy.calib_tokens);
         if ids.len() < MIN_CALIB_TOKENS {
             return Err(ModelError::Config(format!(
@@ -83,6 +84,18 @@ pub fn load_for_context<B: Ops + Clone>(
     Ok(l)
 }
 
+/// The calibration text's ids (the policy's text, else the bundled one).
+#[cfg(feature = "tokenizer")]
+fn calibration_ids<B: Ops>(l: &Loaded<B>, policy: &Policy) -> Result<Vec<u32>> {
+    let text = policy.calib_text.as_deref().unwrap_or(crate::calibrate::DEFAULT_TEXT);
+    l.tokenizer.encode(text, true)
+}
+
+#[cfg(not(feature = "tokenizer"))]
+fn calibration_ids<B: Ops>(_: &Loaded<B>, _: &Policy) -> Result<Vec<u32>> {
+    Err(ModelError::Config("calibrating by text needs turbine-models' \"tokenizer\" feature".into()))
+}
+
 /// Fewest calibration tokens accepted.
 pub const MIN_CALIB_TOKENS: usize = 64;
 
@@ -102,6 +115,7 @@ fn load_raw<B: Ops>(backend: &B, path: &Path, max_context: Option<usize>, allow_
 }
 
 /// Loads only the tokenizer of a model folder or `.gguf` file.
+#[cfg(feature = "tokenizer")]
 pub fn load_tokenizer(path: &Path) -> Result<TextTokenizer> {
     if !path.exists() {
         return Err(ModelError::NotFound(path.to_path_buf()));
@@ -121,6 +135,7 @@ fn load_dir<B: Ops>(backend: &B, dir: &Path, max_context: Option<usize>, allow_u
     let text = std::fs::read_to_string(&cfg_path).map_err(|e| ModelError::io(&cfg_path, e))?;
     let cfg = HfConfig::parse(&text)?;
     registry::check(&cfg)?;
+    #[cfg(feature = "tokenizer")]
     let tokenizer = TextTokenizer::from_hf_dir(dir)?;
     let src = Tracked::new(SafetensorsSource::open_dir(dir)?);
     let mut w = Weights::new(&src, backend);
@@ -134,7 +149,15 @@ fn load_dir<B: Ops>(backend: &B, dir: &Path, max_context: Option<usize>, allow_u
         let g = HfConfig::parse(&t).map_err(|e| ModelError::Config(format!("{}: {e}", gen.display())))?;
         eos.extend(g.ids("eos_token_id"));
     }
-    finish(model, tokenizer, eos, dir)
+    #[cfg(feature = "tokenizer")]
+    eos.extend(tokenizer.eos_ids.iter().copied());
+    finish(
+        model,
+        #[cfg(feature = "tokenizer")]
+        tokenizer,
+        eos,
+        dir,
+    )
 }
 
 fn load_gguf<B: Ops>(backend: &B, path: &Path, max_context: Option<usize>, allow_unused: bool) -> Result<Loaded<B>> {
@@ -146,24 +169,39 @@ fn load_gguf<B: Ops>(backend: &B, path: &Path, max_context: Option<usize>, allow
         }
         other => other,
     })?;
+    #[cfg(feature = "tokenizer")]
     let tokenizer = TextTokenizer::from_gguf(&file)?;
     let src = Tracked::new(GgufSource::new(file)?);
     let mut w = Weights::new(&src, backend);
     w.max_context = max_context;
     let model = registry::build(&cfg, &w)?;
     src.check_unused(&model.spec().arch, allow_unused)?;
-    let eos = model.spec().eos.clone();
-    finish(model, tokenizer, eos, path)
+    #[allow(unused_mut)]
+    let mut eos = model.spec().eos.clone();
+    #[cfg(feature = "tokenizer")]
+    eos.extend(tokenizer.eos_ids.iter().copied());
+    finish(
+        model,
+        #[cfg(feature = "tokenizer")]
+        tokenizer,
+        eos,
+        path,
+    )
 }
 
 fn finish<B: Ops>(
     model: Box<dyn Model<B>>,
-    tokenizer: TextTokenizer,
+    #[cfg(feature = "tokenizer")] tokenizer: TextTokenizer,
     mut eos: Vec<u32>,
     path: &Path,
 ) -> Result<Loaded<B>> {
-    eos.extend(tokenizer.eos_ids.iter().copied());
     eos.sort_unstable();
     eos.dedup();
-    Ok(Loaded { model, tokenizer, eos, path: path.to_path_buf() })
+    Ok(Loaded {
+        model,
+        #[cfg(feature = "tokenizer")]
+        tokenizer,
+        eos,
+        path: path.to_path_buf(),
+    })
 }
