@@ -6,8 +6,8 @@ use std::time::Instant;
 
 use turbine_core::sampling::{Rng, SamplingParams};
 
-use crate::core::EngineCore;
 use crate::request::{Event, Request, RequestId};
+use crate::scheduler::EngineCore;
 use crate::{EngineError, Result};
 
 /// One benchmark request.

@@ -32,8 +32,8 @@ use std::thread::JoinHandle;
 
 use tokio::sync::{mpsc, oneshot};
 
-use crate::core::EngineCore;
 use crate::request::{Event, Request, RequestId, Stats, SubmitError};
+use crate::scheduler::EngineCore;
 
 enum Cmd {
     Submit(Request, oneshot::Sender<Result<(RequestId, mpsc::UnboundedReceiver<Event>), SubmitError>>),

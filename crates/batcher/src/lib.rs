@@ -1,7 +1,7 @@
 //! Turbine's engine layer. It holds a `Box<dyn ModelRunner>` and never sees a backend type.
 //!
 //! - [`engine`]: the asynchronous engine API (`submit` → a stream of events, `cancel`, `stats`);
-//!   one thread owns the [`core::EngineCore`]: in-flight batching over the paged KV cache
+//!   one thread owns the [`scheduler::EngineCore`]: in-flight batching over the paged KV cache
 //!   ([`kv`]) with prefix caching and preemption.
 //! - [`detok`]: incremental detokenization ([`TextStream`]): text deltas whose cost does not grow
 //!   with the output.
@@ -13,21 +13,21 @@
 
 pub mod bench;
 pub mod blocks;
-pub mod core;
 pub mod detok;
 pub mod engine;
 pub mod eval;
 pub mod generate;
 pub mod kv;
 pub mod request;
+pub mod scheduler;
 pub mod score;
 
 pub use blocks::{BlockPool, SeqBlocks};
-pub use core::EngineCore;
 pub use detok::{Detokenizer, TextStream};
 pub use engine::{Engine, RequestStream};
 pub use generate::{FinishReason, GenOutput, Generated, Generator, Timings};
 pub use request::{EngineConfig, Event, Request, RequestId, Stats, SubmitError, Usage};
+pub use scheduler::EngineCore;
 pub use score::{score, Score};
 
 /// Errors of the engine layer.

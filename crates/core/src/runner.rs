@@ -99,4 +99,11 @@ pub trait ModelRunner: Send {
     fn logits(&mut self) -> Result<Vec<f32>>;
     /// Samples one token per logit row of the last step, row `i` with `samplers[i]`.
     fn sample(&mut self, samplers: &mut [&mut SeqSampler]) -> Result<Vec<Sampled>>;
+
+    /// The longest sequence (prompt and output) this runner can hold: the model's context, or
+    /// the KV cache's tokens if fewer.
+    fn context_len(&self) -> usize {
+        let c = self.cache();
+        self.spec().max_positions.min(c.num_blocks * c.block_size)
+    }
 }

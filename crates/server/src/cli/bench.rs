@@ -105,8 +105,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
     }
     let modes = if a.compare { vec![Mode::Inflight, Mode::Static, Mode::StaticCompact] } else { vec![mode(&a.mode)?] };
     let loaded = setup::load_runner_with(a.model.model.as_deref(), &a.model.backend, eng.kv(), &a.model.policy()?)?;
-    let cache = loaded.runner.cache();
-    let max_len = loaded.runner.spec().max_positions.min(cache.num_blocks * cache.block_size);
+    let max_len = loaded.runner.context_len();
     let reqs = if a.workload == "mixed" {
         let text = loaded.tok.encode(TEXT, false)?;
         bench::mixed_workload(&text, a.requests, a.seed, max_len)

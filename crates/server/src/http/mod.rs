@@ -72,8 +72,7 @@ impl AppState {
         let policy = cfg.model.policy()?;
         let l = crate::setup::load_runner_with(model, &cfg.model.backend, cfg.engine.kv(), &policy)?;
         let tok = Arc::new(l.tok);
-        let cache = l.runner.cache();
-        let max_len = l.runner.spec().max_positions.min(cache.num_blocks * cache.block_size);
+        let max_len = l.runner.context_len();
         let name = match &cfg.model.served_name {
             Some(n) => n.clone(),
             None if turbine_models::catalog::known(&cfg.model.path).is_some() => cfg.model.path.clone(),

@@ -86,7 +86,7 @@ impl EngineCore {
 
     /// Longest sequence (prompt + generated) a request may reach.
     pub fn max_len(&self) -> usize {
-        self.runner.spec().max_positions.min(self.kv.num_blocks() * self.kv.block_size())
+        self.runner.context_len()
     }
 
     /// Whether any request is waiting or running.
