@@ -196,32 +196,99 @@ pub fn reshard(src: &Path, dst: &Path, dtype: safetensors::Dtype, shards: usize)
     Ok(())
 }
 
-/// Copies a tiny HF folder (f32 weights) with row `token` of `embed` (the token embedding
-/// table, `[vocab, hidden]`) set to `value`: a prompt holding that token drives the model to
-/// NaN or infinity while other prompts are unaffected (for the numerics guard's tests).
-pub fn poison_token(src: &Path, dst: &Path, embed: &str, token: usize, value: f32) -> Result<()> {
+/// One tensor of a checkpoint being rewritten: its name, shape and little-endian bytes.
+pub struct Rewritten<'a> {
+    /// The tensor's name.
+    pub name: &'a str,
+    /// Its shape (editable).
+    pub shape: &'a mut Vec<usize>,
+    /// Its bytes (editable; f32 fixtures: 4 a value).
+    pub data: &'a mut Vec<u8>,
+}
+
+/// Copies a tiny HF folder (single `model.safetensors`), letting `edit` change each tensor and
+/// `config` / `tokenizer` the JSON files on the way.
+pub fn rewrite(
+    src: &Path,
+    dst: &Path,
+    mut edit: impl FnMut(Rewritten<'_>),
+    config: impl FnOnce(&mut Value),
+    tokenizer: impl FnOnce(&mut Value),
+) -> Result<()> {
     use safetensors::tensor::TensorView;
     std::fs::create_dir_all(dst)?;
-    for f in ["config.json", "tokenizer.json"] {
-        std::fs::copy(src.join(f), dst.join(f))?;
+    for (f, change) in
+        [("config.json", Box::new(config) as Box<dyn FnOnce(&mut Value)>), ("tokenizer.json", Box::new(tokenizer))]
+    {
+        let mut v = read_json(&src.join(f))?;
+        change(&mut v);
+        std::fs::write(dst.join(f), v.to_string())?;
     }
     let bytes = std::fs::read(src.join("model.safetensors"))?;
     let st = safetensors::SafeTensors::deserialize(&bytes)?;
     let mut data: Vec<(String, safetensors::Dtype, Vec<usize>, Vec<u8>)> = Vec::new();
     for (name, t) in st.tensors() {
-        let mut raw = t.data().to_vec();
-        if name == embed {
-            anyhow::ensure!(t.dtype() == safetensors::Dtype::F32, "{embed} is not f32");
-            let hidden = t.shape()[1];
-            for v in raw[token * hidden * 4..(token + 1) * hidden * 4].chunks_exact_mut(4) {
-                v.copy_from_slice(&value.to_le_bytes());
-            }
-        }
-        data.push((name, t.dtype(), t.shape().to_vec(), raw));
+        let (mut shape, mut raw) = (t.shape().to_vec(), t.data().to_vec());
+        edit(Rewritten { name: &name, shape: &mut shape, data: &mut raw });
+        data.push((name, t.dtype(), shape, raw));
     }
-    anyhow::ensure!(data.iter().any(|d| d.0 == embed), "no tensor {embed}");
     let views: Vec<(String, TensorView<'_>)> =
         data.iter().map(|(n, d, s, r)| Ok((n.clone(), TensorView::new(*d, s.clone(), r)?))).collect::<Result<_>>()?;
     safetensors::serialize_to_file(views, None, &dst.join("model.safetensors"))?;
+    Ok(())
+}
+
+/// Copies a tiny HF folder (f32 weights) with row `token` of `embed` (the token embedding
+/// table, `[vocab, hidden]`) set to `value`: a prompt holding that token drives the model to
+/// NaN or infinity while other prompts are unaffected (for the numerics guard's tests).
+pub fn poison_token(src: &Path, dst: &Path, embed: &str, token: usize, value: f32) -> Result<()> {
+    let mut found = false;
+    rewrite(
+        src,
+        dst,
+        |t| {
+            if t.name == embed {
+                found = true;
+                let hidden = t.shape[1];
+                for v in t.data[token * hidden * 4..(token + 1) * hidden * 4].chunks_exact_mut(4) {
+                    v.copy_from_slice(&value.to_le_bytes());
+                }
+            }
+        },
+        |_| {},
+        |_| {},
+    )?;
+    anyhow::ensure!(found, "no tensor {embed}");
+    Ok(())
+}
+
+/// Copies a tiny HF folder (f32 weights, untied `lm_head`) with `tokens` added as control
+/// tokens: new ids after the vocabulary, in the tokenizer (special) and in the model (zero rows
+/// of the embeddings and the LM head, `vocab_size` grown), so that prompts holding them run.
+pub fn with_control_tokens(src: &Path, dst: &Path, tokens: &[&str]) -> Result<()> {
+    let n = tokens.len();
+    let mut vocab = 0;
+    rewrite(
+        src,
+        dst,
+        |t| {
+            if t.name == "model.embed_tokens.weight" || t.name == "lm_head.weight" {
+                vocab = t.shape[0];
+                t.data.resize(t.data.len() + n * t.shape[1] * 4, 0);
+                t.shape[0] += n;
+            }
+        },
+        |c| c["vocab_size"] = Value::from(c["vocab_size"].as_u64().unwrap_or(0) + n as u64),
+        |tok| {
+            let base = tok["model"]["vocab"].as_object().map_or(0, |v| v.len());
+            if let Some(added) = tok["added_tokens"].as_array_mut() {
+                for (i, text) in tokens.iter().enumerate() {
+                    added.push(serde_json::json!({"id": base + i, "content": text, "single_word": false,
+                        "lstrip": false, "rstrip": false, "normalized": false, "special": true}));
+                }
+            }
+        },
+    )?;
+    anyhow::ensure!(vocab > 0, "no embedding table");
     Ok(())
 }
