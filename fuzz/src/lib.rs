@@ -82,30 +82,39 @@ pub fn pack_folder(dir: &Path) -> std::io::Result<Vec<u8>> {
     Ok(out)
 }
 
+/// The running server: its runtime, the sender that keeps it serving, and its address. Held in
+/// a static (reachable to the end, so leak checkers do not report it).
+struct Running {
+    _rt: tokio::runtime::Runtime,
+    _keep: tokio::sync::watch::Sender<bool>,
+    addr: String,
+}
+
 /// A server of the tiny fixture model in this process, started on first use: its address.
 pub fn server() -> &'static str {
-    static ADDR: OnceLock<String> = OnceLock::new();
-    ADDR.get_or_init(|| {
-        let rt = Box::leak(Box::new(tokio::runtime::Runtime::new().expect("runtime")));
-        let mut c = turbine_server::config::ServeConfig::default();
-        c.model.path = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/fixtures/tiny/llama-gqa").to_string();
-        c.engine.kv_tokens = 4096;
-        let state = Arc::new(turbine_server::http::AppState::load(&c).expect("load the tiny model"));
-        let listener = rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).expect("bind");
-        let addr = listener.local_addr().expect("address").to_string();
-        let app = turbine_server::http::service(turbine_server::http::Server::ready(state));
-        let (keep, stop) = tokio::sync::watch::channel(false);
-        Box::leak(Box::new(keep));
-        rt.spawn(turbine_server::http::serve_connections(
-            listener,
-            app,
-            turbine_server::http::Slots::new(64),
-            Duration::from_secs(30),
-            stop,
-            Duration::from_secs(1),
-        ));
-        addr
-    })
+    static SERVER: OnceLock<Running> = OnceLock::new();
+    &SERVER
+        .get_or_init(|| {
+            let rt = tokio::runtime::Runtime::new().expect("runtime");
+            let mut c = turbine_server::config::ServeConfig::default();
+            c.model.path = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/fixtures/tiny/llama-gqa").to_string();
+            c.engine.kv_tokens = 4096;
+            let state = Arc::new(turbine_server::http::AppState::load(&c).expect("load the tiny model"));
+            let listener = rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).expect("bind");
+            let addr = listener.local_addr().expect("address").to_string();
+            let app = turbine_server::http::service(turbine_server::http::Server::ready(state));
+            let (keep, stop) = tokio::sync::watch::channel(false);
+            rt.spawn(turbine_server::http::serve_connections(
+                listener,
+                app,
+                turbine_server::http::Slots::new(64),
+                Duration::from_secs(30),
+                stop,
+                Duration::from_secs(1),
+            ));
+            Running { _rt: rt, _keep: keep, addr }
+        })
+        .addr
 }
 
 /// Sends raw bytes as one connection's request and waits for the answer or the close; a
