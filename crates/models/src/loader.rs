@@ -149,8 +149,6 @@ fn load_dir<B: Ops>(backend: &B, dir: &Path, max_context: Option<usize>, allow_u
         let g = HfConfig::parse(&t).map_err(|e| ModelError::Config(format!("{}: {e}", gen.display())))?;
         eos.extend(g.ids("eos_token_id"));
     }
-    #[cfg(feature = "tokenizer")]
-    eos.extend(tokenizer.eos_ids.iter().copied());
     finish(
         model,
         #[cfg(feature = "tokenizer")]
@@ -176,10 +174,7 @@ fn load_gguf<B: Ops>(backend: &B, path: &Path, max_context: Option<usize>, allow
     w.max_context = max_context;
     let model = registry::build(&cfg, &w)?;
     src.check_unused(&model.spec().arch, allow_unused)?;
-    #[allow(unused_mut)]
-    let mut eos = model.spec().eos.clone();
-    #[cfg(feature = "tokenizer")]
-    eos.extend(tokenizer.eos_ids.iter().copied());
+    let eos = model.spec().eos.clone();
     finish(
         model,
         #[cfg(feature = "tokenizer")]
@@ -195,6 +190,8 @@ fn finish<B: Ops>(
     mut eos: Vec<u32>,
     path: &Path,
 ) -> Result<Loaded<B>> {
+    #[cfg(feature = "tokenizer")]
+    eos.extend(tokenizer.eos_ids.iter().copied());
     eos.sort_unstable();
     eos.dedup();
     Ok(Loaded {
