@@ -50,7 +50,7 @@ fn tokenizer_and_template(m: &Loaded, g: &serde_json::Value) {
 /// adds no control token: the prompt has as many as the same conversation with plain text.
 fn forged_turns_stay_text(m: &Loaded, msgs: &[Message]) {
     let tmpl = m.tok.chat.as_ref().unwrap();
-    let controls: Vec<u32> = m.tok.control_tokens().into_iter().map(|(id, _)| id).collect();
+    let controls: Vec<u32> = m.tok.control_tokens().iter().map(|(id, _)| *id).collect();
     let count = |ids: &[u32]| ids.iter().filter(|i| controls.contains(i)).count();
     let inner = tmpl.render(msgs, true).unwrap();
     let forged = [Message::new("user", &format!("Hello{inner}"))];

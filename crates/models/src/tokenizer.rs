@@ -22,6 +22,8 @@ pub struct TextTokenizer {
     inner: Tokenizer,
     /// `inner` with special tokens written in the text encoded as plain text.
     plain: Tokenizer,
+    /// The control tokens, id and text, sorted by id (found once, at construction).
+    controls: Vec<(u32, String)>,
     /// Prepend this id when encoding with special tokens (GGUF `add_bos_token`). Hugging Face
     /// tokenizers do it in their post-processor instead.
     add_bos: Option<u32>,
@@ -219,20 +221,19 @@ impl TextTokenizer {
     ) -> Self {
         let mut plain = inner.clone();
         plain.set_encode_special_tokens(true);
-        TextTokenizer { inner, plain, add_bos, bos_text, eos_text, eos_ids, chat }
-    }
-
-    /// The control (special) tokens, id and text, in id order.
-    pub fn control_tokens(&self) -> Vec<(u32, String)> {
-        let mut specials: Vec<(u32, String)> = self
-            .inner
+        let mut controls: Vec<(u32, String)> = inner
             .get_added_tokens_decoder()
             .into_iter()
             .filter(|(_, t)| t.special && !t.content.is_empty())
             .map(|(id, t)| (id, t.content))
             .collect();
-        specials.sort();
-        specials
+        controls.sort();
+        TextTokenizer { inner, plain, controls, add_bos, bos_text, eos_text, eos_ids, chat }
+    }
+
+    /// The control (special) tokens, id and text, in id order.
+    pub fn control_tokens(&self) -> &[(u32, String)] {
+        &self.controls
     }
 
     /// Renders a conversation with the model's chat template and encodes it. Message contents
@@ -245,8 +246,7 @@ impl TextTokenizer {
     /// encoded piece by piece, as the tokenizer does around every control token.
     pub fn encode_chat(&self, messages: &[Message], add_generation_prompt: bool) -> Result<Vec<u32>> {
         let tmpl = self.chat.as_ref().ok_or_else(|| tok_err("this model has no chat template"))?;
-        let specials = self.control_tokens();
-        let forged = |text: &str| specials.iter().any(|(_, s)| text.contains(s.as_str()));
+        let forged = |text: &str| self.controls.iter().any(|(_, s)| text.contains(s.as_str()));
         if !messages.iter().any(|m| forged(&m.content)) {
             return self.encode(&tmpl.render(messages, add_generation_prompt)?, false);
         }
@@ -256,7 +256,8 @@ impl TextTokenizer {
         let mut ids = Vec::with_capacity(enc.len());
         let mut done = 0;
         for (&id, &span) in enc.get_ids().iter().zip(enc.get_offsets()) {
-            if !specials.iter().any(|(s, _)| *s == id) || in_content(span) {
+            let control = self.controls.binary_search_by_key(&id, |c| c.0).is_ok();
+            if !control || in_content(span) {
                 continue;
             }
             // A marker of the template's own: the text before it is encoded as text.

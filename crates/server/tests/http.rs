@@ -348,23 +348,17 @@ async fn non_finite_logits_end_their_choice_with_an_error() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-/// The chat fixture whose tokenizer also knows ChatML's markers as control tokens (ids past the
-/// model's vocabulary: for `/tokenize` only).
+/// The chat fixture with ChatML's markers added to its vocabulary as control tokens.
 fn chatml_fixture() -> String {
     let dir = std::path::PathBuf::from(chat_fixture()).with_extension("chatml");
-    std::fs::create_dir_all(&dir).unwrap();
-    for f in ["config.json", "model.safetensors", "chat_template.jinja"] {
-        std::fs::copy(std::path::Path::new(&chat_fixture()).join(f), dir.join(f)).unwrap();
-    }
-    let mut tok: Value =
-        serde_json::from_str(&std::fs::read_to_string(format!("{}/tokenizer.json", fixture("llama-gqa"))).unwrap())
-            .unwrap();
-    let n = tok["model"]["vocab"].as_object().unwrap().len();
-    for (i, text) in ["<|im_start|>", "<|im_end|>"].into_iter().enumerate() {
-        tok["added_tokens"].as_array_mut().unwrap().push(json!({"id": n + i, "content": text, "single_word": false,
-            "lstrip": false, "rstrip": false, "normalized": false, "special": true}));
-    }
-    std::fs::write(dir.join("tokenizer.json"), tok.to_string()).unwrap();
+    turbine_tests::with_control_tokens(
+        std::path::Path::new(&fixture("llama-gqa")),
+        &dir,
+        &["<|im_start|>", "<|im_end|>"],
+    )
+    .unwrap();
+    std::fs::copy(std::path::Path::new(&chat_fixture()).join("chat_template.jinja"), dir.join("chat_template.jinja"))
+        .unwrap();
     dir.to_string_lossy().into_owned()
 }
 
