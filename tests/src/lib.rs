@@ -9,13 +9,13 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use serde_json::Value;
-use turbine_batcher::{Generator, Request};
+use turbine_batcher::{EngineConfig, EngineCore, Request};
 use turbine_core::sampling::SamplingParams;
 use turbine_core::Ops;
 use turbine_kernels_ref::Cpu;
 use turbine_models::precision::Policy;
 use turbine_models::tokenizer::TextTokenizer;
-use turbine_models::{CacheConfig, Logits, ModelRunner, Runner, SeqStep};
+use turbine_models::{CacheConfig, Logits, ModelRunner, Runner};
 
 /// The folder of test fixtures (`TURBINE_FIXTURES` overrides it, for test executables carried
 /// to another machine).
@@ -42,10 +42,11 @@ pub fn floats(v: &Value) -> Vec<f64> {
     v.as_array().expect("array of numbers").iter().map(|x| x.as_f64().expect("number")).collect()
 }
 
-/// A model on a backend, ready to generate.
-pub struct Loaded {
-    /// The engine.
-    pub gen: Generator,
+/// A model on a backend, ready to generate: the engine core the server uses, driven one
+/// request at a time.
+pub struct TestModel {
+    /// The engine core.
+    pub engine: EngineCore,
     /// The tokenizer.
     pub tok: TextTokenizer,
     /// End-of-sequence ids.
@@ -54,9 +55,9 @@ pub struct Loaded {
 
 /// Loads a model folder or GGUF file with a cache of `ctx` tokens, on the CPU backend or the one
 /// `TURBINE_TEST_BACKEND` names (`cuda`: device 0; it is an error if there is none).
-pub fn load(path: &Path, ctx: usize) -> Result<Loaded> {
+pub fn load(path: &Path, ctx: usize) -> Result<TestModel> {
     let (runner, tok, eos) = load_runner(path, ctx.div_ceil(16))?;
-    Ok(Loaded { gen: Generator::new(runner), tok, eos })
+    Ok(TestModel { engine: EngineCore::new(runner, EngineConfig::default()), tok, eos })
 }
 
 /// A model with a cache of `blocks` blocks of 16 tokens, on the backend [`load`] uses, with its
@@ -65,17 +66,26 @@ pub fn load_runner(path: &Path, blocks: usize) -> Result<(Box<dyn ModelRunner>, 
     load_runner_on(path, blocks, &Policy::parse("auto", &[])?, false)
 }
 
+/// [`load_runner`] with the projections stored as `policy` says.
+pub fn load_runner_with(
+    path: &Path,
+    blocks: usize,
+    policy: &Policy,
+) -> Result<(Box<dyn ModelRunner>, TextTokenizer, Vec<u32>)> {
+    load_runner_on(path, blocks, policy, false)
+}
+
 /// [`load`] with the projections stored as `policy` says (calibrating first where it needs to).
-pub fn load_with(path: &Path, ctx: usize, policy: &Policy) -> Result<Loaded> {
+pub fn load_with(path: &Path, ctx: usize, policy: &Policy) -> Result<TestModel> {
     let (runner, tok, eos) = load_runner_on(path, ctx.div_ceil(16), policy, false)?;
-    Ok(Loaded { gen: Generator::new(runner), tok, eos })
+    Ok(TestModel { engine: EngineCore::new(runner, EngineConfig::default()), tok, eos })
 }
 
 /// [`load`], with the embedding tables widened to f32 after loading (as they were stored before
 /// 16-bit and GGUF tables were kept as the checkpoint has them): the reference for those tables.
-pub fn load_widened_tables(path: &Path, ctx: usize) -> Result<Loaded> {
+pub fn load_widened_tables(path: &Path, ctx: usize) -> Result<TestModel> {
     let (runner, tok, eos) = load_runner_on(path, ctx.div_ceil(16), &Policy::parse("auto", &[])?, true)?;
-    Ok(Loaded { gen: Generator::new(runner), tok, eos })
+    Ok(TestModel { engine: EngineCore::new(runner, EngineConfig::default()), tok, eos })
 }
 
 fn load_runner_on(
@@ -112,7 +122,7 @@ fn load_on<B: Ops + Clone>(
 }
 
 /// Greedy ids for `n` tokens, EOS ignored, plus the first step's full logits.
-pub fn greedy(l: &mut Loaded, prompt: &[u32], n: usize) -> Result<Vec<u32>> {
+pub fn greedy(l: &mut TestModel, prompt: &[u32], n: usize) -> Result<Vec<u32>> {
     let req = Request {
         prompt: prompt.to_vec(),
         params: SamplingParams { temperature: 0.0, ..Default::default() },
@@ -121,16 +131,15 @@ pub fn greedy(l: &mut Loaded, prompt: &[u32], n: usize) -> Result<Vec<u32>> {
         stop_ids: l.eos.clone(),
         stop: vec![],
     };
-    Ok(l.gen.generate(&req, &mut |_| {})?.tokens.iter().map(|t| t.id).collect())
+    Ok(turbine_batcher::generate(&mut l.engine, req, &mut |_, _| {})?.tokens.iter().map(|t| t.id).collect())
 }
 
 /// The logits after running `prompt` through a fresh sequence in one step, as f64.
-pub fn first_step_logits(l: &mut Loaded, prompt: &[u32]) -> Result<Vec<f64>> {
-    let mut blocks = l.gen.pool().sequence();
-    blocks.reserve(prompt.len())?;
-    let step = SeqStep { tokens: prompt, start: 0, blocks: blocks.ids(), logits: Logits::Last };
-    l.gen.runner().step(&[step])?;
-    Ok(l.gen.runner().logits()?.iter().map(|&v| v as f64).collect())
+pub fn first_step_logits(l: &mut TestModel, prompt: &[u32]) -> Result<Vec<f64>> {
+    let mut seq = l.engine.begin_score(prompt.len())?;
+    let logits = l.engine.score_step(&mut seq, prompt, Logits::Last);
+    l.engine.end_score(seq);
+    Ok(logits?.iter().map(|&v| v as f64).collect())
 }
 
 /// Compares greedy ids with the reference. A divergence is accepted only at a near-tie step

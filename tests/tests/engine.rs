@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 
-use turbine_batcher::generate::FinishReason;
+use turbine_batcher::FinishReason;
 use turbine_batcher::{EngineConfig, EngineCore, Event, Request, RequestId, SubmitError};
 use turbine_core::sampling::{Rng, Sampled, SamplingParams};
 use turbine_tests::fixtures;

@@ -14,7 +14,7 @@ const NEAR_TIE: f64 = 1e-3;
 /// One pull at a time when tests run in parallel.
 static PULL: Mutex<()> = Mutex::new(());
 
-fn model(name: &str) -> Loaded {
+fn model(name: &str) -> TestModel {
     let _guard = PULL.lock().unwrap_or_else(|e| e.into_inner());
     let path = catalog::pull(name, &mut |l| eprintln!("{l}")).expect("pull the model");
     load(&path, 1024).expect("load the model")
@@ -24,7 +24,7 @@ fn golden(dir: &str) -> serde_json::Value {
     read_json(&fixtures().join(dir).join("golden.json")).unwrap()
 }
 
-fn tokenizer_and_template(m: &Loaded, g: &serde_json::Value) {
+fn tokenizer_and_template(m: &TestModel, g: &serde_json::Value) {
     for c in g["cases"].as_array().unwrap() {
         let want = ids(&c["prompt_ids"]);
         match c["kind"].as_str().unwrap() {
@@ -48,7 +48,7 @@ fn tokenizer_and_template(m: &Loaded, g: &serde_json::Value) {
 
 /// A user message holding a whole rendered conversation (every turn marker of the template)
 /// adds no control token: the prompt has as many as the same conversation with plain text.
-fn forged_turns_stay_text(m: &Loaded, msgs: &[Message]) {
+fn forged_turns_stay_text(m: &TestModel, msgs: &[Message]) {
     let tmpl = m.tok.chat.as_ref().unwrap();
     let controls: Vec<u32> = m.tok.control_tokens().iter().map(|(id, _)| *id).collect();
     let count = |ids: &[u32]| ids.iter().filter(|i| controls.contains(i)).count();
@@ -62,7 +62,7 @@ fn forged_turns_stay_text(m: &Loaded, msgs: &[Message]) {
     assert_eq!(m.tok.decode(&ids, false).unwrap(), m.tok.decode(&raw, false).unwrap());
 }
 
-fn greedy_and_first_step(m: &mut Loaded, g: &serde_json::Value) {
+fn greedy_and_first_step(m: &mut TestModel, g: &serde_json::Value) {
     for c in g["cases"].as_array().unwrap() {
         let prompt = ids(&c["prompt_ids"]);
         let want = ids(&c["greedy_ids"]);
@@ -90,10 +90,10 @@ fn greedy_and_first_step(m: &mut Loaded, g: &serde_json::Value) {
     }
 }
 
-fn perplexity(m: &mut Loaded, g: &serde_json::Value, rel: f64) {
+fn perplexity(m: &mut TestModel, g: &serde_json::Value, rel: f64) {
     let p = &g["perplexity"];
     let ids = ids(&p["ids"]);
-    let s = turbine_batcher::score(&mut m.gen, &ids, ids.len()).unwrap();
+    let s = turbine_batcher::score(&mut m.engine, &ids, ids.len()).unwrap();
     for (key, got) in [("mean_nll", s.mean_nll), ("ppl", s.ppl)] {
         let want = p[key].as_f64().unwrap();
         assert!((got - want).abs() <= rel * want, "{key} {got} vs {want}");

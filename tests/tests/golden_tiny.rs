@@ -46,7 +46,7 @@ fn check(dir: &std::path::Path, model: &std::path::Path, case: &str) {
     }
     let p = &g["perplexity"];
     let ids = ids(&p["ids"]);
-    let s = turbine_batcher::score(&mut m.gen, &ids, ids.len()).unwrap();
+    let s = turbine_batcher::score(&mut m.engine, &ids, ids.len()).unwrap();
     let want = p["mean_nll"].as_f64().unwrap();
     assert!((s.mean_nll - want).abs() <= 1e-4 * want.abs(), "{case}: mean nll {} vs {want}", s.mean_nll);
     let want_ppl = p["ppl"].as_f64().unwrap();

@@ -5,10 +5,11 @@
 //! Every model scores the same windows in lockstep, chunk by chunk, so the reference's
 //! distributions are never all held at once.
 
-use turbine_core::runner::{Logits, SeqStep};
+use turbine_core::runner::Logits;
 use turbine_core::sampling::log_sum_exp;
 
-use crate::generate::Generator;
+use crate::scheduler::{EngineCore, ScoreSeq};
+use crate::score::check;
 use crate::{EngineError, Result};
 
 /// One model's figures against the reference (the reference's own row has KL 0 and agreement 1).
@@ -52,85 +53,53 @@ fn argmax(row: &[f32]) -> usize {
     row.iter().enumerate().fold(0, |best, (i, &v)| if v > row[best] { i } else { best })
 }
 
-/// Scores `ids` with every generator in consecutive windows of `ctx` tokens; `gens[0]` is the
+/// Scores `ids` with every engine in consecutive windows of `ctx` tokens; `cores[0]` is the
 /// reference. `progress` sees (tokens done, tokens in all).
 pub fn compare(
-    gens: &mut [Generator],
+    cores: &mut [EngineCore],
     ids: &[u32],
     ctx: usize,
     progress: &mut dyn FnMut(usize, usize),
 ) -> Result<Vec<EvalRow>> {
-    if gens.is_empty() {
+    let Some(first) = cores.first() else {
         return Err(EngineError::Invalid("no model to evaluate".into()));
+    };
+    let vocab = first.runner().spec().vocab;
+    if let Some(c) = cores.iter().find(|c| c.runner().spec().vocab != vocab) {
+        return Err(EngineError::Invalid(format!(
+            "the models' vocabularies differ ({} and {vocab} tokens): they cannot be compared",
+            c.runner().spec().vocab
+        )));
     }
-    if ids.len() < 2 {
-        return Err(EngineError::Invalid(format!("need at least 2 tokens to score, got {}", ids.len())));
-    }
-    let vocab = gens[0].runner().spec().vocab;
-    let mut max = usize::MAX;
-    for g in gens.iter_mut() {
-        if g.runner().spec().vocab != vocab {
-            return Err(EngineError::Invalid(format!(
-                "the models' vocabularies differ ({} and {vocab} tokens): they cannot be compared",
-                g.runner().spec().vocab
-            )));
-        }
-        max = max.min(g.context_len());
-    }
-    if ctx < 2 || ctx > max {
-        return Err(EngineError::Invalid(format!("--ctx must be between 2 and the context length {max}, got {ctx}")));
-    }
-    if let Some(&bad) = ids.iter().find(|&&t| t as usize >= vocab) {
-        return Err(EngineError::Invalid(format!("token id {bad} is outside the vocabulary (0..{vocab})")));
-    }
-    let chunk = gens.iter().map(|g| g.prefill_chunk).min().unwrap_or(1).min((1 << 24) / vocab.max(1)).max(1);
-    let mut acc: Vec<Acc> = gens.iter().map(|_| Acc::default()).collect();
+    let max = cores.iter().map(EngineCore::max_len).min().unwrap_or(0);
+    check(ids, ctx, max, vocab)?;
+    let chunk = cores.iter().map(EngineCore::step_tokens).min().unwrap_or(1).min((1 << 24) / vocab.max(1)).max(1);
+    let mut acc: Vec<Acc> = cores.iter().map(|_| Acc::default()).collect();
     let mut done = 0;
     for window in ids.chunks(ctx) {
         if window.len() < 2 {
             continue;
         }
-        let mut seqs = Vec::with_capacity(gens.len());
-        for g in gens.iter() {
-            let mut s = g.pool().sequence();
-            s.reserve(window.len())?;
-            seqs.push(s);
-        }
-        let mut start = 0;
-        while start < window.len() {
-            let end = (start + chunk).min(window.len());
-            let rows = end - start;
-            // The reference first; its distributions are kept for this chunk only.
-            let mut reference: Vec<(Vec<f64>, usize, f64)> = Vec::with_capacity(rows);
-            for (gi, (g, s)) in gens.iter_mut().zip(&seqs).enumerate() {
-                let step = SeqStep { tokens: &window[start..end], start, blocks: s.ids(), logits: Logits::All };
-                g.runner().step(&[step])?;
-                let logits = g.runner().logits()?;
-                for (j, row) in logits.chunks_exact(vocab).enumerate() {
-                    let Some(&next) = window.get(start + j + 1) else { continue };
-                    let lp = log_softmax(row);
-                    let a = &mut acc[gi];
-                    let nll = -lp[next as usize];
-                    a.nll += nll;
-                    a.n += 1;
-                    let top = argmax(row);
-                    if gi == 0 {
-                        a.agree += 1;
-                        reference.push((lp, top, nll));
-                    } else {
-                        let (p, ref_top, ref_nll) = &reference[j];
-                        a.dnll2 += (nll - ref_nll).powi(2);
-                        let kl: f64 = p.iter().zip(&lp).map(|(&lp_ref, &lq)| lp_ref.exp() * (lp_ref - lq)).sum();
-                        a.kl += kl;
-                        a.max_kl = a.max_kl.max(kl);
-                        a.agree += usize::from(top == *ref_top);
+        let mut seqs = Vec::with_capacity(cores.len());
+        for c in cores.iter_mut() {
+            match c.begin_score(window.len()) {
+                Ok(s) => seqs.push(s),
+                Err(e) => {
+                    for (c, s) in cores.iter_mut().zip(seqs) {
+                        c.end_score(s);
                     }
+                    return Err(e);
                 }
             }
+        }
+        let res = compare_window(cores, &mut seqs, window, chunk, &mut acc, &mut |rows| {
             done += rows;
             progress(done, ids.len());
-            start = end;
+        });
+        for (c, s) in cores.iter_mut().zip(seqs) {
+            c.end_score(s);
         }
+        res?;
     }
     Ok(acc
         .iter()
@@ -149,4 +118,46 @@ pub fn compare(
             }
         })
         .collect())
+}
+
+/// Scores one window, chunk by chunk, every model in lockstep: the reference first, its
+/// distributions kept for the chunk only.
+fn compare_window(
+    cores: &mut [EngineCore],
+    seqs: &mut [ScoreSeq],
+    window: &[u32],
+    chunk: usize,
+    acc: &mut [Acc],
+    progress: &mut dyn FnMut(usize),
+) -> Result<()> {
+    let vocab = cores[0].runner().spec().vocab;
+    for (c, part) in window.chunks(chunk).enumerate() {
+        let start = c * chunk;
+        let mut reference: Vec<(Vec<f64>, usize, f64)> = Vec::with_capacity(part.len());
+        for (gi, (core, seq)) in cores.iter_mut().zip(seqs.iter_mut()).enumerate() {
+            let logits = core.score_step(seq, part, Logits::All)?;
+            for (j, row) in logits.chunks_exact(vocab).enumerate() {
+                let Some(&next) = window.get(start + j + 1) else { continue };
+                let lp = log_softmax(row);
+                let a = &mut acc[gi];
+                let nll = -lp[next as usize];
+                a.nll += nll;
+                a.n += 1;
+                let top = argmax(row);
+                if gi == 0 {
+                    a.agree += 1;
+                    reference.push((lp, top, nll));
+                } else {
+                    let (p, ref_top, ref_nll) = &reference[j];
+                    a.dnll2 += (nll - ref_nll).powi(2);
+                    let kl: f64 = p.iter().zip(&lp).map(|(&lp_ref, &lq)| lp_ref.exp() * (lp_ref - lq)).sum();
+                    a.kl += kl;
+                    a.max_kl = a.max_kl.max(kl);
+                    a.agree += usize::from(top == *ref_top);
+                }
+            }
+        }
+        progress(part.len());
+    }
+    Ok(())
 }

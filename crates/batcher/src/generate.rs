@@ -1,41 +1,14 @@
-//! One request from prompt to finish: validation, chunked prefill, decode steps, stop handling.
+//! The synchronous driver: one request from prompt to finish on an idle [`EngineCore`], the same
+//! scheduler, block manager and checks the server uses (for `turbine generate`, benchmarks and
+//! tests), with the time of prefill and decode measured apart.
 
 use std::time::Instant;
 
-use turbine_core::runner::{Logits, ModelRunner, SeqStep};
-use turbine_core::sampling::{Sampled, SeqSampler};
+use turbine_core::sampling::Sampled;
 
-use crate::blocks::BlockPool;
-use crate::request::Request;
+use crate::request::{Event, FinishReason, Request};
+use crate::scheduler::EngineCore;
 use crate::{EngineError, Result};
-
-/// A generated token (id, log-probability, top alternatives).
-pub type Generated = Sampled;
-
-/// Why generation ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum FinishReason {
-    /// `max_tokens` or the context length was reached.
-    Length,
-    /// A stop id was generated.
-    Stop,
-    /// The request was cancelled.
-    Cancelled,
-    /// The model failed for this request (its logits were not finite); the event says why.
-    Error,
-}
-
-impl FinishReason {
-    /// `"length"`, `"stop"`, `"cancelled"` or `"error"`, as the OpenAI API spells reasons.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            FinishReason::Length => "length",
-            FinishReason::Stop => "stop",
-            FinishReason::Cancelled => "cancelled",
-            FinishReason::Error => "error",
-        }
-    }
-}
 
 /// Where the time went.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
@@ -74,119 +47,67 @@ fn rate(n: usize, ms: f64) -> f64 {
 #[derive(Debug, Clone)]
 pub struct GenOutput {
     /// Generated tokens, a stop token included.
-    pub tokens: Vec<Generated>,
+    pub tokens: Vec<Sampled>,
+    /// The output text (empty when the engine has no detokenizer); a matched stop string and
+    /// what follows it are not included.
+    pub text: String,
     /// Why it ended.
     pub finish: FinishReason,
     /// Timings.
     pub timings: Timings,
 }
 
-/// Runs requests one at a time on a model runner.
-pub struct Generator {
-    runner: Box<dyn ModelRunner>,
-    pool: BlockPool,
-    /// Prompt tokens per prefill step.
-    pub prefill_chunk: usize,
-}
-
-impl Generator {
-    /// Wraps a runner; the block pool mirrors its KV cache.
-    pub fn new(runner: Box<dyn ModelRunner>) -> Self {
-        let c = runner.cache();
-        Generator { runner, pool: BlockPool::new(c.num_blocks, c.block_size), prefill_chunk: 512 }
+/// Runs `req` on an idle engine until it finishes; `on_token` sees each token as soon as it is
+/// sampled, with the output text it releases. Non-finite logits end the request with
+/// [`EngineError::NonFinite`]; a refused request is [`EngineError::Invalid`].
+pub fn generate(core: &mut EngineCore, req: Request, on_token: &mut dyn FnMut(&Sampled, &str)) -> Result<GenOutput> {
+    if core.has_work() {
+        return Err(EngineError::Invalid("the engine is busy: run requests one at a time here".into()));
     }
-
-    /// The runner.
-    pub fn runner(&mut self) -> &mut dyn ModelRunner {
-        self.runner.as_mut()
-    }
-
-    /// The block pool.
-    pub fn pool(&self) -> &BlockPool {
-        &self.pool
-    }
-
-    /// Longest sequence (prompt + generated) this generator can hold.
-    pub fn context_len(&self) -> usize {
-        self.runner.spec().max_positions.min(self.pool.capacity_tokens())
-    }
-
-    /// Checks a request; the error names the offending field.
-    pub fn validate(&self, req: &Request) -> Result<()> {
-        let ctx = self.context_len();
-        let vocab = self.runner.spec().vocab;
-        if req.prompt.is_empty() {
-            return Err(EngineError::Invalid("the prompt is empty".into()));
-        }
-        if req.prompt.len() >= ctx {
-            return Err(EngineError::Invalid(format!(
-                "the prompt has {} tokens but the context holds {ctx} (prompt and at least one new token)",
-                req.prompt.len()
-            )));
-        }
-        if let Some(&bad) = req.prompt.iter().find(|&&t| t as usize >= vocab) {
-            return Err(EngineError::Invalid(format!("prompt token id {bad} is outside the vocabulary (0..{vocab})")));
-        }
-        if req.max_tokens == 0 {
-            return Err(EngineError::Invalid("max-tokens must be at least 1".into()));
-        }
-        if !req.stop.is_empty() {
-            return Err(EngineError::Invalid("stop strings need the engine (EngineCore with a detokenizer)".into()));
-        }
-        req.params.validate().map_err(|e| EngineError::Invalid(e.to_string()))
-    }
-
-    /// Generates until a stop id, `max_tokens` or the end of the context; `on_token` sees each
-    /// token as soon as it is sampled.
-    pub fn generate(&mut self, req: &Request, on_token: &mut dyn FnMut(&Generated)) -> Result<GenOutput> {
-        self.validate(req)?;
-        let ctx = self.context_len();
-        let mut sampler = SeqSampler::new(req.params.clone());
-        sampler.observe_prompt(&req.prompt);
-        let mut blocks = self.pool.sequence();
-        let mut timings = Timings { prompt_tokens: req.prompt.len(), ..Timings::default() };
-        let t0 = Instant::now();
-        let n = req.prompt.len();
-        let mut start = 0;
-        while start < n {
-            let end = (start + self.prefill_chunk.max(1)).min(n);
-            blocks.reserve(end)?;
-            let logits = if end == n { Logits::Last } else { Logits::None };
-            self.runner.step(&[SeqStep { tokens: &req.prompt[start..end], start, blocks: blocks.ids(), logits }])?;
-            start = end;
-        }
-        let mut tok = finite(self.runner.sample(&mut [&mut sampler])?.remove(0), 0)?;
-        timings.prefill_ms = t0.elapsed().as_secs_f64() * 1e3;
-        let t1 = Instant::now();
-        let mut out = Vec::with_capacity(req.max_tokens.min(ctx - n));
-        let finish = loop {
-            on_token(&tok);
-            let id = tok.id;
-            out.push(tok);
-            if !req.ignore_eos && req.stop_ids.contains(&id) {
-                break FinishReason::Stop;
+    let prompt_tokens = req.prompt.len();
+    let t0 = Instant::now();
+    let id = core.add(req).map_err(|e| EngineError::Invalid(e.to_string()))?;
+    let mut tokens = Vec::new();
+    let mut text = String::new();
+    let mut first: Option<Instant> = None;
+    loop {
+        let events = match core.step() {
+            Ok(ev) => ev,
+            Err(e) => {
+                core.cancel(id);
+                return Err(e);
             }
-            let pos = n + out.len() - 1;
-            if out.len() >= req.max_tokens || pos + 1 >= ctx {
-                break FinishReason::Length;
-            }
-            blocks.reserve(pos + 1)?;
-            self.runner.step(&[SeqStep { tokens: &[id], start: pos, blocks: blocks.ids(), logits: Logits::Last }])?;
-            tok = finite(self.runner.sample(&mut [&mut sampler])?.remove(0), out.len())?;
         };
-        timings.decode_ms = t1.elapsed().as_secs_f64() * 1e3;
-        timings.decode_tokens = out.len() - 1;
-        Ok(GenOutput { tokens: out, finish, timings })
-    }
-}
-
-/// The token, or the error of a step whose logits were not finite (a NaN or an infinity makes
-/// the log-probability of every token NaN; see [`non_finite`]).
-fn finite(tok: Generated, index: usize) -> Result<Generated> {
-    if tok.logprob.is_finite() {
-        Ok(tok)
-    } else {
-        Err(EngineError::NonFinite(non_finite(index)))
+        for (rid, ev) in events {
+            debug_assert_eq!(rid, id, "only this request is in the engine");
+            match ev {
+                Event::Token { token, text: delta } => {
+                    first.get_or_insert_with(Instant::now);
+                    on_token(&token, &delta);
+                    text.push_str(&delta);
+                    tokens.push(token);
+                }
+                Event::Finished { text: rest, reason, error, .. } => {
+                    if reason == FinishReason::Error {
+                        return Err(EngineError::NonFinite(error.unwrap_or_default()));
+                    }
+                    text.push_str(&rest);
+                    let end = Instant::now();
+                    let first = first.unwrap_or(end);
+                    let timings = Timings {
+                        prefill_ms: (first - t0).as_secs_f64() * 1e3,
+                        decode_ms: (end - first).as_secs_f64() * 1e3,
+                        prompt_tokens,
+                        decode_tokens: tokens.len().saturating_sub(1),
+                    };
+                    return Ok(GenOutput { tokens, text, finish: reason, timings });
+                }
+                Event::Error(m) => return Err(EngineError::Invalid(m)),
+            }
+        }
+        if !core.has_work() {
+            return Err(EngineError::Invalid("the request left the engine without finishing".into()));
+        }
     }
 }
 

@@ -5,14 +5,16 @@
 //!   ([`kv`]) with prefix caching and preemption.
 //! - [`detok`]: incremental detokenization ([`TextStream`]): text deltas whose cost does not grow
 //!   with the output.
-//! - [`blocks`]: the KV block pool of the single-request [`generate::Generator`].
-//! - [`generate`]: one request from prompt to finish (chunked prefill, then decode steps).
-//! - [`score`]: log-likelihood and perplexity of a token sequence, in windows.
+//! - [`generate`]: the synchronous driver: one request from prompt to finish on an idle
+//!   [`EngineCore`] (the CLI, benchmarks and tests use the engine the server uses).
+//! - [`score`] and [`eval`]: log-likelihood and perplexity of a token sequence, in windows, and
+//!   the comparison of several models on the same tokens; their sequences take blocks from the
+//!   engine's block manager ([`EngineCore::begin_score`]).
+//! - [`bench`]: offline throughput of a workload, in-flight or statically batched.
 //!
 #![warn(missing_docs)]
 
 pub mod bench;
-pub mod blocks;
 pub mod detok;
 pub mod engine;
 pub mod eval;
@@ -22,12 +24,11 @@ pub mod request;
 pub mod scheduler;
 pub mod score;
 
-pub use blocks::{BlockPool, SeqBlocks};
 pub use detok::{Detokenizer, TextStream};
 pub use engine::{Engine, RequestStream};
-pub use generate::{FinishReason, GenOutput, Generated, Generator, Timings};
-pub use request::{EngineConfig, Event, Request, RequestId, Stats, SubmitError, Usage};
-pub use scheduler::EngineCore;
+pub use generate::{generate, GenOutput, Timings};
+pub use request::{EngineConfig, Event, FinishReason, Request, RequestId, Stats, SubmitError, Usage};
+pub use scheduler::{EngineCore, ScoreSeq};
 pub use score::{score, Score};
 
 /// Errors of the engine layer.

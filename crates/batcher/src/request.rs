@@ -2,7 +2,32 @@
 
 use turbine_core::sampling::SamplingParams;
 
-use crate::generate::{FinishReason, Generated};
+use turbine_core::sampling::Sampled;
+
+/// Why generation ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FinishReason {
+    /// `max_tokens` or the context length was reached.
+    Length,
+    /// A stop id or stop string was generated.
+    Stop,
+    /// The request was cancelled.
+    Cancelled,
+    /// The model failed for this request (its logits were not finite); the event says why.
+    Error,
+}
+
+impl FinishReason {
+    /// `"length"`, `"stop"`, `"cancelled"` or `"error"`, as the OpenAI API spells reasons.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FinishReason::Length => "length",
+            FinishReason::Stop => "stop",
+            FinishReason::Cancelled => "cancelled",
+            FinishReason::Error => "error",
+        }
+    }
+}
 
 /// Identifies a request for its whole life.
 pub type RequestId = u64;
@@ -44,7 +69,7 @@ pub enum Event {
     /// start of a stop string).
     Token {
         /// The token.
-        token: Generated,
+        token: Sampled,
         /// New output text.
         text: String,
     },

@@ -10,10 +10,9 @@ use turbine_core::runner::{Logits, ModelRunner, SeqStep};
 use turbine_core::sampling::SeqSampler;
 
 use crate::detok::{Detokenizer, TextStream};
-use crate::generate::FinishReason;
 use crate::kv::{block_hash, BlockManager};
-use crate::request::{EngineConfig, Event, Request, RequestId, Stats, SubmitError, Usage};
-use crate::Result;
+use crate::request::{EngineConfig, Event, FinishReason, Request, RequestId, Stats, SubmitError, Usage};
+use crate::{EngineError, Result};
 
 struct Seq {
     id: RequestId,
@@ -42,6 +41,16 @@ impl Seq {
     fn generated(&self) -> usize {
         self.tokens.len() - self.prompt_len
     }
+}
+
+/// A sequence being scored outside the scheduler ([`EngineCore::begin_score`]): its blocks and
+/// how far it has been run.
+#[derive(Debug)]
+#[must_use = "give the blocks back with EngineCore::end_score"]
+pub struct ScoreSeq {
+    blocks: Vec<u32>,
+    len: usize,
+    next: usize,
 }
 
 /// The scheduler, the block manager and the model runner, stepped by the caller.
@@ -89,6 +98,11 @@ impl EngineCore {
         self.runner.context_len()
     }
 
+    /// Most tokens one step computes (the token budget, which also sizes prefill chunks).
+    pub fn step_tokens(&self) -> usize {
+        self.cfg.max_num_tokens.max(1)
+    }
+
     /// Whether any request is waiting or running.
     pub fn has_work(&self) -> bool {
         !self.waiting.is_empty() || !self.running.is_empty()
@@ -120,6 +134,51 @@ impl EngineCore {
         self.kv = BlockManager::new(self.kv.num_blocks(), self.kv.block_size());
         self.stats = Stats::default();
         true
+    }
+
+    /// Opens a sequence of `len` tokens for scoring (log-likelihoods, perplexity): its blocks
+    /// come from this engine's block manager and go back with [`EngineCore::end_score`]. Only
+    /// on an idle engine; fails, taking nothing, when the sequence cannot fit.
+    pub fn begin_score(&mut self, len: usize) -> Result<ScoreSeq> {
+        if self.has_work() {
+            return Err(EngineError::Invalid("the engine is busy: score on an idle engine".into()));
+        }
+        let max = self.max_len();
+        if len > max {
+            return Err(EngineError::Invalid(format!("{len} tokens do not fit the context of {max}")));
+        }
+        let need = len.div_ceil(self.kv.block_size());
+        if self.kv.available() < need {
+            return Err(EngineError::CacheFull { needed: need, free: self.kv.available() });
+        }
+        let blocks = (0..need).map(|_| self.kv.allocate().expect("availability checked")).collect();
+        Ok(ScoreSeq { blocks, len, next: 0 })
+    }
+
+    /// Runs the next `tokens` of a scored sequence (they start where the last call ended) and
+    /// returns the logits `logits` asks for, `[rows, vocab]` row-major.
+    pub fn score_step(&mut self, seq: &mut ScoreSeq, tokens: &[u32], logits: Logits) -> Result<Vec<f32>> {
+        if seq.next + tokens.len() > seq.len {
+            return Err(EngineError::Invalid(format!(
+                "{} more tokens overrun the scored sequence of {} ({} done)",
+                tokens.len(),
+                seq.len,
+                seq.next
+            )));
+        }
+        let vocab = self.runner.spec().vocab;
+        if let Some(&bad) = tokens.iter().find(|&&t| t as usize >= vocab) {
+            return Err(EngineError::Invalid(format!("token id {bad} is outside the vocabulary (0..{vocab})")));
+        }
+        self.runner.step(&[SeqStep { tokens, start: seq.next, blocks: &seq.blocks, logits }])?;
+        seq.next += tokens.len();
+        self.stats.steps += 1;
+        Ok(self.runner.logits()?)
+    }
+
+    /// Closes a scored sequence; its blocks go back.
+    pub fn end_score(&mut self, seq: ScoreSeq) {
+        self.kv.release(&seq.blocks);
     }
 
     /// Validates and queues a request.
@@ -267,7 +326,7 @@ impl EngineCore {
 
     /// Plans one step: `(index into running, tokens to compute)`.
     fn schedule(&mut self) -> Vec<(usize, usize)> {
-        let mut budget = self.cfg.max_num_tokens.max(1);
+        let mut budget = self.step_tokens();
         let mut plan = Vec::new();
         let mut i = 0;
         while i < self.running.len() && budget > 0 && plan.len() < self.cfg.max_batch_size {

@@ -5,7 +5,7 @@
 
 use std::sync::{Arc, Mutex};
 
-use turbine_batcher::{EngineConfig, EngineCore, Event, FinishReason, Request, RequestId};
+use turbine_batcher::{EngineConfig, EngineCore, EngineError, Event, FinishReason, Request, RequestId};
 use turbine_core::runner::{CacheConfig, Logits, ModelRunner, ModelSpec, SeqStep};
 use turbine_core::sampling::{Sampled, SamplingParams, SeqSampler};
 
@@ -21,6 +21,8 @@ struct Fake {
     steps: Arc<Mutex<Vec<Vec<Part>>>>,
     /// The last token of each row that wants logits, for `sample`.
     last: Vec<u32>,
+    /// Logit rows of the last step.
+    rows: usize,
 }
 
 impl Fake {
@@ -38,7 +40,7 @@ impl Fake {
             eos: vec![],
         };
         let steps = Arc::new(Mutex::new(Vec::new()));
-        (Fake { spec, cache: CacheConfig::f32(16, num_blocks), steps: steps.clone(), last: Vec::new() }, steps)
+        (Fake { spec, cache: CacheConfig::f32(16, num_blocks), steps: steps.clone(), last: Vec::new(), rows: 0 }, steps)
     }
 }
 
@@ -57,12 +59,18 @@ impl ModelRunner for Fake {
 
     fn step(&mut self, seqs: &[SeqStep<'_>]) -> turbine_core::Result<()> {
         self.last.clear();
+        self.rows = 0;
         for s in seqs {
             let need = (s.start + s.tokens.len()).div_ceil(self.cache.block_size);
             assert!(s.blocks.len() >= need, "a block table of {} blocks for {need}", s.blocks.len());
             assert!(s.blocks.iter().all(|&b| (b as usize) < self.cache.num_blocks));
-            if s.logits == Logits::Last {
-                self.last.push(*s.tokens.last().expect("tokens"));
+            match s.logits {
+                Logits::Last => {
+                    self.last.push(*s.tokens.last().expect("tokens"));
+                    self.rows += 1;
+                }
+                Logits::All => self.rows += s.tokens.len(),
+                Logits::None => {}
             }
         }
         self.steps.lock().unwrap().push(seqs.iter().map(|s| (s.start, s.tokens.len(), s.logits)).collect());
@@ -70,7 +78,10 @@ impl ModelRunner for Fake {
     }
 
     fn logits(&mut self) -> turbine_core::Result<Vec<f32>> {
-        Ok(vec![0.0; self.last.len() * VOCAB as usize])
+        // Row r favours token r % VOCAB a little, so scores can tell rows apart.
+        Ok((0..self.rows)
+            .flat_map(|r| (0..VOCAB as usize).map(move |v| if v == r % VOCAB as usize { 1.0 } else { 0.0 }))
+            .collect())
     }
 
     fn sample(&mut self, samplers: &mut [&mut SeqSampler]) -> turbine_core::Result<Vec<Sampled>> {
@@ -224,4 +235,67 @@ fn stop_strings_end_the_text_where_they_start() {
     let out = run(&mut core, &[id]);
     assert_eq!(out[0].1, FinishReason::Stop);
     assert_eq!(out[0].2, text[..cut], "stop {stop:?} in {text:?}");
+}
+
+#[test]
+fn the_synchronous_driver_runs_one_request_through_the_engine() {
+    let (fake, steps) = Fake::new(8);
+    let cfg = EngineConfig { max_num_tokens: 16, ..EngineConfig::default() };
+    let mut core = EngineCore::new(Box::new(fake), cfg);
+    let p = prompt(3, 40);
+    let mut seen = Vec::new();
+    let out = turbine_batcher::generate(&mut core, request(p.clone(), 12), &mut |t, _| seen.push(t.id)).unwrap();
+    let ids: Vec<u32> = out.tokens.iter().map(|t| t.id).collect();
+    assert_eq!(ids, alone(p.clone(), 12), "the driver and the engine loop give the same tokens");
+    assert_eq!(seen, ids, "every token is seen as it is sampled");
+    assert_eq!(out.finish, FinishReason::Length);
+    assert_eq!((out.timings.prompt_tokens, out.timings.decode_tokens), (40, 11));
+    // The prompt went in chunks of the token budget: 16 + 16 + 8, then one token per step.
+    let lens: Vec<usize> = steps.lock().unwrap().iter().map(|s| s[0].1).collect();
+    assert_eq!(&lens[..4], &[16, 16, 8, 1]);
+    assert_eq!(core.stats().blocks_in_use, 0, "the blocks went back");
+    // One check, at the engine's boundary: too long for the cache of 8 blocks of 16.
+    let err = turbine_batcher::generate(&mut core, request(p.clone(), 100), &mut |_, _| {}).unwrap_err();
+    assert!(err.to_string().contains("exceeds the limit of 128 tokens (KV cache)"), "{err}");
+    // A busy engine is not driven synchronously.
+    core.add(request(p.clone(), 4)).unwrap();
+    let err = turbine_batcher::generate(&mut core, request(p, 4), &mut |_, _| {}).unwrap_err();
+    assert!(matches!(err, EngineError::Invalid(ref m) if m.contains("busy")), "{err}");
+}
+
+#[test]
+fn scoring_takes_blocks_from_the_engine_and_gives_them_back() {
+    let (fake, steps) = Fake::new(4);
+    let cfg = EngineConfig { max_num_tokens: 8, ..EngineConfig::default() };
+    let mut core = EngineCore::new(Box::new(fake), cfg);
+    let seq = core.begin_score(64).unwrap();
+    assert_eq!(core.stats().blocks_in_use, 4);
+    assert!(matches!(core.begin_score(1), Err(EngineError::CacheFull { needed: 1, free: 0 })));
+    core.end_score(seq);
+    assert_eq!(core.stats().blocks_in_use, 0);
+    assert!(core.begin_score(65).is_err(), "65 tokens do not fit 4 blocks of 16");
+
+    // 50 tokens in windows of 20: 19 + 19 + 9 predictions, each window in chunks of the budget.
+    let ids: Vec<u32> = (0..50).map(|i| (i * 5 % VOCAB as usize) as u32).collect();
+    let s = turbine_batcher::score(&mut core, &ids, 20).unwrap();
+    assert_eq!(s.tokens, 47);
+    // Row r puts logit 1 on token r % 26 and 0 elsewhere: the NLL of the next token is
+    // ln(25 + e) - (1 if it is that token else 0).
+    let lse = (25.0 + 1f64.exp()).ln();
+    let mut want = Vec::new();
+    for w in ids.chunks(20) {
+        for (r, &next) in w.iter().enumerate().skip(1) {
+            // Row r of a chunk of 8 predicts token r + 1 of the window (r counted within the chunk).
+            let row_in_chunk = (r - 1) % 8;
+            want.push(lse - if next as usize == row_in_chunk % VOCAB as usize { 1.0 } else { 0.0 });
+        }
+    }
+    for (got, want) in s.token_nll.iter().zip(&want) {
+        assert!((got - want).abs() < 1e-6, "{got} vs {want}");
+    }
+    let chunks: Vec<usize> = steps.lock().unwrap().iter().map(|s| s[0].1).collect();
+    assert_eq!(chunks, [8, 8, 4, 8, 8, 4, 8, 2]);
+    assert_eq!(core.stats().blocks_in_use, 0);
+    assert!(turbine_batcher::score(&mut core, &ids, 65).unwrap_err().to_string().contains("--ctx must be between 2"));
+    assert!(turbine_batcher::score(&mut core, &[1, 99], 2).unwrap_err().to_string().contains("outside the vocabulary"));
 }

@@ -1,10 +1,11 @@
-//! From `--model` and `--backend` to a ready [`Generator`].
+//! From `--model` and `--backend` to a loaded runner, or to a [`Session`]: an engine core for
+//! one request at a time (the CLI's `generate`, `perplexity`, `bench --workload speed`).
 
 use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::{bail, Result};
-use turbine_batcher::Generator;
+use turbine_batcher::{EngineConfig, EngineCore};
 use turbine_core::Ops;
 use turbine_kernels_ref::Cpu;
 use turbine_models::catalog::{self, Resolved};
@@ -17,10 +18,11 @@ pub const BLOCK_SIZE: usize = 16;
 
 /// A loaded model, ready to run.
 pub struct Session {
-    /// The engine.
-    pub gen: Generator,
+    /// The engine core (with a detokenizer, so events carry text and stop strings work), driven
+    /// synchronously by [`turbine_batcher::generate`] and [`turbine_batcher::score`].
+    pub engine: EngineCore,
     /// The tokenizer.
-    pub tok: TextTokenizer,
+    pub tok: std::sync::Arc<TextTokenizer>,
     /// Ids that end generation.
     pub eos: Vec<u32>,
     /// Where the model came from.
@@ -190,14 +192,11 @@ const KV_CALIB_TOKENS: usize = 512;
 /// context is the smaller of that and the model's own; cache pages are only touched when used).
 pub fn load(model: Option<&str>, backend: &str, kv: KvSize, policy: &Policy) -> Result<Session> {
     let l = load_runner_with(model, backend, kv, policy)?;
-    Ok(Session {
-        gen: Generator::new(l.runner),
-        tok: l.tok,
-        eos: l.eos,
-        path: l.path,
-        load_ms: l.load_ms,
-        decode_read_bytes: l.decode_read_bytes,
-    })
+    let tok = std::sync::Arc::new(l.tok);
+    let detok = tok.clone();
+    let engine = EngineCore::new(l.runner, EngineConfig::default())
+        .with_detokenizer(Box::new(move |ids| detok.decode(ids, true).unwrap_or_default()));
+    Ok(Session { engine, tok, eos: l.eos, path: l.path, load_ms: l.load_ms, decode_read_bytes: l.decode_read_bytes })
 }
 
 /// The CUDA backend on device 0, or why there is none.

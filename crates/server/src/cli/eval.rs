@@ -10,7 +10,7 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 use serde_json::{json, Value};
 use turbine_batcher::eval::{self, EvalRow};
-use turbine_batcher::{Generator, Request};
+use turbine_batcher::{EngineConfig, EngineCore, Request};
 use turbine_core::sampling::SamplingParams;
 use turbine_models::precision::{Format, Policy};
 use turbine_server::setup::{self, KvSize};
@@ -63,7 +63,7 @@ pub struct EvalArgs {
 
 struct Entry {
     label: String,
-    gen: Generator,
+    engine: EngineCore,
     weight_bytes: usize,
 }
 
@@ -80,11 +80,11 @@ fn load(model: Option<&str>, backend: &str, policy: &Policy, ctx: usize, kv: tur
     }
     eprintln!("turbine eval: loading {} as {label}", model.unwrap_or(turbine_models::catalog::DEFAULT_MODEL));
     let l = setup::load_runner_with(model, backend, KvSize { dtype: kv, ..KvSize::tokens(ctx) }, policy)?;
-    Ok(Entry { label, gen: Generator::new(l.runner), weight_bytes: l.weight_bytes })
+    Ok(Entry { label, engine: EngineCore::new(l.runner, EngineConfig::default()), weight_bytes: l.weight_bytes })
 }
 
 /// Greedy decode speed after a short prompt, in tokens/s.
-fn decode_speed(g: &mut Generator, prompt: &[u32], n: usize) -> Result<f64> {
+fn decode_speed(core: &mut EngineCore, prompt: &[u32], n: usize) -> Result<f64> {
     let req = Request {
         prompt: prompt.to_vec(),
         params: SamplingParams { temperature: 0.0, ..Default::default() },
@@ -93,7 +93,7 @@ fn decode_speed(g: &mut Generator, prompt: &[u32], n: usize) -> Result<f64> {
         stop_ids: vec![],
         stop: vec![],
     };
-    Ok(g.generate(&req, &mut |_| {})?.timings.decode_tok_s())
+    Ok(turbine_batcher::generate(core, req, &mut |_, _| {})?.timings.decode_tok_s())
 }
 
 pub fn run(a: EvalArgs) -> Result<()> {
@@ -144,24 +144,24 @@ pub fn run(a: EvalArgs) -> Result<()> {
     if let Some(n) = a.limit {
         ids.truncate(n);
     }
-    let context = entries.iter_mut().map(|e| e.gen.context_len()).min().unwrap_or(2);
+    let context = entries.iter().map(|e| e.engine.max_len()).min().unwrap_or(2);
     let ctx = a.ctx.unwrap_or_else(|| ids.len().min(context).min(2048));
     let t0 = Instant::now();
-    let mut gens: Vec<Generator> = Vec::new();
+    let mut cores: Vec<EngineCore> = Vec::new();
     let mut meta = Vec::new();
     for e in entries {
         meta.push((e.label, e.weight_bytes));
-        gens.push(e.gen);
+        cores.push(e.engine);
     }
-    let rows = eval::compare(&mut gens, &ids, ctx, &mut |done, total| {
+    let rows = eval::compare(&mut cores, &ids, ctx, &mut |done, total| {
         eprint!("\rturbine eval: {done}/{total} tokens, {} models, {:.0} s", meta.len(), t0.elapsed().as_secs_f64());
         let _ = std::io::stderr().flush();
     })?;
     eprintln!();
     let mut speeds = Vec::new();
-    for g in gens.iter_mut() {
+    for core in cores.iter_mut() {
         let prompt = &ids[..ids.len().min(16)];
-        speeds.push(if a.decode_tokens > 0 { Some(decode_speed(g, prompt, a.decode_tokens)?) } else { None });
+        speeds.push(if a.decode_tokens > 0 { Some(decode_speed(core, prompt, a.decode_tokens)?) } else { None });
     }
     report(&a, &meta, &rows, &speeds, ctx);
     Ok(())

@@ -5,10 +5,9 @@ use std::io::Write;
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use serde_json::json;
-use turbine_batcher::{GenOutput, Request, TextStream};
+use turbine_batcher::{GenOutput, Request};
 use turbine_core::sampling::SamplingParams;
 use turbine_models::chat::Message;
-use turbine_models::tokenizer::TextTokenizer;
 use turbine_server::setup::{self, Session};
 
 use super::{parse_ids, ModelArgs};
@@ -59,6 +58,9 @@ pub struct GenerateArgs {
     /// Do not stop at end-of-sequence tokens.
     #[arg(long)]
     ignore_eos: bool,
+    /// Stop when the output contains this text (not printed); repeat for several.
+    #[arg(long)]
+    stop: Vec<String>,
     /// Report the N most likely tokens' log-probabilities at each step (with --json).
     #[arg(long)]
     logprobs: Option<usize>,
@@ -93,28 +95,6 @@ fn prompt_ids(a: &GenerateArgs, s: &Session) -> Result<Vec<u32>> {
     bail!("give a prompt: --prompt TEXT, --prompt-ids 1,2,3 or --chat TEXT")
 }
 
-/// Streams decoded text incrementally ([`TextStream`]: the cost of a token does not grow with
-/// the output), holding back incomplete UTF-8 sequences.
-struct Streamer<'a> {
-    tok: &'a TextTokenizer,
-    ids: Vec<u32>,
-    text: TextStream,
-}
-
-impl Streamer<'_> {
-    fn push(&mut self, id: u32) -> Result<()> {
-        self.ids.push(id);
-        let tok = self.tok;
-        let delta = self.text.update(&|ids: &[u32]| tok.decode(ids, true).unwrap_or_default(), &self.ids, false);
-        if !delta.is_empty() {
-            let mut out = std::io::stdout().lock();
-            out.write_all(delta.as_bytes())?;
-            out.flush()?;
-        }
-        Ok(())
-    }
-}
-
 pub fn run(a: GenerateArgs) -> Result<()> {
     if a.prompt.is_none() && a.prompt_ids.is_none() && a.chat.is_none() {
         bail!("give a prompt: --prompt TEXT, --prompt-ids 1,2,3 or --chat TEXT");
@@ -139,41 +119,49 @@ pub fn run(a: GenerateArgs) -> Result<()> {
     }
     let mut s = setup::load(a.model.model.as_deref(), &a.model.backend, a.model.kv()?, &a.model.policy()?)?;
     let prompt = prompt_ids(&a, &s)?;
+    // As llama.cpp's CLI does, generation stops at the end of the context rather than refusing a
+    // --max-tokens that reaches past it (a prompt that leaves no room is still an error).
+    let room = s.engine.max_len().saturating_sub(prompt.len()).max(1);
     let req = Request {
         prompt,
         params,
-        max_tokens: a.max_tokens as usize,
+        max_tokens: (a.max_tokens as usize).min(room),
         ignore_eos: a.ignore_eos,
         stop_ids: s.eos.clone(),
-        stop: vec![],
+        stop: a.stop.clone(),
     };
+    let prompt = req.prompt.clone();
     let out = if a.json {
-        s.gen.generate(&req, &mut |_| {})?
+        turbine_batcher::generate(&mut s.engine, req, &mut |_, _| {})?
     } else {
-        let mut st = Streamer { tok: &s.tok, ids: Vec::new(), text: TextStream::default() };
-        let mut err = None;
-        let out = s.gen.generate(&req, &mut |t| {
-            if err.is_none() {
-                err = st.push(t.id).err();
+        let (mut err, mut printed) = (None, 0);
+        let out = turbine_batcher::generate(&mut s.engine, req, &mut |_, text| {
+            printed += text.len();
+            if err.is_none() && !text.is_empty() {
+                let mut out = std::io::stdout().lock();
+                err = out.write_all(text.as_bytes()).and_then(|()| out.flush()).err();
             }
         });
         if let Some(e) = err {
-            return Err(e);
+            return Err(e.into());
         }
+        let out = out?;
+        // What the engine held back until the end (an incomplete character).
+        print!("{}", out.text.get(printed..).unwrap_or_default());
         println!();
-        out?
+        out
     };
-    report(&a, &s, &req, &out)
+    report(&a, &s, &prompt, &out)
 }
 
-fn report(a: &GenerateArgs, s: &Session, req: &Request, out: &GenOutput) -> Result<()> {
+fn report(a: &GenerateArgs, s: &Session, prompt: &[u32], out: &GenOutput) -> Result<()> {
     let t = &out.timings;
     let ids: Vec<u32> = out.tokens.iter().map(|t| t.id).collect();
     if a.json {
         let mut obj = json!({
-            "prompt_ids": req.prompt,
+            "prompt_ids": prompt,
             "ids": ids,
-            "text": s.tok.decode(&ids, true)?,
+            "text": out.text,
             "finish_reason": out.finish.as_str(),
             "timings": {
                 "load_ms": s.load_ms,

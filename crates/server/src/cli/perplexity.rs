@@ -49,8 +49,8 @@ pub fn run(a: PerplexityArgs) -> Result<()> {
         serde_json::from_str::<Vec<u32>>(&text)
             .with_context(|| format!("{}: expected a JSON array of token ids", f.display()))?
     };
-    let ctx = a.ctx.unwrap_or_else(|| ids.len().min(s.gen.context_len()));
-    let score = turbine_batcher::score(&mut s.gen, &ids, ctx)?;
+    let ctx = a.ctx.unwrap_or_else(|| ids.len().min(s.engine.max_len()));
+    let score = turbine_batcher::score(&mut s.engine, &ids, ctx)?;
     if a.json {
         println!("{}", json!({"tokens": score.tokens, "mean_nll": score.mean_nll, "ppl": score.ppl}));
     } else {

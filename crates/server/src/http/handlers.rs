@@ -13,9 +13,9 @@ use axum::Json;
 use serde_json::{json, Value};
 use tokio_stream::wrappers::UnboundedReceiverStream;
 use tokio_stream::StreamExt;
-use turbine_batcher::generate::FinishReason;
-use turbine_batcher::generate::Generated;
+use turbine_batcher::FinishReason;
 use turbine_batcher::{Event, Request, RequestStream, Usage};
+use turbine_core::sampling::Sampled;
 use turbine_models::chat::Message;
 
 use super::protocol::{ChatRequest, CompletionRequest, Prompt};
@@ -196,7 +196,7 @@ fn token_text(s: &AppState, id: u32) -> String {
 }
 
 /// Log-probabilities of some tokens, in the endpoint's shape.
-fn logprobs_json(s: &AppState, kind: Kind, toks: &[Generated], offset: &mut usize) -> Value {
+fn logprobs_json(s: &AppState, kind: Kind, toks: &[Sampled], offset: &mut usize) -> Value {
     match kind {
         Kind::Completion => {
             let mut offsets = Vec::new();
@@ -234,7 +234,7 @@ fn logprobs_json(s: &AppState, kind: Kind, toks: &[Generated], offset: &mut usiz
 }
 
 /// A choice's whole output: text, tokens, why it ended (and the error, for `error`), usage.
-type Collected = (String, Vec<Generated>, FinishReason, Option<String>, Usage);
+type Collected = (String, Vec<Sampled>, FinishReason, Option<String>, Usage);
 
 /// A choice that ended in an error carries it, in OpenAI's error shape, beside its finish
 /// reason `error`.
