@@ -11,6 +11,7 @@ use turbine_core::{alibi_slopes, AttnMeta, AttnParams, DType, Error, KvPages, Qk
 
 use crate::buffer::{f32s, f32s_mut, u32s};
 use crate::dot::{accumulate, scores as dot_scores};
+use crate::exp::{exp1, exp_shifted_sum, max};
 use crate::Cpu;
 
 /// Largest supported block size and head dimension (stack scratch).
@@ -288,15 +289,12 @@ pub(crate) fn paged_attention(
                         *sv += slope * ((a + i) as f32 - pos as f32);
                     }
                 }
-                let bmax = sc.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                let bmax = max(sc);
                 let m_new = m[g].max(bmax);
-                let corr = (m[g] - m_new).exp();
+                let corr = exp1(m[g] - m_new);
                 denom[g] *= corr;
                 acc[g][..d].iter_mut().for_each(|v| *v *= corr);
-                for sv in sc.iter_mut() {
-                    *sv = (*sv - m_new).exp();
-                    denom[g] += *sv;
-                }
+                denom[g] = exp_shifted_sum(sc, m_new, denom[g]);
                 m[g] = m_new;
                 accumulate(sc, vb, d, &mut acc[g][..d]);
             }

@@ -164,12 +164,59 @@ mod avx2 {
         out
     }
 
+    /// The canonical lane sums of eight keys' accumulators at once, in key order: per key
+    /// `((l0 + l4) + (l2 + l6)) + ((l1 + l5) + (l3 + l7))`, the additions [`hsum`] makes.
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    fn hsum8(v: &[__m256; 8]) -> __m256 {
+        // Two keys a, b → [a: l0+l4, l2+l6, l1+l5, l3+l7 | b: the same].
+        let pair = |a: __m256, b: __m256| {
+            let x = _mm256_add_ps(_mm256_permute2f128_ps::<0x20>(a, b), _mm256_permute2f128_ps::<0x31>(a, b));
+            _mm256_permute_ps::<0b11_01_10_00>(x)
+        };
+        let (p01, p23, p45, p67) = (pair(v[0], v[1]), pair(v[2], v[3]), pair(v[4], v[5]), pair(v[6], v[7]));
+        // hadd adds adjacent pairs: first (x0 + x2) and (x1 + x3), then their sum, per key;
+        // the lanes end as keys [0, 2, 4, 6 | 1, 3, 5, 7].
+        let f = _mm256_hadd_ps(_mm256_hadd_ps(p01, p23), _mm256_hadd_ps(p45, p67));
+        _mm256_permutevar8x32_ps(f, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7))
+    }
+
+    /// Eight keys' scores for a head dimension that is a multiple of 8.
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn scores8(q: &[f32], k: &[f32], stride: usize, scale: f32, out: &mut [f32]) {
+        let d = q.len();
+        let mut acc = [_mm256_setzero_ps(); 8];
+        let mut i = 0;
+        while i < d {
+            // SAFETY: i + 8 <= d, q holds d values and the caller checked rows 0..8 of k.
+            let qv = unsafe { _mm256_loadu_ps(q.as_ptr().add(i)) };
+            for (r, a) in acc.iter_mut().enumerate() {
+                // SAFETY: as above.
+                *a = _mm256_fmadd_ps(unsafe { _mm256_loadu_ps(k.as_ptr().add(r * stride + i)) }, qv, *a);
+            }
+            i += 8;
+        }
+        let s = _mm256_mul_ps(hsum8(&acc), _mm256_set1_ps(scale));
+        // SAFETY: out holds 8 values.
+        unsafe { _mm256_storeu_ps(out.as_mut_ptr(), s) };
+    }
+
     #[target_feature(enable = "avx2,fma")]
     pub(super) unsafe fn scores(q: &[f32], k: &[f32], stride: usize, scale: f32, out: &mut [f32]) {
         let d = q.len();
+        let mut i = 0;
+        if d % 8 == 0 && d > 0 {
+            let mut eights = out.chunks_exact_mut(8);
+            for o in &mut eights {
+                // SAFETY: the caller checked that rows i..i + 8 of k hold d values.
+                unsafe { scores8(q, &k[i * stride..], stride, scale, o) };
+                i += 8;
+            }
+        }
+        let out = &mut out[i..];
         // Four keys at a time: independent accumulator chains, same per-dot order.
         let mut chunks = out.chunks_exact_mut(4);
-        let mut i = 0;
         for o in &mut chunks {
             // SAFETY: the caller checked that rows i..i + 4 of k hold d values.
             let t = unsafe { tile::<1, 4>(q, 0, &k[i * stride..], stride, d) };
@@ -212,7 +259,11 @@ mod avx2 {
     pub(super) unsafe fn accumulate(w: &[f32], v: &[f32], stride: usize, acc: &mut [f32]) {
         match acc.len() {
             // SAFETY (all arms): the caller checked that every row of v holds acc.len() values.
+            16 => return unsafe { accumulate_fixed::<2>(w, v, stride, acc) },
+            32 => return unsafe { accumulate_fixed::<4>(w, v, stride, acc) },
             64 => return unsafe { accumulate_fixed::<8>(w, v, stride, acc) },
+            80 => return unsafe { accumulate_fixed::<10>(w, v, stride, acc) },
+            96 => return unsafe { accumulate_fixed::<12>(w, v, stride, acc) },
             128 => return unsafe { accumulate_fixed::<16>(w, v, stride, acc) },
             _ => {}
         }
@@ -248,7 +299,9 @@ mod tests {
 
     #[test]
     fn block_helpers_match_scalar_definitions() {
-        for (d, stride, n) in [(37, 45, 7), (64, 192, 9), (128, 128, 3)] {
+        for (d, stride, n) in
+            [(37, 45, 7), (16, 32, 21), (32, 32, 6), (64, 192, 9), (80, 96, 12), (96, 96, 3), (128, 128, 17)]
+        {
             let q = data(d, 3);
             let kv = data(n * stride, 4);
             let mut sc = vec![0.0; n];

@@ -11,6 +11,7 @@ mod attention;
 mod buffer;
 mod dequant;
 mod dot;
+mod exp;
 mod matmul;
 mod norm;
 mod rope;
