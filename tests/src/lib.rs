@@ -10,7 +10,6 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 use serde_json::Value;
 use turbine_batcher::{EngineConfig, EngineCore, Request};
-use turbine_core::sampling::SamplingParams;
 use turbine_core::Ops;
 use turbine_kernels_ref::Cpu;
 use turbine_models::precision::Policy;
@@ -123,14 +122,7 @@ fn load_on<B: Ops + Clone>(
 
 /// Greedy ids for `n` tokens, EOS ignored, plus the first step's full logits.
 pub fn greedy(l: &mut TestModel, prompt: &[u32], n: usize) -> Result<Vec<u32>> {
-    let req = Request {
-        prompt: prompt.to_vec(),
-        params: SamplingParams { temperature: 0.0, ..Default::default() },
-        max_tokens: n,
-        ignore_eos: true,
-        stop_ids: l.eos.clone(),
-        stop: vec![],
-    };
+    let req = Request::greedy(prompt.to_vec(), n)?.with_ignore_eos(true).with_stop_ids(l.eos.clone());
     Ok(turbine_batcher::generate(&mut l.engine, req, &mut |_, _| {})?.tokens.iter().map(|t| t.id).collect())
 }
 

@@ -49,14 +49,8 @@ fn run(core: &mut EngineCore, reqs: &[Request]) -> Vec<Outcome> {
 }
 
 fn greedy(prompt: Vec<u32>, max_tokens: usize) -> Request {
-    Request {
-        prompt,
-        params: SamplingParams { temperature: 0.0, logprobs: 3, ..Default::default() },
-        max_tokens,
-        ignore_eos: true,
-        stop_ids: vec![0],
-        stop: vec![],
-    }
+    let params = SamplingParams { temperature: 0.0, logprobs: 3, ..Default::default() };
+    Request::new(prompt, params, max_tokens).unwrap().with_ignore_eos(true).with_stop_ids(vec![0])
 }
 
 fn prompt(rng: &mut Rng, len: usize) -> Vec<u32> {
@@ -77,14 +71,11 @@ fn random_request(rng: &mut Rng) -> Request {
         presence_penalty: [0.0, 0.5][(rng.next_u64() % 2) as usize],
         frequency_penalty: [0.0, 0.3][(rng.next_u64() % 2) as usize],
     };
-    Request {
-        prompt: p,
-        params,
-        max_tokens: 1 + (rng.next_u64() % 40) as usize,
-        ignore_eos: rng.next_u64().is_multiple_of(2),
-        stop_ids: vec![0],
-        stop: vec![],
-    }
+    let max_tokens = 1 + (rng.next_u64() % 40) as usize;
+    Request::new(p, params, max_tokens)
+        .unwrap()
+        .with_ignore_eos(rng.next_u64().is_multiple_of(2))
+        .with_stop_ids(vec![0])
 }
 
 /// A token's id, logprob bits and top alternatives' (id, logprob bits).
@@ -176,8 +167,9 @@ fn non_finite_logits_end_only_their_request() {
         };
         let mut rng = Rng::new(5);
         let clean = greedy(prompt(&mut rng, 30), 12);
-        let mut bad = greedy(prompt(&mut rng, 20), 12);
-        bad.prompt[7] = POISON as u32;
+        let mut poisoned = prompt(&mut rng, 20);
+        poisoned[7] = POISON as u32;
+        let bad = greedy(poisoned, 12);
         let alone = run(&mut at(64), std::slice::from_ref(&clean));
         assert_eq!(alone[0].1, FinishReason::Length);
 
@@ -245,10 +237,10 @@ fn stress_three_hundred_requests() {
         engine("qwen2-bias", 24, EngineConfig { max_num_tokens: 256, max_batch_size: 32, ..Default::default() });
     let out = run(&mut core, &reqs);
     for (r, (toks, reason)) in reqs.iter().zip(&out) {
-        assert!(!toks.is_empty() && toks.len() <= r.max_tokens);
+        assert!(!toks.is_empty() && toks.len() <= r.max_tokens());
         match reason {
-            FinishReason::Stop => assert!(!r.ignore_eos && r.stop_ids.contains(&toks.last().unwrap().id)),
-            FinishReason::Length => assert_eq!(toks.len(), r.max_tokens),
+            FinishReason::Stop => assert!(!r.ignore_eos() && r.stop_ids().contains(&toks.last().unwrap().id)),
+            FinishReason::Length => assert_eq!(toks.len(), r.max_tokens()),
             FinishReason::Cancelled | FinishReason::Error => {
                 panic!("nobody cancelled and the weights are finite: {reason:?}")
             }
@@ -267,12 +259,13 @@ fn rejections_are_typed() {
         core.add(greedy(vec![1; 250], 10)),
         Err(SubmitError::TooLong { limit: 256, what: "model context", .. })
     ));
-    assert!(matches!(core.add(greedy(vec![], 10)), Err(SubmitError::Invalid(_))));
     assert!(matches!(core.add(greedy(vec![600], 10)), Err(SubmitError::Invalid(m)) if m.contains("vocabulary")));
-    let mut bad = greedy(vec![1, 2], 10);
-    bad.params.top_p = 0.0;
-    assert!(matches!(core.add(bad), Err(SubmitError::Invalid(m)) if m.contains("top-p")));
-    assert!(matches!(core.add(greedy(vec![1], 0)), Err(SubmitError::Invalid(_))));
+    // What does not depend on the model cannot even be built into a request.
+    assert_eq!(Request::greedy(vec![], 10).unwrap_err().param, "prompt");
+    assert_eq!(Request::greedy(vec![1], 0).unwrap_err().param, "max_tokens");
+    let bad = Request::new(vec![1, 2], SamplingParams { top_p: 0.0, ..Default::default() }, 10).unwrap_err();
+    assert!(bad.param == "top_p" && bad.message.contains("top-p"), "{bad:?}");
+    assert_eq!(Request::greedy(vec![1], 3).unwrap().with_stop(vec![String::new()]).unwrap_err().param, "stop");
 }
 
 #[test]
@@ -293,8 +286,7 @@ async fn cancel_all_ends_every_stream_and_keeps_the_engine() {
     let engine = turbine_batcher::Engine::start(engine("llama-gqa", 64, EngineConfig::default()));
     let mut streams = Vec::new();
     for i in 0..4 {
-        let mut r = greedy(vec![1 + i, 2, 3], 200);
-        r.ignore_eos = true;
+        let r = greedy(vec![1 + i, 2, 3], 200).with_ignore_eos(true);
         streams.push(engine.submit(r).await.unwrap());
     }
     engine.cancel_all();
@@ -356,7 +348,7 @@ async fn async_engine_streams_cancels_and_counts() {
     let stats = engine.stats().await.unwrap();
     assert_eq!(stats.blocks_in_use, 0);
     assert_eq!((stats.running, stats.waiting), (0, 0));
-    assert!(matches!(engine.submit(greedy(vec![], 3)).await, Err(SubmitError::Invalid(_))));
+    assert!(matches!(engine.submit(greedy(vec![9999], 3)).await, Err(SubmitError::Invalid(_))));
     // Shutting down ends what is in flight and refuses what comes after.
     let mut engine = engine;
     let mut pending = engine.submit(greedy(prompt(&mut rng, 30), 200)).await.unwrap();
@@ -425,8 +417,7 @@ fn stop_strings_match_across_token_boundaries() {
             (full.find(&s) == Some(lo) && !s.contains('\u{fffd}')).then_some((s, k))
         })
         .expect("a token boundary to straddle");
-    let mut req = greedy(prompt, 30);
-    req.stop = vec![stop.clone(), "never appears".into()];
+    let req = greedy(prompt, 30).with_stop(vec![stop.clone(), "never appears".into()]).unwrap();
     let (got_ids, text, reason) = run_text(&mut core, req);
     assert_eq!(reason, FinishReason::Stop);
     assert_eq!(got_ids, ids[..=k], "generation stops at the token that completes the stop string");
@@ -434,8 +425,7 @@ fn stop_strings_match_across_token_boundaries() {
     assert_eq!(core.stats().blocks_in_use, 0);
     // Stop strings without a detokenizer are refused.
     let mut plain = engine("llama-gqa", 64, EngineConfig::default());
-    let mut r = greedy(vec![1, 2, 3], 5);
-    r.stop = vec!["x".into()];
+    let r = greedy(vec![1, 2, 3], 5).with_stop(vec!["x".into()]).unwrap();
     assert!(matches!(plain.add(r), Err(SubmitError::Invalid(m)) if m.contains("detokenizer")));
 }
 

@@ -4,7 +4,7 @@
 
 use turbine_batcher::{EngineConfig, EngineCore, Event, Request};
 use turbine_core::runner::{CacheConfig, Logits, ModelRunner, ModelSpec, SeqStep};
-use turbine_core::sampling::{Sampled, SamplingParams, SeqSampler};
+use turbine_core::sampling::{Sampled, SeqSampler};
 
 struct Counter {
     spec: ModelSpec,
@@ -59,10 +59,8 @@ fn main() {
     };
     let mut core = EngineCore::new(Box::new(Counter { spec, last: vec![] }), EngineConfig::default());
     for start in [10, 50] {
-        let params = SamplingParams { temperature: 0.0, ..Default::default() };
-        let req =
-            Request { prompt: vec![start], params, max_tokens: 5, ignore_eos: true, stop_ids: vec![], stop: vec![] };
-        core.add(req).expect("a valid request");
+        let req = Request::greedy(vec![start], 5).expect("valid parameters").with_ignore_eos(true);
+        core.add(req).expect("a request this engine can hold");
     }
     // Both requests run in the same steps (in-flight batching).
     while core.has_work() {

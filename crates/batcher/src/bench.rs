@@ -164,14 +164,7 @@ pub fn run(
             // the context).
             let room = core.max_len().saturating_sub(r.prompt.len());
             let max_tokens = if mode == Mode::Static { longest.min(room).max(r.max_tokens) } else { r.max_tokens };
-            let req = Request {
-                prompt: r.prompt.clone(),
-                params: greedy.clone(),
-                max_tokens,
-                ignore_eos: true,
-                stop_ids: vec![],
-                stop: vec![],
-            };
+            let req = Request::new(r.prompt.clone(), greedy.clone(), max_tokens)?.with_ignore_eos(true);
             let id = core.add(req).map_err(|e| EngineError::Invalid(e.to_string()))?;
             tracks.insert(id, Track { want: r.max_tokens, ..Track::default() });
         }

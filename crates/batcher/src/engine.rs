@@ -8,14 +8,8 @@
 //! use turbine_core::sampling::SamplingParams;
 //!
 //! let engine = Engine::start(core);
-//! let req = Request {
-//!     prompt: vec![504, 3575, 282, 4649, 314],
-//!     params: SamplingParams { temperature: 0.0, ..Default::default() },
-//!     max_tokens: 16,
-//!     ignore_eos: false,
-//!     stop_ids: vec![2],
-//!     stop: vec![],
-//! };
+//! let params = SamplingParams { temperature: 0.0, ..Default::default() };
+//! let req = Request::new(vec![504, 3575, 282, 4649, 314], params, 16)?.with_stop_ids(vec![2]);
 //! let mut stream = engine.submit(req).await?;
 //! while let Some(event) = stream.next().await {
 //!     match event {

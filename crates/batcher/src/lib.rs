@@ -54,5 +54,11 @@ pub enum EngineError {
     Model(#[from] turbine_core::Error),
 }
 
+impl From<turbine_core::sampling::InvalidParam> for EngineError {
+    fn from(e: turbine_core::sampling::InvalidParam) -> Self {
+        EngineError::Invalid(e.message)
+    }
+}
+
 /// Result alias for this crate.
 pub type Result<T, E = EngineError> = std::result::Result<T, E>;

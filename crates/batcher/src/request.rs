@@ -1,6 +1,6 @@
 //! What goes into the engine and what comes out.
 
-use turbine_core::sampling::SamplingParams;
+use turbine_core::sampling::{InvalidParam, SamplingParams};
 
 use turbine_core::sampling::Sampled;
 
@@ -32,22 +32,110 @@ impl FinishReason {
 /// Identifies a request for its whole life.
 pub type RequestId = u64;
 
-/// A generation request.
+/// A generation request whose parameters have been checked: [`Request::new`] and
+/// [`Request::with_stop`] are the only ways to make one, so a `Request` is valid by construction and
+/// the engine checks only what depends on the model (ids inside its vocabulary, the context and
+/// the cache), once, in [`crate::EngineCore::add`].
+///
+/// ```
+/// use turbine_batcher::Request;
+/// use turbine_core::sampling::{InvalidParam, SamplingParams};
+///
+/// let params = SamplingParams { temperature: 0.7, top_p: 0.9, ..Default::default() };
+/// let req = Request::new(vec![1, 15043, 29892], params, 64)?.with_stop_ids(vec![2]).with_stop(vec!["\n\n".into()])?;
+/// assert_eq!(req.max_tokens(), 64);
+/// assert_eq!(Request::new(vec![], SamplingParams::default(), 8).unwrap_err().param, "prompt");
+/// # Ok::<(), turbine_core::sampling::InvalidParam>(())
+/// ```
 #[derive(Debug, Clone, PartialEq)]
 pub struct Request {
-    /// Prompt token ids.
-    pub prompt: Vec<u32>,
-    /// Sampling settings (including the seed and how many top log-probabilities to report).
-    pub params: SamplingParams,
-    /// Most tokens to generate (at least 1).
-    pub max_tokens: usize,
-    /// Keep going through stop ids.
-    pub ignore_eos: bool,
+    pub(crate) prompt: Vec<u32>,
+    pub(crate) params: SamplingParams,
+    pub(crate) max_tokens: usize,
+    pub(crate) ignore_eos: bool,
+    pub(crate) stop_ids: Vec<u32>,
+    pub(crate) stop: Vec<String>,
+}
+
+impl Request {
+    /// A request for at most `max_tokens` new tokens after `prompt`, sampled as `params` says;
+    /// it stops at no id and no string until told ([`Request::with_stop_ids`], [`Request::with_stop`]).
+    /// Fails, naming the parameter, when the prompt is empty, `max_tokens` is 0 or a sampling
+    /// parameter is out of range.
+    pub fn new(prompt: Vec<u32>, params: SamplingParams, max_tokens: usize) -> Result<Request, InvalidParam> {
+        if prompt.is_empty() {
+            return Err(InvalidParam { param: "prompt", message: "the prompt is empty".into() });
+        }
+        if max_tokens == 0 {
+            return Err(InvalidParam { param: "max_tokens", message: "max_tokens must be at least 1".into() });
+        }
+        params.check()?;
+        Ok(Request { prompt, params, max_tokens, ignore_eos: false, stop_ids: Vec::new(), stop: Vec::new() })
+    }
+
+    /// [`Request::new`] with greedy sampling.
+    pub fn greedy(prompt: Vec<u32>, max_tokens: usize) -> Result<Request, InvalidParam> {
+        Request::new(prompt, SamplingParams { temperature: 0.0, ..SamplingParams::default() }, max_tokens)
+    }
+
     /// Ids that end generation (the model's EOS ids, plus any the caller adds).
-    pub stop_ids: Vec<u32>,
-    /// Strings that end generation, matched on the decoded output (across token boundaries); the
-    /// stop string itself is not returned. Needs an engine with a detokenizer.
-    pub stop: Vec<String>,
+    pub fn with_stop_ids(mut self, ids: Vec<u32>) -> Request {
+        self.stop_ids = ids;
+        self
+    }
+
+    /// Keep going through stop ids (`true`), or stop at them (the default).
+    pub fn with_ignore_eos(mut self, ignore: bool) -> Request {
+        self.ignore_eos = ignore;
+        self
+    }
+
+    /// Strings that end generation, matched on the decoded output (across token boundaries);
+    /// the stop string itself is not returned. Needs an engine with a detokenizer. Fails on an
+    /// empty string.
+    pub fn with_stop(mut self, stop: Vec<String>) -> Result<Request, InvalidParam> {
+        if stop.iter().any(String::is_empty) {
+            return Err(InvalidParam { param: "stop", message: "stop strings must not be empty".into() });
+        }
+        self.stop = stop;
+        Ok(self)
+    }
+
+    /// The same request with another sampling seed (the `n` choices of one API request).
+    pub fn with_seed(mut self, seed: Option<u64>) -> Request {
+        self.params.seed = seed;
+        self
+    }
+
+    /// Prompt token ids.
+    pub fn prompt(&self) -> &[u32] {
+        &self.prompt
+    }
+
+    /// Sampling settings (the seed and how many top log-probabilities to report included).
+    pub fn params(&self) -> &SamplingParams {
+        &self.params
+    }
+
+    /// Most tokens to generate (at least 1).
+    pub fn max_tokens(&self) -> usize {
+        self.max_tokens
+    }
+
+    /// Whether generation goes on through stop ids.
+    pub fn ignore_eos(&self) -> bool {
+        self.ignore_eos
+    }
+
+    /// Ids that end generation.
+    pub fn stop_ids(&self) -> &[u32] {
+        &self.stop_ids
+    }
+
+    /// The stop strings.
+    pub fn stop(&self) -> &[String] {
+        &self.stop
+    }
 }
 
 /// Token counts of a finished request.
@@ -160,4 +248,10 @@ pub struct Stats {
     pub kv_tokens: usize,
     /// KV blocks in the cache.
     pub blocks_total: usize,
+}
+
+impl From<InvalidParam> for SubmitError {
+    fn from(e: InvalidParam) -> Self {
+        SubmitError::Invalid(e.message)
+    }
 }

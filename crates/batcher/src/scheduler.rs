@@ -181,21 +181,13 @@ impl EngineCore {
         self.kv.release(&seq.blocks);
     }
 
-    /// Validates and queues a request.
+    /// Queues a request. Its parameters were checked when it was made ([`Request::new`]); what
+    /// depends on this engine is checked here: ids inside the vocabulary, the context and the
+    /// cache, stop strings only with a detokenizer, room in the queue.
     pub fn add(&mut self, req: Request) -> Result<RequestId, SubmitError> {
         let vocab = self.runner.spec().vocab;
-        if req.prompt.is_empty() {
-            return Err(SubmitError::Invalid("the prompt is empty".into()));
-        }
         if let Some(&bad) = req.prompt.iter().find(|&&t| t as usize >= vocab) {
             return Err(SubmitError::Invalid(format!("prompt token id {bad} is outside the vocabulary (0..{vocab})")));
-        }
-        if req.max_tokens == 0 {
-            return Err(SubmitError::Invalid("max_tokens must be at least 1".into()));
-        }
-        req.params.validate().map_err(|e| SubmitError::Invalid(e.to_string()))?;
-        if req.stop.iter().any(String::is_empty) {
-            return Err(SubmitError::Invalid("stop strings must not be empty".into()));
         }
         if !req.stop.is_empty() && self.detok.is_none() {
             return Err(SubmitError::Invalid("stop strings need an engine with a detokenizer".into()));

@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 
 use turbine_batcher::{EngineConfig, EngineCore, EngineError, Event, FinishReason, Request, RequestId};
 use turbine_core::runner::{CacheConfig, Logits, ModelRunner, ModelSpec, SeqStep};
-use turbine_core::sampling::{Sampled, SamplingParams, SeqSampler};
+use turbine_core::sampling::{Sampled, SeqSampler};
 
 const VOCAB: u32 = 26;
 
@@ -100,14 +100,7 @@ impl ModelRunner for Fake {
 }
 
 fn request(prompt: Vec<u32>, max_tokens: usize) -> Request {
-    Request {
-        prompt,
-        params: SamplingParams { temperature: 0.0, ..Default::default() },
-        max_tokens,
-        ignore_eos: true,
-        stop_ids: vec![],
-        stop: vec![],
-    }
+    Request::greedy(prompt, max_tokens).unwrap().with_ignore_eos(true)
 }
 
 fn prompt(seed: u32, len: usize) -> Vec<u32> {
@@ -229,8 +222,7 @@ fn stop_strings_end_the_text_where_they_start() {
     // A stop string made of the 5th and 6th generated letters.
     let stop = text[4..6].to_string();
     let cut = text.find(&stop).unwrap();
-    let mut r = request(p, 12);
-    r.stop = vec![stop.clone()];
+    let r = request(p, 12).with_stop(vec![stop.clone()]).unwrap();
     let id = core.add(r).unwrap();
     let out = run(&mut core, &[id]);
     assert_eq!(out[0].1, FinishReason::Stop);

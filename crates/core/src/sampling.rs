@@ -44,30 +44,50 @@ impl Default for SamplingParams {
 }
 
 impl SamplingParams {
-    /// Checks ranges; the message names the offending parameter.
+    /// Checks ranges; the error names the offending parameter.
     pub fn validate(&self) -> Result<()> {
+        self.check().map_err(|e| Error::invalid("sampling", e.message))
+    }
+
+    /// Checks ranges; the error names the parameter as the OpenAI API spells it (`top_p`) and
+    /// says what is wrong in words a CLI user reads too (`top-p must be in (0, 1]`).
+    pub fn check(&self) -> std::result::Result<(), InvalidParam> {
+        let bad = |param, message| Err(InvalidParam { param, message });
         if !(self.temperature >= 0.0 && self.temperature.is_finite()) {
-            return Err(Error::invalid("sampling", format!("temperature must be >= 0, got {}", self.temperature)));
+            return bad("temperature", format!("temperature must be >= 0, got {}", self.temperature));
         }
         if !(self.top_p > 0.0 && self.top_p <= 1.0) {
-            return Err(Error::invalid("sampling", format!("top-p must be in (0, 1], got {}", self.top_p)));
+            return bad("top_p", format!("top-p must be in (0, 1], got {}", self.top_p));
         }
         if !(0.0..=1.0).contains(&self.min_p) {
-            return Err(Error::invalid("sampling", format!("min-p must be in [0, 1], got {}", self.min_p)));
+            return bad("min_p", format!("min-p must be in [0, 1], got {}", self.min_p));
         }
         if !(self.repetition_penalty > 0.0 && self.repetition_penalty.is_finite()) {
-            return Err(Error::invalid(
-                "sampling",
+            return bad(
+                "repetition_penalty",
                 format!("repetition penalty must be > 0, got {}", self.repetition_penalty),
-            ));
+            );
         }
-        for (name, v) in [("presence", self.presence_penalty), ("frequency", self.frequency_penalty)] {
+        for (param, name, v) in [
+            ("presence_penalty", "presence", self.presence_penalty),
+            ("frequency_penalty", "frequency", self.frequency_penalty),
+        ] {
             if !(-2.0..=2.0).contains(&v) {
-                return Err(Error::invalid("sampling", format!("{name} penalty must be in [-2, 2], got {v}")));
+                return bad(param, format!("{name} penalty must be in [-2, 2], got {v}"));
             }
         }
         Ok(())
     }
+}
+
+/// A request parameter out of range: which one, as the OpenAI API names it, and why.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct InvalidParam {
+    /// The parameter (`temperature`, `top_p`, `max_tokens`, …).
+    pub param: &'static str,
+    /// What is wrong with it.
+    pub message: String,
 }
 
 /// A small, fast, seedable generator (xoshiro256**, seeded through splitmix64).

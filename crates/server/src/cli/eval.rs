@@ -11,7 +11,6 @@ use clap::Args;
 use serde_json::{json, Value};
 use turbine_batcher::eval::{self, EvalRow};
 use turbine_batcher::{EngineConfig, EngineCore, Request};
-use turbine_core::sampling::SamplingParams;
 use turbine_models::precision::{Format, Policy};
 use turbine_server::setup::{self, KvSize};
 
@@ -85,14 +84,7 @@ fn load(model: Option<&str>, backend: &str, policy: &Policy, ctx: usize, kv: tur
 
 /// Greedy decode speed after a short prompt, in tokens/s.
 fn decode_speed(core: &mut EngineCore, prompt: &[u32], n: usize) -> Result<f64> {
-    let req = Request {
-        prompt: prompt.to_vec(),
-        params: SamplingParams { temperature: 0.0, ..Default::default() },
-        max_tokens: n,
-        ignore_eos: true,
-        stop_ids: vec![],
-        stop: vec![],
-    };
+    let req = Request::greedy(prompt.to_vec(), n)?.with_ignore_eos(true);
     Ok(turbine_batcher::generate(core, req, &mut |_, _| {})?.timings.decode_tok_s())
 }
 

@@ -113,7 +113,9 @@ pub fn run(a: GenerateArgs) -> Result<()> {
         presence_penalty: a.presence_penalty,
         frequency_penalty: a.frequency_penalty,
     };
-    params.validate()?;
+    // Flags are checked before the model loads, so a typo fails at once; `Request::new` below is
+    // the same check (the one the engine relies on).
+    params.check()?;
     if a.max_tokens < 1 {
         bail!("--max-tokens must be at least 1, got {}", a.max_tokens);
     }
@@ -122,15 +124,10 @@ pub fn run(a: GenerateArgs) -> Result<()> {
     // As llama.cpp's CLI does, generation stops at the end of the context rather than refusing a
     // --max-tokens that reaches past it (a prompt that leaves no room is still an error).
     let room = s.engine.max_len().saturating_sub(prompt.len()).max(1);
-    let req = Request {
-        prompt,
-        params,
-        max_tokens: (a.max_tokens as usize).min(room),
-        ignore_eos: a.ignore_eos,
-        stop_ids: s.eos.clone(),
-        stop: a.stop.clone(),
-    };
-    let prompt = req.prompt.clone();
+    let req = Request::new(prompt.clone(), params, (a.max_tokens as usize).min(room))?
+        .with_ignore_eos(a.ignore_eos)
+        .with_stop_ids(s.eos.clone())
+        .with_stop(a.stop.clone())?;
     let out = if a.json {
         turbine_batcher::generate(&mut s.engine, req, &mut |_, _| {})?
     } else {

@@ -7,7 +7,6 @@ use anyhow::{bail, Result};
 use clap::Args;
 use serde_json::json;
 use turbine_batcher::Request;
-use turbine_core::sampling::SamplingParams;
 use turbine_server::setup;
 
 use super::{parse_ids, ModelArgs};
@@ -46,7 +45,7 @@ pub fn run(model: &ModelArgs, a: &SpeedArgs, json: bool) -> Result<()> {
     let base = s.tok.encode(PROMPT_TEXT, false)?;
     let tokens = |n: usize| -> Vec<u32> { base.iter().copied().cycle().take(n).collect() };
     let mut measure = |prompt: Vec<u32>, gen: usize| -> Result<(f64, f64)> {
-        let req = greedy_request(prompt, gen);
+        let req = greedy_request(prompt, gen)?;
         let (mut pf, mut dc) = (0.0f64, 0.0f64);
         for _ in 0..a.reps {
             let out = turbine_batcher::generate(&mut s.engine, req.clone(), &mut |_, _| {})?;
@@ -114,7 +113,7 @@ pub fn run_batches(model: &ModelArgs, a: &SpeedArgs, json: bool) -> Result<()> {
     let mut core = EngineCore::new(loaded.runner, cfg);
     let mut rows = Vec::new();
     // Warm-up (thread pool, first touches of the cache and workspaces), not measured.
-    let warm = greedy_request(prompt.clone(), 4);
+    let warm = greedy_request(prompt.clone(), 4)?;
     for _ in 0..largest.min(4) {
         core.add(warm.clone()).map_err(|e| anyhow::anyhow!("{e}"))?;
     }
@@ -126,7 +125,7 @@ pub fn run_batches(model: &ModelArgs, a: &SpeedArgs, json: bool) -> Result<()> {
             "turbine bench: batch {n}: {} prompt tokens each, then {} tokens decoded together",
             a.prompt_tokens, a.gen_tokens
         );
-        let req = greedy_request(prompt.clone(), a.gen_tokens);
+        let req = greedy_request(prompt.clone(), a.gen_tokens)?;
         let t0 = Instant::now();
         for _ in 0..n {
             core.add(req.clone()).map_err(|e| anyhow::anyhow!("{e}"))?;
@@ -173,13 +172,6 @@ pub fn run_batches(model: &ModelArgs, a: &SpeedArgs, json: bool) -> Result<()> {
 }
 
 /// A greedy request that decodes exactly `max_tokens` tokens.
-fn greedy_request(prompt: Vec<u32>, max_tokens: usize) -> Request {
-    Request {
-        prompt,
-        params: SamplingParams { temperature: 0.0, ..Default::default() },
-        max_tokens,
-        ignore_eos: true,
-        stop_ids: vec![],
-        stop: vec![],
-    }
+fn greedy_request(prompt: Vec<u32>, max_tokens: usize) -> Result<Request> {
+    Ok(Request::greedy(prompt, max_tokens)?.with_ignore_eos(true))
 }

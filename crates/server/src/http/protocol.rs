@@ -2,7 +2,7 @@
 
 use serde::Deserialize;
 use turbine_batcher::Request;
-use turbine_core::sampling::SamplingParams;
+use turbine_core::sampling::{InvalidParam, SamplingParams};
 
 use super::{ApiError, AppState};
 
@@ -128,13 +128,7 @@ impl Common {
             n => return Err(ApiError::invalid("n", format!("n must be 1..={max_n}, got {n}"))),
         };
         let base = self.to_request(s, prompt, logprobs, default_max)?;
-        Ok((0..n)
-            .map(|i| {
-                let mut r = base.clone();
-                r.params.seed = base.params.seed.map(|sd| sd.wrapping_add(i));
-                r
-            })
-            .collect())
+        Ok((0..n).map(|i| base.clone().with_seed(base.params().seed.map(|sd| sd.wrapping_add(i)))).collect())
     }
 
     /// Builds the engine request for `prompt`, checking every field; `default_max` applies when
@@ -194,30 +188,19 @@ impl Common {
             presence_penalty: self.presence_penalty.unwrap_or(0.0),
             frequency_penalty: self.frequency_penalty.unwrap_or(0.0),
         };
-        params.validate().map_err(|e| {
-            let msg = e.to_string();
-            let param = ["temperature", "top-p", "min-p", "repetition", "presence", "frequency"]
-                .iter()
-                .zip(["temperature", "top_p", "min_p", "repetition_penalty", "presence_penalty", "frequency_penalty"])
-                .find(|(k, _)| msg.contains(**k))
-                .map_or("temperature", |(_, p)| p);
-            ApiError::invalid(param, msg)
-        })?;
         let stop = match &self.stop {
             None => Vec::new(),
             Some(Stop::One(s)) => vec![s.clone()],
             Some(Stop::Many(v)) => v.clone(),
         };
-        if stop.iter().any(String::is_empty) {
-            return Err(ApiError::invalid("stop", "stop strings must not be empty"));
-        }
-        Ok(Request {
-            prompt,
-            params,
-            max_tokens,
-            ignore_eos: self.ignore_eos.unwrap_or(false),
-            stop_ids: s.eos.clone(),
-            stop,
-        })
+        // The one check of the request's own values; the engine checks the rest against the
+        // model (vocabulary, context) when it queues it.
+        let invalid = |e: InvalidParam| ApiError::invalid(e.param, e.message);
+        Request::new(prompt, params, max_tokens)
+            .map_err(invalid)?
+            .with_ignore_eos(self.ignore_eos.unwrap_or(false))
+            .with_stop_ids(s.eos.clone())
+            .with_stop(stop)
+            .map_err(invalid)
     }
 }
