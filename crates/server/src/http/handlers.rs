@@ -191,27 +191,25 @@ pub async fn chat(State(s): Shared, r: Result<Json<Value>, JsonRejection>) -> Re
     run(s, reqs, prompt_tokens, Kind::Chat { logprobs: want_lp }, want_lp, stream, include_usage).await
 }
 
-fn token_text(s: &AppState, id: u32) -> String {
-    s.tok.decode(&[id], false).unwrap_or_default()
+fn token_text(s: &AppState, id: u32) -> std::borrow::Cow<'_, str> {
+    s.token_texts.get(id)
 }
 
 /// Log-probabilities of some tokens, in the endpoint's shape.
 fn logprobs_json(s: &AppState, kind: Kind, toks: &[Sampled], offset: &mut usize) -> Value {
     match kind {
         Kind::Completion => {
-            let mut offsets = Vec::new();
-            let texts: Vec<String> = toks
+            let texts: Vec<std::borrow::Cow<'_, str>> = toks.iter().map(|t| token_text(s, t.id)).collect();
+            let offsets: Vec<usize> = texts
                 .iter()
                 .map(|t| {
-                    let text = token_text(s, t.id);
-                    offsets.push(*offset);
-                    *offset += text.len();
-                    text
+                    *offset += t.len();
+                    *offset - t.len()
                 })
                 .collect();
             let tops: Vec<Value> = toks
                 .iter()
-                .map(|t| Value::Object(t.top.iter().map(|(i, l)| (token_text(s, *i), json!(l))).collect()))
+                .map(|t| Value::Object(t.top.iter().map(|(i, l)| (token_text(s, *i).into_owned(), json!(l))).collect()))
                 .collect();
             json!({"tokens": texts, "token_logprobs": toks.iter().map(|t| t.logprob).collect::<Vec<_>>(), "top_logprobs": tops, "text_offset": offsets})
         }

@@ -36,6 +36,8 @@ pub struct AppState {
     pub engine: Engine,
     /// The model's tokenizer (and chat template).
     pub tok: Arc<TextTokenizer>,
+    /// Each token's own text, for log-probabilities (decoded once per id).
+    pub token_texts: TokenTexts,
     /// The name clients use for the model.
     pub model: String,
     /// End-of-sequence ids.
@@ -52,6 +54,31 @@ pub struct AppState {
     pub metrics: metrics::Metrics,
     /// How slowly a request body may arrive.
     pub body_pace: BodyPace,
+}
+
+/// Each token's own text (special tokens included), decoded the first time it is asked for and
+/// kept: log-probabilities name every token and its alternatives by their text, and after a
+/// token's first use that is a lookup.
+pub struct TokenTexts {
+    tok: Arc<TextTokenizer>,
+    texts: Vec<std::sync::OnceLock<String>>,
+}
+
+impl TokenTexts {
+    /// An empty table over the tokenizer's vocabulary.
+    pub fn new(tok: Arc<TextTokenizer>) -> Self {
+        let texts = (0..tok.vocab_size()).map(|_| std::sync::OnceLock::new()).collect();
+        TokenTexts { tok, texts }
+    }
+
+    /// The text of token `id` (empty for an id the tokenizer cannot decode).
+    pub fn get(&self, id: u32) -> std::borrow::Cow<'_, str> {
+        let decode = || self.tok.decode(&[id], false).unwrap_or_default();
+        match self.texts.get(id as usize) {
+            Some(cell) => std::borrow::Cow::Borrowed(cell.get_or_init(decode).as_str()),
+            None => std::borrow::Cow::Owned(decode()),
+        }
+    }
 }
 
 /// How slowly a request body may arrive: after `grace`, at `min_rate` bytes per second on average.
@@ -84,6 +111,7 @@ impl AppState {
         let created = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
         Ok(AppState {
             engine: Engine::start(core),
+            token_texts: TokenTexts::new(tok.clone()),
             tok,
             model: name,
             eos: l.eos,
