@@ -24,7 +24,7 @@ fn temp(name: &str) -> PathBuf {
 }
 
 /// Logits of every position of a fixed prompt.
-fn logits(m: turbine_models::Loaded<Cpu>) -> Vec<f32> {
+fn logits(m: turbine_models::LoadedModel<Cpu>) -> Vec<f32> {
     let mut r = Runner::new(Cpu::new(), m.model, CacheConfig::f32(16, 4)).unwrap();
     let ids: Vec<u32> = (0..20).map(|i| (i * 37 + 5) % 500).collect();
     r.step(&[SeqStep { tokens: &ids, start: 0, blocks: &[0, 1], logits: Logits::All }]).unwrap();

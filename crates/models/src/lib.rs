@@ -41,6 +41,6 @@ pub mod weights;
 pub use error::{ModelError, Result};
 #[cfg(feature = "tokenizer")]
 pub use loader::load_tokenizer;
-pub use loader::{load, load_for_context, load_with, Loaded};
+pub use loader::{load, load_for_context, load_with, LoadedModel};
 pub use model::{Model, ModelSpec};
 pub use runner::{CacheConfig, Logits, ModelRunner, Runner, SeqStep};

@@ -16,7 +16,7 @@ use crate::weights::Weights;
 use crate::{registry, ModelError, Result};
 
 /// A model with its tokenizer.
-pub struct Loaded<B: Ops> {
+pub struct LoadedModel<B: Ops> {
     /// The model.
     pub model: Box<dyn Model<B>>,
     /// The tokenizer (feature `tokenizer`).
@@ -31,13 +31,13 @@ pub struct Loaded<B: Ops> {
 /// Loads a model folder (`config.json`, safetensors, `tokenizer.json`) or a `.gguf` file.
 /// A checkpoint holding tensors its architecture does not read is refused
 /// ([`ModelError::UnusedWeights`]); [`load_with`] with `Policy::allow_unused_weights` loads it.
-pub fn load<B: Ops>(backend: &B, path: &Path) -> Result<Loaded<B>> {
+pub fn load<B: Ops>(backend: &B, path: &Path) -> Result<LoadedModel<B>> {
     load_raw(backend, path, None, false)
 }
 
 /// [`load`], then stores the projections as `policy` says (running the model over the
 /// calibration text first when the policy needs it).
-pub fn load_with<B: Ops + Clone>(backend: &B, path: &Path, policy: &Policy) -> Result<Loaded<B>> {
+pub fn load_with<B: Ops + Clone>(backend: &B, path: &Path, policy: &Policy) -> Result<LoadedModel<B>> {
     load_for_context(backend, path, policy, None)
 }
 
@@ -49,7 +49,7 @@ pub fn load_for_context<B: Ops + Clone>(
     path: &Path,
     policy: &Policy,
     max_context: Option<usize>,
-) -> Result<Loaded<B>> {
+) -> Result<LoadedModel<B>> {
     let mut l = load_raw(backend, path, max_context, policy.allow_unused_weights)?;
     if policy.format == crate::precision::Format::Auto {
         return Ok(l);
@@ -86,20 +86,25 @@ pub fn load_for_context<B: Ops + Clone>(
 
 /// The calibration text's ids (the policy's text, else the bundled one).
 #[cfg(feature = "tokenizer")]
-fn calibration_ids<B: Ops>(l: &Loaded<B>, policy: &Policy) -> Result<Vec<u32>> {
+fn calibration_ids<B: Ops>(l: &LoadedModel<B>, policy: &Policy) -> Result<Vec<u32>> {
     let text = policy.calib_text.as_deref().unwrap_or(crate::calibrate::DEFAULT_TEXT);
     l.tokenizer.encode(text, true)
 }
 
 #[cfg(not(feature = "tokenizer"))]
-fn calibration_ids<B: Ops>(_: &Loaded<B>, _: &Policy) -> Result<Vec<u32>> {
+fn calibration_ids<B: Ops>(_: &LoadedModel<B>, _: &Policy) -> Result<Vec<u32>> {
     Err(ModelError::Config("calibrating by text needs turbine-models' \"tokenizer\" feature".into()))
 }
 
 /// Fewest calibration tokens accepted.
 pub const MIN_CALIB_TOKENS: usize = 64;
 
-fn load_raw<B: Ops>(backend: &B, path: &Path, max_context: Option<usize>, allow_unused: bool) -> Result<Loaded<B>> {
+fn load_raw<B: Ops>(
+    backend: &B,
+    path: &Path,
+    max_context: Option<usize>,
+    allow_unused: bool,
+) -> Result<LoadedModel<B>> {
     if !path.exists() {
         return Err(ModelError::NotFound(path.to_path_buf()));
     }
@@ -127,7 +132,7 @@ pub fn load_tokenizer(path: &Path) -> Result<TextTokenizer> {
     }
 }
 
-fn load_dir<B: Ops>(backend: &B, dir: &Path, max_context: Option<usize>, allow_unused: bool) -> Result<Loaded<B>> {
+fn load_dir<B: Ops>(backend: &B, dir: &Path, max_context: Option<usize>, allow_unused: bool) -> Result<LoadedModel<B>> {
     let cfg_path = dir.join("config.json");
     if !cfg_path.exists() {
         return Err(ModelError::NoConfig(dir.to_path_buf()));
@@ -158,7 +163,12 @@ fn load_dir<B: Ops>(backend: &B, dir: &Path, max_context: Option<usize>, allow_u
     )
 }
 
-fn load_gguf<B: Ops>(backend: &B, path: &Path, max_context: Option<usize>, allow_unused: bool) -> Result<Loaded<B>> {
+fn load_gguf<B: Ops>(
+    backend: &B,
+    path: &Path,
+    max_context: Option<usize>,
+    allow_unused: bool,
+) -> Result<LoadedModel<B>> {
     let file = GgufFile::open(path)?;
     let cfg = config::from_gguf(&file)?;
     registry::check(&cfg).map_err(|e| match e {
@@ -189,12 +199,12 @@ fn finish<B: Ops>(
     #[cfg(feature = "tokenizer")] tokenizer: TextTokenizer,
     mut eos: Vec<u32>,
     path: &Path,
-) -> Result<Loaded<B>> {
+) -> Result<LoadedModel<B>> {
     #[cfg(feature = "tokenizer")]
     eos.extend(tokenizer.eos_ids.iter().copied());
     eos.sort_unstable();
     eos.dedup();
-    Ok(Loaded {
+    Ok(LoadedModel {
         model,
         #[cfg(feature = "tokenizer")]
         tokenizer,

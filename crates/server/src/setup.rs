@@ -46,7 +46,7 @@ pub fn model_path(model: Option<&str>) -> Result<PathBuf> {
 }
 
 /// A model on a backend, before choosing how to drive it.
-pub struct Loaded {
+pub struct LoadedRunner {
     /// The runner (model + KV cache).
     pub runner: Box<dyn ModelRunner>,
     /// The tokenizer.
@@ -116,12 +116,12 @@ impl KvSize {
 }
 
 /// Loads a model on a backend with a paged KV cache of the given size.
-pub fn load_runner(model: Option<&str>, backend: &str, kv: KvSize) -> Result<Loaded> {
+pub fn load_runner(model: Option<&str>, backend: &str, kv: KvSize) -> Result<LoadedRunner> {
     load_runner_with(model, backend, kv, &Policy::default())
 }
 
 /// [`load_runner`] with the projections stored as `policy` says.
-pub fn load_runner_with(model: Option<&str>, backend: &str, kv: KvSize, policy: &Policy) -> Result<Loaded> {
+pub fn load_runner_with(model: Option<&str>, backend: &str, kv: KvSize, policy: &Policy) -> Result<LoadedRunner> {
     let path = model_path(model)?;
     let t0 = Instant::now();
     let (runner, tok, eos, (weight_bytes, decode_read_bytes)) = match backend {
@@ -130,7 +130,7 @@ pub fn load_runner_with(model: Option<&str>, backend: &str, kv: KvSize, policy: 
         other => bail!("unknown backend {other:?}; available: cpu, cuda"),
     };
     let load_ms = t0.elapsed().as_secs_f64() * 1e3;
-    Ok(Loaded { runner, tok, eos, path, load_ms, weight_bytes, decode_read_bytes })
+    Ok(LoadedRunner { runner, tok, eos, path, load_ms, weight_bytes, decode_read_bytes })
 }
 
 /// What [`load_on`] gives back: the runner, tokenizer, EOS ids, and bytes of weights (in memory,
