@@ -110,11 +110,3 @@ pub fn generate(core: &mut EngineCore, req: Request, on_token: &mut dyn FnMut(&S
         }
     }
 }
-
-/// The message of a request stopped at output token `index` by non-finite logits.
-pub fn non_finite(index: usize) -> String {
-    format!(
-        "the model produced non-finite logits (NaN or infinity) for output token {index}; the request was stopped \
-         (the weights or the numerics of this model and precision overflow on this input)"
-    )
-}

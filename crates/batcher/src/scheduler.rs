@@ -447,10 +447,18 @@ impl EngineCore {
         for &(i, r) in done.iter().rev() {
             let seq = self.running.remove(i);
             let id = seq.id;
-            let error = (r == FinishReason::Error).then(|| crate::generate::non_finite(seq.generated()));
+            let error = (r == FinishReason::Error).then(|| non_finite(seq.generated()));
             let ev = self.finish(seq, r, error);
             events.push((id, ev));
         }
         Ok(events)
     }
+}
+
+/// The message of a request stopped at output token `index` by non-finite logits.
+pub fn non_finite(index: usize) -> String {
+    format!(
+        "the model produced non-finite logits (NaN or infinity) for output token {index}; the request was stopped \
+         (the weights or the numerics of this model and precision overflow on this input)"
+    )
 }

@@ -8,8 +8,9 @@ use std::sync::{Arc, Mutex};
 use turbine_core::{DType, Epilogue, HostTensor, Ops, Tensor};
 
 use crate::layers::Observer;
+use crate::layers::Role;
 use crate::model::Model;
-use crate::precision::Role;
+pub use crate::runner::KvStats;
 use crate::runner::{CacheConfig, Logits, ModelRunner, Runner, SeqStep};
 use crate::{ModelError, Result};
 
@@ -62,13 +63,6 @@ pub struct Calibration {
     pub kv: Vec<KvStats>,
     /// Tokens the model ran over.
     pub tokens: usize,
-}
-
-/// The keys one layer stored.
-#[derive(Debug, Clone, Default)]
-pub struct KvStats {
-    /// Mean key (`kv_heads · head_dim` values).
-    pub k_mean: Vec<f32>,
 }
 
 /// The running sum of the keys one layer stored.

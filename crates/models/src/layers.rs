@@ -9,11 +9,11 @@ use turbine_core::{
 };
 
 use crate::config::HfConfig;
-use crate::model::{ModelSpec, Step, Workspace};
-use crate::precision::Role;
 use crate::rope::RopeSpec;
+use crate::step::{Step, Workspace};
 use crate::weights::Weights;
 use crate::{ModelError, Result};
+use turbine_core::runner::ModelSpec;
 
 /// A norm's weight and optional bias, `[hidden]`.
 pub struct Norm<B: Ops> {
@@ -273,7 +273,7 @@ pub trait Observer<B: Ops>: Send + Sync {
 impl<B: Ops> Decoder<B> {
     /// Bytes of every weight in memory (embeddings, norms, projections and their scales, head).
     pub fn weight_bytes(&self) -> usize {
-        use crate::precision::tensor_bytes as tb;
+        let tb = tensor_bytes;
         let norm = |n: &Norm<B>| tb(&n.w) + n.b.as_ref().map_or(0, tb);
         let lin = |l: &Linear<B>| {
             let q = match &l.quant_x {
@@ -311,7 +311,7 @@ impl<B: Ops> Decoder<B> {
     /// rows of the embedding tables it does not look up (the whole token table when it is also
     /// the LM head). Batch-1 decode speed is bounded by this over the memory bandwidth.
     pub fn decode_read_bytes(&self) -> usize {
-        use crate::precision::tensor_bytes as tb;
+        let tb = tensor_bytes;
         let unread = |t: &Tensor<B>| tb(t) - tb(t) / t.rows().max(1);
         let table = if self.lm_head.is_some() { unread(&self.embed) } else { 0 };
         self.weight_bytes() - table - self.pos_embed.as_ref().map_or(0, unread)
@@ -537,4 +537,29 @@ pub fn activation(cfg: &HfConfig, key: &str, default: Act) -> Result<Act> {
             ))
         }),
     }
+}
+
+/// The projections of a block.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Role {
+    /// The fused query/key/value projection (`qkv`).
+    Qkv,
+    /// The attention output projection (`o`).
+    AttnOut,
+    /// The MLP up projection, gate and up together when gated (`up`).
+    Up,
+    /// The MLP down projection (`down`).
+    Down,
+}
+
+impl Role {
+    /// Every role with its name in precision exceptions (`qkv`, `o`, `up`, `down`).
+    pub const NAMES: [(&'static str, Role); 4] =
+        [("qkv", Role::Qkv), ("o", Role::AttnOut), ("up", Role::Up), ("down", Role::Down)];
+}
+
+/// Bytes a tensor's values take in memory.
+pub fn tensor_bytes<B: Ops>(t: &Tensor<B>) -> usize {
+    let n = t.shape().numel();
+    t.dtype().bytes_for(n).unwrap_or(n * 4)
 }

@@ -4,6 +4,10 @@
 //!   GGUF file to a [`model::Model`] plus its [`tokenizer::TextTokenizer`].
 //! - [`registry`]: the supported architectures; each lives in one file (`llama.rs`, …).
 //! - [`runner`]: a model with its paged KV cache behind the object-safe [`runner::ModelRunner`].
+//! - Module layers, lowest first (no cycles; `tests/module_layers.rs` checks): `rows`, `source`,
+//!   `config`, `weights`, `rope`, `step` →
+//!   `layers` (the generic decoder, `Linear` and its `Role`) → `model` → `registry`, `runner` →
+//!   `calibrate` → `precision` → `loader`.
 //! - [`catalog`]: models known by name and `pull` (feature `catalog`).
 //!
 //! Features (both default): `tokenizer` (tokenizers, chat templates, calibration by text,
@@ -28,10 +32,12 @@ pub mod model;
 pub mod precision;
 pub mod registry;
 pub mod rope;
+mod rows;
 pub mod runner;
 pub mod source;
 #[cfg(feature = "tokenizer")]
 mod spm;
+pub mod step;
 #[cfg(feature = "tokenizer")]
 pub mod synth;
 #[cfg(feature = "tokenizer")]

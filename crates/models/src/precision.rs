@@ -23,10 +23,11 @@
 use half::{bf16, f16};
 use turbine_core::fp8::{e4m3_table, f32_to_e4m3, f32_to_i8, scale_for, E4M3_MAX, I8_MAX};
 use turbine_core::host::decode_f32;
-use turbine_core::{DType, HostTensor, Ops, Tensor};
+use turbine_core::{DType, HostTensor, Ops};
 
 use crate::calibrate::Calibration;
 use crate::gptq::{self, Grid};
+pub use crate::layers::{tensor_bytes, Role};
 use crate::layers::{ActQuant, Decoder, ExactWeights, Linear};
 use crate::{ModelError, Result};
 
@@ -78,24 +79,6 @@ impl Format {
     pub fn name(self) -> &'static str {
         Self::ALL.iter().find(|(_, f)| *f == self).map_or("auto", |(n, _)| n)
     }
-}
-
-/// The projections of a block.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Role {
-    /// The fused query/key/value projection (`qkv`).
-    Qkv,
-    /// The attention output projection (`o`).
-    AttnOut,
-    /// The MLP up projection, gate and up together when gated (`up`).
-    Up,
-    /// The MLP down projection (`down`).
-    Down,
-}
-
-impl Role {
-    const NAMES: [(&'static str, Role); 4] =
-        [("qkv", Role::Qkv), ("o", Role::AttnOut), ("up", Role::Up), ("down", Role::Down)];
 }
 
 /// Which projections an exception covers: a role, a layer (negative counts from the end), or a
@@ -559,12 +542,6 @@ fn smooth_factors(w: &[f32], n: usize, k: usize, alpha: f32, x_amax: &[f32]) -> 
             }
         })
         .collect())
-}
-
-/// Bytes a tensor's values take in memory.
-pub fn tensor_bytes<B: Ops>(t: &Tensor<B>) -> usize {
-    let n = t.shape().numel();
-    t.dtype().bytes_for(n).unwrap_or(n * 4)
 }
 
 #[cfg(test)]

@@ -91,7 +91,7 @@ impl<B: Ops> Runner<B> {
     /// Sets each layer's key shift from a calibration run (the mean key, `kv_heads · head_dim`
     /// values subtracted from every key before it is stored in 8-bit pages; see
     /// [`KvPages::k_shift`]).
-    pub fn set_key_shifts(&mut self, stats: &[crate::calibrate::KvStats]) -> Result<()> {
+    pub fn set_key_shifts(&mut self, stats: &[KvStats]) -> Result<()> {
         let s = self.model.spec();
         let width = s.kv_heads * s.head_dim;
         if stats.len() != self.kv.len() || stats.iter().any(|s| s.k_mean.len() != width) {
@@ -269,4 +269,11 @@ impl<B: Ops> ModelRunner for Runner<B> {
     fn sample(&mut self, samplers: &mut [&mut SeqSampler]) -> turbine_core::Result<Vec<Sampled>> {
         Ok(self.sample_logits(samplers)?)
     }
+}
+
+/// The keys one layer stored.
+#[derive(Debug, Clone, Default)]
+pub struct KvStats {
+    /// Mean key (`kv_heads · head_dim` values).
+    pub k_mean: Vec<f32>,
 }

@@ -3,7 +3,7 @@
 
 use turbine_core::HostTensor;
 
-use crate::weights::{as_rows, grouped_qkv_order, invert, per_head_qkv_order};
+use crate::rows::{as_rows, grouped_qkv_order, invert, per_head_qkv_order};
 use crate::{ModelError, Result};
 
 /// Head geometry of a GGUF file.
