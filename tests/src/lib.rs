@@ -95,7 +95,10 @@ fn load_runner_on(
 ) -> Result<(Box<dyn ModelRunner>, TextTokenizer, Vec<u32>)> {
     match std::env::var("TURBINE_TEST_BACKEND").as_deref() {
         Err(_) | Ok("cpu") => load_on(Cpu::new(), path, blocks, policy, widen),
+        #[cfg(feature = "cuda")]
         Ok("cuda") => load_on(turbine_kernels_cuda::Cuda::new(0)?, path, blocks, policy, widen),
+        #[cfg(not(feature = "cuda"))]
+        Ok("cuda") => anyhow::bail!("TURBINE_TEST_BACKEND=cuda: these tests were built without the `cuda` feature"),
         Ok(other) => anyhow::bail!("TURBINE_TEST_BACKEND={other:?}: use cpu or cuda"),
     }
 }
