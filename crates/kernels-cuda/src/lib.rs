@@ -11,8 +11,10 @@
 pub mod device;
 pub mod gemm;
 mod graphs;
+mod kernels;
 pub mod nvrtc;
 pub mod ops;
+mod product;
 pub mod sources;
 
 pub use device::{Cuda, CudaBuf};

@@ -25,23 +25,13 @@ use cudarc::driver::{CudaSlice, DevicePtr, LaunchConfig, PushKernelArg};
 use turbine_core::sampling::{DevicePlan, RowSummary, Sampled, SeqSampler};
 use turbine_core::{
     Act, AttnMeta, AttnParams, Backend, DType, Epilogue, Error, KvPages, NormKind, Ops, QkvLayout, Resid, Result,
-    RopeTable, Tensor, XQuant,
+    RopeTable, Tensor,
 };
 
 use crate::device::{Cuda, Slot};
+use crate::kernels::*;
 
-/// One kernel argument.
-#[derive(Clone, Copy)]
-enum Arg {
-    /// A device address (0 for a null pointer).
-    Ptr(u64),
-    U32(u32),
-    I32(i32),
-    F32(f32),
-    U64(u64),
-}
-
-fn u32_of(op: &'static str, v: usize) -> Result<u32> {
+pub(crate) fn u32_of(op: &'static str, v: usize) -> Result<u32> {
     u32::try_from(v).map_err(|_| Error::invalid(op, format!("{v} does not fit a 32-bit kernel argument")))
 }
 
@@ -50,7 +40,7 @@ fn threads(want: usize) -> u32 {
     (want.div_ceil(32) * 32).clamp(32, 1024) as u32
 }
 
-fn act_code(a: Act) -> i32 {
+pub(crate) fn act_code(a: Act) -> i32 {
     match a {
         Act::Silu => 0,
         Act::GeluTanh => 1,
@@ -60,41 +50,45 @@ fn act_code(a: Act) -> i32 {
 }
 
 impl Cuda {
-    fn addr(&self, s: &CudaSlice<u8>) -> u64 {
+    pub(crate) fn addr(&self, s: &CudaSlice<u8>) -> u64 {
         let (p, _sync) = s.device_ptr(self.stream());
         p
     }
 
-    fn ptr(&self, t: &Tensor<Cuda>) -> u64 {
+    pub(crate) fn ptr(&self, t: &Tensor<Cuda>) -> u64 {
         self.addr(t.buf().bytes())
     }
 
-    fn opt(&self, t: Option<&Tensor<Cuda>>) -> u64 {
+    pub(crate) fn opt(&self, t: Option<&Tensor<Cuda>>) -> u64 {
         t.map_or(0, |t| self.ptr(t))
     }
 
-    fn launch(&self, name: &str, grid: (u32, u32, u32), block: u32, args: &[Arg]) -> Result<()> {
-        let f = self.function(name)?;
+    /// Launches a kernel on the stream: `grid` blocks of `block` threads.
+    pub(crate) fn run(&self, k: &impl Kernel, grid: (u32, u32, u32), block: u32) -> Result<()> {
+        let name = k.name();
+        let f = self.function(&name)?;
         let stream = self.stream();
         let mut b = stream.launch_builder(f);
-        for a in args {
+        let args = k.args();
+        for a in &args {
             match a {
-                Arg::Ptr(v) | Arg::U64(v) => b.arg(v),
+                Arg::U64(v) => b.arg(v),
                 Arg::U32(v) => b.arg(v),
                 Arg::I32(v) => b.arg(v),
                 Arg::F32(v) => b.arg(v),
             };
         }
         let cfg = LaunchConfig { grid_dim: grid, block_dim: (block, 1, 1), shared_mem_bytes: 0 };
-        // SAFETY: the argument list matches the kernel's signature in cu/ (checked by the op
-        // wrappers below, which also check every buffer's size against the shapes).
+        // SAFETY: the argument list is the kernel's signature in cu/ (the binding is generated
+        // from it, see `crate::kernels`); the op wrappers check every buffer's size against the
+        // shapes.
         unsafe { b.launch(cfg) }
             .map(|_| ())
             .map_err(|e| Error::Backend { backend: "cuda", msg: format!("launching {name}: {e}") })
     }
 
     /// Blocks for a grid-stride loop over `n` elements with 256 threads.
-    fn stride_blocks(n: usize) -> u32 {
+    pub(crate) fn stride_blocks(n: usize) -> u32 {
         n.div_ceil(256).clamp(1, 65_535) as u32
     }
 
@@ -128,40 +122,60 @@ impl Cuda {
         if t == 0 {
             return Ok(());
         }
-        let sink = sink_ptr(self, kind, kv)?;
-        let mut args =
-            vec![Arg::Ptr(self.ptr(qkv)), Arg::Ptr(self.ptr(&meta.slots)), Arg::Ptr(self.ptr(&meta.positions))];
-        if let Some(r) = rope {
-            args.extend([Arg::Ptr(self.ptr(&r.cos)), Arg::Ptr(self.ptr(&r.sin)), Arg::U32(u32_of(op, r.rot_dim / 2)?)]);
-        }
-        args.extend([
-            Arg::Ptr(self.ptr(&kv.k)),
-            Arg::Ptr(self.ptr(&kv.v)),
-            Arg::Ptr(self.opt(kv.k_scales.as_ref())),
-            Arg::Ptr(self.opt(kv.v_scales.as_ref())),
-            Arg::Ptr(self.opt(kv.k_shift.as_ref())),
-            Arg::Ptr(sink),
-            Arg::U32(u32_of(op, l.q_heads)?),
-            Arg::U32(u32_of(op, l.kv_heads)?),
-            Arg::U32(u32_of(op, l.head_dim)?),
-            Arg::U32(u32_of(op, kv.block_size)?),
-        ]);
-        let (name, heads) = match rope {
-            Some(_) => (format!("rope_kv_store_f32_{kind}"), l.q_heads + l.kv_heads),
-            None => (format!("kv_store_f32_{kind}"), l.kv_heads),
+        let k = KvStore {
+            ty: Ty::F32,
+            page: kind,
+            qkv: self.ptr(qkv),
+            slots: self.ptr(&meta.slots),
+            positions: self.ptr(&meta.positions),
+            k_pages: self.ptr(&kv.k),
+            v_pages: self.ptr(&kv.v),
+            k_scales: self.opt(kv.k_scales.as_ref()),
+            v_scales: self.opt(kv.v_scales.as_ref()),
+            k_shift: self.opt(kv.k_shift.as_ref()),
+            k_sink: sink_ptr(self, kind, kv)?,
+            q_heads: u32_of(op, l.q_heads)?,
+            kv_heads: u32_of(op, l.kv_heads)?,
+            d: u32_of(op, l.head_dim)?,
+            bs: u32_of(op, kv.block_size)?,
         };
-        self.launch(&name, (u32_of(op, t)?, u32_of(op, heads)?, 1), threads(l.head_dim), &args)
+        let rows = u32_of(op, t)?;
+        match rope {
+            Some(r) => {
+                let k = RopeKvStore {
+                    ty: k.ty,
+                    page: k.page,
+                    qkv: k.qkv,
+                    slots: k.slots,
+                    positions: k.positions,
+                    cos_t: self.ptr(&r.cos),
+                    sin_t: self.ptr(&r.sin),
+                    half_rot: u32_of(op, r.rot_dim / 2)?,
+                    k_pages: k.k_pages,
+                    v_pages: k.v_pages,
+                    k_scales: k.k_scales,
+                    v_scales: k.v_scales,
+                    k_shift: k.k_shift,
+                    k_sink: k.k_sink,
+                    q_heads: k.q_heads,
+                    kv_heads: k.kv_heads,
+                    d: k.d,
+                    bs: k.bs,
+                };
+                self.run(&k, (rows, u32_of(op, l.q_heads + l.kv_heads)?, 1), threads(l.head_dim))
+            }
+            None => self.run(&k, (rows, k.kv_heads, 1), threads(l.head_dim)),
+        }
     }
 
     /// `out[t, j] = act(gate_up[t, j]) * gate_up[t, f + j]` for `t < rows`, `j < f` (f32).
-    fn gate_halves(&self, gate_up: u64, out: u64, rows: usize, f: usize, act: i32) -> Result<()> {
+    pub(crate) fn gate_halves(&self, gate_up: u64, out: u64, rows: usize, f: usize, act: i32) -> Result<()> {
         const OP: &str = "gated_act";
         if rows * f == 0 {
             return Ok(());
         }
-        let args =
-            [Arg::Ptr(gate_up), Arg::Ptr(out), Arg::U32(u32_of(OP, rows)?), Arg::U32(u32_of(OP, f)?), Arg::I32(act)];
-        self.launch("gated_act_f32", (Self::stride_blocks(rows * f), 1, 1), 256, &args)
+        let k = GatedAct { ty: Ty::F32, gate_up, out, rows: u32_of(OP, rows)?, f: u32_of(OP, f)?, act };
+        self.run(&k, (Self::stride_blocks(rows * f), 1, 1), 256)
     }
 }
 
@@ -175,194 +189,14 @@ impl Ops for Cuda {
     ) -> Result<()> {
         const OP: &str = "matmul";
         let exact_cols = epi.check(OP, x, w, out)?;
-        let (m, k, n) = (x.rows(), x.cols(), w.rows());
+        let (m, n) = (x.rows(), w.rows());
         for t in [Some(x), Some(&*out), epi.bias, epi.scale, epi.smooth, epi.shift].into_iter().flatten() {
             self.f32_only(OP, t)?;
         }
         if m == 0 || n == 0 {
             return Ok(());
         }
-        let blas = self.blas();
-        let stream = self.stream().cu_stream() as _;
-        let acc_p = self.slot(Slot::Acc, m * n * 4)?;
-        let (mu, nu, ku) = (u32_of(OP, m)?, u32_of(OP, n)?, u32_of(OP, k)?);
-        let mut row_scale = None;
-        // Widens 8-bit weights (codes only; the scales go to the epilogue) to `to`.
-        let widen = |to: DType| -> Result<u64> {
-            let buf = self.slot(Slot::Widened, n * k * to.bytes_for(1).unwrap_or(4))?;
-            let name = if to == DType::BF16 { "dequant_rows_bf16" } else { "dequant_rows_f32" };
-            let int8 = i32::from(w.dtype() == DType::I8);
-            let args = [Arg::Ptr(self.ptr(w)), Arg::Ptr(0), Arg::Ptr(buf), Arg::U32(nu), Arg::U32(ku), Arg::I32(int8)];
-            self.launch(name, (Self::stride_blocks(n * k), 1, 1), 256, &args)?;
-            Ok(buf)
-        };
-        // The kernels' products: one warp per output column, each weight read once per tile of 8
-        // rows and decoded in registers (`code`: the kernel's format flag); a row's sum does not
-        // depend on m. Every product when batch invariance is asked for (the default); else
-        // those of a few rows (decode), where they beat cuBLASLt.
-        let gemv_grid = |cols: usize| -> Result<(u32, u32, u32)> {
-            Ok((u32_of(OP, (cols * 32).div_ceil(256))?, m.div_ceil(GEMV_ROWS).clamp(1, 65_535) as u32, 1))
-        };
-        let kernel_product = (self.invariant_products() || m <= GEMV_ROWS) && k % 4 == 0;
-        // A gated product's activation code: its output is act(gate) * up of the two halves.
-        let gate = epi.act.filter(|_| epi.gated).map(act_code);
-        // The product kernels (every product below that is not W8A8 when `kernel_product`)
-        // finish a plain or gated epilogue (column scales, bias, accumulation, act(gate) * up)
-        // themselves, with the operations of the epilogue and gated_act kernels: one launch a
-        // product instead of two or three.
-        let fused = kernel_product && epi.quant_x.is_none() && (epi.act.is_none() || gate.is_some()) && exact_cols == 0;
-        // The gate a product kernel applies itself; otherwise a gated product is finished in a
-        // scratch [m, n], then gated.
-        let kernel_gate = gate.filter(|_| fused);
-        let gated_p = match gate {
-            Some(_) if !fused => Some(self.slot(Slot::Gated, m * n * 4)?),
-            _ => None,
-        };
-        let out_p = self.ptr(out);
-        // `names`: the plain kernel and its gated twin.
-        let gemv = |names: [&str; 2], code: i32| -> Result<()> {
-            let (dst, scale, bias, accumulate) = if fused {
-                (out_p, self.opt(epi.scale), self.opt(epi.bias), i32::from(epi.accumulate))
-            } else {
-                (acc_p, 0, 0, 0)
-            };
-            // The kernel's output columns: a fused gated product writes half the weight rows.
-            let cols = if kernel_gate.is_some() { n / 2 } else { n };
-            let args = [
-                Arg::Ptr(self.ptr(x)),
-                Arg::Ptr(self.ptr(w)),
-                Arg::Ptr(dst),
-                Arg::U32(mu),
-                Arg::U32(u32_of(OP, cols)?),
-                Arg::U32(ku),
-                Arg::I32(code),
-                Arg::Ptr(scale),
-                Arg::Ptr(bias),
-                Arg::I32(accumulate),
-                Arg::I32(kernel_gate.unwrap_or(-1)),
-            ];
-            self.launch(names[usize::from(kernel_gate.is_some())], gemv_grid(cols)?, 256, &args)
-        };
-        match (w.dtype(), epi.quant_x) {
-            (wt @ (DType::F32 | DType::F16 | DType::BF16), None) if kernel_product => {
-                let code = match wt {
-                    DType::F16 => 1,
-                    DType::BF16 => 2,
-                    _ => 0,
-                };
-                gemv(["gemv_float_f32", "gemv_float_gated_f32"], code)?;
-            }
-            (DType::F32, None) => {
-                blas.matmul(stream, self.ptr(x), DType::F32, self.ptr(w), DType::F32, acc_p, (m, n, k))?
-            }
-            (wt @ (DType::F16 | DType::BF16), None) => {
-                let xs = self.slot(Slot::Input16, m * k * 2)?;
-                let name = if wt == DType::BF16 { "convert_from_f32_bf16" } else { "convert_from_f32_f16" };
-                let args = [Arg::Ptr(self.ptr(x)), Arg::Ptr(xs), Arg::U64((m * k) as u64)];
-                self.launch(name, (Self::stride_blocks(m * k), 1, 1), 256, &args)?;
-                blas.matmul(stream, xs, wt, self.ptr(w), wt, acc_p, (m, n, k))?;
-            }
-            (DType::F8E4M3 | DType::I8, None) if kernel_product => {
-                gemv(["gemv_8bit_f32", "gemv_8bit_gated_f32"], i32::from(w.dtype() == DType::I8))?;
-            }
-            (wt, None) if wt.is_quantized() => {
-                // GGUF blocks read in place: decoded in registers, or widened for cuBLASLt.
-                let fmt = gguf_code(OP, wt)?;
-                // (GGUF rows are whole blocks of 32 or 256 values, so k % 4 == 0.)
-                if kernel_product {
-                    gemv(["gemv_gguf_f32", "gemv_gguf_gated_f32"], fmt)?;
-                } else {
-                    let wf = self.slot(Slot::Widened, n * k * 4)?;
-                    let args = [Arg::Ptr(self.ptr(w)), Arg::Ptr(wf), Arg::U32(nu), Arg::U32(ku), Arg::I32(fmt)];
-                    self.launch("dequant_gguf_f32", (Self::stride_blocks(n * k), 1, 1), 256, &args)?;
-                    blas.matmul(stream, self.ptr(x), DType::F32, wf, DType::F32, acc_p, (m, n, k))?;
-                }
-            }
-            (DType::F8E4M3 | DType::I8, None) => {
-                let wf = widen(DType::F32)?;
-                blas.matmul(stream, self.ptr(x), DType::F32, wf, DType::F32, acc_p, (m, n, k))?;
-            }
-            (DType::F8E4M3, Some(q)) => {
-                let codes = self.slot(Slot::Codes, m * k)?;
-                let rs = self.slot(Slot::RowScales, m * 4)?;
-                let fixed = match q {
-                    XQuant::Fp8PerToken => 0,
-                    XQuant::Fp8Static(s) => {
-                        s.expect_shape(OP, &[1])?;
-                        self.ptr(s)
-                    }
-                };
-                let args = [
-                    Arg::Ptr(self.ptr(x)),
-                    Arg::Ptr(self.opt(epi.shift)),
-                    Arg::Ptr(self.opt(epi.smooth)),
-                    Arg::Ptr(fixed),
-                    Arg::Ptr(codes),
-                    Arg::Ptr(rs),
-                    Arg::U32(ku),
-                ];
-                self.launch("fp8_quantize_rows_f32", (mu, 1, 1), 256, &args)?;
-                if kernel_product {
-                    let args = [
-                        Arg::Ptr(codes),
-                        Arg::Ptr(self.ptr(w)),
-                        Arg::Ptr(acc_p),
-                        Arg::U32(mu),
-                        Arg::U32(nu),
-                        Arg::U32(ku),
-                    ];
-                    self.launch("gemv_w8a8_f32", gemv_grid(n)?, 256, &args)?;
-                    row_scale = Some(rs);
-                } else {
-                    let native = if self.caps().fp8 {
-                        blas.matmul(stream, codes, DType::F8E4M3, self.ptr(w), DType::F8E4M3, acc_p, (m, n, k))
-                    } else {
-                        Err(Error::Backend { backend: "cuda", msg: "this GPU has no FP8 tensor cores".into() })
-                    };
-                    if let Err(e) = native {
-                        // Both sides as bf16 (exact: E4M3 values fit bf16), same products.
-                        fp8_fallback_notice(&e);
-                        let xs = self.slot(Slot::Input16, m * k * 2)?;
-                        let args =
-                            [Arg::Ptr(codes), Arg::Ptr(0), Arg::Ptr(xs), Arg::U32(mu), Arg::U32(ku), Arg::I32(0)];
-                        self.launch("dequant_rows_bf16", (Self::stride_blocks(m * k), 1, 1), 256, &args)?;
-                        let wb = widen(DType::BF16)?;
-                        blas.matmul(stream, xs, DType::BF16, wb, DType::BF16, acc_p, (m, n, k))?;
-                    }
-                    row_scale = Some(rs);
-                }
-            }
-            (dtype, Some(_)) => {
-                return Err(Error::invalid(OP, format!("FP8 input quantisation needs FP8 weights, not {dtype}")))
-            }
-            (dtype, None) => return Err(Error::Unsupported { op: OP, dtype, backend: "cuda" }),
-        }
-        if fused {
-            return Ok(());
-        }
-        let args = [
-            Arg::Ptr(acc_p),
-            Arg::Ptr(row_scale.unwrap_or(0)),
-            Arg::Ptr(self.opt(epi.scale)),
-            Arg::Ptr(self.opt(epi.bias)),
-            Arg::Ptr(self.ptr(x)),
-            Arg::Ptr(epi.exact.map_or(0, |e| self.ptr(e.idx))),
-            Arg::Ptr(epi.exact.map_or(0, |e| self.ptr(e.w))),
-            Arg::U32(u32_of(OP, exact_cols)?),
-            Arg::U32(ku),
-            Arg::I32(if gate.is_some() { -1 } else { epi.act.map_or(-1, act_code) }),
-            Arg::I32(i32::from(epi.accumulate)),
-            Arg::Ptr(gated_p.unwrap_or(out_p)),
-            Arg::U32(mu),
-            Arg::U32(nu),
-        ];
-        // One thread per column, EPILOGUE_ROWS (16) rows per block (`cu/gemm.cu`).
-        let grid = (u32_of(OP, n.div_ceil(256))?, m.div_ceil(16).clamp(1, 65_535) as u32, 1);
-        self.launch("epilogue_f32", grid, 256, &args)?;
-        match (gated_p, gate) {
-            (Some(p), Some(code)) => self.gate_halves(p, out_p, m, n / 2, code),
-            _ => Ok(()),
-        }
+        self.product(x, w, &epi, out, exact_cols)
     }
 
     fn norm(
@@ -402,19 +236,20 @@ impl Ops for Cuda {
         if t == 0 {
             return Ok(());
         }
-        let args = [
-            Arg::Ptr(self.ptr(x)),
-            Arg::Ptr(self.ptr(w)),
-            Arg::Ptr(self.opt(b)),
-            Arg::Ptr(r),
-            Arg::I32(mode),
-            Arg::Ptr(self.ptr(out)),
-            Arg::U32(u32_of(OP, h)?),
-            Arg::F32(eps),
-            Arg::F32(offset),
-            Arg::I32(layer),
-        ];
-        self.launch("norm_f32", (u32_of(OP, t)?, 1, 1), 256, &args)
+        let k = Norm {
+            ty: Ty::F32,
+            x: self.ptr(x),
+            w: self.ptr(w),
+            b: self.opt(b),
+            resid: r,
+            resid_mode: mode,
+            out: self.ptr(out),
+            cols: u32_of(OP, h)?,
+            eps,
+            offset,
+            layer,
+        };
+        self.run(&k, (u32_of(OP, t)?, 1, 1), 256)
     }
 
     fn head_norm(
@@ -436,17 +271,18 @@ impl Ops for Cuda {
         if t == 0 {
             return Ok(());
         }
-        let args = [
-            Arg::Ptr(self.ptr(qkv)),
-            Arg::Ptr(self.ptr(wq)),
-            Arg::Ptr(self.ptr(wk)),
-            Arg::U32(u32_of(OP, l.q_heads)?),
-            Arg::U32(u32_of(OP, l.kv_heads)?),
-            Arg::U32(u32_of(OP, l.head_dim)?),
-            Arg::F32(eps),
-            Arg::F32(offset),
-        ];
-        self.launch("head_norm_f32", (u32_of(OP, t * (l.q_heads + l.kv_heads))?, 1, 1), threads(l.head_dim), &args)
+        let k = HeadNorm {
+            ty: Ty::F32,
+            qkv: self.ptr(qkv),
+            wq: self.ptr(wq),
+            wk: self.ptr(wk),
+            q_heads: u32_of(OP, l.q_heads)?,
+            kv_heads: u32_of(OP, l.kv_heads)?,
+            d: u32_of(OP, l.head_dim)?,
+            eps,
+            offset,
+        };
+        self.run(&k, (u32_of(OP, t * (l.q_heads + l.kv_heads))?, 1, 1), threads(l.head_dim))
     }
 
     fn rope(&self, qkv: &mut Tensor<Self>, pos: &Tensor<Self>, table: &RopeTable<Self>, l: QkvLayout) -> Result<()> {
@@ -456,17 +292,18 @@ impl Ops for Cuda {
         if t == 0 || half == 0 {
             return Ok(());
         }
-        let args = [
-            Arg::Ptr(self.ptr(qkv)),
-            Arg::Ptr(self.ptr(pos)),
-            Arg::Ptr(self.ptr(&table.cos)),
-            Arg::Ptr(self.ptr(&table.sin)),
-            Arg::U32(u32_of(OP, l.q_heads)?),
-            Arg::U32(u32_of(OP, l.kv_heads)?),
-            Arg::U32(u32_of(OP, l.head_dim)?),
-            Arg::U32(u32_of(OP, table.rot_dim)?),
-        ];
-        self.launch("rope_f32", (u32_of(OP, t)?, u32_of(OP, l.q_heads + l.kv_heads)?, 1), threads(half), &args)
+        let k = Rope {
+            ty: Ty::F32,
+            qkv: self.ptr(qkv),
+            pos: self.ptr(pos),
+            cos_t: self.ptr(&table.cos),
+            sin_t: self.ptr(&table.sin),
+            q_heads: u32_of(OP, l.q_heads)?,
+            kv_heads: u32_of(OP, l.kv_heads)?,
+            d: u32_of(OP, l.head_dim)?,
+            rot: u32_of(OP, table.rot_dim)?,
+        };
+        self.run(&k, (u32_of(OP, t)?, u32_of(OP, l.q_heads + l.kv_heads)?, 1), threads(half))
     }
 
     fn kv_store(&self, qkv: &Tensor<Self>, l: QkvLayout, meta: &AttnMeta<Self>, kv: &mut KvPages<Self>) -> Result<()> {
@@ -518,35 +355,58 @@ impl Ops for Cuda {
         let n_seqs = meta.seqs.rows();
         // Multi-token sequences (prefill) go to the tiled kernel where its shared tiles fit.
         let flash = t > n_seqs && l.head_dim <= FLASH_MAX_D && kv.block_size <= FLASH_MAX_BS;
-        // The row kernel's arguments; the tiled kernel takes all but the last (`flash`).
-        let args = [
-            Arg::Ptr(self.ptr(qkv)),
-            Arg::Ptr(self.ptr(&kv.k)),
-            Arg::Ptr(self.ptr(&kv.v)),
-            Arg::Ptr(self.opt(kv.k_scales.as_ref())),
-            Arg::Ptr(self.opt(kv.v_scales.as_ref())),
-            Arg::Ptr(sink_ptr(self, kind, kv)?),
-            Arg::Ptr(self.ptr(&meta.seqs)),
-            Arg::U32(u32_of(OP, n_seqs)?),
-            Arg::Ptr(self.ptr(&meta.block_tables)),
-            Arg::U32(u32_of(OP, meta.block_tables.cols())?),
-            Arg::U32(u32_of(OP, l.q_heads)?),
-            Arg::U32(u32_of(OP, l.kv_heads)?),
-            Arg::U32(u32_of(OP, l.head_dim)?),
-            Arg::U32(u32_of(OP, kv.block_size)?),
-            Arg::F32(p.scale),
-            Arg::U32(u32_of(OP, p.window.unwrap_or(0))?),
-            Arg::F32(p.alibi.unwrap_or(0.0)),
-            Arg::Ptr(slopes),
-            Arg::Ptr(self.ptr(out)),
-            Arg::U32(u32::from(flash)),
-        ];
-        let heads = u32_of(OP, l.q_heads)?;
+        let k = PagedAttention {
+            ty: Ty::F32,
+            page: kind,
+            qkv: self.ptr(qkv),
+            k_pages: self.ptr(&kv.k),
+            v_pages: self.ptr(&kv.v),
+            k_scales: self.opt(kv.k_scales.as_ref()),
+            v_scales: self.opt(kv.v_scales.as_ref()),
+            k_sink: sink_ptr(self, kind, kv)?,
+            seqs: self.ptr(&meta.seqs),
+            n_seqs: u32_of(OP, n_seqs)?,
+            tables: self.ptr(&meta.block_tables),
+            max_blocks: u32_of(OP, meta.block_tables.cols())?,
+            q_heads: u32_of(OP, l.q_heads)?,
+            kv_heads: u32_of(OP, l.kv_heads)?,
+            d: u32_of(OP, l.head_dim)?,
+            bs: u32_of(OP, kv.block_size)?,
+            scale: p.scale,
+            window: u32_of(OP, p.window.unwrap_or(0))?,
+            alibi: p.alibi.unwrap_or(0.0),
+            slopes,
+            out: self.ptr(out),
+            flash: u32::from(flash),
+        };
         if flash {
             let tiles = u32_of(OP, t.div_ceil(FLASH_TQ) + n_seqs)?;
-            self.launch(&format!("flash_prefill_f32_{kind}"), (tiles, heads, 1), 128, &args[..args.len() - 1])?;
+            let f = FlashPrefill {
+                ty: k.ty,
+                page: k.page,
+                qkv: k.qkv,
+                k_pages: k.k_pages,
+                v_pages: k.v_pages,
+                k_scales: k.k_scales,
+                v_scales: k.v_scales,
+                k_sink: k.k_sink,
+                seqs: k.seqs,
+                n_seqs: k.n_seqs,
+                tables: k.tables,
+                max_blocks: k.max_blocks,
+                q_heads: k.q_heads,
+                kv_heads: k.kv_heads,
+                d: k.d,
+                bs: k.bs,
+                scale: k.scale,
+                window: k.window,
+                alibi: k.alibi,
+                slopes: k.slopes,
+                out: k.out,
+            };
+            self.run(&f, (tiles, k.q_heads, 1), 128)?;
         }
-        self.launch(&format!("paged_attention_f32_{kind}"), (u32_of(OP, t)?, heads, 1), 128, &args)
+        self.run(&k, (u32_of(OP, t)?, k.q_heads, 1), 128)
     }
 
     fn gated_act(&self, gate_up: &Tensor<Self>, act: Act, out: &mut Tensor<Self>) -> Result<()> {
@@ -573,27 +433,37 @@ impl Ops for Cuda {
         if n == 0 {
             return Ok(());
         }
-        let mut args = vec![
-            Arg::Ptr(self.ptr(src)),
-            Arg::Ptr(self.ptr(ids)),
-            Arg::F32(scale),
-            Arg::I32(i32::from(accumulate)),
-            Arg::Ptr(self.ptr(out)),
-            Arg::U32(u32_of(OP, src.rows())?),
-            Arg::U32(u32_of(OP, cols)?),
-        ];
+        let k = GatherRows {
+            ty: Ty::F32,
+            src: self.ptr(src),
+            ids: self.ptr(ids),
+            scale,
+            accumulate: i32::from(accumulate),
+            out: self.ptr(out),
+            src_rows: u32_of(OP, src.rows())?,
+            cols: u32_of(OP, cols)?,
+        };
+        let grid = (u32_of(OP, n)?, 1, 1);
         // The table as stored: f32, f16/bf16 (embeddings kept as the checkpoint has them) or
         // GGUF blocks.
-        let kernel = match src.dtype() {
-            DType::F32 => "gather_rows_f32",
-            DType::F16 => "gather_rows_f16",
-            DType::BF16 => "gather_rows_bf16",
+        match src.dtype() {
+            DType::F32 => self.run(&k, grid, 256),
+            DType::F16 => self.run(&GatherRows { ty: Ty::F16, ..k }, grid, 256),
+            DType::BF16 => self.run(&GatherRows { ty: Ty::Bf16, ..k }, grid, 256),
             d => {
-                args.push(Arg::I32(gguf_code(OP, d)?));
-                "gather_gguf_f32"
+                let g = GatherGgufF32 {
+                    src: k.src,
+                    ids: k.ids,
+                    scale: k.scale,
+                    accumulate: k.accumulate,
+                    out: k.out,
+                    src_rows: k.src_rows,
+                    cols: k.cols,
+                    fmt: gguf_code(OP, d)?,
+                };
+                self.run(&g, grid, 256)
             }
-        };
-        self.launch(kernel, (u32_of(OP, n)?, 1, 1), 256, &args)
+        }
     }
 
     /// Sampled on the device wherever the host sampler's result can be reproduced from what the
@@ -644,8 +514,7 @@ impl Ops for Cuda {
         if x.rows() == 0 {
             return Ok(());
         }
-        let args = [Arg::Ptr(self.ptr(x)), Arg::U32(u32_of(OP, x.cols())?)];
-        self.launch("softmax_f32", (u32_of(OP, x.rows())?, 1, 1), 256, &args)
+        self.run(&SoftmaxF32 { x: self.ptr(x), cols: u32_of(OP, x.cols())? }, (u32_of(OP, x.rows())?, 1, 1), 256)
     }
 }
 
@@ -671,7 +540,7 @@ fn rope_check(
 }
 
 /// The format code of a GGUF block type in `cu/gguf.cu`.
-fn gguf_code(op: &'static str, dtype: DType) -> Result<i32> {
+pub(crate) fn gguf_code(op: &'static str, dtype: DType) -> Result<i32> {
     Ok(match dtype {
         DType::Q8_0 => 0,
         DType::Q4_0 => 1,
@@ -712,9 +581,13 @@ impl Cuda {
         let (n, vocab) = (logits.rows(), logits.cols());
         // One buffer: the ids, then (max, sum, unused) per row; one copy back.
         let buf = self.slot(Slot::Samples, n * 16)?;
-        let args =
-            [Arg::Ptr(self.ptr(logits)), Arg::U32(u32_of(OP, vocab)?), Arg::Ptr(buf), Arg::Ptr(buf + (n * 4) as u64)];
-        self.launch("argmax_logprob_f32", (u32_of(OP, n)?, 1, 1), 1024, &args)?;
+        let k = ArgmaxLogprobF32 {
+            logits: self.ptr(logits),
+            vocab: u32_of(OP, vocab)?,
+            ids: buf,
+            stats: buf + (n * 4) as u64,
+        };
+        self.run(&k, (u32_of(OP, n)?, 1, 1), 1024)?;
         let bytes = self.read_slot(Slot::Samples, n * 16)?;
         let mut out = Vec::with_capacity(n);
         for (i, (s, plan)) in seqs.iter_mut().zip(plans).enumerate() {
@@ -774,27 +647,27 @@ impl Cuda {
         let (ids_p, vals_p, stats_p, walk_p) =
             (base, base + ids_b as u64, base + (ids_b + vals_b) as u64, base + (ids_b + vals_b + stats_b) as u64);
         let rows = u32_of(OP, n)?;
-        let args = [
-            Arg::Ptr(self.ptr(logits)),
-            Arg::U32(u32_of(OP, vocab)?),
-            Arg::U32(u32_of(OP, k)?),
-            Arg::Ptr(pp),
-            Arg::Ptr(ids_p),
-            Arg::Ptr(vals_p),
-            Arg::Ptr(stats_p),
-        ];
-        self.launch("topk_f32", (rows, 1, 1), 1024, &args)?;
+        let top = TopkF32 {
+            logits: self.ptr(logits),
+            vocab: u32_of(OP, vocab)?,
+            k: u32_of(OP, k)?,
+            inv_t: pp,
+            ids: ids_p,
+            vals: vals_p,
+            stats: stats_p,
+        };
+        self.run(&top, (rows, 1, 1), 1024)?;
         if plans.iter().any(|p| matches!(p, DevicePlan::Cdf(_))) {
-            let args = [
-                Arg::Ptr(self.ptr(logits)),
-                Arg::U32(u32_of(OP, vocab)?),
-                Arg::Ptr(pp),
-                Arg::Ptr(pp + (n * 4) as u64),
-                Arg::Ptr(pp + (n * 8) as u64),
-                Arg::Ptr(stats_p),
-                Arg::Ptr(walk_p),
-            ];
-            self.launch("sample_cdf_f32", (rows, 1, 1), 1024, &args)?;
+            let cdf = SampleCdfF32 {
+                logits: self.ptr(logits),
+                vocab: u32_of(OP, vocab)?,
+                inv_t: pp,
+                min_p: pp + (n * 4) as u64,
+                uniform: pp + (n * 8) as u64,
+                stats: stats_p,
+                ids: walk_p,
+            };
+            self.run(&cdf, (rows, 1, 1), 1024)?;
         }
         let bytes = self.read_slot(Slot::Samples, ids_b + vals_b + stats_b + n * 4)?;
         let mut out = Vec::with_capacity(n);
@@ -856,7 +729,7 @@ fn row_lse(max: f32, sum: f32) -> f64 {
 }
 
 /// Says once per process that FP8 products run as bf16 products here, and why.
-fn fp8_fallback_notice(why: &Error) {
+pub(crate) fn fp8_fallback_notice(why: &Error) {
     static SAID: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
     if !SAID.swap(true, std::sync::atomic::Ordering::Relaxed) {
         eprintln!("turbine: FP8 products run as exact bf16 products on this GPU ({why})");
@@ -865,9 +738,9 @@ fn fp8_fallback_notice(why: &Error) {
 
 /// The device address of 8-bit pages' sink keys (0 when there are none or the pages are not
 /// 8-bit), checked to hold one key per block and kv head.
-fn sink_ptr(c: &Cuda, kind: &str, kv: &KvPages<Cuda>) -> Result<u64> {
+fn sink_ptr(c: &Cuda, kind: PageKind, kv: &KvPages<Cuda>) -> Result<u64> {
     match &kv.k_sink {
-        Some(s) if kind != "same" => {
+        Some(s) if kind != PageKind::Same => {
             match *kv.k.shape().dims() {
                 [blocks, heads, _, d] => s.expect_shape("paged_attention", &[blocks, heads, d])?,
                 _ => return Err(Error::invalid("paged_attention", "pages must be [blocks, kv_heads, block_size, d]")),
@@ -879,7 +752,7 @@ fn sink_ptr(c: &Cuda, kind: &str, kv: &KvPages<Cuda>) -> Result<u64> {
 }
 
 /// The kernel suffix of a layer's pages: f32 (`same`), `e4m3` or `i8` (which need row scales).
-fn page_kind(op: &'static str, kv: &KvPages<Cuda>, l: QkvLayout) -> Result<&'static str> {
+fn page_kind(op: &'static str, kv: &KvPages<Cuda>, l: QkvLayout) -> Result<PageKind> {
     if let Some(t) = &kv.k_shift {
         t.expect_shape(op, &[l.kv_heads * l.head_dim])?;
     }
@@ -887,9 +760,9 @@ fn page_kind(op: &'static str, kv: &KvPages<Cuda>, l: QkvLayout) -> Result<&'sta
         return Err(Error::invalid(op, format!("keys are {} but values are {}", kv.k.dtype(), kv.v.dtype())));
     }
     let kind = match kv.k.dtype() {
-        DType::F32 => return Ok("same"),
-        DType::F8E4M3 => "e4m3",
-        DType::I8 => "i8",
+        DType::F32 => return Ok(PageKind::Same),
+        DType::F8E4M3 => PageKind::E4m3,
+        DType::I8 => PageKind::I8,
         other => return Err(Error::Unsupported { op, dtype: other, backend: "cuda" }),
     };
     if kv.k_scales.is_none() || kv.v_scales.is_none() {

@@ -1,0 +1,412 @@
+//! The matrix products, in two halves: [`plan`] chooses the path from the weights' type, the
+//! input quantisation, the row count and the products mode (a pure function, tested without a
+//! GPU), and [`Cuda::product`] launches the path it chose.
+//!
+//! Paths (see the table in [`crate::ops`]): the `gemv_*` kernels (one warp per output column,
+//! weights decoded in registers; a row's sums do not depend on the number of rows), which also
+//! finish a plain or gated epilogue themselves when they can ("fused"); or cuBLASLt on the input
+//! and weights converted as its types need, then the epilogue kernel.
+
+use turbine_core::{Act, Backend, DType, Epilogue, Error, Result, Tensor, XQuant};
+
+use crate::device::{Cuda, Slot};
+use crate::kernels::*;
+use crate::ops::{act_code, fp8_fallback_notice, gguf_code, u32_of, GEMV_ROWS};
+
+/// Which product runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Path {
+    /// `gemv_float_*` on f32, f16 or bf16 weights (`wtype` 0, 1, 2).
+    GemvFloat { wtype: i32 },
+    /// `gemv_8bit_*` on E4M3 or INT8 weights with per-row scales.
+    Gemv8bit { int8: bool },
+    /// `gemv_gguf_*` on GGUF blocks read in place.
+    GemvGguf { fmt: i32 },
+    /// W8A8: the input quantised to E4M3 per row, then `gemv_w8a8_f32`.
+    W8a8Gemv,
+    /// W8A8 on cuBLASLt's FP8 tensor cores (both sides widened to bf16 where the GPU has none).
+    W8a8Blas,
+    /// f32 weights on f32 cuBLASLt.
+    BlasF32,
+    /// f16 or bf16 weights on cuBLASLt, the input converted to their type.
+    Blas16 { ty: Ty },
+    /// 8-bit weights widened to f32, then f32 cuBLASLt.
+    BlasWidened8 { int8: bool },
+    /// GGUF blocks widened to f32, then f32 cuBLASLt.
+    BlasWidenedGguf { fmt: i32 },
+}
+
+/// A product's path and how its epilogue is finished.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Plan {
+    /// The product.
+    pub path: Path,
+    /// The `gemv` kernel finishes the epilogue (column scales, bias, accumulation, a gate)
+    /// itself: one launch instead of two or three.
+    pub fused: bool,
+    /// A gated product's activation code (`act(gate) * up` of the two halves of the output).
+    pub gate: Option<i32>,
+}
+
+impl Plan {
+    /// The gate the product kernel applies itself.
+    pub fn kernel_gate(&self) -> Option<i32> {
+        self.gate.filter(|_| self.fused)
+    }
+}
+
+/// Chooses the product for `m` rows of `k` values against weights of type `wt`. `invariant`:
+/// every product on the kernels whose row sums do not depend on `m` (the default products
+/// mode); otherwise only products of at most [`GEMV_ROWS`] rows. `exact_cols`: columns of the
+/// epilogue's exact correction (the epilogue kernel applies them).
+#[allow(clippy::too_many_arguments)] // plain values, so that tests state every input
+pub(crate) fn plan(
+    wt: DType,
+    w8a8: bool,
+    m: usize,
+    k: usize,
+    invariant: bool,
+    act: Option<Act>,
+    gated: bool,
+    exact_cols: usize,
+) -> Result<Plan> {
+    const OP: &str = "matmul";
+    let kernel = (invariant || m <= GEMV_ROWS) && k % 4 == 0;
+    let gate = act.filter(|_| gated).map(act_code);
+    let path = match (wt, w8a8) {
+        (DType::F32 | DType::F16 | DType::BF16, false) if kernel => Path::GemvFloat {
+            wtype: match wt {
+                DType::F16 => 1,
+                DType::BF16 => 2,
+                _ => 0,
+            },
+        },
+        (DType::F32, false) => Path::BlasF32,
+        (DType::F16, false) => Path::Blas16 { ty: Ty::F16 },
+        (DType::BF16, false) => Path::Blas16 { ty: Ty::Bf16 },
+        (DType::F8E4M3 | DType::I8, false) if kernel => Path::Gemv8bit { int8: wt == DType::I8 },
+        (DType::F8E4M3 | DType::I8, false) => Path::BlasWidened8 { int8: wt == DType::I8 },
+        // (GGUF rows are whole blocks of 32 or 256 values, so k % 4 == 0.)
+        (wt, false) if wt.is_quantized() && kernel => Path::GemvGguf { fmt: gguf_code(OP, wt)? },
+        (wt, false) if wt.is_quantized() => Path::BlasWidenedGguf { fmt: gguf_code(OP, wt)? },
+        (DType::F8E4M3, true) if kernel => Path::W8a8Gemv,
+        (DType::F8E4M3, true) => Path::W8a8Blas,
+        (dtype, true) => {
+            return Err(Error::invalid(OP, format!("FP8 input quantisation needs FP8 weights, not {dtype}")))
+        }
+        (dtype, false) => return Err(Error::Unsupported { op: OP, dtype, backend: "cuda" }),
+    };
+    let gemv = matches!(path, Path::GemvFloat { .. } | Path::Gemv8bit { .. } | Path::GemvGguf { .. });
+    let fused = gemv && (act.is_none() || gate.is_some()) && exact_cols == 0;
+    Ok(Plan { path, fused, gate })
+}
+
+impl Cuda {
+    /// `out = epilogue(x · wᵀ)` on the path [`plan`] chooses (shapes and types checked by the
+    /// caller; `exact_cols` from [`Epilogue::check`]).
+    pub(crate) fn product(
+        &self,
+        x: &Tensor<Cuda>,
+        w: &Tensor<Cuda>,
+        epi: &Epilogue<'_, Cuda>,
+        out: &mut Tensor<Cuda>,
+        exact_cols: usize,
+    ) -> Result<()> {
+        const OP: &str = "matmul";
+        let (m, k, n) = (x.rows(), x.cols(), w.rows());
+        let plan =
+            plan(w.dtype(), epi.quant_x.is_some(), m, k, self.invariant_products(), epi.act, epi.gated, exact_cols)?;
+        let (mu, nu, ku) = (u32_of(OP, m)?, u32_of(OP, n)?, u32_of(OP, k)?);
+        let out_p = self.ptr(out);
+        let acc_p = if plan.fused { 0 } else { self.slot(Slot::Acc, m * n * 4)? };
+        // A gated product that is not fused is finished in a scratch [m, n], then gated.
+        let gated_p = match plan.gate {
+            Some(_) if !plan.fused => Some(self.slot(Slot::Gated, m * n * 4)?),
+            _ => None,
+        };
+        let row_scale = self.launch_path(plan, x, w, epi, out_p, acc_p, (mu, nu, ku))?;
+        if plan.fused {
+            return Ok(());
+        }
+        let e = EpilogueF32 {
+            acc: acc_p,
+            row_scale: row_scale.unwrap_or(0),
+            col_scale: self.opt(epi.scale),
+            bias: self.opt(epi.bias),
+            x: self.ptr(x),
+            idx: epi.exact.map_or(0, |e| self.ptr(e.idx)),
+            wx: epi.exact.map_or(0, |e| self.ptr(e.w)),
+            s: u32_of(OP, exact_cols)?,
+            k: ku,
+            act: if plan.gate.is_some() { -1 } else { epi.act.map_or(-1, act_code) },
+            accumulate: i32::from(epi.accumulate),
+            out: gated_p.unwrap_or(out_p),
+            m: mu,
+            n: nu,
+        };
+        // One thread per column, EPILOGUE_ROWS (16) rows per block (`cu/gemm.cu`).
+        let grid = (u32_of(OP, n.div_ceil(256))?, m.div_ceil(16).clamp(1, 65_535) as u32, 1);
+        self.run(&e, grid, 256)?;
+        match (gated_p, plan.gate) {
+            (Some(p), Some(code)) => self.gate_halves(p, out_p, m, n / 2, code),
+            _ => Ok(()),
+        }
+    }
+
+    /// Launches the product of `plan` into `acc_p` (or, fused, finished into `out_p`); returns
+    /// the input's per-row scales when the product leaves them to the epilogue (W8A8).
+    #[allow(clippy::too_many_arguments)]
+    fn launch_path(
+        &self,
+        plan: Plan,
+        x: &Tensor<Cuda>,
+        w: &Tensor<Cuda>,
+        epi: &Epilogue<'_, Cuda>,
+        out_p: u64,
+        acc_p: u64,
+        (mu, nu, ku): (u32, u32, u32),
+    ) -> Result<Option<u64>> {
+        const OP: &str = "matmul";
+        let (m, n, k) = (mu as usize, nu as usize, ku as usize);
+        let blas = self.blas();
+        let stream = self.stream().cu_stream() as _;
+        // The kernels' grid: warps over the output columns, tiles of GEMV_ROWS rows.
+        let gemv_grid = |cols: usize| -> Result<(u32, u32, u32)> {
+            Ok((u32_of(OP, (cols * 32).div_ceil(256))?, m.div_ceil(GEMV_ROWS).clamp(1, 65_535) as u32, 1))
+        };
+        // The arguments every gemv kernel shares; a fused gated product writes half the rows.
+        let cols = if plan.kernel_gate().is_some() { n / 2 } else { n };
+        let (dst, col_scale, bias, accumulate) = if plan.fused {
+            (out_p, self.opt(epi.scale), self.opt(epi.bias), i32::from(epi.accumulate))
+        } else {
+            (acc_p, 0, 0, 0)
+        };
+        let (x_p, w_p, gate) = (self.ptr(x), self.ptr(w), plan.kernel_gate().unwrap_or(-1));
+        let cols_u = u32_of(OP, cols)?;
+        let gated = plan.kernel_gate().is_some();
+        // Widens 8-bit weights (codes only; their scales go to the epilogue) to `ty`.
+        let widen = |ty: Ty, int8: bool| -> Result<u64> {
+            let buf = self.slot(Slot::Widened, n * k * if ty == Ty::Bf16 { 2 } else { 4 })?;
+            let d = DequantRows { ty, codes: w_p, scales: 0, out: buf, n: nu, k: ku, int8: i32::from(int8) };
+            self.run(&d, (Self::stride_blocks(n * k), 1, 1), 256)?;
+            Ok(buf)
+        };
+        match plan.path {
+            Path::GemvFloat { wtype } => {
+                let a = GemvFloatF32 {
+                    x: x_p,
+                    w: w_p,
+                    acc: dst,
+                    m: mu,
+                    n: cols_u,
+                    k: ku,
+                    wtype,
+                    col_scale,
+                    bias,
+                    accumulate,
+                    gate,
+                };
+                if gated {
+                    let g = GemvFloatGatedF32 {
+                        x: a.x,
+                        w: a.w,
+                        acc: a.acc,
+                        m: a.m,
+                        n: a.n,
+                        k: a.k,
+                        wtype: a.wtype,
+                        col_scale: a.col_scale,
+                        bias: a.bias,
+                        accumulate: a.accumulate,
+                        gate: a.gate,
+                    };
+                    self.run(&g, gemv_grid(cols)?, 256)?;
+                } else {
+                    self.run(&a, gemv_grid(cols)?, 256)?;
+                }
+            }
+            Path::Gemv8bit { int8 } => {
+                let a = Gemv8bitF32 {
+                    x: x_p,
+                    codes: w_p,
+                    acc: dst,
+                    m: mu,
+                    n: cols_u,
+                    k: ku,
+                    int8: i32::from(int8),
+                    col_scale,
+                    bias,
+                    accumulate,
+                    gate,
+                };
+                if gated {
+                    let g = Gemv8bitGatedF32 {
+                        x: a.x,
+                        codes: a.codes,
+                        acc: a.acc,
+                        m: a.m,
+                        n: a.n,
+                        k: a.k,
+                        int8: a.int8,
+                        col_scale: a.col_scale,
+                        bias: a.bias,
+                        accumulate: a.accumulate,
+                        gate: a.gate,
+                    };
+                    self.run(&g, gemv_grid(cols)?, 256)?;
+                } else {
+                    self.run(&a, gemv_grid(cols)?, 256)?;
+                }
+            }
+            Path::GemvGguf { fmt } => {
+                let a = GemvGgufF32 {
+                    x: x_p,
+                    w: w_p,
+                    acc: dst,
+                    m: mu,
+                    n: cols_u,
+                    k: ku,
+                    fmt,
+                    col_scale,
+                    bias,
+                    accumulate,
+                    gate,
+                };
+                if gated {
+                    let g = GemvGgufGatedF32 {
+                        x: a.x,
+                        w: a.w,
+                        acc: a.acc,
+                        m: a.m,
+                        n: a.n,
+                        k: a.k,
+                        fmt: a.fmt,
+                        col_scale: a.col_scale,
+                        bias: a.bias,
+                        accumulate: a.accumulate,
+                        gate: a.gate,
+                    };
+                    self.run(&g, gemv_grid(cols)?, 256)?;
+                } else {
+                    self.run(&a, gemv_grid(cols)?, 256)?;
+                }
+            }
+            Path::BlasF32 => blas.matmul(stream, x_p, DType::F32, w_p, DType::F32, acc_p, (m, n, k))?,
+            Path::Blas16 { ty } => {
+                let xs = self.slot(Slot::Input16, m * k * 2)?;
+                let c = ConvertFromF32 { ty, x: x_p, y: xs, n: (m * k) as u64 };
+                self.run(&c, (Self::stride_blocks(m * k), 1, 1), 256)?;
+                let wt = if ty == Ty::Bf16 { DType::BF16 } else { DType::F16 };
+                blas.matmul(stream, xs, wt, w_p, wt, acc_p, (m, n, k))?;
+            }
+            Path::BlasWidenedGguf { fmt } => {
+                let wf = self.slot(Slot::Widened, n * k * 4)?;
+                let d = DequantGgufF32 { w: w_p, out: wf, n: nu, k: ku, fmt };
+                self.run(&d, (Self::stride_blocks(n * k), 1, 1), 256)?;
+                blas.matmul(stream, x_p, DType::F32, wf, DType::F32, acc_p, (m, n, k))?;
+            }
+            Path::BlasWidened8 { int8 } => {
+                let wf = widen(Ty::F32, int8)?;
+                blas.matmul(stream, x_p, DType::F32, wf, DType::F32, acc_p, (m, n, k))?;
+            }
+            Path::W8a8Gemv | Path::W8a8Blas => {
+                let codes = self.slot(Slot::Codes, m * k)?;
+                let rs = self.slot(Slot::RowScales, m * 4)?;
+                let static_scale = match epi.quant_x {
+                    Some(XQuant::Fp8Static(s)) => {
+                        s.expect_shape(OP, &[1])?;
+                        self.ptr(s)
+                    }
+                    _ => 0,
+                };
+                let q = Fp8QuantizeRows {
+                    ty: Ty::F32,
+                    x: x_p,
+                    shift: self.opt(epi.shift),
+                    smooth: self.opt(epi.smooth),
+                    static_scale,
+                    out: codes,
+                    scales: rs,
+                    cols: ku,
+                };
+                self.run(&q, (mu, 1, 1), 256)?;
+                if plan.path == Path::W8a8Gemv {
+                    let g = GemvW8a8F32 { x: codes, codes: w_p, acc: acc_p, m: mu, n: nu, k: ku };
+                    self.run(&g, gemv_grid(n)?, 256)?;
+                } else {
+                    let native = if self.caps().fp8 {
+                        blas.matmul(stream, codes, DType::F8E4M3, w_p, DType::F8E4M3, acc_p, (m, n, k))
+                    } else {
+                        Err(Error::Backend { backend: "cuda", msg: "this GPU has no FP8 tensor cores".into() })
+                    };
+                    if let Err(e) = native {
+                        // Both sides as bf16 (exact: E4M3 values fit bf16), same products.
+                        fp8_fallback_notice(&e);
+                        let xs = self.slot(Slot::Input16, m * k * 2)?;
+                        let d = DequantRows { ty: Ty::Bf16, codes, scales: 0, out: xs, n: mu, k: ku, int8: 0 };
+                        self.run(&d, (Self::stride_blocks(m * k), 1, 1), 256)?;
+                        let wb = widen(Ty::Bf16, false)?;
+                        blas.matmul(stream, xs, DType::BF16, wb, DType::BF16, acc_p, (m, n, k))?;
+                    }
+                }
+                return Ok(Some(rs));
+            }
+        }
+        Ok(None)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p(wt: DType, w8a8: bool, m: usize, invariant: bool) -> Plan {
+        plan(wt, w8a8, m, 64, invariant, None, false, 0).unwrap()
+    }
+
+    #[test]
+    fn the_path_follows_weights_rows_and_mode() {
+        // Invariant products: every row count on the kernels, fused.
+        for m in [1, 8, 9, 4096] {
+            assert_eq!(
+                p(DType::BF16, false, m, true),
+                Plan { path: Path::GemvFloat { wtype: 2 }, fused: true, gate: None }
+            );
+            assert_eq!(p(DType::I8, false, m, true).path, Path::Gemv8bit { int8: true });
+            assert_eq!(p(DType::Q4_K, false, m, true).path, Path::GemvGguf { fmt: 5 });
+            assert_eq!(p(DType::F8E4M3, true, m, true), Plan { path: Path::W8a8Gemv, fused: false, gate: None });
+        }
+        // Fast products: a few rows on the kernels, more on cuBLASLt.
+        assert_eq!(p(DType::F16, false, 8, false).path, Path::GemvFloat { wtype: 1 });
+        assert_eq!(
+            p(DType::F16, false, 9, false),
+            Plan { path: Path::Blas16 { ty: Ty::F16 }, fused: false, gate: None }
+        );
+        assert_eq!(p(DType::F32, false, 9, false).path, Path::BlasF32);
+        assert_eq!(p(DType::F8E4M3, false, 9, false).path, Path::BlasWidened8 { int8: false });
+        assert_eq!(p(DType::Q8_0, false, 9, false).path, Path::BlasWidenedGguf { fmt: 0 });
+        assert_eq!(p(DType::F8E4M3, true, 9, false).path, Path::W8a8Blas);
+        // Rows whose length is not a multiple of 4 never go to the kernels.
+        assert_eq!(plan(DType::F32, false, 1, 63, true, None, false, 0).unwrap().path, Path::BlasF32);
+    }
+
+    #[test]
+    fn epilogues_fuse_when_the_kernel_can_finish_them() {
+        let gated = plan(DType::BF16, false, 4, 64, true, Some(Act::Silu), true, 0).unwrap();
+        assert_eq!((gated.fused, gated.gate, gated.kernel_gate()), (true, Some(0), Some(0)));
+        // A plain activation, exact columns or cuBLASLt leave the epilogue to its kernel.
+        let act = plan(DType::BF16, false, 4, 64, true, Some(Act::GeluTanh), false, 0).unwrap();
+        assert!(!act.fused && act.gate.is_none());
+        let exact = plan(DType::BF16, false, 4, 64, true, None, false, 3).unwrap();
+        assert!(!exact.fused);
+        let blas = plan(DType::BF16, false, 64, 64, false, Some(Act::Silu), true, 0).unwrap();
+        assert_eq!((blas.fused, blas.gate, blas.kernel_gate()), (false, Some(0), None));
+    }
+
+    #[test]
+    fn unsupported_combinations_are_errors() {
+        let e = plan(DType::BF16, true, 4, 64, true, None, false, 0).unwrap_err();
+        assert!(e.to_string().contains("FP8 input quantisation needs FP8 weights"), "{e}");
+        assert!(plan(DType::U32, false, 4, 64, true, None, false, 0).is_err());
+    }
+}
