@@ -26,6 +26,10 @@ pub struct LoadedModel<B: Ops> {
     pub eos: Vec<u32>,
     /// Where it came from.
     pub path: PathBuf,
+    /// The keys each layer stored during the precision policy's calibration run (none when the
+    /// policy did not calibrate): what 8-bit KV pages need for their key shifts, kept so that
+    /// loading never runs the model over calibration text twice.
+    pub kv_stats: Option<Vec<crate::runner::KvStats>>,
 }
 
 /// Loads a model folder (`config.json`, safetensors, `tokenizer.json`) or a `.gguf` file.
@@ -81,6 +85,7 @@ pub fn load_for_context<B: Ops + Clone>(
         .decoder_mut()
         .ok_or_else(|| ModelError::Config(format!("{arch} does not support a precision policy")))?;
     policy.apply(backend, dec, calib.as_ref())?;
+    l.kv_stats = calib.map(|c| c.kv);
     Ok(l)
 }
 
@@ -210,5 +215,6 @@ fn finish<B: Ops>(
         tokenizer,
         eos,
         path: path.to_path_buf(),
+        kv_stats: None,
     })
 }

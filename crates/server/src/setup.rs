@@ -159,10 +159,12 @@ fn load_on<B: Ops + Clone>(b: B, path: &std::path::Path, kv: KvSize, policy: &Po
     }
     let cache = kv.config(m.model.spec())?;
     let bytes = m.model.decoder().map_or((0, 0), |d| (d.weight_bytes(), d.decode_read_bytes()));
-    let (model, shifts) = if cache.kv_dtype != turbine_core::DType::F32 {
-        key_shifts(&b, m.model, &m.tokenizer)?
-    } else {
-        (m.model, Vec::new())
+    // 8-bit KV pages take their key shifts from the policy's calibration run when there was
+    // one (calibrated once), else from a run of their own.
+    let (model, shifts) = match (cache.kv_dtype != turbine_core::DType::F32, m.kv_stats) {
+        (false, _) => (m.model, Vec::new()),
+        (true, Some(stats)) => (m.model, stats),
+        (true, None) => key_shifts(&b, m.model, &m.tokenizer)?,
     };
     let mut runner = Runner::new(b, model, cache)?;
     if !shifts.is_empty() {
