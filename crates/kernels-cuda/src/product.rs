@@ -191,106 +191,27 @@ impl Cuda {
             self.run(&d, (Self::stride_blocks(n * k), 1, 1), 256)?;
             Ok(buf)
         };
+        // The plain kernel, or its gated twin (same parameters) when the kernel applies the gate.
+        macro_rules! gemv {
+            ($plain:ident, $gated:ident, $($field:ident: $value:expr),* $(,)?) => {{
+                let grid = gemv_grid(cols)?;
+                if gated {
+                    self.run(&$gated { $($field: $value),* }, grid, 256)?
+                } else {
+                    self.run(&$plain { $($field: $value),* }, grid, 256)?
+                }
+            }};
+        }
         match plan.path {
-            Path::GemvFloat { wtype } => {
-                let a = GemvFloatF32 {
-                    x: x_p,
-                    w: w_p,
-                    acc: dst,
-                    m: mu,
-                    n: cols_u,
-                    k: ku,
-                    wtype,
-                    col_scale,
-                    bias,
-                    accumulate,
-                    gate,
-                };
-                if gated {
-                    let g = GemvFloatGatedF32 {
-                        x: a.x,
-                        w: a.w,
-                        acc: a.acc,
-                        m: a.m,
-                        n: a.n,
-                        k: a.k,
-                        wtype: a.wtype,
-                        col_scale: a.col_scale,
-                        bias: a.bias,
-                        accumulate: a.accumulate,
-                        gate: a.gate,
-                    };
-                    self.run(&g, gemv_grid(cols)?, 256)?;
-                } else {
-                    self.run(&a, gemv_grid(cols)?, 256)?;
-                }
-            }
-            Path::Gemv8bit { int8 } => {
-                let a = Gemv8bitF32 {
-                    x: x_p,
-                    codes: w_p,
-                    acc: dst,
-                    m: mu,
-                    n: cols_u,
-                    k: ku,
-                    int8: i32::from(int8),
-                    col_scale,
-                    bias,
-                    accumulate,
-                    gate,
-                };
-                if gated {
-                    let g = Gemv8bitGatedF32 {
-                        x: a.x,
-                        codes: a.codes,
-                        acc: a.acc,
-                        m: a.m,
-                        n: a.n,
-                        k: a.k,
-                        int8: a.int8,
-                        col_scale: a.col_scale,
-                        bias: a.bias,
-                        accumulate: a.accumulate,
-                        gate: a.gate,
-                    };
-                    self.run(&g, gemv_grid(cols)?, 256)?;
-                } else {
-                    self.run(&a, gemv_grid(cols)?, 256)?;
-                }
-            }
-            Path::GemvGguf { fmt } => {
-                let a = GemvGgufF32 {
-                    x: x_p,
-                    w: w_p,
-                    acc: dst,
-                    m: mu,
-                    n: cols_u,
-                    k: ku,
-                    fmt,
-                    col_scale,
-                    bias,
-                    accumulate,
-                    gate,
-                };
-                if gated {
-                    let g = GemvGgufGatedF32 {
-                        x: a.x,
-                        w: a.w,
-                        acc: a.acc,
-                        m: a.m,
-                        n: a.n,
-                        k: a.k,
-                        fmt: a.fmt,
-                        col_scale: a.col_scale,
-                        bias: a.bias,
-                        accumulate: a.accumulate,
-                        gate: a.gate,
-                    };
-                    self.run(&g, gemv_grid(cols)?, 256)?;
-                } else {
-                    self.run(&a, gemv_grid(cols)?, 256)?;
-                }
-            }
+            Path::GemvFloat { wtype } => gemv!(GemvFloatF32, GemvFloatGatedF32,
+                x: x_p, w: w_p, acc: dst, m: mu, n: cols_u, k: ku, wtype: wtype,
+                col_scale: col_scale, bias: bias, accumulate: accumulate, gate: gate),
+            Path::Gemv8bit { int8 } => gemv!(Gemv8bitF32, Gemv8bitGatedF32,
+                x: x_p, codes: w_p, acc: dst, m: mu, n: cols_u, k: ku, int8: i32::from(int8),
+                col_scale: col_scale, bias: bias, accumulate: accumulate, gate: gate),
+            Path::GemvGguf { fmt } => gemv!(GemvGgufF32, GemvGgufGatedF32,
+                x: x_p, w: w_p, acc: dst, m: mu, n: cols_u, k: ku, fmt: fmt,
+                col_scale: col_scale, bias: bias, accumulate: accumulate, gate: gate),
             Path::BlasF32 => blas.matmul(stream, x_p, DType::F32, w_p, DType::F32, acc_p, (m, n, k))?,
             Path::Blas16 { ty } => {
                 let xs = self.slot(Slot::Input16, m * k * 2)?;
