@@ -287,26 +287,27 @@ fn outlier_channels_are_multiplied_exactly() {
     }
 }
 
-/// A calibrating policy keeps its run's key statistics, so 8-bit KV pages get their key shifts
-/// without a second run over calibration text; a policy that does not calibrate keeps none.
+/// One calibration run at load serves both the projections and 8-bit KV pages (their key
+/// shifts); a KV cache alone gets a short run; an f32 cache keeps no statistics.
 #[test]
 fn the_calibration_run_serves_the_kv_key_shifts_too() {
+    use turbine_models::precision::KvFormat;
     let cpu = Cpu::new();
-    let policy = Policy { calib_tokens: 128, ..Policy::parse("fp8", &[]).unwrap() };
-    assert!(policy.needs_calibration());
-    let m = turbine_models::load_with(&cpu, &tiny("llama-gqa"), &policy).unwrap();
-    let spec = m.model.spec().clone();
-    let stats = m.kv_stats.clone().expect("the policy's calibration statistics");
-    assert_eq!(stats.len(), spec.layers);
-    assert!(stats.iter().all(|s| s.k_mean.len() == spec.kv_heads * spec.head_dim));
-    assert!(stats.iter().flat_map(|s| &s.k_mean).any(|&v| v != 0.0), "mean keys were measured");
-    let mut r = Runner::new(
-        Cpu::new(),
-        m.model,
-        CacheConfig { kv_dtype: turbine_core::DType::F8E4M3, ..CacheConfig::f32(16, 4) },
-    )
-    .unwrap();
-    r.set_key_shifts(&stats).unwrap();
-    let plain = turbine_models::load_with(&cpu, &tiny("llama-gqa"), &Policy::parse("bf16", &[]).unwrap()).unwrap();
-    assert!(plain.kv_stats.is_none());
+    let both = Policy { calib_tokens: 128, kv: KvFormat::Fp8, ..Policy::parse("fp8", &[]).unwrap() };
+    assert!(both.needs_calibration());
+    let kv_only = Policy { kv: KvFormat::Int8, ..Policy::default() };
+    assert!(!kv_only.needs_calibration());
+    for policy in [both, kv_only] {
+        let m = turbine_models::load_with(&cpu, &tiny("llama-gqa"), &policy).unwrap();
+        let spec = m.model.spec().clone();
+        let stats = m.kv_stats.clone().expect("the calibration run's key statistics");
+        assert_eq!(stats.len(), spec.layers);
+        assert!(stats.iter().all(|s| s.k_mean.len() == spec.kv_heads * spec.head_dim));
+        assert!(stats.iter().flat_map(|s| &s.k_mean).any(|&v| v != 0.0), "mean keys were measured");
+        let cache = CacheConfig { kv_dtype: policy.kv.dtype(), ..CacheConfig::f32(16, 4) };
+        let mut r = Runner::new(Cpu::new(), m.model, cache).unwrap();
+        r.set_key_shifts(&stats).unwrap();
+    }
+    let fp8_f32_kv = Policy { calib_tokens: 128, ..Policy::parse("fp8", &[]).unwrap() };
+    assert!(turbine_models::load_with(&cpu, &tiny("llama-gqa"), &fp8_f32_kv).unwrap().kv_stats.is_none());
 }

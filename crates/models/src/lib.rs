@@ -7,7 +7,7 @@
 //! - Module layers, lowest first (no cycles; `tests/module_layers.rs` checks): `rows`, `source`,
 //!   `config`, `weights`, `rope`, `step` →
 //!   `layers` (the generic decoder, `Linear` and its `Role`) → `model` → `registry`, `runner` →
-//!   `calibrate` → `precision` → `loader`.
+//!   `calibrate` → `precision` → `policy_file`, `loader`.
 //! - [`catalog`]: models known by name and `pull` (feature `catalog`).
 //!
 //! Features (both default): `tokenizer` (tokenizers, chat templates, calibration by text,
@@ -29,6 +29,7 @@ pub mod gptq;
 pub mod layers;
 pub mod loader;
 pub mod model;
+pub mod policy_file;
 pub mod precision;
 pub mod registry;
 pub mod rope;

@@ -26,9 +26,9 @@ pub struct LoadedModel<B: Ops> {
     pub eos: Vec<u32>,
     /// Where it came from.
     pub path: PathBuf,
-    /// The keys each layer stored during the precision policy's calibration run (none when the
-    /// policy did not calibrate): what 8-bit KV pages need for their key shifts, kept so that
-    /// loading never runs the model over calibration text twice.
+    /// The keys each layer stored during the calibration run, when the policy's KV cache is
+    /// 8-bit: its key shifts (`Runner::set_key_shifts`). The run is the projections' own when
+    /// they calibrate too, so loading never runs the model over calibration text twice.
     pub kv_stats: Option<Vec<crate::runner::KvStats>>,
 }
 
@@ -55,37 +55,39 @@ pub fn load_for_context<B: Ops + Clone>(
     max_context: Option<usize>,
 ) -> Result<LoadedModel<B>> {
     let mut l = load_raw(backend, path, max_context, policy.allow_unused_weights)?;
-    if policy.format == crate::precision::Format::Auto {
-        return Ok(l);
-    }
-    let calib = if policy.needs_calibration() {
+    // One calibration run serves both the projections (when the policy needs one) and 8-bit KV
+    // pages (their key shifts); a KV cache alone needs a short run.
+    let weights = policy.needs_calibration();
+    let kv = policy.kv != crate::precision::KvFormat::F32;
+    let calib = if weights || kv {
+        let tokens = if weights { policy.calib_tokens } else { policy.calib_tokens.min(KV_CALIB_TOKENS) };
         let mut ids = calibration_ids(&l, policy)?;
-        ids.truncate(policy.calib_tokens);
+        ids.truncate(tokens);
         if ids.len() < MIN_CALIB_TOKENS {
             return Err(ModelError::Config(format!(
                 "the calibration text is {} tokens long; calibrating needs at least {MIN_CALIB_TOKENS}",
                 ids.len()
             )));
         }
-        let (model, c) = crate::calibrate::calibrate(
-            backend,
-            l.model,
-            &ids,
-            policy.calib_tokens,
-            policy.rounding == crate::precision::Rounding::Gptq,
-        )?;
+        let gptq = weights && policy.rounding == crate::precision::Rounding::Gptq;
+        let (model, c) = crate::calibrate::calibrate(backend, l.model, &ids, tokens, gptq)?;
         l.model = model;
         Some(c)
     } else {
         None
     };
+    if kv {
+        l.kv_stats = calib.as_ref().map(|c| c.kv.clone());
+    }
+    if policy.format == crate::precision::Format::Auto {
+        return Ok(l);
+    }
     let arch = l.model.spec().arch.clone();
     let dec = l
         .model
         .decoder_mut()
         .ok_or_else(|| ModelError::Config(format!("{arch} does not support a precision policy")))?;
-    policy.apply(backend, dec, calib.as_ref())?;
-    l.kv_stats = calib.map(|c| c.kv);
+    policy.apply(backend, dec, calib.as_ref().filter(|_| weights))?;
     Ok(l)
 }
 
@@ -100,6 +102,10 @@ fn calibration_ids<B: Ops>(l: &LoadedModel<B>, policy: &Policy) -> Result<Vec<u3
 fn calibration_ids<B: Ops>(_: &LoadedModel<B>, _: &Policy) -> Result<Vec<u32>> {
     Err(ModelError::Config("calibrating by text needs turbine-models' \"tokenizer\" feature".into()))
 }
+
+/// Calibration tokens behind 8-bit KV pages' key shifts when the projections need no
+/// calibration of their own.
+pub const KV_CALIB_TOKENS: usize = 512;
 
 /// Fewest calibration tokens accepted.
 pub const MIN_CALIB_TOKENS: usize = 64;

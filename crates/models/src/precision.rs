@@ -19,6 +19,10 @@
 //! see [`turbine_core::fp8`] for the rounding. By default `fp8` and `fp8-weight` also keep
 //! [`FP8_OUTLIERS`] input channels of every projection exact in f32 ([`Policy::outliers`]),
 //! chosen by a calibration run at load.
+//!
+//! The policy also names how the KV cache stores keys and values ([`KvFormat`]), and it is
+//! serializable (`crate::policy_file`): one value, written once, that every command and the
+//! server's config read the same way.
 
 use half::{bf16, f16};
 use turbine_core::fp8::{e4m3_table, f32_to_e4m3, f32_to_i8, scale_for, E4M3_MAX, I8_MAX};
@@ -81,6 +85,57 @@ impl Format {
     }
 }
 
+/// How the paged KV cache stores keys and values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum KvFormat {
+    /// f32, as computed.
+    #[default]
+    F32,
+    /// FP8 E4M3 codes with one scale per row (token and kv head), keys shifted by their
+    /// calibrated mean.
+    Fp8,
+    /// INT8 codes, scaled and shifted the same way.
+    Int8,
+}
+
+impl KvFormat {
+    /// Every KV format by name (`auto` is f32, `fp8-e4m3` fp8).
+    pub const ALL: [(&'static str, KvFormat); 5] = [
+        ("f32", KvFormat::F32),
+        ("auto", KvFormat::F32),
+        ("fp8", KvFormat::Fp8),
+        ("fp8-e4m3", KvFormat::Fp8),
+        ("int8", KvFormat::Int8),
+    ];
+
+    /// Parses `f32`, `fp8` or `int8` (or `auto`, `fp8-e4m3`).
+    pub fn parse(name: &str) -> Result<KvFormat> {
+        Self::ALL
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, f)| *f)
+            .ok_or_else(|| ModelError::Config(format!("unknown KV cache dtype {name:?}; use f32, fp8 or int8")))
+    }
+
+    /// `f32`, `fp8` or `int8`.
+    pub fn name(self) -> &'static str {
+        match self {
+            KvFormat::F32 => "f32",
+            KvFormat::Fp8 => "fp8",
+            KvFormat::Int8 => "int8",
+        }
+    }
+
+    /// The storage type of the cache pages.
+    pub fn dtype(self) -> DType {
+        match self {
+            KvFormat::F32 => DType::F32,
+            KvFormat::Fp8 => DType::F8E4M3,
+            KvFormat::Int8 => DType::I8,
+        }
+    }
+}
+
 /// Which projections an exception covers: a role, a layer (negative counts from the end), or a
 /// role in one layer. Written `down`, `layer:0`, `layer:-1`, `down@3`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -110,6 +165,17 @@ impl Selector {
         })
     }
 
+    /// The written form [`Selector::parse`] reads (`down`, `layer:-1`, `qkv@0`).
+    pub fn name(&self) -> String {
+        let role = self.role.and_then(|r| Role::NAMES.iter().find(|(_, x)| *x == r)).map(|(n, _)| *n);
+        match (role, self.layer) {
+            (Some(r), Some(l)) => format!("{r}@{l}"),
+            (Some(r), None) => r.to_string(),
+            (None, Some(l)) => format!("layer:{l}"),
+            (None, None) => "layer:all".to_string(),
+        }
+    }
+
     fn covers(&self, layer: usize, layers: usize, role: Role) -> bool {
         let l = match self.layer {
             None => true,
@@ -131,6 +197,14 @@ pub enum Rounding {
 
 impl Rounding {
     /// `nearest` or `gptq`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Rounding::Nearest => "nearest",
+            Rounding::Gptq => "gptq",
+        }
+    }
+
+    /// Parses `nearest` or `gptq`.
     pub fn parse(name: &str) -> Result<Rounding> {
         match name {
             "nearest" => Ok(Rounding::Nearest),
@@ -176,6 +250,9 @@ pub struct Policy {
     /// Load a checkpoint even if it holds tensors the architecture does not read (they are
     /// ignored, with a note); by default such a checkpoint is refused, naming them.
     pub allow_unused_weights: bool,
+    /// How the KV cache stores keys and values (8-bit pages take their key shifts from the
+    /// calibration run, which they then need: [`Policy::needs_calibration`]).
+    pub kv: KvFormat,
 }
 
 impl Default for Policy {
@@ -191,6 +268,7 @@ impl Default for Policy {
             center: false,
             outliers: 0,
             allow_unused_weights: false,
+            kv: KvFormat::F32,
         }
     }
 }

@@ -48,13 +48,17 @@ pub struct ModelSection {
 }
 
 impl ModelSection {
-    /// The precision policy of `dtype`, `keep` and `outliers`, and whether unused tensors are
-    /// allowed.
-    pub fn policy(&self) -> turbine_models::Result<turbine_models::precision::Policy> {
-        Ok(turbine_models::precision::Policy {
+    /// The precision policy's written form: `dtype`, `keep`, `outliers`, `allow_unused_weights`
+    /// and the KV cache's storage `kv` (`[engine] kv_dtype`), the same spec the CLI's flags make.
+    pub fn spec(&self, kv: &str) -> turbine_models::policy_file::PolicySpec {
+        turbine_models::policy_file::PolicySpec {
+            format: self.dtype.clone(),
+            keep: self.keep.clone(),
+            kv: kv.to_string(),
+            outliers: self.outliers,
             allow_unused_weights: self.allow_unused_weights,
-            ..turbine_models::precision::Policy::parse(&self.dtype, &self.keep)?.with_outliers(self.outliers)
-        })
+            ..Default::default()
+        }
     }
 }
 
@@ -109,11 +113,9 @@ impl Default for EngineSection {
 }
 
 impl EngineSection {
-    /// The KV cache size (the storage type falls back to f32 when [`ServeConfig::validate`] would
-    /// refuse it).
+    /// The KV cache size (its storage is the precision policy's, [`ServeConfig::policy`]).
     pub fn kv(&self) -> crate::setup::KvSize {
-        let dtype = crate::setup::kv_dtype(&self.kv_dtype).unwrap_or(turbine_core::DType::F32);
-        crate::setup::KvSize { block_size: self.block_size, tokens: self.kv_tokens, bytes: self.kv_bytes, dtype }
+        crate::setup::KvSize { block_size: self.block_size, tokens: self.kv_tokens, bytes: self.kv_bytes }
     }
 
     /// The scheduler limits.
@@ -202,6 +204,14 @@ impl ServeConfig {
         Self::parse(&text, &path.display().to_string())
     }
 
+    /// The precision policy of `[model]` and `[engine] kv_dtype`; the error names the keys.
+    pub fn policy(&self) -> anyhow::Result<turbine_models::precision::Policy> {
+        self.model
+            .spec(&self.engine.kv_dtype)
+            .policy()
+            .map_err(|e| anyhow::anyhow!("model.dtype / model.keep / engine.kv_dtype: {e}"))
+    }
+
     /// Checks the values together; the message names the key.
     pub fn validate(&self) -> anyhow::Result<()> {
         let e = &self.engine;
@@ -226,8 +236,7 @@ impl ServeConfig {
         if let Some((_, msg)) = checks.iter().find(|(ok, _)| !ok) {
             anyhow::bail!("{msg}");
         }
-        crate::setup::kv_dtype(&self.engine.kv_dtype).map_err(|e| anyhow::anyhow!("engine.kv_dtype: {e}"))?;
-        self.model.policy().map_err(|e| anyhow::anyhow!("model.dtype / model.keep: {e}"))?;
+        self.policy()?;
         if self.server.api_keys.iter().any(|k| k.is_empty()) {
             anyhow::bail!("server.api_keys: an API key must not be empty");
         }

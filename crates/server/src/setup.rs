@@ -64,17 +64,8 @@ pub struct LoadedRunner {
     pub decode_read_bytes: usize,
 }
 
-/// The KV cache storage named `name`: `f32` or `fp8` (FP8 E4M3, a quarter of the bytes).
-pub fn kv_dtype(name: &str) -> Result<turbine_core::DType> {
-    match name {
-        "f32" | "auto" => Ok(turbine_core::DType::F32),
-        "fp8" | "fp8-e4m3" => Ok(turbine_core::DType::F8E4M3),
-        "int8" => Ok(turbine_core::DType::I8),
-        other => bail!("unknown KV cache dtype {other:?}; use f32, fp8 or int8"),
-    }
-}
-
-/// How big the paged KV cache is.
+/// How big the paged KV cache is (how it stores keys and values is the precision policy's
+/// [`turbine_models::precision::KvFormat`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct KvSize {
     /// Tokens per block.
@@ -83,23 +74,22 @@ pub struct KvSize {
     pub tokens: usize,
     /// Memory budget in bytes (keys and values of every layer), overriding `tokens`.
     pub bytes: Option<usize>,
-    /// Storage of keys and values (`F32` or `F8E4M3`).
-    pub dtype: turbine_core::DType,
 }
 
 impl KvSize {
     /// `tokens` tokens in blocks of [`BLOCK_SIZE`].
     pub fn tokens(tokens: usize) -> Self {
-        KvSize { block_size: BLOCK_SIZE, tokens, bytes: None, dtype: turbine_core::DType::F32 }
+        KvSize { block_size: BLOCK_SIZE, tokens, bytes: None }
     }
 
-    fn config(&self, spec: &turbine_models::ModelSpec) -> Result<CacheConfig> {
+    /// The cache geometry for `spec` with pages of `dtype`.
+    pub fn config(&self, spec: &turbine_models::ModelSpec, dtype: turbine_core::DType) -> Result<CacheConfig> {
         if self.block_size == 0 {
             bail!("the KV block size must be at least 1 token");
         }
         let num_blocks = match self.bytes {
             Some(b) => {
-                let per_block = CacheConfig::bytes_per_block(spec, self.dtype, self.block_size);
+                let per_block = CacheConfig::bytes_per_block(spec, dtype, self.block_size);
                 let n = b / per_block.max(1);
                 if n == 0 {
                     bail!(
@@ -111,7 +101,7 @@ impl KvSize {
             }
             None => self.tokens.max(1).div_ceil(self.block_size),
         };
-        Ok(CacheConfig { block_size: self.block_size, num_blocks, kv_dtype: self.dtype })
+        Ok(CacheConfig { block_size: self.block_size, num_blocks, kv_dtype: dtype })
     }
 }
 
@@ -157,38 +147,15 @@ fn load_on<B: Ops + Clone>(b: B, path: &std::path::Path, kv: KvSize, policy: &Po
     if calibrating {
         eprintln!("turbine: loaded and quantised in {:.1} s", t0.elapsed().as_secs_f64());
     }
-    let cache = kv.config(m.model.spec())?;
+    let cache = kv.config(m.model.spec(), policy.kv.dtype())?;
     let bytes = m.model.decoder().map_or((0, 0), |d| (d.weight_bytes(), d.decode_read_bytes()));
-    // 8-bit KV pages take their key shifts from the policy's calibration run when there was
-    // one (calibrated once), else from a run of their own.
-    let (model, shifts) = match (cache.kv_dtype != turbine_core::DType::F32, m.kv_stats) {
-        (false, _) => (m.model, Vec::new()),
-        (true, Some(stats)) => (m.model, stats),
-        (true, None) => key_shifts(&b, m.model, &m.tokenizer)?,
-    };
-    let mut runner = Runner::new(b, model, cache)?;
-    if !shifts.is_empty() {
-        runner.set_key_shifts(&shifts)?;
+    let mut runner = Runner::new(b, m.model, cache)?;
+    // 8-bit KV pages take their key shifts from the load's one calibration run.
+    if let Some(stats) = &m.kv_stats {
+        runner.set_key_shifts(stats)?;
     }
     Ok((Box::new(runner), m.tokenizer, m.eos, bytes))
 }
-
-/// Per-layer key shifts for 8-bit KV pages: the mean key over a run on the calibration text
-/// (see `KvPages::k_shift`; the pages' scales are per row, set as keys are stored).
-#[allow(clippy::type_complexity)]
-fn key_shifts<B: Ops + Clone>(
-    b: &B,
-    model: Box<dyn turbine_models::Model<B>>,
-    tok: &TextTokenizer,
-) -> Result<(Box<dyn turbine_models::Model<B>>, Vec<turbine_models::calibrate::KvStats>)> {
-    let mut ids = tok.encode(turbine_models::calibrate::DEFAULT_TEXT, true)?;
-    ids.truncate(KV_CALIB_TOKENS);
-    let (model, c) = turbine_models::calibrate::calibrate(b, model, &ids, KV_CALIB_TOKENS, false)?;
-    Ok((model, c.kv))
-}
-
-/// Tokens of calibration text behind the 8-bit KV cache's key shifts.
-const KV_CALIB_TOKENS: usize = 512;
 
 /// Loads a model for one request at a time, with a KV cache of `ctx_size` tokens (the usable
 /// context is the smaller of that and the model's own; cache pages are only touched when used).

@@ -824,3 +824,29 @@ fn generate_stops_at_stop_strings_and_at_the_end_of_the_context() {
     assert_eq!(long["ids"].as_array().unwrap().len(), 32 - 3, "the prompt and the output fill the context");
     fails_with(&turbine(&[&base[..], &["--stop", ""]].concat()), "stop strings must not be empty");
 }
+
+/// A precision policy file is the same policy as its flags: `--precision` with format and KV
+/// cache gives the ids `--dtype` and `--kv-dtype` give; flags override its keys; a file with an
+/// unknown key or a bad value is refused naming it.
+#[test]
+fn a_precision_file_is_the_policy_its_flags_make() {
+    let m = tiny("llama-gqa");
+    let m = m.to_str().unwrap();
+    let dir = std::env::temp_dir().join(format!("turbine-precision-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("policy.toml");
+    std::fs::write(&file, "format = \"int8-weight\"\nkv = \"int8\"\n").unwrap();
+    let base = ["generate", "--model", m, "--prompt-ids", "5,6,7", "--max-tokens", "8", "--temperature", "0", "--json"];
+    let by_flags = json(&turbine(&[&base[..], &["--dtype", "int8-weight", "--kv-dtype", "int8"]].concat()));
+    let by_file = json(&turbine(&[&base[..], &["--precision", file.to_str().unwrap()]].concat()));
+    assert_eq!(by_file["ids"], by_flags["ids"]);
+    let plain = json(&turbine(
+        &[&base[..], &["--precision", file.to_str().unwrap(), "--dtype", "auto", "--kv-dtype", "f32"]].concat(),
+    ));
+    assert_eq!(plain["ids"], json(&turbine(&base))["ids"], "flags override the file's keys");
+    std::fs::write(&file, "format = \"int8-weight\"\nkv_cache = \"int8\"\n").unwrap();
+    fails_with(&turbine(&[&base[..], &["--precision", file.to_str().unwrap()]].concat()), "kv_cache");
+    std::fs::write(&file, "kv = \"fp4\"\n").unwrap();
+    fails_with(&turbine(&[&base[..], &["--precision", file.to_str().unwrap()]].concat()), "fp4");
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -94,12 +94,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
         return speed::run_batches(&a.model, &a.speed, a.json);
     }
     // Every request is queued at the start: no waiting-queue limit here.
-    let eng = EngineSection {
-        max_waiting: usize::MAX,
-        kv_dtype: a.model.kv_dtype.clone(),
-        ..a.engine.apply(EngineSection::default())
-    };
-    setup::kv_dtype(&eng.kv_dtype)?;
+    let eng = EngineSection { max_waiting: usize::MAX, ..a.engine.apply(EngineSection::default()) };
     if eng.max_batch == 0 || a.requests == 0 {
         bail!("--max-batch and --requests must be at least 1");
     }

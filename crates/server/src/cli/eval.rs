@@ -11,10 +11,10 @@ use clap::Args;
 use serde_json::{json, Value};
 use turbine_batcher::eval::{self, EvalRow};
 use turbine_batcher::{EngineConfig, EngineCore, Request};
-use turbine_models::precision::{Format, Policy};
+use turbine_models::precision::{Format, KvFormat, Policy};
 use turbine_server::setup::{self, KvSize};
 
-use super::PolicyArgs;
+use super::PrecisionArgs;
 
 #[derive(Debug, Args)]
 pub struct EvalArgs {
@@ -25,8 +25,10 @@ pub struct EvalArgs {
     /// int8-weight).
     #[arg(long, default_value = "fp8,fp8-weight,int8-weight")]
     dtype: String,
+    /// The evaluated models' precision flags (the reference keeps its format in f32 and an f32
+    /// KV cache).
     #[command(flatten)]
-    policy: PolicyArgs,
+    precision: PrecisionArgs,
     /// The reference model (default: --model).
     #[arg(long)]
     reference: Option<String>,
@@ -49,9 +51,6 @@ pub struct EvalArgs {
     /// Tokens decoded to measure decode speed (0 skips it).
     #[arg(long, default_value_t = 32)]
     decode_tokens: usize,
-    /// KV cache storage of the evaluated models (f32, fp8 or int8); the reference keeps f32.
-    #[arg(long, default_value = "f32")]
-    kv_dtype: String,
     /// Kernel backend.
     #[arg(long, default_value = "cpu")]
     backend: String,
@@ -66,19 +65,17 @@ struct Entry {
     weight_bytes: usize,
 }
 
-fn load(model: Option<&str>, backend: &str, policy: &Policy, ctx: usize, kv: turbine_core::DType) -> Result<Entry> {
+fn load(model: Option<&str>, backend: &str, policy: &Policy, ctx: usize) -> Result<Entry> {
     let mut label = policy.format.name().to_string();
     let summary = policy.summary();
     if !summary.is_empty() {
         label.push_str(&format!(" ({summary})"));
     }
-    match kv {
-        turbine_core::DType::F8E4M3 => label.push_str(" + fp8 KV"),
-        turbine_core::DType::I8 => label.push_str(" + int8 KV"),
-        _ => {}
+    if policy.kv != KvFormat::F32 {
+        label.push_str(&format!(" + {} KV", policy.kv.name()));
     }
     eprintln!("turbine eval: loading {} as {label}", model.unwrap_or(turbine_models::catalog::DEFAULT_MODEL));
-    let l = setup::load_runner_with(model, backend, KvSize { dtype: kv, ..KvSize::tokens(ctx) }, policy)?;
+    let l = setup::load_runner_with(model, backend, KvSize::tokens(ctx), policy)?;
     Ok(Entry { label, engine: EngineCore::new(l.runner, EngineConfig::default()), weight_bytes: l.weight_bytes })
 }
 
@@ -103,18 +100,12 @@ pub fn run(a: EvalArgs) -> Result<()> {
     }
     let ctx_cap = a.ctx.unwrap_or(2048).max(2);
     let ref_model = a.reference.as_deref().or(a.model.as_deref());
-    let kv = setup::kv_dtype(&a.kv_dtype)?;
-    let reference = load(
-        ref_model,
-        &a.backend,
-        &Policy { format: reference_format, ..Policy::default() },
-        ctx_cap,
-        turbine_core::DType::F32,
-    )?;
+    // The evaluated policies are checked before the reference loads, so a bad flag fails at once.
+    let policies: Vec<Policy> = formats.iter().map(|f| a.precision.policy(Some(f.name()))).collect::<Result<_>>()?;
+    let reference = load(ref_model, &a.backend, &Policy { format: reference_format, ..Policy::default() }, ctx_cap)?;
     let mut entries = vec![reference];
-    for f in &formats {
-        let policy = a.policy.policy(f.name())?;
-        entries.push(load(a.model.as_deref(), &a.backend, &policy, ctx_cap, kv)?);
+    for policy in &policies {
+        entries.push(load(a.model.as_deref(), &a.backend, policy, ctx_cap)?);
     }
     let tok = {
         let p = setup::model_path(a.model.as_deref())?;

@@ -119,7 +119,7 @@ pub fn run(a: GenerateArgs) -> Result<()> {
     if a.max_tokens < 1 {
         bail!("--max-tokens must be at least 1, got {}", a.max_tokens);
     }
-    let mut s = setup::load(a.model.model.as_deref(), &a.model.backend, a.model.kv()?, &a.model.policy()?)?;
+    let mut s = setup::load(a.model.model.as_deref(), &a.model.backend, a.model.kv(), &a.model.policy()?)?;
     let prompt = prompt_ids(&a, &s)?;
     // As llama.cpp's CLI does, generation stops at the end of the context rather than refusing a
     // --max-tokens that reaches past it (a prompt that leaves no room is still an error).

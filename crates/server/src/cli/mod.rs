@@ -60,39 +60,23 @@ pub struct ModelArgs {
     #[arg(long, default_value_t = 8192)]
     pub ctx_size: usize,
     /// How the block projections are stored and multiplied: auto (as the checkpoint stores
-    /// them), f32, f16, bf16, fp8 (FP8 weights and inputs), fp8-weight or int8-weight.
-    #[arg(long, default_value = "auto")]
-    pub dtype: String,
-    /// Projections that keep the checkpoint's precision: qkv, o, up, down, layer:N or ROLE@N;
-    /// repeatable.
+    /// them), f32, f16, bf16, fp8 (FP8 weights and inputs), fp8-weight or int8-weight
+    /// [default: auto, or the --precision file's].
     #[arg(long)]
-    pub keep: Vec<String>,
-    /// 8-bit formats: input channels of each projection multiplied exactly in f32 (the
-    /// calibrated outliers) [default: 16 for fp8 and fp8-weight, else 0].
-    #[arg(long)]
-    pub outliers: Option<usize>,
-    /// KV cache storage: f32, fp8 (FP8 E4M3) or int8.
-    #[arg(long, default_value = "f32")]
-    pub kv_dtype: String,
-    /// Load a checkpoint that holds tensors the architecture does not use (ignoring them);
-    /// without it such a checkpoint is refused, naming them.
-    #[arg(long)]
-    pub allow_unused_weights: bool,
+    pub dtype: Option<String>,
+    #[command(flatten)]
+    pub precision: PrecisionArgs,
 }
 
 impl ModelArgs {
-    /// The KV cache of `--ctx-size` tokens stored as `--kv-dtype`.
-    pub fn kv(&self) -> anyhow::Result<turbine_server::setup::KvSize> {
-        let dtype = turbine_server::setup::kv_dtype(&self.kv_dtype)?;
-        Ok(turbine_server::setup::KvSize { dtype, ..turbine_server::setup::KvSize::tokens(self.ctx_size) })
+    /// The KV cache of `--ctx-size` tokens (its storage is the policy's `kv`).
+    pub fn kv(&self) -> turbine_server::setup::KvSize {
+        turbine_server::setup::KvSize::tokens(self.ctx_size)
     }
 
-    /// The precision policy of `--dtype` and `--keep`.
+    /// The precision policy: `--precision`, `--dtype` and the other precision flags.
     pub fn policy(&self) -> anyhow::Result<turbine_models::precision::Policy> {
-        Ok(turbine_models::precision::Policy {
-            allow_unused_weights: self.allow_unused_weights,
-            ..turbine_models::precision::Policy::parse(&self.dtype, &self.keep)?.with_outliers(self.outliers)
-        })
+        self.precision.policy(self.dtype.as_deref())
     }
 }
 
@@ -138,13 +122,27 @@ impl EngineArgs {
     }
 }
 
-/// How `eval` and `quantize` build their precision policy.
+/// The precision flags every command that loads a model shares, and the one way a policy is
+/// built from them: the `--precision` file's spec (else the defaults), each flag given replacing
+/// its key, then `PolicySpec::policy` checks it all. The format comes from the command
+/// (`--dtype`, `eval`'s list, `quantize --to`).
 #[derive(Debug, Args)]
-pub struct PolicyArgs {
+pub struct PrecisionArgs {
+    /// A precision policy file (TOML: format, keep, kv, outliers, rounding, calib_tokens, …; see
+    /// README "Precision"); the flags below override its keys.
+    #[arg(long, value_name = "FILE")]
+    pub precision: Option<std::path::PathBuf>,
     /// Projections that keep the checkpoint's precision: qkv, o, up, down, layer:N or ROLE@N;
     /// repeatable.
     #[arg(long)]
     pub keep: Vec<String>,
+    /// KV cache storage: f32, fp8 (FP8 E4M3) or int8 [default: f32].
+    #[arg(long)]
+    pub kv_dtype: Option<String>,
+    /// 8-bit formats: input channels of each projection multiplied exactly in f32 (the
+    /// calibrated outliers) [default: 16 for fp8 and fp8-weight, else 0].
+    #[arg(long)]
+    pub outliers: Option<usize>,
     /// How 8-bit weights are rounded: nearest, or gptq (error feedback over the calibration text)
     /// [default: nearest].
     #[arg(long)]
@@ -161,42 +159,67 @@ pub struct PolicyArgs {
     /// through the bias).
     #[arg(long)]
     pub center: bool,
-    /// 8-bit formats: input channels of each projection multiplied exactly in f32 (the
-    /// calibrated outliers), the rest in 8 bits [default: 16 for fp8 and fp8-weight (0 for quantize), else 0].
-    #[arg(long)]
-    pub outliers: Option<usize>,
     /// Calibration text (default: a bundled English text, not the evaluation text).
     #[arg(long)]
     pub calib: Option<std::path::PathBuf>,
-    /// Calibration tokens.
-    #[arg(long, default_value_t = 2048)]
-    pub calib_tokens: usize,
+    /// Calibration tokens [default: 2048].
+    #[arg(long)]
+    pub calib_tokens: Option<usize>,
+    /// Load a checkpoint that holds tensors the architecture does not use (ignoring them);
+    /// without it such a checkpoint is refused, naming them.
+    #[arg(long)]
+    pub allow_unused_weights: bool,
 }
 
-impl PolicyArgs {
-    /// The policy for `format` (reads the calibration text, if one is given).
-    pub fn policy(&self, format: &str) -> anyhow::Result<turbine_models::precision::Policy> {
+impl PrecisionArgs {
+    /// The policy's written form: the file's (or the defaults), the flags given over it, and
+    /// `format` over both when given.
+    pub fn spec(&self, format: Option<&str>) -> anyhow::Result<turbine_models::policy_file::PolicySpec> {
         use anyhow::Context;
-        let calib_text = match &self.calib {
-            Some(p) => Some(
+        let mut spec = match &self.precision {
+            Some(p) => {
+                let text = std::fs::read_to_string(p)
+                    .with_context(|| format!("{}: cannot read the precision policy", p.display()))?;
+                toml::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {}", p.display(), e.message()))?
+            }
+            None => turbine_models::policy_file::PolicySpec::default(),
+        };
+        if let Some(f) = format {
+            spec.format = f.to_string();
+        }
+        if !self.keep.is_empty() {
+            spec.keep = self.keep.clone();
+        }
+        if let Some(k) = &self.kv_dtype {
+            spec.kv = k.clone();
+        }
+        if self.outliers.is_some() {
+            spec.outliers = self.outliers;
+        }
+        if let Some(r) = &self.rounding {
+            spec.rounding = r.clone();
+        }
+        if let Some(p) = &self.calib {
+            spec.calib_text = Some(
                 std::fs::read_to_string(p)
                     .with_context(|| format!("{}: cannot read the calibration text", p.display()))?,
-            ),
-            None => None,
-        };
-        let base = turbine_models::precision::Policy::parse(format, &self.keep)?;
-        Ok(turbine_models::precision::Policy {
-            rounding: match &self.rounding {
-                Some(r) => turbine_models::precision::Rounding::parse(r)?,
-                None => base.rounding,
-            },
-            calib_text,
-            calib_tokens: self.calib_tokens,
-            static_inputs: self.static_inputs,
-            smooth: self.smooth,
-            center: self.center,
-            ..base.with_outliers(self.outliers)
-        })
+            );
+        }
+        if let Some(n) = self.calib_tokens {
+            spec.calib_tokens = n;
+        }
+        if self.smooth.is_some() {
+            spec.smooth = self.smooth;
+        }
+        spec.static_inputs |= self.static_inputs;
+        spec.center |= self.center;
+        spec.allow_unused_weights |= self.allow_unused_weights;
+        Ok(spec)
+    }
+
+    /// The checked policy of [`PrecisionArgs::spec`].
+    pub fn policy(&self, format: Option<&str>) -> anyhow::Result<turbine_models::precision::Policy> {
+        Ok(self.spec(format)?.policy()?)
     }
 }
 

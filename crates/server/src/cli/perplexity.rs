@@ -37,7 +37,7 @@ pub fn run(a: PerplexityArgs) -> Result<()> {
             bail!("{}: no such file", f.display());
         }
     }
-    let mut s = setup::load(a.model.model.as_deref(), &a.model.backend, a.model.kv()?, &a.model.policy()?)?;
+    let mut s = setup::load(a.model.model.as_deref(), &a.model.backend, a.model.kv(), &a.model.policy()?)?;
     let ids = if let Some(f) = &a.file {
         let text = std::fs::read_to_string(f).with_context(|| f.display().to_string())?;
         s.tok.encode(&text, true)?

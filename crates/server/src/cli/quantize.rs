@@ -6,7 +6,7 @@ use clap::Args;
 use turbine_kernels_ref::Cpu;
 use turbine_models::precision::Format;
 
-use super::PolicyArgs;
+use super::PrecisionArgs;
 
 #[derive(Debug, Args)]
 pub struct QuantizeArgs {
@@ -20,7 +20,7 @@ pub struct QuantizeArgs {
     #[arg(long)]
     out: std::path::PathBuf,
     #[command(flatten)]
-    policy: PolicyArgs,
+    precision: PrecisionArgs,
 }
 
 pub fn run(a: QuantizeArgs) -> Result<()> {
@@ -38,11 +38,10 @@ pub fn run(a: QuantizeArgs) -> Result<()> {
     if a.out.exists() && std::fs::read_dir(&a.out).map(|mut d| d.next().is_some()).unwrap_or(true) {
         bail!("{}: the output folder exists and is not empty", a.out.display());
     }
-    let mut policy = a.policy.policy(&a.to)?;
-    if a.policy.outliers.is_none() {
-        // The published layout has no place for exact outlier channels.
-        policy.outliers = 0;
-    }
+    let mut spec = a.precision.spec(Some(&a.to))?;
+    // The published layout has no place for exact outlier channels.
+    spec.outliers = Some(spec.outliers.unwrap_or(0));
+    let policy = spec.policy()?;
     let cpu = Cpu::new();
     eprintln!("turbine quantize: loading {} and storing its projections as {}", path.display(), format.name());
     let m = turbine_models::load_with(&cpu, &path, &policy)?;

@@ -41,7 +41,7 @@ pub fn run(model: &ModelArgs, a: &SpeedArgs, json: bool) -> Result<()> {
     if a.gen_tokens < 2 || a.prompt_tokens == 0 || a.reps == 0 {
         bail!("--gen-tokens must be at least 2, --prompt-tokens and --reps at least 1");
     }
-    let mut s = setup::load(model.model.as_deref(), &model.backend, model.kv()?, &model.policy()?)?;
+    let mut s = setup::load(model.model.as_deref(), &model.backend, model.kv(), &model.policy()?)?;
     let base = s.tok.encode(PROMPT_TEXT, false)?;
     let tokens = |n: usize| -> Vec<u32> { base.iter().copied().cycle().take(n).collect() };
     let mut measure = |prompt: Vec<u32>, gen: usize| -> Result<(f64, f64)> {
@@ -100,7 +100,7 @@ pub fn run_batches(model: &ModelArgs, a: &SpeedArgs, json: bool) -> Result<()> {
         bail!("--batch-sizes must list sizes of at least 1; --gen-tokens at least 2, --prompt-tokens at least 1");
     }
     let largest = sizes.iter().copied().max().unwrap_or(1);
-    let kv = setup::KvSize { tokens: largest * (a.prompt_tokens + a.gen_tokens) + 16 * largest, ..model.kv()? };
+    let kv = setup::KvSize { tokens: largest * (a.prompt_tokens + a.gen_tokens) + 16 * largest, ..model.kv() };
     let loaded = setup::load_runner_with(model.model.as_deref(), &model.backend, kv, &model.policy()?)?;
     let base = loaded.tok.encode(PROMPT_TEXT, false)?;
     let prompt: Vec<u32> = base.iter().copied().cycle().take(a.prompt_tokens).collect();

@@ -96,7 +96,7 @@ impl AppState {
     pub fn load(cfg: &ServeConfig) -> anyhow::Result<Self> {
         cfg.validate()?;
         let model = Some(cfg.model.path.as_str());
-        let policy = cfg.model.policy()?;
+        let policy = cfg.policy()?;
         let l = crate::setup::load_runner_with(model, &cfg.model.backend, cfg.engine.kv(), &policy)?;
         let tok = Arc::new(l.tok);
         let max_len = l.runner.context_len();
