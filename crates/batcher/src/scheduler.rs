@@ -63,6 +63,8 @@ pub struct EngineCore {
     running: Vec<Seq>,
     next_id: RequestId,
     stats: Stats,
+    /// Scored sequences open now ([`EngineCore::begin_score`]).
+    scoring: usize,
 }
 
 impl EngineCore {
@@ -79,6 +81,7 @@ impl EngineCore {
             running: Vec::new(),
             next_id: 0,
             stats: Stats::default(),
+            scoring: 0,
         }
     }
 
@@ -126,9 +129,10 @@ impl EngineCore {
     }
 
     /// Forgets the prefix cache and the counters; only when idle (for benchmarks that compare
-    /// runs from the same start). Returns false, doing nothing, if requests are in flight.
+    /// runs from the same start). Returns false, doing nothing, if requests are in flight or a
+    /// scored sequence is open.
     pub fn reset(&mut self) -> bool {
-        if self.has_work() {
+        if self.has_work() || self.scoring > 0 {
             return false;
         }
         self.kv = BlockManager::new(self.kv.num_blocks(), self.kv.block_size());
@@ -152,6 +156,7 @@ impl EngineCore {
             return Err(EngineError::CacheFull { needed: need, free: self.kv.available() });
         }
         let blocks = (0..need).map(|_| self.kv.allocate().expect("availability checked")).collect();
+        self.scoring += 1;
         Ok(ScoreSeq { blocks, len, next: 0 })
     }
 
@@ -179,6 +184,7 @@ impl EngineCore {
     /// Closes a scored sequence; its blocks go back.
     pub fn end_score(&mut self, seq: ScoreSeq) {
         self.kv.release(&seq.blocks);
+        self.scoring = self.scoring.saturating_sub(1);
     }
 
     /// Queues a request. Its parameters were checked when it was made ([`Request::new`]); what

@@ -263,7 +263,9 @@ fn scoring_takes_blocks_from_the_engine_and_gives_them_back() {
     let seq = core.begin_score(64).unwrap();
     assert_eq!(core.stats().blocks_in_use, 4);
     assert!(matches!(core.begin_score(1), Err(EngineError::CacheFull { needed: 1, free: 0 })));
+    assert!(!core.reset(), "no reset under an open scored sequence");
     core.end_score(seq);
+    assert!(core.reset());
     assert_eq!(core.stats().blocks_in_use, 0);
     assert!(core.begin_score(65).is_err(), "65 tokens do not fit 4 blocks of 16");
 

@@ -539,7 +539,7 @@ async fn configured_limits_are_enforced() {
 async fn drain_timeout_cancels_what_is_left_and_answers_everyone() {
     let mut c = config(&fixture("llama-gqa"));
     c.engine.max_batch = 1;
-    c.server.drain_timeout_s = 0.3;
+    c.server.drain_timeout_s = 0.2;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap().to_string();
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
@@ -555,12 +555,13 @@ async fn drain_timeout_cancels_what_is_left_and_answers_everyone() {
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    // Eight long streams, one at a time: most are still waiting when the drain time is up.
+    // 48 streams of 250 tokens, one at a time (12,000 decode steps, seconds even on a fast
+    // machine): most are still waiting when the drain time is up.
     let mut clients = Vec::new();
-    for i in 0..8u32 {
+    for i in 0..48u32 {
         let addr = addr.clone();
         clients.push(tokio::spawn(async move {
-            let req = json!({"prompt": [1 + i, 2], "max_tokens": 240, "ignore_eos": true, "stream": true});
+            let req = json!({"prompt": [1 + i, 2], "max_tokens": 250, "ignore_eos": true, "stream": true});
             call(&addr, "POST", "/v1/completions", &req.to_string()).await
         }));
     }
