@@ -311,3 +311,34 @@ fn the_calibration_run_serves_the_kv_key_shifts_too() {
     let fp8_f32_kv = Policy { calib_tokens: 128, ..Policy::parse("fp8", &[]).unwrap() };
     assert!(turbine_models::load_with(&cpu, &tiny("llama-gqa"), &fp8_f32_kv).unwrap().kv_stats.is_none());
 }
+
+/// A policy that needs no calibration converts each projection on the host from the
+/// checkpoint's bytes and uploads it once (`Staging::Defer`); one whose model runs first keeps a
+/// host copy to convert from (`Staging::Keep`). Both give, bit for bit, the model that converting
+/// the uploaded weights after loading gives, in every family, kept projections included.
+#[test]
+fn weights_converted_on_the_host_are_the_weights_converted_on_the_device() {
+    use turbine_models::precision::KvFormat;
+    let cpu = Cpu::new();
+    let families = std::fs::read_dir(fixtures().join("tiny")).unwrap();
+    let mut seen = 0;
+    for dir in families.map(|e| e.unwrap().path()).filter(|p| p.join("config.json").exists()) {
+        for (fmt, keep) in [("fp8-weight", vec!["down".to_string()]), ("int8-weight", vec![]), ("fp8", vec![])] {
+            let policy = Policy { outliers: 0, ..Policy::parse(fmt, &keep).unwrap() };
+            assert!(!policy.needs_calibration());
+            let mut after = turbine_models::load(&cpu, &dir).unwrap();
+            policy.apply(&cpu, after.model.decoder_mut().unwrap(), None).unwrap();
+            let deferred = turbine_models::load_with(&cpu, &dir, &policy).unwrap();
+            let dec = deferred.model.decoder().unwrap();
+            assert!(dec.layers.iter().all(|l| [&l.qkv, &l.o, &l.up, &l.down].iter().all(|p| p.host.is_none())));
+            assert!(dec.layers.iter().all(|l| l.down.w.shape().numel() > 0), "kept projections are uploaded");
+            let kept = Policy { kv: KvFormat::Int8, ..policy.clone() };
+            let kept = turbine_models::load_with(&cpu, &dir, &kept).unwrap();
+            let want = logits(after);
+            assert_eq!(want, logits(deferred), "{} {fmt}: deferred", dir.display());
+            assert_eq!(want, logits(kept), "{} {fmt}: kept", dir.display());
+            seen += 1;
+        }
+    }
+    assert_eq!(seen, 30, "ten families, three policies");
+}

@@ -51,6 +51,9 @@ pub struct Linear<B: Ops> {
     /// Input channels multiplied exactly in f32 beside the 8-bit product (their columns of `w`
     /// are zero; with `quant_x`, `smooth` is zero on them).
     pub exact: Option<ExactWeights<B>>,
+    /// The checkpoint's weight `[out, in]` kept on the host while loading, for a precision
+    /// policy to convert from ([`crate::weights::Staging`]); `None` once settled.
+    pub host: Option<HostTensor<'static>>,
 }
 
 /// A projection's outlier input channels and their f32 weights ([`turbine_core::ExactCols`]).
@@ -72,7 +75,36 @@ pub enum ActQuant<B: Ops> {
 impl<B: Ops> Linear<B> {
     /// A plain layer (no scales, no input quantisation).
     pub fn new(w: Tensor<B>, b: Option<Tensor<B>>) -> Self {
-        Linear { w, b, scale: None, quant_x: None, smooth: None, shift: None, exact: None }
+        Linear { w, b, scale: None, quant_x: None, smooth: None, shift: None, exact: None, host: None }
+    }
+
+    /// A plain layer from a host weight `[out, in]`, uploaded (or kept) as the loader's
+    /// [`Weights::staging`] says.
+    pub fn from_host(w: &Weights<'_, B>, host: HostTensor<'static>, b: Option<Tensor<B>>) -> Result<Self> {
+        let (t, host) = w.projection(host)?;
+        Ok(Linear { host, ..Linear::new(t, b) })
+    }
+
+    /// `(out, in)` of the weight, deferred or not.
+    pub fn out_in(&self) -> (usize, usize) {
+        match self.host.as_ref().map(|h| h.shape().dims()) {
+            Some(&[n, k]) => (n, k),
+            _ => (self.w.rows(), self.w.cols()),
+        }
+    }
+
+    /// Whether `w` is a placeholder: the weight is still only on the host.
+    pub fn is_deferred(&self) -> bool {
+        self.host.as_ref().is_some_and(|h| h.shape().numel() > 0) && self.w.shape().numel() == 0
+    }
+
+    /// Drops the host copy, uploading it first (as stored) if the weight is still deferred.
+    pub fn settle(&mut self, b: &B) -> Result<()> {
+        if self.is_deferred() {
+            self.w = b.upload_weight(self.host.as_ref().expect("deferred weights are on the host"))?;
+        }
+        self.host = None;
+        Ok(())
     }
 
     /// The product's epilogue: bias, scales and input quantisation of this layer.
@@ -114,7 +146,7 @@ impl<B: Ops> Linear<B> {
         let eight = |d: DType| matches!(d, DType::F8E4M3 | DType::I8);
         if !hosts.iter().any(|h| eight(h.dtype())) {
             let wparts: Vec<(&str, &[usize])> = wk.iter().zip(&ws).map(|(k, s)| (k.as_str(), &s[..])).collect();
-            return Ok(Linear::new(w.fused_weight(&wparts)?, bias));
+            return Linear::from_host(w, w.stacked(&wparts)?, bias);
         }
         let dtype = hosts[0].dtype();
         if let Some(h) = hosts.iter().position(|h| h.dtype() != dtype) {
@@ -185,6 +217,7 @@ impl<B: Ops> Linear<B> {
             smooth: None,
             shift: None,
             exact: None,
+            host: None,
         })
     }
 }

@@ -12,7 +12,7 @@ use crate::source::safetensors::SafetensorsSource;
 use crate::source::Tracked;
 #[cfg(feature = "tokenizer")]
 use crate::tokenizer::TextTokenizer;
-use crate::weights::Weights;
+use crate::weights::{Staging, Weights};
 use crate::{registry, ModelError, Result};
 
 /// A model with its tokenizer.
@@ -36,7 +36,7 @@ pub struct LoadedModel<B: Ops> {
 /// A checkpoint holding tensors its architecture does not read is refused
 /// ([`ModelError::UnusedWeights`]); [`load_with`] with `Policy::allow_unused_weights` loads it.
 pub fn load<B: Ops>(backend: &B, path: &Path) -> Result<LoadedModel<B>> {
-    load_raw(backend, path, None, false)
+    load_raw(backend, path, None, false, Staging::Upload)
 }
 
 /// [`load`], then stores the projections as `policy` says (running the model over the
@@ -54,11 +54,18 @@ pub fn load_for_context<B: Ops + Clone>(
     policy: &Policy,
     max_context: Option<usize>,
 ) -> Result<LoadedModel<B>> {
-    let mut l = load_raw(backend, path, max_context, policy.allow_unused_weights)?;
     // One calibration run serves both the projections (when the policy needs one) and 8-bit KV
     // pages (their key shifts); a KV cache alone needs a short run.
     let weights = policy.needs_calibration();
     let kv = policy.kv != crate::precision::KvFormat::F32;
+    // Projections a policy converts go to the device once, converted on the host, unless the
+    // model must run first (then they go up as stored, and are converted from a host copy).
+    let staging = match (policy.format, weights || kv) {
+        (crate::precision::Format::Auto, _) => Staging::Upload,
+        (_, true) => Staging::Keep,
+        (_, false) => Staging::Defer,
+    };
+    let mut l = load_raw(backend, path, max_context, policy.allow_unused_weights, staging)?;
     let calib = if weights || kv {
         let tokens = if weights { policy.calib_tokens } else { policy.calib_tokens.min(KV_CALIB_TOKENS) };
         let mut ids = calibration_ids(&l, policy)?;
@@ -115,14 +122,15 @@ fn load_raw<B: Ops>(
     path: &Path,
     max_context: Option<usize>,
     allow_unused: bool,
+    staging: Staging,
 ) -> Result<LoadedModel<B>> {
     if !path.exists() {
         return Err(ModelError::NotFound(path.to_path_buf()));
     }
     let mut l = if path.is_dir() {
-        load_dir(backend, path, max_context, allow_unused)?
+        load_dir(backend, path, max_context, allow_unused, staging)?
     } else {
-        load_gguf(backend, path, max_context, allow_unused)?
+        load_gguf(backend, path, max_context, allow_unused, staging)?
     };
     if let (Some(c), Some(d)) = (max_context, l.model.decoder_mut()) {
         d.spec.max_positions = d.spec.max_positions.min(c);
@@ -143,7 +151,13 @@ pub fn load_tokenizer(path: &Path) -> Result<TextTokenizer> {
     }
 }
 
-fn load_dir<B: Ops>(backend: &B, dir: &Path, max_context: Option<usize>, allow_unused: bool) -> Result<LoadedModel<B>> {
+fn load_dir<B: Ops>(
+    backend: &B,
+    dir: &Path,
+    max_context: Option<usize>,
+    allow_unused: bool,
+    staging: Staging,
+) -> Result<LoadedModel<B>> {
     let cfg_path = dir.join("config.json");
     if !cfg_path.exists() {
         return Err(ModelError::NoConfig(dir.to_path_buf()));
@@ -157,6 +171,7 @@ fn load_dir<B: Ops>(backend: &B, dir: &Path, max_context: Option<usize>, allow_u
     let mut w = Weights::new(&src, backend);
     w.fp8_inputs = crate::weights::Fp8Inputs::from_config(&cfg.0)?;
     w.max_context = max_context;
+    w.staging = staging;
     let model = registry::build(&cfg, &w)?;
     src.check_unused(&model.spec().arch, allow_unused)?;
     let mut eos = model.spec().eos.clone();
@@ -179,6 +194,7 @@ fn load_gguf<B: Ops>(
     path: &Path,
     max_context: Option<usize>,
     allow_unused: bool,
+    staging: Staging,
 ) -> Result<LoadedModel<B>> {
     let file = GgufFile::open(path)?;
     let cfg = config::from_gguf(&file)?;
@@ -193,6 +209,7 @@ fn load_gguf<B: Ops>(
     let src = Tracked::new(GgufSource::new(file)?);
     let mut w = Weights::new(&src, backend);
     w.max_context = max_context;
+    w.staging = staging;
     let model = registry::build(&cfg, &w)?;
     src.check_unused(&model.spec().arch, allow_unused)?;
     let eos = model.spec().eos.clone();

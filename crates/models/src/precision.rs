@@ -334,7 +334,24 @@ impl Policy {
 
     /// Converts the decoder's projections as the policy says (`calib` is required when
     /// [`Policy::needs_calibration`]).
+    ///
+    /// Each projection is converted from its host copy when loading kept one
+    /// ([`crate::weights::Staging`]), else from a download of its weight; every host copy is
+    /// settled (uploaded if still deferred, then dropped) on the way out.
     pub fn apply<B: Ops>(&self, b: &B, dec: &mut Decoder<B>, calib: Option<&Calibration>) -> Result<()> {
+        let converted = self.convert_all(b, dec, calib);
+        for layer in &mut dec.layers {
+            for lin in [&mut layer.qkv, &mut layer.o, &mut layer.up, &mut layer.down] {
+                lin.settle(b)?;
+            }
+        }
+        if let Some(head) = &mut dec.lm_head {
+            head.settle(b)?;
+        }
+        converted
+    }
+
+    fn convert_all<B: Ops>(&self, b: &B, dec: &mut Decoder<B>, calib: Option<&Calibration>) -> Result<()> {
         if self.format == Format::Auto {
             return Ok(());
         }
@@ -342,9 +359,9 @@ impl Policy {
         let (qd, kd) = (s.q_heads * s.head_dim, s.kv_heads * s.head_dim);
         let (layers, gated) = (dec.layers.len(), dec.opts.gated);
         for (i, layer) in dec.layers.iter_mut().enumerate() {
-            let f = layer.down.w.cols();
+            let f = layer.down.out_in().1;
             let up_parts = if gated { vec![f, f] } else { vec![f] };
-            let (o_rows, down_rows) = (layer.o.w.rows(), layer.down.w.rows());
+            let (o_rows, down_rows) = (layer.o.out_in().0, layer.down.out_in().0);
             for (role, lin, parts) in [
                 (Role::Qkv, &mut layer.qkv, vec![qd, kd, kd]),
                 (Role::AttnOut, &mut layer.o, vec![o_rows]),
@@ -435,13 +452,20 @@ pub struct Prep<'a> {
 pub fn convert<B: Ops>(b: &B, lin: &mut Linear<B>, fmt: Format, parts: &[usize], prep: Prep<'_>) -> Result<Vec<u32>> {
     let Prep { gram, smooth, center, outliers } = prep;
     if fmt == Format::Auto {
+        lin.settle(b)?;
         return Ok(Vec::new());
     }
-    let (n, k) = (lin.w.rows(), lin.w.cols());
+    let host = match lin.host.take() {
+        Some(h) => h,
+        None => b.download(&lin.w)?,
+    };
+    let (n, k) = match host.shape().dims() {
+        &[n, k] => (n, k),
+        d => return Err(ModelError::Config(format!("a projection weight is {d:?}, not [out, in]"))),
+    };
     if parts.iter().sum::<usize>() != n {
         return Err(ModelError::Config(format!("projection parts {parts:?} do not add up to its {n} rows")));
     }
-    let host = b.download(&lin.w)?;
     if lin.scale.is_some() {
         return Err(ModelError::Config(format!(
             "this checkpoint's {} weights are already quantised with scales; load it with the format auto",

@@ -16,6 +16,26 @@ pub struct Weights<'a, B: Ops> {
     /// The longest context the model will be run at, if the caller knows it (its KV cache):
     /// position tables are built for that many positions, not the config's.
     pub max_context: Option<usize>,
+    /// What happens to projection weights ([`Weights::projection`]) while loading.
+    pub staging: Staging,
+}
+
+/// What loading does with projection weights when a precision policy will convert them.
+///
+/// A policy converts on the host from the checkpoint's bytes, so no weight comes back from the
+/// device: with [`Staging::Defer`] each projection crosses to the device once, already in its
+/// final format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Staging {
+    /// Uploaded as stored (no policy, or the checkpoint's own format).
+    #[default]
+    Upload,
+    /// Uploaded as stored and kept on the host too ([`crate::layers::Linear::host`]): the model
+    /// runs over calibration text first, then the policy converts from the host copy.
+    Keep,
+    /// Kept on the host only, `w` an empty placeholder `[0, in]` until the policy converts it
+    /// and uploads the result ([`crate::layers::Linear::settle`]): the model cannot run before.
+    Defer,
 }
 
 /// Largest position table (rotary cos and sin) built from a config's context length.
@@ -59,7 +79,7 @@ impl Fp8Inputs {
 impl<'a, B: Ops> Weights<'a, B> {
     /// Wraps a source and a backend.
     pub fn new(src: &'a dyn WeightSource, backend: &'a B) -> Self {
-        Weights { src, backend, fp8_inputs: Fp8Inputs::default(), max_context: None }
+        Weights { src, backend, fp8_inputs: Fp8Inputs::default(), max_context: None, staging: Staging::Upload }
     }
 
     /// Positions a table of the model's positions needs: the config's `model_max`, or fewer when
@@ -139,16 +159,39 @@ impl<'a, B: Ops> Weights<'a, B> {
     /// The tensor `key` stored transposed (`[in, out]`, as GPT-2's Conv1D), uploaded as
     /// `[out, in]`.
     pub fn get_transposed(&self, key: &str, out_in: [usize; 2]) -> Result<Tensor<B>> {
-        let t = self.host(key, &[out_in[1], out_in[0]])?;
-        self.upload(&t.transpose()?)
+        self.upload(&self.host_transposed(key, out_in)?)
+    }
+
+    /// The host tensor `key`, stored `[in, out]`, as `[out, in]`.
+    pub fn host_transposed(&self, key: &str, out_in: [usize; 2]) -> Result<HostTensor<'static>> {
+        Ok(self.host(key, &[out_in[1], out_in[0]])?.transpose()?)
     }
 
     /// The tensor `key` (`[rows, …]` or `[rows]`) with its rows reordered: row `i` of the result
     /// is row `perm[i]` of the file's. `None` if absent.
     pub fn get_permuted(&self, key: &str, shape: &[usize], perm: &[usize]) -> Result<Option<Tensor<B>>> {
+        self.host_permuted(key, shape, perm)?.map(|t| self.upload(&t)).transpose()
+    }
+
+    /// [`Weights::get_permuted`] on the host.
+    pub fn host_permuted(&self, key: &str, shape: &[usize], perm: &[usize]) -> Result<Option<HostTensor<'static>>> {
         let Some(t) = self.opt_host(key, shape)? else { return Ok(None) };
         let rows = as_rows(t)?.permute_rows(perm)?;
-        Ok(Some(self.upload(&rows.reshape(shape.to_vec())?)?))
+        Ok(Some(rows.reshape(shape.to_vec())?))
+    }
+
+    /// A projection weight `[out, in]` as [`Weights::staging`] says: the device tensor (kept in
+    /// its stored type where the products read it, as [`Weights::fused_weight`]; an empty
+    /// `[0, in]` placeholder when deferred) and the host copy, if kept.
+    pub fn projection(&self, host: HostTensor<'static>) -> Result<(Tensor<B>, Option<HostTensor<'static>>)> {
+        match self.staging {
+            Staging::Upload => Ok((self.backend.upload_weight(&host)?, None)),
+            Staging::Keep => Ok((self.backend.upload_weight(&host)?, Some(host))),
+            Staging::Defer => {
+                let k = host.shape().dims().get(1).copied().unwrap_or(0);
+                Ok((self.backend.upload(&HostTensor::from_f32([0, k], &[])?)?, Some(host)))
+            }
+        }
     }
 
     /// Several matrices stacked along rows into one (fused QKV or gate/up projections). Parts of
@@ -164,7 +207,7 @@ impl<'a, B: Ops> Weights<'a, B> {
     }
 
     /// The parts stacked on the host.
-    fn stacked(&self, parts: &[(&str, &[usize])]) -> Result<HostTensor<'a>> {
+    pub fn stacked(&self, parts: &[(&str, &[usize])]) -> Result<HostTensor<'static>> {
         stack(parts.iter().map(|(k, s)| self.host(k, s)).collect::<Result<Vec<_>>>()?)
     }
 

@@ -45,20 +45,49 @@ pub struct ModelSection {
     /// Load a checkpoint that holds tensors the architecture does not use (they are ignored);
     /// by default such a checkpoint is refused, naming them.
     pub allow_unused_weights: bool,
+    /// A precision policy file (TOML, the CLI's `--precision`: format, keep, kv, outliers,
+    /// rounding, calibration…). It is the base: `dtype`, `keep`, `outliers` and `[engine]
+    /// kv_dtype` override its keys when set to other than their defaults.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub precision: Option<String>,
 }
 
 impl ModelSection {
     /// The precision policy's written form: `dtype`, `keep`, `outliers`, `allow_unused_weights`
     /// and the KV cache's storage `kv` (`[engine] kv_dtype`), the same spec the CLI's flags make.
-    pub fn spec(&self, kv: &str) -> turbine_models::policy_file::PolicySpec {
-        turbine_models::policy_file::PolicySpec {
-            format: self.dtype.clone(),
-            keep: self.keep.clone(),
-            kv: kv.to_string(),
-            outliers: self.outliers,
-            allow_unused_weights: self.allow_unused_weights,
-            ..Default::default()
+    /// With `precision`, the file's spec is the base and these keys override it where they
+    /// differ from their defaults (`auto`, none, `f32`).
+    pub fn spec(&self, kv: &str) -> anyhow::Result<turbine_models::policy_file::PolicySpec> {
+        use turbine_models::policy_file::PolicySpec;
+        let Some(path) = &self.precision else {
+            return Ok(PolicySpec {
+                format: self.dtype.clone(),
+                keep: self.keep.clone(),
+                kv: kv.to_string(),
+                outliers: self.outliers,
+                allow_unused_weights: self.allow_unused_weights,
+                ..Default::default()
+            });
+        };
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| anyhow::anyhow!("model.precision: cannot read the policy file {path}: {e}"))?;
+        let mut spec: PolicySpec =
+            toml::from_str(&text).map_err(|e| anyhow::anyhow!("model.precision: {path}: {}", e.message()))?;
+        let defaults = ModelSection::default();
+        if self.dtype != defaults.dtype {
+            spec.format = self.dtype.clone();
         }
+        if !self.keep.is_empty() {
+            spec.keep = self.keep.clone();
+        }
+        if self.outliers.is_some() {
+            spec.outliers = self.outliers;
+        }
+        if kv != EngineSection::default().kv_dtype {
+            spec.kv = kv.to_string();
+        }
+        spec.allow_unused_weights |= self.allow_unused_weights;
+        Ok(spec)
     }
 }
 
@@ -72,6 +101,7 @@ impl Default for ModelSection {
             keep: Vec::new(),
             outliers: None,
             allow_unused_weights: false,
+            precision: None,
         }
     }
 }
@@ -204,12 +234,16 @@ impl ServeConfig {
         Self::parse(&text, &path.display().to_string())
     }
 
-    /// The precision policy of `[model]` and `[engine] kv_dtype`; the error names the keys.
+    /// The precision policy of `[model]` (its `precision` file, then its keys) and `[engine]
+    /// kv_dtype`; the error names the keys.
     pub fn policy(&self) -> anyhow::Result<turbine_models::precision::Policy> {
-        self.model
-            .spec(&self.engine.kv_dtype)
-            .policy()
-            .map_err(|e| anyhow::anyhow!("model.dtype / model.keep / engine.kv_dtype: {e}"))
+        let spec = self.model.spec(&self.engine.kv_dtype)?;
+        let keys = if self.model.precision.is_some() {
+            "model.precision / model.dtype / model.keep / engine.kv_dtype"
+        } else {
+            "model.dtype / model.keep / engine.kv_dtype"
+        };
+        spec.policy().map_err(|e| anyhow::anyhow!("{keys}: {e}"))
     }
 
     /// Checks the values together; the message names the key.
@@ -288,6 +322,30 @@ mod tests {
         let back = ServeConfig::parse(&text, "printed").unwrap();
         assert_eq!(back.engine, c.engine);
         assert_eq!(back.limits, c.limits);
+    }
+
+    #[test]
+    fn a_policy_file_is_the_base_and_set_keys_override_it() {
+        use turbine_models::precision::{Format, KvFormat, Rounding};
+        let dir = std::env::temp_dir().join(format!("turbine-config-policy-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("p.toml");
+        std::fs::write(&file, "format = \"int8-weight\"\nkv = \"int8\"\nrounding = \"gptq\"\n").unwrap();
+        let text = format!("[model]\nprecision = {:?}\n", file.to_str().unwrap());
+        let c = ServeConfig::parse(&text, "t.toml").unwrap();
+        c.validate().unwrap();
+        let p = c.policy().unwrap();
+        assert_eq!((p.format, p.kv, p.rounding), (Format::Int8Weight, KvFormat::Int8, Rounding::Gptq));
+        let c =
+            ServeConfig::parse(&format!("{text}dtype = \"fp8\"\n[engine]\nkv_dtype = \"fp8\"\n"), "t.toml").unwrap();
+        let p = c.policy().unwrap();
+        assert_eq!((p.format, p.kv, p.rounding), (Format::Fp8, KvFormat::Fp8, Rounding::Gptq));
+        std::fs::write(&file, "format = \"fp4\"\n").unwrap();
+        let e = ServeConfig::parse(&text, "t.toml").unwrap().validate().unwrap_err().to_string();
+        assert!(e.contains("model.precision") && e.contains("fp4"), "{e}");
+        std::fs::remove_dir_all(&dir).unwrap();
+        let e = ServeConfig::parse(&text, "t.toml").unwrap().validate().unwrap_err().to_string();
+        assert!(e.contains("model.precision") && e.contains("p.toml"), "{e}");
     }
 
     #[test]

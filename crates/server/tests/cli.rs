@@ -475,6 +475,16 @@ fn serve_config_file_flags_and_print_config() {
     fails_with(&turbine(&["serve", "--config", f, "--print-config"]), "engine.max_batch");
     fails_with(&turbine(&["serve", "--config", "/no/such.toml"]), "/no/such.toml");
     fails_with(&turbine(&["serve", "--dtype", "fp7", "--print-config"]), "fp7");
+    // A precision policy file, as the other commands take it.
+    let policy = dir.join("policy.toml");
+    std::fs::write(&policy, "format = \"int8-weight\"\n").unwrap();
+    let p = policy.to_str().unwrap();
+    let out = turbine(&["serve", "--precision", p, "--print-config"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains(&format!("precision = {p:?}")));
+    std::fs::write(&policy, "format = \"fp7\"\n").unwrap();
+    fails_with(&turbine(&["serve", "--precision", p, "--print-config"]), "fp7");
+    fails_with(&turbine(&["serve", "--precision", "/no/policy.toml", "--print-config"]), "/no/policy.toml");
 }
 
 #[test]

@@ -74,11 +74,12 @@ impl<B: Ops> Architecture<B> for Falcon<B> {
                 let p = |n: &str| format!("transformer.h.{i}.{n}");
                 let qkv_key = p("self_attention.query_key_value");
                 let qkv = match &order {
-                    Some(perm) => Linear::new(
-                        w.get_permuted(&format!("{qkv_key}.weight"), &[qkv_rows, h], perm)?
+                    Some(perm) => Linear::from_host(
+                        w,
+                        w.host_permuted(&format!("{qkv_key}.weight"), &[qkv_rows, h], perm)?
                             .ok_or_else(|| ModelError::MissingWeight { key: format!("{qkv_key}.weight") })?,
                         w.get_permuted(&format!("{qkv_key}.bias"), &[qkv_rows], perm)?,
-                    ),
+                    )?,
                     None => Linear::load(w, &qkv_key, qkv_rows, h)?,
                 };
                 let (attn_norm, mlp_norm) = if two_norms {

@@ -18,7 +18,7 @@ pub struct Gpt2<B: Ops>(Decoder<B>);
 
 /// A Conv1D layer: weight `[in, out]` in the file, bias `[out]`.
 fn conv1d<B: Ops>(w: &Weights<'_, B>, prefix: &str, out: usize, inp: usize) -> Result<Linear<B>> {
-    Ok(Linear::new(w.get_transposed(&format!("{prefix}.weight"), [out, inp])?, w.get_opt(&format!("{prefix}.bias"), &[out])?))
+    Linear::from_host(w, w.host_transposed(&format!("{prefix}.weight"), [out, inp])?, w.get_opt(&format!("{prefix}.bias"), &[out])?)
 }
 
 impl<B: Ops> Architecture<B> for Gpt2<B> {

@@ -27,7 +27,7 @@ pub(crate) fn per_head_qkv<B: Ops>(
     let perm = per_head_qkv_order(heads, d);
     let key = format!("{prefix}.weight");
     let bias = w.get_permuted(&format!("{prefix}.bias"), &[3 * heads * d], &perm)?;
-    Ok(Linear::new(w.get_permuted(&key, &[3 * heads * d, h], &perm)?.ok_or(ModelError::MissingWeight { key })?, bias))
+    Linear::from_host(w, w.host_permuted(&key, &[3 * heads * d, h], &perm)?.ok_or(ModelError::MissingWeight { key })?, bias)
 }
 
 impl<B: Ops> Architecture<B> for GptNeoX<B> {

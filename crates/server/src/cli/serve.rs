@@ -41,6 +41,10 @@ pub struct ServeArgs {
     /// Load a checkpoint that holds tensors the architecture does not use (ignoring them).
     #[arg(long)]
     allow_unused_weights: bool,
+    /// A precision policy file (TOML, as `generate --precision`); --dtype, --keep, --outliers
+    /// and --kv-dtype override its keys.
+    #[arg(long, value_name = "FILE")]
+    precision: Option<String>,
     /// Address to bind (default 127.0.0.1, loopback only).
     #[arg(long)]
     host: Option<String>,
@@ -111,6 +115,9 @@ impl ServeArgs {
             c.model.outliers = self.outliers;
         }
         c.model.allow_unused_weights |= self.allow_unused_weights;
+        if self.precision.is_some() {
+            c.model.precision = self.precision.clone();
+        }
         set(&mut c.server.host, &self.host);
         set(&mut c.server.port, &self.port);
         set(&mut c.server.drain_timeout_s, &self.drain_timeout);
