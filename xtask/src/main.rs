@@ -21,11 +21,15 @@ use std::process::Command;
 
 use anyhow::{bail, Context, Result};
 
+#[cfg(feature = "cuda")]
 mod emu;
+#[cfg(feature = "cuda")]
 mod gpu_check;
 mod gpu_report;
+#[cfg(feature = "cuda")]
 mod kernels;
 mod serve_check;
+#[cfg(feature = "cuda")]
 mod suites;
 
 const GOLDEN_SUITES: &[&str] = &["golden_tiny", "golden_real"];
@@ -106,16 +110,24 @@ fn main() -> Result<()> {
             cargo(&["test", "--workspace"])
         }
         Some("gen-fixtures") => gen_fixtures(&args[1..]),
+        #[cfg(feature = "cuda")]
         Some("kernels") => kernels::run(),
+        #[cfg(feature = "cuda")]
         Some("emu") if args.get(1).is_some_and(|a| a == "--build") => emu::build().map(|lib| {
             println!("LD_LIBRARY_PATH={} TURBINE_CUDA_PTX=target/kernels/sm_90a", lib.display());
         }),
+        #[cfg(feature = "cuda")]
         Some("emu") => emu::run(&args[1..]),
+        #[cfg(feature = "cuda")]
         Some("gpu-check") => match args.get(1).map(String::as_str) {
             Some("--prepare") => gpu_check::prepare(std::path::Path::new(args.get(2).context("--prepare needs a folder")?)),
             Some(report) => gpu_check::prepare_and_run(std::path::Path::new(report)),
             None => bail!("usage: cargo xtask gpu-check (--prepare DIR | REPORT_DIR)"),
         },
+        #[cfg(not(feature = "cuda"))]
+        Some(cmd @ ("kernels" | "emu" | "gpu-check")) => {
+            bail!("`{cmd}` compiles the CUDA kernels: this xtask was built without its `cuda` feature")
+        }
         Some("serve-check") => match (args.get(1), args.get(2)) {
             (Some(turbine), Some(model)) => {
                 serve_check::run(std::path::Path::new(turbine), std::path::Path::new(model), &|_| {})
