@@ -209,3 +209,31 @@ __device__ __forceinline__ void gather_row(const u32* ids, float scale, int accu
 
 // Instantiates `NAME_f32`, `NAME_f16` and `NAME_bf16` from a template kernel body macro.
 #define TURBINE_FOR_TYPES(M) M(f32, float) M(f16, __half) M(bf16, __nv_bfloat16)
+
+// One warp's tensor-core product D = A·B + D on a 16×8×16 tile, f32 accumulation, 16-bit
+// operands (BF16: bfloat16, else half) packed two to a register, lower k in the lower half:
+// PTX `mma.sync.aligned.m16n8k16.row.col` (sm_80 and later). Lane l, g = l / 4, t = l % 4:
+//   a[0] = A[g][2t, 2t+1]   a[1] = A[g+8][2t, 2t+1]   a[2] = A[g][2t+8, +9]   a[3] = A[g+8][2t+8, +9]
+//   b[0] = B[2t, 2t+1][g]   b[1] = B[2t+8, +9][g]
+//   d[0], d[1] = D[g][2t, 2t+1]   d[2], d[3] = D[g+8][2t, 2t+1]
+// Each D value depends only on its row of A, its column of B and its own accumulator.
+template <bool BF16>
+__device__ __forceinline__ void mma_16816(float d[4], const u32 a[4], const u32 b[2]) {
+#ifdef TURBINE_EMU
+    emu::warp_mma_16816(d, a, b, BF16);
+#else
+    if (BF16) {
+        asm volatile(
+            "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+            "{%0,%1,%2,%3};"
+            : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+            : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+    } else {
+        asm volatile(
+            "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+            "{%0,%1,%2,%3};"
+            : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+            : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+    }
+#endif
+}

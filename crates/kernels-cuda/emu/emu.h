@@ -11,6 +11,8 @@
 // order) and the host code that drives them; it says nothing about speed, and its floating-point
 // results differ from a GPU's where CUDA's fast intrinsics (`__expf`, `rsqrtf`) are approximate.
 #pragma once
+// Kernels that use a PTX instruction (inline `asm`) call the emulator's version under this.
+#define TURBINE_EMU 1
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
@@ -33,6 +35,9 @@ typedef uint3 dim3;
 // GPU would fault on.
 struct alignas(8) uint2 {
     unsigned x, y;
+};
+struct alignas(8) float2 {
+    float x, y;
 };
 struct alignas(16) float4 {
     float x, y, z, w;
@@ -62,6 +67,14 @@ void sync_block();
 uint64_t warp_exchange(uint64_t v, int src);
 /// The predicate of every lane of this warp as a bit mask.
 unsigned warp_ballot(bool pred);
+/// `mma.sync.aligned.m16n8k16.row.col.f32.{bf16|f16}.{bf16|f16}.f32` with D = C in place: the
+/// warp's 16×16 A, 16×8 B and 16×8 C tiles held in the lanes' registers as the PTX ISA lays
+/// them out (lane l, group g = l / 4, t = l % 4: a0..a3 = A[g][2t..], A[g+8][2t..], A[g][2t+8..],
+/// A[g+8][2t+8..]; b0, b1 = B[2t..][g], B[2t+8..][g]; c0..c3 = C[g][2t], C[g][2t+1], C[g+8][2t],
+/// C[g+8][2t+1]; the lower half of a register is the lower k). Each D value is its 16 products
+/// (exact) and C summed in double and rounded once to f32: a GPU's tensor cores use their own
+/// order and internal precision, which the emulator cannot know.
+void warp_mma_16816(float d[4], const uint32_t a[4], const uint32_t b[2], bool bf16);
 
 template <typename T>
 inline uint64_t to_word(T v) {
@@ -187,6 +200,7 @@ struct __nv_bfloat16 {
 inline float __bfloat162float(__nv_bfloat16 b) { return emu::from_word<float>((uint32_t)b.x << 16); }
 inline __nv_bfloat16 __float2bfloat16_rn(float f) { return __nv_bfloat16(emu::f32_to_bf16_bits(f), 0); }
 inline __nv_bfloat16 __float2bfloat16(float f) { return __float2bfloat16_rn(f); }
+inline unsigned short __bfloat16_as_ushort(__nv_bfloat16 b) { return b.x; }
 
 // cuda_fp8.h (E4M3 only: the one FP8 format the kernels use)
 typedef unsigned char __nv_fp8_storage_t;

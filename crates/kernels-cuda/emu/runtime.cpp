@@ -68,6 +68,8 @@ struct Sched {
     void** params = nullptr;
     unsigned threads = 0;
     uint64_t xchg[32][32];
+    /// Each lane's MMA operands (a0..a3, b0, b1) for `warp_mma_16816`.
+    uint32_t mma_in[32][32][6];
     std::string error;
 };
 
@@ -150,6 +152,37 @@ unsigned warp_ballot(bool pred) {
     for (unsigned l = 0; l < lanes; l++) bits |= (s.xchg[warp][l] ? 1u : 0u) << l;
     park(State::Warp);
     return bits;
+}
+
+void warp_mma_16816(float d[4], const uint32_t a[4], const uint32_t b[2], bool bf16) {
+    Sched& s = *tl_sched;
+    unsigned lane = tl.cur->linear & 31, warp = tl.cur->linear >> 5;
+    uint32_t* mine = s.mma_in[warp][lane];
+    for (int i = 0; i < 4; i++) mine[i] = a[i];
+    mine[4] = b[0];
+    mine[5] = b[1];
+    park(State::Warp);
+    // Element `half` (0: bits 0..15) of register `reg` of lane `l`, as a float.
+    auto value = [&](unsigned l, int reg, int half) {
+        uint16_t h = (uint16_t)(s.mma_in[warp][l][reg] >> (16 * half));
+        return bf16 ? from_word<float>((uint32_t)h << 16) : f16_bits_to_f32(h);
+    };
+    // A[row][k] lies in lane 4 (row % 8) + (k % 8) / 2, register (row >= 8) + 2 (k >= 8);
+    // B[k][col] in lane 4 col + (k % 8) / 2, register 4 + (k >= 8); half k % 2.
+    auto a_at = [&](unsigned row, unsigned k) {
+        return value(4 * (row % 8) + (k % 8) / 2, (row >= 8 ? 1 : 0) + (k >= 8 ? 2 : 0), k % 2);
+    };
+    auto b_at = [&](unsigned k, unsigned col) { return value(4 * col + (k % 8) / 2, 4 + (k >= 8 ? 1 : 0), k % 2); };
+    unsigned g = lane / 4, t = lane % 4;
+    float out[4];
+    for (int r = 0; r < 4; r++) {
+        unsigned row = g + 8 * (r / 2), col = 2 * t + r % 2;
+        double sum = d[r];
+        for (unsigned k = 0; k < 16; k++) sum += (double)a_at(row, k) * (double)b_at(k, col);
+        out[r] = (float)sum;
+    }
+    park(State::Warp);
+    for (int r = 0; r < 4; r++) d[r] = out[r];
 }
 
 static bool reverse_order() {

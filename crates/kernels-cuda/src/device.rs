@@ -73,6 +73,9 @@ struct Inner {
     /// (`TURBINE_CUDA_PRODUCTS=invariant`, the default), or products of more than a few rows on
     /// cuBLASLt (`fast`: tensor cores, but a row's bits then depend on its batch).
     invariant: bool,
+    /// Invariant products of f16/bf16 weights on this crate's tensor-core kernel (`cu/mma.cu`;
+    /// `TURBINE_CUDA_MMA=on`, the default) rather than the gemv tiles (`off`).
+    mma: bool,
 }
 
 /// The CUDA backend on one device (cheap to clone: the clones share the device).
@@ -109,6 +112,11 @@ impl Cuda {
             Ok(other) => {
                 return Err(backend_err(format!("TURBINE_CUDA_PRODUCTS={other:?}: use invariant or fast")));
             }
+        };
+        let mma = match std::env::var("TURBINE_CUDA_MMA").as_deref() {
+            Err(_) | Ok("on") => true,
+            Ok("off") => false,
+            Ok(other) => return Err(backend_err(format!("TURBINE_CUDA_MMA={other:?}: use on or off"))),
         };
         let stream = ctx.default_stream();
         let mut modules = Vec::new();
@@ -150,6 +158,7 @@ impl Cuda {
             epoch: Epoch::default(),
             graphs: Graphs::new(),
             invariant,
+            mma,
         };
         Ok(Cuda { inner: Arc::new(inner) })
     }
@@ -157,6 +166,13 @@ impl Cuda {
     /// Whether every product is batch invariant (see `TURBINE_CUDA_PRODUCTS` in the README).
     pub fn invariant_products(&self) -> bool {
         self.inner.invariant
+    }
+
+    /// Whether products of f16/bf16 weights run on tensor cores, batch invariant (`cu/mma.cu`:
+    /// the input rounded to the weights' type, f32 accumulation): invariant products with
+    /// `TURBINE_CUDA_MMA` on (the default).
+    pub fn tensor_core_products(&self) -> bool {
+        self.inner.invariant && self.inner.mma
     }
 
     /// The device's name.
@@ -316,10 +332,12 @@ pub(crate) enum Slot {
     Gated,
     /// A step's inputs, packed for one host-to-device copy (`Backend::write_many`).
     Inputs,
+    /// The K splits of a tensor-core product before `sum_splits` adds them.
+    Splits,
 }
 
 impl Slot {
-    const COUNT: usize = 9;
+    const COUNT: usize = 10;
 }
 
 /// Checks that `host` fits `dst` (same dtype, within its capacity); returns its byte length.

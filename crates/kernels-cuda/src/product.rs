@@ -26,6 +26,9 @@ pub(crate) enum Path {
     W8a8Gemv,
     /// W8A8 on cuBLASLt's FP8 tensor cores (both sides widened to bf16 where the GPU has none).
     W8a8Blas,
+    /// f16 or bf16 weights on this crate's tensor-core kernel (`mma16_*`), K split by
+    /// [`mma_splits`], the splits added by `sum_splits`.
+    Mma16 { ty: Ty },
     /// f32 weights on f32 cuBLASLt.
     BlasF32,
     /// f16 or bf16 weights on cuBLASLt, the input converted to their type.
@@ -57,8 +60,10 @@ impl Plan {
 
 /// Chooses the product for `m` rows of `k` values against weights of type `wt`. `invariant`:
 /// every product on the kernels whose row sums do not depend on `m` (the default products
-/// mode); otherwise only products of at most [`GEMV_ROWS`] rows. `exact_cols`: columns of the
-/// epilogue's exact correction (the epilogue kernel applies them).
+/// mode); otherwise only products of at most [`GEMV_ROWS`] rows. `mma`: invariant products of
+/// f16/bf16 weights on the tensor-core kernel, for every `m` (a row's bits must not depend on
+/// which kernel its batch size picks). `exact_cols`: columns of the epilogue's exact correction
+/// (the epilogue kernel applies them).
 #[allow(clippy::too_many_arguments)] // plain values, so that tests state every input
 pub(crate) fn plan(
     wt: DType,
@@ -66,6 +71,7 @@ pub(crate) fn plan(
     m: usize,
     k: usize,
     invariant: bool,
+    mma: bool,
     act: Option<Act>,
     gated: bool,
     exact_cols: usize,
@@ -74,6 +80,8 @@ pub(crate) fn plan(
     let kernel = (invariant || m <= GEMV_ROWS) && k % 4 == 0;
     let gate = act.filter(|_| gated).map(act_code);
     let path = match (wt, w8a8) {
+        (DType::F16, false) if invariant && mma => Path::Mma16 { ty: Ty::F16 },
+        (DType::BF16, false) if invariant && mma => Path::Mma16 { ty: Ty::Bf16 },
         (DType::F32 | DType::F16 | DType::BF16, false) if kernel => Path::GemvFloat {
             wtype: match wt {
                 DType::F16 => 1,
@@ -101,6 +109,18 @@ pub(crate) fn plan(
     Ok(Plan { path, fused, gate })
 }
 
+/// How a tensor-core product of `n` output columns splits its `k` values: `(splits, kchunk)`,
+/// chosen from (n, k) alone so that a row's bits never depend on the batch. Enough splits that
+/// the 64-column tiles times the splits make at least 256 blocks (a small product must still
+/// fill a large GPU at batch 1), each split at least 512 values; `kchunk` is a multiple of 32
+/// (the kernel's step) and `splits × kchunk` covers k.
+pub(crate) fn mma_splits(n: usize, k: usize) -> (usize, usize) {
+    let want = 256usize.div_ceil(n.div_ceil(64).max(1));
+    let splits = want.clamp(1, (k / 512).max(1));
+    let kchunk = k.div_ceil(splits).next_multiple_of(32).max(32);
+    (k.div_ceil(kchunk).max(1), kchunk)
+}
+
 impl Cuda {
     /// `out = epilogue(x · wᵀ)` on the path [`plan`] chooses (shapes and types checked by the
     /// caller; `exact_cols` from [`Epilogue::check`]).
@@ -114,8 +134,17 @@ impl Cuda {
     ) -> Result<()> {
         const OP: &str = "matmul";
         let (m, k, n) = (x.rows(), x.cols(), w.rows());
-        let plan =
-            plan(w.dtype(), epi.quant_x.is_some(), m, k, self.invariant_products(), epi.act, epi.gated, exact_cols)?;
+        let plan = plan(
+            w.dtype(),
+            epi.quant_x.is_some(),
+            m,
+            k,
+            self.invariant_products(),
+            self.tensor_core_products(),
+            epi.act,
+            epi.gated,
+            exact_cols,
+        )?;
         let (mu, nu, ku) = (u32_of(OP, m)?, u32_of(OP, n)?, u32_of(OP, k)?);
         let out_p = self.ptr(out);
         let acc_p = if plan.fused { 0 } else { self.slot(Slot::Acc, m * n * 4)? };
@@ -212,6 +241,23 @@ impl Cuda {
             Path::GemvGguf { fmt } => gemv!(GemvGgufF32, GemvGgufGatedF32,
                 x: x_p, w: w_p, acc: dst, m: mu, n: cols_u, k: ku, fmt: fmt,
                 col_scale: col_scale, bias: bias, accumulate: accumulate, gate: gate),
+            Path::Mma16 { ty } => {
+                let (splits, kchunk) = mma_splits(n, k);
+                let part = if splits == 1 { acc_p } else { self.slot(Slot::Splits, splits * m * n * 4)? };
+                let grid = (u32_of(OP, n.div_ceil(64))?, u32_of(OP, m.div_ceil(64))?, u32_of(OP, splits)?);
+                let kchunk = u32_of(OP, kchunk)?;
+                match ty {
+                    Ty::Bf16 => {
+                        self.run(&Mma16Bf16 { x: x_p, w: w_p, part, m: mu, n: nu, k: ku, kchunk }, grid, 128)?
+                    }
+                    Ty::F16 => self.run(&Mma16F16 { x: x_p, w: w_p, part, m: mu, n: nu, k: ku, kchunk }, grid, 128)?,
+                    Ty::F32 => return Err(Error::invalid(OP, "the tensor-core product takes 16-bit weights")),
+                }
+                if splits > 1 {
+                    let s = SumSplits { part, acc: acc_p, count: (m * n) as u64, splits: u32_of(OP, splits)? };
+                    self.run(&s, (Self::stride_blocks(m * n), 1, 1), 256)?;
+                }
+            }
             Path::BlasF32 => blas.matmul(stream, x_p, DType::F32, w_p, DType::F32, acc_p, (m, n, k))?,
             Path::Blas16 { ty } => {
                 let xs = self.slot(Slot::Input16, m * k * 2)?;
@@ -282,7 +328,7 @@ mod tests {
     use super::*;
 
     fn p(wt: DType, w8a8: bool, m: usize, invariant: bool) -> Plan {
-        plan(wt, w8a8, m, 64, invariant, None, false, 0).unwrap()
+        plan(wt, w8a8, m, 64, invariant, false, None, false, 0).unwrap()
     }
 
     #[test]
@@ -308,26 +354,60 @@ mod tests {
         assert_eq!(p(DType::Q8_0, false, 9, false).path, Path::BlasWidenedGguf { fmt: 0 });
         assert_eq!(p(DType::F8E4M3, true, 9, false).path, Path::W8a8Blas);
         // Rows whose length is not a multiple of 4 never go to the kernels.
-        assert_eq!(plan(DType::F32, false, 1, 63, true, None, false, 0).unwrap().path, Path::BlasF32);
+        assert_eq!(plan(DType::F32, false, 1, 63, true, false, None, false, 0).unwrap().path, Path::BlasF32);
+    }
+
+    #[test]
+    fn sixteen_bit_weights_take_the_tensor_cores_for_every_row_count() {
+        let mma = |wt: DType, m: usize, invariant: bool| {
+            plan(wt, false, m, 4096, invariant, true, Some(Act::Silu), true, 0).unwrap()
+        };
+        for m in [1, 8, 9, 64, 4096] {
+            let p = mma(DType::BF16, m, true);
+            // Not fused: the epilogue kernel applies scales, bias, the gate and accumulation.
+            assert_eq!(p, Plan { path: Path::Mma16 { ty: Ty::Bf16 }, fused: false, gate: Some(0) });
+            assert_eq!(mma(DType::F16, m, true).path, Path::Mma16 { ty: Ty::F16 });
+            // f32, 8-bit and GGUF weights keep their kernels.
+            assert_eq!(mma(DType::F32, m, true).path, Path::GemvFloat { wtype: 0 });
+            assert_eq!(mma(DType::I8, m, true).path, Path::Gemv8bit { int8: true });
+        }
+        // Fast products keep cuBLASLt above a few rows, the gemv tiles below.
+        assert_eq!(mma(DType::BF16, 9, false).path, Path::Blas16 { ty: Ty::Bf16 });
+        assert_eq!(mma(DType::BF16, 8, false).path, Path::GemvFloat { wtype: 2 });
+    }
+
+    #[test]
+    fn tensor_core_splits_depend_on_n_and_k_only_and_cover_k() {
+        for (n, k) in [(2048, 2048), (2048, 8192), (3072, 2048), (16384, 2048), (128256, 2048), (24, 512), (64, 17)] {
+            let (splits, kchunk) = mma_splits(n, k);
+            assert!(splits >= 1 && kchunk % 32 == 0, "{n} {k}: {splits} x {kchunk}");
+            assert!(splits * kchunk >= k && (splits - 1) * kchunk < k.max(1), "{n} {k}: {splits} x {kchunk}");
+            assert!(splits == 1 || kchunk >= 512, "{n} {k}: splits of at least 512");
+        }
+        // A narrow product at batch 1 still makes many blocks; a wide one needs no split.
+        assert_eq!(mma_splits(2048, 2048), (4, 512));
+        assert_eq!(mma_splits(2048, 8192).0, 8);
+        assert_eq!(mma_splits(16384, 2048).0, 1);
+        assert_eq!(mma_splits(64, 0), (1, 32));
     }
 
     #[test]
     fn epilogues_fuse_when_the_kernel_can_finish_them() {
-        let gated = plan(DType::BF16, false, 4, 64, true, Some(Act::Silu), true, 0).unwrap();
+        let gated = plan(DType::BF16, false, 4, 64, true, false, Some(Act::Silu), true, 0).unwrap();
         assert_eq!((gated.fused, gated.gate, gated.kernel_gate()), (true, Some(0), Some(0)));
         // A plain activation, exact columns or cuBLASLt leave the epilogue to its kernel.
-        let act = plan(DType::BF16, false, 4, 64, true, Some(Act::GeluTanh), false, 0).unwrap();
+        let act = plan(DType::BF16, false, 4, 64, true, false, Some(Act::GeluTanh), false, 0).unwrap();
         assert!(!act.fused && act.gate.is_none());
-        let exact = plan(DType::BF16, false, 4, 64, true, None, false, 3).unwrap();
+        let exact = plan(DType::BF16, false, 4, 64, true, false, None, false, 3).unwrap();
         assert!(!exact.fused);
-        let blas = plan(DType::BF16, false, 64, 64, false, Some(Act::Silu), true, 0).unwrap();
+        let blas = plan(DType::BF16, false, 64, 64, false, false, Some(Act::Silu), true, 0).unwrap();
         assert_eq!((blas.fused, blas.gate, blas.kernel_gate()), (false, Some(0), None));
     }
 
     #[test]
     fn unsupported_combinations_are_errors() {
-        let e = plan(DType::BF16, true, 4, 64, true, None, false, 0).unwrap_err();
+        let e = plan(DType::BF16, true, 4, 64, true, false, None, false, 0).unwrap_err();
         assert!(e.to_string().contains("FP8 input quantisation needs FP8 weights"), "{e}");
-        assert!(plan(DType::U32, false, 4, 64, true, None, false, 0).is_err());
+        assert!(plan(DType::U32, false, 4, 64, true, false, None, false, 0).is_err());
     }
 }

@@ -23,6 +23,7 @@ pub const SOURCES: &[KernelSource] = &[
     KernelSource { name: "attention", src: include_str!("../cu/attention.cu") },
     KernelSource { name: "sample", src: include_str!("../cu/sample.cu") },
     KernelSource { name: "gemm", src: include_str!("../cu/gemm.cu") },
+    KernelSource { name: "mma", src: include_str!("../cu/mma.cu") },
     KernelSource { name: "gguf", src: include_str!("../cu/gguf.cu") },
 ];
 

@@ -500,16 +500,19 @@ fn cuda_or_skip(what: &str) -> Option<Cuda> {
 /// Products of weights stored as 16-bit floats or GGUF blocks give exactly the bits of the same
 /// weights widened to f32 (a checkpoint's storage changes the bytes read, never the arithmetic),
 /// with 1 to 12 rows, on the CPU and on CUDA (under `TURBINE_CUDA_PRODUCTS=fast`, only for the
-/// rows its own kernels take).
+/// rows its own kernels take). On CUDA's tensor cores (the default for f16/bf16 weights) the
+/// input is rounded to the weights' type, so there only GGUF blocks are held to this; their
+/// own test is below.
 #[test]
 fn stored_weights_multiply_as_their_f32_widening() {
-    fn check<B: Ops>(b: &B, name: &str, max_rows: usize) {
+    fn check<B: Ops>(b: &B, name: &str, max_rows: usize, sixteen_bit: bool) {
         let (n, k) = (24, 512);
         let w = rand(n * k, 40, 0.3);
-        let mut stored: Vec<(DType, Vec<u8>)> = vec![
-            (DType::F16, w.iter().flat_map(|&v| half::f16::from_f32(v).to_le_bytes()).collect()),
-            (DType::BF16, w.iter().flat_map(|&v| half::bf16::from_f32(v).to_le_bytes()).collect()),
-        ];
+        let mut stored: Vec<(DType, Vec<u8>)> = Vec::new();
+        if sixteen_bit {
+            stored.push((DType::F16, w.iter().flat_map(|&v| half::f16::from_f32(v).to_le_bytes()).collect()));
+            stored.push((DType::BF16, w.iter().flat_map(|&v| half::bf16::from_f32(v).to_le_bytes()).collect()));
+        }
         for dtype in
             [DType::Q8_0, DType::Q4_0, DType::Q4_1, DType::Q5_0, DType::Q5_1, DType::Q4_K, DType::Q5_K, DType::Q6_K]
         {
@@ -529,10 +532,54 @@ fn stored_weights_multiply_as_their_f32_widening() {
             }
         }
     }
-    check(&Cpu::new(), "cpu", 12);
+    check(&Cpu::new(), "cpu", 12, true);
     if let Some(cuda) = cuda_or_skip("the CUDA half of this test") {
         let rows = if cuda.invariant_products() { 12 } else { 8 };
-        check(&cuda, "cuda", rows);
+        check(&cuda, "cuda", rows, !cuda.tensor_core_products());
+    }
+}
+
+/// Tensor-core products (f16/bf16 weights, the default invariant mode) give each row the same
+/// bits whatever the rows around it: a row alone, among 5, 64 (one tile), 65 and 130 (several
+/// tiles), at k values that split K (4096) or not, with tails in n and k; and they stay within
+/// 16-bit rounding of the CPU's product.
+#[test]
+fn tensor_core_products_give_each_row_the_same_bits_whatever_the_batch() {
+    let Some(cuda) = cuda_or_skip("this test") else { return };
+    if !cuda.tensor_core_products() {
+        println!("TURBINE_CUDA_PRODUCTS=fast or TURBINE_CUDA_MMA=off: no tensor-core products to check");
+        return;
+    }
+    let cpu = Cpu::new();
+    for (dtype, n, k, tol) in [(DType::BF16, 72, 4096, 1e-2), (DType::F16, 40, 203, 4e-3), (DType::BF16, 130, 24, 1e-2)]
+    {
+        let w = rand(n * k, 50, 0.3);
+        let (wc, _) = weight(&cuda, dtype, &w, n, k);
+        let (wr, _) = weight(&cpu, dtype, &w, n, k);
+        let rows = 130;
+        let xs = rand(rows * k, 51, 1.0);
+        let run = |first: usize, m: usize| {
+            let x = up(&cuda, &[m, k], &xs[first * k..(first + m) * k]);
+            let mut out = zeros(&cuda, &[m, n]);
+            cuda.matmul(&x, &wc, Epilogue::none(), &mut out).unwrap();
+            get(&cuda, &out)
+        };
+        let all = run(0, rows);
+        for m in [1, 5, 64, 65] {
+            let part = run(0, m);
+            let same = part.iter().zip(&all).all(|(a, b)| a.to_bits() == b.to_bits());
+            assert!(same, "{dtype} n={n} k={k}: the first {m} rows differ from the same rows among {rows}");
+        }
+        let alone = run(77, 1);
+        assert!(alone.iter().zip(&all[77 * n..78 * n]).all(|(a, b)| a.to_bits() == b.to_bits()), "row 77 alone");
+        let x = up(&cpu, &[rows, k], &xs);
+        let mut out = zeros(&cpu, &[rows, n]);
+        cpu.matmul(&x, &wr, Epilogue::none(), &mut out).unwrap();
+        let want = get(&cpu, &out);
+        let scale = want.iter().fold(0f32, |a, v| a.max(v.abs()));
+        let err = want.iter().zip(&all).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max) / scale;
+        println!("{dtype} n={n} k={k}: relative error against the CPU {err:.2e} (tolerance {tol:.0e})");
+        assert!(err <= tol, "{dtype} n={n} k={k}: relative error {err:.2e} > {tol:.0e}");
     }
 }
 
