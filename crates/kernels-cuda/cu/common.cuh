@@ -237,3 +237,22 @@ __device__ __forceinline__ void mma_16816(float d[4], const u32 a[4], const u32 
     }
 #endif
 }
+
+// The same for FP8 E4M3 operands on a 16×8×32 tile, four codes to a register, lower k in the
+// lower byte: PTX `mma.sync.aligned.m16n8k32.row.col.f32.e4m3.e4m3.f32` (sm_89 and later; the
+// products never launch it below). Lane l, g = l / 4, t = l % 4:
+//   a[0] = A[g][4t .. 4t+3]   a[1] = A[g+8][4t ..]   a[2] = A[g][4t+16 ..]   a[3] = A[g+8][4t+16 ..]
+//   b[0] = B[4t .. 4t+3][g]   b[1] = B[4t+16 ..][g]            d as in mma_16816.
+__device__ __forceinline__ void mma_e4m3_16832(float d[4], const u32 a[4], const u32 b[2]) {
+#if defined(TURBINE_EMU)
+    emu::warp_mma_e4m3_16832(d, a, b);
+#elif __CUDA_ARCH__ >= 890
+    asm volatile(
+        "mma.sync.aligned.m16n8k32.row.col.f32.e4m3.e4m3.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+        "{%0,%1,%2,%3};"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+#else
+    __trap();
+#endif
+}

@@ -75,6 +75,11 @@ unsigned warp_ballot(bool pred);
 /// (exact) and C summed in double and rounded once to f32: a GPU's tensor cores use their own
 /// order and internal precision, which the emulator cannot know.
 void warp_mma_16816(float d[4], const uint32_t a[4], const uint32_t b[2], bool bf16);
+/// `mma.sync.aligned.m16n8k32.row.col.f32.e4m3.e4m3.f32` in the same way: four E4M3 codes to a
+/// register (lower k in the lower byte); a0..a3 = A[g][4t..], A[g+8][4t..], A[g][4t+16..],
+/// A[g+8][4t+16..]; b0, b1 = B[4t..][g], B[4t+16..][g]; 32 exact products and C summed in
+/// double, rounded once.
+void warp_mma_e4m3_16832(float d[4], const uint32_t a[4], const uint32_t b[2]);
 
 template <typename T>
 inline uint64_t to_word(T v) {

@@ -185,6 +185,37 @@ void warp_mma_16816(float d[4], const uint32_t a[4], const uint32_t b[2], bool b
     for (int r = 0; r < 4; r++) d[r] = out[r];
 }
 
+void warp_mma_e4m3_16832(float d[4], const uint32_t a[4], const uint32_t b[2]) {
+    Sched& s = *tl_sched;
+    unsigned lane = tl.cur->linear & 31, warp = tl.cur->linear >> 5;
+    uint32_t* mine = s.mma_in[warp][lane];
+    for (int i = 0; i < 4; i++) mine[i] = a[i];
+    mine[4] = b[0];
+    mine[5] = b[1];
+    park(State::Warp);
+    auto value = [&](unsigned l, int reg, int byte) {
+        return e4m3_to_f32((uint8_t)(s.mma_in[warp][l][reg] >> (8 * byte)));
+    };
+    // A[row][k] lies in lane 4 (row % 8) + (k % 16) / 4, register (row >= 8) + 2 (k >= 16);
+    // B[k][col] in lane 4 col + (k % 16) / 4, register 4 + (k >= 16); byte k % 4.
+    auto a_at = [&](unsigned row, unsigned k) {
+        return value(4 * (row % 8) + (k % 16) / 4, (row >= 8 ? 1 : 0) + (k >= 16 ? 2 : 0), k % 4);
+    };
+    auto b_at = [&](unsigned k, unsigned col) {
+        return value(4 * col + (k % 16) / 4, 4 + (k >= 16 ? 1 : 0), k % 4);
+    };
+    unsigned g = lane / 4, t = lane % 4;
+    float out[4];
+    for (int r = 0; r < 4; r++) {
+        unsigned row = g + 8 * (r / 2), col = 2 * t + r % 2;
+        double sum = d[r];
+        for (unsigned k = 0; k < 32; k++) sum += (double)a_at(row, k) * (double)b_at(k, col);
+        out[r] = (float)sum;
+    }
+    park(State::Warp);
+    for (int r = 0; r < 4; r++) d[r] = out[r];
+}
+
 static bool reverse_order() {
     static const bool rev = [] {
         const char* v = getenv("TURBINE_EMU_ORDER");

@@ -175,6 +175,12 @@ impl Cuda {
         self.inner.invariant && self.inner.mma
     }
 
+    /// Whether W8A8 products run on FP8 tensor cores, batch invariant (`mma_e4m3`): tensor-core
+    /// products on a GPU with FP8 tensor cores (sm_89+).
+    pub fn fp8_tensor_core_products(&self) -> bool {
+        self.tensor_core_products() && self.inner.caps.fp8
+    }
+
     /// The device's name.
     pub fn device_name(&self) -> &str {
         &self.inner.name

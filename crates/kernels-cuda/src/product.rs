@@ -24,6 +24,9 @@ pub(crate) enum Path {
     GemvGguf { fmt: i32 },
     /// W8A8: the input quantised to E4M3 per row, then `gemv_w8a8_f32`.
     W8a8Gemv,
+    /// W8A8 on this crate's FP8 tensor-core kernel (`mma_e4m3`, sm_89+), K split by
+    /// [`mma_splits`].
+    W8a8Mma,
     /// W8A8 on cuBLASLt's FP8 tensor cores (both sides widened to bf16 where the GPU has none).
     W8a8Blas,
     /// f16 or bf16 weights on this crate's tensor-core kernel (`mma16_*`), K split by
@@ -37,6 +40,28 @@ pub(crate) enum Path {
     BlasWidened8 { int8: bool },
     /// GGUF blocks widened to f32, then f32 cuBLASLt.
     BlasWidenedGguf { fmt: i32 },
+}
+
+/// The tensor-core products the invariant mode may use on this device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Cores {
+    /// None (`TURBINE_CUDA_MMA=off`, or the fast mode).
+    Off,
+    /// f16/bf16 (`mma16_*`, sm_80+).
+    Sixteen,
+    /// f16/bf16 and FP8 E4M3 (`mma_e4m3`, sm_89+).
+    SixteenAndFp8,
+}
+
+/// The operands of a tensor-core product.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum MmaKind {
+    /// f32 input, bf16 weights.
+    Bf16,
+    /// f32 input, f16 weights.
+    F16,
+    /// E4M3 input codes, E4M3 weight codes.
+    E4m3,
 }
 
 /// A product's path and how its epilogue is finished.
@@ -60,10 +85,11 @@ impl Plan {
 
 /// Chooses the product for `m` rows of `k` values against weights of type `wt`. `invariant`:
 /// every product on the kernels whose row sums do not depend on `m` (the default products
-/// mode); otherwise only products of at most [`GEMV_ROWS`] rows. `mma`: invariant products of
-/// f16/bf16 weights on the tensor-core kernel, for every `m` (a row's bits must not depend on
-/// which kernel its batch size picks). `exact_cols`: columns of the epilogue's exact correction
-/// (the epilogue kernel applies them).
+/// mode); otherwise only products of at most [`GEMV_ROWS`] rows. `cores`: the invariant
+/// products that run on the tensor-core kernels (f16/bf16 weights; W8A8 where the GPU has FP8
+/// tensor cores), for every `m` (a row's bits must not depend on which kernel its batch size
+/// picks). `exact_cols`: columns of the epilogue's exact correction (the epilogue kernel applies
+/// them).
 #[allow(clippy::too_many_arguments)] // plain values, so that tests state every input
 pub(crate) fn plan(
     wt: DType,
@@ -71,7 +97,7 @@ pub(crate) fn plan(
     m: usize,
     k: usize,
     invariant: bool,
-    mma: bool,
+    cores: Cores,
     act: Option<Act>,
     gated: bool,
     exact_cols: usize,
@@ -80,8 +106,9 @@ pub(crate) fn plan(
     let kernel = (invariant || m <= GEMV_ROWS) && k % 4 == 0;
     let gate = act.filter(|_| gated).map(act_code);
     let path = match (wt, w8a8) {
-        (DType::F16, false) if invariant && mma => Path::Mma16 { ty: Ty::F16 },
-        (DType::BF16, false) if invariant && mma => Path::Mma16 { ty: Ty::Bf16 },
+        (DType::F16, false) if invariant && cores != Cores::Off => Path::Mma16 { ty: Ty::F16 },
+        (DType::BF16, false) if invariant && cores != Cores::Off => Path::Mma16 { ty: Ty::Bf16 },
+        (DType::F8E4M3, true) if invariant && cores == Cores::SixteenAndFp8 => Path::W8a8Mma,
         (DType::F32 | DType::F16 | DType::BF16, false) if kernel => Path::GemvFloat {
             wtype: match wt {
                 DType::F16 => 1,
@@ -112,12 +139,12 @@ pub(crate) fn plan(
 /// How a tensor-core product of `n` output columns splits its `k` values: `(splits, kchunk)`,
 /// chosen from (n, k) alone so that a row's bits never depend on the batch. Enough splits that
 /// the 64-column tiles times the splits make at least 256 blocks (a small product must still
-/// fill a large GPU at batch 1), each split at least 512 values; `kchunk` is a multiple of 32
-/// (the kernel's step) and `splits × kchunk` covers k.
+/// fill a large GPU at batch 1), each split at least 512 values; `kchunk` is a multiple of 64
+/// (the kernels' step: 32 16-bit values or 64 E4M3 codes) and `splits × kchunk` covers k.
 pub(crate) fn mma_splits(n: usize, k: usize) -> (usize, usize) {
     let want = 256usize.div_ceil(n.div_ceil(64).max(1));
     let splits = want.clamp(1, (k / 512).max(1));
-    let kchunk = k.div_ceil(splits).next_multiple_of(32).max(32);
+    let kchunk = k.div_ceil(splits).next_multiple_of(64).max(64);
     (k.div_ceil(kchunk).max(1), kchunk)
 }
 
@@ -140,7 +167,7 @@ impl Cuda {
             m,
             k,
             self.invariant_products(),
-            self.tensor_core_products(),
+            self.cores(),
             epi.act,
             epi.gated,
             exact_cols,
@@ -180,6 +207,36 @@ impl Cuda {
             (Some(p), Some(code)) => self.gate_halves(p, out_p, m, n / 2, code),
             _ => Ok(()),
         }
+    }
+
+    /// The tensor-core products this device runs in the invariant mode.
+    fn cores(&self) -> Cores {
+        match (self.tensor_core_products(), self.caps().fp8) {
+            (false, _) => Cores::Off,
+            (true, false) => Cores::Sixteen,
+            (true, true) => Cores::SixteenAndFp8,
+        }
+    }
+
+    /// A tensor-core product's raw sums into `acc_p`: K split by [`mma_splits`] into a scratch,
+    /// the splits then added in order (or, unsplit, straight into `acc_p`).
+    fn tensor_cores(&self, kind: MmaKind, x: u64, w: u64, acc_p: u64, (m, n, k): (u32, u32, u32)) -> Result<()> {
+        const OP: &str = "matmul";
+        let (mu, nu) = (m as usize, n as usize);
+        let (splits, kchunk) = mma_splits(nu, k as usize);
+        let part = if splits == 1 { acc_p } else { self.slot(Slot::Splits, splits * mu * nu * 4)? };
+        let grid = (u32_of(OP, nu.div_ceil(64))?, u32_of(OP, mu.div_ceil(64))?, u32_of(OP, splits)?);
+        let kchunk = u32_of(OP, kchunk)?;
+        match kind {
+            MmaKind::Bf16 => self.run(&Mma16Bf16 { x, w, part, m, n, k, kchunk }, grid, 128)?,
+            MmaKind::F16 => self.run(&Mma16F16 { x, w, part, m, n, k, kchunk }, grid, 128)?,
+            MmaKind::E4m3 => self.run(&MmaE4m3 { x, w, part, m, n, k, kchunk }, grid, 128)?,
+        }
+        if splits > 1 {
+            let s = SumSplits { part, acc: acc_p, count: (mu * nu) as u64, splits: u32_of(OP, splits)? };
+            self.run(&s, (Self::stride_blocks(mu * nu), 1, 1), 256)?;
+        }
+        Ok(())
     }
 
     /// Launches the product of `plan` into `acc_p` (or, fused, finished into `out_p`); returns
@@ -242,21 +299,8 @@ impl Cuda {
                 x: x_p, w: w_p, acc: dst, m: mu, n: cols_u, k: ku, fmt: fmt,
                 col_scale: col_scale, bias: bias, accumulate: accumulate, gate: gate),
             Path::Mma16 { ty } => {
-                let (splits, kchunk) = mma_splits(n, k);
-                let part = if splits == 1 { acc_p } else { self.slot(Slot::Splits, splits * m * n * 4)? };
-                let grid = (u32_of(OP, n.div_ceil(64))?, u32_of(OP, m.div_ceil(64))?, u32_of(OP, splits)?);
-                let kchunk = u32_of(OP, kchunk)?;
-                match ty {
-                    Ty::Bf16 => {
-                        self.run(&Mma16Bf16 { x: x_p, w: w_p, part, m: mu, n: nu, k: ku, kchunk }, grid, 128)?
-                    }
-                    Ty::F16 => self.run(&Mma16F16 { x: x_p, w: w_p, part, m: mu, n: nu, k: ku, kchunk }, grid, 128)?,
-                    Ty::F32 => return Err(Error::invalid(OP, "the tensor-core product takes 16-bit weights")),
-                }
-                if splits > 1 {
-                    let s = SumSplits { part, acc: acc_p, count: (m * n) as u64, splits: u32_of(OP, splits)? };
-                    self.run(&s, (Self::stride_blocks(m * n), 1, 1), 256)?;
-                }
+                let kind = if ty == Ty::Bf16 { MmaKind::Bf16 } else { MmaKind::F16 };
+                self.tensor_cores(kind, x_p, w_p, acc_p, (mu, nu, ku))?
             }
             Path::BlasF32 => blas.matmul(stream, x_p, DType::F32, w_p, DType::F32, acc_p, (m, n, k))?,
             Path::Blas16 { ty } => {
@@ -276,7 +320,7 @@ impl Cuda {
                 let wf = widen(Ty::F32, int8)?;
                 blas.matmul(stream, x_p, DType::F32, wf, DType::F32, acc_p, (m, n, k))?;
             }
-            Path::W8a8Gemv | Path::W8a8Blas => {
+            Path::W8a8Gemv | Path::W8a8Mma | Path::W8a8Blas => {
                 let codes = self.slot(Slot::Codes, m * k)?;
                 let rs = self.slot(Slot::RowScales, m * 4)?;
                 let static_scale = match epi.quant_x {
@@ -300,6 +344,8 @@ impl Cuda {
                 if plan.path == Path::W8a8Gemv {
                     let g = GemvW8a8F32 { x: codes, codes: w_p, acc: acc_p, m: mu, n: nu, k: ku };
                     self.run(&g, gemv_grid(n)?, 256)?;
+                } else if plan.path == Path::W8a8Mma {
+                    self.tensor_cores(MmaKind::E4m3, codes, w_p, acc_p, (mu, nu, ku))?;
                 } else {
                     let native = if self.caps().fp8 {
                         blas.matmul(stream, codes, DType::F8E4M3, w_p, DType::F8E4M3, acc_p, (m, n, k))
@@ -328,7 +374,7 @@ mod tests {
     use super::*;
 
     fn p(wt: DType, w8a8: bool, m: usize, invariant: bool) -> Plan {
-        plan(wt, w8a8, m, 64, invariant, false, None, false, 0).unwrap()
+        plan(wt, w8a8, m, 64, invariant, Cores::Off, None, false, 0).unwrap()
     }
 
     #[test]
@@ -354,13 +400,13 @@ mod tests {
         assert_eq!(p(DType::Q8_0, false, 9, false).path, Path::BlasWidenedGguf { fmt: 0 });
         assert_eq!(p(DType::F8E4M3, true, 9, false).path, Path::W8a8Blas);
         // Rows whose length is not a multiple of 4 never go to the kernels.
-        assert_eq!(plan(DType::F32, false, 1, 63, true, false, None, false, 0).unwrap().path, Path::BlasF32);
+        assert_eq!(plan(DType::F32, false, 1, 63, true, Cores::Off, None, false, 0).unwrap().path, Path::BlasF32);
     }
 
     #[test]
     fn sixteen_bit_weights_take_the_tensor_cores_for_every_row_count() {
         let mma = |wt: DType, m: usize, invariant: bool| {
-            plan(wt, false, m, 4096, invariant, true, Some(Act::Silu), true, 0).unwrap()
+            plan(wt, false, m, 4096, invariant, Cores::Sixteen, Some(Act::Silu), true, 0).unwrap()
         };
         for m in [1, 8, 9, 64, 4096] {
             let p = mma(DType::BF16, m, true);
@@ -371,6 +417,12 @@ mod tests {
             assert_eq!(mma(DType::F32, m, true).path, Path::GemvFloat { wtype: 0 });
             assert_eq!(mma(DType::I8, m, true).path, Path::Gemv8bit { int8: true });
         }
+        // W8A8 on FP8 tensor cores where the GPU has them (sm_89+), else the gemv tiles.
+        let w8a8 = |m: usize, cores: Cores| plan(DType::F8E4M3, true, m, 4096, true, cores, None, false, 0).unwrap();
+        for m in [1, 9, 4096] {
+            assert_eq!(w8a8(m, Cores::SixteenAndFp8), Plan { path: Path::W8a8Mma, fused: false, gate: None });
+            assert_eq!(w8a8(m, Cores::Sixteen).path, Path::W8a8Gemv);
+        }
         // Fast products keep cuBLASLt above a few rows, the gemv tiles below.
         assert_eq!(mma(DType::BF16, 9, false).path, Path::Blas16 { ty: Ty::Bf16 });
         assert_eq!(mma(DType::BF16, 8, false).path, Path::GemvFloat { wtype: 2 });
@@ -380,7 +432,7 @@ mod tests {
     fn tensor_core_splits_depend_on_n_and_k_only_and_cover_k() {
         for (n, k) in [(2048, 2048), (2048, 8192), (3072, 2048), (16384, 2048), (128256, 2048), (24, 512), (64, 17)] {
             let (splits, kchunk) = mma_splits(n, k);
-            assert!(splits >= 1 && kchunk % 32 == 0, "{n} {k}: {splits} x {kchunk}");
+            assert!(splits >= 1 && kchunk % 64 == 0, "{n} {k}: {splits} x {kchunk}");
             assert!(splits * kchunk >= k && (splits - 1) * kchunk < k.max(1), "{n} {k}: {splits} x {kchunk}");
             assert!(splits == 1 || kchunk >= 512, "{n} {k}: splits of at least 512");
         }
@@ -388,26 +440,26 @@ mod tests {
         assert_eq!(mma_splits(2048, 2048), (4, 512));
         assert_eq!(mma_splits(2048, 8192).0, 8);
         assert_eq!(mma_splits(16384, 2048).0, 1);
-        assert_eq!(mma_splits(64, 0), (1, 32));
+        assert_eq!(mma_splits(64, 0), (1, 64));
     }
 
     #[test]
     fn epilogues_fuse_when_the_kernel_can_finish_them() {
-        let gated = plan(DType::BF16, false, 4, 64, true, false, Some(Act::Silu), true, 0).unwrap();
+        let gated = plan(DType::BF16, false, 4, 64, true, Cores::Off, Some(Act::Silu), true, 0).unwrap();
         assert_eq!((gated.fused, gated.gate, gated.kernel_gate()), (true, Some(0), Some(0)));
         // A plain activation, exact columns or cuBLASLt leave the epilogue to its kernel.
-        let act = plan(DType::BF16, false, 4, 64, true, false, Some(Act::GeluTanh), false, 0).unwrap();
+        let act = plan(DType::BF16, false, 4, 64, true, Cores::Off, Some(Act::GeluTanh), false, 0).unwrap();
         assert!(!act.fused && act.gate.is_none());
-        let exact = plan(DType::BF16, false, 4, 64, true, false, None, false, 3).unwrap();
+        let exact = plan(DType::BF16, false, 4, 64, true, Cores::Off, None, false, 3).unwrap();
         assert!(!exact.fused);
-        let blas = plan(DType::BF16, false, 64, 64, false, false, Some(Act::Silu), true, 0).unwrap();
+        let blas = plan(DType::BF16, false, 64, 64, false, Cores::Off, Some(Act::Silu), true, 0).unwrap();
         assert_eq!((blas.fused, blas.gate, blas.kernel_gate()), (false, Some(0), None));
     }
 
     #[test]
     fn unsupported_combinations_are_errors() {
-        let e = plan(DType::BF16, true, 4, 64, true, false, None, false, 0).unwrap_err();
+        let e = plan(DType::BF16, true, 4, 64, true, Cores::Off, None, false, 0).unwrap_err();
         assert!(e.to_string().contains("FP8 input quantisation needs FP8 weights"), "{e}");
-        assert!(plan(DType::U32, false, 4, 64, true, false, None, false, 0).is_err());
+        assert!(plan(DType::U32, false, 4, 64, true, Cores::Off, None, false, 0).is_err());
     }
 }

@@ -62,6 +62,9 @@ struct Out {
     /// `TURBINE_CUDA_PRODUCTS=fast` it runs on FP8 tensor cores (cuBLASLt), judged within
     /// [`FP8_MMA_TOL`].
     fp8_mma: bool,
+    /// A W8A8 product: on a GPU with FP8 tensor cores the invariant mode runs it on Turbine's
+    /// own (`mma_e4m3`), for every row count, judged within [`FP8_MMA_TOL`] too.
+    w8a8: bool,
 }
 
 /// Tolerance of a product on FP8 tensor cores against the CPU's exact f32 sum of the same E4M3
@@ -110,11 +113,12 @@ fn pages<B: Ops>(b: &B, dtype: DType, l: QkvLayout, blocks: usize, bs: usize, se
 /// Runs every op on `b` and returns the named results.
 fn suite<B: Ops>(b: &B) -> Vec<Out> {
     let outs = std::cell::RefCell::new(Vec::new());
-    let push =
-        |name: String, values: Vec<f32>, tol: f32| outs.borrow_mut().push(Out { name, values, tol, fp8_mma: false });
+    let push = |name: String, values: Vec<f32>, tol: f32| {
+        outs.borrow_mut().push(Out { name, values, tol, fp8_mma: false, w8a8: false })
+    };
     // A W8A8 product of `rows` rows.
     let push_w8a8 = |name: String, values: Vec<f32>, tol: f32, rows: usize| {
-        outs.borrow_mut().push(Out { name, values, tol, fp8_mma: rows > GEMV_ROWS })
+        outs.borrow_mut().push(Out { name, values, tol, fp8_mma: rows > GEMV_ROWS, w8a8: true })
     };
 
     // Products: every weight type, with the epilogue's parts.
@@ -539,7 +543,17 @@ fn stored_weights_multiply_as_their_f32_widening() {
     }
 }
 
-/// Tensor-core products (f16/bf16 weights, the default invariant mode) give each row the same
+/// A plain product's epilogue, or W8A8's (per-token E4M3 input) with the weights' `scales`.
+fn w8a8<B: Ops>(scales: Option<&Tensor<B>>) -> Epilogue<'_, B> {
+    let mut e = Epilogue::none();
+    if let Some(s) = scales {
+        e.scale = Some(s);
+        e.quant_x = Some(XQuant::Fp8PerToken);
+    }
+    e
+}
+
+/// Tensor-core products (f16/bf16 weights; W8A8 on sm_89+: the default invariant mode) give each row the same
 /// bits whatever the rows around it: a row alone, among 5, 64 (one tile), 65 and 130 (several
 /// tiles), at k values that split K (4096) or not, with tails in n and k; and they stay within
 /// 16-bit rounding of the CPU's product.
@@ -551,17 +565,21 @@ fn tensor_core_products_give_each_row_the_same_bits_whatever_the_batch() {
         return;
     }
     let cpu = Cpu::new();
-    for (dtype, n, k, tol) in [(DType::BF16, 72, 4096, 1e-2), (DType::F16, 40, 203, 4e-3), (DType::BF16, 130, 24, 1e-2)]
-    {
+    let mut cases = vec![(DType::BF16, 72, 4096, 1e-2), (DType::F16, 40, 203, 4e-3), (DType::BF16, 130, 24, 1e-2)];
+    if cuda.fp8_tensor_core_products() {
+        // W8A8 (per-token E4M3 input): FP8 tensor cores, with a K split and with tails.
+        cases.extend([(DType::F8E4M3, 72, 4096, FP8_MMA_TOL), (DType::F8E4M3, 40, 203, FP8_MMA_TOL)]);
+    }
+    for (dtype, n, k, tol) in cases {
         let w = rand(n * k, 50, 0.3);
-        let (wc, _) = weight(&cuda, dtype, &w, n, k);
-        let (wr, _) = weight(&cpu, dtype, &w, n, k);
+        let (wc, sc) = weight(&cuda, dtype, &w, n, k);
+        let (wr, sr) = weight(&cpu, dtype, &w, n, k);
         let rows = 130;
         let xs = rand(rows * k, 51, 1.0);
         let run = |first: usize, m: usize| {
             let x = up(&cuda, &[m, k], &xs[first * k..(first + m) * k]);
             let mut out = zeros(&cuda, &[m, n]);
-            cuda.matmul(&x, &wc, Epilogue::none(), &mut out).unwrap();
+            cuda.matmul(&x, &wc, w8a8(sc.as_ref()), &mut out).unwrap();
             get(&cuda, &out)
         };
         let all = run(0, rows);
@@ -574,7 +592,7 @@ fn tensor_core_products_give_each_row_the_same_bits_whatever_the_batch() {
         assert!(alone.iter().zip(&all[77 * n..78 * n]).all(|(a, b)| a.to_bits() == b.to_bits()), "row 77 alone");
         let x = up(&cpu, &[rows, k], &xs);
         let mut out = zeros(&cpu, &[rows, n]);
-        cpu.matmul(&x, &wr, Epilogue::none(), &mut out).unwrap();
+        cpu.matmul(&x, &wr, w8a8(sr.as_ref()), &mut out).unwrap();
         let want = get(&cpu, &out);
         let scale = want.iter().fold(0f32, |a, v| a.max(v.abs()));
         let err = want.iter().zip(&all).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max) / scale;
@@ -592,7 +610,8 @@ fn every_op_matches_kernels_ref() {
     for (w, g) in want.iter().zip(&got) {
         let scale = w.values.iter().fold(1e-6f32, |a, v| a.max(v.abs()));
         let err = w.values.iter().zip(&g.values).fold(0f32, |a, (x, y)| a.max((x - y).abs())) / scale;
-        let tol = if w.fp8_mma && !cuda.invariant_products() { w.tol.max(FP8_MMA_TOL) } else { w.tol };
+        let tensor_cores = (w.fp8_mma && !cuda.invariant_products()) || (w.w8a8 && cuda.fp8_tensor_core_products());
+        let tol = if tensor_cores { w.tol.max(FP8_MMA_TOL) } else { w.tol };
         println!("{:<55} max error {err:.2e} (tolerance {tol:.0e})", w.name);
         if err.is_nan() || err > tol || w.values.len() != g.values.len() {
             failures.push(format!("{}: {err:.2e} > {tol:.0e}", w.name));
