@@ -156,6 +156,25 @@ def prefill_products(cfg, tokens):
     return out
 
 
+def attention_sdpa(cfg, prefill=2048, batch=64, ctx=1024):
+    """PyTorch's scaled_dot_product_attention on the shapes gpu_bench times Turbine's paged
+    attention at: a causal prefill of one sequence, and one decode row for each of `batch`
+    sequences at context `ctx`; bf16 (what users run) and f32 (Turbine's cache)."""
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+    qh, kvh = cfg["num_attention_heads"], cfg["num_key_value_heads"]
+    hd = cfg.get("head_dim") or cfg["hidden_size"] // qh
+    out = {"q_heads": qh, "kv_heads": kvh, "head_dim": hd, "prefill_tokens": prefill,
+           "decode_batch": batch, "decode_context": ctx}
+    for name, dt in (("bf16", torch.bfloat16), ("f32", torch.float32)):
+        q, k, v = (torch.randn(1, h, prefill, hd, device="cuda", dtype=dt) for h in (qh, kvh, kvh))
+        out[f"prefill_ms_{name}"] = events_time(lambda: sdpa(q, k, v, is_causal=True, enable_gqa=True), 20)
+        q = torch.randn(batch, qh, 1, hd, device="cuda", dtype=dt)
+        k, v = (torch.randn(batch, kvh, ctx, hd, device="cuda", dtype=dt) for _ in range(2))
+        out[f"decode_us_{name}"] = events_time(lambda: sdpa(q, k, v, enable_gqa=True), 20) * 1e3
+        del q, k, v
+    return out
+
+
 def load_hf(folder):
     from transformers import AutoModelForCausalLM
 
@@ -263,6 +282,7 @@ def main():
     stage("copy_gb_s", copy_bandwidth)
     cfg = json.load(open(os.path.join(a.model, "config.json")))
     stage("products", lambda: prefill_products(cfg, 2048))
+    stage("attention", lambda: attention_sdpa(cfg))
     reqs = []
     if a.static:
         from tokenizers import Tokenizer
@@ -287,6 +307,8 @@ def main():
         ("copy GB/s", g("copy_gb_s")),
         ("bf16 products TFLOP/s (M = 2048)", g("products", "bf16_tflops")),
         ("fp8 products TFLOP/s (M = 2048)", g("products", "fp8_tflops")),
+        ("SDPA bf16 prefill 2048 ms", g("attention", "prefill_ms_bf16")),
+        ("SDPA bf16 decode 64 x 1024 us", g("attention", "decode_us_bf16")),
         ("transformers prefill 2048 TFLOP/s", g("hf", "prefill_2048_tflops")),
         ("transformers decode batch 1 tok/s", g("hf", "decode_b1_tok_s")),
         ("transformers static-64 output tok/s", g("hf", "static_output_tok_s")),

@@ -242,6 +242,41 @@ pub fn markdown(targets: &[Target]) -> String {
     s
 }
 
+/// Turbine's paged attention (gpu_bench) beside PyTorch's `scaled_dot_product_attention`
+/// (anchors-1b) on the same shapes, as a Markdown table; empty when either is missing or the
+/// shapes differ.
+fn attention_markdown(logs: &Logs<'_>) -> String {
+    let (Some(ours), Some(anchors)) = (logs.get("gemm-and-copy"), logs.get("anchors-1b")) else {
+        return String::new();
+    };
+    let (ours, theirs) = (&ours["attention"], &anchors["attention"]);
+    let keys = ["q_heads", "kv_heads", "head_dim", "prefill_tokens", "decode_batch", "decode_context"];
+    if ours.is_null() || keys.iter().any(|k| ours[k].is_null() || ours[k] != theirs[k]) {
+        return String::new();
+    }
+    let f = |v: &Value, k: &str| v[k].as_f64();
+    let mut s = format!(
+        "\n## Attention ({} query heads, {} KV heads of {}; Turbine: f32 paged cache)\n\n\
+         | step | Turbine | SDPA bf16 | SDPA f32 | Turbine / SDPA bf16 time |\n|---|---:|---:|---:|---:|\n",
+        ours["q_heads"], ours["kv_heads"], ours["head_dim"]
+    );
+    for (label, key, unit, theirs_key) in [
+        (format!("prefill, {} tokens", ours["prefill_tokens"]), "prefill_ms", "ms", "prefill_ms"),
+        (
+            format!("decode, {} rows at context {}", ours["decode_batch"], ours["decode_context"]),
+            "decode_us",
+            "µs",
+            "decode_us",
+        ),
+    ] {
+        let (o, b, w) =
+            (f(ours, key), f(theirs, &format!("{theirs_key}_bf16")), f(theirs, &format!("{theirs_key}_f32")));
+        let ratio = o.zip(b).map_or("-".to_string(), |(o, b)| format!("{:.2}", o / b));
+        s += &format!("| {label} | {} | {} | {} | {ratio} |\n", fig(o, unit), fig(b, unit), fig(w, unit));
+    }
+    s
+}
+
 /// The kernel variants run.sh timed (`speed-1b-bf16-NAME` beside `speed-1b-bf16`, with their
 /// `same-bits-NAME` check) as a Markdown table: decode tok/s at each context and prefill tok/s,
 /// each with its ratio to the default.
@@ -326,7 +361,8 @@ pub fn write(dir: &Path) -> Result<Vec<Target>> {
     });
     let text = serde_json::to_string_pretty(&report).context("encoding the report")?;
     std::fs::write(dir.join("report.json"), text).with_context(|| format!("writing {}/report.json", dir.display()))?;
-    std::fs::write(dir.join("targets.md"), markdown(&t) + &variants_markdown(dir, &steps))
+    let attention = attention_markdown(&Logs { dir });
+    std::fs::write(dir.join("targets.md"), markdown(&t) + &variants_markdown(dir, &steps) + &attention)
         .with_context(|| format!("writing {}/targets.md", dir.display()))?;
     Ok(t)
 }
@@ -430,6 +466,29 @@ mod tests {
         assert!(t.iter().all(|t| t.value().is_none() && !t.met()), "{t:?}");
         let md = std::fs::read_to_string(d.join("targets.md")).unwrap();
         assert!(md.contains("0 of 10 met") && md.contains("not measured"), "{md}");
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn attention_is_set_beside_sdpa_on_the_same_shapes() {
+        let d = std::env::temp_dir().join(format!("turbine-gpu-report-attention-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(d.join("logs")).unwrap();
+        let shape = "\"q_heads\":32,\"kv_heads\":8,\"head_dim\":64,\"prefill_tokens\":2048,\"decode_batch\":64,\"decode_context\":1024";
+        let ours = format!(
+            "{{\"copy_gb_s\":4000,\"gemm\":[],\"attention\":{{{shape},\"prefill_ms\":2.0,\"decode_us\":300}}}}\n"
+        );
+        let theirs = format!(
+            "{{\"attention\":{{{shape},\"prefill_ms_bf16\":0.5,\"prefill_ms_f32\":4.0,\"decode_us_bf16\":100,\"decode_us_f32\":400}}}}\n"
+        );
+        std::fs::write(d.join("logs/gemm-and-copy.log"), &ours).unwrap();
+        std::fs::write(d.join("logs/anchors-1b.log"), &theirs).unwrap();
+        let md = attention_markdown(&Logs { dir: &d });
+        assert!(md.contains("| prefill, 2048 tokens | 2.0 ms | 0.5 ms | 4.0 ms | 4.00 |"), "{md}");
+        assert!(md.contains("| decode, 64 rows at context 1024 | 300 µs | 100 µs | 400 µs | 3.00 |"), "{md}");
+        // Other shapes are not compared.
+        std::fs::write(d.join("logs/anchors-1b.log"), theirs.replace("\"head_dim\":64", "\"head_dim\":128")).unwrap();
+        assert_eq!(attention_markdown(&Logs { dir: &d }), "");
         std::fs::remove_dir_all(&d).unwrap();
     }
 }

@@ -1,13 +1,17 @@
 //! GPU rooflines and products: device-to-device copy bandwidth, and cuBLASLt TFLOP/s for bf16,
 //! f16 and FP8 E4M3 (f32 accumulation, as the backend runs it, and fast accumulation) at
-//! M = 16, 256, 4096 (N = K = 4096, an 8B model's square projection), on random operands.
+//! M = 16, 256, 4096 (N = K = 4096, an 8B model's square projection), on random operands; and
+//! the backend's paged attention at a Llama 3.2 1B layer's shape (32 query heads, 8 KV heads of
+//! 64, f32 cache in blocks of 16): a 2,048-token prefill, and a decode step of 64 sequences at
+//! context 1,024 (`bench/gpu/anchors.py` times PyTorch's `scaled_dot_product_attention` on the
+//! same shapes).
 //! `cargo bench -p turbine-kernels-cuda --bench gpu [-- --json] [--quick]` (`--quick`: N = K = 256
 //! and a 16 MiB copy, to check the bench itself); without a GPU it says why.
 
 use std::time::Instant;
 
 use cudarc::driver::{CudaSlice, DevicePtr};
-use turbine_core::DType;
+use turbine_core::{AttnMeta, AttnParams, Backend, DType, HostTensor, KvPages, Ops, QkvLayout, Tensor};
 use turbine_kernels_cuda::Cuda;
 
 fn addr(cuda: &Cuda, s: &CudaSlice<u8>) -> u64 {
@@ -47,6 +51,64 @@ fn random_bytes(dtype: DType, count: usize, seed: u64) -> Vec<u8> {
         }
     }
     out
+}
+
+/// Seconds of one paged attention call: one `prefill`-token sequence, or `batch` one-token
+/// decode rows at context `ctx` each, over an f32 cache of 1B-layer shape already filled.
+fn attention_seconds(cuda: &Cuda, prefill: Option<usize>, batch: usize, ctx: usize) -> f64 {
+    let l = QkvLayout { q_heads: 32, kv_heads: 8, head_dim: 64 };
+    let bs = 16;
+    let (seqs, len) = match prefill {
+        Some(t) => (1, t),
+        None => (batch, ctx),
+    };
+    let per_seq = len.div_ceil(bs);
+    let blocks = seqs * per_seq;
+    let up_u32 = |shape: &[usize], v: &[u32]| cuda.upload(&HostTensor::from_u32(shape.to_vec(), v).unwrap()).unwrap();
+    let random = |rows: usize, seed: u64| {
+        let mut rng = turbine_core::sampling::Rng::new(seed);
+        let v: Vec<f32> = (0..rows * l.width()).map(|_| (rng.next_f64() * 2.0 - 1.0) as f32).collect();
+        cuda.upload(&HostTensor::from_f32([rows, l.width()], &v).unwrap()).unwrap()
+    };
+    let shape = [blocks, l.kv_heads, bs, l.head_dim];
+    let mut kv = KvPages {
+        k: cuda.alloc(&shape.into(), DType::F32).unwrap(),
+        v: cuda.alloc(&shape.into(), DType::F32).unwrap(),
+        block_size: bs,
+        k_shift: None,
+        k_sink: None,
+        k_scales: None,
+        v_scales: None,
+    };
+    let tables: Vec<u32> = (0..blocks as u32).collect();
+    let slot = |s: usize, pos: usize| (s * per_seq * bs + pos) as u32;
+    // Fill every sequence's cache: all its positions in one store.
+    let fill = AttnMeta {
+        seqs: up_u32(
+            &[seqs, 3],
+            &(0..seqs).flat_map(|s| [(s * len) as u32, len as u32, len as u32]).collect::<Vec<_>>(),
+        ),
+        block_tables: up_u32(&[seqs, per_seq], &tables),
+        positions: up_u32(&[seqs * len], &(0..seqs * len).map(|i| (i % len) as u32).collect::<Vec<_>>()),
+        slots: up_u32(&[seqs * len], &(0..seqs * len).map(|i| slot(i / len, i % len)).collect::<Vec<_>>()),
+    };
+    let all = random(seqs * len, 7);
+    cuda.kv_store(&all, l, &fill, &mut kv).unwrap();
+    let p = AttnParams { scale: 0.125, window: None, alibi: None };
+    let (q, meta): (Tensor<Cuda>, AttnMeta<Cuda>) = if prefill.is_some() {
+        (all, fill)
+    } else {
+        // Each sequence's last position again, as the step that stored it would attend.
+        let m = AttnMeta {
+            seqs: up_u32(&[seqs, 3], &(0..seqs).flat_map(|s| [s as u32, 1, len as u32]).collect::<Vec<_>>()),
+            block_tables: up_u32(&[seqs, per_seq], &tables),
+            positions: up_u32(&[seqs], &vec![(len - 1) as u32; seqs]),
+            slots: up_u32(&[seqs], &(0..seqs).map(|s| slot(s, len - 1)).collect::<Vec<_>>()),
+        };
+        (random(seqs, 8), m)
+    };
+    let mut out = cuda.alloc(&[q.rows(), l.q_heads * l.head_dim].into(), DType::F32).unwrap();
+    time(cuda, || cuda.paged_attention(&q, l, &kv, &meta, &p, &mut out).expect("attention"))
 }
 
 fn main() {
@@ -106,6 +168,13 @@ fn main() {
             rows.push((label, m, tflops, s * 1e6));
         }
     }
+    let (prefill, batch, ctx) = if quick { (64, 4, 64) } else { (2048, 64, 1024) };
+    let prefill_ms = attention_seconds(&cuda, Some(prefill), 0, 0) * 1e3;
+    let decode_us = attention_seconds(&cuda, None, batch, ctx) * 1e6;
+    let attention = format!(
+        "{{\"q_heads\":32,\"kv_heads\":8,\"head_dim\":64,\"prefill_tokens\":{prefill},\"prefill_ms\":{prefill_ms:.3},\
+         \"decode_batch\":{batch},\"decode_context\":{ctx},\"decode_us\":{decode_us:.1}}}"
+    );
     if json {
         let gemm: Vec<String> = rows
             .iter()
@@ -113,7 +182,11 @@ fn main() {
                 format!("{{\"dtype\":\"{d}\",\"m\":{m},\"n\":{n},\"k\":{k},\"tflops\":{t:.1},\"us\":{us:.1}}}")
             })
             .collect();
-        println!("{{\"device\":\"{}\",\"copy_gb_s\":{copy_gbs:.0},\"gemm\":[{}]}}", cuda.device_name(), gemm.join(","));
+        println!(
+            "{{\"device\":\"{}\",\"copy_gb_s\":{copy_gbs:.0},\"gemm\":[{}],\"attention\":{attention}}}",
+            cuda.device_name(),
+            gemm.join(",")
+        );
     } else {
         println!("{}: device-to-device copy {copy_gbs:.0} GB/s", cuda.device_name());
         println!("| dtype | M | N = K | TFLOP/s | µs |");
@@ -121,5 +194,9 @@ fn main() {
         for (d, m, t, us) in &rows {
             println!("| {d} | {m} | {n} | {t:.1} | {us:.1} |");
         }
+        println!(
+            "paged attention (32/8 heads of 64, f32 cache): prefill of {prefill} tokens {prefill_ms:.3} ms; \
+             decode of {batch} rows at context {ctx} {decode_us:.1} µs"
+        );
     }
 }
