@@ -19,6 +19,8 @@ pub struct Suite {
 
 const GRAPHS: (&str, &str) = ("TURBINE_CUDA_GRAPHS", "1");
 const FAST: (&str, &str) = ("TURBINE_CUDA_PRODUCTS", "fast");
+/// 16-bit and 8-bit weights back on the gemv tiles (the tensor-core products off).
+const GEMV_TILES: (&str, &str) = ("TURBINE_CUDA_MMA", "off");
 
 /// Every suite, in the order they run. Each one must pass: a configuration whose results are
 /// known to differ from a suite's expectation (fast products are not batch invariant) is checked
@@ -42,6 +44,21 @@ pub const SUITES: &[Suite] = &[
         env: &[GRAPHS],
     },
     Suite { name: "cuda-vs-cpu", package: "turbine-tests", test: "cuda_vs_cpu", models_on_cuda: false, env: &[] },
+    // The gemv tiles that the tensor-core products replaced, kept as the fallback.
+    Suite {
+        name: "ops-gemv-tiles",
+        package: "turbine-kernels-cuda",
+        test: "ops_vs_ref",
+        models_on_cuda: false,
+        env: &[GEMV_TILES],
+    },
+    Suite {
+        name: "batch-invariance-gemv-tiles",
+        package: "turbine-tests",
+        test: "batch_invariance",
+        models_on_cuda: true,
+        env: &[GEMV_TILES],
+    },
     // cuBLASLt's products (more than 8 rows), FP8 E4M3 included, against the CPU's emulation.
     Suite {
         name: "ops-fast-products",

@@ -2,6 +2,8 @@
 //   part[z][i, j] = Σ_{c in split z} x[i, c] · w[j, c]
 // - `mma16_*`: f16 or bf16 weights, the f32 input rounded to the weights' type as it is staged
 //   (m16n8k16, sm_80 and later);
+// - `mma_w8_*`: weight-only E4M3 or INT8 codes widened to bf16 (exactly) as they are staged, the
+//   input rounded to bf16 (m16n8k16; the weights' scales are the epilogue's);
 // - `mma_e4m3`: W8A8, the input's E4M3 codes (`fp8_quantize_rows`) against E4M3 weight codes
 //   (m16n8k32, sm_89 and later; the scales are the epilogue's);
 // with f32 accumulation. A block computes a 64 × 64 tile of the output with 4 warps (each a
@@ -50,6 +52,30 @@ template <typename T, bool BF16> struct Sixteen {
     }
     static __device__ __forceinline__ void mma(float d[4], const u32 a[4], const u32 b[2]) {
         mma_16816<BF16>(d, a, b);
+    }
+};
+
+// Weight-only 8-bit weights (E4M3 or INT8 codes; their per-row scales stay in the epilogue)
+// widened to bf16 as they are staged, which holds both exactly; the f32 input rounded to bf16.
+template <bool INT8> struct Widened8 {
+    static constexpr u32 PER_WORD = 2;
+    typedef float In;
+    typedef u8 W;
+    static __device__ __forceinline__ u32 a_word(const float* row, u32 c, u32 kend, bool aligned) {
+        return Sixteen<__nv_bfloat16, true>::a_word(row, c, kend, aligned);
+    }
+    static __device__ __forceinline__ unsigned short widen(u8 code) {
+        const float v = INT8 ? (float)(signed char)code : e4m3_to_f32(code);
+        return bits16(__float2bfloat16_rn(v));
+    }
+    static __device__ __forceinline__ u32 b_word(const u8* row, u32 c, u32 kend, bool) {
+        u32 v = 0;
+        if (c < kend) v = widen(row[c]);
+        if (c + 1 < kend) v |= (u32)widen(row[c + 1]) << 16;
+        return v;
+    }
+    static __device__ __forceinline__ void mma(float d[4], const u32 a[4], const u32 b[2]) {
+        mma_16816<true>(d, a, b);
     }
 };
 
@@ -144,6 +170,14 @@ extern "C" __global__ void mma16_bf16(const float* x, const unsigned short* w, f
 extern "C" __global__ void mma16_f16(const float* x, const unsigned short* w, float* part, u32 m, u32 n, u32 k,
                                      u32 kchunk) {
     mma_tiles<Sixteen<__half, false>>(x, w, part, m, n, k, kchunk);
+}
+
+extern "C" __global__ void mma_w8_e4m3(const float* x, const u8* w, float* part, u32 m, u32 n, u32 k, u32 kchunk) {
+    mma_tiles<Widened8<false>>(x, w, part, m, n, k, kchunk);
+}
+
+extern "C" __global__ void mma_w8_i8(const float* x, const u8* w, float* part, u32 m, u32 n, u32 k, u32 kchunk) {
+    mma_tiles<Widened8<true>>(x, w, part, m, n, k, kchunk);
 }
 
 extern "C" __global__ void mma_e4m3(const u8* x, const u8* w, float* part, u32 m, u32 n, u32 k, u32 kchunk) {

@@ -7,9 +7,10 @@
 //! own kernels, whose per-row sums are the same operations whatever the number of rows, so a
 //! sequence's logits do not depend on its batch (as on the CPU): f16/bf16 weights on the
 //! tensor-core kernel of `cu/mma.cu` (`mma.sync`, the input rounded to the weights' type, f32
-//! accumulation, K split by (n, k) alone; W8A8 likewise on FP8 E4M3 tensor cores, `mma_e4m3`,
-//! on sm_89+; `TURBINE_CUDA_MMA=off` puts both back on the gemv tiles), every other format on
-//! the `gemv_*` kernels: one warp per output column, weights
+//! accumulation, K split by (n, k) alone; weight-only E4M3/INT8 codes widened to bf16 there,
+//! exactly, `mma_w8_*`; W8A8 on FP8 E4M3 tensor cores, `mma_e4m3`, on sm_89+;
+//! `TURBINE_CUDA_MMA=off` puts them all back on the gemv tiles), f32 and GGUF weights on the
+//! `gemv_*` kernels: one warp per output column, weights
 //! decoded in registers (f32, E4M3, INT8, GGUF blocks; for W8A8 the input's E4M3 codes too).
 //! With `TURBINE_CUDA_PRODUCTS=fast`, products of more than 8 rows go to
 //! cuBLASLt instead (tensor cores; cuBLASLt's kernel choice depends on the row count, so a row's

@@ -32,6 +32,9 @@ pub(crate) enum Path {
     /// f16 or bf16 weights on this crate's tensor-core kernel (`mma16_*`), K split by
     /// [`mma_splits`], the splits added by `sum_splits`.
     Mma16 { ty: Ty },
+    /// Weight-only E4M3 or INT8 codes on the tensor-core kernel (`mma_w8_*`), widened to bf16
+    /// as they are staged (exact), the input rounded to bf16.
+    Mma8 { int8: bool },
     /// f32 weights on f32 cuBLASLt.
     BlasF32,
     /// f16 or bf16 weights on cuBLASLt, the input converted to their type.
@@ -62,6 +65,8 @@ enum MmaKind {
     F16,
     /// E4M3 input codes, E4M3 weight codes.
     E4m3,
+    /// f32 input, weight-only 8-bit codes (INT8 when true, else E4M3) widened to bf16.
+    Widened8 { int8: bool },
 }
 
 /// A product's path and how its epilogue is finished.
@@ -109,6 +114,7 @@ pub(crate) fn plan(
         (DType::F16, false) if invariant && cores != Cores::Off => Path::Mma16 { ty: Ty::F16 },
         (DType::BF16, false) if invariant && cores != Cores::Off => Path::Mma16 { ty: Ty::Bf16 },
         (DType::F8E4M3, true) if invariant && cores == Cores::SixteenAndFp8 => Path::W8a8Mma,
+        (DType::F8E4M3 | DType::I8, false) if invariant && cores != Cores::Off => Path::Mma8 { int8: wt == DType::I8 },
         (DType::F32 | DType::F16 | DType::BF16, false) if kernel => Path::GemvFloat {
             wtype: match wt {
                 DType::F16 => 1,
@@ -231,6 +237,8 @@ impl Cuda {
             MmaKind::Bf16 => self.run(&Mma16Bf16 { x, w, part, m, n, k, kchunk }, grid, 128)?,
             MmaKind::F16 => self.run(&Mma16F16 { x, w, part, m, n, k, kchunk }, grid, 128)?,
             MmaKind::E4m3 => self.run(&MmaE4m3 { x, w, part, m, n, k, kchunk }, grid, 128)?,
+            MmaKind::Widened8 { int8: false } => self.run(&MmaW8E4m3 { x, w, part, m, n, k, kchunk }, grid, 128)?,
+            MmaKind::Widened8 { int8: true } => self.run(&MmaW8I8 { x, w, part, m, n, k, kchunk }, grid, 128)?,
         }
         if splits > 1 {
             let s = SumSplits { part, acc: acc_p, count: (mu * nu) as u64, splits: u32_of(OP, splits)? };
@@ -298,6 +306,7 @@ impl Cuda {
             Path::GemvGguf { fmt } => gemv!(GemvGgufF32, GemvGgufGatedF32,
                 x: x_p, w: w_p, acc: dst, m: mu, n: cols_u, k: ku, fmt: fmt,
                 col_scale: col_scale, bias: bias, accumulate: accumulate, gate: gate),
+            Path::Mma8 { int8 } => self.tensor_cores(MmaKind::Widened8 { int8 }, x_p, w_p, acc_p, (mu, nu, ku))?,
             Path::Mma16 { ty } => {
                 let kind = if ty == Ty::Bf16 { MmaKind::Bf16 } else { MmaKind::F16 };
                 self.tensor_cores(kind, x_p, w_p, acc_p, (mu, nu, ku))?
@@ -413,9 +422,12 @@ mod tests {
             // Not fused: the epilogue kernel applies scales, bias, the gate and accumulation.
             assert_eq!(p, Plan { path: Path::Mma16 { ty: Ty::Bf16 }, fused: false, gate: Some(0) });
             assert_eq!(mma(DType::F16, m, true).path, Path::Mma16 { ty: Ty::F16 });
-            // f32, 8-bit and GGUF weights keep their kernels.
+            // Weight-only 8-bit codes widen to bf16 on the same tensor cores; f32 and GGUF
+            // weights keep their kernels.
+            assert_eq!(mma(DType::I8, m, true).path, Path::Mma8 { int8: true });
+            assert_eq!(mma(DType::F8E4M3, m, true).path, Path::Mma8 { int8: false });
             assert_eq!(mma(DType::F32, m, true).path, Path::GemvFloat { wtype: 0 });
-            assert_eq!(mma(DType::I8, m, true).path, Path::Gemv8bit { int8: true });
+            assert_eq!(mma(DType::Q4_K, m, true).path, Path::GemvGguf { fmt: 5 });
         }
         // W8A8 on FP8 tensor cores where the GPU has them (sm_89+), else the gemv tiles.
         let w8a8 = |m: usize, cores: Cores| plan(DType::F8E4M3, true, m, 4096, true, cores, None, false, 0).unwrap();

@@ -65,7 +65,14 @@ struct Out {
     /// A W8A8 product: on a GPU with FP8 tensor cores the invariant mode runs it on Turbine's
     /// own (`mma_e4m3`), for every row count, judged within [`FP8_MMA_TOL`] too.
     w8a8: bool,
+    /// A weight-only 8-bit product: on tensor cores (the invariant mode's) its input is rounded
+    /// to bf16, judged within [`WIDENED_8BIT_TOL`].
+    widened8: bool,
 }
+
+/// Weight-only E4M3/INT8 products on tensor cores (`mma_w8_*`) against the CPU's: the codes
+/// widen to bf16 exactly, but the input is rounded to bf16 (as the 16-bit weights' products).
+const WIDENED_8BIT_TOL: f32 = 1e-2;
 
 /// Tolerance of a product on FP8 tensor cores against the CPU's exact f32 sum of the same E4M3
 /// products. Hopper's FP8 MMA keeps fewer bits than f32 while it adds a k-block's products
@@ -114,11 +121,16 @@ fn pages<B: Ops>(b: &B, dtype: DType, l: QkvLayout, blocks: usize, bs: usize, se
 fn suite<B: Ops>(b: &B) -> Vec<Out> {
     let outs = std::cell::RefCell::new(Vec::new());
     let push = |name: String, values: Vec<f32>, tol: f32| {
-        outs.borrow_mut().push(Out { name, values, tol, fp8_mma: false, w8a8: false })
+        outs.borrow_mut().push(Out { name, values, tol, fp8_mma: false, w8a8: false, widened8: false })
+    };
+    // A product of `dtype` weights (weight-only 8-bit ones marked).
+    let push_w = |dtype: DType, name: String, values: Vec<f32>, tol: f32| {
+        let widened8 = matches!(dtype, DType::F8E4M3 | DType::I8);
+        outs.borrow_mut().push(Out { name, values, tol, fp8_mma: false, w8a8: false, widened8 })
     };
     // A W8A8 product of `rows` rows.
     let push_w8a8 = |name: String, values: Vec<f32>, tol: f32, rows: usize| {
-        outs.borrow_mut().push(Out { name, values, tol, fp8_mma: rows > GEMV_ROWS, w8a8: true })
+        outs.borrow_mut().push(Out { name, values, tol, fp8_mma: rows > GEMV_ROWS, w8a8: true, widened8: false })
     };
 
     // Products: every weight type, with the epilogue's parts.
@@ -144,7 +156,7 @@ fn suite<B: Ops>(b: &B) -> Vec<Out> {
             ..Epilogue::none()
         };
         b.matmul(&xt, &wt, epi, &mut out).unwrap();
-        push(format!("matmul {dtype} bias silu accumulate"), get(b, &out), tol);
+        push_w(dtype, format!("matmul {dtype} bias silu accumulate"), get(b, &out), tol);
         // A plain epilogue (scales, bias, accumulation; CUDA's product kernels finish it
         // themselves), at decode and prefill row counts.
         for rows in [m, 12] {
@@ -152,7 +164,7 @@ fn suite<B: Ops>(b: &B) -> Vec<Out> {
             let mut out = up(b, &[rows, n], &rand(rows * n, 25, 1.0));
             let epi = Epilogue { bias: Some(&bt), accumulate: true, scale: sc.as_ref(), ..Epilogue::none() };
             b.matmul(&xr, &wt, epi, &mut out).unwrap();
-            push(format!("matmul {dtype} {rows} rows bias accumulate"), get(b, &out), tol);
+            push_w(dtype, format!("matmul {dtype} {rows} rows bias accumulate"), get(b, &out), tol);
         }
         // Gated (act(gate) * up of the two stacked halves, with scales and bias first; CUDA's
         // product kernels fuse it), at decode and prefill row counts.
@@ -161,7 +173,7 @@ fn suite<B: Ops>(b: &B) -> Vec<Out> {
             let mut out = zeros(b, &[rows, n / 2]);
             let epi = Epilogue { bias: Some(&bt), act: Some(act), gated: true, scale: sc.as_ref(), ..Epilogue::none() };
             b.matmul(&xr, &wt, epi, &mut out).unwrap();
-            push(format!("matmul {dtype} {rows} rows gated {act:?}"), get(b, &out), tol);
+            push_w(dtype, format!("matmul {dtype} {rows} rows gated {act:?}"), get(b, &out), tol);
         }
         if dtype == DType::F8E4M3 {
             for (q, sm, sh) in [
@@ -214,7 +226,7 @@ fn suite<B: Ops>(b: &B) -> Vec<Out> {
                 let xr = up(b, &[rows, kl], &rand(rows * kl, 27, 1.0));
                 let mut out = zeros(b, &[rows, nl]);
                 b.matmul(&xr, &wt, Epilogue { scale: sc.as_ref(), ..Epilogue::none() }, &mut out).unwrap();
-                push(format!("matmul {dtype} {rows} rows k={kl}"), get(b, &out), tol);
+                push_w(dtype, format!("matmul {dtype} {rows} rows k={kl}"), get(b, &out), tol);
                 if dtype == DType::F8E4M3 {
                     // W8A8: the input's E4M3 codes are read as the weights are.
                     let mut out = zeros(b, &[rows, nl]);
@@ -251,7 +263,7 @@ fn suite<B: Ops>(b: &B) -> Vec<Out> {
             if q.is_some() {
                 push_w8a8(name, get(b, &out), 1e-5, m);
             } else {
-                push(name, get(b, &out), 1e-5);
+                push_w(DType::F8E4M3, name, get(b, &out), 1e-5);
             }
         }
     }
@@ -262,7 +274,7 @@ fn suite<B: Ops>(b: &B) -> Vec<Out> {
         let (wt, sc) = weight(b, dtype, &w, n, k);
         let mut out = zeros(b, &[12, n]);
         b.matmul(&x12, &wt, Epilogue { scale: sc.as_ref(), ..Epilogue::none() }, &mut out).unwrap();
-        push(format!("matmul {dtype} 12 rows"), get(b, &out), 1e-5);
+        push_w(dtype, format!("matmul {dtype} 12 rows"), get(b, &out), 1e-5);
     }
 
     // GGUF blocks read in place: a few rows (decoded in registers) and many (widened).
@@ -543,14 +555,11 @@ fn stored_weights_multiply_as_their_f32_widening() {
     }
 }
 
-/// A plain product's epilogue, or W8A8's (per-token E4M3 input) with the weights' `scales`.
-fn w8a8<B: Ops>(scales: Option<&Tensor<B>>) -> Epilogue<'_, B> {
-    let mut e = Epilogue::none();
-    if let Some(s) = scales {
-        e.scale = Some(s);
-        e.quant_x = Some(XQuant::Fp8PerToken);
-    }
-    e
+/// A product's epilogue with the weights' `scales`, if any, and with `w8a8` a per-token E4M3
+/// input.
+fn epilogue<B: Ops>(scales: Option<&Tensor<B>>, w8a8: bool) -> Epilogue<'_, B> {
+    let quant_x = w8a8.then_some(XQuant::Fp8PerToken);
+    Epilogue { scale: scales, quant_x, ..Epilogue::none() }
 }
 
 /// Tensor-core products (f16/bf16 weights; W8A8 on sm_89+: the default invariant mode) give each row the same
@@ -565,12 +574,20 @@ fn tensor_core_products_give_each_row_the_same_bits_whatever_the_batch() {
         return;
     }
     let cpu = Cpu::new();
-    let mut cases = vec![(DType::BF16, 72, 4096, 1e-2), (DType::F16, 40, 203, 4e-3), (DType::BF16, 130, 24, 1e-2)];
+    // (weights, W8A8, n, k, tolerance)
+    let mut cases = vec![
+        (DType::BF16, false, 72, 4096, 1e-2),
+        (DType::F16, false, 40, 203, 4e-3),
+        (DType::BF16, false, 130, 24, 1e-2),
+        // Weight-only 8-bit codes widened to bf16.
+        (DType::I8, false, 72, 4096, WIDENED_8BIT_TOL),
+        (DType::F8E4M3, false, 40, 203, WIDENED_8BIT_TOL),
+    ];
     if cuda.fp8_tensor_core_products() {
         // W8A8 (per-token E4M3 input): FP8 tensor cores, with a K split and with tails.
-        cases.extend([(DType::F8E4M3, 72, 4096, FP8_MMA_TOL), (DType::F8E4M3, 40, 203, FP8_MMA_TOL)]);
+        cases.extend([(DType::F8E4M3, true, 72, 4096, FP8_MMA_TOL), (DType::F8E4M3, true, 40, 203, FP8_MMA_TOL)]);
     }
-    for (dtype, n, k, tol) in cases {
+    for (dtype, quant, n, k, tol) in cases {
         let w = rand(n * k, 50, 0.3);
         let (wc, sc) = weight(&cuda, dtype, &w, n, k);
         let (wr, sr) = weight(&cpu, dtype, &w, n, k);
@@ -579,25 +596,25 @@ fn tensor_core_products_give_each_row_the_same_bits_whatever_the_batch() {
         let run = |first: usize, m: usize| {
             let x = up(&cuda, &[m, k], &xs[first * k..(first + m) * k]);
             let mut out = zeros(&cuda, &[m, n]);
-            cuda.matmul(&x, &wc, w8a8(sc.as_ref()), &mut out).unwrap();
+            cuda.matmul(&x, &wc, epilogue(sc.as_ref(), quant), &mut out).unwrap();
             get(&cuda, &out)
         };
         let all = run(0, rows);
         for m in [1, 5, 64, 65] {
             let part = run(0, m);
             let same = part.iter().zip(&all).all(|(a, b)| a.to_bits() == b.to_bits());
-            assert!(same, "{dtype} n={n} k={k}: the first {m} rows differ from the same rows among {rows}");
+            assert!(same, "{dtype} (W8A8 {quant}) n={n} k={k}: the first {m} rows differ from those among {rows}");
         }
         let alone = run(77, 1);
         assert!(alone.iter().zip(&all[77 * n..78 * n]).all(|(a, b)| a.to_bits() == b.to_bits()), "row 77 alone");
         let x = up(&cpu, &[rows, k], &xs);
         let mut out = zeros(&cpu, &[rows, n]);
-        cpu.matmul(&x, &wr, w8a8(sr.as_ref()), &mut out).unwrap();
+        cpu.matmul(&x, &wr, epilogue(sr.as_ref(), quant), &mut out).unwrap();
         let want = get(&cpu, &out);
         let scale = want.iter().fold(0f32, |a, v| a.max(v.abs()));
         let err = want.iter().zip(&all).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max) / scale;
-        println!("{dtype} n={n} k={k}: relative error against the CPU {err:.2e} (tolerance {tol:.0e})");
-        assert!(err <= tol, "{dtype} n={n} k={k}: relative error {err:.2e} > {tol:.0e}");
+        println!("{dtype} (W8A8 {quant}) n={n} k={k}: relative error against the CPU {err:.2e} (tolerance {tol:.0e})");
+        assert!(err <= tol, "{dtype} (W8A8 {quant}) n={n} k={k}: relative error {err:.2e} > {tol:.0e}");
     }
 }
 
@@ -612,6 +629,7 @@ fn every_op_matches_kernels_ref() {
         let err = w.values.iter().zip(&g.values).fold(0f32, |a, (x, y)| a.max((x - y).abs())) / scale;
         let tensor_cores = (w.fp8_mma && !cuda.invariant_products()) || (w.w8a8 && cuda.fp8_tensor_core_products());
         let tol = if tensor_cores { w.tol.max(FP8_MMA_TOL) } else { w.tol };
+        let tol = if w.widened8 && cuda.tensor_core_products() { tol.max(WIDENED_8BIT_TOL) } else { tol };
         println!("{:<55} max error {err:.2e} (tolerance {tol:.0e})", w.name);
         if err.is_nan() || err > tol || w.values.len() != g.values.len() {
             failures.push(format!("{}: {err:.2e} > {tol:.0e}", w.name));
