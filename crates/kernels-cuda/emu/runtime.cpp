@@ -154,7 +154,15 @@ unsigned warp_ballot(bool pred) {
     return bits;
 }
 
-void warp_mma_16816(float d[4], const uint32_t a[4], const uint32_t b[2], bool bf16) {
+/// What both mma emulations share: deposits this lane's operands (a0..a3, b0, b1), waits for the
+/// warp, computes this lane's four D values from the warp's tile of `kdim` products, each
+/// register holding `per_reg` values in k order (`value(word, i)`: the i-th as a float), and
+/// waits again before anyone may deposit the next operands. A[row][k] lies in lane
+/// 4 (row % 8) + (k % (kdim / 2)) / per_reg, register (row >= 8) + 2 (k >= kdim / 2);
+/// B[k][col] in lane 4 col + (k % (kdim / 2)) / per_reg, register 4 + (k >= kdim / 2).
+template <typename Value>
+static void warp_mma(float d[4], const uint32_t a[4], const uint32_t b[2], unsigned kdim, unsigned per_reg,
+                     Value value) {
     Sched& s = *tl_sched;
     unsigned lane = tl.cur->linear & 31, warp = tl.cur->linear >> 5;
     uint32_t* mine = s.mma_in[warp][lane];
@@ -162,58 +170,35 @@ void warp_mma_16816(float d[4], const uint32_t a[4], const uint32_t b[2], bool b
     mine[4] = b[0];
     mine[5] = b[1];
     park(State::Warp);
-    // Element `half` (0: bits 0..15) of register `reg` of lane `l`, as a float.
-    auto value = [&](unsigned l, int reg, int half) {
-        uint16_t h = (uint16_t)(s.mma_in[warp][l][reg] >> (16 * half));
-        return bf16 ? from_word<float>((uint32_t)h << 16) : f16_bits_to_f32(h);
-    };
-    // A[row][k] lies in lane 4 (row % 8) + (k % 8) / 2, register (row >= 8) + 2 (k >= 8);
-    // B[k][col] in lane 4 col + (k % 8) / 2, register 4 + (k >= 8); half k % 2.
+    const unsigned half = kdim / 2;
     auto a_at = [&](unsigned row, unsigned k) {
-        return value(4 * (row % 8) + (k % 8) / 2, (row >= 8 ? 1 : 0) + (k >= 8 ? 2 : 0), k % 2);
+        uint32_t w = s.mma_in[warp][4 * (row % 8) + (k % half) / per_reg][(row >= 8 ? 1 : 0) + (k >= half ? 2 : 0)];
+        return value(w, k % per_reg);
     };
-    auto b_at = [&](unsigned k, unsigned col) { return value(4 * col + (k % 8) / 2, 4 + (k >= 8 ? 1 : 0), k % 2); };
+    auto b_at = [&](unsigned k, unsigned col) {
+        return value(s.mma_in[warp][4 * col + (k % half) / per_reg][4 + (k >= half ? 1 : 0)], k % per_reg);
+    };
     unsigned g = lane / 4, t = lane % 4;
     float out[4];
     for (int r = 0; r < 4; r++) {
         unsigned row = g + 8 * (r / 2), col = 2 * t + r % 2;
         double sum = d[r];
-        for (unsigned k = 0; k < 16; k++) sum += (double)a_at(row, k) * (double)b_at(k, col);
+        for (unsigned k = 0; k < kdim; k++) sum += (double)a_at(row, k) * (double)b_at(k, col);
         out[r] = (float)sum;
     }
     park(State::Warp);
     for (int r = 0; r < 4; r++) d[r] = out[r];
 }
 
+void warp_mma_16816(float d[4], const uint32_t a[4], const uint32_t b[2], bool bf16) {
+    warp_mma(d, a, b, 16, 2, [bf16](uint32_t w, unsigned i) {
+        uint16_t h = (uint16_t)(w >> (16 * i));
+        return bf16 ? from_word<float>((uint32_t)h << 16) : f16_bits_to_f32(h);
+    });
+}
+
 void warp_mma_e4m3_16832(float d[4], const uint32_t a[4], const uint32_t b[2]) {
-    Sched& s = *tl_sched;
-    unsigned lane = tl.cur->linear & 31, warp = tl.cur->linear >> 5;
-    uint32_t* mine = s.mma_in[warp][lane];
-    for (int i = 0; i < 4; i++) mine[i] = a[i];
-    mine[4] = b[0];
-    mine[5] = b[1];
-    park(State::Warp);
-    auto value = [&](unsigned l, int reg, int byte) {
-        return e4m3_to_f32((uint8_t)(s.mma_in[warp][l][reg] >> (8 * byte)));
-    };
-    // A[row][k] lies in lane 4 (row % 8) + (k % 16) / 4, register (row >= 8) + 2 (k >= 16);
-    // B[k][col] in lane 4 col + (k % 16) / 4, register 4 + (k >= 16); byte k % 4.
-    auto a_at = [&](unsigned row, unsigned k) {
-        return value(4 * (row % 8) + (k % 16) / 4, (row >= 8 ? 1 : 0) + (k >= 16 ? 2 : 0), k % 4);
-    };
-    auto b_at = [&](unsigned k, unsigned col) {
-        return value(4 * col + (k % 16) / 4, 4 + (k >= 16 ? 1 : 0), k % 4);
-    };
-    unsigned g = lane / 4, t = lane % 4;
-    float out[4];
-    for (int r = 0; r < 4; r++) {
-        unsigned row = g + 8 * (r / 2), col = 2 * t + r % 2;
-        double sum = d[r];
-        for (unsigned k = 0; k < 32; k++) sum += (double)a_at(row, k) * (double)b_at(k, col);
-        out[r] = (float)sum;
-    }
-    park(State::Warp);
-    for (int r = 0; r < 4; r++) d[r] = out[r];
+    warp_mma(d, a, b, 32, 4, [](uint32_t w, unsigned i) { return e4m3_to_f32((uint8_t)(w >> (8 * i))); });
 }
 
 static bool reverse_order() {
