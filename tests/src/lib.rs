@@ -80,6 +80,17 @@ pub fn load_with(path: &Path, ctx: usize, policy: &Policy) -> Result<TestModel> 
     Ok(TestModel { engine: EngineCore::new(runner, EngineConfig::default()), tok, eos })
 }
 
+/// Whether the backend [`load`] uses multiplies 16-bit weights on tensor cores, rounding the
+/// input to 16 bits (CUDA's default): there 16-bit storage no longer gives exactly the products
+/// of its f32 widening, only products within 16-bit rounding of them.
+pub fn backend_rounds_16bit_inputs() -> bool {
+    #[cfg(feature = "cuda")]
+    if std::env::var("TURBINE_TEST_BACKEND").as_deref() == Ok("cuda") {
+        return turbine_kernels_cuda::Cuda::new(0).is_ok_and(|c| c.tensor_core_products());
+    }
+    false
+}
+
 /// [`load`], with the embedding tables widened to f32 after loading (as they were stored before
 /// 16-bit and GGUF tables were kept as the checkpoint has them): the reference for those tables.
 pub fn load_widened_tables(path: &Path, ctx: usize) -> Result<TestModel> {

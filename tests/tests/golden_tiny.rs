@@ -150,7 +150,9 @@ fn half_precision_checkpoints_load() {
 /// 16-bit embedding tables stay as the checkpoint stores them (the lookup and a tied LM head
 /// read 2 bytes a value) and give exactly the logits of the same table widened to f32: tied
 /// heads (Qwen2, GPT-2 with its position table, Gemma 3 with its embedding scale) and an untied
-/// one (Llama).
+/// one (Llama). On CUDA's tensor cores a tied head's 16-bit product rounds its input to 16 bits,
+/// so there the logits are held to that rounding instead (1e-2 of the largest for f16, 4e-2
+/// for bf16, as `cuda_vs_cpu`).
 #[test]
 fn half_precision_tables_match_widened_ones() {
     for name in ["qwen2-bias", "gpt2", "gemma3-local-global", "llama-gqa"] {
@@ -168,7 +170,14 @@ fn half_precision_tables_match_widened_ones() {
             assert!(d.pos_embed.as_ref().is_none_or(|p| p.dtype() == stored), "{name} {dtype:?}");
             let got = first_step_logits(&mut load(&dst, 256).unwrap(), &prompt).unwrap();
             let want = first_step_logits(&mut load_widened_tables(&dst, 256).unwrap(), &prompt).unwrap();
-            assert_eq!(got, want, "{name} {dtype:?}");
+            if turbine_tests::backend_rounds_16bit_inputs() {
+                let scale = want.iter().fold(0f64, |a, v| a.max(v.abs()));
+                let err = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0f64, f64::max) / scale;
+                let tol = if dtype == safetensors::Dtype::F16 { 1e-2 } else { 4e-2 };
+                assert!(err <= tol, "{name} {dtype:?}: relative logit error {err:.2e} > {tol:.0e}");
+            } else {
+                assert_eq!(got, want, "{name} {dtype:?}");
+            }
             let _ = std::fs::remove_dir_all(&dst);
         }
     }
