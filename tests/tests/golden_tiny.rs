@@ -155,6 +155,7 @@ fn half_precision_checkpoints_load() {
 /// for bf16, as `cuda_vs_cpu`).
 #[test]
 fn half_precision_tables_match_widened_ones() {
+    let rounds_inputs = turbine_tests::backend_rounds_16bit_inputs();
     for name in ["qwen2-bias", "gpt2", "gemma3-local-global", "llama-gqa"] {
         let src = fixtures().join("tiny").join(name);
         let g = read_json(&src.join("golden.json")).unwrap();
@@ -170,7 +171,7 @@ fn half_precision_tables_match_widened_ones() {
             assert!(d.pos_embed.as_ref().is_none_or(|p| p.dtype() == stored), "{name} {dtype:?}");
             let got = first_step_logits(&mut load(&dst, 256).unwrap(), &prompt).unwrap();
             let want = first_step_logits(&mut load_widened_tables(&dst, 256).unwrap(), &prompt).unwrap();
-            if turbine_tests::backend_rounds_16bit_inputs() {
+            if rounds_inputs {
                 let scale = want.iter().fold(0f64, |a, v| a.max(v.abs()));
                 let err = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0f64, f64::max) / scale;
                 let tol = if dtype == safetensors::Dtype::F16 { 1e-2 } else { 4e-2 };

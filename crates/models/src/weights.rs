@@ -156,13 +156,7 @@ impl<'a, B: Ops> Weights<'a, B> {
         self.opt_host(key, shape)?.map(|t| self.upload(&t)).transpose()
     }
 
-    /// The tensor `key` stored transposed (`[in, out]`, as GPT-2's Conv1D), uploaded as
-    /// `[out, in]`.
-    pub fn get_transposed(&self, key: &str, out_in: [usize; 2]) -> Result<Tensor<B>> {
-        self.upload(&self.host_transposed(key, out_in)?)
-    }
-
-    /// The host tensor `key`, stored `[in, out]`, as `[out, in]`.
+    /// The host tensor `key`, stored `[in, out]` (as GPT-2's Conv1D), as `[out, in]`.
     pub fn host_transposed(&self, key: &str, out_in: [usize; 2]) -> Result<HostTensor<'static>> {
         Ok(self.host(key, &[out_in[1], out_in[0]])?.transpose()?)
     }
@@ -181,7 +175,7 @@ impl<'a, B: Ops> Weights<'a, B> {
     }
 
     /// A projection weight `[out, in]` as [`Weights::staging`] says: the device tensor (kept in
-    /// its stored type where the products read it, as [`Weights::fused_weight`]; an empty
+    /// its stored type where the products read it, as `Backend::upload_weight` keeps it; an empty
     /// `[0, in]` placeholder when deferred) and the host copy, if kept.
     pub fn projection(&self, host: HostTensor<'static>) -> Result<(Tensor<B>, Option<HostTensor<'static>>)> {
         match self.staging {
@@ -194,24 +188,14 @@ impl<'a, B: Ops> Weights<'a, B> {
         }
     }
 
-    /// Several matrices stacked along rows into one (fused QKV or gate/up projections). Parts of
-    /// different storage types are widened to f32 first. 1-D parts (biases) are stacked too.
-    pub fn fused(&self, parts: &[(&str, &[usize])]) -> Result<Tensor<B>> {
-        self.upload(&self.stacked(parts)?)
-    }
-
-    /// Like [`Weights::fused`], for a matrix-product weight: kept in its stored type where the
-    /// backend's products read it (f16/bf16, GGUF blocks; see `Backend::upload_weight`).
-    pub fn fused_weight(&self, parts: &[(&str, &[usize])]) -> Result<Tensor<B>> {
-        Ok(self.backend.upload_weight(&self.stacked(parts)?)?)
-    }
-
-    /// The parts stacked on the host.
+    /// Several matrices stacked along rows into one, on the host (fused QKV or gate/up
+    /// projections). Parts of different storage types are widened to f32 first. 1-D parts
+    /// (biases) are stacked too.
     pub fn stacked(&self, parts: &[(&str, &[usize])]) -> Result<HostTensor<'static>> {
         stack(parts.iter().map(|(k, s)| self.host(k, s)).collect::<Result<Vec<_>>>()?)
     }
 
-    /// Like [`Weights::fused`], but `None` when none of the parts exist (optional biases);
+    /// [`Weights::stacked`], uploaded, or `None` when none of the parts exist (optional biases);
     /// an error when only some do.
     pub fn fused_opt(&self, parts: &[(&str, &[usize])]) -> Result<Option<Tensor<B>>> {
         let hosts = parts.iter().map(|(k, s)| self.opt_host(k, s)).collect::<Result<Vec<_>>>()?;
