@@ -283,8 +283,10 @@ step speed-1b-fp8 "$t" bench -m "$work/m1b" --backend cuda --dtype fp8 $speed
 step --cap=90 profile-1b bash bench/gpu/profile.sh "$t" "$work/m1b" "$logs"
 step batch-1b-bf16 "$t" bench -m "$work/m1b" --backend cuda --dtype bf16 --workload batch --batch-sizes 1,16,64 --prompt-tokens 128 --gen-tokens 32 --json
 step speed-1b-bf16-fast-products env TURBINE_CUDA_PRODUCTS=fast "$t" bench -m "$work/m1b" --backend cuda --dtype bf16 $speed
-# The tensor-core products (the default for bf16 weights) against the gemv tiles they replaced.
+# The tensor-core products and attention (the defaults) against the gemv tiles and CUDA-core
+# attention kernels they replaced.
 step speed-1b-bf16-gemv-tiles env TURBINE_CUDA_MMA=off "$t" bench -m "$work/m1b" --backend cuda --dtype bf16 $speed
+step attention-cuda-cores env TURBINE_CUDA_MMA=off "$bin/gpu_bench" --json
 step batch-1b-bf16-gemv-tiles env TURBINE_CUDA_MMA=off "$t" bench -m "$work/m1b" --backend cuda --dtype bf16 --workload batch --batch-sizes 1,16,64 --prompt-tokens 128 --gen-tokens 32 --json
 # Tuning variants of the kernels (`xtask kernels`' VARIANTS, PTX in ptx/$arch-NAME): each must
 # give the default's bits, then its speed beside speed-1b-bf16's.

@@ -255,9 +255,15 @@ fn attention_markdown(logs: &Logs<'_>) -> String {
         return String::new();
     }
     let f = |v: &Value, k: &str| v[k].as_f64();
+    // The CUDA-core kernels (TURBINE_CUDA_MMA=off) on the same shapes, where that step ran.
+    let cores = logs
+        .get("attention-cuda-cores")
+        .map(|v| v["attention"].clone())
+        .filter(|c| !c.is_null() && keys.iter().all(|k| c[k] == ours[k]));
     let mut s = format!(
         "\n## Attention ({} query heads, {} KV heads of {}; Turbine: f32 paged cache)\n\n\
-         | step | Turbine | SDPA bf16 | SDPA f32 | Turbine / SDPA bf16 time |\n|---|---:|---:|---:|---:|\n",
+         | step | Turbine (tensor cores) | Turbine (CUDA cores) | SDPA bf16 | SDPA f32 | Turbine / SDPA bf16 time |\n\
+         |---|---:|---:|---:|---:|---:|\n",
         ours["q_heads"], ours["kv_heads"], ours["head_dim"]
     );
     for (label, key, unit, theirs_key) in [
@@ -272,7 +278,14 @@ fn attention_markdown(logs: &Logs<'_>) -> String {
         let (o, b, w) =
             (f(ours, key), f(theirs, &format!("{theirs_key}_bf16")), f(theirs, &format!("{theirs_key}_f32")));
         let ratio = o.zip(b).map_or("-".to_string(), |(o, b)| format!("{:.2}", o / b));
-        s += &format!("| {label} | {} | {} | {} | {ratio} |\n", fig(o, unit), fig(b, unit), fig(w, unit));
+        let c = cores.as_ref().and_then(|c| f(c, key));
+        s += &format!(
+            "| {label} | {} | {} | {} | {} | {ratio} |\n",
+            fig(o, unit),
+            fig(c, unit),
+            fig(b, unit),
+            fig(w, unit)
+        );
     }
     s
 }
@@ -484,8 +497,15 @@ mod tests {
         std::fs::write(d.join("logs/gemm-and-copy.log"), &ours).unwrap();
         std::fs::write(d.join("logs/anchors-1b.log"), &theirs).unwrap();
         let md = attention_markdown(&Logs { dir: &d });
-        assert!(md.contains("| prefill, 2048 tokens | 2.0 ms | 0.5 ms | 4.0 ms | 4.00 |"), "{md}");
-        assert!(md.contains("| decode, 64 rows at context 1024 | 300 µs | 100 µs | 400 µs | 3.00 |"), "{md}");
+        assert!(md.contains("| prefill, 2048 tokens | 2.0 ms | not measured | 0.5 ms | 4.0 ms | 4.00 |"), "{md}");
+        assert!(
+            md.contains("| decode, 64 rows at context 1024 | 300 µs | not measured | 100 µs | 400 µs | 3.00 |"),
+            "{md}"
+        );
+        // The CUDA-core kernels beside them when that step ran.
+        std::fs::write(d.join("logs/attention-cuda-cores.log"), ours.replace("2.0", "9.0")).unwrap();
+        let md = attention_markdown(&Logs { dir: &d });
+        assert!(md.contains("| prefill, 2048 tokens | 2.0 ms | 9.0 ms | 0.5 ms | 4.0 ms | 4.00 |"), "{md}");
         // Other shapes are not compared.
         std::fs::write(d.join("logs/anchors-1b.log"), theirs.replace("\"head_dim\":64", "\"head_dim\":128")).unwrap();
         assert_eq!(attention_markdown(&Logs { dir: &d }), "");

@@ -8,17 +8,6 @@
 #define MAX_BLOCK 256
 #define MAX_D 512
 
-template <typename T, int PAGE> struct Page { typedef T type; };
-template <typename T> struct Page<T, 1> { typedef u8 type; };
-template <typename T> struct Page<T, 2> { typedef u8 type; };
-
-template <typename T, int PAGE>
-__device__ __forceinline__ float load_page(const typename Page<T, PAGE>::type* p, size_t i, float scale) {
-    if (PAGE == 0) return to_f(((const T*)p)[i]);
-    if (PAGE == 1) return e4m3_to_f32(((const u8*)p)[i]) * scale;
-    return (float)(signed char)((const u8*)p)[i] * scale;
-}
-
 // Writes the key and value heads of row `row`, kv head h, to slot slots[row]. Every thread of the
 // block calls it (block reductions); blockDim.x >= d, a multiple of 32.
 template <typename T, int PAGE>

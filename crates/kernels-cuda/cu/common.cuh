@@ -34,6 +34,19 @@ __device__ __forceinline__ signed char f32_to_i8(float x, float scale) {
     return (signed char)fmaxf(-127.f, fminf(127.f, q));
 }
 
+// KV page storage (attention.cu, flash.cu): PAGE 0 = the activation type T, 1 = E4M3 codes,
+// 2 = INT8 codes, the codes with one f32 scale per row. load_page reads element i as f32.
+template <typename T, int PAGE> struct Page { typedef T type; };
+template <typename T> struct Page<T, 1> { typedef u8 type; };
+template <typename T> struct Page<T, 2> { typedef u8 type; };
+
+template <typename T, int PAGE>
+__device__ __forceinline__ float load_page(const typename Page<T, PAGE>::type* p, size_t i, float scale) {
+    if (PAGE == 0) return to_f(((const T*)p)[i]);
+    if (PAGE == 1) return e4m3_to_f32(((const u8*)p)[i]) * scale;
+    return (float)(signed char)((const u8*)p)[i] * scale;
+}
+
 struct SumOp {
     static __device__ __forceinline__ float apply(float a, float b) { return a + b; }
     static __device__ __forceinline__ float identity() { return 0.f; }

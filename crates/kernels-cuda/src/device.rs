@@ -73,8 +73,9 @@ struct Inner {
     /// (`TURBINE_CUDA_PRODUCTS=invariant`, the default), or products of more than a few rows on
     /// cuBLASLt (`fast`: tensor cores, but a row's bits then depend on its batch).
     invariant: bool,
-    /// Invariant products of f16/bf16 weights on this crate's tensor-core kernel (`cu/mma.cu`;
-    /// `TURBINE_CUDA_MMA=on`, the default) rather than the gemv tiles (`off`).
+    /// Invariant products of f16/bf16 and 8-bit weights on this crate's tensor-core kernel
+    /// (`cu/mma.cu`) and attention on tensor cores (`cu/flash.cu`): `TURBINE_CUDA_MMA=on`, the
+    /// default; `off`: the gemv tiles and the CUDA-core attention kernels.
     mma: bool,
 }
 
@@ -173,6 +174,12 @@ impl Cuda {
     /// `TURBINE_CUDA_MMA` on (the default).
     pub fn tensor_core_products(&self) -> bool {
         self.inner.invariant && self.inner.mma
+    }
+
+    /// Whether this crate's tensor-core kernels are on (`TURBINE_CUDA_MMA`, on by default): the
+    /// invariant products of 16-bit and 8-bit weights, and attention.
+    pub(crate) fn mma_enabled(&self) -> bool {
+        self.inner.mma
     }
 
     /// Whether W8A8 products run on FP8 tensor cores, batch invariant (`mma_e4m3`): tensor-core
@@ -340,10 +347,12 @@ pub(crate) enum Slot {
     Inputs,
     /// The K splits of a tensor-core product before `sum_splits` adds them.
     Splits,
+    /// Decode attention's per-split partial outputs before `flash_mma_merge` folds them.
+    AttnSplits,
 }
 
 impl Slot {
-    const COUNT: usize = 10;
+    const COUNT: usize = 11;
 }
 
 /// Checks that `host` fits `dst` (same dtype, within its capacity); returns its byte length.

@@ -9,6 +9,7 @@
 #![warn(missing_docs)]
 
 pub mod device;
+mod flash;
 pub mod gemm;
 mod graphs;
 mod kernels;

@@ -21,6 +21,7 @@ pub const SOURCES: &[KernelSource] = &[
     KernelSource { name: "act", src: include_str!("../cu/act.cu") },
     KernelSource { name: "fp8", src: include_str!("../cu/fp8.cu") },
     KernelSource { name: "attention", src: include_str!("../cu/attention.cu") },
+    KernelSource { name: "flash", src: include_str!("../cu/flash.cu") },
     KernelSource { name: "sample", src: include_str!("../cu/sample.cu") },
     KernelSource { name: "gemm", src: include_str!("../cu/gemm.cu") },
     KernelSource { name: "mma", src: include_str!("../cu/mma.cu") },

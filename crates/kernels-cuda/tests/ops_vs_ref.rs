@@ -707,3 +707,166 @@ fn long_context_decode_matches_its_prefill_row_bitwise() {
         }
     }
 }
+
+/// One attention call over sequences already in `kv`: `parts` lists (sequence, first row, rows)
+/// of `all[sequence]` (rows of `l.width()` values), packed in that order; returns each part's
+/// output rows.
+fn attend<B: Ops>(
+    b: &B,
+    l: QkvLayout,
+    kv: &KvPages<B>,
+    tables: &[Vec<u32>],
+    all: &[Vec<f32>],
+    parts: &[(usize, usize, usize)],
+    p: &AttnParams,
+) -> Vec<Vec<f32>> {
+    let width = tables.iter().map(Vec::len).max().unwrap();
+    let mut seqs = Vec::new();
+    let mut table = Vec::new();
+    let mut rows = Vec::new();
+    let mut positions = Vec::new();
+    for &(s, first, n) in parts {
+        seqs.extend([(rows.len() / l.width()) as u32, n as u32, (first + n) as u32]);
+        table.extend(tables[s].iter().copied().chain(std::iter::repeat(0)).take(width));
+        rows.extend_from_slice(&all[s][first * l.width()..(first + n) * l.width()]);
+        positions.extend((first..first + n).map(|p| p as u32));
+    }
+    let t = positions.len();
+    let meta = AttnMeta {
+        seqs: up_u32(b, &[parts.len(), 3], &seqs),
+        block_tables: up_u32(b, &[parts.len(), width], &table),
+        positions: up_u32(b, &[t], &positions),
+        slots: up_u32(b, &[t], &vec![0; t]),
+    };
+    let hd = l.q_heads * l.head_dim;
+    let mut out = zeros(b, &[t, hd]);
+    b.paged_attention(&up(b, &[t, l.width()], &rows), l, kv, &meta, p, &mut out).unwrap();
+    let got = get(b, &out);
+    let mut at = 0;
+    parts
+        .iter()
+        .map(|&(_, _, n)| {
+            at += n;
+            got[(at - n) * hd..at * hd].to_vec()
+        })
+        .collect()
+}
+
+/// Attention gives every row the same bits whatever else is in the call: a whole prompt at once,
+/// the same prompt in chunks of 37 rows, each row as a decode step among other sequences' decode
+/// rows, and a mixed call (a chunk, a decode row, a whole short prompt) all agree bitwise, for
+/// GQA and MQA groups (more heads per kv head than a warp's 16 rows), head dimensions that are
+/// not multiples of 16, KV blocks smaller and larger than the kernels' key tiles, contexts over
+/// one split (1024 positions), windows, ALiBi and every page kind; and they match kernels-ref.
+#[test]
+fn attention_rows_have_the_same_bits_whatever_the_call() {
+    struct Case {
+        l: QkvLayout,
+        bs: usize,
+        dtype: DType,
+        lens: [usize; 3],
+        p: AttnParams,
+    }
+    let cases = [
+        Case {
+            l: QkvLayout { q_heads: 4, kv_heads: 2, head_dim: 64 },
+            bs: 16,
+            dtype: DType::F32,
+            lens: [1100, 70, 5],
+            p: AttnParams { scale: 0.125, window: None, alibi: None },
+        },
+        Case {
+            l: QkvLayout { q_heads: 20, kv_heads: 1, head_dim: 40 },
+            bs: 64,
+            dtype: DType::F8E4M3,
+            lens: [90, 41, 4],
+            p: AttnParams { scale: 0.16, window: Some(50), alibi: Some(1.0) },
+        },
+        Case {
+            l: QkvLayout { q_heads: 6, kv_heads: 3, head_dim: 128 },
+            bs: 32,
+            dtype: DType::I8,
+            lens: [80, 33, 2],
+            p: AttnParams { scale: 0.09, window: None, alibi: None },
+        },
+        Case {
+            l: QkvLayout { q_heads: 2, kv_heads: 1, head_dim: 24 },
+            bs: 256,
+            dtype: DType::F32,
+            lens: [300, 20, 3],
+            p: AttnParams { scale: 0.2, window: Some(260), alibi: None },
+        },
+    ];
+    fn run<B: Ops>(b: &B, c: &Case, seed: u64) -> (Vec<Vec<f32>>, Vec<String>) {
+        let l = c.l;
+        // Each sequence's blocks, in reverse order, after the previous sequence's.
+        let mut tables = Vec::new();
+        let mut next = 0u32;
+        for &n in &c.lens {
+            let nb = n.div_ceil(c.bs) as u32;
+            tables.push((next..next + nb).rev().collect::<Vec<u32>>());
+            next += nb;
+        }
+        let mut kv = pages(b, c.dtype, l, next as usize, c.bs, seed);
+        let all: Vec<Vec<f32>> =
+            c.lens.iter().enumerate().map(|(i, &n)| rand(n * l.width(), seed + 1 + i as u64, 1.0)).collect();
+        for (s, &n) in c.lens.iter().enumerate() {
+            let slot = |p: usize| tables[s][p / c.bs] * c.bs as u32 + (p % c.bs) as u32;
+            let m = AttnMeta {
+                seqs: up_u32(b, &[1, 3], &[0, n as u32, n as u32]),
+                block_tables: up_u32(b, &[1, tables[s].len()], &tables[s]),
+                positions: up_u32(b, &[n], &(0..n as u32).collect::<Vec<_>>()),
+                slots: up_u32(b, &[n], &(0..n).map(slot).collect::<Vec<_>>()),
+            };
+            b.kv_store(&up(b, &[n, l.width()], &all[s]), l, &m, &mut kv).unwrap();
+        }
+        let hd = l.q_heads * l.head_dim;
+        let call = |parts: &[(usize, usize, usize)]| attend(b, l, &kv, &tables, &all, parts, &c.p);
+        // Each prompt whole, alone.
+        let whole: Vec<Vec<f32>> = (0..3).map(|s| call(&[(s, 0, c.lens[s])]).remove(0)).collect();
+        let mut diffs = Vec::new();
+        let mut check = |what: String, s: usize, first: usize, got: &[f32]| {
+            let want = &whole[s][first * hd..first * hd + got.len()];
+            if want.iter().zip(got).any(|(a, b)| a.to_bits() != b.to_bits()) {
+                diffs.push(format!("{what}: rows {first}.. of sequence {s} differ from the whole prompt's"));
+            }
+        };
+        // Chunks of 37 rows of the two longer prompts, each chunk in one call with the other's.
+        let chunks = |s: usize| (0..c.lens[s]).step_by(37).map(move |f| (s, f, 37.min(c.lens[s] - f)));
+        for (a, bb) in chunks(0).zip(chunks(1).chain(std::iter::repeat((2, 0, c.lens[2])))) {
+            let got = call(&[a, bb]);
+            check("a chunk".into(), a.0, a.1, &got[0]);
+            check("a chunk beside another".into(), bb.0, bb.1, &got[1]);
+        }
+        // Every row of the shortest prompt and the last rows of the others as decode steps, the
+        // three sequences' rows together, then sequence 1's alone.
+        for r in 0..c.lens[2] {
+            let parts: Vec<_> = (0..3).map(|s| (s, c.lens[s] - c.lens[2] + r, 1)).collect();
+            for (i, got) in call(&parts).iter().enumerate() {
+                check(format!("decode row among 3, step {r}"), i, parts[i].1, got);
+            }
+            check(format!("decode row alone, step {r}"), 1, parts[1].1, &call(&parts[1..2])[0]);
+        }
+        // A mixed call: a chunk, a decode row, a whole short prompt.
+        let parts = [(0, c.lens[0] - 30, 25), (1, c.lens[1] - 1, 1), (2, 0, c.lens[2])];
+        for (i, got) in call(&parts).iter().enumerate() {
+            check("a mixed call".into(), parts[i].0, parts[i].1, got);
+        }
+        (whole, diffs)
+    }
+    let cuda = cuda_or_skip("the CUDA half of this test");
+    for (i, c) in cases.iter().enumerate() {
+        let case = format!("{:?} blocks of {} {} {:?}", c.l, c.bs, c.dtype, c.p);
+        let (want, diffs) = run(&Cpu::new(), c, 60 + 10 * i as u64);
+        assert!(diffs.is_empty(), "cpu: {case}: {diffs:#?}");
+        let Some(cuda) = &cuda else { continue };
+        let (got, diffs) = run(cuda, c, 60 + 10 * i as u64);
+        assert!(diffs.is_empty(), "cuda: {case}: {diffs:#?}");
+        for (w, g) in want.iter().zip(&got) {
+            let scale = w.iter().fold(1e-6f32, |a, v| a.max(v.abs()));
+            let err = w.iter().zip(g).fold(0f32, |a, (x, y)| a.max((x - y).abs())) / scale;
+            println!("attention {case}: max error against the CPU {err:.2e}");
+            assert!(err < 1e-4, "cuda: {case}: {err:.2e} against the CPU");
+        }
+    }
+}
