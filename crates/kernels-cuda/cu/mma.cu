@@ -12,7 +12,9 @@
 // block (split z = blockIdx.z of `kchunk` values, a multiple of 64) and the order of its steps
 // depend only on (n, k), never on m, and each output value depends only on its row of x, its
 // row of w and its own accumulator: a row gets the same bits whatever the batch. Splits are
-// added in order by `sum_splits`.
+// added in order by `sum_splits`. With `finish`, the kernel that has a value's whole sum (the
+// product's when unsplit, else `sum_splits`) applies the plain epilogue as the gemv kernels do
+// (`gemv_finish`: column scale, bias; then out = [out +] v), one launch fewer a product.
 #include "common.cuh"
 
 #define MMA_BM 64
@@ -103,7 +105,7 @@ struct E4m3 {
 // blockDim.x = 128; grid (ceil(n / 64), ceil(m / 64), splits).
 template <typename Op>
 __device__ void mma_tiles(const typename Op::In* x, const typename Op::W* w, float* part, u32 m, u32 n, u32 k,
-                          u32 kchunk) {
+                          u32 kchunk, const float* col_scale, const float* bias, int accumulate, int finish) {
     __shared__ u32 as[MMA_BM][MMA_LD];
     __shared__ u32 bs[MMA_BN][MMA_LD];
     const u32 step = MMA_WORDS * Op::PER_WORD;
@@ -158,37 +160,53 @@ __device__ void mma_tiles(const typename Op::In* x, const typename Op::W* w, flo
             for (int r = 0; r < 4; r++) {
                 const u32 row = row0 + wr + 16 * mi + g + 8 * (r >> 1);
                 const u32 col = col0 + wc + 8 * ni + 2 * t + (r & 1);
-                if (row < m && col < n) out[(size_t)row * n + col] = acc[mi][ni][r];
+                if (row >= m || col >= n) continue;
+                const size_t at = (size_t)row * n + col;
+                float v = acc[mi][ni][r];
+                if (finish) {
+                    v = gemv_finish(v, col, col_scale, bias);
+                    if (accumulate) v = __fadd_rn(out[at], v);
+                }
+                out[at] = v;
             }
 }
 
-extern "C" __global__ void mma16_bf16(const float* x, const unsigned short* w, float* part, u32 m, u32 n, u32 k,
-                                      u32 kchunk) {
-    mma_tiles<Sixteen<__nv_bfloat16, true>>(x, w, part, m, n, k, kchunk);
+extern "C" __global__ void mma16_bf16(const float* x, const unsigned short* w, float* part, u32 m, u32 n, u32 k, u32 kchunk,
+                                   const float* col_scale, const float* bias, int accumulate, int finish) {
+    mma_tiles<Sixteen<__nv_bfloat16, true>>(x, w, part, m, n, k, kchunk, col_scale, bias, accumulate, finish);
 }
 
-extern "C" __global__ void mma16_f16(const float* x, const unsigned short* w, float* part, u32 m, u32 n, u32 k,
-                                     u32 kchunk) {
-    mma_tiles<Sixteen<__half, false>>(x, w, part, m, n, k, kchunk);
+extern "C" __global__ void mma16_f16(const float* x, const unsigned short* w, float* part, u32 m, u32 n, u32 k, u32 kchunk,
+                                   const float* col_scale, const float* bias, int accumulate, int finish) {
+    mma_tiles<Sixteen<__half, false>>(x, w, part, m, n, k, kchunk, col_scale, bias, accumulate, finish);
 }
 
-extern "C" __global__ void mma_w8_e4m3(const float* x, const u8* w, float* part, u32 m, u32 n, u32 k, u32 kchunk) {
-    mma_tiles<Widened8<false>>(x, w, part, m, n, k, kchunk);
+extern "C" __global__ void mma_w8_e4m3(const float* x, const u8* w, float* part, u32 m, u32 n, u32 k, u32 kchunk,
+                                   const float* col_scale, const float* bias, int accumulate, int finish) {
+    mma_tiles<Widened8<false>>(x, w, part, m, n, k, kchunk, col_scale, bias, accumulate, finish);
 }
 
-extern "C" __global__ void mma_w8_i8(const float* x, const u8* w, float* part, u32 m, u32 n, u32 k, u32 kchunk) {
-    mma_tiles<Widened8<true>>(x, w, part, m, n, k, kchunk);
+extern "C" __global__ void mma_w8_i8(const float* x, const u8* w, float* part, u32 m, u32 n, u32 k, u32 kchunk,
+                                   const float* col_scale, const float* bias, int accumulate, int finish) {
+    mma_tiles<Widened8<true>>(x, w, part, m, n, k, kchunk, col_scale, bias, accumulate, finish);
 }
 
-extern "C" __global__ void mma_e4m3(const u8* x, const u8* w, float* part, u32 m, u32 n, u32 k, u32 kchunk) {
-    mma_tiles<E4m3>(x, w, part, m, n, k, kchunk);
+extern "C" __global__ void mma_e4m3(const u8* x, const u8* w, float* part, u32 m, u32 n, u32 k, u32 kchunk,
+                                   const float* col_scale, const float* bias, int accumulate, int finish) {
+    mma_tiles<E4m3>(x, w, part, m, n, k, kchunk, col_scale, bias, accumulate, finish);
 }
 
-// acc[i] = part[0][i] + part[1][i] + … + part[splits − 1][i], in that order (count = m · n).
-extern "C" __global__ void sum_splits(const float* part, float* acc, size_t count, u32 splits) {
+// acc[i] = part[0][i] + part[1][i] + … + part[splits − 1][i], in that order (count = m · n),
+// finished with the plain epilogue of column i % n as mma_tiles does when `finish`.
+extern "C" __global__ void sum_splits(const float* part, float* acc, size_t count, u32 splits, u32 n,
+                                      const float* col_scale, const float* bias, int accumulate, int finish) {
     for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < count; i += (size_t)gridDim.x * blockDim.x) {
         float s = part[i];
         for (u32 z = 1; z < splits; z++) s = __fadd_rn(s, part[(size_t)z * count + i]);
+        if (finish) {
+            s = gemv_finish(s, (u32)(i % n), col_scale, bias);
+            if (accumulate) s = __fadd_rn(acc[i], s);
+        }
         acc[i] = s;
     }
 }

@@ -138,8 +138,20 @@ pub(crate) fn plan(
         (dtype, false) => return Err(Error::Unsupported { op: OP, dtype, backend: "cuda" }),
     };
     let gemv = matches!(path, Path::GemvFloat { .. } | Path::Gemv8bit { .. } | Path::GemvGguf { .. });
-    let fused = gemv && (act.is_none() || gate.is_some()) && exact_cols == 0;
+    // The tensor-core products finish plain epilogues (no activation, no gate: a gate's two
+    // halves lie in different tiles) in their store or in `sum_splits`.
+    let mma = matches!(path, Path::Mma16 { .. } | Path::Mma8 { .. });
+    let fused = exact_cols == 0 && ((gemv && (act.is_none() || gate.is_some())) || (mma && act.is_none()));
     Ok(Plan { path, fused, gate })
+}
+
+/// The plain epilogue a tensor-core product finishes itself (`gemv_finish` in `common.cuh`):
+/// `out = [out +] v · col_scale[c] + bias[c]`, addresses 0 where absent.
+#[derive(Debug, Clone, Copy, Default)]
+struct Finish {
+    col_scale: u64,
+    bias: u64,
+    accumulate: i32,
 }
 
 /// How a tensor-core product of `n` output columns splits its `k` values: `(splits, kchunk)`,
@@ -224,24 +236,52 @@ impl Cuda {
         }
     }
 
-    /// A tensor-core product's raw sums into `acc_p`: K split by [`mma_splits`] into a scratch,
-    /// the splits then added in order (or, unsplit, straight into `acc_p`).
-    fn tensor_cores(&self, kind: MmaKind, x: u64, w: u64, acc_p: u64, (m, n, k): (u32, u32, u32)) -> Result<()> {
+    /// A tensor-core product's sums into `acc_p`: K split by [`mma_splits`] into a scratch, the
+    /// splits then added in order (or, unsplit, straight into `acc_p`); raw, or with `finish`
+    /// the plain epilogue applied by whichever kernel has the whole sum.
+    fn tensor_cores(
+        &self,
+        kind: MmaKind,
+        x: u64,
+        w: u64,
+        acc_p: u64,
+        (m, n, k): (u32, u32, u32),
+        finish: Option<Finish>,
+    ) -> Result<()> {
         const OP: &str = "matmul";
         let (mu, nu) = (m as usize, n as usize);
         let (splits, kchunk) = mma_splits(nu, k as usize);
         let part = if splits == 1 { acc_p } else { self.slot(Slot::Splits, splits * mu * nu * 4)? };
         let grid = (u32_of(OP, nu.div_ceil(64))?, u32_of(OP, mu.div_ceil(64))?, u32_of(OP, splits)?);
         let kchunk = u32_of(OP, kchunk)?;
+        let f = finish.unwrap_or_default();
+        let (col_scale, bias, accumulate, fin) = (f.col_scale, f.bias, f.accumulate, i32::from(finish.is_some()));
+        // The product finishes only when it has the whole sum.
+        let finish = if splits == 1 { fin } else { 0 };
+        macro_rules! mma {
+            ($kernel:ident) => {
+                self.run(&$kernel { x, w, part, m, n, k, kchunk, col_scale, bias, accumulate, finish }, grid, 128)?
+            };
+        }
         match kind {
-            MmaKind::Bf16 => self.run(&Mma16Bf16 { x, w, part, m, n, k, kchunk }, grid, 128)?,
-            MmaKind::F16 => self.run(&Mma16F16 { x, w, part, m, n, k, kchunk }, grid, 128)?,
-            MmaKind::E4m3 => self.run(&MmaE4m3 { x, w, part, m, n, k, kchunk }, grid, 128)?,
-            MmaKind::Widened8 { int8: false } => self.run(&MmaW8E4m3 { x, w, part, m, n, k, kchunk }, grid, 128)?,
-            MmaKind::Widened8 { int8: true } => self.run(&MmaW8I8 { x, w, part, m, n, k, kchunk }, grid, 128)?,
+            MmaKind::Bf16 => mma!(Mma16Bf16),
+            MmaKind::F16 => mma!(Mma16F16),
+            MmaKind::E4m3 => mma!(MmaE4m3),
+            MmaKind::Widened8 { int8: false } => mma!(MmaW8E4m3),
+            MmaKind::Widened8 { int8: true } => mma!(MmaW8I8),
         }
         if splits > 1 {
-            let s = SumSplits { part, acc: acc_p, count: (mu * nu) as u64, splits: u32_of(OP, splits)? };
+            let s = SumSplits {
+                part,
+                acc: acc_p,
+                count: (mu * nu) as u64,
+                splits: u32_of(OP, splits)?,
+                n,
+                col_scale,
+                bias,
+                accumulate,
+                finish: fin,
+            };
             self.run(&s, (Self::stride_blocks(mu * nu), 1, 1), 256)?;
         }
         Ok(())
@@ -276,6 +316,7 @@ impl Cuda {
             (acc_p, 0, 0, 0)
         };
         let (x_p, w_p, gate) = (self.ptr(x), self.ptr(w), plan.kernel_gate().unwrap_or(-1));
+        let finish = plan.fused.then_some(Finish { col_scale, bias, accumulate });
         let cols_u = u32_of(OP, cols)?;
         let gated = plan.kernel_gate().is_some();
         // Widens 8-bit weights (codes only; their scales go to the epilogue) to `ty`.
@@ -306,10 +347,12 @@ impl Cuda {
             Path::GemvGguf { fmt } => gemv!(GemvGgufF32, GemvGgufGatedF32,
                 x: x_p, w: w_p, acc: dst, m: mu, n: cols_u, k: ku, fmt: fmt,
                 col_scale: col_scale, bias: bias, accumulate: accumulate, gate: gate),
-            Path::Mma8 { int8 } => self.tensor_cores(MmaKind::Widened8 { int8 }, x_p, w_p, acc_p, (mu, nu, ku))?,
+            Path::Mma8 { int8 } => {
+                self.tensor_cores(MmaKind::Widened8 { int8 }, x_p, w_p, dst, (mu, nu, ku), finish)?
+            }
             Path::Mma16 { ty } => {
                 let kind = if ty == Ty::Bf16 { MmaKind::Bf16 } else { MmaKind::F16 };
-                self.tensor_cores(kind, x_p, w_p, acc_p, (mu, nu, ku))?
+                self.tensor_cores(kind, x_p, w_p, dst, (mu, nu, ku), finish)?
             }
             Path::BlasF32 => blas.matmul(stream, x_p, DType::F32, w_p, DType::F32, acc_p, (m, n, k))?,
             Path::Blas16 { ty } => {
@@ -354,7 +397,7 @@ impl Cuda {
                     let g = GemvW8a8F32 { x: codes, codes: w_p, acc: acc_p, m: mu, n: nu, k: ku };
                     self.run(&g, gemv_grid(n)?, 256)?;
                 } else if plan.path == Path::W8a8Mma {
-                    self.tensor_cores(MmaKind::E4m3, codes, w_p, acc_p, (mu, nu, ku))?;
+                    self.tensor_cores(MmaKind::E4m3, codes, w_p, acc_p, (mu, nu, ku), None)?;
                 } else {
                     let native = if self.caps().fp8 {
                         blas.matmul(stream, codes, DType::F8E4M3, w_p, DType::F8E4M3, acc_p, (m, n, k))
@@ -419,8 +462,14 @@ mod tests {
         };
         for m in [1, 8, 9, 64, 4096] {
             let p = mma(DType::BF16, m, true);
-            // Not fused: the epilogue kernel applies scales, bias, the gate and accumulation.
+            // A gated product is not fused: the epilogue kernel applies scales, bias, the gate
+            // and accumulation. A plain one is: the product (or sum_splits) finishes it.
             assert_eq!(p, Plan { path: Path::Mma16 { ty: Ty::Bf16 }, fused: false, gate: Some(0) });
+            let plain = |wt: DType, act: Option<Act>, exact: usize| {
+                plan(wt, false, m, 4096, true, Cores::Sixteen, act, false, exact).unwrap().fused
+            };
+            assert!(plain(DType::BF16, None, 0) && plain(DType::I8, None, 0));
+            assert!(!plain(DType::BF16, Some(Act::Gelu), 0) && !plain(DType::F16, None, 3));
             assert_eq!(mma(DType::F16, m, true).path, Path::Mma16 { ty: Ty::F16 });
             // Weight-only 8-bit codes widen to bf16 on the same tensor cores; f32 and GGUF
             // weights keep their kernels.

@@ -870,3 +870,37 @@ fn attention_rows_have_the_same_bits_whatever_the_call() {
         }
     }
 }
+
+/// A plain epilogue that a product kernel finishes itself (the gemv tiles; the tensor-core
+/// products in their store or in `sum_splits` when K is split) gives exactly the bits of the raw
+/// product finished as the epilogue kernel does: `out + (v · scale + bias)`, f32 roundings in
+/// that order.
+#[test]
+fn fused_plain_epilogues_give_the_epilogue_kernels_bits() {
+    let Some(cuda) = cuda_or_skip("this test") else { return };
+    // (weights, n, k): split K (4096) with 8-bit scales, unsplit with tails, f32 on the gemv tiles.
+    for (dtype, n, k) in [(DType::I8, 72, 4096), (DType::BF16, 40, 203), (DType::F32, 24, 64)] {
+        let (w, sc) = weight(&cuda, dtype, &rand(n * k, 70, 0.3), n, k);
+        let bias = rand(n, 71, 0.5);
+        let bt = up(&cuda, &[n], &bias);
+        let scales = sc.as_ref().map(|s| get(&cuda, s));
+        for m in [1, 12, 70] {
+            let x = up(&cuda, &[m, k], &rand(m * k, 72, 1.0));
+            let before = rand(m * n, 73, 1.0);
+            let mut raw = zeros(&cuda, &[m, n]);
+            let none = Epilogue { scale: None, ..Epilogue::none() };
+            cuda.matmul(&x, &w, none, &mut raw).unwrap();
+            let raw = get(&cuda, &raw);
+            let mut out = up(&cuda, &[m, n], &before);
+            let epi = Epilogue { bias: Some(&bt), accumulate: true, scale: sc.as_ref(), ..Epilogue::none() };
+            cuda.matmul(&x, &w, epi, &mut out).unwrap();
+            let got = get(&cuda, &out);
+            for (i, (g, r)) in got.iter().zip(&raw).enumerate() {
+                let c = i % n;
+                let v = scales.as_ref().map_or(*r, |s| r * s[c]) + bias[c];
+                let want = before[i] + v;
+                assert_eq!(g.to_bits(), want.to_bits(), "{dtype} n={n} k={k} m={m}: value {i}: {g} != {want}");
+            }
+        }
+    }
+}
