@@ -20,17 +20,17 @@ const FA_ROWS: usize = 64;
 /// Positions per split (`FA_SPLIT`): fixed, so a row's sums never depend on the batch.
 const FA_SPLIT: usize = 1024;
 
-/// The launch's device addresses and sizes, shared by the three kernels.
-pub(crate) struct FlashArgs {
-    pub page: PageKind,
-    pub qkv: u64,
-    pub k_pages: u64,
-    pub v_pages: u64,
-    pub k_scales: u64,
-    pub v_scales: u64,
-    pub k_sink: u64,
-    pub slopes: u64,
-    pub out: u64,
+/// The launch's device addresses, shared by the three kernels.
+struct FlashArgs {
+    page: PageKind,
+    qkv: u64,
+    k_pages: u64,
+    v_pages: u64,
+    k_scales: u64,
+    v_scales: u64,
+    k_sink: u64,
+    slopes: u64,
+    out: u64,
 }
 
 impl Cuda {
@@ -41,6 +41,7 @@ impl Cuda {
     }
 
     /// Causal attention of every row of the step on tensor cores; `out` [t, q_heads · d] f32.
+    #[allow(clippy::too_many_arguments)] // the op's arguments, plus what ops.rs already resolved
     pub(crate) fn flash_mma(
         &self,
         qkv: &Tensor<Cuda>,
@@ -48,9 +49,21 @@ impl Cuda {
         kv: &KvPages<Cuda>,
         meta: &AttnMeta<Cuda>,
         p: &AttnParams,
-        a: FlashArgs,
+        out: &mut Tensor<Cuda>,
+        (page, slopes, k_sink): (PageKind, u64, u64),
     ) -> Result<()> {
         const OP: &str = "paged_attention";
+        let a = FlashArgs {
+            page,
+            qkv: self.ptr(qkv),
+            k_pages: self.ptr(&kv.k),
+            v_pages: self.ptr(&kv.v),
+            k_scales: self.opt(kv.k_scales.as_ref()),
+            v_scales: self.opt(kv.v_scales.as_ref()),
+            k_sink,
+            slopes,
+            out: self.ptr(out),
+        };
         let t = qkv.rows();
         let n_seqs = meta.seqs.rows();
         let max_blocks = meta.block_tables.cols();

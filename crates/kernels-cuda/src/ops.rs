@@ -358,18 +358,8 @@ impl Ops for Cuda {
             None => 0,
         };
         if self.tensor_core_attention(l.head_dim) {
-            let a = crate::flash::FlashArgs {
-                page: kind,
-                qkv: self.ptr(qkv),
-                k_pages: self.ptr(&kv.k),
-                v_pages: self.ptr(&kv.v),
-                k_scales: self.opt(kv.k_scales.as_ref()),
-                v_scales: self.opt(kv.v_scales.as_ref()),
-                k_sink: sink_ptr(self, kind, kv)?,
-                slopes,
-                out: self.ptr(out),
-            };
-            return self.flash_mma(qkv, l, kv, meta, p, a);
+            let k_sink = sink_ptr(self, kind, kv)?;
+            return self.flash_mma(qkv, l, kv, meta, p, out, (kind, slopes, k_sink));
         }
         let n_seqs = meta.seqs.rows();
         // Multi-token sequences (prefill) go to the tiled kernel where its shared tiles fit.
