@@ -450,3 +450,71 @@ fn shared_prefixes_under_a_tight_cache_complete() {
     }
     assert!(tight.stats().prefix_cache_hit_tokens > 0);
 }
+
+/// A prompt that repeats itself, so that prompt lookup has something to draft from.
+fn repetitive(rng: &mut Rng, len: usize) -> Vec<u32> {
+    let motif = prompt(rng, 6);
+    (0..len).map(|i| if i % 9 < 6 { motif[i % 9] } else { 1 + (rng.next_u64() % 500) as u32 }).collect()
+}
+
+/// Speculative decoding (prompt lookup) changes nothing a greedy request gets, to the bit: ids,
+/// log-probabilities and top alternatives, alone, among 20 mixed requests (sampled, penalised,
+/// short budgets that chunk prefills) and under a cache small enough to preempt; drafts are
+/// made and accepted, with fewer steps than without, and no block leaks (`run` checks).
+#[test]
+fn speculative_greedy_decoding_is_bit_identical_to_plain_decoding() {
+    // Single-token matches too, so that even the penalised request (which avoids repeating
+    // its own output) gets drafts from its prompt.
+    let ngram = turbine_batcher::NgramProposer { min_n: 1, max_n: 4 };
+    let spec = Some(turbine_batcher::SpecConfig {
+        proposer: turbine_batcher::ProposerKind::Ngram(ngram),
+        ..turbine_batcher::SpecConfig::ngram(4)
+    });
+    let mut rng = Rng::new(23);
+    let prompts: Vec<Vec<u32>> = (0..3).map(|i| repetitive(&mut rng, 20 + 13 * i)).collect();
+    let mut probes: Vec<Request> = prompts.iter().map(|p| greedy(p.clone(), 40)).collect();
+    // A penalised greedy request: each verified row's sampler has seen the drafts before it.
+    let penalised = SamplingParams { temperature: 0.0, frequency_penalty: 0.3, logprobs: 2, ..Default::default() };
+    probes.push(Request::new(prompts[0].clone(), penalised, 40).unwrap().with_ignore_eos(true));
+    let plain: Vec<Outcome> = probes
+        .iter()
+        .map(|r| run(&mut engine("llama-gqa", 64, EngineConfig::default()), std::slice::from_ref(r))[0].clone())
+        .collect();
+    let mut steps = [0u64; 2];
+    let mut accepted = [0; 4];
+    for (k, r) in probes.iter().enumerate() {
+        let mut core = engine("llama-gqa", 64, EngineConfig { speculative: spec, ..Default::default() });
+        let got = run(&mut core, std::slice::from_ref(r));
+        assert_eq!(bits(&plain[k]), bits(&got[0]), "probe {k} changed with speculation");
+        assert_eq!(plain[k].1, got[0].1);
+        let st = core.stats();
+        assert!(st.accepted_tokens <= st.drafted_tokens);
+        println!("probe {k}: {} of {} drafts accepted", st.accepted_tokens, st.drafted_tokens);
+        accepted[k] = st.accepted_tokens;
+        steps[1] += st.steps;
+        let mut core = engine("llama-gqa", 64, EngineConfig::default());
+        run(&mut core, std::slice::from_ref(r));
+        steps[0] += core.stats().steps;
+    }
+    assert!(accepted[3] > 0, "the penalised request never had a draft accepted");
+    assert!(accepted.iter().sum::<u64>() > 0, "prompt lookup never drafted an accepted token");
+    assert!(steps[1] < steps[0], "speculation took {} steps, plain decoding {}", steps[1], steps[0]);
+    let mut mixed: Vec<Request> = (0..20).map(|_| random_request(&mut rng)).collect();
+    for (k, p) in probes.iter().enumerate() {
+        mixed.insert(2 + 6 * k, p.clone());
+    }
+    for (cfg, blocks) in [
+        (EngineConfig { speculative: spec, ..Default::default() }, 64),
+        (EngineConfig { max_num_tokens: 7, max_batch_size: 5, speculative: spec, ..Default::default() }, 64),
+        (EngineConfig { speculative: spec, ..Default::default() }, 8),
+    ] {
+        let mut core = engine("llama-gqa", blocks, cfg);
+        let together = run(&mut core, &mixed);
+        for (k, a) in plain.iter().enumerate() {
+            assert_eq!(bits(a), bits(&together[2 + 6 * k]), "probe {k} changed in a batch ({cfg:?}, {blocks} blocks)");
+        }
+        if blocks == 8 {
+            assert!(core.stats().preemptions > 0, "the small cache did not preempt");
+        }
+    }
+}

@@ -11,6 +11,8 @@
 //!   the comparison of several models on the same tokens; their sequences take blocks from the
 //!   engine's block manager ([`EngineCore::begin_score`]).
 //! - [`bench`]: offline throughput of a workload, in-flight or statically batched.
+//! - [`spec`]: speculative decoding (proposers, acceptance), which the scheduler runs for greedy
+//!   requests when [`EngineConfig::speculative`] is set.
 //!
 #![warn(missing_docs)]
 
@@ -23,6 +25,7 @@ pub mod kv;
 pub mod request;
 pub mod scheduler;
 pub mod score;
+pub mod spec;
 
 pub use detok::{Detokenizer, TextStream};
 pub use engine::{Engine, RequestStream};
@@ -30,6 +33,7 @@ pub use generate::{generate, GenOutput, Timings};
 pub use request::{EngineConfig, Event, FinishReason, Request, RequestId, Stats, SubmitError, Usage};
 pub use scheduler::{EngineCore, ScoreSeq};
 pub use score::{score, Score};
+pub use spec::{NgramProposer, Proposer, ProposerKind, SpecConfig};
 
 /// Errors of the engine layer.
 #[derive(Debug, thiserror::Error)]

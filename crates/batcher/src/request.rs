@@ -219,11 +219,13 @@ pub struct EngineConfig {
     /// Most requests waiting to start; a request beyond it is refused with
     /// [`SubmitError::QueueFull`] (a preempted request always goes back to the queue).
     pub max_waiting: usize,
+    /// Speculative decoding of greedy requests ([`crate::spec`]); off when `None`.
+    pub speculative: Option<crate::spec::SpecConfig>,
 }
 
 impl Default for EngineConfig {
     fn default() -> Self {
-        EngineConfig { max_num_tokens: 512, max_batch_size: 64, max_waiting: 4096 }
+        EngineConfig { max_num_tokens: 512, max_batch_size: 64, max_waiting: 4096, speculative: None }
     }
 }
 
@@ -248,6 +250,10 @@ pub struct Stats {
     pub kv_tokens: usize,
     /// KV blocks in the cache.
     pub blocks_total: usize,
+    /// Tokens drafted by the speculative proposer and checked by the model.
+    pub drafted_tokens: u64,
+    /// Drafted tokens the model accepted.
+    pub accepted_tokens: u64,
 }
 
 impl From<InvalidParam> for SubmitError {

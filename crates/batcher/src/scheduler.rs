@@ -7,7 +7,7 @@
 use std::collections::VecDeque;
 
 use turbine_core::runner::{Logits, ModelRunner, SeqStep};
-use turbine_core::sampling::SeqSampler;
+use turbine_core::sampling::{Sampled, SeqSampler};
 
 use crate::detok::{Detokenizer, TextStream};
 use crate::kv::{block_hash, BlockManager};
@@ -35,6 +35,11 @@ struct Seq {
     text: TextStream,
     /// Bytes of the output text already sent.
     sent: usize,
+    /// Drafted tokens appended to `tokens` for the step being run (speculative decoding); none
+    /// outside [`EngineCore::step`].
+    drafts: usize,
+    /// How many tokens to draft next ([`crate::spec::next_draft_len`]).
+    draft_len: usize,
 }
 
 impl Seq {
@@ -228,6 +233,8 @@ impl EngineCore {
             stop: req.stop,
             text: TextStream::default(),
             sent: 0,
+            drafts: 0,
+            draft_len: self.cfg.speculative.map_or(0, |c| c.draft_tokens),
         });
         Ok(id)
     }
@@ -303,6 +310,7 @@ impl EngineCore {
     }
 
     fn preempt(&mut self, mut seq: Seq) {
+        Self::drop_drafts(&mut seq);
         self.kv.release(&seq.blocks);
         seq.blocks.clear();
         seq.computed = 0;
@@ -310,6 +318,26 @@ impl EngineCore {
         seq.last_hash = 0;
         self.stats.preemptions += 1;
         self.waiting.push_front(seq);
+    }
+
+    /// Takes a step's drafted tokens back off the end of `seq.tokens`.
+    fn drop_drafts(seq: &mut Seq) {
+        seq.tokens.truncate(seq.tokens.len() - seq.drafts);
+        seq.drafts = 0;
+    }
+
+    /// Appends drafted tokens to a decoding greedy request (one token left to compute), at
+    /// most `room` of them: the proposer's guess, no longer than the request may still grow.
+    fn draft(&self, i: usize, room: usize) -> Vec<u32> {
+        let (Some(cfg), s) = (self.cfg.speculative, &self.running[i]) else { return Vec::new() };
+        let greedy = s.sampler.params.temperature == 0.0 || s.sampler.params.top_k == 1;
+        if !greedy || s.tokens.len() - s.computed != 1 || self.running.len() >= cfg.max_running {
+            return Vec::new();
+        }
+        // The last verified row gives one token more than the drafts it accepts.
+        let left = s.max_tokens.saturating_sub(s.generated()).min(self.max_len().saturating_sub(s.tokens.len()));
+        let max = s.draft_len.min(room).min(left.saturating_sub(1));
+        cfg.proposer.proposer().propose(&s.tokens, max)
     }
 
     /// Gives `seq` blocks for `tokens` tokens; false (taking nothing) if there are not enough.
@@ -328,8 +356,18 @@ impl EngineCore {
         let mut plan = Vec::new();
         let mut i = 0;
         while i < self.running.len() && budget > 0 && plan.len() < self.cfg.max_batch_size {
-            let n = (self.running[i].tokens.len() - self.running[i].computed).min(budget);
-            let want = self.running[i].computed + n;
+            let drafts = self.draft(i, budget - 1);
+            let s = &mut self.running[i];
+            s.drafts = drafts.len();
+            s.tokens.extend(drafts);
+            let mut n = (self.running[i].tokens.len() - self.running[i].computed).min(budget);
+            let mut want = self.running[i].computed + n;
+            if self.running[i].drafts > 0 && !Self::grow(&mut self.kv, &mut self.running[i], want) {
+                // Drafts never take blocks another request holds: without them, then.
+                Self::drop_drafts(&mut self.running[i]);
+                n = 1;
+                want = self.running[i].computed + 1;
+            }
             while !Self::grow(&mut self.kv, &mut self.running[i], want) {
                 if self.running.len() - 1 > i {
                     let victim = self.running.pop().expect("more than one running");
@@ -339,6 +377,7 @@ impl EngineCore {
                 }
             }
             if self.running[i].blocks.len() * self.kv.block_size() < want {
+                Self::drop_drafts(&mut self.running[i]);
                 break;
             }
             plan.push((i, n));
@@ -378,6 +417,10 @@ impl EngineCore {
 
     /// Runs one step and returns the events it produced, in request order within the step.
     pub fn step(&mut self) -> Result<Vec<(RequestId, Event)>> {
+        // Drafts live only inside a step; a step that failed may have left some.
+        for s in &mut self.running {
+            Self::drop_drafts(s);
+        }
         let plan = self.schedule();
         if plan.is_empty() {
             return Ok(Vec::new());
@@ -386,7 +429,12 @@ impl EngineCore {
             .iter()
             .map(|&(i, n)| {
                 let s = &self.running[i];
-                let logits = if s.computed + n == s.tokens.len() { Logits::Last } else { Logits::None };
+                let logits = match (s.computed + n == s.tokens.len(), s.drafts) {
+                    (false, _) => Logits::None,
+                    (true, 0) => Logits::Last,
+                    // The last token's row and each draft's: what the model says after each.
+                    (true, _) => Logits::All,
+                };
                 SeqStep { tokens: &s.tokens[s.computed..s.computed + n], start: s.computed, blocks: &s.blocks, logits }
             })
             .collect();
@@ -397,57 +445,119 @@ impl EngineCore {
             .filter(|&&(i, n)| self.running[i].computed + n == self.running[i].tokens.len())
             .map(|p| p.0)
             .collect();
+        // One sampler per logit row: a drafting request's rows each take a copy of its sampler
+        // that has seen the drafts before that row (what penalties look at), so that row j
+        // samples as a plain decode step would after drafts 1..j.
+        let mut copies: Vec<Vec<SeqSampler>> = sampling
+            .iter()
+            .map(|&i| {
+                let s = &self.running[i];
+                let drafts = &s.tokens[s.tokens.len() - s.drafts..];
+                (0..s.drafts)
+                    .map(|j| {
+                        let mut c = s.sampler.clone();
+                        drafts[..=j].iter().for_each(|&d| c.record(d));
+                        c
+                    })
+                    .collect()
+            })
+            .collect();
         let sampled = if sampling.is_empty() {
             Vec::new()
         } else {
             let mut samplers: Vec<&mut SeqSampler> = Vec::with_capacity(sampling.len());
             let mut rest: &mut [Seq] = &mut self.running;
             let mut base = 0;
-            for &i in &sampling {
+            for (&i, extra) in sampling.iter().zip(copies.iter_mut()) {
                 let (_, tail) = std::mem::take(&mut rest).split_at_mut(i - base);
                 let (seq, tail) = tail.split_first_mut().expect("index in range");
                 samplers.push(&mut seq.sampler);
+                samplers.extend(extra.iter_mut());
                 rest = tail;
                 base = i + 1;
             }
             self.runner.sample(&mut samplers)?
         };
+        // Each sampling request's tokens: the model's token after its last one and after each
+        // accepted draft. Rejected drafts leave `tokens`; their KV positions are overwritten later.
+        let mut rows = sampled.into_iter();
+        let mut chosen: Vec<Vec<Sampled>> = Vec::with_capacity(sampling.len());
+        for (&i, extra) in sampling.iter().zip(copies) {
+            let s = &mut self.running[i];
+            let mut got: Vec<Sampled> = rows.by_ref().take(1 + s.drafts).collect();
+            if s.drafts > 0 {
+                let drafts = s.tokens[s.tokens.len() - s.drafts..].to_vec();
+                let ids: Vec<u32> = got.iter().map(|t| t.id).collect();
+                let a = crate::spec::accepted(&drafts, &ids);
+                got.truncate(a + 1);
+                // The sampler that has seen the accepted drafts and the token after them.
+                if a > 0 {
+                    s.sampler = extra.into_iter().nth(a - 1).expect("a sampler per draft");
+                }
+                self.stats.drafted_tokens += drafts.len() as u64;
+                self.stats.accepted_tokens += a as u64;
+                let max = self.cfg.speculative.map_or(0, |c| c.draft_tokens);
+                s.draft_len = crate::spec::next_draft_len(drafts.len(), a, max);
+                Self::drop_drafts(s);
+            }
+            chosen.push(got);
+        }
         let bs = self.kv.block_size();
         for &(i, n) in &plan {
             let s = &mut self.running[i];
+            // A drafting request computed its last token and the drafts it kept.
+            let n = match sampling.iter().position(|&j| j == i) {
+                Some(k) if n > 1 && s.computed + n > s.tokens.len() => chosen[k].len(),
+                _ => n,
+            };
             s.computed += n;
-            while s.registered < s.computed / bs {
-                let b = s.registered;
-                s.last_hash = block_hash(s.last_hash, &s.tokens[b * bs..(b + 1) * bs]);
-                self.kv.register(s.blocks[b], s.last_hash);
-                s.registered += 1;
-            }
         }
         let max_len = self.max_len();
         let mut events = Vec::new();
         let mut done = Vec::new();
-        for (&i, tok) in sampling.iter().zip(sampled) {
-            if !tok.logprob.is_finite() {
-                // NaN or infinite logits: the token means nothing; this request ends here and
-                // the others of the step, whose rows are their own, go on.
-                done.push((i, FinishReason::Error));
-                continue;
+        for (&i, toks) in sampling.iter().zip(chosen) {
+            for tok in toks {
+                if !tok.logprob.is_finite() {
+                    // NaN or infinite logits: the token means nothing; this request ends here and
+                    // the others of the step, whose rows are their own, go on.
+                    done.push((i, FinishReason::Error));
+                    break;
+                }
+                let id = tok.id;
+                self.running[i].tokens.push(id);
+                let (text, stopped) = self.text_delta(i);
+                let s = &mut self.running[i];
+                events.push((s.id, Event::Token { token: tok, text }));
+                self.stats.generated_tokens += 1;
+                let reason = if stopped || (!s.ignore_eos && s.stop_ids.contains(&id)) {
+                    Some(FinishReason::Stop)
+                } else if s.generated() >= s.max_tokens || s.tokens.len() >= max_len {
+                    Some(FinishReason::Length)
+                } else {
+                    None
+                };
+                if let Some(r) = reason {
+                    done.push((i, r));
+                    break;
+                }
             }
-            let id = tok.id;
-            self.running[i].tokens.push(id);
-            let (text, stopped) = self.text_delta(i);
+            // Blocks past the sequence (held for rejected drafts) go back to the pool.
             let s = &mut self.running[i];
-            events.push((s.id, Event::Token { token: tok, text }));
-            self.stats.generated_tokens += 1;
-            let reason = if stopped || (!s.ignore_eos && s.stop_ids.contains(&id)) {
-                Some(FinishReason::Stop)
-            } else if s.generated() >= s.max_tokens || s.tokens.len() >= max_len {
-                Some(FinishReason::Length)
-            } else {
-                None
-            };
-            if let Some(r) = reason {
-                done.push((i, r));
+            let keep = s.tokens.len().div_ceil(bs).max(s.registered);
+            if s.blocks.len() > keep {
+                self.kv.release(&s.blocks[keep..]);
+                s.blocks.truncate(keep);
+            }
+        }
+        // Full blocks of computed tokens enter the prefix cache (a drafting request's tokens are
+        // known only now; one that finished early may hold fewer tokens than it computed).
+        for &(i, _) in &plan {
+            let s = &mut self.running[i];
+            while s.registered < s.computed.min(s.tokens.len()) / bs {
+                let b = s.registered;
+                s.last_hash = block_hash(s.last_hash, &s.tokens[b * bs..(b + 1) * bs]);
+                self.kv.register(s.blocks[b], s.last_hash);
+                s.registered += 1;
             }
         }
         for &(i, r) in done.iter().rev() {

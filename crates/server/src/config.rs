@@ -154,6 +154,8 @@ impl EngineSection {
             max_num_tokens: self.max_num_tokens,
             max_batch_size: self.max_batch,
             max_waiting: self.max_waiting,
+            // Speculative decoding is not exposed in the server yet (issue 22).
+            speculative: None,
         }
     }
 }

@@ -111,6 +111,7 @@ pub fn run_batches(model: &ModelArgs, a: &SpeedArgs, json: bool) -> Result<()> {
         max_num_tokens: (a.prompt_tokens * largest).max(largest),
         max_batch_size: largest,
         max_waiting: usize::MAX,
+        speculative: None,
     };
     let mut core = EngineCore::new(loaded.runner, cfg);
     let mut rows = Vec::new();
