@@ -219,7 +219,7 @@ pub struct EngineConfig {
     /// Most requests waiting to start; a request beyond it is refused with
     /// [`SubmitError::QueueFull`] (a preempted request always goes back to the queue).
     pub max_waiting: usize,
-    /// Speculative decoding of greedy requests ([`crate::spec`]); off when `None`.
+    /// Speculative decoding ([`crate::spec`]); off when `None`.
     pub speculative: Option<crate::spec::SpecConfig>,
 }
 

@@ -326,12 +326,11 @@ impl EngineCore {
         seq.drafts = 0;
     }
 
-    /// Appends drafted tokens to a decoding greedy request (one token left to compute), at
-    /// most `room` of them: the proposer's guess, no longer than the request may still grow.
+    /// Drafted tokens for a decoding request (one token left to compute), at most `room` of
+    /// them: the proposer's guess, no longer than the request may still grow.
     fn draft(&self, i: usize, room: usize) -> Vec<u32> {
         let (Some(cfg), s) = (self.cfg.speculative, &self.running[i]) else { return Vec::new() };
-        let greedy = s.sampler.params.temperature == 0.0 || s.sampler.params.top_k == 1;
-        if !greedy || s.tokens.len() - s.computed != 1 || self.running.len() >= cfg.max_running {
+        if s.tokens.len() - s.computed != 1 || self.running.len() >= cfg.max_running {
             return Vec::new();
         }
         // The last verified row gives one token more than the drafts it accepts.
@@ -445,19 +444,23 @@ impl EngineCore {
             .filter(|&&(i, n)| self.running[i].computed + n == self.running[i].tokens.len())
             .map(|p| p.0)
             .collect();
-        // One sampler per logit row: a drafting request's rows each take a copy of its sampler
-        // that has seen the drafts before that row (what penalties look at), so that row j
-        // samples as a plain decode step would after drafts 1..j.
+        // One sampler per logit row: the row after draft j takes the request's sampler as a
+        // plain step would find it after drafts 1..=j were chosen (recorded for the penalties,
+        // one random number skipped per choice of a sampled request). Each row then draws from
+        // the target distribution with the number plain decoding would use at its position, and
+        // a draft is kept when the row chose it: rejection sampling against a proposal that puts
+        // all its mass on the draft, exact in distribution, and for a seeded request the very
+        // tokens plain decoding gives.
         let mut copies: Vec<Vec<SeqSampler>> = sampling
             .iter()
             .map(|&i| {
                 let s = &self.running[i];
-                let drafts = &s.tokens[s.tokens.len() - s.drafts..];
-                (0..s.drafts)
-                    .map(|j| {
-                        let mut c = s.sampler.clone();
-                        drafts[..=j].iter().for_each(|&d| c.record(d));
-                        c
+                let mut at = s.sampler.clone();
+                s.tokens[s.tokens.len() - s.drafts..]
+                    .iter()
+                    .map(|&d| {
+                        at = at.after(d);
+                        at.clone()
                     })
                     .collect()
             })

@@ -9,6 +9,15 @@
 //! first disagreement (its positions are simply overwritten later; whole blocks past the
 //! sequence go back to the pool, and only blocks of accepted tokens enter the prefix cache).
 //!
+//! Sampled requests speculate too. Each verified row samples from the target distribution with
+//! the sampler state plain decoding would have there (the drafts before it recorded for the
+//! penalties, one random number skipped per earlier choice), and a draft is kept when its row
+//! chose it. That is rejection sampling against a proposal that puts all its mass on the draft
+//! (accepted with the target's probability of the draft; on rejection the row's own choice is a
+//! draw from the target without the draft), so outputs keep the target distribution exactly, and
+//! a seeded request gets the very tokens it gets without speculation. Proposers therefore draft
+//! one token per position, deterministically (a draft model drafts greedily).
+//!
 //! Proposers sit behind [`Proposer`]; this module has prompt lookup ([`NgramProposer`]), which
 //! drafts from the request's own prompt and output and needs no second model.
 

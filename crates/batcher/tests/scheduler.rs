@@ -5,9 +5,12 @@
 
 use std::sync::{Arc, Mutex};
 
-use turbine_batcher::{EngineConfig, EngineCore, EngineError, Event, FinishReason, Request, RequestId};
+use turbine_batcher::{
+    EngineConfig, EngineCore, EngineError, Event, FinishReason, NgramProposer, ProposerKind, Request, RequestId,
+    SpecConfig,
+};
 use turbine_core::runner::{CacheConfig, Logits, ModelRunner, ModelSpec, SeqStep};
-use turbine_core::sampling::{Sampled, SeqSampler};
+use turbine_core::sampling::{sample_rows, top_n, Sampled, SamplingParams, SeqSampler};
 
 const VOCAB: u32 = 26;
 
@@ -69,7 +72,10 @@ impl ModelRunner for Fake {
                     self.last.push(*s.tokens.last().expect("tokens"));
                     self.rows += 1;
                 }
-                Logits::All => self.rows += s.tokens.len(),
+                Logits::All => {
+                    self.last.extend_from_slice(s.tokens);
+                    self.rows += s.tokens.len();
+                }
                 Logits::None => {}
             }
         }
@@ -86,17 +92,19 @@ impl ModelRunner for Fake {
 
     fn sample(&mut self, samplers: &mut [&mut SeqSampler]) -> turbine_core::Result<Vec<Sampled>> {
         assert_eq!(samplers.len(), self.last.len());
-        Ok(self
-            .last
-            .iter()
-            .zip(samplers.iter_mut())
-            .map(|(&t, s)| {
-                let id = (t * 7 + 3) % VOCAB;
-                s.record(id);
-                Sampled { id, logprob: -1.0, top: vec![] }
-            })
-            .collect())
+        let rows: Vec<f32> = self.last.iter().flat_map(|&t| next_logits(t)).collect();
+        sample_rows(&rows, VOCAB as usize, samplers)
     }
+}
+
+/// The fake model's logits after token `t`: 2 for its favourite next token `(7t + 3) % 26`, 1.5
+/// more for a second one, 0 elsewhere. Greedy requests follow the favourite; penalised and
+/// sampled ones leave it now and then.
+fn next_logits(t: u32) -> Vec<f32> {
+    let mut row = vec![0.0; VOCAB as usize];
+    row[((t * 7 + 3) % VOCAB) as usize] += 2.0;
+    row[((t * 5 + 1) % VOCAB) as usize] += 1.5;
+    row
 }
 
 fn request(prompt: Vec<u32>, max_tokens: usize) -> Request {
@@ -292,4 +300,103 @@ fn scoring_takes_blocks_from_the_engine_and_gives_them_back() {
     assert_eq!(core.stats().blocks_in_use, 0);
     assert!(turbine_batcher::score(&mut core, &ids, 65).unwrap_err().to_string().contains("--ctx must be between 2"));
     assert!(turbine_batcher::score(&mut core, &[1, 99], 2).unwrap_err().to_string().contains("outside the vocabulary"));
+}
+
+/// Prompt lookup over the fake model: a prompt that walks the favourite chain twice gives
+/// drafts the fake agrees with often, and disagrees with sometimes.
+fn chain_prompt(start: u32, len: usize) -> Vec<u32> {
+    let mut p = vec![start];
+    while p.len() < len {
+        let t = *p.last().unwrap();
+        p.push(if p.len() % 11 == 10 { (t + 1) % VOCAB } else { (t * 7 + 3) % VOCAB });
+    }
+    p
+}
+
+fn speculative(draft_tokens: usize) -> EngineConfig {
+    let proposer = ProposerKind::Ngram(NgramProposer { min_n: 1, max_n: 3 });
+    EngineConfig {
+        speculative: Some(SpecConfig { proposer, draft_tokens, max_running: usize::MAX }),
+        ..Default::default()
+    }
+}
+
+/// Greedy, penalised and seeded sampled requests give the same tokens with and without
+/// speculation: each verified row samples with the state plain decoding has at its position
+/// (a wrong per-row sampler, a random number reused or skipped, shows here).
+#[test]
+fn speculation_changes_no_token_of_greedy_penalised_or_seeded_requests() {
+    let kinds = [
+        SamplingParams { temperature: 0.0, ..Default::default() },
+        SamplingParams { temperature: 0.0, frequency_penalty: 0.8, ..Default::default() },
+        SamplingParams { temperature: 0.0, repetition_penalty: 1.5, ..Default::default() },
+        SamplingParams { temperature: 1.0, seed: Some(7), ..Default::default() },
+        SamplingParams { temperature: 0.8, top_k: 4, presence_penalty: 0.7, seed: Some(9), ..Default::default() },
+        SamplingParams { temperature: 1.2, top_p: 0.8, min_p: 0.05, seed: Some(11), ..Default::default() },
+    ];
+    let reqs: Vec<Request> = kinds
+        .iter()
+        .enumerate()
+        .map(|(k, p)| Request::new(chain_prompt(k as u32, 40), p.clone(), 30).unwrap().with_ignore_eos(true))
+        .collect();
+    let outputs = |cfg: EngineConfig| {
+        let (fake, _) = Fake::new(64);
+        let mut core = EngineCore::new(Box::new(fake), cfg);
+        let ids: Vec<RequestId> = reqs.iter().map(|r| core.add(r.clone()).unwrap()).collect();
+        let out: Vec<Vec<u32>> = run(&mut core, &ids).into_iter().map(|o| o.0).collect();
+        (out, core.stats())
+    };
+    let (plain, _) = outputs(EngineConfig::default());
+    for k in [1, 3, 8] {
+        let (spec, stats) = outputs(speculative(k));
+        for (i, (a, b)) in plain.iter().zip(&spec).enumerate() {
+            assert_eq!(a, b, "request {i} ({:?}) changed with {k} drafts", kinds[i]);
+        }
+        assert!(stats.accepted_tokens > 0 && stats.accepted_tokens < stats.drafted_tokens, "{stats:?}");
+    }
+}
+
+/// Sampled outputs keep the model's distribution under speculation: the frequencies of the
+/// first three tokens over 6,000 seeds match the exact probabilities (chi-square).
+#[test]
+fn speculative_sampling_keeps_the_target_distribution() {
+    let params = |seed| SamplingParams { temperature: 1.0, top_k: 3, seed: Some(seed), ..Default::default() };
+    // The exact probability of each step's choice: softmax over the row's three largest logits.
+    let step = |t: u32| -> Vec<(u32, f64)> {
+        let top = top_n(&next_logits(t), 3);
+        let z: f64 = top.iter().map(|c| (c.1 as f64).exp()).sum();
+        top.iter().map(|c| (c.0, (c.1 as f64).exp() / z)).collect()
+    };
+    let prompt = chain_prompt(4, 30);
+    let mut exact = std::collections::HashMap::new();
+    for (a, pa) in step(*prompt.last().unwrap()) {
+        for (b, pb) in step(a) {
+            for (c, pc) in step(b) {
+                exact.insert(vec![a, b, c], pa * pb * pc);
+            }
+        }
+    }
+    let n = 6000u64;
+    let (fake, _) = Fake::new(1024);
+    let mut core = EngineCore::new(Box::new(fake), EngineConfig { max_waiting: n as usize, ..speculative(4) });
+    let ids: Vec<RequestId> = (0..n)
+        .map(|seed| core.add(Request::new(prompt.clone(), params(seed), 3).unwrap().with_ignore_eos(true)).unwrap())
+        .collect();
+    let mut counts = std::collections::HashMap::new();
+    for (toks, ..) in run(&mut core, &ids) {
+        assert!(exact.contains_key(&toks), "{toks:?} is not a possible output");
+        *counts.entry(toks).or_insert(0u64) += 1;
+    }
+    let stats = core.stats();
+    assert!(stats.accepted_tokens > 1000 && stats.accepted_tokens < stats.drafted_tokens, "{stats:?}");
+    let chi2: f64 = exact
+        .iter()
+        .map(|(k, p)| {
+            let e = p * n as f64;
+            let o = *counts.get(k).unwrap_or(&0) as f64;
+            (o - e) * (o - e) / e
+        })
+        .sum();
+    // 27 outcomes, 26 degrees of freedom: 54.1 is the 0.001 quantile's bound.
+    assert!(chi2 < 54.1, "chi-square {chi2:.1} over {} outcomes: {counts:?}", exact.len());
 }

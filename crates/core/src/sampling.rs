@@ -172,6 +172,27 @@ impl SeqSampler {
         *self.generated.entry(id).or_insert(0) += 1;
     }
 
+    /// Whether choosing a token takes a number from this sequence's random stream (temperature
+    /// sampling; a greedy sequence takes none). Every such choice takes exactly one, on the host
+    /// and on a device alike.
+    pub fn draws(&self) -> bool {
+        let p = &self.params;
+        p.temperature != 0.0 && p.top_k != 1
+    }
+
+    /// This sampler as it will be once `id` has been chosen: `id` recorded for the penalties and,
+    /// when the sequence draws, the one random number its choice takes skipped. Speculative
+    /// decoding gives the row after a drafted token this state, so that the row samples exactly
+    /// as a plain step after that token would.
+    pub fn after(&self, id: u32) -> SeqSampler {
+        let mut next = self.clone();
+        if next.draws() {
+            next.rng.next_f64();
+        }
+        next.record(id);
+        next
+    }
+
     fn penalised(&self) -> bool {
         let p = &self.params;
         p.repetition_penalty != 1.0 || p.presence_penalty != 0.0 || p.frequency_penalty != 0.0
@@ -600,6 +621,27 @@ mod tests {
         assert!(three.sample_summary(&RowSummary { top: &top, lse, mass }).is_none());
         let (top, lse, mass) = summarise(&row, 3, 0.0);
         assert_eq!(three.sample_summary(&RowSummary { top: &top, lse, mass }).unwrap().top.len(), 3);
+    }
+
+    #[test]
+    fn a_sampler_after_a_token_samples_as_the_one_that_chose_it() {
+        let rows: Vec<f32> = (0..40).map(|i| ((i * 7919) % 13) as f32 * 0.3).collect();
+        for params in [
+            SamplingParams { temperature: 0.9, seed: Some(3), ..Default::default() },
+            SamplingParams { temperature: 1.0, top_k: 5, frequency_penalty: 0.4, seed: Some(8), ..Default::default() },
+            SamplingParams { temperature: 0.0, repetition_penalty: 1.3, ..Default::default() },
+        ] {
+            let mut chose = SeqSampler::new(params);
+            let mut skipped = chose.clone();
+            // Three steps: the first row's choice, recorded by `after`, then the same rows.
+            for row in rows.chunks_exact(20).chain(rows.chunks_exact(20)) {
+                let first = sample_rows(row, 20, &mut [&mut chose]).unwrap();
+                skipped = skipped.after(first[0].id);
+                let next_a = sample_rows(&rows[..20], 20, &mut [&mut chose]).unwrap();
+                let next_b = sample_rows(&rows[..20], 20, &mut [&mut skipped]).unwrap();
+                assert_eq!(next_a, next_b);
+            }
+        }
     }
 
     #[test]
