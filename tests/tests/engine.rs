@@ -40,6 +40,7 @@ fn run(core: &mut EngineCore, reqs: &[Request]) -> Vec<Outcome> {
         assert!(steps < 100_000, "engine does not converge");
     }
     assert_eq!(core.stats().blocks_in_use, 0, "blocks leaked");
+    assert_eq!(core.stats().draft_blocks_in_use, 0, "draft model blocks leaked");
     ids.iter()
         .map(|id| {
             let (t, r) = out.remove(id).expect("request lost");
@@ -465,11 +466,8 @@ fn repetitive(rng: &mut Rng, len: usize) -> Vec<u32> {
 fn speculative_decoding_is_bit_identical_to_plain_decoding() {
     // Single-token matches too, so that even the penalised request (which avoids repeating
     // its own output) gets drafts from its prompt.
-    let ngram = turbine_batcher::NgramProposer { min_n: 1, max_n: 4 };
-    let spec = Some(turbine_batcher::SpecConfig {
-        proposer: turbine_batcher::ProposerKind::Ngram(ngram),
-        ..turbine_batcher::SpecConfig::ngram(4)
-    });
+    let ngram = || Box::new(turbine_batcher::NgramProposer { min_n: 1, max_n: 4 });
+    let spec = Some(turbine_batcher::SpecConfig::new(4));
     let mut rng = Rng::new(23);
     let prompts: Vec<Vec<u32>> = (0..3).map(|i| repetitive(&mut rng, 20 + 13 * i)).collect();
     let mut probes: Vec<Request> = prompts.iter().map(|p| greedy(p.clone(), 40)).collect();
@@ -491,7 +489,8 @@ fn speculative_decoding_is_bit_identical_to_plain_decoding() {
     let mut steps = [0u64; 2];
     let mut accepted = [0; 6];
     for (k, r) in probes.iter().enumerate() {
-        let mut core = engine("llama-gqa", 64, EngineConfig { speculative: spec, ..Default::default() });
+        let mut core =
+            engine("llama-gqa", 64, EngineConfig { speculative: spec, ..Default::default() }).with_proposer(ngram());
         let got = run(&mut core, std::slice::from_ref(r));
         assert_eq!(bits(&plain[k]), bits(&got[0]), "probe {k} changed with speculation");
         assert_eq!(plain[k].1, got[0].1);
@@ -517,11 +516,72 @@ fn speculative_decoding_is_bit_identical_to_plain_decoding() {
         (EngineConfig { max_num_tokens: 7, max_batch_size: 5, speculative: spec, ..Default::default() }, 64),
         (EngineConfig { speculative: spec, ..Default::default() }, 8),
     ] {
-        let mut core = engine("llama-gqa", blocks, cfg);
+        let mut core = engine("llama-gqa", blocks, cfg).with_proposer(ngram());
         let together = run(&mut core, &mixed);
         for (k, a) in plain.iter().enumerate() {
             assert_eq!(bits(a), bits(&together[2 + 4 * k]), "probe {k} changed in a batch ({cfg:?}, {blocks} blocks)");
         }
+        if blocks == 8 {
+            assert!(core.stats().preemptions > 0, "the small cache did not preempt");
+        }
+    }
+}
+
+/// A draft model as proposer: the same identity, whatever the draft model drafts. The same
+/// checkpoint drafts what the target would (most drafts accepted); another architecture with the
+/// same vocabulary drafts poorly (few accepted). Alone, among 20 mixed requests, and under a
+/// cache that preempts; neither cache leaks a block (`run` checks both).
+#[test]
+fn draft_model_speculation_is_bit_identical_to_plain_decoding() {
+    let draft = |case: &str, blocks: usize| {
+        let (runner, _, _) = turbine_tests::load_runner(&fixtures().join("tiny").join(case), blocks).unwrap();
+        Box::new(turbine_batcher::DraftModel::new(runner))
+    };
+    let spec = Some(turbine_batcher::SpecConfig::new(5));
+    let mut rng = Rng::new(31);
+    let seeded = SamplingParams { temperature: 0.4, top_k: 20, logprobs: 1, seed: Some(5), ..Default::default() };
+    let probes = [
+        greedy(prompt(&mut rng, 12), 30),
+        greedy(repetitive(&mut rng, 40), 30),
+        Request::new(prompt(&mut rng, 25), seeded, 30).unwrap().with_ignore_eos(true),
+    ];
+    let plain: Vec<Outcome> = probes
+        .iter()
+        .map(|r| run(&mut engine("llama-gqa", 64, EngineConfig::default()), std::slice::from_ref(r))[0].clone())
+        .collect();
+    let cfg = EngineConfig { speculative: spec, ..Default::default() };
+    for (case, expect_most) in [("llama-gqa", true), ("mistral-window", false)] {
+        let (mut drafted, mut accepted) = (0, 0);
+        for (k, r) in probes.iter().enumerate() {
+            let mut core = engine("llama-gqa", 64, cfg).with_proposer(draft(case, 64));
+            let got = run(&mut core, std::slice::from_ref(r));
+            assert_eq!(bits(&plain[k]), bits(&got[0]), "probe {k} changed with draft model {case}");
+            let st = core.stats();
+            println!("{case} probe {k}: {} of {}", st.accepted_tokens, st.drafted_tokens);
+            drafted += st.drafted_tokens;
+            accepted += st.accepted_tokens;
+        }
+        println!("draft model {case}: {accepted} of {drafted} drafts accepted");
+        assert!(drafted > 0);
+        assert_eq!(expect_most, 2 * accepted > drafted, "{case}: {accepted} of {drafted} accepted");
+    }
+    let mut mixed: Vec<Request> = (0..20).map(|_| random_request(&mut rng)).collect();
+    for (k, p) in probes.iter().enumerate() {
+        mixed.insert(3 + 5 * k, p.clone());
+    }
+    for (cfg, blocks, draft_blocks) in [
+        (cfg, 64, 64),
+        (EngineConfig { max_num_tokens: 7, max_batch_size: 5, ..cfg }, 64, 64),
+        (cfg, 8, 64),
+        // A draft cache too small for every sequence: those left out decode without drafts.
+        (cfg, 64, 6),
+    ] {
+        let mut core = engine("llama-gqa", blocks, cfg).with_proposer(draft("llama-gqa", draft_blocks));
+        let together = run(&mut core, &mixed);
+        for (k, a) in plain.iter().enumerate() {
+            assert_eq!(bits(a), bits(&together[3 + 5 * k]), "probe {k} changed in a batch ({cfg:?}, {blocks} blocks)");
+        }
+        assert!(core.stats().accepted_tokens > 0);
         if blocks == 8 {
             assert!(core.stats().preemptions > 0, "the small cache did not preempt");
         }

@@ -18,6 +18,7 @@
 
 pub mod bench;
 pub mod detok;
+pub mod draft;
 pub mod engine;
 pub mod eval;
 pub mod generate;
@@ -28,12 +29,13 @@ pub mod score;
 pub mod spec;
 
 pub use detok::{Detokenizer, TextStream};
+pub use draft::DraftModel;
 pub use engine::{Engine, RequestStream};
 pub use generate::{generate, GenOutput, Timings};
-pub use request::{EngineConfig, Event, FinishReason, Request, RequestId, Stats, SubmitError, Usage};
+pub use request::{EngineConfig, Event, FinishReason, Request, RequestId, SpecConfig, Stats, SubmitError, Usage};
 pub use scheduler::{EngineCore, ScoreSeq};
 pub use score::{score, Score};
-pub use spec::{NgramProposer, Proposer, ProposerKind, SpecConfig};
+pub use spec::{DraftRequest, NgramProposer, Proposer};
 
 /// Errors of the engine layer.
 #[derive(Debug, thiserror::Error)]

@@ -220,12 +220,31 @@ pub struct EngineConfig {
     /// [`SubmitError::QueueFull`] (a preempted request always goes back to the queue).
     pub max_waiting: usize,
     /// Speculative decoding ([`crate::spec`]); off when `None`.
-    pub speculative: Option<crate::spec::SpecConfig>,
+    pub speculative: Option<SpecConfig>,
 }
 
 impl Default for EngineConfig {
     fn default() -> Self {
         EngineConfig { max_num_tokens: 512, max_batch_size: 64, max_waiting: 4096, speculative: None }
+    }
+}
+
+/// Speculative decoding settings of the engine (the proposer is given to the engine apart:
+/// prompt lookup unless [`crate::EngineCore::with_proposer`] says otherwise).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SpecConfig {
+    /// Most drafted tokens per request and step. Each request starts there; its length then
+    /// follows its acceptance ([`crate::spec::next_draft_len`]).
+    pub draft_tokens: usize,
+    /// Speculation pauses while this many requests or more are running: a large batch already
+    /// reads each weight once for many rows, and drafts would only add rows.
+    pub max_running: usize,
+}
+
+impl SpecConfig {
+    /// Up to `draft_tokens` drafts per step, paused from 32 running requests.
+    pub fn new(draft_tokens: usize) -> Self {
+        SpecConfig { draft_tokens, max_running: 32 }
     }
 }
 
@@ -254,6 +273,11 @@ pub struct Stats {
     pub drafted_tokens: u64,
     /// Drafted tokens the model accepted.
     pub accepted_tokens: u64,
+    /// Verifications (a request's drafts checked in a step) by the fraction of drafts accepted:
+    /// none, up to 1/4, 1/2, 3/4, fewer than all, all.
+    pub acceptance: [u64; 6],
+    /// KV blocks the proposer holds now (a draft model's own cache).
+    pub draft_blocks_in_use: usize,
 }
 
 impl From<InvalidParam> for SubmitError {

@@ -12,6 +12,7 @@ use turbine_core::sampling::{Sampled, SeqSampler};
 use crate::detok::{Detokenizer, TextStream};
 use crate::kv::{block_hash, BlockManager};
 use crate::request::{EngineConfig, Event, FinishReason, Request, RequestId, Stats, SubmitError, Usage};
+use crate::spec::{DraftRequest, NgramProposer, Proposer};
 use crate::{EngineError, Result};
 
 struct Seq {
@@ -70,6 +71,8 @@ pub struct EngineCore {
     stats: Stats,
     /// Scored sequences open now ([`EngineCore::begin_score`]).
     scoring: usize,
+    /// Drafts tokens when `cfg.speculative` is set.
+    proposer: Option<Box<dyn Proposer>>,
 }
 
 impl EngineCore {
@@ -87,7 +90,19 @@ impl EngineCore {
             next_id: 0,
             stats: Stats::default(),
             scoring: 0,
+            proposer: cfg.speculative.map(|_| Box::new(NgramProposer::default()) as Box<dyn Proposer>),
         }
+    }
+
+    /// Drafts with `p` instead of prompt lookup when speculating (`EngineConfig::speculative`).
+    pub fn with_proposer(mut self, p: Box<dyn Proposer>) -> Self {
+        self.proposer = Some(p);
+        self
+    }
+
+    /// The proposer's name while speculation is on (`ngram`, `draft`).
+    pub fn speculation(&self) -> Option<&'static str> {
+        self.cfg.speculative.and(self.proposer.as_ref()).map(|p| p.name())
     }
 
     /// Gives the engine a detokenizer: token events then carry text, and stop strings work.
@@ -124,6 +139,7 @@ impl EngineCore {
             blocks_in_use: self.kv.in_use(),
             kv_tokens: self.running.iter().map(|s| s.computed).sum(),
             blocks_total: self.kv.num_blocks(),
+            draft_blocks_in_use: self.proposer.as_ref().map_or(0, |p| p.blocks_in_use()),
             ..self.stats
         }
     }
@@ -253,6 +269,9 @@ impl EngineCore {
 
     fn finish(&mut self, seq: Seq, reason: FinishReason, error: Option<String>) -> Event {
         self.kv.release(&seq.blocks);
+        if let Some(p) = &mut self.proposer {
+            p.release(seq.id);
+        }
         let usage = Usage {
             prompt_tokens: seq.prompt_len,
             completion_tokens: seq.generated(),
@@ -326,17 +345,37 @@ impl EngineCore {
         seq.drafts = 0;
     }
 
-    /// Drafted tokens for a decoding request (one token left to compute), at most `room` of
-    /// them: the proposer's guess, no longer than the request may still grow.
-    fn draft(&self, i: usize, room: usize) -> Vec<u32> {
-        let (Some(cfg), s) = (self.cfg.speculative, &self.running[i]) else { return Vec::new() };
-        if s.tokens.len() - s.computed != 1 || self.running.len() >= cfg.max_running {
-            return Vec::new();
+    /// Drafts for the running requests, by index: the proposer's guesses for those decoding
+    /// (one token left to compute), no longer than each may still grow or than a step holds, and
+    /// cut at the first id outside the vocabulary. None while too many requests run.
+    fn propose(&mut self) -> Result<Vec<Vec<u32>>> {
+        let mut drafts = vec![Vec::new(); self.running.len()];
+        let (Some(cfg), Some(proposer)) = (self.cfg.speculative, self.proposer.as_mut()) else { return Ok(drafts) };
+        if self.running.len() >= cfg.max_running {
+            return Ok(drafts);
         }
-        // The last verified row gives one token more than the drafts it accepts.
-        let left = s.max_tokens.saturating_sub(s.generated()).min(self.max_len().saturating_sub(s.tokens.len()));
-        let max = s.draft_len.min(room).min(left.saturating_sub(1));
-        cfg.proposer.proposer().propose(&s.tokens, max)
+        let max_len = self.runner.context_len();
+        let step = self.cfg.max_num_tokens.max(1);
+        let (mut who, mut asks) = (Vec::new(), Vec::new());
+        for (i, s) in self.running.iter().enumerate() {
+            // The last verified row gives one token more than the drafts it accepts.
+            let left = s.max_tokens.saturating_sub(s.generated()).min(max_len.saturating_sub(s.tokens.len()));
+            let max = s.draft_len.min(left.saturating_sub(1)).min(step - 1);
+            if s.tokens.len() - s.computed == 1 && max > 0 {
+                who.push((i, max));
+                asks.push(DraftRequest { id: s.id, tokens: &s.tokens, max });
+            }
+        }
+        if asks.is_empty() {
+            return Ok(drafts);
+        }
+        let vocab = self.runner.spec().vocab;
+        for ((i, max), mut d) in who.into_iter().zip(proposer.propose(&asks)?) {
+            let valid = d.iter().take_while(|&&t| (t as usize) < vocab).count();
+            d.truncate(valid.min(max));
+            drafts[i] = d;
+        }
+        Ok(drafts)
     }
 
     /// Gives `seq` blocks for `tokens` tokens; false (taking nothing) if there are not enough.
@@ -350,12 +389,14 @@ impl EngineCore {
     }
 
     /// Plans one step: `(index into running, tokens to compute)`.
-    fn schedule(&mut self) -> Vec<(usize, usize)> {
+    fn schedule(&mut self) -> Result<Vec<(usize, usize)>> {
+        let mut drafts = self.propose()?;
         let mut budget = self.step_tokens();
         let mut plan = Vec::new();
         let mut i = 0;
         while i < self.running.len() && budget > 0 && plan.len() < self.cfg.max_batch_size {
-            let drafts = self.draft(i, budget - 1);
+            let mut drafts = std::mem::take(&mut drafts[i]);
+            drafts.truncate(budget - 1);
             let s = &mut self.running[i];
             s.drafts = drafts.len();
             s.tokens.extend(drafts);
@@ -411,7 +452,7 @@ impl EngineCore {
             plan.push((self.running.len() - 1, n));
             budget -= n;
         }
-        plan
+        Ok(plan)
     }
 
     /// Runs one step and returns the events it produced, in request order within the step.
@@ -420,7 +461,7 @@ impl EngineCore {
         for s in &mut self.running {
             Self::drop_drafts(s);
         }
-        let plan = self.schedule();
+        let plan = self.schedule()?;
         if plan.is_empty() {
             return Ok(Vec::new());
         }
@@ -499,6 +540,7 @@ impl EngineCore {
                 }
                 self.stats.drafted_tokens += drafts.len() as u64;
                 self.stats.accepted_tokens += a as u64;
+                self.stats.acceptance[crate::spec::acceptance_bucket(a, drafts.len())] += 1;
                 let max = self.cfg.speculative.map_or(0, |c| c.draft_tokens);
                 s.draft_len = crate::spec::next_draft_len(drafts.len(), a, max);
                 Self::drop_drafts(s);

@@ -18,14 +18,39 @@
 //! a seeded request gets the very tokens it gets without speculation. Proposers therefore draft
 //! one token per position, deterministically (a draft model drafts greedily).
 //!
-//! Proposers sit behind [`Proposer`]; this module has prompt lookup ([`NgramProposer`]), which
-//! drafts from the request's own prompt and output and needs no second model.
+//! Proposers sit behind [`Proposer`]: prompt lookup ([`NgramProposer`]), which drafts from the
+//! request's own prompt and output and needs no second model, and a draft model
+//! ([`crate::draft::DraftModel`]), a smaller or cheaper model with the same tokenizer.
 
-/// Drafts tokens to follow a sequence.
+use crate::request::RequestId;
+use crate::Result;
+
+/// One sequence that asks for drafts.
+#[derive(Debug, Clone, Copy)]
+pub struct DraftRequest<'a> {
+    /// The request (a stateful proposer keys its state by it).
+    pub id: RequestId,
+    /// The prompt, then the output so far.
+    pub tokens: &'a [u32],
+    /// Most tokens to draft (at least 1).
+    pub max: usize,
+}
+
+/// Drafts tokens to follow sequences. The engine asks once per step for every sequence that
+/// may speculate, so a proposer that runs a model batches them.
 pub trait Proposer: Send {
-    /// Up to `max` tokens that may follow `tokens` (the prompt, then the output so far); fewer
-    /// or none when it has no good guess.
-    fn propose(&self, tokens: &[u32], max: usize) -> Vec<u32>;
+    /// A short name for reports (`ngram`, `draft`).
+    fn name(&self) -> &'static str;
+    /// Up to `max` tokens to follow each sequence's `tokens`, in order; fewer or none where the
+    /// proposer has no good guess. One draft per position, chosen deterministically (the
+    /// engine's acceptance rule relies on it, see the module doc).
+    fn propose(&mut self, seqs: &[DraftRequest<'_>]) -> Result<Vec<Vec<u32>>>;
+    /// The request left the engine (finished or cancelled): forget what is kept for it.
+    fn release(&mut self, _id: RequestId) {}
+    /// KV blocks the proposer holds now (a draft model's cache), to check none leak.
+    fn blocks_in_use(&self) -> usize {
+        0
+    }
 }
 
 /// Prompt lookup: finds the latest earlier place where the sequence's last `n` tokens occurred
@@ -46,8 +71,9 @@ impl Default for NgramProposer {
     }
 }
 
-impl Proposer for NgramProposer {
-    fn propose(&self, tokens: &[u32], max: usize) -> Vec<u32> {
+impl NgramProposer {
+    /// Up to `max` tokens that followed the latest earlier occurrence of `tokens`' suffix.
+    pub fn lookup(&self, tokens: &[u32], max: usize) -> Vec<u32> {
         let len = tokens.len();
         if max == 0 {
             return Vec::new();
@@ -67,39 +93,13 @@ impl Proposer for NgramProposer {
     }
 }
 
-/// Which proposer the engine uses.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ProposerKind {
-    /// Prompt lookup ([`NgramProposer`]).
-    Ngram(NgramProposer),
-}
-
-impl ProposerKind {
-    /// The proposer.
-    pub fn proposer(&self) -> &dyn Proposer {
-        match self {
-            ProposerKind::Ngram(p) => p,
-        }
+impl Proposer for NgramProposer {
+    fn name(&self) -> &'static str {
+        "ngram"
     }
-}
 
-/// Speculative decoding settings of the engine.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct SpecConfig {
-    /// The proposer.
-    pub proposer: ProposerKind,
-    /// Most drafted tokens per request and step. Each request starts there; its length then
-    /// follows its acceptance ([`next_draft_len`]).
-    pub draft_tokens: usize,
-    /// Speculation pauses while this many requests or more are running: a large batch already
-    /// reads each weight once for many rows, and drafts would only add rows.
-    pub max_running: usize,
-}
-
-impl SpecConfig {
-    /// Prompt lookup with `draft_tokens` drafts.
-    pub fn ngram(draft_tokens: usize) -> Self {
-        SpecConfig { proposer: ProposerKind::Ngram(NgramProposer::default()), draft_tokens, max_running: 32 }
+    fn propose(&mut self, seqs: &[DraftRequest<'_>]) -> Result<Vec<Vec<u32>>> {
+        Ok(seqs.iter().map(|r| self.lookup(r.tokens, r.max)).collect())
     }
 }
 
@@ -111,6 +111,20 @@ pub fn next_draft_len(drafted: usize, accepted: usize, max: usize) -> usize {
         (drafted * 2).min(max).max(1)
     } else {
         (accepted + 1).min(max).max(1)
+    }
+}
+
+/// The [`crate::Stats::acceptance`] bucket of a verification that kept `accepted` of `drafted`
+/// drafts: 0 none, 1 up to a quarter, 2 up to a half, 3 up to three quarters, 4 fewer than all,
+/// 5 all.
+pub fn acceptance_bucket(accepted: usize, drafted: usize) -> usize {
+    match accepted {
+        0 => 0,
+        a if a >= drafted => 5,
+        a if 4 * a <= drafted => 1,
+        a if 2 * a <= drafted => 2,
+        a if 4 * a <= 3 * drafted => 3,
+        _ => 4,
     }
 }
 
@@ -129,20 +143,20 @@ mod tests {
     fn prompt_lookup_proposes_what_followed_the_latest_match() {
         let p = NgramProposer { min_n: 1, max_n: 3 };
         // "… 5 6 7 8 9 … 5 6" → 7 8 9.
-        assert_eq!(p.propose(&[1, 5, 6, 7, 8, 9, 2, 5, 6], 3), [7, 8, 9]);
+        assert_eq!(p.lookup(&[1, 5, 6, 7, 8, 9, 2, 5, 6], 3), [7, 8, 9]);
         // Capped by max, and by the end of the sequence.
-        assert_eq!(p.propose(&[1, 5, 6, 7, 8, 9, 2, 5, 6], 2), [7, 8]);
-        assert_eq!(p.propose(&[5, 6, 7, 5, 6], 5), [7, 5, 6]);
+        assert_eq!(p.lookup(&[1, 5, 6, 7, 8, 9, 2, 5, 6], 2), [7, 8]);
+        assert_eq!(p.lookup(&[5, 6, 7, 5, 6], 5), [7, 5, 6]);
         // The latest occurrence wins: 3 4 then 3 4 9; suffix 3 → 9 (after the later 3), and the
         // longer match is preferred over the shorter.
-        assert_eq!(p.propose(&[3, 4, 1, 3, 9, 2, 3], 1), [9]);
-        assert_eq!(p.propose(&[7, 3, 4, 1, 3, 9, 7, 3], 2), [4, 1]);
+        assert_eq!(p.lookup(&[3, 4, 1, 3, 9, 2, 3], 1), [9]);
+        assert_eq!(p.lookup(&[7, 3, 4, 1, 3, 9, 7, 3], 2), [4, 1]);
         // No match, nothing to ask, too short: nothing.
-        assert!(p.propose(&[1, 2, 3, 4], 3).is_empty());
-        assert!(p.propose(&[1, 2, 1, 2], 0).is_empty());
-        assert!(p.propose(&[1], 3).is_empty());
+        assert!(p.lookup(&[1, 2, 3, 4], 3).is_empty());
+        assert!(p.lookup(&[1, 2, 1, 2], 0).is_empty());
+        assert!(p.lookup(&[1], 3).is_empty());
         // min_n 2 ignores single-token matches.
-        assert!(NgramProposer { min_n: 2, max_n: 3 }.propose(&[3, 4, 1, 3], 2).is_empty());
+        assert!(NgramProposer { min_n: 2, max_n: 3 }.lookup(&[3, 4, 1, 3], 2).is_empty());
     }
 
     #[test]
@@ -156,5 +170,10 @@ mod tests {
         assert_eq!(next_draft_len(8, 2, 8), 3);
         assert_eq!(next_draft_len(4, 0, 8), 1);
         assert_eq!(next_draft_len(0, 0, 8), 1);
+        let buckets: Vec<usize> = [(0, 4), (1, 4), (1, 3), (2, 4), (3, 4), (4, 5), (4, 4), (1, 1)]
+            .iter()
+            .map(|&(a, d)| acceptance_bucket(a, d))
+            .collect();
+        assert_eq!(buckets, [0, 1, 2, 2, 3, 4, 5, 5]);
     }
 }

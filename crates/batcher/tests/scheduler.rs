@@ -6,8 +6,7 @@
 use std::sync::{Arc, Mutex};
 
 use turbine_batcher::{
-    EngineConfig, EngineCore, EngineError, Event, FinishReason, NgramProposer, ProposerKind, Request, RequestId,
-    SpecConfig,
+    EngineConfig, EngineCore, EngineError, Event, FinishReason, NgramProposer, Request, RequestId, SpecConfig,
 };
 use turbine_core::runner::{CacheConfig, Logits, ModelRunner, ModelSpec, SeqStep};
 use turbine_core::sampling::{sample_rows, top_n, Sampled, SamplingParams, SeqSampler};
@@ -314,11 +313,12 @@ fn chain_prompt(start: u32, len: usize) -> Vec<u32> {
 }
 
 fn speculative(draft_tokens: usize) -> EngineConfig {
-    let proposer = ProposerKind::Ngram(NgramProposer { min_n: 1, max_n: 3 });
-    EngineConfig {
-        speculative: Some(SpecConfig { proposer, draft_tokens, max_running: usize::MAX }),
-        ..Default::default()
-    }
+    EngineConfig { speculative: Some(SpecConfig { draft_tokens, max_running: usize::MAX }), ..Default::default() }
+}
+
+/// An engine over the fake; prompt lookup with single-token matches when speculating.
+fn core_with(fake: Fake, cfg: EngineConfig) -> EngineCore {
+    EngineCore::new(Box::new(fake), cfg).with_proposer(Box::new(NgramProposer { min_n: 1, max_n: 3 }))
 }
 
 /// Greedy, penalised and seeded sampled requests give the same tokens with and without
@@ -341,7 +341,7 @@ fn speculation_changes_no_token_of_greedy_penalised_or_seeded_requests() {
         .collect();
     let outputs = |cfg: EngineConfig| {
         let (fake, _) = Fake::new(64);
-        let mut core = EngineCore::new(Box::new(fake), cfg);
+        let mut core = core_with(fake, cfg);
         let ids: Vec<RequestId> = reqs.iter().map(|r| core.add(r.clone()).unwrap()).collect();
         let out: Vec<Vec<u32>> = run(&mut core, &ids).into_iter().map(|o| o.0).collect();
         (out, core.stats())
@@ -378,7 +378,7 @@ fn speculative_sampling_keeps_the_target_distribution() {
     }
     let n = 6000u64;
     let (fake, _) = Fake::new(1024);
-    let mut core = EngineCore::new(Box::new(fake), EngineConfig { max_waiting: n as usize, ..speculative(4) });
+    let mut core = core_with(fake, EngineConfig { max_waiting: n as usize, ..speculative(4) });
     let ids: Vec<RequestId> = (0..n)
         .map(|seed| core.add(Request::new(prompt.clone(), params(seed), 3).unwrap().with_ignore_eos(true)).unwrap())
         .collect();
