@@ -97,7 +97,8 @@ fn quantized_matmul_equals_dequantized_bitwise() {
         let deq = host.to_f32().unwrap();
         let (wq, wf) = (b.upload(&host).unwrap(), up(&b, &[n, k], &deq));
         assert_eq!(wq.dtype(), dtype, "the CPU keeps blocks as blocks");
-        for m in [1, 4, 6] {
+        // Up to 8 rows dequantise inside the dot products (by groups of 4), 9 through scratch.
+        for m in [1, 4, 6, 8, 9] {
             let x = rand(m * k, 5);
             let xt = up(&b, &[m, k], &x);
             let (mut oq, mut of) = (zeros(&b, &[m, n]), zeros(&b, &[m, n]));

@@ -15,8 +15,10 @@ use crate::{EngineError, Result};
 pub struct BenchRequest {
     /// Prompt ids.
     pub prompt: Vec<u32>,
-    /// Tokens to generate (EOS is ignored).
+    /// Most tokens to generate.
     pub max_tokens: usize,
+    /// Ids that end the request early (the model's EOS); empty: it runs to `max_tokens`.
+    pub stop_ids: Vec<u32>,
 }
 
 /// The default synthetic workload: `n` requests (fixed `seed`) with prompts of 16–256 tokens cut
@@ -39,7 +41,7 @@ pub fn mixed_workload(text: &[u32], n: usize, seed: u64, max_len: usize) -> Vec<
                 between(384, 512)
             } as usize;
             let out = out.min(max_len.saturating_sub(prompt.len())).max(1);
-            BenchRequest { prompt, max_tokens: out }
+            BenchRequest { prompt, max_tokens: out, stop_ids: Vec::new() }
         })
         .collect()
 }
@@ -124,6 +126,10 @@ pub struct Report {
     /// Engine steps (forward passes) taken. Where a step's time hardly depends on its batch
     /// (a GPU decoding a small model), throughput ratios between modes follow their step counts.
     pub steps: usize,
+    /// Tokens drafted by speculative decoding and checked by the model (0 when off).
+    pub drafted_tokens: u64,
+    /// Drafted tokens accepted.
+    pub accepted_tokens: u64,
 }
 
 #[derive(Default)]
@@ -164,7 +170,9 @@ pub fn run(
             // the context).
             let room = core.max_len().saturating_sub(r.prompt.len());
             let max_tokens = if mode == Mode::Static { longest.min(room).max(r.max_tokens) } else { r.max_tokens };
-            let req = Request::new(r.prompt.clone(), greedy.clone(), max_tokens)?.with_ignore_eos(true);
+            let req = Request::new(r.prompt.clone(), greedy.clone(), max_tokens)?
+                .with_ignore_eos(r.stop_ids.is_empty())
+                .with_stop_ids(r.stop_ids.clone());
             let id = core.add(req).map_err(|e| EngineError::Invalid(e.to_string()))?;
             tracks.insert(id, Track { want: r.max_tokens, ..Track::default() });
         }
@@ -216,6 +224,8 @@ pub fn run(
         preemptions: st.preemptions,
         prefix_cache_hit_tokens: st.prefix_cache_hit_tokens,
         steps,
+        drafted_tokens: st.drafted_tokens,
+        accepted_tokens: st.accepted_tokens,
     })
 }
 

@@ -276,6 +276,9 @@ pub struct Stats {
     /// Verifications (a request's drafts checked in a step) by the fraction of drafts accepted:
     /// none, up to 1/4, 1/2, 3/4, fewer than all, all.
     pub acceptance: [u64; 6],
+    /// The sum of the acceptance fractions of those verifications (their mean is this over their
+    /// count).
+    pub acceptance_sum: f64,
     /// KV blocks the proposer holds now (a draft model's own cache).
     pub draft_blocks_in_use: usize,
 }

@@ -94,6 +94,24 @@ impl EngineCore {
         }
     }
 
+    /// Speculates as `cfg` says, with `p` drafting.
+    pub fn with_speculation(mut self, cfg: crate::request::SpecConfig, p: Box<dyn Proposer>) -> Self {
+        self.cfg.speculative = Some(cfg);
+        self.proposer = Some(p);
+        self
+    }
+
+    /// Turns speculation on (with the proposer the engine has) or off; only when idle (for
+    /// benchmarks that compare both on one loaded model). False, doing nothing, when requests are
+    /// in flight or there is no proposer to turn on.
+    pub fn set_speculation(&mut self, cfg: Option<crate::request::SpecConfig>) -> bool {
+        if self.has_work() || (cfg.is_some() && self.proposer.is_none()) {
+            return false;
+        }
+        self.cfg.speculative = cfg;
+        true
+    }
+
     /// Drafts with `p` instead of prompt lookup when speculating (`EngineConfig::speculative`).
     pub fn with_proposer(mut self, p: Box<dyn Proposer>) -> Self {
         self.proposer = Some(p);
@@ -541,6 +559,7 @@ impl EngineCore {
                 self.stats.drafted_tokens += drafts.len() as u64;
                 self.stats.accepted_tokens += a as u64;
                 self.stats.acceptance[crate::spec::acceptance_bucket(a, drafts.len())] += 1;
+                self.stats.acceptance_sum += a as f64 / drafts.len() as f64;
                 let max = self.cfg.speculative.map_or(0, |c| c.draft_tokens);
                 s.draft_len = crate::spec::next_draft_len(drafts.len(), a, max);
                 Self::drop_drafts(s);

@@ -97,7 +97,8 @@ impl Job<'_> {
         go!(4,1; 4,2; 4,3; 1,1; 1,2; 1,3; 1,4; 1,5; 1,6; 2,1; 2,2; 2,3; 2,4; 2,5; 2,6; 3,1; 3,2; 3,3; 3,4; 3,5; 3,6)
     }
 
-    /// Like [`Job::panel`] for block-quantised rows, with at most 4 rows of `x`.
+    /// Like [`Job::panel`] for block-quantised rows: each group of up to 4 weight rows is
+    /// dequantised inside the dot products of every group of up to 4 rows of `x` in turn.
     fn qpanel(&self, dtype: DType, qp: &[u8], row_bytes: usize, j0: usize) {
         let (m, k) = (self.m, self.k);
         let nr = qp.len() / row_bytes;
@@ -105,15 +106,21 @@ impl Job<'_> {
         while r0 < nr {
             let cnt = (nr - r0).min(4);
             let w = &qp[r0 * row_bytes..];
-            macro_rules! go {
-                ($($a:literal, $b:literal);*) => {
-                    match (m, cnt) {
-                        $(($a, $b) => self.store(0, j0 + r0, &qtile::<$a, $b>(dtype, self.x, k, w, row_bytes, k)),)*
-                        _ => unreachable!("1..=4 rows by 1..=4 weight rows"),
-                    }
-                };
+            let mut i0 = 0;
+            while i0 < m {
+                let mr = (m - i0).min(4);
+                let x = &self.x[i0 * k..];
+                macro_rules! go {
+                    ($($a:literal, $b:literal);*) => {
+                        match (mr, cnt) {
+                            $(($a, $b) => self.store(i0, j0 + r0, &qtile::<$a, $b>(dtype, x, k, w, row_bytes, k)),)*
+                            _ => unreachable!("1..=4 rows by 1..=4 weight rows"),
+                        }
+                    };
+                }
+                go!(1,1; 1,2; 1,3; 1,4; 2,1; 2,2; 2,3; 2,4; 3,1; 3,2; 3,3; 3,4; 4,1; 4,2; 4,3; 4,4);
+                i0 += mr;
             }
-            go!(1,1; 1,2; 1,3; 1,4; 2,1; 2,2; 2,3; 2,4; 3,1; 3,2; 3,3; 3,4; 4,1; 4,2; 4,3; 4,4);
             r0 += cnt;
         }
     }
@@ -166,6 +173,10 @@ pub(crate) fn matmul(x: &Tensor<Cpu>, w: &Tensor<Cpu>, epi: Epilogue<'_, Cpu>, o
 
 const OP: &str = "matmul";
 
+/// Up to this many rows, block-quantised products dequantise inside the dot products (once per 4
+/// rows); more rows dequantise each panel into scratch once and run f32 tiles.
+const QTILE_ROWS: usize = 8;
+
 /// `out [m, n] (+)= act(…)` of a checked product (`epi` but for its activation, which is `act`).
 fn product(
     x: &Tensor<Cpu>,
@@ -208,8 +219,9 @@ fn product(
             let wv = &wv[..n * k];
             wv.par_chunks(PANEL * k.max(1)).enumerate().for_each(|(t, wp)| job.panel(wp, t * PANEL));
         }
-        CpuBuf::Blocks(bytes) if m <= 4 && has_qtile() && fast_type(dtype) && k % 32 == 0 => {
-            // Few rows (decode): dequantise inside the dot products, no scratch round trip.
+        CpuBuf::Blocks(bytes) if m <= QTILE_ROWS && has_qtile() && fast_type(dtype) && k % 32 == 0 => {
+            // Few rows (decode, speculative verification): dequantise inside the dot products
+            // (once per 4 rows), no scratch round trip.
             let row_bytes = dtype.bytes_for(k).ok_or(Error::Unsupported { op: OP, dtype, backend: "cpu" })?;
             bytes[..n * row_bytes]
                 .par_chunks(PANEL * row_bytes)

@@ -18,6 +18,78 @@ pub struct ServeConfig {
     pub server: ServerSection,
     /// What a request may ask for.
     pub limits: Limits,
+    /// Speculative decoding.
+    pub speculative: SpeculativeSection,
+}
+
+/// `[speculative]`: a proposer drafts tokens that the model checks several per step; outputs are
+/// unchanged (greedy and seeded requests to the bit, sampled ones in distribution).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SpeculativeSection {
+    /// `off`, `ngram` (prompt lookup: drafts copied from the request's own prompt and output) or
+    /// `draft` (a draft model, `draft_model`).
+    pub method: String,
+    /// The draft model for `draft`: a folder, a `.gguf` file or a known name, with the served
+    /// model's tokenizer. It runs on the same backend, in the precision its checkpoint stores.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub draft_model: Option<String>,
+    /// Most tokens drafted per request and step (the length then adapts to each request's
+    /// acceptance).
+    pub draft_tokens: usize,
+    /// Speculation pauses while this many requests or more are running.
+    pub max_running: usize,
+    /// `ngram`: the shortest suffix of the sequence that is looked up.
+    pub ngram_min: usize,
+    /// `ngram`: the longest suffix, tried first.
+    pub ngram_max: usize,
+}
+
+impl Default for SpeculativeSection {
+    fn default() -> Self {
+        SpeculativeSection {
+            method: "off".into(),
+            draft_model: None,
+            draft_tokens: 8,
+            max_running: 32,
+            ngram_min: 2,
+            ngram_max: 4,
+        }
+    }
+}
+
+impl SpeculativeSection {
+    /// Checks the values together; the message names the key.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        match self.method.as_str() {
+            "off" | "ngram" => {}
+            "draft" if self.draft_model.is_none() => {
+                anyhow::bail!("speculative.method = \"draft\" needs speculative.draft_model (--draft-model)")
+            }
+            "draft" => {}
+            other => anyhow::bail!("speculative.method: unknown method {other:?}; use off, ngram or draft"),
+        }
+        if self.draft_tokens < 1 {
+            anyhow::bail!("speculative.draft_tokens must be at least 1");
+        }
+        if self.max_running < 1 {
+            anyhow::bail!("speculative.max_running must be at least 1");
+        }
+        if self.ngram_min < 1 || self.ngram_min > self.ngram_max {
+            anyhow::bail!(
+                "speculative.ngram_min must be at least 1 and at most ngram_max ({} and {} given)",
+                self.ngram_min,
+                self.ngram_max
+            );
+        }
+        Ok(())
+    }
+
+    /// The engine's settings, or `None` when off.
+    pub fn config(&self) -> Option<turbine_batcher::SpecConfig> {
+        (self.method != "off")
+            .then_some(turbine_batcher::SpecConfig { draft_tokens: self.draft_tokens, max_running: self.max_running })
+    }
 }
 
 /// `[model]`.
@@ -154,7 +226,7 @@ impl EngineSection {
             max_num_tokens: self.max_num_tokens,
             max_batch_size: self.max_batch,
             max_waiting: self.max_waiting,
-            // Speculative decoding is not exposed in the server yet (issue 22).
+            // Set with the proposer (`setup::speculation`).
             speculative: None,
         }
     }
@@ -273,6 +345,7 @@ impl ServeConfig {
             anyhow::bail!("{msg}");
         }
         self.policy()?;
+        self.speculative.validate()?;
         if self.server.api_keys.iter().any(|k| k.is_empty()) {
             anyhow::bail!("server.api_keys: an API key must not be empty");
         }
@@ -302,6 +375,23 @@ mod tests {
         assert!(e.contains("t.toml") && e.contains("max_bach"), "{e}");
         let e = ServeConfig::parse("[server]\nport = \"eighty\"\n", "t.toml").unwrap_err().to_string();
         assert!(e.contains("port"), "{e}");
+    }
+
+    #[test]
+    fn the_speculative_section_is_checked_by_key() {
+        let c = ServeConfig::parse("[speculative]\nmethod = \"ngram\"\ndraft_tokens = 5\n", "t.toml").unwrap();
+        assert_eq!(c.speculative.config(), Some(turbine_batcher::SpecConfig { draft_tokens: 5, max_running: 32 }));
+        assert_eq!(ServeConfig::default().speculative.config(), None);
+        for (text, key) in [
+            ("method = \"medusa\"", "medusa"),
+            ("method = \"draft\"", "draft_model"),
+            ("method = \"ngram\"\ndraft_tokens = 0", "draft_tokens"),
+            ("method = \"ngram\"\nngram_min = 5", "ngram_min"),
+        ] {
+            let c = ServeConfig::parse(&format!("[speculative]\n{text}\n"), "t.toml").unwrap();
+            let e = c.validate().unwrap_err().to_string();
+            assert!(e.contains(key), "{text}: {e}");
+        }
     }
 
     #[test]

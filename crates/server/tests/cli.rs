@@ -860,3 +860,79 @@ fn a_precision_file_is_the_policy_its_flags_make() {
     fails_with(&turbine(&[&base[..], &["--precision", file.to_str().unwrap()]].concat()), "fp4");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `--speculative` changes no id or log-probability of a greedy generation, with prompt lookup
+/// and with a draft model, and reports what it drafted; bad settings fail by name.
+#[test]
+fn speculative_generation_gives_the_plain_output() {
+    let model = tiny("llama-gqa");
+    let m = model.to_str().unwrap();
+    let c = &golden("llama-gqa")["cases"][0];
+    // The prompt twice, so that prompt lookup finds something to copy.
+    let ids: Vec<Value> =
+        c["prompt_ids"].as_array().unwrap().iter().chain(c["prompt_ids"].as_array().unwrap()).cloned().collect();
+    let prompt = ids_arg(&Value::Array(ids));
+    let base = ["generate", "-m", m, "--prompt-ids", &prompt, "--max-tokens", "24", "--temperature", "0"];
+    let run = |extra: &[&str]| {
+        let args: Vec<&str> = base
+            .iter()
+            .copied()
+            .chain(["--ignore-eos", "--logprobs", "2", "--json"])
+            .chain(extra.iter().copied())
+            .collect();
+        json(&turbine(&args))
+    };
+    let plain = run(&[]);
+    assert!(plain.get("speculative").is_none());
+    for extra in [&["--speculative", "ngram", "--ngram-min", "1"][..], &["--draft-model", m, "--draft-tokens", "3"][..]]
+    {
+        let v = run(extra);
+        assert_eq!(v["ids"], plain["ids"], "{extra:?}");
+        assert_eq!(v["logprobs"], plain["logprobs"], "{extra:?}");
+        let (proposed, accepted) =
+            (v["speculative"]["proposed"].as_u64().unwrap(), v["speculative"]["accepted"].as_u64().unwrap());
+        assert!(proposed > 0 && accepted <= proposed, "{extra:?}: {v}");
+    }
+    // The same checkpoint as draft model drafts exactly what the model chooses.
+    let v = run(&["--speculative", "draft", "--draft-model", m]);
+    assert_eq!(v["speculative"]["proposed"], v["speculative"]["accepted"], "{v}");
+    assert_eq!(v["speculative"]["method"], "draft");
+
+    let with = |extra: &[&str]| turbine(&base.iter().copied().chain(extra.iter().copied()).collect::<Vec<_>>());
+    fails_with(&with(&["--speculative", "medusa"]), "unknown method \"medusa\"");
+    fails_with(&with(&["--speculative", "draft"]), "draft_model");
+    fails_with(&with(&["--speculative", "ngram", "--draft-tokens", "0"]), "draft_tokens");
+    fails_with(&with(&["--speculative", "ngram", "--ngram-min", "3", "--ngram-max", "2"]), "ngram_min");
+    fails_with(&with(&["--draft-model", "/no/such/model"]), "the draft model /no/such/model");
+    // A draft model whose tokenizer gives other ids is refused.
+    let other = copy_tiny("llama-gqa", "other-tokenizer");
+    let path = other.join("tokenizer.json");
+    let mut tok: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    for (_, id) in tok["model"]["vocab"].as_object_mut().unwrap().iter_mut() {
+        let i = id.as_u64().unwrap();
+        if i > 0 {
+            *id = Value::from(512 - i);
+        }
+    }
+    std::fs::write(&path, tok.to_string()).unwrap();
+    fails_with(&with(&["--draft-model", other.to_str().unwrap()]), "must share the model's tokenizer");
+}
+
+/// The grounded workload runs plain, then speculating, with the same useful tokens, and
+/// reports the speedup and the drafts.
+#[test]
+fn bench_reports_the_speculative_speedup() {
+    let m = tiny("llama-gqa");
+    let args = ["bench", "-m", m.to_str().unwrap(), "--workload", "grounded", "--requests", "4", "--max-batch", "1"];
+    let v = json(&turbine(&args.iter().copied().chain(["--speculative", "ngram", "--json"]).collect::<Vec<_>>()));
+    let s = &v["speculative"];
+    assert_eq!(s["method"], "ngram");
+    let run = &s["runs"][0];
+    assert_eq!(run["output_tokens"], v["output_tokens"], "{v}");
+    assert!(run["speedup"].as_f64().is_some_and(|x| x > 0.0));
+    assert!(run["speculative"]["proposed"].as_u64().unwrap() >= run["speculative"]["accepted"].as_u64().unwrap());
+    assert_eq!(v["speculative"]["runs"].as_array().unwrap().len(), 1);
+    let text = turbine(&args.iter().copied().chain(["--speculative", "ngram"]).collect::<Vec<_>>());
+    let out = String::from_utf8_lossy(&text.stdout);
+    assert!(out.contains("inflight +ngram / inflight:"), "{out}");
+}

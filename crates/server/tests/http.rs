@@ -619,3 +619,35 @@ async fn a_new_client_takes_an_idle_slot_and_waits_only_for_busy_ones() {
     let n = tokio::time::timeout(Duration::from_secs(5), e.read(&mut buf)).await.expect("served once the slot freed");
     assert!(String::from_utf8_lossy(&buf[..n.unwrap()]).starts_with("HTTP/1.1 200"));
 }
+
+/// A server with `[speculative]` prompt lookup answers greedy requests exactly as one without,
+/// and `/metrics` counts the drafts and their acceptance.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn speculating_server_answers_as_a_plain_one_and_counts_drafts() {
+    let model = fixture("llama-gqa");
+    let (plain, _) = start(&model).await;
+    let mut c = config(&model);
+    c.speculative.method = "ngram".into();
+    c.speculative.ngram_min = 1;
+    let (spec, _) = start_cfg(c).await;
+    let prompt: Vec<u32> = (0..40).map(|i| 5 + (i % 9) * 7).collect();
+    let body = json!({"prompt": prompt, "max_tokens": 20, "temperature": 0, "logprobs": 2}).to_string();
+    let (s1, a) = call(&plain, "POST", "/v1/completions", &body).await;
+    let (s2, b) = call(&spec, "POST", "/v1/completions", &body).await;
+    assert_eq!((s1, s2), (200, 200), "{a}\n{b}");
+    let (a, b): (Value, Value) = (serde_json::from_str(&a).unwrap(), serde_json::from_str(&b).unwrap());
+    assert_eq!(a["choices"][0]["text"], b["choices"][0]["text"]);
+    assert_eq!(a["choices"][0]["logprobs"], b["choices"][0]["logprobs"]);
+    let (_, m) = call(&spec, "GET", "/metrics", "").await;
+    let value = |name: &str| -> f64 {
+        let line = m.lines().find(|l| l.starts_with(name)).unwrap_or_else(|| panic!("no {name} in {m}"));
+        line.rsplit(' ').next().unwrap().parse().unwrap()
+    };
+    let drafted = value("turbine_spec_decode_drafted_tokens_total ");
+    assert!(drafted > 0.0 && value("turbine_spec_decode_accepted_tokens_total ") <= drafted, "{m}");
+    assert!(value("turbine_spec_decode_acceptance_rate_count ") > 0.0, "{m}");
+    assert_eq!(
+        value("turbine_spec_decode_acceptance_rate_bucket{le=\"+Inf\"} "),
+        value("turbine_spec_decode_acceptance_rate_count ")
+    );
+}

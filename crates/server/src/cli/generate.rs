@@ -10,7 +10,7 @@ use turbine_core::sampling::SamplingParams;
 use turbine_models::chat::Message;
 use turbine_server::setup::{self, Session};
 
-use super::{parse_ids, ModelArgs};
+use super::{parse_ids, ModelArgs, SpecArgs};
 
 #[derive(Debug, Args)]
 pub struct GenerateArgs {
@@ -67,6 +67,8 @@ pub struct GenerateArgs {
     /// Print one JSON object instead of streaming text.
     #[arg(long)]
     json: bool,
+    #[command(flatten)]
+    spec: SpecArgs,
 }
 
 fn prompt_ids(a: &GenerateArgs, s: &Session) -> Result<Vec<u32>> {
@@ -119,7 +121,10 @@ pub fn run(a: GenerateArgs) -> Result<()> {
     if a.max_tokens < 1 {
         bail!("--max-tokens must be at least 1, got {}", a.max_tokens);
     }
-    let mut s = setup::load(a.model.model.as_deref(), &a.model.backend, a.model.kv(), &a.model.policy()?)?;
+    let spec = a.spec.apply(Default::default());
+    spec.validate()?;
+    let policy = a.model.policy()?;
+    let mut s = setup::load_speculating(a.model.model.as_deref(), &a.model.backend, a.model.kv(), &policy, &spec)?;
     let prompt = prompt_ids(&a, &s)?;
     // As llama.cpp's CLI does, generation stops at the end of the context rather than refusing a
     // --max-tokens that reaches past it (a prompt that leaves no room is still an error).
@@ -168,6 +173,11 @@ fn report(a: &GenerateArgs, s: &Session, prompt: &[u32], out: &GenOutput) -> Res
                 "decode_tok_s": t.decode_tok_s(),
             },
         });
+        if let Some(method) = s.engine.speculation() {
+            let st = s.engine.stats();
+            obj["speculative"] =
+                json!({"method": method, "proposed": st.drafted_tokens, "accepted": st.accepted_tokens});
+        }
         if a.logprobs.is_some() {
             obj["logprobs"] = out
                 .tokens
@@ -177,8 +187,13 @@ fn report(a: &GenerateArgs, s: &Session, prompt: &[u32], out: &GenOutput) -> Res
         }
         println!("{obj}");
     } else {
+        let st = s.engine.stats();
+        let spec = match s.engine.speculation() {
+            Some(m) => format!("; {m} drafts: {} of {} accepted", st.accepted_tokens, st.drafted_tokens),
+            None => String::new(),
+        };
         eprintln!(
-            "[{} prompt tokens, {:.1} tok/s prefill; {} generated, {:.1} tok/s decode; finish: {}]",
+            "[{} prompt tokens, {:.1} tok/s prefill; {} generated, {:.1} tok/s decode; finish: {}{spec}]",
             t.prompt_tokens,
             t.prefill_tok_s(),
             ids.len(),

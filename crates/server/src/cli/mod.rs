@@ -4,6 +4,7 @@ mod bench;
 mod bench_serve;
 mod eval;
 mod generate;
+mod grounded;
 mod models;
 mod perplexity;
 mod pull;
@@ -13,7 +14,7 @@ mod speed;
 mod synth;
 
 use clap::{Args, Parser, Subcommand};
-use turbine_server::config::EngineSection;
+use turbine_server::config::{EngineSection, SpeculativeSection};
 
 /// Turbine: an LLM inference engine.
 #[derive(Debug, Parser)]
@@ -118,6 +119,54 @@ impl EngineArgs {
             base.kv_bytes = self.kv_bytes;
         }
 
+        base
+    }
+}
+
+/// Speculative decoding flags (`generate`, `bench`, `serve`); a flag left out keeps the value
+/// below it (off, or `serve`'s `[speculative]`).
+#[derive(Debug, Args)]
+pub struct SpecArgs {
+    /// Speculative decoding: off, ngram (prompt lookup: drafts copied from the prompt and output)
+    /// or draft (a draft model, --draft-model). Outputs do not change: greedy and seeded requests
+    /// to the bit, sampled ones in distribution [default: off; draft when --draft-model is given].
+    #[arg(long, value_name = "METHOD")]
+    pub speculative: Option<String>,
+    /// The draft model: a folder, a .gguf file or a known name, with the model's tokenizer.
+    #[arg(long, value_name = "MODEL")]
+    pub draft_model: Option<String>,
+    /// Most tokens drafted per request and step; the length adapts to each request's acceptance
+    /// [default: 8].
+    #[arg(long, value_name = "K")]
+    pub draft_tokens: Option<usize>,
+    /// ngram: the shortest suffix of the sequence looked up [default: 2].
+    #[arg(long, value_name = "N")]
+    pub ngram_min: Option<usize>,
+    /// ngram: the longest suffix, tried first [default: 4].
+    #[arg(long, value_name = "N")]
+    pub ngram_max: Option<usize>,
+}
+
+impl SpecArgs {
+    /// `base` with the flags that were given.
+    pub fn apply(&self, mut base: SpeculativeSection) -> SpeculativeSection {
+        if let Some(m) = &self.speculative {
+            base.method = m.clone();
+        } else if self.draft_model.is_some() {
+            base.method = "draft".into();
+        }
+        if self.draft_model.is_some() {
+            base.draft_model = self.draft_model.clone();
+        }
+        for (dst, v) in [
+            (&mut base.draft_tokens, self.draft_tokens),
+            (&mut base.ngram_min, self.ngram_min),
+            (&mut base.ngram_max, self.ngram_max),
+        ] {
+            if let Some(v) = v {
+                *dst = v;
+            }
+        }
         base
     }
 }

@@ -7,7 +7,7 @@ use anyhow::{Context, Result};
 use clap::Args;
 use turbine_server::config::ServeConfig;
 
-use super::EngineArgs;
+use super::{EngineArgs, SpecArgs};
 
 #[derive(Debug, Args)]
 pub struct ServeArgs {
@@ -68,6 +68,8 @@ pub struct ServeArgs {
     body_min_rate: Option<f64>,
     #[command(flatten)]
     engine: EngineArgs,
+    #[command(flatten)]
+    spec: SpecArgs,
     /// KV cache storage: f32, fp8 (FP8 E4M3) or int8 (about 3.8 times the tokens in the same bytes)
     /// [default: f32].
     #[arg(long)]
@@ -131,6 +133,7 @@ impl ServeArgs {
             }
         }
         c.engine = self.engine.apply(c.engine);
+        c.speculative = self.spec.apply(c.speculative);
         set(&mut c.engine.kv_dtype, &self.kv_dtype);
         set(&mut c.engine.max_waiting, &self.max_waiting);
         set(&mut c.limits.max_body_bytes, &self.max_body_bytes);

@@ -115,6 +115,12 @@ impl Metrics {
                 "Prompt tokens served from the prefix cache.",
                 s.prefix_cache_hit_tokens,
             ),
+            (
+                "turbine_spec_decode_drafted_tokens_total",
+                "Tokens drafted by the speculative proposer and checked by the model.",
+                s.drafted_tokens,
+            ),
+            ("turbine_spec_decode_accepted_tokens_total", "Drafted tokens the model accepted.", s.accepted_tokens),
         ];
         for (name, help, v) in counters {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}");
@@ -129,6 +135,18 @@ impl Metrics {
         for (name, help, v) in gauges {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}");
         }
+        let name = "turbine_spec_decode_acceptance_rate";
+        let _ = writeln!(
+            out,
+            "# HELP {name} Fraction of a request's drafts accepted, per verification step.\n# TYPE {name} histogram"
+        );
+        let mut seen = 0;
+        for (le, n) in ["0", "0.25", "0.5", "0.75", "0.999", "1"].iter().zip(s.acceptance) {
+            seen += n;
+            let _ = writeln!(out, "{name}_bucket{{le=\"{le}\"}} {seen}");
+        }
+        let _ =
+            writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {seen}\n{name}_sum {}\n{name}_count {seen}", s.acceptance_sum);
         self.ttft.render(&mut out, "turbine_time_to_first_token_seconds", "Time to first token.");
         self.tpot.render(&mut out, "turbine_time_per_output_token_seconds", "Time per output token after the first.");
         self.e2e.render(&mut out, "turbine_e2e_request_latency_seconds", "End-to-end latency of a choice.");

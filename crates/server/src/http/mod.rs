@@ -98,6 +98,7 @@ impl AppState {
         let model = Some(cfg.model.path.as_str());
         let policy = cfg.policy()?;
         let l = crate::setup::load_runner_with(model, &cfg.model.backend, cfg.engine.kv(), &policy)?;
+        let speculation = crate::setup::speculation(&cfg.speculative, &cfg.model.backend, cfg.engine.kv(), &l.tok)?;
         let tok = Arc::new(l.tok);
         let max_len = l.runner.context_len();
         let name = match &cfg.model.served_name {
@@ -106,8 +107,11 @@ impl AppState {
             None => l.path.file_stem().map_or_else(|| "model".into(), |s| s.to_string_lossy().into_owned()),
         };
         let detok = tok.clone();
-        let core = turbine_batcher::EngineCore::new(l.runner, cfg.engine.config())
+        let mut core = turbine_batcher::EngineCore::new(l.runner, cfg.engine.config())
             .with_detokenizer(Box::new(move |ids| detok.decode(ids, true).unwrap_or_default()));
+        if let Some((spec, proposer)) = speculation {
+            core = core.with_speculation(spec, proposer);
+        }
         let created = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
         Ok(AppState {
             engine: Engine::start(core),
