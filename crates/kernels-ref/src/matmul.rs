@@ -97,30 +97,26 @@ impl Job<'_> {
         go!(4,1; 4,2; 4,3; 1,1; 1,2; 1,3; 1,4; 1,5; 1,6; 2,1; 2,2; 2,3; 2,4; 2,5; 2,6; 3,1; 3,2; 3,3; 3,4; 3,5; 3,6)
     }
 
-    /// Like [`Job::panel`] for block-quantised rows: each group of up to 4 weight rows is
-    /// dequantised inside the dot products of every group of up to 4 rows of `x` in turn.
+    /// Like [`Job::panel`] for block-quantised rows (at most [`QTILE_ROWS`] rows of `x`): each
+    /// weight block is dequantised once inside the dot products of every row of `x` (up to 4
+    /// rows, 4 weight rows at a time; 5 to 8 rows, one weight row at a time, so that the
+    /// accumulators stay in registers).
     fn qpanel(&self, dtype: DType, qp: &[u8], row_bytes: usize, j0: usize) {
         let (m, k) = (self.m, self.k);
         let nr = qp.len() / row_bytes;
         let mut r0 = 0;
         while r0 < nr {
-            let cnt = (nr - r0).min(4);
+            let cnt = (nr - r0).min(if m <= 4 { 4 } else { 1 });
             let w = &qp[r0 * row_bytes..];
-            let mut i0 = 0;
-            while i0 < m {
-                let mr = (m - i0).min(4);
-                let x = &self.x[i0 * k..];
-                macro_rules! go {
-                    ($($a:literal, $b:literal);*) => {
-                        match (mr, cnt) {
-                            $(($a, $b) => self.store(i0, j0 + r0, &qtile::<$a, $b>(dtype, x, k, w, row_bytes, k)),)*
-                            _ => unreachable!("1..=4 rows by 1..=4 weight rows"),
-                        }
-                    };
-                }
-                go!(1,1; 1,2; 1,3; 1,4; 2,1; 2,2; 2,3; 2,4; 3,1; 3,2; 3,3; 3,4; 4,1; 4,2; 4,3; 4,4);
-                i0 += mr;
+            macro_rules! go {
+                ($($a:literal, $b:literal);*) => {
+                    match (m, cnt) {
+                        $(($a, $b) => self.store(0, j0 + r0, &qtile::<$a, $b>(dtype, self.x, k, w, row_bytes, k)),)*
+                        _ => unreachable!("1..=4 rows by 1..=4 weight rows, or 5..=8 rows by one"),
+                    }
+                };
             }
+            go!(1,1; 1,2; 1,3; 1,4; 2,1; 2,2; 2,3; 2,4; 3,1; 3,2; 3,3; 3,4; 4,1; 4,2; 4,3; 4,4; 5,1; 6,1; 7,1; 8,1);
             r0 += cnt;
         }
     }
@@ -173,8 +169,8 @@ pub(crate) fn matmul(x: &Tensor<Cpu>, w: &Tensor<Cpu>, epi: Epilogue<'_, Cpu>, o
 
 const OP: &str = "matmul";
 
-/// Up to this many rows, block-quantised products dequantise inside the dot products (once per 4
-/// rows); more rows dequantise each panel into scratch once and run f32 tiles.
+/// Up to this many rows, block-quantised products dequantise inside the dot products (each block
+/// once); more rows dequantise each panel into scratch once and run f32 tiles.
 const QTILE_ROWS: usize = 8;
 
 /// `out [m, n] (+)= act(…)` of a checked product (`epi` but for its activation, which is `act`).
