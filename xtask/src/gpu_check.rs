@@ -282,6 +282,10 @@ step compare-1b-bf16 "$t" bench -m "$work/m1b" --backend cuda --dtype bf16 --com
 step speed-1b-fp8 "$t" bench -m "$work/m1b" --backend cuda --dtype fp8 $speed
 step --cap=90 profile-1b bash bench/gpu/profile.sh "$t" "$work/m1b" "$logs"
 step batch-1b-bf16 "$t" bench -m "$work/m1b" --backend cuda --dtype bf16 --workload batch --batch-sizes 1,16,64 --prompt-tokens 128 --gen-tokens 32 --json
+# Speculative decoding (prompt lookup) at batch 1: plain, then speculating, on the same requests;
+# random weights copy their prompt only as far as they happen to, so read the speedup with the
+# acceptance beside it (the step count ratio is what a grounded workload's acceptance gives).
+step --cap=90 speculative-1b "$t" bench -m "$work/m1b" --backend cuda --dtype bf16 --workload grounded --requests 8 --max-batch 1 --speculative ngram --json
 step speed-1b-bf16-fast-products env TURBINE_CUDA_PRODUCTS=fast "$t" bench -m "$work/m1b" --backend cuda --dtype bf16 $speed
 # The tensor-core products and attention (the defaults) against the gemv tiles and CUDA-core
 # attention kernels they replaced.
