@@ -400,3 +400,44 @@ fn speculative_sampling_keeps_the_target_distribution() {
     // 27 outcomes, 26 degrees of freedom: 54.1 is the 0.001 quantile's bound.
     assert!(chi2 < 54.1, "chi-square {chi2:.1} over {} outcomes: {counts:?}", exact.len());
 }
+
+/// Stop strings, stop ids, `max_tokens` and cancellation end a speculating request where they
+/// end a plain one: the same tokens, text and reason, even when the end falls inside a run of
+/// accepted drafts; no block is left (`run` checks).
+#[test]
+fn speculating_requests_end_where_plain_ones_do() {
+    let detok = || Box::new(|ids: &[u32]| ids.iter().map(|&i| char::from(b'a' + i as u8)).collect::<String>());
+    let p = chain_prompt(2, 40);
+    let free = alone(p.clone(), 30);
+    let text: String = free.iter().map(|&i| char::from(b'a' + i as u8)).collect();
+    let reqs = [
+        request(p.clone(), 30).with_stop(vec![text[9..11].to_string()]).unwrap(),
+        request(p.clone(), 30).with_ignore_eos(false).with_stop_ids(vec![free[13]]),
+        request(p.clone(), 7),
+        request(p.clone(), 30),
+    ];
+    let outcome = |cfg: EngineConfig| {
+        let (fake, _) = Fake::new(64);
+        let mut core = core_with(fake, cfg).with_detokenizer(detok());
+        let ids: Vec<RequestId> = reqs.iter().map(|r| core.add(r.clone()).unwrap()).collect();
+        let out = run(&mut core, &ids);
+        (out, core.stats())
+    };
+    let (plain, _) = outcome(EngineConfig::default());
+    let (spec, stats) = outcome(speculative(8));
+    assert!(stats.accepted_tokens > 10, "{stats:?}");
+    assert_eq!(plain, spec);
+    assert_eq!(plain[0].1, FinishReason::Stop);
+    assert_eq!(plain[1].1, FinishReason::Stop);
+    assert_eq!(plain[2].0.len(), 7);
+    // Cancelled between steps, a speculating request holds no draft and no extra block.
+    let (fake, _) = Fake::new(64);
+    let mut core = core_with(fake, speculative(8));
+    let id = core.add(request(p, 30)).unwrap();
+    for _ in 0..3 {
+        core.step().unwrap();
+    }
+    assert!(core.stats().drafted_tokens > 0);
+    assert!(matches!(core.cancel(id), Some(Event::Finished { reason: FinishReason::Cancelled, .. })));
+    assert_eq!(core.stats().blocks_in_use, 0);
+}
