@@ -55,6 +55,7 @@ pub struct Request {
     pub(crate) ignore_eos: bool,
     pub(crate) stop_ids: Vec<u32>,
     pub(crate) stop: Vec<String>,
+    pub(crate) min_tokens: usize,
 }
 
 impl Request {
@@ -70,7 +71,15 @@ impl Request {
             return Err(InvalidParam { param: "max_tokens", message: "max_tokens must be at least 1".into() });
         }
         params.check()?;
-        Ok(Request { prompt, params, max_tokens, ignore_eos: false, stop_ids: Vec::new(), stop: Vec::new() })
+        Ok(Request {
+            prompt,
+            params,
+            max_tokens,
+            ignore_eos: false,
+            stop_ids: Vec::new(),
+            stop: Vec::new(),
+            min_tokens: 0,
+        })
     }
 
     /// [`Request::new`] with greedy sampling.
@@ -99,6 +108,24 @@ impl Request {
         }
         self.stop = stop;
         Ok(self)
+    }
+
+    /// Generate at least `min` tokens: until then the stop ids cannot be chosen and stop strings
+    /// do not end the request (vLLM's `min_tokens`). Fails when `min` exceeds `max_tokens`.
+    pub fn with_min_tokens(mut self, min: usize) -> Result<Request, InvalidParam> {
+        if min > self.max_tokens {
+            return Err(InvalidParam {
+                param: "min_tokens",
+                message: format!("min_tokens ({min}) must not exceed max_tokens ({})", self.max_tokens),
+            });
+        }
+        self.min_tokens = min;
+        Ok(self)
+    }
+
+    /// Tokens generated before stop ids and stop strings may end the request.
+    pub fn min_tokens(&self) -> usize {
+        self.min_tokens
     }
 
     /// The same request with another sampling seed (the `n` choices of one API request).

@@ -32,6 +32,8 @@ struct Seq {
     ignore_eos: bool,
     stop_ids: Vec<u32>,
     stop: Vec<String>,
+    /// Tokens to generate before stop ids and strings count.
+    min_tokens: usize,
     /// The output text, decoded incrementally.
     text: TextStream,
     /// Bytes of the output text already sent.
@@ -251,6 +253,9 @@ impl EngineCore {
         self.next_id += 1;
         let mut sampler = SeqSampler::new(req.params);
         sampler.observe_prompt(&req.prompt);
+        if !req.ignore_eos && req.min_tokens > 0 {
+            sampler.suppress_until(&req.stop_ids, req.min_tokens);
+        }
         self.waiting.push_back(Seq {
             id,
             prompt_len: req.prompt.len(),
@@ -265,6 +270,7 @@ impl EngineCore {
             ignore_eos: req.ignore_eos,
             stop_ids: req.stop_ids,
             stop: req.stop,
+            min_tokens: req.min_tokens,
             text: TextStream::default(),
             sent: 0,
             drafts: 0,
@@ -323,7 +329,21 @@ impl EngineCore {
         while !text.is_char_boundary(look) {
             look -= 1;
         }
-        let hit = s.stop.iter().filter_map(|st| text[look..].find(st.as_str()).map(|p| look + p)).min();
+        // Stop strings count from `min_tokens` on, and only where they end in new text.
+        let armed = s.tokens.len() - s.prompt_len >= s.min_tokens;
+        let hit = s
+            .stop
+            .iter()
+            .filter(|_| armed)
+            .filter_map(|st| {
+                // The earliest start of a match that ends past `from`.
+                let mut at = (from + 1).saturating_sub(st.len()).max(look);
+                while !text.is_char_boundary(at) {
+                    at -= 1;
+                }
+                text[at..].find(st.as_str()).map(|p| at + p)
+            })
+            .min();
         if let Some(at) = hit {
             let end = at.max(from);
             let delta = text[from..end].to_string();
@@ -593,7 +613,8 @@ impl EngineCore {
                 let s = &mut self.running[i];
                 events.push((s.id, Event::Token { token: tok, text }));
                 self.stats.generated_tokens += 1;
-                let reason = if stopped || (!s.ignore_eos && s.stop_ids.contains(&id)) {
+                let armed = s.generated() >= s.min_tokens;
+                let reason = if stopped || (armed && !s.ignore_eos && s.stop_ids.contains(&id)) {
                     Some(FinishReason::Stop)
                 } else if s.generated() >= s.max_tokens || s.tokens.len() >= max_len {
                     Some(FinishReason::Length)

@@ -441,3 +441,36 @@ fn speculating_requests_end_where_plain_ones_do() {
     assert!(matches!(core.cancel(id), Some(Event::Finished { reason: FinishReason::Cancelled, .. })));
     assert_eq!(core.stats().blocks_in_use, 0);
 }
+
+/// `min_tokens`: the stop ids cannot be chosen and stop strings do not end the request before
+/// it; after it they do. With and without speculation alike.
+#[test]
+fn min_tokens_holds_back_stop_ids_and_strings() {
+    let detok = || Box::new(|ids: &[u32]| ids.iter().map(|&i| char::from(b'a' + i as u8)).collect::<String>());
+    let p = chain_prompt(5, 30);
+    let free = alone(p.clone(), 30);
+    let text: String = free.iter().map(|&i| char::from(b'a' + i as u8)).collect();
+    let stop_id = free[2];
+    let by_id = request(p.clone(), 30).with_ignore_eos(false).with_stop_ids(vec![stop_id]);
+    let by_text = request(p.clone(), 30).with_stop(vec![text[1..3].to_string()]).unwrap();
+    for cfg in [EngineConfig::default(), speculative(4)] {
+        let (fake, _) = Fake::new(64);
+        let mut core = core_with(fake, cfg).with_detokenizer(detok());
+        let reqs = [
+            by_id.clone(),
+            by_id.clone().with_min_tokens(6).unwrap(),
+            by_text.clone(),
+            by_text.clone().with_min_tokens(8).unwrap(),
+        ];
+        let ids: Vec<RequestId> = reqs.iter().map(|r| core.add(r.clone()).unwrap()).collect();
+        let out = run(&mut core, &ids);
+        assert_eq!((out[0].0.len(), out[0].1), (3, FinishReason::Stop), "{cfg:?}");
+        let held = &out[1].0;
+        assert!(held.len() > 6 && !held[..6].contains(&stop_id), "{held:?} ({cfg:?})");
+        assert!(out[1].1 == FinishReason::Length || *held.last().unwrap() == stop_id);
+        assert_eq!(out[2].1, FinishReason::Stop);
+        assert_eq!(out[2].2, text[..1]);
+        assert!(out[3].0.len() >= 8, "{:?} ({cfg:?})", out[3]);
+    }
+    assert_eq!(request(p, 4).with_min_tokens(5).unwrap_err().param, "min_tokens");
+}

@@ -140,6 +140,11 @@ pub struct SeqSampler {
     prompt: std::collections::HashSet<u32>,
     /// Generated tokens and how often.
     generated: std::collections::HashMap<u32, u32>,
+    /// Tokens chosen so far.
+    count: usize,
+    /// Tokens that cannot be chosen while fewer than `min_tokens` have been.
+    suppress: Vec<u32>,
+    min_tokens: usize,
 }
 
 impl SeqSampler {
@@ -149,7 +154,28 @@ impl SeqSampler {
             let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
             t.as_nanos() as u64 ^ u64::from(std::process::id()).rotate_left(32)
         });
-        SeqSampler { params, rng: Rng::new(seed), prompt: Default::default(), generated: Default::default() }
+        SeqSampler {
+            params,
+            rng: Rng::new(seed),
+            prompt: Default::default(),
+            generated: Default::default(),
+            count: 0,
+            suppress: Vec::new(),
+            min_tokens: 0,
+        }
+    }
+
+    /// `ids` (the stop ids: EOS) cannot be chosen until `min_tokens` tokens have been (vLLM's
+    /// `min_tokens`): their logits count as −∞ for the choice; reported log-probabilities stay
+    /// those of the raw logits.
+    pub fn suppress_until(&mut self, ids: &[u32], min_tokens: usize) {
+        self.suppress = ids.to_vec();
+        self.min_tokens = min_tokens;
+    }
+
+    /// Whether some ids are suppressed for the next choice.
+    fn suppressing(&self) -> bool {
+        self.count < self.min_tokens && !self.suppress.is_empty()
     }
 
     /// Records the prompt (the repetition penalty covers it).
@@ -164,12 +190,13 @@ impl SeqSampler {
     /// itself with an argmax and a log-sum-exp, then report with [`SeqSampler::record`].
     pub fn plain_greedy(&self) -> bool {
         let p = &self.params;
-        (p.temperature == 0.0 || p.top_k == 1) && !self.penalised() && p.logprobs == 0
+        (p.temperature == 0.0 || p.top_k == 1) && !self.penalised() && !self.suppressing() && p.logprobs == 0
     }
 
     /// Records a token chosen outside [`sample_rows`] (by a device's greedy sampler).
     pub fn record(&mut self, id: u32) {
         *self.generated.entry(id).or_insert(0) += 1;
+        self.count += 1;
     }
 
     /// Whether choosing a token takes a number from this sequence's random stream (temperature
@@ -251,7 +278,7 @@ impl SeqSampler {
     pub fn device_plan(&self, vocab: usize, limit: usize) -> DevicePlan {
         let p = &self.params;
         let shown = p.logprobs.max(1);
-        if self.penalised() || shown > limit {
+        if self.penalised() || self.suppressing() || shown > limit {
             return DevicePlan::Host;
         }
         if p.temperature == 0.0 || p.top_k == 1 {
@@ -366,11 +393,24 @@ fn argmax(x: &[f32]) -> u32 {
 }
 
 fn sample_one(row: &[f32], s: &mut SeqSampler) -> Sampled {
-    let penalised = if s.penalised() { Some(s.penalise(row)) } else { None };
-    let work = penalised.as_deref().unwrap_or(row);
+    let adjusted = match (s.penalised(), s.suppressing()) {
+        (false, false) => None,
+        (penalised, _) => {
+            let mut w = if penalised { s.penalise(row) } else { row.to_vec() };
+            if s.suppressing() {
+                for &t in &s.suppress {
+                    if let Some(v) = w.get_mut(t as usize) {
+                        *v = f32::NEG_INFINITY;
+                    }
+                }
+            }
+            Some(w)
+        }
+    };
+    let work = adjusted.as_deref().unwrap_or(row);
     let p = &s.params;
     let id = if p.temperature == 0.0 || p.top_k == 1 { argmax(work) } else { draw(work, p, &mut s.rng) };
-    *s.generated.entry(id).or_insert(0) += 1;
+    s.record(id);
     let p = &s.params;
     let lse = log_sum_exp(row);
     let lp = |v: f32| (v as f64 - lse) as f32;
@@ -641,6 +681,29 @@ mod tests {
                 let next_b = sample_rows(&rows[..20], 20, &mut [&mut skipped]).unwrap();
                 assert_eq!(next_a, next_b);
             }
+        }
+    }
+
+    #[test]
+    fn min_tokens_suppresses_the_stop_ids_until_reached() {
+        // Token 3 is by far the most likely; it is a stop id, suppressed for two choices.
+        let row: Vec<f32> = (0..8).map(|i| if i == 3 { 9.0 } else { i as f32 * 0.1 }).collect();
+        for params in [
+            SamplingParams { temperature: 0.0, ..Default::default() },
+            SamplingParams { temperature: 1.0, seed: Some(4), ..Default::default() },
+        ] {
+            let mut s = SeqSampler::new(params);
+            s.suppress_until(&[3], 2);
+            assert!(!s.plain_greedy() && s.device_plan(8, 8) == DevicePlan::Host);
+            let mut ids = Vec::new();
+            for _ in 0..3 {
+                ids.push(sample_rows(&row, 8, &mut [&mut s]).unwrap()[0].id);
+            }
+            assert!(ids[0] != 3 && ids[1] != 3, "{ids:?}");
+            assert_eq!(ids[2], 3);
+            // The reported log-probability is the raw row's.
+            let lp = sample_rows(&row, 8, &mut [&mut s]).unwrap()[0].logprob;
+            assert!((lp as f64 - (9.0 - log_sum_exp(&row))).abs() < 1e-6);
         }
     }
 

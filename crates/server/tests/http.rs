@@ -651,3 +651,41 @@ async fn speculating_server_answers_as_a_plain_one_and_counts_drafts() {
         value("turbine_spec_decode_acceptance_rate_count ")
     );
 }
+
+/// vLLM's `min_tokens` holds EOS back (and is checked); `usage.prompt_tokens_details.cached_tokens`
+/// shows the prompt tokens the prefix cache served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn min_tokens_and_cached_prompt_tokens() {
+    let (addr, _) = start(&fixture("llama-gqa")).await;
+    let prompt: Vec<u32> = (0..40).map(|i| 3 + i * 5).collect();
+    for (min, max) in [(6, 6), (3, 9)] {
+        let body =
+            json!({"prompt": prompt, "max_tokens": max, "min_tokens": min, "temperature": 1.0, "seed": 3, "n": 4});
+        let (st, b) = call(&addr, "POST", "/v1/completions", &body.to_string()).await;
+        assert_eq!(st, 200, "{b}");
+        let v: Value = serde_json::from_str(&b).unwrap();
+        for c in v["choices"].as_array().unwrap() {
+            assert!(c["finish_reason"] == "length" || min < max, "{c}");
+        }
+        assert!(v["usage"]["completion_tokens"].as_u64().unwrap() >= 4 * min, "{v}");
+    }
+    // The same prompt again: its two full blocks of 16 come from the prefix cache.
+    let body = json!({"prompt": prompt, "max_tokens": 2});
+    let (_, b) = call(&addr, "POST", "/v1/completions", &body.to_string()).await;
+    let v: Value = serde_json::from_str(&b).unwrap();
+    assert_eq!(v["usage"]["prompt_tokens_details"]["cached_tokens"], 32, "{v}");
+    assert_eq!(v["usage"]["prompt_tokens"], 40);
+    let fresh = json!({"prompt": [7, 8, 9], "max_tokens": 1});
+    let (_, b) = call(&addr, "POST", "/v1/completions", &fresh.to_string()).await;
+    assert_eq!(serde_json::from_str::<Value>(&b).unwrap()["usage"]["prompt_tokens_details"]["cached_tokens"], 0);
+    for (body, needle) in [
+        (json!({"prompt": [1, 2], "max_tokens": 2, "min_tokens": 3}), "must not exceed max_tokens"),
+        (json!({"prompt": [1, 2], "max_tokens": 2, "min_tokens": -1}), "min_tokens must be >= 0"),
+    ] {
+        let (st, b) = call(&addr, "POST", "/v1/completions", &body.to_string()).await;
+        assert_eq!(st, 400, "{b}");
+        let e: Value = serde_json::from_str(&b).unwrap();
+        assert_eq!(e["error"]["param"], "min_tokens", "{b}");
+        assert!(e["error"]["message"].as_str().unwrap().contains(needle), "{b}");
+    }
+}

@@ -58,6 +58,9 @@ pub struct GenerateArgs {
     /// Do not stop at end-of-sequence tokens.
     #[arg(long)]
     ignore_eos: bool,
+    /// Generate at least this many tokens before EOS or a stop string may end the output.
+    #[arg(long, default_value_t = 0)]
+    min_tokens: usize,
     /// Stop when the output contains this text (not printed); repeat for several.
     #[arg(long)]
     stop: Vec<String>,
@@ -132,7 +135,8 @@ pub fn run(a: GenerateArgs) -> Result<()> {
     let req = Request::new(prompt.clone(), params, (a.max_tokens as usize).min(room))?
         .with_ignore_eos(a.ignore_eos)
         .with_stop_ids(s.eos.clone())
-        .with_stop(a.stop.clone())?;
+        .with_stop(a.stop.clone())?
+        .with_min_tokens(a.min_tokens)?;
     let out = if a.json {
         turbine_batcher::generate(&mut s.engine, req, &mut |_, _| {})?
     } else {

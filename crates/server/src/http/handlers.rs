@@ -156,8 +156,8 @@ pub async fn completions(State(s): Shared, r: Result<Json<Value>, JsonRejection>
     }
     let prompt_tokens = prompts.iter().map(Vec::len).sum();
     let include_usage = r.common.stream_options.as_ref().is_some_and(|o| o.include_usage);
-    run(s, reqs, prompt_tokens, Kind::Completion, logprobs.is_some(), r.common.stream.unwrap_or(false), include_usage)
-        .await
+    let counts = (prompts.len(), prompt_tokens);
+    run(s, reqs, counts, Kind::Completion, logprobs.is_some(), r.common.stream.unwrap_or(false), include_usage).await
 }
 
 /// `POST /v1/chat/completions`.
@@ -188,7 +188,7 @@ pub async fn chat(State(s): Shared, r: Result<Json<Value>, JsonRejection>) -> Re
     let reqs = r.common.to_requests(&s, prompt, top, room)?;
     let include_usage = r.common.stream_options.as_ref().is_some_and(|o| o.include_usage);
     let stream = r.common.stream.unwrap_or(false);
-    run(s, reqs, prompt_tokens, Kind::Chat { logprobs: want_lp }, want_lp, stream, include_usage).await
+    run(s, reqs, (1, prompt_tokens), Kind::Chat { logprobs: want_lp }, want_lp, stream, include_usage).await
 }
 
 fn token_text(s: &AppState, id: u32) -> std::borrow::Cow<'_, str> {
@@ -338,17 +338,18 @@ async fn forward(
 }
 
 /// Runs the choices (one engine request each) and answers in the endpoint's shape, streamed or
-/// not. `prompt_tokens` counts each distinct prompt once, for the usage.
+/// not. `prompt_tokens` counts each of the `prompts` distinct prompts once, for the usage.
 async fn run(
     s: Arc<AppState>,
     reqs: Vec<Request>,
-    prompt_tokens: usize,
+    (prompts, prompt_tokens): (usize, usize),
     kind: Kind,
     logprobs: bool,
     stream: bool,
     include_usage: bool,
 ) -> Result<Response, ApiError> {
     let t0 = Instant::now();
+    let reqs_len = reqs.len();
     let mut streams = Vec::with_capacity(reqs.len());
     for r in reqs {
         match s.engine.submit(r).await {
@@ -367,13 +368,22 @@ async fn run(
     };
     let id = format!("{prefix}-{}", NEXT_ID.fetch_add(1, Ordering::Relaxed));
     let created = now();
-    let usage_of = move |completion: usize| json!({"prompt_tokens": prompt_tokens, "completion_tokens": completion, "total_tokens": prompt_tokens + completion});
+    // Choices come `per_prompt` to a prompt; the first of each says how much of its prompt the
+    // prefix cache served.
+    let per_prompt = (reqs_len / prompts.max(1)).max(1);
+    let usage_of = move |completion: usize, cached: usize| {
+        json!({"prompt_tokens": prompt_tokens, "completion_tokens": completion, "total_tokens": prompt_tokens + completion,
+               "prompt_tokens_details": {"cached_tokens": cached}})
+    };
     if !stream {
         let mut choices = Vec::new();
-        let mut completion = 0;
+        let (mut completion, mut cached) = (0, 0);
         for (index, events) in streams.iter_mut().enumerate() {
             let (text, toks, reason, error, usage) = collect(&s, events, t0).await?;
             completion += usage.completion_tokens;
+            if index % per_prompt == 0 {
+                cached += usage.cached_tokens;
+            }
             let lp = if logprobs { logprobs_json(&s, kind, &toks, &mut 0) } else { Value::Null };
             let choice = match kind {
                 Kind::Completion => {
@@ -385,7 +395,7 @@ async fn run(
             };
             choices.push(with_error(choice, error));
         }
-        let body = json!({"id": id, "object": object, "created": created, "model": s.model, "choices": choices, "usage": usage_of(completion)});
+        let body = json!({"id": id, "object": object, "created": created, "model": s.model, "choices": choices, "usage": usage_of(completion, cached)});
         return Ok(Json(body).into_response());
     }
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<String>();
@@ -399,17 +409,22 @@ async fn run(
         })
         .collect();
     tokio::spawn(async move {
-        let mut completion = 0;
-        for t in tasks {
+        let (mut completion, mut cached) = (0, 0);
+        for (index, t) in tasks.into_iter().enumerate() {
             match t.await {
-                Ok(Some(u)) => completion += u.completion_tokens,
+                Ok(Some(u)) => {
+                    completion += u.completion_tokens;
+                    if index % per_prompt == 0 {
+                        cached += u.cached_tokens;
+                    }
+                }
                 _ => return, // the client went away or a choice failed
             }
         }
         if include_usage {
             let mut u = head.clone();
             u["choices"] = json!([]);
-            u["usage"] = usage_of(completion);
+            u["usage"] = usage_of(completion, cached);
             let _ = tx.send(u.to_string());
         }
         let _ = tx.send("[DONE]".into());

@@ -69,6 +69,8 @@ pub struct Common {
     pub repetition_penalty: Option<f32>,
     /// Keep generating through EOS (an extension).
     pub ignore_eos: Option<bool>,
+    /// Generate at least this many tokens before EOS or a stop string may end (vLLM's extension).
+    pub min_tokens: Option<i64>,
     /// Stream server-sent events.
     pub stream: Option<bool>,
     /// Streaming options.
@@ -196,11 +198,20 @@ impl Common {
         // The one check of the request's own values; the engine checks the rest against the
         // model (vocabulary, context) when it queues it.
         let invalid = |e: InvalidParam| ApiError::invalid(e.param, e.message);
+        let min_tokens = match self.min_tokens {
+            Some(m) if m < 0 => {
+                return Err(ApiError::invalid("min_tokens", format!("min_tokens must be >= 0, got {m}")))
+            }
+            Some(m) => m as usize,
+            None => 0,
+        };
         Request::new(prompt, params, max_tokens)
             .map_err(invalid)?
             .with_ignore_eos(self.ignore_eos.unwrap_or(false))
             .with_stop_ids(s.eos.clone())
             .with_stop(stop)
+            .map_err(invalid)?
+            .with_min_tokens(min_tokens)
             .map_err(invalid)
     }
 }
