@@ -17,6 +17,7 @@
 #![warn(missing_docs)]
 
 pub mod bench;
+pub mod constraint;
 pub mod detok;
 pub mod draft;
 pub mod engine;
@@ -28,6 +29,7 @@ pub mod scheduler;
 pub mod score;
 pub mod spec;
 
+pub use constraint::{Constraint, ConstraintCompiler, ConstraintSpec, TokenMask};
 pub use detok::{Detokenizer, TextStream};
 pub use draft::DraftModel;
 pub use engine::{Engine, RequestStream};

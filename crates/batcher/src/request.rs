@@ -56,6 +56,7 @@ pub struct Request {
     pub(crate) stop_ids: Vec<u32>,
     pub(crate) stop: Vec<String>,
     pub(crate) min_tokens: usize,
+    pub(crate) constraint: Option<crate::constraint::ConstraintSpec>,
 }
 
 impl Request {
@@ -79,6 +80,7 @@ impl Request {
             stop_ids: Vec::new(),
             stop: Vec::new(),
             min_tokens: 0,
+            constraint: None,
         })
     }
 
@@ -121,6 +123,18 @@ impl Request {
         }
         self.min_tokens = min;
         Ok(self)
+    }
+
+    /// The output must match `spec` (structured outputs); the engine needs a
+    /// [`crate::ConstraintCompiler`] ([`crate::EngineCore::with_constraints`]).
+    pub fn with_constraint(mut self, spec: crate::constraint::ConstraintSpec) -> Request {
+        self.constraint = Some(spec);
+        self
+    }
+
+    /// What the output must match, if anything.
+    pub fn constraint(&self) -> Option<&crate::constraint::ConstraintSpec> {
+        self.constraint.as_ref()
     }
 
     /// Tokens generated before stop ids and stop strings may end the request.
@@ -300,6 +314,10 @@ pub struct Stats {
     pub drafted_tokens: u64,
     /// Drafted tokens the model accepted.
     pub accepted_tokens: u64,
+    /// Requests queued with a constraint (structured outputs).
+    pub constrained_requests: u64,
+    /// Time spent compiling constraints and computing their token masks, in seconds.
+    pub constraint_seconds: f64,
     /// Verifications (a request's drafts checked in a step) by the fraction of drafts accepted:
     /// none, up to 1/4, 1/2, 3/4, fewer than all, all.
     pub acceptance: [u64; 6],

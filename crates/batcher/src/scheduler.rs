@@ -9,6 +9,7 @@ use std::collections::VecDeque;
 use turbine_core::runner::{Logits, ModelRunner, SeqStep};
 use turbine_core::sampling::{Sampled, SeqSampler};
 
+use crate::constraint::{Constraint, ConstraintCompiler};
 use crate::detok::{Detokenizer, TextStream};
 use crate::kv::{block_hash, BlockManager};
 use crate::request::{EngineConfig, Event, FinishReason, Request, RequestId, Stats, SubmitError, Usage};
@@ -43,6 +44,8 @@ struct Seq {
     drafts: usize,
     /// How many tokens to draft next ([`crate::spec::next_draft_len`]).
     draft_len: usize,
+    /// What the output must match (structured outputs).
+    constraint: Option<Box<dyn Constraint>>,
 }
 
 impl Seq {
@@ -75,6 +78,8 @@ pub struct EngineCore {
     scoring: usize,
     /// Drafts tokens when `cfg.speculative` is set.
     proposer: Option<Box<dyn Proposer>>,
+    /// Compiles requests' constraints (structured outputs).
+    constraints: Option<Box<dyn ConstraintCompiler>>,
 }
 
 impl EngineCore {
@@ -93,7 +98,14 @@ impl EngineCore {
             stats: Stats::default(),
             scoring: 0,
             proposer: cfg.speculative.map(|_| Box::new(NgramProposer::default()) as Box<dyn Proposer>),
+            constraints: None,
         }
+    }
+
+    /// Lets requests carry constraints (structured outputs), compiled by `c`.
+    pub fn with_constraints(mut self, c: Box<dyn ConstraintCompiler>) -> Self {
+        self.constraints = Some(c);
+        self
     }
 
     /// Speculates as `cfg` says, with `p` drafting.
@@ -249,6 +261,22 @@ impl EngineCore {
         if self.waiting.len() >= self.cfg.max_waiting {
             return Err(SubmitError::QueueFull { waiting: self.waiting.len(), limit: self.cfg.max_waiting });
         }
+        let constraint = match (&req.constraint, &self.constraints) {
+            (None, _) => None,
+            (Some(spec), None) => {
+                return Err(SubmitError::Invalid(format!(
+                    "{} constraints need an engine with a constraint compiler",
+                    spec.kind()
+                )))
+            }
+            (Some(spec), Some(c)) => {
+                let t0 = std::time::Instant::now();
+                let compiled = c.compile(spec).map_err(SubmitError::Invalid)?;
+                self.stats.constraint_seconds += t0.elapsed().as_secs_f64();
+                self.stats.constrained_requests += 1;
+                Some(compiled)
+            }
+        };
         let id = self.next_id;
         self.next_id += 1;
         let mut sampler = SeqSampler::new(req.params);
@@ -275,6 +303,7 @@ impl EngineCore {
             sent: 0,
             drafts: 0,
             draft_len: self.cfg.speculative.map_or(0, |c| c.draft_tokens),
+            constraint,
         });
         Ok(id)
     }
@@ -399,7 +428,7 @@ impl EngineCore {
             // The last verified row gives one token more than the drafts it accepts.
             let left = s.max_tokens.saturating_sub(s.generated()).min(max_len.saturating_sub(s.tokens.len()));
             let max = s.draft_len.min(left.saturating_sub(1)).min(step - 1);
-            if s.tokens.len() - s.computed == 1 && max > 0 {
+            if s.tokens.len() - s.computed == 1 && max > 0 && s.constraint.is_none() {
                 who.push((i, max));
                 asks.push(DraftRequest { id: s.id, tokens: &s.tokens, max });
             }
@@ -544,6 +573,25 @@ impl EngineCore {
                     .collect()
             })
             .collect();
+        // Constrained requests: the tokens their constraint allows next. A constraint that fails
+        // ends its request (below), never the step.
+        let mut broken: Vec<(usize, String)> = Vec::new();
+        let t0 = std::time::Instant::now();
+        for &i in &sampling {
+            let s = &mut self.running[i];
+            if let Some(c) = &mut s.constraint {
+                match c.allowed() {
+                    Ok(mask) => s.sampler.set_allowed(Some(mask)),
+                    Err(e) => {
+                        s.sampler.set_allowed(None);
+                        broken.push((i, e));
+                    }
+                }
+            }
+        }
+        if self.running.iter().any(|s| s.constraint.is_some()) {
+            self.stats.constraint_seconds += t0.elapsed().as_secs_f64();
+        }
         let sampled = if sampling.is_empty() {
             Vec::new()
         } else {
@@ -599,7 +647,13 @@ impl EngineCore {
         let max_len = self.max_len();
         let mut events = Vec::new();
         let mut done = Vec::new();
+        let mut constraint_errors: Vec<(usize, String)> = Vec::new();
         for (&i, toks) in sampling.iter().zip(chosen) {
+            if let Some((_, e)) = broken.iter().find(|b| b.0 == i) {
+                done.push((i, FinishReason::Error));
+                constraint_errors.push((i, e.clone()));
+                continue;
+            }
             for tok in toks {
                 if !tok.logprob.is_finite() {
                     // NaN or infinite logits: the token means nothing; this request ends here and
@@ -614,7 +668,21 @@ impl EngineCore {
                 events.push((s.id, Event::Token { token: tok, text }));
                 self.stats.generated_tokens += 1;
                 let armed = s.generated() >= s.min_tokens;
-                let reason = if stopped || (armed && !s.ignore_eos && s.stop_ids.contains(&id)) {
+                let is_stop_id = armed && !s.ignore_eos && s.stop_ids.contains(&id);
+                // The constraint follows every token but an end-of-sequence one; a complete
+                // output ends the request.
+                let mut complete = false;
+                if let Some(c) = s.constraint.as_mut().filter(|_| !is_stop_id) {
+                    let t0 = std::time::Instant::now();
+                    if let Err(e) = c.consume(id) {
+                        constraint_errors.push((i, e));
+                        done.push((i, FinishReason::Error));
+                        break;
+                    }
+                    complete = c.finished();
+                    self.stats.constraint_seconds += t0.elapsed().as_secs_f64();
+                }
+                let reason = if stopped || is_stop_id || complete {
                     Some(FinishReason::Stop)
                 } else if s.generated() >= s.max_tokens || s.tokens.len() >= max_len {
                     Some(FinishReason::Length)
@@ -648,7 +716,10 @@ impl EngineCore {
         for &(i, r) in done.iter().rev() {
             let seq = self.running.remove(i);
             let id = seq.id;
-            let error = (r == FinishReason::Error).then(|| non_finite(seq.generated()));
+            let error = (r == FinishReason::Error).then(|| match constraint_errors.iter().find(|e| e.0 == i) {
+                Some((_, e)) => format!("the output constraint failed: {e}"),
+                None => non_finite(seq.generated()),
+            });
             let ev = self.finish(seq, r, error);
             events.push((id, ev));
         }

@@ -474,3 +474,114 @@ fn min_tokens_holds_back_stop_ids_and_strings() {
     }
     assert_eq!(request(p, 4).with_min_tokens(5).unwrap_err().param, "min_tokens");
 }
+
+/// A test constraint: even token ids only; complete after `len` tokens; `fail_at` makes its
+/// mask fail at that output position.
+struct Evens {
+    len: usize,
+    seen: usize,
+    fail_at: Option<usize>,
+}
+
+impl turbine_batcher::Constraint for Evens {
+    fn allowed(&mut self) -> Result<turbine_batcher::TokenMask, String> {
+        if self.fail_at == Some(self.seen) {
+            return Err("the grammar broke".into());
+        }
+        Ok(vec![0x5555_5555])
+    }
+    fn consume(&mut self, token: u32) -> Result<(), String> {
+        assert_eq!(token % 2, 0, "a token the mask did not allow");
+        self.seen += 1;
+        Ok(())
+    }
+    fn finished(&mut self) -> bool {
+        self.seen >= self.len
+    }
+}
+
+struct EvensCompiler;
+
+impl turbine_batcher::ConstraintCompiler for EvensCompiler {
+    fn compile(&self, spec: &turbine_batcher::ConstraintSpec) -> Result<Box<dyn turbine_batcher::Constraint>, String> {
+        match spec {
+            turbine_batcher::ConstraintSpec::Regex(r) if r == "even" => {
+                Ok(Box::new(Evens { len: 5, seen: 0, fail_at: None }))
+            }
+            turbine_batcher::ConstraintSpec::Regex(r) if r == "broken" => {
+                Ok(Box::new(Evens { len: 9, seen: 0, fail_at: Some(2) }))
+            }
+            other => Err(format!("cannot compile {other:?}")),
+        }
+    }
+}
+
+/// Constrained requests sample only allowed tokens, end when the constraint is complete, keep
+/// their output whatever runs beside them, and fail alone (with a message) when the
+/// constraint fails; bad specs and engines without a compiler are refused.
+#[test]
+fn constrained_requests_follow_their_mask_and_end_when_complete() {
+    use turbine_batcher::{ConstraintSpec, SubmitError};
+    let even = |seed: u32| request(prompt(seed, 12), 20).with_constraint(ConstraintSpec::Regex("even".into()));
+    let sampled = |seed: u32| {
+        let params = SamplingParams { temperature: 1.0, seed: Some(seed as u64), ..Default::default() };
+        Request::new(prompt(seed, 9), params, 20)
+            .unwrap()
+            .with_ignore_eos(true)
+            .with_constraint(ConstraintSpec::Regex("even".into()))
+    };
+    let engine = || {
+        let (fake, _) = Fake::new(64);
+        EngineCore::new(Box::new(fake), EngineConfig::default()).with_constraints(Box::new(EvensCompiler))
+    };
+    let alone = |r: Request| {
+        let mut core = engine();
+        let id = core.add(r).unwrap();
+        run(&mut core, &[id]).remove(0)
+    };
+    let (a, b) = (alone(even(1)), alone(sampled(2)));
+    for o in [&a, &b] {
+        assert_eq!((o.0.len(), o.1), (5, FinishReason::Stop), "{o:?}");
+        assert!(o.0.iter().all(|t| t % 2 == 0), "{o:?}");
+    }
+    // Among free requests and a failing one.
+    let mut core = engine();
+    let reqs = [
+        request(prompt(7, 30), 12),
+        even(1),
+        request(prompt(8, 5), 12).with_constraint(ConstraintSpec::Regex("broken".into())),
+        sampled(2),
+        request(prompt(9, 20), 12),
+    ];
+    let ids: Vec<RequestId> = reqs.iter().map(|r| core.add(r.clone()).unwrap()).collect();
+    let out = run(&mut core, &ids);
+    assert_eq!(out[1], a);
+    assert_eq!(out[3], b);
+    assert_eq!((out[2].0.len(), out[2].1), (2, FinishReason::Error));
+    assert_eq!(out[0].0, self::alone(prompt(7, 30), 12));
+    assert_eq!(out[4].0, self::alone(prompt(9, 20), 12));
+    assert_eq!(core.stats().constrained_requests, 3);
+    // The failing request's message.
+    let mut core = engine();
+    core.add(request(prompt(8, 5), 12).with_constraint(ConstraintSpec::Regex("broken".into()))).unwrap();
+    let mut message = None;
+    while core.has_work() {
+        for (_, ev) in core.step().unwrap() {
+            if let Event::Finished { error, .. } = ev {
+                message = error;
+            }
+        }
+    }
+    assert!(message.as_deref().is_some_and(|m| m.contains("constraint failed: the grammar broke")), "{message:?}");
+    match engine().add(request(prompt(1, 4), 4).with_constraint(ConstraintSpec::Choice(vec!["x".into()]))) {
+        Err(SubmitError::Invalid(m)) => assert!(m.contains("cannot compile"), "{m}"),
+        other => panic!("{other:?}"),
+    }
+    let (fake, _) = Fake::new(8);
+    match EngineCore::new(Box::new(fake), EngineConfig::default()).add(even(1)) {
+        Err(SubmitError::Invalid(m)) => {
+            assert!(m.contains("regex constraints need an engine with a constraint compiler"), "{m}")
+        }
+        other => panic!("{other:?}"),
+    }
+}

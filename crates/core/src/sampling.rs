@@ -145,6 +145,8 @@ pub struct SeqSampler {
     /// Tokens that cannot be chosen while fewer than `min_tokens` have been.
     suppress: Vec<u32>,
     min_tokens: usize,
+    /// Tokens allowed for the next choice (one bit per id), when constrained.
+    allowed: Option<Vec<u32>>,
 }
 
 impl SeqSampler {
@@ -162,7 +164,15 @@ impl SeqSampler {
             count: 0,
             suppress: Vec::new(),
             min_tokens: 0,
+            allowed: None,
         }
+    }
+
+    /// Only the tokens whose bit is set (bit `i % 32` of word `i / 32`) may be chosen next
+    /// (structured outputs); `None` lifts it. Their logits count as −∞ for the choice; reported
+    /// log-probabilities stay those of the raw logits.
+    pub fn set_allowed(&mut self, mask: Option<Vec<u32>>) {
+        self.allowed = mask;
     }
 
     /// `ids` (the stop ids: EOS) cannot be chosen until `min_tokens` tokens have been (vLLM's
@@ -175,7 +185,7 @@ impl SeqSampler {
 
     /// Whether some ids are suppressed for the next choice.
     fn suppressing(&self) -> bool {
-        self.count < self.min_tokens && !self.suppress.is_empty()
+        (self.count < self.min_tokens && !self.suppress.is_empty()) || self.allowed.is_some()
     }
 
     /// Records the prompt (the repetition penalty covers it).
@@ -397,9 +407,16 @@ fn sample_one(row: &[f32], s: &mut SeqSampler) -> Sampled {
         (false, false) => None,
         (penalised, _) => {
             let mut w = if penalised { s.penalise(row) } else { row.to_vec() };
-            if s.suppressing() {
+            if s.count < s.min_tokens {
                 for &t in &s.suppress {
                     if let Some(v) = w.get_mut(t as usize) {
+                        *v = f32::NEG_INFINITY;
+                    }
+                }
+            }
+            if let Some(mask) = &s.allowed {
+                for (i, v) in w.iter_mut().enumerate() {
+                    if mask.get(i / 32).is_none_or(|m| m >> (i % 32) & 1 == 0) {
                         *v = f32::NEG_INFINITY;
                     }
                 }
@@ -704,6 +721,32 @@ mod tests {
             // The reported log-probability is the raw row's.
             let lp = sample_rows(&row, 8, &mut [&mut s]).unwrap()[0].logprob;
             assert!((lp as f64 - (9.0 - log_sum_exp(&row))).abs() < 1e-6);
+        }
+    }
+
+    #[test]
+    fn a_mask_keeps_the_choice_among_allowed_tokens() {
+        let row: Vec<f32> = (0..40).map(|i| (i % 7) as f32).collect();
+        // Tokens 3, 33 and 35 only.
+        let mask = vec![1 << 3, (1 << 1) | (1 << 3)];
+        for params in [
+            SamplingParams { temperature: 0.0, logprobs: 2, ..Default::default() },
+            SamplingParams { temperature: 1.5, seed: Some(2), ..Default::default() },
+        ] {
+            let mut s = SeqSampler::new(params);
+            s.set_allowed(Some(mask.clone()));
+            assert!(!s.plain_greedy() && s.device_plan(40, 40) == DevicePlan::Host);
+            for _ in 0..20 {
+                let t = &sample_rows(&row, 40, &mut [&mut s]).unwrap()[0];
+                assert!([3, 33, 35].contains(&t.id), "{}", t.id);
+                // The raw row's log-probability.
+                assert!((t.logprob as f64 - (row[t.id as usize] as f64 - log_sum_exp(&row))).abs() < 1e-6);
+            }
+            s.set_allowed(None);
+            if s.params.temperature == 0.0 {
+                // Lifted: the row's maximum again.
+                assert_eq!(sample_rows(&row, 40, &mut [&mut s]).unwrap()[0].id, 6);
+            }
         }
     }
 
