@@ -226,7 +226,7 @@ impl EngineSection {
             max_num_tokens: self.max_num_tokens,
             max_batch_size: self.max_batch,
             max_waiting: self.max_waiting,
-            // Set with the proposer (`setup::speculation`).
+            // Set with the proposer (`speculation::speculation`).
             speculative: None,
         }
     }

@@ -6,3 +6,4 @@ pub mod config;
 pub mod http;
 pub mod loadgen;
 pub mod setup;
+pub mod speculation;

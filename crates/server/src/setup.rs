@@ -160,19 +160,14 @@ fn load_on<B: Ops + Clone>(b: B, path: &std::path::Path, kv: KvSize, policy: &Po
 /// Loads a model for one request at a time, with a KV cache of `ctx_size` tokens (the usable
 /// context is the smaller of that and the model's own; cache pages are only touched when used).
 pub fn load(model: Option<&str>, backend: &str, kv: KvSize, policy: &Policy) -> Result<Session> {
-    load_speculating(model, backend, kv, policy, &Default::default())
+    Ok(session(load_runner_with(model, backend, kv, policy)?, None))
 }
 
-/// [`load`] with the speculative decoding `spec` asks for.
-pub fn load_speculating(
-    model: Option<&str>,
-    backend: &str,
-    kv: KvSize,
-    policy: &Policy,
-    spec: &crate::config::SpeculativeSection,
-) -> Result<Session> {
-    let l = load_runner_with(model, backend, kv, policy)?;
-    let speculation = speculation(spec, backend, kv, &l.tok)?;
+/// A [`Session`] over a loaded runner, speculating when `speculation` says how.
+pub fn session(
+    l: LoadedRunner,
+    speculation: Option<(turbine_batcher::SpecConfig, Box<dyn turbine_batcher::Proposer>)>,
+) -> Session {
     let tok = std::sync::Arc::new(l.tok);
     let detok = tok.clone();
     let mut engine = EngineCore::new(l.runner, EngineConfig::default())
@@ -180,44 +175,7 @@ pub fn load_speculating(
     if let Some((cfg, p)) = speculation {
         engine = engine.with_speculation(cfg, p);
     }
-    Ok(Session { engine, tok, eos: l.eos, path: l.path, load_ms: l.load_ms, decode_read_bytes: l.decode_read_bytes })
-}
-
-/// The speculative decoding `sec` asks for, for a model on `backend` with tokenizer `tok`:
-/// the engine's settings and the proposer, or `None` when off. A draft model is loaded on the
-/// same backend with a KV cache of `kv`, and must share the tokenizer (same vocabulary, same ids
-/// for a probe text), else this fails naming both.
-pub fn speculation(
-    sec: &crate::config::SpeculativeSection,
-    backend: &str,
-    kv: KvSize,
-    tok: &TextTokenizer,
-) -> Result<Option<(turbine_batcher::SpecConfig, Box<dyn turbine_batcher::Proposer>)>> {
-    sec.validate()?;
-    let Some(cfg) = sec.config() else { return Ok(None) };
-    let proposer: Box<dyn turbine_batcher::Proposer> = match sec.method.as_str() {
-        "ngram" => Box::new(turbine_batcher::NgramProposer { min_n: sec.ngram_min, max_n: sec.ngram_max }),
-        _ => {
-            let name = sec.draft_model.as_deref().unwrap_or_default();
-            let d = load_runner_with(Some(name), backend, kv, &Policy::default())
-                .map_err(|e| anyhow::anyhow!("the draft model {name}: {e:#}"))?;
-            let probe = "Speculative decoding: 12 drafts, 3 accepted (25%) — naïve café {\"x\": [1, 2]}\n\tdef f():";
-            let (a, b) = (tok.encode(probe, false)?, d.tok.encode(probe, false)?);
-            if d.tok.vocab_size() != tok.vocab_size() || a != b {
-                bail!(
-                    "the draft model {name} has another tokenizer ({} tokens, probe text → {} ids) than the model ({} \
-                     tokens, {} ids); a draft model must share the model's tokenizer",
-                    d.tok.vocab_size(),
-                    b.len(),
-                    tok.vocab_size(),
-                    a.len()
-                );
-            }
-            eprintln!("turbine: draft model {} loaded in {:.0} ms", d.path.display(), d.load_ms);
-            Box::new(turbine_batcher::DraftModel::new(d.runner))
-        }
-    };
-    Ok(Some((cfg, proposer)))
+    Session { engine, tok, eos: l.eos, path: l.path, load_ms: l.load_ms, decode_read_bytes: l.decode_read_bytes }
 }
 
 /// The CUDA backend on device 0, or why there is none.

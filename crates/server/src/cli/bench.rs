@@ -123,7 +123,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
             .collect::<Result<_>>()?
     };
     let path = loaded.path.clone();
-    let speculation = setup::speculation(&spec, &a.model.backend, eng.kv(), &loaded.tok)?;
+    let speculation = turbine_server::speculation::speculation(&spec, &a.model.backend, eng.kv(), &loaded.tok)?;
     let mut core = EngineCore::new(loaded.runner, eng.config());
     // Each mode runs plain, then (with --speculative) speculating.
     let mut runs = vec![None];

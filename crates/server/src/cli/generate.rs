@@ -8,7 +8,7 @@ use serde_json::json;
 use turbine_batcher::{GenOutput, Request};
 use turbine_core::sampling::SamplingParams;
 use turbine_models::chat::Message;
-use turbine_server::setup::{self, Session};
+use turbine_server::setup::Session;
 
 use super::{parse_ids, ModelArgs, SpecArgs};
 
@@ -127,7 +127,8 @@ pub fn run(a: GenerateArgs) -> Result<()> {
     let spec = a.spec.apply(Default::default());
     spec.validate()?;
     let policy = a.model.policy()?;
-    let mut s = setup::load_speculating(a.model.model.as_deref(), &a.model.backend, a.model.kv(), &policy, &spec)?;
+    let mut s =
+        turbine_server::speculation::load(a.model.model.as_deref(), &a.model.backend, a.model.kv(), &policy, &spec)?;
     let prompt = prompt_ids(&a, &s)?;
     // As llama.cpp's CLI does, generation stops at the end of the context rather than refusing a
     // --max-tokens that reaches past it (a prompt that leaves no room is still an error).

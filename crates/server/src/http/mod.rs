@@ -98,7 +98,8 @@ impl AppState {
         let model = Some(cfg.model.path.as_str());
         let policy = cfg.policy()?;
         let l = crate::setup::load_runner_with(model, &cfg.model.backend, cfg.engine.kv(), &policy)?;
-        let speculation = crate::setup::speculation(&cfg.speculative, &cfg.model.backend, cfg.engine.kv(), &l.tok)?;
+        let speculation =
+            crate::speculation::speculation(&cfg.speculative, &cfg.model.backend, cfg.engine.kv(), &l.tok)?;
         let tok = Arc::new(l.tok);
         let max_len = l.runner.context_len();
         let name = match &cfg.model.served_name {
