@@ -293,6 +293,12 @@ impl TextTokenizer {
         guarded("decode", || self.inner.decode(ids, skip_special).map_err(tok_err))
     }
 
+    /// The tokenizer in Hugging Face's `tokenizer.json` form (also for one built from a GGUF
+    /// file's vocabulary), for libraries that read that form (llguidance's token bytes).
+    pub fn to_json(&self) -> Result<String> {
+        self.inner.to_string(false).map_err(tok_err)
+    }
+
     /// Vocabulary size including added tokens.
     pub fn vocab_size(&self) -> usize {
         self.inner.get_vocab_size(true)

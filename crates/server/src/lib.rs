@@ -3,6 +3,7 @@
 #![warn(missing_docs)]
 
 pub mod config;
+pub mod constraint;
 pub mod http;
 pub mod loadgen;
 pub mod setup;
