@@ -104,8 +104,13 @@ impl EngineCore {
 
     /// Lets requests carry constraints (structured outputs), compiled by `c`.
     pub fn with_constraints(mut self, c: Box<dyn ConstraintCompiler>) -> Self {
-        self.constraints = Some(c);
+        self.set_constraints(c);
         self
+    }
+
+    /// [`EngineCore::with_constraints`] on an engine already built.
+    pub fn set_constraints(&mut self, c: Box<dyn ConstraintCompiler>) {
+        self.constraints = Some(c);
     }
 
     /// Speculates as `cfg` says, with `p` drafting.

@@ -51,6 +51,16 @@ impl LlgCompiler {
     }
 }
 
+/// Whitespace between JSON tokens: any kind, as pretty-printed JSON has it, but at most 24
+/// characters a gap, so that a model cannot fill its output with blanks (a schema's own
+/// `x-guidance` options win).
+fn bounded_whitespace(mut schema: serde_json::Value) -> serde_json::Value {
+    if let Some(o) = schema.as_object_mut() {
+        o.entry("x-guidance").or_insert_with(|| serde_json::json!({"whitespace_pattern": r"[\x20\x0A\x0D\x09]{1,24}"}));
+    }
+    schema
+}
+
 /// The grammar a spec stands for; the error names what is wrong with it.
 fn grammar(spec: &ConstraintSpec) -> Result<TopLevelGrammar, String> {
     Ok(match spec {
@@ -60,9 +70,11 @@ fn grammar(spec: &ConstraintSpec) -> Result<TopLevelGrammar, String> {
             if !schema.is_object() && !schema.is_boolean() {
                 return Err("the JSON schema must be an object".into());
             }
-            TopLevelGrammar::from_json_schema(schema)
+            TopLevelGrammar::from_json_schema(bounded_whitespace(schema))
         }
-        ConstraintSpec::JsonObject => TopLevelGrammar::from_json_schema(serde_json::json!({"type": "object"})),
+        ConstraintSpec::JsonObject => {
+            TopLevelGrammar::from_json_schema(bounded_whitespace(serde_json::json!({"type": "object"})))
+        }
         ConstraintSpec::Regex(rx) => TopLevelGrammar::from_regex(rx),
         ConstraintSpec::Choice(options) => {
             if options.is_empty() {

@@ -689,3 +689,139 @@ async fn min_tokens_and_cached_prompt_tokens() {
         assert!(e["error"]["message"].as_str().unwrap().contains(needle), "{b}");
     }
 }
+
+/// Structured outputs through the API: every output that ends (`stop`) under a JSON Schema
+/// parses and validates (checked with the `jsonschema` crate, not the engine's grammar code),
+/// regex and choice outputs match, whichever field asks (`response_format`,
+/// `structured_outputs`, `guided_*`); bad constraints are 400s; a constrained request gives the
+/// same output alone and beside others.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn structured_outputs_parse_and_validate() {
+    let (addr, _) = start(&fixture("llama-gqa")).await;
+    let schemas = [
+        json!({"type": "object", "properties": {
+            "user": {"type": "object", "properties": {"name": {"type": "string", "maxLength": 8}, "id": {"type": "integer", "minimum": 1, "maximum": 999}},
+                     "required": ["name", "id"], "additionalProperties": false},
+            "tags": {"type": "array", "items": {"enum": ["red", "green", "blue"]}, "minItems": 1, "maxItems": 3}},
+            "required": ["user", "tags"], "additionalProperties": false}),
+        json!({"type": "object", "properties": {
+            "score": {"type": "number", "minimum": 0, "maximum": 1},
+            "code": {"type": "string", "pattern": "^[A-Z]{2}[0-9]{2}$"},
+            "note": {"type": "string", "maxLength": 5}},
+            "required": ["score", "code"], "additionalProperties": false}),
+        json!({"$defs": {"pt": {"type": "object", "properties": {"x": {"type": "integer", "minimum": -9, "maximum": 9}, "y": {"type": "boolean"}},
+                                "required": ["x", "y"], "additionalProperties": false}},
+               "anyOf": [{"$ref": "#/$defs/pt"}, {"type": "array", "items": {"$ref": "#/$defs/pt"}, "maxItems": 2}]}),
+    ];
+    let post = |body: Value| {
+        let addr = addr.clone();
+        async move {
+            let (st, b) = call(&addr, "POST", "/v1/completions", &body.to_string()).await;
+            (st, serde_json::from_str::<Value>(&b).unwrap_or(Value::String(b)))
+        }
+    };
+    let mut stopped = 0;
+    for (k, schema) in schemas.iter().enumerate() {
+        let validator = jsonschema::validator_for(schema).unwrap();
+        let formats = [
+            json!({"response_format": {"type": "json_schema", "json_schema": {"name": "s", "schema": schema, "strict": true}}}),
+            json!({"structured_outputs": {"json": schema}}),
+            json!({"guided_json": schema.to_string()}),
+        ];
+        for (f, format) in formats.iter().enumerate() {
+            let mut body =
+                json!({"prompt": [1, 2, 3, 4 + k as u32], "max_tokens": 240, "temperature": 1.0, "seed": f, "n": 3});
+            body.as_object_mut().unwrap().extend(format.as_object().unwrap().clone());
+            let (st, v) = post(body).await;
+            assert_eq!(st, 200, "{v}");
+            for c in v["choices"].as_array().unwrap() {
+                if c["finish_reason"] != "stop" {
+                    continue;
+                }
+                stopped += 1;
+                let text = c["text"].as_str().unwrap();
+                let out: Value = serde_json::from_str(text).unwrap_or_else(|e| panic!("schema {k}: {text:?}: {e}"));
+                assert!(validator.is_valid(&out), "schema {k}: {text} fails {schema}");
+            }
+        }
+    }
+    assert!(stopped >= 18, "only {stopped} of 27 outputs ended");
+    let (_, v) = post(
+        json!({"prompt": [5, 6], "max_tokens": 100, "response_format": {"type": "json_object"}, "temperature": 0}),
+    )
+    .await;
+    let text = v["choices"][0]["text"].as_str().unwrap();
+    assert!(serde_json::from_str::<Value>(text).is_ok_and(|o| o.is_object()), "{text:?}");
+    // Regex and choice, in vLLM's two spellings.
+    for body in
+        [json!({"structured_outputs": {"regex": "[a-c]{2}-[0-9]{3}"}}), json!({"guided_regex": "[a-c]{2}-[0-9]{3}"})]
+    {
+        let mut b = json!({"prompt": [7, 8], "max_tokens": 20, "temperature": 1.0, "n": 4, "seed": 1});
+        b.as_object_mut().unwrap().extend(body.as_object().unwrap().clone());
+        let (_, v) = post(b).await;
+        for c in v["choices"].as_array().unwrap() {
+            let t = c["text"].as_str().unwrap().as_bytes();
+            assert!(t.len() == 6 && t[..2].iter().all(|b| (b'a'..=b'c').contains(b)) && t[2] == b'-', "{c}");
+            assert!(t[3..].iter().all(u8::is_ascii_digit), "{c}");
+        }
+    }
+    for body in [
+        json!({"structured_outputs": {"choice": ["alpha", "beta gamma"]}}),
+        json!({"guided_choice": ["alpha", "beta gamma"]}),
+    ] {
+        let mut b = json!({"prompt": [9], "max_tokens": 20, "temperature": 1.0, "n": 4, "seed": 2});
+        b.as_object_mut().unwrap().extend(body.as_object().unwrap().clone());
+        let (_, v) = post(b).await;
+        for c in v["choices"].as_array().unwrap() {
+            assert!(c["text"] == "alpha" || c["text"] == "beta gamma", "{c}");
+            assert_eq!(c["finish_reason"], "stop");
+        }
+    }
+    // Batch invariance: the same constrained greedy request alone and among others.
+    let probe = json!({"prompt": [3, 1, 4], "max_tokens": 60, "temperature": 0, "logprobs": 2, "structured_outputs": {"json": schemas[0]}});
+    let (_, alone) = post(probe.clone()).await;
+    let others: Vec<_> = (0..5)
+        .map(|i| {
+            tokio::spawn(post(json!({"prompt": [10 + i, 11], "max_tokens": 30 + 7 * i, "temperature": 1.0, "seed": i})))
+        })
+        .collect();
+    let (_, together) = post(probe).await;
+    for o in others {
+        assert_eq!(o.await.unwrap().0, 200);
+    }
+    assert_eq!(alone["choices"][0]["text"], together["choices"][0]["text"]);
+    assert_eq!(alone["choices"][0]["logprobs"], together["choices"][0]["logprobs"]);
+    let (_, m) = call(&addr, "GET", "/metrics", "").await;
+    let line = m.lines().find(|l| l.starts_with("turbine_constrained_requests_total ")).unwrap();
+    // 27 JSON Schema choices, 1 JSON object, 8 regex, 8 choice, the probe twice.
+    assert!(line.ends_with(" 46"), "{line}");
+    assert!(m.contains("turbine_constraint_seconds_total "), "{m}");
+    // Bad constraints.
+    for (body, param, needle) in [
+        (
+            json!({"response_format": {"type": "json_schema", "json_schema": {"name": "x"}}}),
+            "response_format",
+            "json_schema.schema",
+        ),
+        (json!({"response_format": {"type": "yaml"}}), "response_format", "json_object or json_schema"),
+        (json!({"structured_outputs": {"regex": "a", "choice": ["b"]}}), "structured_outputs", "exactly one"),
+        (json!({"guided_choice": []}), "guided_choice", "non-empty"),
+        (json!({"guided_regex": "a", "guided_json": {"type": "object"}}), "guided_regex", "one output constraint"),
+        (json!({"guided_regex": "("}), "", "invalid regex"),
+        (
+            json!({"guided_json": {"type": "object", "properties": {"a": {"$ref": "#/$defs/missing"}}}}),
+            "",
+            "invalid json_schema",
+        ),
+        (json!({"guided_grammar": "start: nothing_here"}), "", "nothing_here"),
+    ] {
+        let mut b = json!({"prompt": [1], "max_tokens": 4});
+        b.as_object_mut().unwrap().extend(body.as_object().unwrap().clone());
+        let (st, v) = post(b).await;
+        assert_eq!(st, 400, "{body}: {v}");
+        if !param.is_empty() {
+            assert_eq!(v["error"]["param"], param, "{v}");
+        }
+        assert!(v["error"]["message"].as_str().unwrap().contains(needle), "{body}: {v}");
+    }
+}

@@ -5,7 +5,7 @@ use std::io::Write;
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use serde_json::json;
-use turbine_batcher::{GenOutput, Request};
+use turbine_batcher::{ConstraintSpec, GenOutput, Request};
 use turbine_core::sampling::SamplingParams;
 use turbine_models::chat::Message;
 use turbine_server::setup::Session;
@@ -72,6 +72,34 @@ pub struct GenerateArgs {
     json: bool,
     #[command(flatten)]
     spec: SpecArgs,
+    /// The output is JSON valid under this JSON Schema (a file).
+    #[arg(long, value_name = "FILE", group = "constraint")]
+    json_schema: Option<std::path::PathBuf>,
+    /// The output matches this regular expression, whole.
+    #[arg(long, value_name = "REGEX", group = "constraint")]
+    regex: Option<String>,
+    /// The output is one of these comma-separated strings.
+    #[arg(long, value_name = "A,B,…", group = "constraint")]
+    choice: Option<String>,
+    /// The output follows this Lark grammar (a file).
+    #[arg(long, value_name = "FILE.lark", group = "constraint")]
+    grammar: Option<std::path::PathBuf>,
+}
+
+/// The output constraint the flags ask for.
+fn constraint(a: &GenerateArgs) -> Result<Option<ConstraintSpec>> {
+    let read = |p: &std::path::Path| std::fs::read_to_string(p).with_context(|| format!("cannot read {}", p.display()));
+    Ok(if let Some(p) = &a.json_schema {
+        Some(ConstraintSpec::JsonSchema(read(p)?))
+    } else if let Some(r) = &a.regex {
+        Some(ConstraintSpec::Regex(r.clone()))
+    } else if let Some(c) = &a.choice {
+        Some(ConstraintSpec::Choice(c.split(',').map(str::to_string).collect()))
+    } else if let Some(p) = &a.grammar {
+        Some(ConstraintSpec::Grammar(read(p)?))
+    } else {
+        None
+    })
 }
 
 fn prompt_ids(a: &GenerateArgs, s: &Session) -> Result<Vec<u32>> {
@@ -130,6 +158,11 @@ pub fn run(a: GenerateArgs) -> Result<()> {
     let mut s =
         turbine_server::speculation::load(a.model.model.as_deref(), &a.model.backend, a.model.kv(), &policy, &spec)?;
     let prompt = prompt_ids(&a, &s)?;
+    let constraint = constraint(&a)?;
+    if constraint.is_some() {
+        let c = turbine_server::constraint::LlgCompiler::new(&s.tok, &s.eos)?;
+        s.engine.set_constraints(Box::new(c));
+    }
     // As llama.cpp's CLI does, generation stops at the end of the context rather than refusing a
     // --max-tokens that reaches past it (a prompt that leaves no room is still an error).
     let room = s.engine.max_len().saturating_sub(prompt.len()).max(1);
@@ -138,6 +171,10 @@ pub fn run(a: GenerateArgs) -> Result<()> {
         .with_stop_ids(s.eos.clone())
         .with_stop(a.stop.clone())?
         .with_min_tokens(a.min_tokens)?;
+    let req = match constraint {
+        Some(c) => req.with_constraint(c),
+        None => req,
+    };
     let out = if a.json {
         turbine_batcher::generate(&mut s.engine, req, &mut |_, _| {})?
     } else {

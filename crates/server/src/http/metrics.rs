@@ -121,10 +121,21 @@ impl Metrics {
                 s.drafted_tokens,
             ),
             ("turbine_spec_decode_accepted_tokens_total", "Drafted tokens the model accepted.", s.accepted_tokens),
+            (
+                "turbine_constrained_requests_total",
+                "Requests (choices) with an output constraint (JSON Schema, regex, choice, grammar).",
+                s.constrained_requests,
+            ),
         ];
         for (name, help, v) in counters {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}");
         }
+        let name = "turbine_constraint_seconds_total";
+        let _ = writeln!(
+            out,
+            "# HELP {name} Time spent compiling output constraints and computing their token masks.\n# TYPE {name} counter\n{name} {}",
+            s.constraint_seconds
+        );
         let usage = if s.blocks_total > 0 { s.blocks_in_use as f64 / s.blocks_total as f64 } else { 0.0 };
         let gauges = [
             ("turbine_requests_running", "Requests being computed.", s.running as f64),

@@ -113,6 +113,7 @@ impl AppState {
         if let Some((spec, proposer)) = speculation {
             core = core.with_speculation(spec, proposer);
         }
+        let core = core.with_constraints(Box::new(crate::constraint::LlgCompiler::new(&tok, &l.eos)?));
         let created = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
         Ok(AppState {
             engine: Engine::start(core),

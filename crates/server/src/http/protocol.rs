@@ -1,7 +1,7 @@
 //! OpenAI request bodies and their translation to engine requests. Unknown fields are ignored.
 
 use serde::Deserialize;
-use turbine_batcher::Request;
+use turbine_batcher::{ConstraintSpec, Request};
 use turbine_core::sampling::{InvalidParam, SamplingParams};
 
 use super::{ApiError, AppState};
@@ -71,6 +71,18 @@ pub struct Common {
     pub ignore_eos: Option<bool>,
     /// Generate at least this many tokens before EOS or a stop string may end (vLLM's extension).
     pub min_tokens: Option<i64>,
+    /// `{"type": "text" | "json_object" | "json_schema", "json_schema": {"schema": …}}`.
+    pub response_format: Option<serde_json::Value>,
+    /// vLLM's `{"json" | "regex" | "choice" | "grammar" | "json_object": …}`.
+    pub structured_outputs: Option<serde_json::Value>,
+    /// vLLM's older names for the same.
+    pub guided_json: Option<serde_json::Value>,
+    /// A regular expression the output matches.
+    pub guided_regex: Option<serde_json::Value>,
+    /// Strings the output is one of.
+    pub guided_choice: Option<serde_json::Value>,
+    /// A Lark grammar of the output.
+    pub guided_grammar: Option<serde_json::Value>,
     /// Stream server-sent events.
     pub stream: Option<bool>,
     /// Streaming options.
@@ -213,5 +225,112 @@ impl Common {
             .map_err(invalid)?
             .with_min_tokens(min_tokens)
             .map_err(invalid)
+            .map(|r| match self.constraint() {
+                Ok(Some(spec)) => Ok(r.with_constraint(spec)),
+                Ok(None) => Ok(r),
+                Err(e) => Err(e),
+            })?
+    }
+}
+
+/// The schema of a `json_schema` / `json` field: a JSON object, or a string holding one.
+fn schema_text(field: &'static str, v: &serde_json::Value) -> Result<String, ApiError> {
+    match v {
+        serde_json::Value::Object(_) | serde_json::Value::Bool(_) => Ok(v.to_string()),
+        serde_json::Value::String(s) => Ok(s.clone()),
+        _ => Err(ApiError::invalid(field, "the JSON schema must be an object (or a string holding one)")),
+    }
+}
+
+fn text_of(field: &'static str, v: &serde_json::Value) -> Result<String, ApiError> {
+    v.as_str().map(str::to_string).ok_or_else(|| ApiError::invalid(field, format!("{field} must be a string")))
+}
+
+fn choices_of(field: &'static str, v: &serde_json::Value) -> Result<Vec<String>, ApiError> {
+    let list = v.as_array().filter(|a| !a.is_empty() && a.iter().all(|x| x.is_string()));
+    let list = list.ok_or_else(|| ApiError::invalid(field, format!("{field} must be a non-empty list of strings")))?;
+    Ok(list.iter().map(|x| x.as_str().unwrap_or_default().to_string()).collect())
+}
+
+impl Common {
+    /// What the output must match: `response_format`, `structured_outputs` or a `guided_*`
+    /// field (one of them); the error names the field.
+    pub fn constraint(&self) -> Result<Option<ConstraintSpec>, ApiError> {
+        use serde_json::Value;
+        let given: Vec<&str> = [
+            ("response_format", self.response_format.as_ref().filter(|f| f["type"] != "text")),
+            ("structured_outputs", self.structured_outputs.as_ref()),
+            ("guided_json", self.guided_json.as_ref()),
+            ("guided_regex", self.guided_regex.as_ref()),
+            ("guided_choice", self.guided_choice.as_ref()),
+            ("guided_grammar", self.guided_grammar.as_ref()),
+        ]
+        .into_iter()
+        .filter(|(_, v)| v.is_some_and(|v| !v.is_null()))
+        .map(|(k, _)| k)
+        .collect();
+        if given.len() > 1 {
+            return Err(ApiError::invalid(
+                given[1],
+                format!("give one output constraint, not {}", given.join(" and ")),
+            ));
+        }
+        if let Some(f) = &self.response_format {
+            match f["type"].as_str() {
+                Some("text") => {}
+                Some("json_object") => return Ok(Some(ConstraintSpec::JsonObject)),
+                Some("json_schema") => {
+                    let schema = &f["json_schema"]["schema"];
+                    if schema.is_null() {
+                        return Err(ApiError::invalid(
+                            "response_format",
+                            "response_format of type json_schema needs json_schema.schema",
+                        ));
+                    }
+                    return Ok(Some(ConstraintSpec::JsonSchema(schema_text("response_format", schema)?)));
+                }
+                other => {
+                    return Err(ApiError::invalid(
+                        "response_format",
+                        format!("response_format.type must be text, json_object or json_schema, got {other:?}"),
+                    ))
+                }
+            }
+        }
+        if let Some(Value::Object(so)) = &self.structured_outputs {
+            let field = "structured_outputs";
+            let keys: Vec<&String> = so.keys().filter(|k| !so[k.as_str()].is_null()).collect();
+            return match keys.as_slice() {
+                [k] => {
+                    Ok(Some(match k.as_str() {
+                        "json" => ConstraintSpec::JsonSchema(schema_text(field, &so["json"])?),
+                        "json_object" => ConstraintSpec::JsonObject,
+                        "regex" => ConstraintSpec::Regex(text_of(field, &so["regex"])?),
+                        "choice" => ConstraintSpec::Choice(choices_of(field, &so["choice"])?),
+                        "grammar" => ConstraintSpec::Grammar(text_of(field, &so["grammar"])?),
+                        other => return Err(ApiError::invalid(
+                            field,
+                            format!(
+                                "unknown structured_outputs key {other:?} (json, json_object, regex, choice, grammar)"
+                            ),
+                        )),
+                    }))
+                }
+                _ => Err(ApiError::invalid(
+                    field,
+                    "structured_outputs needs exactly one of json, json_object, regex, choice, grammar",
+                )),
+            };
+        }
+        if self.structured_outputs.as_ref().is_some_and(|v| !v.is_null()) {
+            return Err(ApiError::invalid("structured_outputs", "structured_outputs must be an object"));
+        }
+        Ok(match (&self.guided_json, &self.guided_regex, &self.guided_choice, &self.guided_grammar) {
+            (Some(v), ..) if !v.is_null() => Some(ConstraintSpec::JsonSchema(schema_text("guided_json", v)?)),
+            (_, Some(v), ..) if !v.is_null() => Some(ConstraintSpec::Regex(text_of("guided_regex", v)?)),
+            (_, _, Some(v), _) if !v.is_null() => Some(ConstraintSpec::Choice(choices_of("guided_choice", v)?)),
+            (.., Some(v)) if !v.is_null() => Some(ConstraintSpec::Grammar(text_of("guided_grammar", v)?)),
+            _ => None,
+        })
     }
 }
