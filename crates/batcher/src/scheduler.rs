@@ -674,10 +674,13 @@ impl EngineCore {
                 self.stats.generated_tokens += 1;
                 let armed = s.generated() >= s.min_tokens;
                 let is_stop_id = armed && !s.ignore_eos && s.stop_ids.contains(&id);
-                // The constraint follows every token but an end-of-sequence one; a complete
-                // output ends the request.
+                // The constraint follows every token but an end-of-sequence one (which it allows
+                // only where the output is complete: it ends a constrained request even with
+                // `ignore_eos`); a complete output ends the request.
                 let mut complete = false;
-                if let Some(c) = s.constraint.as_mut().filter(|_| !is_stop_id) {
+                if s.constraint.is_some() && s.stop_ids.contains(&id) {
+                    complete = true;
+                } else if let Some(c) = s.constraint.as_mut() {
                     let t0 = std::time::Instant::now();
                     if let Err(e) = c.consume(id) {
                         constraint_errors.push((i, e));

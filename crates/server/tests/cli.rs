@@ -936,3 +936,47 @@ fn bench_reports_the_speculative_speedup() {
     let out = String::from_utf8_lossy(&text.stdout);
     assert!(out.contains("inflight +ngram / inflight:"), "{out}");
 }
+
+/// `generate` with an output constraint: a JSON Schema file, a regex, a choice; conflicting or
+/// bad constraints fail by name. `bench --workload batch --json-schema` reports both speeds.
+#[test]
+fn generate_follows_output_constraints() {
+    let model = tiny("llama-gqa");
+    let m = model.to_str().unwrap();
+    let dir = temp_dir("constraints");
+    let schema = dir.join("s.json");
+    std::fs::write(&schema, r#"{"type": "object", "properties": {"ok": {"type": "boolean"}, "n": {"type": "integer", "minimum": 0, "maximum": 99}}, "required": ["ok", "n"], "additionalProperties": false}"#).unwrap();
+    let base = ["generate", "-m", m, "--prompt-ids", "1,2,3", "--max-tokens", "120", "--json", "--seed", "4"];
+    let with = |extra: &[&str]| turbine(&base.iter().copied().chain(extra.iter().copied()).collect::<Vec<_>>());
+    let v = json(&with(&["--json-schema", schema.to_str().unwrap(), "--temperature", "0"]));
+    assert_eq!(v["finish_reason"], "stop", "{v}");
+    let out: Value = serde_json::from_str(v["text"].as_str().unwrap()).unwrap();
+    assert!(out["ok"].is_boolean() && out["n"].as_u64().is_some_and(|n| n <= 99), "{out}");
+    let v = json(&with(&["--regex", "[xyz]{4}"]));
+    let t = v["text"].as_str().unwrap();
+    assert!(t.len() == 4 && t.bytes().all(|b| b"xyz".contains(&b)), "{t:?}");
+    let v = json(&with(&["--choice", "left,right"]));
+    assert!(v["text"] == "left" || v["text"] == "right", "{v}");
+    fails_with(&with(&["--regex", "a", "--choice", "b"]), "cannot be used with");
+    fails_with(&with(&["--regex", "("]), "invalid regex");
+    fails_with(&with(&["--json-schema", "/no/such/schema.json"]), "cannot read /no/such/schema.json");
+    let v = json(&turbine(&[
+        "bench",
+        "-m",
+        m,
+        "--workload",
+        "batch",
+        "--batch-sizes",
+        "1,2",
+        "--prompt-tokens",
+        "8",
+        "--gen-tokens",
+        "6",
+        "--json-schema",
+        schema.to_str().unwrap(),
+        "--json",
+    ]));
+    let rows = v["batches"].as_array().unwrap();
+    assert_eq!(rows.len(), 4, "{v}");
+    assert!(rows[1]["json_schema"] == true && rows[1]["over_plain"].as_f64().is_some_and(|x| x > 0.0), "{v}");
+}

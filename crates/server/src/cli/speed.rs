@@ -3,7 +3,7 @@
 
 use std::time::Instant;
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use clap::Args;
 use serde_json::json;
 use turbine_batcher::Request;
@@ -34,6 +34,10 @@ pub struct SpeedArgs {
     /// many requests of --prompt-tokens decode --gen-tokens together).
     #[arg(long, default_value = "1,16,64")]
     pub batch_sizes: String,
+    /// Batch workload: also decode every request under this JSON Schema (a file) and report the
+    /// constrained decode speed beside the plain one.
+    #[arg(long, value_name = "FILE")]
+    pub json_schema: Option<std::path::PathBuf>,
 }
 
 pub fn run(model: &ModelArgs, a: &SpeedArgs, json: bool) -> Result<()> {
@@ -113,7 +117,17 @@ pub fn run_batches(model: &ModelArgs, a: &SpeedArgs, json: bool) -> Result<()> {
         max_waiting: usize::MAX,
         speculative: None,
     };
+    let schema = match &a.json_schema {
+        Some(p) => Some(std::fs::read_to_string(p).with_context(|| format!("cannot read {}", p.display()))?),
+        None => None,
+    };
     let mut core = EngineCore::new(loaded.runner, cfg);
+    if schema.is_some() {
+        core.set_constraints(Box::new(turbine_server::constraint::LlgCompiler::new(&loaded.tok, &loaded.eos)?));
+    }
+    // Each size plain, then (with --json-schema) constrained.
+    let runs: Vec<(usize, Option<&String>)> =
+        sizes.iter().flat_map(|&n| std::iter::once((n, None)).chain(schema.as_ref().map(|s| (n, Some(s))))).collect();
     let mut rows = Vec::new();
     // Warm-up (thread pool, first touches of the cache and workspaces), not measured.
     let warm = greedy_request(prompt.clone(), 4)?;
@@ -123,12 +137,17 @@ pub fn run_batches(model: &ModelArgs, a: &SpeedArgs, json: bool) -> Result<()> {
     while core.has_work() {
         core.step()?;
     }
-    for &n in &sizes {
+    for (n, constraint) in runs {
         eprintln!(
-            "turbine bench: batch {n}: {} prompt tokens each, then {} tokens decoded together",
-            a.prompt_tokens, a.gen_tokens
+            "turbine bench: batch {n}: {} prompt tokens each, then {} tokens decoded together{}",
+            a.prompt_tokens,
+            a.gen_tokens,
+            if constraint.is_some() { " under the JSON Schema" } else { "" }
         );
-        let req = greedy_request(prompt.clone(), a.gen_tokens)?;
+        let mut req = greedy_request(prompt.clone(), a.gen_tokens)?;
+        if let Some(text) = constraint {
+            req = req.with_constraint(turbine_batcher::ConstraintSpec::JsonSchema(text.clone()));
+        }
         let t0 = Instant::now();
         for _ in 0..n {
             core.add(req.clone()).map_err(|e| anyhow::anyhow!("{e}"))?;
@@ -153,11 +172,24 @@ pub fn run_batches(model: &ModelArgs, a: &SpeedArgs, json: bool) -> Result<()> {
         let decode_s = started.map_or(0.0, |s| s.elapsed().as_secs_f64());
         let decode = if decode_s > 0.0 { tokens_after as f64 / decode_s } else { 0.0 };
         let prefill = if prefill_s > 0.0 { (n * a.prompt_tokens) as f64 / prefill_s } else { 0.0 };
-        rows.push((n, prefill, decode));
+        rows.push((n, constraint.is_some(), prefill, decode));
     }
+    // A constrained row's decode speed over the plain row of its size.
+    let ratio = |n: usize, d: f64| {
+        rows.iter().find(|r| r.0 == n && !r.1).map(|r| if r.3 > 0.0 { d / r.3 } else { 0.0 }).unwrap_or(0.0)
+    };
     if json {
-        let r: Vec<_> =
-            rows.iter().map(|(n, p, d)| json!({"batch": n, "prefill_tok_s": p, "decode_tok_s": d})).collect();
+        let r: Vec<_> = rows
+            .iter()
+            .map(|&(n, c, p, d)| {
+                let mut row = json!({"batch": n, "prefill_tok_s": p, "decode_tok_s": d});
+                if c {
+                    row["json_schema"] = json!(true);
+                    row["over_plain"] = json!(ratio(n, d));
+                }
+                row
+            })
+            .collect();
         println!(
             "{}",
             json!({"model": path, "backend": model.backend, "prompt_tokens": a.prompt_tokens, "gen_tokens": a.gen_tokens, "batches": r})
@@ -167,8 +199,10 @@ pub fn run_batches(model: &ModelArgs, a: &SpeedArgs, json: bool) -> Result<()> {
         println!("backend  {}", model.backend);
         println!("| batch | prefill tok/s | decode tok/s (all sequences) |");
         println!("|------:|--------------:|-----------------------------:|");
-        for (n, p, d) in rows {
-            println!("| {n:>5} | {p:>13.1} | {d:>28.1} |");
+        for &(n, c, p, d) in &rows {
+            let label = if c { format!("{n} (JSON Schema)") } else { n.to_string() };
+            let over = if c { format!(" ({:.2}x plain)", ratio(n, d)) } else { String::new() };
+            println!("| {label:>5} | {p:>13.1} | {:>28} |", format!("{d:.1}{over}"));
         }
     }
     Ok(())

@@ -301,21 +301,21 @@ impl Common {
             let field = "structured_outputs";
             let keys: Vec<&String> = so.keys().filter(|k| !so[k.as_str()].is_null()).collect();
             return match keys.as_slice() {
-                [k] => {
-                    Ok(Some(match k.as_str() {
-                        "json" => ConstraintSpec::JsonSchema(schema_text(field, &so["json"])?),
-                        "json_object" => ConstraintSpec::JsonObject,
-                        "regex" => ConstraintSpec::Regex(text_of(field, &so["regex"])?),
-                        "choice" => ConstraintSpec::Choice(choices_of(field, &so["choice"])?),
-                        "grammar" => ConstraintSpec::Grammar(text_of(field, &so["grammar"])?),
-                        other => return Err(ApiError::invalid(
+                [k] => Ok(Some(match k.as_str() {
+                    "json" => ConstraintSpec::JsonSchema(schema_text(field, &so["json"])?),
+                    "json_object" => ConstraintSpec::JsonObject,
+                    "regex" => ConstraintSpec::Regex(text_of(field, &so["regex"])?),
+                    "choice" => ConstraintSpec::Choice(choices_of(field, &so["choice"])?),
+                    "grammar" => ConstraintSpec::Grammar(text_of(field, &so["grammar"])?),
+                    other => {
+                        return Err(ApiError::invalid(
                             field,
                             format!(
                                 "unknown structured_outputs key {other:?} (json, json_object, regex, choice, grammar)"
                             ),
-                        )),
-                    }))
-                }
+                        ))
+                    }
+                })),
                 _ => Err(ApiError::invalid(
                     field,
                     "structured_outputs needs exactly one of json, json_object, regex, choice, grammar",
