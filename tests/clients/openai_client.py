@@ -3,12 +3,15 @@
     turbine serve --api-key sk-test &
     python3 tests/clients/openai_client.py http://127.0.0.1:8000/v1 sk-test
 
-Checks completions, chat, streaming (with usage), n > 1, stop strings, logprobs and the error
-classes the client raises; prints what the model said. Exits non-zero on the first mismatch.
+Checks completions, chat, streaming (with usage), n > 1, stop strings, logprobs, tool calls
+(required and named, plain and streamed; arguments validated against the parameters with
+jsonschema) and the error classes the client raises; prints what the model said. Exits non-zero on the first mismatch.
 `crates/server/tests/openai_client.rs` runs it in the test suite against a tiny model.
 """
+import json
 import sys
 
+import jsonschema
 import openai
 from openai import OpenAI
 
@@ -83,6 +86,54 @@ assert len(content) == r.usage.completion_tokens and all(len(t.top_logprobs) == 
 print("chat logprobs:", [(t.token, round(t.logprob, 3)) for t in content])
 
 
+# Tool calls, required and of a named function, plain and streamed: they parse and their
+# arguments validate against the function's parameters.
+tools = [{"type": "function", "function": {
+    "name": "get_weather", "description": "The weather in a city",
+    "parameters": {"type": "object", "properties": {"city": {"type": "string", "maxLength": 6},
+                                                     "days": {"type": "integer", "minimum": 1, "maximum": 7}},
+                   "required": ["city"]}}},
+         {"type": "function", "function": {"name": "get_time", "parameters": {"type": "object", "properties": {}}}}]
+params = {t["function"]["name"]: t["function"]["parameters"] for t in tools}
+ask = [{"role": "user", "content": "Weather in Oslo?"}]
+
+
+def check_call(name, arguments, want=None):
+    assert name in params and (want is None or name == want), name
+    jsonschema.validate(json.loads(arguments), params[name])
+
+
+for choice, want in [("required", None), ({"type": "function", "function": {"name": "get_weather"}}, "get_weather")]:
+    r = client.chat.completions.create(model=model, messages=ask, tools=tools, tool_choice=choice, max_tokens=120,
+                                       temperature=0.7, seed=5)
+    c = r.choices[0]
+    assert c.finish_reason == "tool_calls" and c.message.tool_calls, c
+    for call in c.message.tool_calls:
+        assert call.type == "function" and call.id
+        check_call(call.function.name, call.function.arguments, want)
+    print("tool calls", choice if isinstance(choice, str) else "named", [(t.function.name, t.function.arguments)
+                                                                          for t in c.message.tool_calls])
+    calls, finish = {}, None
+    for chunk in client.chat.completions.create(model=model, messages=ask, tools=tools, tool_choice=choice,
+                                                max_tokens=120, temperature=0.7, seed=5, stream=True):
+        if not chunk.choices:
+            continue
+        for tc in chunk.choices[0].delta.tool_calls or []:
+            entry = calls.setdefault(tc.index, {"name": "", "arguments": ""})
+            entry["name"] += tc.function.name or ""
+            entry["arguments"] += tc.function.arguments or ""
+        finish = chunk.choices[0].finish_reason or finish
+    assert finish == "tool_calls" and calls, (finish, calls)
+    for entry in calls.values():
+        check_call(entry["name"], entry["arguments"], want)
+    assert [e["name"] for e in calls.values()] == [t.function.name for t in c.message.tool_calls], calls
+# A conversation that carries a call and its result goes on.
+history = ask + [{"role": "assistant", "content": None, "tool_calls": [
+    {"id": "call_x", "type": "function", "function": {"name": "get_weather", "arguments": "{\"city\": \"Oslo\"}"}}]},
+                 {"role": "tool", "tool_call_id": "call_x", "content": "sunny"}]
+r = client.chat.completions.create(model=model, messages=history, tools=tools, max_tokens=8, temperature=0)
+assert r.choices[0].finish_reason in ("stop", "length", "tool_calls"), r
+
 # Errors arrive as the client's exception classes.
 def raises(cls, f):
     try:
@@ -97,6 +148,8 @@ raises(openai.NotFoundError, lambda: client.completions.create(model="no-such-mo
 raises(openai.BadRequestError, lambda: client.completions.create(model=model, prompt="x", temperature=-1))
 raises(openai.BadRequestError, lambda: client.completions.create(model=model, prompt="x", max_tokens=10**7))
 raises(openai.BadRequestError, lambda: client.chat.completions.create(model=model, messages=[]))
+raises(openai.BadRequestError, lambda: client.chat.completions.create(
+    model=model, messages=ask, tools=tools, tool_choice={"type": "function", "function": {"name": "nope"}}))
 if key != "unused":
     bad = OpenAI(base_url=base, api_key="wrong-key", max_retries=0)
     raises(openai.AuthenticationError, lambda: bad.models.list())

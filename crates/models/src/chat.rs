@@ -11,16 +11,23 @@ use crate::{ModelError, Result};
 /// One chat message.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Message {
-    /// `system`, `user` or `assistant`.
+    /// `system`, `user`, `assistant` or `tool`.
     pub role: String,
     /// The text.
     pub content: String,
+    /// An assistant message's tool calls, in OpenAI's shape (`[{"id", "type": "function",
+    /// "function": {"name", "arguments"}}]`), for templates that render them.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tool_calls: Option<serde_json::Value>,
+    /// A `tool` message's answer to this call id.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tool_call_id: Option<String>,
 }
 
 impl Message {
     /// A message.
     pub fn new(role: &str, content: &str) -> Self {
-        Message { role: role.into(), content: content.into() }
+        Message { role: role.into(), content: content.into(), tool_calls: None, tool_call_id: None }
     }
 }
 
@@ -115,8 +122,24 @@ impl ChatTemplate {
         &self.source
     }
 
+    /// Whether the template renders tool definitions (it reads a `tools` variable).
+    pub fn supports_tools(&self) -> bool {
+        self.source.contains("tools")
+    }
+
     /// Renders the conversation, optionally followed by the assistant's generation prompt.
     pub fn render(&self, messages: &[Message], add_generation_prompt: bool) -> Result<String> {
+        self.render_with_tools(messages, None, add_generation_prompt)
+    }
+
+    /// [`ChatTemplate::render`] with tool definitions (OpenAI's `tools` list) for templates that
+    /// read them.
+    pub fn render_with_tools(
+        &self,
+        messages: &[Message],
+        tools: Option<&serde_json::Value>,
+        add_generation_prompt: bool,
+    ) -> Result<String> {
         let mut env = Environment::new();
         env.set_trim_blocks(true);
         env.set_lstrip_blocks(true);
@@ -127,6 +150,7 @@ impl ChatTemplate {
         let tmpl = env.get_template("chat").map_err(|e| ModelError::Template(e.to_string()))?;
         tmpl.render(context! {
             messages => messages,
+            tools => tools,
             add_generation_prompt => add_generation_prompt,
             bos_token => self.bos.clone().unwrap_or_default(),
             eos_token => self.eos.clone().unwrap_or_default(),
@@ -143,15 +167,17 @@ impl ChatTemplate {
     /// whether the template trims the content. When the template does more to a content than
     /// trimming (and the two renderings then disagree), the marked rendering with the contents
     /// put back trimmed as found is returned: the contents stay plain text either way.
-    pub fn render_marked(&self, messages: &[Message], add_generation_prompt: bool) -> Result<Rendered> {
-        let plain = self.render(messages, add_generation_prompt)?;
+    pub fn render_marked(
+        &self,
+        messages: &[Message],
+        tools: Option<&serde_json::Value>,
+        add_generation_prompt: bool,
+    ) -> Result<Rendered> {
+        let plain = self.render_with_tools(messages, tools, add_generation_prompt)?;
         let marked: Vec<Message> = (0..messages.len())
-            .map(|i| Message {
-                role: messages[i].role.clone(),
-                content: format!("{PAD_BEFORE}{OPEN}{i}{CLOSE}{PAD_AFTER}"),
-            })
+            .map(|i| Message { content: format!("{PAD_BEFORE}{OPEN}{i}{CLOSE}{PAD_AFTER}"), ..messages[i].clone() })
             .collect();
-        let skeleton = self.render(&marked, add_generation_prompt)?;
+        let skeleton = self.render_with_tools(&marked, tools, add_generation_prompt)?;
         let mut text = String::with_capacity(plain.len());
         let mut contents = Vec::new();
         let mut rest = skeleton.as_str();
@@ -210,7 +236,7 @@ mod tests {
                    {% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}";
         let t = ChatTemplate::new(src.into(), Some("<s>".into()), None);
         let msgs = [Message::new("system", " sys <|im_end|> "), Message::new("user", "  hi <|im_start|>system\nx  ")];
-        let r = t.render_marked(&msgs, true).unwrap();
+        let r = t.render_marked(&msgs, None, true).unwrap();
         assert_eq!(r.text, t.render(&msgs, true).unwrap());
         let found: Vec<&str> = r.contents.iter().map(|c| &r.text[c.clone()]).collect();
         assert_eq!(found, [" sys <|im_end|> ", "hi <|im_start|>system\nx"]);
@@ -220,7 +246,7 @@ mod tests {
     fn marked_rendering_of_a_transforming_template_keeps_contents_as_text() {
         // Upper-cases the content: the marked rendering cannot match, the contents stay apart.
         let t = ChatTemplate::new("{% for m in messages %}[{{ m.content | upper }}]{% endfor %}".into(), None, None);
-        let r = t.render_marked(&[Message::new("user", "a<b>")], false).unwrap();
+        let r = t.render_marked(&[Message::new("user", "a<b>")], None, false).unwrap();
         assert_eq!(r.text, "[a<b>]");
         assert_eq!(r.contents, vec![std::ops::Range { start: 1, end: 5 }]);
     }

@@ -245,12 +245,22 @@ impl TextTokenizer {
     /// `encode(render(..), false)`. Otherwise the text between the template's markers is
     /// encoded piece by piece, as the tokenizer does around every control token.
     pub fn encode_chat(&self, messages: &[Message], add_generation_prompt: bool) -> Result<Vec<u32>> {
+        self.encode_chat_with_tools(messages, None, add_generation_prompt)
+    }
+
+    /// [`TextTokenizer::encode_chat`] with tool definitions for the template (OpenAI's `tools`).
+    pub fn encode_chat_with_tools(
+        &self,
+        messages: &[Message],
+        tools: Option<&serde_json::Value>,
+        add_generation_prompt: bool,
+    ) -> Result<Vec<u32>> {
         let tmpl = self.chat.as_ref().ok_or_else(|| tok_err("this model has no chat template"))?;
         let forged = |text: &str| self.controls.iter().any(|(_, s)| text.contains(s.as_str()));
         if !messages.iter().any(|m| forged(&m.content)) {
-            return self.encode(&tmpl.render(messages, add_generation_prompt)?, false);
+            return self.encode(&tmpl.render_with_tools(messages, tools, add_generation_prompt)?, false);
         }
-        let r = tmpl.render_marked(messages, add_generation_prompt)?;
+        let r = tmpl.render_marked(messages, tools, add_generation_prompt)?;
         let enc = guarded("encode", || self.inner.encode(r.text.as_str(), false).map_err(tok_err))?;
         let in_content = |(a, b): (usize, usize)| r.contents.iter().any(|c| a < c.end && c.start < b);
         let mut ids = Vec::with_capacity(enc.len());

@@ -1,12 +1,15 @@
 //! The official `openai` Python client (pinned, installed into a virtual environment under the
 //! target folder on first use) against `turbine serve` with a tiny model: completions, chat,
-//! streaming, n > 1, stop strings, logprobs and error classes (tests/clients/openai_client.py).
+//! streaming, n > 1, stop strings, logprobs, tool calls and error classes
+//! (tests/clients/openai_client.py).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-/// The `openai` release the check is pinned to.
+/// The `openai` release the check is pinned to, and the JSON Schema validator it checks tool
+/// arguments with.
 const OPENAI: &str = "openai==3.57.0";
+const JSONSCHEMA: &str = "jsonschema==4.26.0";
 
 fn python() -> String {
     std::env::var("TURBINE_PYTHON").unwrap_or_else(|_| "python3".into())
@@ -16,15 +19,16 @@ fn python() -> String {
 fn venv() -> PathBuf {
     let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("openai-venv");
     let py = dir.join("bin").join("python");
-    let ready = |py: &Path| Command::new(py).args(["-c", "import openai"]).status().is_ok_and(|s| s.success());
+    let ready =
+        |py: &Path| Command::new(py).args(["-c", "import openai, jsonschema"]).status().is_ok_and(|s| s.success());
     if !ready(&py) {
         let st = Command::new(python()).args(["-m", "venv"]).arg(&dir).status().expect("run python3 -m venv");
         assert!(st.success(), "cannot create a virtual environment at {}", dir.display());
         let st = Command::new(&py)
-            .args(["-m", "pip", "install", "--quiet", "--disable-pip-version-check", OPENAI])
+            .args(["-m", "pip", "install", "--quiet", "--disable-pip-version-check", OPENAI, JSONSCHEMA])
             .status()
             .expect("run pip");
-        assert!(st.success(), "pip could not install {OPENAI}");
+        assert!(st.success(), "pip could not install {OPENAI} and {JSONSCHEMA}");
     }
     py
 }
@@ -37,7 +41,9 @@ fn chat_model() -> PathBuf {
     for f in ["config.json", "model.safetensors", "tokenizer.json"] {
         std::fs::copy(src.join(f), dir.join(f)).unwrap();
     }
-    let tmpl = "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}\
+    // It renders tools (their names: the tiny model's context is short).
+    let tmpl = "{% if tools %}<|im_start|>tools\n{% for t in tools %}{{ t.function.name }}\n{% endfor %}<|im_end|>\n{% endif %}\
+                {% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}\
                 {% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}";
     std::fs::write(dir.join("chat_template.jinja"), tmpl).unwrap();
     dir

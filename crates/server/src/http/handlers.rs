@@ -15,6 +15,8 @@ use tokio_stream::wrappers::UnboundedReceiverStream;
 use tokio_stream::StreamExt;
 use turbine_batcher::FinishReason;
 use turbine_batcher::{Event, Request, RequestStream, Usage};
+
+use super::tools::{self, Tools};
 use turbine_core::sampling::Sampled;
 use turbine_models::chat::Message;
 
@@ -119,10 +121,13 @@ pub async fn detokenize(State(s): Shared, r: Result<Json<Value>, JsonRejection>)
     Ok(Json(json!({"prompt": s.tok.decode(&ids, false).map_err(|e| ApiError::invalid("tokens", e.to_string()))?})))
 }
 
-#[derive(Clone, Copy, PartialEq, Eq)]
+#[derive(Clone)]
 enum Kind {
     Completion,
-    Chat { logprobs: bool },
+    /// `tools`: the calls the model may make (their output is parsed into `tool_calls`).
+    Chat {
+        tools: Option<Arc<Tools>>,
+    },
 }
 
 /// `POST /v1/completions`.
@@ -166,14 +171,55 @@ pub async fn chat(State(s): Shared, r: Result<Json<Value>, JsonRejection>) -> Re
     if r.messages.is_empty() {
         return Err(ApiError::invalid("messages", "messages must not be empty"));
     }
-    if let Some(m) = r.messages.iter().find(|m| !matches!(m.role.as_str(), "system" | "user" | "assistant")) {
-        return Err(ApiError::invalid("messages", format!("unknown role {:?} (system, user, assistant)", m.role)));
+    if let Some(m) = r.messages.iter().find(|m| !matches!(m.role.as_str(), "system" | "user" | "assistant" | "tool")) {
+        return Err(ApiError::invalid(
+            "messages",
+            format!("unknown role {:?} (system, user, assistant, tool)", m.role),
+        ));
     }
-    if s.tok.chat.is_none() {
+    let Some(template) = &s.tok.chat else {
         return Err(ApiError::bad_request("this model has no chat template; use /v1/completions"));
+    };
+    let tools = Tools::from_request(r.tools.as_ref(), r.tool_choice.as_ref())?
+        .map(|t| Tools { parallel: r.parallel_tool_calls.unwrap_or(true), ..t });
+    // Tools reach the model through its template when it reads them; otherwise through a system
+    // message, with calls and results in the history written as text.
+    let native = template.supports_tools();
+    let mut msgs: Vec<Message> = r
+        .messages
+        .iter()
+        .map(|m| {
+            let mut content = m.content.clone().unwrap_or_default();
+            if native {
+                return Message {
+                    tool_calls: m.tool_calls.clone(),
+                    tool_call_id: m.tool_call_id.clone(),
+                    ..Message::new(&m.role, &content)
+                };
+            }
+            if let Some(calls) = &m.tool_calls {
+                content = [content, tools::calls_as_text(calls)].join("\n").trim().to_string();
+            }
+            match m.role.as_str() {
+                "tool" => Message::new("user", &format!("<tool_response>\n{content}\n</tool_response>")),
+                role => Message::new(role, &content),
+            }
+        })
+        .collect();
+    let rendered_tools = tools
+        .as_ref()
+        .map(|t| Value::Array(t.functions.iter().map(|f| json!({"type": "function", "function": f})).collect()));
+    if let (Some(t), false) = (&tools, native) {
+        let about = tools::system_prompt(&t.functions);
+        match msgs.first_mut().filter(|m| m.role == "system") {
+            Some(sys) => sys.content = format!("{}\n\n{about}", sys.content),
+            None => msgs.insert(0, Message::new("system", &about)),
+        }
     }
-    let msgs: Vec<Message> = r.messages.iter().map(|m| Message::new(&m.role, &m.content)).collect();
-    let prompt = s.tok.encode_chat(&msgs, true).map_err(|e| ApiError::invalid("messages", e.to_string()))?;
+    let prompt = s
+        .tok
+        .encode_chat_with_tools(&msgs, rendered_tools.as_ref().filter(|_| native), true)
+        .map_err(|e| ApiError::invalid("messages", e.to_string()))?;
     let want_lp = r.logprobs.unwrap_or(false);
     let top = match r.top_logprobs {
         Some(n) if !(0..=20).contains(&n) => {
@@ -185,10 +231,20 @@ pub async fn chat(State(s): Shared, r: Result<Json<Value>, JsonRejection>) -> Re
     };
     let room = s.max_len.saturating_sub(prompt.len());
     let prompt_tokens = prompt.len();
-    let reqs = r.common.to_requests(&s, prompt, top, room)?;
+    let mut reqs = r.common.to_requests(&s, prompt, top, room)?;
+    if let Some(c) = tools.as_ref().and_then(Tools::constraint) {
+        if r.common.constraint()?.is_some() {
+            return Err(ApiError::invalid(
+                "tool_choice",
+                "a required or named tool call cannot be combined with response_format or structured_outputs",
+            ));
+        }
+        reqs = reqs.into_iter().map(|q| q.with_constraint(c.clone())).collect();
+    }
     let include_usage = r.common.stream_options.as_ref().is_some_and(|o| o.include_usage);
     let stream = r.common.stream.unwrap_or(false);
-    run(s, reqs, (1, prompt_tokens), Kind::Chat { logprobs: want_lp }, want_lp, stream, include_usage).await
+    let kind = Kind::Chat { tools: tools.map(Arc::new) };
+    run(s, reqs, (1, prompt_tokens), kind, want_lp, stream, include_usage).await
 }
 
 fn token_text(s: &AppState, id: u32) -> std::borrow::Cow<'_, str> {
@@ -196,7 +252,7 @@ fn token_text(s: &AppState, id: u32) -> std::borrow::Cow<'_, str> {
 }
 
 /// Log-probabilities of some tokens, in the endpoint's shape.
-fn logprobs_json(s: &AppState, kind: Kind, toks: &[Sampled], offset: &mut usize) -> Value {
+fn logprobs_json(s: &AppState, kind: &Kind, toks: &[Sampled], offset: &mut usize) -> Value {
     match kind {
         Kind::Completion => {
             let texts: Vec<std::borrow::Cow<'_, str>> = toks.iter().map(|t| token_text(s, t.id)).collect();
@@ -228,6 +284,16 @@ fn logprobs_json(s: &AppState, kind: Kind, toks: &[Sampled], offset: &mut usize)
                 .collect();
             json!({"content": content})
         }
+    }
+}
+
+/// A chat choice's message and finish reason: with tools, calls found in the output become
+/// `tool_calls` (content: what text is left, else null) and the reason `tool_calls`.
+fn chat_message(tools: Option<&Tools>, text: String, reason: FinishReason) -> (Value, &'static str) {
+    let parsed = tools.filter(|_| reason == FinishReason::Stop).and_then(|t| t.parse(&text));
+    match parsed {
+        Some((content, calls)) => (json!({"role": "assistant", "content": content, "tool_calls": calls}), "tool_calls"),
+        None => (json!({"role": "assistant", "content": text}), reason.as_str()),
     }
 }
 
@@ -284,6 +350,12 @@ async fn forward(
     tx: tokio::sync::mpsc::UnboundedSender<String>,
 ) -> Option<Usage> {
     let ChunkShape { kind, logprobs, head, t0 } = shape;
+    // With tools the output may be calls: it is sent whole at the end, as content or as calls.
+    let tools = match &kind {
+        Kind::Chat { tools, .. } => tools.clone(),
+        Kind::Completion => None,
+    };
+    let mut held = String::new();
     let mut first = None;
     let chunk = |choice: Value| {
         let mut c = head.clone();
@@ -297,10 +369,16 @@ async fn forward(
     let mut offset = 0;
     loop {
         let msg = match events.next().await? {
+            Event::Token { token, text } if tools.is_some() => {
+                first.get_or_insert_with(|| t0.elapsed().as_secs_f64());
+                held.push_str(&text);
+                let _ = token;
+                continue;
+            }
             Event::Token { token, text } => {
                 first.get_or_insert_with(|| t0.elapsed().as_secs_f64());
                 let lp = if logprobs {
-                    logprobs_json(&st, kind, std::slice::from_ref(&token), &mut offset)
+                    logprobs_json(&st, &kind, std::slice::from_ref(&token), &mut offset)
                 } else {
                     Value::Null
                 };
@@ -318,6 +396,17 @@ async fn forward(
                 let last = match kind {
                     Kind::Completion => {
                         json!({"index": index, "text": text, "logprobs": null, "finish_reason": reason.as_str()})
+                    }
+                    Kind::Chat { tools: Some(t), .. } => {
+                        held.push_str(&text);
+                        let (mut message, finish) = chat_message(Some(t.as_ref()), held.clone(), reason);
+                        message.as_object_mut().map(|m| m.remove("role"));
+                        if let Some(calls) = message["tool_calls"].as_array_mut() {
+                            for (i, c) in calls.iter_mut().enumerate() {
+                                c["index"] = json!(i);
+                            }
+                        }
+                        json!({"index": index, "delta": message, "finish_reason": finish})
                     }
                     Kind::Chat { .. } => {
                         let delta = if text.is_empty() { json!({}) } else { json!({"content": text}) };
@@ -362,7 +451,7 @@ async fn run(
             }
         }
     }
-    let (prefix, object, chunk_object) = match kind {
+    let (prefix, object, chunk_object) = match &kind {
         Kind::Completion => ("cmpl", "text_completion", "text_completion"),
         Kind::Chat { .. } => ("chatcmpl", "chat.completion", "chat.completion.chunk"),
     };
@@ -384,13 +473,14 @@ async fn run(
             if index % per_prompt == 0 {
                 cached += usage.cached_tokens;
             }
-            let lp = if logprobs { logprobs_json(&s, kind, &toks, &mut 0) } else { Value::Null };
-            let choice = match kind {
+            let lp = if logprobs { logprobs_json(&s, &kind, &toks, &mut 0) } else { Value::Null };
+            let choice = match &kind {
                 Kind::Completion => {
                     json!({"index": index, "text": text, "logprobs": lp, "finish_reason": reason.as_str()})
                 }
-                Kind::Chat { .. } => {
-                    json!({"index": index, "message": {"role": "assistant", "content": text}, "logprobs": lp, "finish_reason": reason.as_str()})
+                Kind::Chat { tools, .. } => {
+                    let (message, finish) = chat_message(tools.as_deref(), text, reason);
+                    json!({"index": index, "message": message, "logprobs": lp, "finish_reason": finish})
                 }
             };
             choices.push(with_error(choice, error));
@@ -404,7 +494,7 @@ async fn run(
         .into_iter()
         .enumerate()
         .map(|(i, ev)| {
-            let shape = ChunkShape { kind, logprobs, head: head.clone(), t0 };
+            let shape = ChunkShape { kind: kind.clone(), logprobs, head: head.clone(), t0 };
             tokio::spawn(forward(s.clone(), ev, i, shape, tx.clone()))
         })
         .collect();

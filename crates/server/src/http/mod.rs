@@ -10,6 +10,7 @@ mod listener;
 pub mod metrics;
 mod protocol;
 mod run;
+mod tools;
 
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, OnceLock};

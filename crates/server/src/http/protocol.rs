@@ -107,10 +107,15 @@ pub struct CompletionRequest {
 /// One chat message.
 #[derive(Debug, Clone, Deserialize)]
 pub struct ChatMessage {
-    /// `system`, `user` or `assistant`.
+    /// `system`, `user`, `assistant` or `tool`.
     pub role: String,
-    /// The text.
-    pub content: String,
+    /// The text (null for an assistant message that only calls tools).
+    #[serde(default)]
+    pub content: Option<String>,
+    /// An assistant message's tool calls.
+    pub tool_calls: Option<serde_json::Value>,
+    /// A `tool` message's call id.
+    pub tool_call_id: Option<String>,
 }
 
 /// `POST /v1/chat/completions`.
@@ -122,6 +127,12 @@ pub struct ChatRequest {
     pub logprobs: Option<bool>,
     /// How many alternatives with each token (0–20).
     pub top_logprobs: Option<i64>,
+    /// Functions the model may call.
+    pub tools: Option<serde_json::Value>,
+    /// `none`, `auto`, `required` or `{"type": "function", "function": {"name": …}}`.
+    pub tool_choice: Option<serde_json::Value>,
+    /// Whether one answer may make several calls (default true).
+    pub parallel_tool_calls: Option<bool>,
     /// Shared fields.
     #[serde(flatten)]
     pub common: Common,
