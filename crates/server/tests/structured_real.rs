@@ -83,7 +83,8 @@ fn smollm2_outputs_parse_and_validate() {
     fn sentiment(t: &str) -> bool {
         ["positive", "negative", "neutral"].contains(&t)
     }
-    let cases: [(ConstraintSpec, fn(&str) -> bool); 2] = [
+    type Check = fn(&str) -> bool;
+    let cases: [(ConstraintSpec, Check); 2] = [
         (ConstraintSpec::Regex(r"[0-9]{3}-[0-9]{3}-[0-9]{4}".into()), phone),
         (ConstraintSpec::Choice(vec!["positive".into(), "negative".into(), "neutral".into()]), sentiment),
     ];
