@@ -9,7 +9,7 @@ use std::collections::VecDeque;
 use turbine_core::runner::{Logits, ModelRunner, SeqStep};
 use turbine_core::sampling::{Sampled, SeqSampler};
 
-use crate::constraint::{Constraint, ConstraintCompiler};
+use crate::constraint::{Constraint, ConstraintCompiler, TokenMask};
 use crate::detok::{Detokenizer, TextStream};
 use crate::kv::{block_hash, BlockManager};
 use crate::request::{EngineConfig, Event, FinishReason, Request, RequestId, Stats, SubmitError, Usage};
@@ -537,6 +537,15 @@ impl EngineCore {
         if plan.is_empty() {
             return Ok(Vec::new());
         }
+        let sampling: Vec<usize> = plan
+            .iter()
+            .filter(|&&(i, n)| self.running[i].computed + n == self.running[i].tokens.len())
+            .map(|p| p.0)
+            .collect();
+        // Constrained requests' masks depend only on the tokens they have: they are computed on
+        // another thread while the model runs the step (off the critical path).
+        let mut taken: Vec<(usize, Box<dyn Constraint>)> =
+            sampling.iter().filter_map(|&i| self.running[i].constraint.take().map(|c| (i, c))).collect();
         let steps: Vec<SeqStep<'_>> = plan
             .iter()
             .map(|&(i, n)| {
@@ -550,13 +559,42 @@ impl EngineCore {
                 SeqStep { tokens: &s.tokens[s.computed..s.computed + n], start: s.computed, blocks: &s.blocks, logits }
             })
             .collect();
-        self.runner.step(&steps)?;
+        let runner = &mut self.runner;
+        let (ran, masks) = std::thread::scope(|scope| {
+            let masks = (!taken.is_empty()).then(|| {
+                scope.spawn(|| {
+                    let t0 = std::time::Instant::now();
+                    let m: Vec<Result<TokenMask, String>> = taken.iter_mut().map(|(_, c)| c.allowed()).collect();
+                    (m, t0.elapsed().as_secs_f64())
+                })
+            });
+            let ran = runner.step(&steps);
+            (ran, masks.map(|h| h.join()))
+        });
+        drop(steps);
+        let masks = match masks {
+            Some(Ok((m, secs))) => {
+                self.stats.constraint_seconds += secs;
+                m
+            }
+            Some(Err(_)) => taken.iter().map(|_| Err("the constraint engine panicked".to_string())).collect(),
+            None => Vec::new(),
+        };
+        // Constraints go back to their requests whatever happened.
+        let mut broken: Vec<(usize, String)> = Vec::new();
+        for ((i, c), m) in taken.into_iter().zip(masks) {
+            let s = &mut self.running[i];
+            s.constraint = Some(c);
+            match m {
+                Ok(mask) => s.sampler.set_allowed(Some(mask)),
+                Err(e) => {
+                    s.sampler.set_allowed(None);
+                    broken.push((i, e));
+                }
+            }
+        }
+        ran?;
         self.stats.steps += 1;
-        let sampling: Vec<usize> = plan
-            .iter()
-            .filter(|&&(i, n)| self.running[i].computed + n == self.running[i].tokens.len())
-            .map(|p| p.0)
-            .collect();
         // One sampler per logit row: the row after draft j takes the request's sampler as a
         // plain step would find it after drafts 1..=j were chosen (recorded for the penalties,
         // one random number skipped per choice of a sampled request). Each row then draws from
@@ -578,25 +616,6 @@ impl EngineCore {
                     .collect()
             })
             .collect();
-        // Constrained requests: the tokens their constraint allows next. A constraint that fails
-        // ends its request (below), never the step.
-        let mut broken: Vec<(usize, String)> = Vec::new();
-        let t0 = std::time::Instant::now();
-        for &i in &sampling {
-            let s = &mut self.running[i];
-            if let Some(c) = &mut s.constraint {
-                match c.allowed() {
-                    Ok(mask) => s.sampler.set_allowed(Some(mask)),
-                    Err(e) => {
-                        s.sampler.set_allowed(None);
-                        broken.push((i, e));
-                    }
-                }
-            }
-        }
-        if self.running.iter().any(|s| s.constraint.is_some()) {
-            self.stats.constraint_seconds += t0.elapsed().as_secs_f64();
-        }
         let sampled = if sampling.is_empty() {
             Vec::new()
         } else {
