@@ -113,7 +113,8 @@ impl Request {
     }
 
     /// Generate at least `min` tokens: until then the stop ids cannot be chosen and stop strings
-    /// do not end the request (vLLM's `min_tokens`). Fails when `min` exceeds `max_tokens`.
+    /// do not end the request (vLLM's `min_tokens`); a constrained output still ends where its
+    /// constraint is complete. Fails when `min` exceeds `max_tokens`.
     pub fn with_min_tokens(mut self, min: usize) -> Result<Request, InvalidParam> {
         if min > self.max_tokens {
             return Err(InvalidParam {

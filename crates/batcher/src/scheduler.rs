@@ -286,7 +286,9 @@ impl EngineCore {
         self.next_id += 1;
         let mut sampler = SeqSampler::new(req.params);
         sampler.observe_prompt(&req.prompt);
-        if !req.ignore_eos && req.min_tokens > 0 {
+        // A constrained output ends where its constraint is complete (only the end-of-sequence
+        // token is then allowed): min_tokens does not hold that back.
+        if !req.ignore_eos && req.min_tokens > 0 && req.constraint.is_none() {
             sampler.suppress_until(&req.stop_ids, req.min_tokens);
         }
         self.waiting.push_back(Seq {

@@ -304,7 +304,9 @@ type Collected = (String, Vec<Sampled>, FinishReason, Option<String>, Usage);
 /// reason `error`.
 fn with_error(mut choice: Value, error: Option<String>) -> Value {
     if let Some(m) = error {
-        choice["error"] = json!({"message": m, "type": "server_error", "param": null, "code": "non_finite_logits"});
+        let code =
+            if m.starts_with("the output constraint failed") { "constraint_failed" } else { "non_finite_logits" };
+        choice["error"] = json!({"message": m, "type": "server_error", "param": null, "code": code});
     }
     choice
 }
