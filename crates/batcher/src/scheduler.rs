@@ -566,7 +566,31 @@ impl EngineCore {
             let masks = (!taken.is_empty()).then(|| {
                 scope.spawn(|| {
                     let t0 = std::time::Instant::now();
-                    let m: Vec<Result<TokenMask, String>> = taken.iter_mut().map(|(_, c)| c.allowed()).collect();
+                    // Several constrained requests share the cores the machine has (a few threads,
+                    // each a run of requests in order).
+                    let cores = std::thread::available_parallelism().map_or(1, |n| n.get()).clamp(1, 8);
+                    let per = taken.len().div_ceil(cores.min(taken.len()));
+                    let m: Vec<Result<TokenMask, String>> = std::thread::scope(|inner| {
+                        let parts: Vec<_> = taken
+                            .chunks_mut(per)
+                            .map(|part| {
+                                let n = part.len();
+                                (
+                                    n,
+                                    inner.spawn(move || {
+                                        part.iter_mut().map(|(_, c)| guarded_mask(c)).collect::<Vec<_>>()
+                                    }),
+                                )
+                            })
+                            .collect();
+                        // A mask for every request, in order (a part that panicked: an error each).
+                        parts
+                            .into_iter()
+                            .flat_map(|(n, h)| {
+                                h.join().unwrap_or_else(|_| vec![Err("the constraint engine panicked".into()); n])
+                            })
+                            .collect()
+                    });
                     (m, t0.elapsed().as_secs_f64())
                 })
             });
@@ -754,6 +778,13 @@ impl EngineCore {
         }
         Ok(events)
     }
+}
+
+/// A constraint's next mask; a panic inside the constraint engine is that request's error, not
+/// the engine's.
+fn guarded_mask(c: &mut Box<dyn Constraint>) -> std::result::Result<TokenMask, String> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| c.allowed()))
+        .unwrap_or_else(|_| Err("the constraint engine panicked".into()))
 }
 
 /// The message of a request stopped at output token `index` by non-finite logits.

@@ -488,6 +488,9 @@ impl turbine_batcher::Constraint for Evens {
         if self.fail_at == Some(self.seen) {
             return Err("the grammar broke".into());
         }
+        if self.fail_at == Some(usize::MAX - self.seen) {
+            panic!("a grammar engine bug");
+        }
         Ok(vec![0x5555_5555])
     }
     fn consume(&mut self, token: u32) -> Result<(), String> {
@@ -510,6 +513,10 @@ impl turbine_batcher::ConstraintCompiler for EvensCompiler {
             }
             turbine_batcher::ConstraintSpec::Regex(r) if r == "broken" => {
                 Ok(Box::new(Evens { len: 9, seen: 0, fail_at: Some(2) }))
+            }
+            // Panics computing its mask for the second token.
+            turbine_batcher::ConstraintSpec::Regex(r) if r == "panics" => {
+                Ok(Box::new(Evens { len: 9, seen: 0, fail_at: Some(usize::MAX - 1) }))
             }
             other => Err(format!("cannot compile {other:?}")),
         }
@@ -558,6 +565,13 @@ fn constrained_requests_follow_their_mask_and_end_when_complete() {
     assert_eq!(out[1], a);
     assert_eq!(out[3], b);
     assert_eq!((out[2].0.len(), out[2].1), (2, FinishReason::Error));
+    // A constraint that panics ends its request alone, beside two that keep their outputs.
+    let mut other = engine();
+    let trio = [even(1), request(prompt(4, 6), 12).with_constraint(ConstraintSpec::Regex("panics".into())), sampled(2)];
+    let trio_ids: Vec<RequestId> = trio.iter().map(|r| other.add(r.clone()).unwrap()).collect();
+    let trio_out = run(&mut other, &trio_ids);
+    assert_eq!((&trio_out[0], &trio_out[2]), (&a, &b));
+    assert_eq!((trio_out[1].0.len(), trio_out[1].1), (1, FinishReason::Error));
     assert_eq!(out[0].0, self::alone(prompt(7, 30), 12));
     assert_eq!(out[4].0, self::alone(prompt(9, 20), 12));
     assert_eq!(core.stats().constrained_requests, 3);
