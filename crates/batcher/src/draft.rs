@@ -85,7 +85,10 @@ impl Proposer for DraftModel {
                 seqs[k].tokens[s.known.len()..].to_vec()
             })
             .collect();
+        // Greedy samplers, one a sequence, made once for every round (greedy keeps no state
+        // that matters here).
         let greedy = SamplingParams { temperature: 0.0, seed: Some(0), ..Default::default() };
+        let mut samplers: Vec<SeqSampler> = active.iter().map(|_| SeqSampler::new(greedy.clone())).collect();
         while !active.is_empty() {
             let steps: Vec<SeqStep<'_>> = active
                 .iter()
@@ -96,8 +99,7 @@ impl Proposer for DraftModel {
                 })
                 .collect();
             self.runner.step(&steps)?;
-            let mut samplers: Vec<SeqSampler> = active.iter().map(|_| SeqSampler::new(greedy.clone())).collect();
-            let mut refs: Vec<&mut SeqSampler> = samplers.iter_mut().collect();
+            let mut refs: Vec<&mut SeqSampler> = samplers.iter_mut().take(active.len()).collect();
             let chosen = self.runner.sample(&mut refs)?;
             let mut next = Vec::with_capacity(active.len());
             let mut still = Vec::with_capacity(active.len());

@@ -52,6 +52,11 @@ impl Seq {
     fn generated(&self) -> usize {
         self.tokens.len() - self.prompt_len
     }
+
+    /// Whether stop ids and stop strings may end the request (`min_tokens` reached).
+    fn armed(&self) -> bool {
+        self.generated() >= self.min_tokens
+    }
 }
 
 /// A sequence being scored outside the scheduler ([`EngineCore::begin_score`]): its blocks and
@@ -366,7 +371,7 @@ impl EngineCore {
             look -= 1;
         }
         // Stop strings count from `min_tokens` on, and only where they end in new text.
-        let armed = s.tokens.len() - s.prompt_len >= s.min_tokens;
+        let armed = s.armed();
         let hit = s
             .stop
             .iter()
@@ -697,11 +702,11 @@ impl EngineCore {
         let max_len = self.max_len();
         let mut events = Vec::new();
         let mut done = Vec::new();
-        let mut constraint_errors: Vec<(usize, String)> = Vec::new();
+        // Requests whose constraint failed (its mask, above, or a token, below), with why.
+        let mut constraint_errors = broken;
         for (&i, toks) in sampling.iter().zip(chosen) {
-            if let Some((_, e)) = broken.iter().find(|b| b.0 == i) {
+            if constraint_errors.iter().any(|b| b.0 == i) {
                 done.push((i, FinishReason::Error));
-                constraint_errors.push((i, e.clone()));
                 continue;
             }
             for tok in toks {
@@ -717,8 +722,7 @@ impl EngineCore {
                 let s = &mut self.running[i];
                 events.push((s.id, Event::Token { token: tok, text }));
                 self.stats.generated_tokens += 1;
-                let armed = s.generated() >= s.min_tokens;
-                let is_stop_id = armed && !s.ignore_eos && s.stop_ids.contains(&id);
+                let is_stop_id = s.armed() && !s.ignore_eos && s.stop_ids.contains(&id);
                 // The constraint follows every token but an end-of-sequence one (which it allows
                 // only where the output is complete: it ends a constrained request even with
                 // `ignore_eos`); a complete output ends the request.

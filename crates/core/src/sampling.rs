@@ -183,9 +183,38 @@ impl SeqSampler {
         self.min_tokens = min_tokens;
     }
 
-    /// Whether some ids are suppressed for the next choice.
-    fn suppressing(&self) -> bool {
-        (self.count < self.min_tokens && !self.suppress.is_empty()) || self.allowed.is_some()
+    /// Whether the stop ids are held back for the next choice (`min_tokens` not reached).
+    fn holding_stop_ids(&self) -> bool {
+        self.count < self.min_tokens && !self.suppress.is_empty()
+    }
+
+    /// Whether some tokens cannot be chosen next (held-back stop ids, or a constraint's mask).
+    fn restricted(&self) -> bool {
+        self.holding_stop_ids() || self.allowed.is_some()
+    }
+
+    /// The logits the choice is made from, when they differ from the row: penalties applied,
+    /// then the tokens that cannot be chosen set to −∞.
+    fn adjust(&self, row: &[f32]) -> Option<Vec<f32>> {
+        if !self.penalised() && !self.restricted() {
+            return None;
+        }
+        let mut w = if self.penalised() { self.penalise(row) } else { row.to_vec() };
+        if self.holding_stop_ids() {
+            for &t in &self.suppress {
+                if let Some(v) = w.get_mut(t as usize) {
+                    *v = f32::NEG_INFINITY;
+                }
+            }
+        }
+        if let Some(mask) = &self.allowed {
+            for (i, v) in w.iter_mut().enumerate() {
+                if mask.get(i / 32).is_none_or(|m| m >> (i % 32) & 1 == 0) {
+                    *v = f32::NEG_INFINITY;
+                }
+            }
+        }
+        Some(w)
     }
 
     /// Records the prompt (the repetition penalty covers it).
@@ -199,8 +228,7 @@ impl SeqSampler {
     /// log-probability (greedy, no penalties, no top log-probabilities): what a device can sample
     /// itself with an argmax and a log-sum-exp, then report with [`SeqSampler::record`].
     pub fn plain_greedy(&self) -> bool {
-        let p = &self.params;
-        (p.temperature == 0.0 || p.top_k == 1) && !self.penalised() && !self.suppressing() && p.logprobs == 0
+        !self.draws() && !self.penalised() && !self.restricted() && self.params.logprobs == 0
     }
 
     /// Records a token chosen outside [`sample_rows`] (by a device's greedy sampler).
@@ -288,10 +316,10 @@ impl SeqSampler {
     pub fn device_plan(&self, vocab: usize, limit: usize) -> DevicePlan {
         let p = &self.params;
         let shown = p.logprobs.max(1);
-        if self.penalised() || self.suppressing() || shown > limit {
+        if self.penalised() || self.restricted() || shown > limit {
             return DevicePlan::Host;
         }
-        if p.temperature == 0.0 || p.top_k == 1 {
+        if !self.draws() {
             return DevicePlan::Greedy;
         }
         match p.top_k {
@@ -323,7 +351,7 @@ impl SeqSampler {
             // Too few candidates to list the alternatives asked for.
             return None;
         }
-        let id = if p.temperature == 0.0 || p.top_k == 1 {
+        let id = if !self.draws() {
             s.top.first()?.0
         } else {
             let k = if p.top_k > 0 { p.top_k.min(s.top.len()) } else { s.top.len() };
@@ -403,30 +431,9 @@ fn argmax(x: &[f32]) -> u32 {
 }
 
 fn sample_one(row: &[f32], s: &mut SeqSampler) -> Sampled {
-    let adjusted = match (s.penalised(), s.suppressing()) {
-        (false, false) => None,
-        (penalised, _) => {
-            let mut w = if penalised { s.penalise(row) } else { row.to_vec() };
-            if s.count < s.min_tokens {
-                for &t in &s.suppress {
-                    if let Some(v) = w.get_mut(t as usize) {
-                        *v = f32::NEG_INFINITY;
-                    }
-                }
-            }
-            if let Some(mask) = &s.allowed {
-                for (i, v) in w.iter_mut().enumerate() {
-                    if mask.get(i / 32).is_none_or(|m| m >> (i % 32) & 1 == 0) {
-                        *v = f32::NEG_INFINITY;
-                    }
-                }
-            }
-            Some(w)
-        }
-    };
+    let adjusted = s.adjust(row);
     let work = adjusted.as_deref().unwrap_or(row);
-    let p = &s.params;
-    let id = if p.temperature == 0.0 || p.top_k == 1 { argmax(work) } else { draw(work, p, &mut s.rng) };
+    let id = if s.draws() { draw(work, &s.params, &mut s.rng) } else { argmax(work) };
     s.record(id);
     let p = &s.params;
     let lse = log_sum_exp(row);

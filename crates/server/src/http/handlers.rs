@@ -371,10 +371,9 @@ async fn forward(
     let mut offset = 0;
     loop {
         let msg = match events.next().await? {
-            Event::Token { token, text } if tools.is_some() => {
+            Event::Token { text, .. } if tools.is_some() => {
                 first.get_or_insert_with(|| t0.elapsed().as_secs_f64());
                 held.push_str(&text);
-                let _ = token;
                 continue;
             }
             Event::Token { token, text } => {
