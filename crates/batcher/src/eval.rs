@@ -161,3 +161,64 @@ fn compare_window(
     }
     Ok(())
 }
+
+impl EvalRow {
+    /// The figures of several disjoint texts scored separately, pooled as one (every token weighs
+    /// the same; the texts are independent samples, so the standard error of the pooled mean
+    /// difference is `√(Σ nᵢ² seᵢ²) / N`).
+    pub fn pool(rows: &[EvalRow]) -> EvalRow {
+        let n: usize = rows.iter().map(|r| r.tokens).sum();
+        if n == 0 {
+            return EvalRow::default();
+        }
+        let w = |f: fn(&EvalRow) -> f64| rows.iter().map(|r| r.tokens as f64 * f(r)).sum::<f64>() / n as f64;
+        let mean_nll = w(|r| r.mean_nll);
+        let var: f64 = rows.iter().map(|r| (r.tokens as f64 * r.dnll_se).powi(2)).sum();
+        EvalRow {
+            tokens: n,
+            mean_nll,
+            ppl: mean_nll.exp(),
+            mean_kl: w(|r| r.mean_kl),
+            max_kl: rows.iter().map(|r| r.max_kl).fold(0.0, f64::max),
+            dnll_se: var.sqrt() / n as f64,
+            top1_agreement: w(|r| r.top1_agreement),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::EvalRow;
+
+    #[test]
+    fn pooling_weighs_every_token_the_same() {
+        let a = EvalRow {
+            tokens: 100,
+            mean_nll: 2.0,
+            mean_kl: 0.01,
+            max_kl: 0.5,
+            dnll_se: 0.02,
+            top1_agreement: 0.9,
+            ..EvalRow::default()
+        };
+        let b = EvalRow {
+            tokens: 300,
+            mean_nll: 4.0,
+            mean_kl: 0.03,
+            max_kl: 0.2,
+            dnll_se: 0.01,
+            top1_agreement: 0.7,
+            ..EvalRow::default()
+        };
+        let p = EvalRow::pool(&[a, b]);
+        assert_eq!(p.tokens, 400);
+        assert!((p.mean_nll - 3.5).abs() < 1e-12);
+        assert!((p.ppl - 3.5f64.exp()).abs() < 1e-9);
+        assert!((p.mean_kl - 0.025).abs() < 1e-12);
+        assert_eq!(p.max_kl, 0.5);
+        assert!((p.top1_agreement - 0.75).abs() < 1e-12);
+        // √(100² · 0.02² + 300² · 0.01²) / 400 = √(4 + 9) / 400.
+        assert!((p.dnll_se - 13f64.sqrt() / 400.0).abs() < 1e-12);
+        assert_eq!(EvalRow::pool(&[]), EvalRow::default());
+    }
+}

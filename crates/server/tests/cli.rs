@@ -625,36 +625,120 @@ fn quantize_writes_a_checkpoint_that_runs_and_names_bad_input() {
 #[test]
 fn eval_reports_every_format_against_the_reference() {
     let m = tiny("llama-gqa");
-    let text = fixtures().join("fortunes-literature.txt");
+    let m = m.to_str().unwrap();
+    // A suite of two domains: every `*.txt` of the folder, other files ignored.
+    let suite = temp_dir("eval-suite");
+    let lit = std::fs::read_to_string(fixtures().join("fortunes-literature.txt")).unwrap();
+    let sci = std::fs::read_to_string(fixtures().join("fortunes-science.txt")).unwrap();
+    std::fs::write(suite.join("literature.txt"), lit.chars().take(4000).collect::<String>()).unwrap();
+    std::fs::write(suite.join("science.txt"), sci.chars().take(3000).collect::<String>()).unwrap();
+    std::fs::write(suite.join("README.md"), "not a domain").unwrap();
+    let s = suite.to_str().unwrap();
     let out = turbine(&[
         "eval",
         "--model",
-        m.to_str().unwrap(),
-        "--file",
-        text.to_str().unwrap(),
+        m,
+        "--suite",
+        s,
         "--limit",
         "300",
+        "--ctx",
+        "64,128",
         "--dtype",
-        "f32,fp8,int8-weight",
+        "f32,fp8,int8-weight,fp8+kv=fp8+outliers=4",
         "--decode-tokens",
         "4",
         "--json",
     ]);
     let v = json(&out);
-    let rows = v["rows"].as_array().unwrap();
-    assert_eq!(rows.len(), 4);
-    assert_eq!(rows[0]["reference"], true);
-    assert_eq!(rows[1]["format"], "f32");
-    assert_eq!(rows[2]["format"], "fp8 (16 exact channels)");
-    assert_eq!(rows[3]["format"], "int8-weight");
-    // f32 of an f32 checkpoint is the reference itself.
-    assert_eq!(rows[1]["mean_kl"], 0.0);
-    assert_eq!(rows[1]["top1_agreement"], 1.0);
-    for r in &rows[2..] {
-        assert!(r["mean_kl"].as_f64().unwrap() > 0.0 && r["top1_agreement"].as_f64().unwrap() > 0.5, "{r}");
-        assert!(r["weight_bytes"].as_u64().unwrap() < rows[1]["weight_bytes"].as_u64().unwrap());
-        assert!(r["decode_tok_s"].as_f64().unwrap() > 0.0);
+    assert_eq!(v["windows"], serde_json::json!([64, 128]));
+    let domains: Vec<&str> = v["domains"].as_array().unwrap().iter().map(|d| d["name"].as_str().unwrap()).collect();
+    assert_eq!(domains, ["literature", "science"]);
+    let formats = v["formats"].as_array().unwrap();
+    let labels: Vec<&str> = formats.iter().map(|f| f["format"].as_str().unwrap()).collect();
+    assert_eq!(labels, ["auto", "f32", "fp8 (16 exact channels)", "int8-weight", "fp8+kv=fp8+outliers=4"]);
+    assert_eq!(formats[0]["reference"], true);
+    for f in formats {
+        let cells = f["cells"].as_array().unwrap();
+        assert_eq!(cells.len(), 4, "two domains in two window lengths: {f}");
+        let tokens: u64 =
+            cells.iter().filter(|c| c["window"] == 64).map(|c| c["result"]["tokens"].as_u64().unwrap()).sum();
+        assert_eq!(f["pooled"][0]["result"]["tokens"].as_u64(), Some(tokens));
+        assert!(f["decode_tok_s"].as_f64().unwrap() > 0.0);
+        // The worst cell is the one with the largest change.
+        let worst = cells.iter().map(|c| c["result"]["ppl_change_pct"].as_f64().unwrap()).fold(f64::MIN, f64::max);
+        assert_eq!(f["worst"]["ppl_change_pct"].as_f64(), Some(worst));
+        assert!(domains.contains(&f["worst"]["domain"].as_str().unwrap()));
     }
+    // f32 of an f32 checkpoint is the reference itself, in every cell.
+    for c in formats[1]["cells"].as_array().unwrap() {
+        assert_eq!((c["result"]["mean_kl"].as_f64(), c["result"]["top1_agreement"].as_f64()), (Some(0.0), Some(1.0)));
+    }
+    for f in &formats[2..] {
+        let p = &f["pooled"][1]["result"];
+        assert!(p["mean_kl"].as_f64().unwrap() > 0.0 && p["top1_agreement"].as_f64().unwrap() > 0.5, "{f}");
+        assert!(p["ci95_pct"].as_f64().unwrap() > 0.0);
+        assert!(f["weight_bytes"].as_u64().unwrap() < formats[1]["weight_bytes"].as_u64().unwrap());
+    }
+    // The text report names each domain and the worst one.
+    let out = turbine(&[
+        "eval",
+        "--model",
+        m,
+        "--suite",
+        s,
+        "--limit",
+        "100",
+        "--ctx",
+        "64",
+        "--dtype",
+        "fp8",
+        "--decode-tokens",
+        "0",
+    ]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("| science |") && text.contains("all (pooled)") && text.contains("worst Δppl"), "{text}");
+    // Sensitivity: every role and every layer kept in turn, ranked by the KL left.
+    let out = turbine(&[
+        "eval",
+        "--model",
+        m,
+        "--suite",
+        s,
+        "--limit",
+        "100",
+        "--ctx",
+        "64",
+        "--dtype",
+        "fp8+outliers=0",
+        "--sensitivity",
+        "--json",
+    ]);
+    let v = json(&out);
+    let layers = v["formats"].as_array().unwrap().len() - 2 - 4;
+    assert!(layers >= 1, "{v}");
+    let groups = v["sensitivity"]["groups"].as_array().unwrap();
+    assert_eq!(groups.len(), 4 + layers);
+    let kls: Vec<f64> = groups.iter().map(|g| g["mean_kl"].as_f64().unwrap()).collect();
+    assert!(kls.windows(2).all(|w| w[0] <= w[1]), "{kls:?}");
+    let base = v["sensitivity"]["mean_kl"].as_f64().unwrap();
+    for g in groups {
+        let removed = g["kl_removed"].as_f64().unwrap();
+        assert!((removed - (1.0 - g["mean_kl"].as_f64().unwrap() / base)).abs() < 1e-9 && removed <= 1.0, "{g}");
+    }
+    assert!(groups.iter().any(|g| g["kept"] == "layer:0") && groups.iter().any(|g| g["kept"] == "down"));
+    fails_with(
+        &turbine(&["eval", "--model", m, "--suite", s, "--dtype", "fp8,fp8-weight", "--sensitivity"]),
+        "one format",
+    );
+    fails_with(&turbine(&["eval", "--model", m, "--suite", s, "--dtype", "fp8+bogus=1"]), "bogus");
+    fails_with(&turbine(&["eval", "--model", m, "--suite", s, "--dtype", "fp8+kv"]), "KEY=VALUE");
+    fails_with(&turbine(&["eval", "--model", m, "--suite", s, "--dtype", "fp8+kv=fp9"]), "fp9");
+    fails_with(&turbine(&["eval", "--model", m, "--suite", s, "--ctx", "1"]), "--ctx");
+    fails_with(&turbine(&["eval", "--model", m, "--suite", "/nonexistent/suite"]), "suite folder");
+    fails_with(&turbine(&["eval", "--model", m]), "--suite");
+    let _ = std::fs::remove_dir_all(&suite);
 }
 
 #[test]
