@@ -680,41 +680,19 @@ fn eval_reports_every_format_against_the_reference() {
         assert!(p["ci95_pct"].as_f64().unwrap() > 0.0);
         assert!(f["weight_bytes"].as_u64().unwrap() < formats[1]["weight_bytes"].as_u64().unwrap());
     }
+    // Short runs: 100 tokens a domain in windows of 64.
+    let small = |extra: &[&str]| {
+        let mut args = vec!["eval", "--model", m, "--suite", s, "--limit", "100", "--ctx", "64"];
+        args.extend_from_slice(extra);
+        turbine(&args)
+    };
     // The text report names each domain and the worst one.
-    let out = turbine(&[
-        "eval",
-        "--model",
-        m,
-        "--suite",
-        s,
-        "--limit",
-        "100",
-        "--ctx",
-        "64",
-        "--dtype",
-        "fp8",
-        "--decode-tokens",
-        "0",
-    ]);
+    let out = small(&["--dtype", "fp8", "--decode-tokens", "0"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("| science |") && text.contains("all (pooled)") && text.contains("worst Δppl"), "{text}");
     // Sensitivity: every role and every layer kept in turn, ranked by the KL left.
-    let out = turbine(&[
-        "eval",
-        "--model",
-        m,
-        "--suite",
-        s,
-        "--limit",
-        "100",
-        "--ctx",
-        "64",
-        "--dtype",
-        "fp8+outliers=0",
-        "--sensitivity",
-        "--json",
-    ]);
+    let out = small(&["--dtype", "fp8+outliers=0", "--sensitivity", "--json"]);
     let v = json(&out);
     let layers = v["formats"].as_array().unwrap().len() - 2 - 4;
     assert!(layers >= 1, "{v}");
