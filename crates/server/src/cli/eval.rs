@@ -188,9 +188,6 @@ fn domains(a: &EvalArgs, tok: &turbine_models::tokenizer::TextTokenizer) -> Resu
         }
     }
     for f in &a.file {
-        if !f.is_file() {
-            bail!("{}: no such file", f.display());
-        }
         out.push(Domain { name: stem(f), ids: text(f)? });
     }
     if let Some(path) = &a.ids_file {
@@ -198,9 +195,6 @@ fn domains(a: &EvalArgs, tok: &turbine_models::tokenizer::TextTokenizer) -> Resu
         let ids = serde_json::from_str::<Vec<u32>>(&text)
             .with_context(|| format!("{}: expected a JSON array of token ids", path.display()))?;
         out.push(Domain { name: stem(path), ids });
-    }
-    if out.is_empty() {
-        bail!("give the text: --suite FOLDER, --file TEXT_FILE or --ids-file JSON_ARRAY_FILE");
     }
     for d in &mut out {
         if let Some(n) = a.limit {
@@ -315,9 +309,10 @@ struct Report<'a> {
 }
 
 impl Report<'_> {
-    /// Model `m`'s rows of every domain in windows of `w`, pooled.
-    fn pooled(&self, w: usize, m: usize) -> EvalRow {
-        let rows: Vec<EvalRow> = self.cells.iter().filter(|c| c.window == w).map(|c| c.rows[m].clone()).collect();
+    /// Model `m`'s rows of every domain in windows of `w` (every window: `None`), pooled.
+    fn pooled(&self, w: Option<usize>, m: usize) -> EvalRow {
+        let rows: Vec<EvalRow> =
+            self.cells.iter().filter(|c| w.is_none_or(|w| c.window == w)).map(|c| c.rows[m].clone()).collect();
         EvalRow::pool(&rows)
     }
 
@@ -338,8 +333,7 @@ impl Report<'_> {
 
     /// Model `m`'s mean KL over every domain and window.
     fn kl(&self, m: usize) -> f64 {
-        let all: Vec<EvalRow> = self.cells.iter().map(|c| c.rows[m].clone()).collect();
-        EvalRow::pool(&all).mean_kl
+        self.pooled(None, m).mean_kl
     }
 
     /// `--sensitivity`: the kept groups (models 2…) by mean KL, lowest first, with the share of
@@ -376,7 +370,7 @@ impl Report<'_> {
                 let pooled: Vec<Value> = self
                     .windows
                     .iter()
-                    .map(|&w| json!({"window": w, "result": row(&self.pooled(w, m), &self.pooled(w, 0))}))
+                    .map(|&w| json!({"window": w, "result": row(&self.pooled(Some(w), m), &self.pooled(Some(w), 0))}))
                     .collect();
                 let (d, ci, c) = self.worst(m);
                 json!({"format": label, "reference": m == 0, "weight_bytes": bytes, "decode_tok_s": speeds[m],
@@ -428,7 +422,7 @@ impl Report<'_> {
                 line(&c.domain, c.rows.clone());
             }
             if self.domains.len() > 1 {
-                line("all (pooled)", (0..self.meta.len()).map(|m| self.pooled(w, m)).collect());
+                line("all (pooled)", (0..self.meta.len()).map(|m| self.pooled(Some(w), m)).collect());
             }
         }
         println!("\nEach format over every domain and window:\n");
@@ -437,8 +431,7 @@ impl Report<'_> {
         );
         println!("|---|---:|---:|---:|---:|---:|");
         for (m, (label, bytes)) in self.meta.iter().enumerate() {
-            let all: Vec<EvalRow> = self.cells.iter().map(|c| c.rows[m].clone()).collect();
-            let p = EvalRow::pool(&all);
+            let p = self.pooled(None, m);
             let speed = speeds[m].map_or("-".to_string(), |s| format!("{s:.1}"));
             let worst = if m == 0 {
                 "(reference)".to_string()
