@@ -34,21 +34,25 @@ fn logits(m: turbine_models::LoadedModel<Cpu>) -> Vec<f32> {
 #[test]
 fn quantize_then_load_gives_the_model_that_was_in_memory() {
     let cpu = Cpu::new();
+    let none = || vec!["none".to_string()];
+    // (format, exceptions, static inputs, tensors kept): fp8's default keeps the last block (q, k,
+    // v, o, gate, up, down: 7 tensors) of a model with no measured exceptions.
     let cases = [
-        (Format::Fp8, vec![], false),
-        (Format::Fp8, vec![], true),
-        (Format::Fp8Weight, vec!["down".to_string()], false),
-        (Format::Int8Weight, vec![], false),
+        (Format::Fp8, none(), false, 0),
+        (Format::Fp8, none(), true, 0),
+        (Format::Fp8, vec![], false, 7),
+        (Format::Fp8Weight, vec!["down".to_string()], false, 2),
+        (Format::Int8Weight, vec![], false, 0),
     ];
-    for (fmt, keep, static_inputs) in cases {
+    for (fmt, keep, static_inputs, kept) in cases {
         // Exported as `turbine quantize` does by default: without exact outlier channels.
         let policy =
             Policy { static_inputs, outliers: 0, calib_tokens: 256, ..Policy::parse(fmt.name(), &keep).unwrap() };
         let in_memory = turbine_models::load_with(&cpu, &tiny("llama-gqa"), &policy).unwrap();
         let dec = in_memory.model.decoder().unwrap();
-        let out = temp(&format!("{}-{static_inputs}", fmt.name()));
+        let out = temp(&format!("{}-{static_inputs}-{kept}", fmt.name()));
         let done = turbine_models::export::export(&cpu, dec, &tiny("llama-gqa"), &out, fmt).unwrap();
-        assert_eq!(done.kept, if keep.is_empty() { 0 } else { 2 });
+        assert_eq!(done.kept, kept, "{} {keep:?}", fmt.name());
         let cfg = std::fs::read_to_string(out.join("config.json")).unwrap();
         assert_eq!(cfg.contains("\"static\""), static_inputs, "{cfg}");
         let reloaded = turbine_models::load(&cpu, &out).unwrap();
@@ -201,7 +205,7 @@ fn smoothing_and_centring_keep_the_product_and_are_not_exported() {
     let cpu = Cpu::new();
     let load = |p: &Policy| turbine_models::load_with(&cpu, &tiny("llama-gqa"), p).unwrap();
     let reference = logits(load(&Policy::parse("f32", &[]).unwrap()));
-    let fp8 = Policy { outliers: 0, calib_tokens: 256, ..Policy::parse("fp8", &[]).unwrap() };
+    let fp8 = Policy { outliers: 0, calib_tokens: 256, default_keep: false, ..Policy::parse("fp8", &[]).unwrap() };
     let plain = logits(load(&fp8));
     let dist = |a: &[f32]| a.iter().zip(&reference).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
     let scale = reference.iter().fold(0f32, |a, v| a.max(v.abs()));
@@ -244,7 +248,8 @@ fn outlier_channels_are_multiplied_exactly() {
     let reference = logits(load(&Policy::parse("f32", &[]).unwrap()));
     let dist = |a: &[f32]| a.iter().zip(&reference).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
     let scale = reference.iter().fold(0f32, |a, v| a.max(v.abs()));
-    let base = |f: &str| Policy { outliers: 4, calib_tokens: 256, ..Policy::parse(f, &[]).unwrap() };
+    let base =
+        |f: &str| Policy { outliers: 4, calib_tokens: 256, default_keep: false, ..Policy::parse(f, &[]).unwrap() };
     let gptq = turbine_models::precision::Rounding::Gptq;
     for policy in [
         base("fp8"),

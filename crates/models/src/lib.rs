@@ -7,7 +7,8 @@
 //! - Module layers, lowest first (no cycles; `tests/module_layers.rs` checks): `rows`, `source`,
 //!   `config`, `weights`, `rope`, `step` →
 //!   `layers` (the generic decoder, `Linear` and its `Role`) → `model` → `registry`, `runner` →
-//!   `calibrate` → `precision` → `policy_file`, `loader`.
+//!   `calibrate` → `measured` (per-model precision exceptions) → `precision` → `policy_file`,
+//!   `loader`.
 //! - [`catalog`]: models known by name and `pull` (feature `catalog`).
 //!
 //! Features (both default): `tokenizer` (tokenizers, chat templates, calibration by text,
@@ -28,6 +29,7 @@ pub mod export;
 pub mod gptq;
 pub mod layers;
 pub mod loader;
+pub mod measured;
 pub mod model;
 pub mod policy_file;
 pub mod precision;

@@ -5,7 +5,8 @@
 //!
 //! ```toml
 //! format = "fp8"          # auto, f32, f16, bf16, fp8, fp8-weight, int8-weight
-//! keep = ["down@0"]       # exceptions that keep the checkpoint's precision
+//! keep = ["down@0"]       # exceptions that keep the checkpoint's precision (default for fp8
+//!                         # and fp8-weight: the model's measured ones; ["none"]: none at all)
 //! kv = "fp8"              # KV cache: f32, fp8 or int8
 //! outliers = 16           # exact input channels per projection (default: the format's)
 //! rounding = "nearest"    # or gptq
@@ -26,7 +27,8 @@ pub struct PolicySpec {
     /// `int8-weight`).
     pub format: String,
     /// Projections that keep the checkpoint's precision (`qkv`, `o`, `up`, `down`, `layer:N`,
-    /// `ROLE@N`).
+    /// `ROLE@N`); empty: the format's default (for `fp8` and `fp8-weight`, the model's measured
+    /// exceptions); `["none"]`: none at all.
     pub keep: Vec<String>,
     /// The KV cache's storage: `f32`, `fp8` or `int8`.
     pub kv: String,
@@ -84,7 +86,11 @@ impl From<&Policy> for PolicySpec {
     fn from(p: &Policy) -> Self {
         PolicySpec {
             format: p.format.name().to_string(),
-            keep: p.keep.iter().map(Selector::name).collect(),
+            // An fp8 policy without its measured exceptions writes `none`, so it reads back so.
+            keep: match (p.keep.is_empty(), p.default_keep, matches!(p.format, Format::Fp8 | Format::Fp8Weight)) {
+                (true, false, true) => vec!["none".to_string()],
+                _ => p.keep.iter().map(Selector::name).collect(),
+            },
             kv: p.kv.name().to_string(),
             outliers: (p.format != Format::Auto).then_some(p.outliers),
             rounding: p.rounding.name().to_string(),
@@ -136,6 +142,13 @@ mod tests {
         let fp8: Policy = serde_json::from_str(r#"{"format": "fp8"}"#).unwrap();
         assert_eq!((fp8.outliers, fp8.kv), (crate::precision::FP8_OUTLIERS, KvFormat::F32));
         assert_eq!(serde_json::from_str::<Policy>("{}").unwrap(), Policy::default());
+        // fp8 keeps the model's measured exceptions unless told `none`; both forms round-trip.
+        assert!(fp8.default_keep && fp8.keep.is_empty());
+        let none: Policy = serde_json::from_str(r#"{"format": "fp8", "keep": ["none"]}"#).unwrap();
+        assert!(!none.default_keep && none.keep.is_empty());
+        for p in [fp8, none] {
+            assert_eq!(serde_json::from_str::<Policy>(&serde_json::to_string(&p).unwrap()).unwrap(), p);
+        }
     }
 
     #[test]
@@ -144,6 +157,7 @@ mod tests {
             (r#"{"format": "fp7"}"#, "fp7"),
             (r#"{"kv": "fp4"}"#, "KV cache dtype"),
             (r#"{"keep": ["mlp"]}"#, "precision exception"),
+            (r#"{"keep": ["none", "down"]}"#, "stands alone"),
             (r#"{"rounding": "up"}"#, "rounding"),
             (r#"{"smooth": 2.0}"#, "smooth"),
             (r#"{"formats": "fp8"}"#, "formats"),

@@ -108,10 +108,11 @@ pub struct ModelSection {
     /// `fp8-weight`, `int8-weight`.
     pub dtype: String,
     /// Projections that keep the checkpoint's precision (`qkv`, `o`, `up`, `down`, `layer:N`,
-    /// `ROLE@N`).
+    /// `ROLE@N`); empty: the format's default (`fp8` and `fp8-weight` keep the model's measured
+    /// most sensitive blocks, else its last block); `["none"]`: no exceptions.
     pub keep: Vec<String>,
     /// 8-bit formats: input channels of each projection multiplied exactly in f32 (the
-    /// calibrated outliers); unset: the format's default (16 for `fp8` and `fp8-weight`, else 0).
+    /// calibrated outliers); unset: the format's default (16 for the 8-bit formats, else 0).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub outliers: Option<usize>,
     /// Load a checkpoint that holds tensors the architecture does not use (they are ignored);

@@ -594,6 +594,36 @@ fn quantize_writes_a_checkpoint_that_runs_and_names_bad_input() {
         "--json",
     ]));
     assert_eq!(a["ids"], b["ids"]);
+    // Without --keep, fp8 keeps the model's measured exceptions (this one has none: its last
+    // block, 7 tensors); `--keep none` keeps nothing, and stands alone.
+    for (keep, ignored) in [(None, 7), (Some("none"), 0)] {
+        let dir = temp_dir(&format!("quantize-default-{ignored}"));
+        let _ = std::fs::remove_dir_all(&dir);
+        let mut args = vec!["quantize", "--model", m, "--to", "fp8", "--out", dir.to_str().unwrap()];
+        args.extend(keep.iter().flat_map(|k| ["--keep", *k]));
+        let done = turbine(&args);
+        assert!(done.status.success(), "{}", String::from_utf8_lossy(&done.stderr));
+        let cfg: Value = serde_json::from_str(&std::fs::read_to_string(dir.join("config.json")).unwrap()).unwrap();
+        let list = cfg["quantization_config"]["ignored_layers"].as_array().map_or(0, |a| a.len());
+        assert_eq!(list, ignored, "{keep:?}: {cfg}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+    fails_with(
+        &turbine(&[
+            "generate",
+            "--model",
+            m,
+            "--prompt-ids",
+            "1",
+            "--dtype",
+            "fp8",
+            "--keep",
+            "none",
+            "--keep",
+            "down",
+        ]),
+        "stands alone",
+    );
     fails_with(&turbine(&["quantize", "--model", m, "--to", "fp8", "--out", o]), "not empty");
     fails_with(&turbine(&["quantize", "--model", m, "--to", "fp9", "--out", "/tmp/x"]), "fp9");
     fails_with(&turbine(&["quantize", "--model", m, "--to", "bf16", "--out", "/tmp/x"]), "not a quantised format");
@@ -656,7 +686,16 @@ fn eval_reports_every_format_against_the_reference() {
     assert_eq!(domains, ["literature", "science"]);
     let formats = v["formats"].as_array().unwrap();
     let labels: Vec<&str> = formats.iter().map(|f| f["format"].as_str().unwrap()).collect();
-    assert_eq!(labels, ["auto", "f32", "fp8 (16 exact channels)", "int8-weight", "fp8+kv=fp8+outliers=4"]);
+    assert_eq!(
+        labels,
+        [
+            "auto",
+            "f32",
+            "fp8 (16 exact channels, measured exceptions)",
+            "int8-weight (16 exact channels)",
+            "fp8+kv=fp8+outliers=4"
+        ]
+    );
     assert_eq!(formats[0]["reference"], true);
     for f in formats {
         let cells = f["cells"].as_array().unwrap();
@@ -701,6 +740,8 @@ fn eval_reports_every_format_against_the_reference() {
     let kls: Vec<f64> = groups.iter().map(|g| g["mean_kl"].as_f64().unwrap()).collect();
     assert!(kls.windows(2).all(|w| w[0] <= w[1]), "{kls:?}");
     let base = v["sensitivity"]["mean_kl"].as_f64().unwrap();
+    // The base is the format with no exceptions at all, not its default ones.
+    assert_eq!(v["sensitivity"]["format"], "fp8+outliers=0+keep=none", "{v}");
     for g in groups {
         let removed = g["kl_removed"].as_f64().unwrap();
         assert!((removed - (1.0 - g["mean_kl"].as_f64().unwrap() / base)).abs() < 1e-9 && removed <= 1.0, "{g}");

@@ -67,8 +67,8 @@ pub struct EvalArgs {
     backend: String,
     /// Which projections matter most: for the one format of --dtype, the model with each role
     /// (qkv, o, up, down) and then each layer kept at the checkpoint's precision, the rest in
-    /// the format, ranked by how much of the format's KL divergence keeping it removes. Loads
-    /// 5 + layers models at once.
+    /// the format, ranked by how much of the format's KL divergence (with no exceptions at all)
+    /// keeping it removes. Loads 5 + layers models at once.
     #[arg(long)]
     sensitivity: bool,
     /// Print JSON.
@@ -225,6 +225,10 @@ pub fn run(a: EvalArgs) -> Result<()> {
     if a.sensitivity && (items.len() != 1 || items[0].contains("keep=")) {
         bail!("--sensitivity studies one format: give one --dtype item, without keep=");
     }
+    // Sensitivity ranks every block against the format with no exceptions at all.
+    let studied = items.first().copied().unwrap_or_default();
+    let base = format!("{studied}+keep=none");
+    let items = if a.sensitivity { vec![base.as_str()] } else { items };
     let mut variants: Vec<(Policy, Option<String>)> =
         items.iter().map(|i| variant(i, &a.precision)).collect::<Result<_>>()?;
     let tok = {
@@ -238,7 +242,7 @@ pub fn run(a: EvalArgs) -> Result<()> {
         let layers = reference.engine.runner().spec().layers;
         let groups = Role::NAMES.iter().map(|(n, _)| n.to_string()).chain((0..layers).map(|l| format!("layer:{l}")));
         for g in groups {
-            let (policy, _) = variant(&format!("{}+keep={g}", items[0]), &a.precision)?;
+            let (policy, _) = variant(&format!("{studied}+keep={g}"), &a.precision)?;
             variants.push((policy, Some(format!("keep {g}"))));
         }
     }

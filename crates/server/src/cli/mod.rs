@@ -182,14 +182,15 @@ pub struct PrecisionArgs {
     #[arg(long, value_name = "FILE")]
     pub precision: Option<std::path::PathBuf>,
     /// Projections that keep the checkpoint's precision: qkv, o, up, down, layer:N or ROLE@N;
-    /// repeatable.
+    /// repeatable; `none` for no exceptions [default: fp8 and fp8-weight keep the model's
+    /// measured most sensitive blocks, else its last block].
     #[arg(long)]
     pub keep: Vec<String>,
     /// KV cache storage: f32, fp8 (FP8 E4M3) or int8 [default: f32].
     #[arg(long)]
     pub kv_dtype: Option<String>,
     /// 8-bit formats: input channels of each projection multiplied exactly in f32 (the
-    /// calibrated outliers) [default: 16 for fp8 and fp8-weight, else 0].
+    /// calibrated outliers) [default: 16 for fp8, fp8-weight and int8-weight, else 0].
     #[arg(long)]
     pub outliers: Option<usize>,
     /// How 8-bit weights are rounded: nearest, or gptq (error feedback over the calibration text)

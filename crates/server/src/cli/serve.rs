@@ -31,11 +31,12 @@ pub struct ServeArgs {
     #[arg(long)]
     dtype: Option<String>,
     /// Projections that keep the checkpoint's precision (qkv, o, up, down, layer:N, ROLE@N);
-    /// repeatable, added to the config file's.
+    /// repeatable, added to the config file's; `none` for no exceptions [default: fp8 and
+    /// fp8-weight keep the model's measured most sensitive blocks, else its last block].
     #[arg(long)]
     keep: Vec<String>,
     /// 8-bit formats: exact outlier input channels per projection (overrides `[model] outliers`;
-    /// default: 16 for fp8 and fp8-weight, else 0).
+    /// default: 16 for fp8, fp8-weight and int8-weight, else 0).
     #[arg(long)]
     outliers: Option<usize>,
     /// Load a checkpoint that holds tensors the architecture does not use (ignoring them).
@@ -112,7 +113,12 @@ impl ServeArgs {
         }
         set(&mut c.model.backend, &self.backend);
         set(&mut c.model.dtype, &self.dtype);
-        c.model.keep.extend(self.keep.iter().cloned());
+        // `--keep none` replaces the config's exceptions; other names add to them.
+        if self.keep.iter().any(|k| k == "none") {
+            c.model.keep = self.keep.clone();
+        } else {
+            c.model.keep.extend(self.keep.iter().cloned());
+        }
         if self.outliers.is_some() {
             c.model.outliers = self.outliers;
         }
