@@ -47,6 +47,8 @@ pub struct PolicySpec {
     /// `fp8`: SmoothQuant migration strength, 0 to 1.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub smooth: Option<f32>,
+    /// `fp8`, `fp8-weight`: one weight scale per output channel instead of per tensor.
+    pub channel_scales: bool,
     /// `fp8`: subtract each input channel's calibrated mean before quantising.
     pub center: bool,
     /// Load a checkpoint holding tensors the architecture does not read.
@@ -75,6 +77,7 @@ impl PolicySpec {
             calib_tokens: self.calib_tokens,
             static_inputs: self.static_inputs,
             smooth: self.smooth,
+            channel_scales: self.channel_scales,
             center: self.center,
             allow_unused_weights: self.allow_unused_weights,
             ..base.with_outliers(self.outliers)
@@ -87,7 +90,7 @@ impl From<&Policy> for PolicySpec {
         PolicySpec {
             format: p.format.name().to_string(),
             // An fp8 policy without its measured exceptions writes `none`, so it reads back so.
-            keep: match (p.keep.is_empty(), p.default_keep, matches!(p.format, Format::Fp8 | Format::Fp8Weight)) {
+            keep: match (p.keep.is_empty(), p.default_keep, p.format.is_fp8()) {
                 (true, false, true) => vec!["none".to_string()],
                 _ => p.keep.iter().map(Selector::name).collect(),
             },
@@ -98,6 +101,7 @@ impl From<&Policy> for PolicySpec {
             calib_tokens: p.calib_tokens,
             static_inputs: p.static_inputs,
             smooth: p.smooth,
+            channel_scales: p.channel_scales,
             center: p.center,
             allow_unused_weights: p.allow_unused_weights,
         }
@@ -129,6 +133,7 @@ mod tests {
             outliers: Some(4),
             rounding: "gptq".into(),
             smooth: Some(0.5),
+            channel_scales: true,
             center: true,
             ..PolicySpec::default()
         };

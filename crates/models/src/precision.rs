@@ -81,6 +81,11 @@ impl Format {
         matches!(self, Format::Fp8 | Format::Fp8Weight | Format::Int8Weight)
     }
 
+    /// Whether the weights are stored in FP8 (`fp8`, `fp8-weight`).
+    pub fn is_fp8(self) -> bool {
+        matches!(self, Format::Fp8 | Format::Fp8Weight)
+    }
+
     /// The name.
     pub fn name(self) -> &'static str {
         Self::ALL.iter().find(|(_, f)| *f == self).map_or("auto", |(n, _)| n)
@@ -249,6 +254,10 @@ pub struct Policy {
     /// `s[j] = amax(x[:, j])^α / amax(w[:, j])^(1 − α)` (calibrated) before it is quantised and the
     /// weight's column `j` multiplied by it, which moves activation outliers into the weights.
     pub smooth: Option<f32>,
+    /// `fp8` and `fp8-weight`: one weight scale per output channel instead of one per tensor
+    /// (per fused part). Opt-in: measured no better (README, "Precision"); FP8's grid is
+    /// relative, so a scale only moves where the rounding steps fall.
+    pub channel_scales: bool,
     /// `fp8`: subtract each input channel's calibrated mean before the input is quantised (the
     /// weight times the means joins the bias, exactly), so that FP8's relative rounding error
     /// applies to the deviations only.
@@ -277,6 +286,7 @@ impl Default for Policy {
             calib_tokens: 2048,
             static_inputs: false,
             smooth: None,
+            channel_scales: false,
             center: false,
             outliers: 0,
             allow_unused_weights: false,
@@ -292,7 +302,7 @@ impl Policy {
     /// measured ones ([`Policy::default_keep`]).
     pub fn parse(format: &str, keep: &[String]) -> Result<Policy> {
         let format = Format::parse(format)?;
-        let fp8 = matches!(format, Format::Fp8 | Format::Fp8Weight);
+        let fp8 = format.is_fp8();
         let none = keep.iter().any(|k| k == "none");
         if none && keep.len() > 1 {
             return Err(ModelError::Config(format!(
@@ -341,6 +351,9 @@ impl Policy {
         }
         if eight && self.rounding == Rounding::Gptq {
             parts.push("gptq".into());
+        }
+        if self.channel_scales && self.format.is_fp8() {
+            parts.push("channel scales".into());
         }
         if fp8 && self.center {
             parts.push("centred".into());
@@ -435,6 +448,8 @@ impl Policy {
                     center: mean.as_deref(),
                     outliers: energy.as_deref().map(|e| (self.outliers, e)),
                 };
+                let rows = parts.iter().sum::<usize>();
+                let parts = if self.channel_scales && fmt.is_fp8() { vec![1; rows] } else { parts };
                 let exact = convert(b, lin, fmt, &parts, prep)?;
                 if let (Format::Fp8, true, Some(s)) = (fmt, self.static_inputs, stats) {
                     // The exact channels are left out of the quantised input.

@@ -625,6 +625,10 @@ fn quantize_writes_a_checkpoint_that_runs_and_names_bad_input() {
         "stands alone",
     );
     fails_with(&turbine(&["quantize", "--model", m, "--to", "fp8", "--out", o]), "not empty");
+    let chan = temp_dir("quantize-channel-scales");
+    let _ = std::fs::remove_dir_all(&chan);
+    let args = ["quantize", "--model", m, "--to", "fp8-weight", "--channel-scales", "--out", chan.to_str().unwrap()];
+    fails_with(&turbine(&args), "one per tensor");
     fails_with(&turbine(&["quantize", "--model", m, "--to", "fp9", "--out", "/tmp/x"]), "fp9");
     fails_with(&turbine(&["quantize", "--model", m, "--to", "bf16", "--out", "/tmp/x"]), "not a quantised format");
     let g = fixtures().join("gguf").join("bloom-alibi.gguf");

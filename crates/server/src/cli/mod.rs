@@ -209,6 +209,10 @@ pub struct PrecisionArgs {
     /// through the bias).
     #[arg(long)]
     pub center: bool,
+    /// fp8, fp8-weight: one weight scale per output channel instead of one per tensor (measured
+    /// no better; the FP8 checkpoint layout cannot hold it).
+    #[arg(long)]
+    pub channel_scales: bool,
     /// Calibration text (default: a bundled English text, not the evaluation text).
     #[arg(long)]
     pub calib: Option<std::path::PathBuf>,
@@ -263,6 +267,7 @@ impl PrecisionArgs {
         }
         spec.static_inputs |= self.static_inputs;
         spec.center |= self.center;
+        spec.channel_scales |= self.channel_scales;
         spec.allow_unused_weights |= self.allow_unused_weights;
         Ok(spec)
     }
