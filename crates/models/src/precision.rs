@@ -302,7 +302,6 @@ impl Policy {
     /// measured ones ([`Policy::default_keep`]).
     pub fn parse(format: &str, keep: &[String]) -> Result<Policy> {
         let format = Format::parse(format)?;
-        let fp8 = format.is_fp8();
         let none = keep.iter().any(|k| k == "none");
         if none && keep.len() > 1 {
             return Err(ModelError::Config(format!(
@@ -312,7 +311,7 @@ impl Policy {
         Ok(Policy {
             format,
             keep: if none { Vec::new() } else { keep.iter().map(|k| Selector::parse(k)).collect::<Result<_>>()? },
-            default_keep: fp8 && keep.is_empty(),
+            default_keep: format.is_fp8() && keep.is_empty(),
             outliers: match format {
                 Format::Fp8 | Format::Fp8Weight => FP8_OUTLIERS,
                 Format::Int8Weight => INT8_OUTLIERS,
@@ -448,8 +447,8 @@ impl Policy {
                     center: mean.as_deref(),
                     outliers: energy.as_deref().map(|e| (self.outliers, e)),
                 };
-                let rows = parts.iter().sum::<usize>();
-                let parts = if self.channel_scales && fmt.is_fp8() { vec![1; rows] } else { parts };
+                // Per-channel scales: every row its own part.
+                let parts = if self.channel_scales && fmt.is_fp8() { vec![1; parts.iter().sum()] } else { parts };
                 let exact = convert(b, lin, fmt, &parts, prep)?;
                 if let (Format::Fp8, true, Some(s)) = (fmt, self.static_inputs, stats) {
                     // The exact channels are left out of the quantised input.
